@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is set up here.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint setup deps mariadb clean bench
+
+setup: $(STAMP) mariadb
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# The MariaDB server binaries the local compute driver runs (apt-get when missing and root).
+mariadb:
+	@scripts/ensure-mariadb.sh
+
+run: setup
+	$(VENV)/bin/selkie up
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .selkie .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Make sure the MariaDB server, client and backup binaries are installed.
+# Installs them with apt-get when they are missing and we are root; otherwise says what to do.
+set -euo pipefail
+
+missing=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+have mariadbd || missing+=(mariadb-server)
+have mariadb-install-db || missing+=(mariadb-server)
+have mariadb || missing+=(mariadb-client)
+have mariadb-backup || missing+=(mariadb-backup)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+# de-duplicate
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "selkie: missing MariaDB packages: ${missing[*]}" >&2
+  echo "selkie: install them with: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "selkie: missing MariaDB packages (${missing[*]}) and no apt-get here; install MariaDB >= 10.11 by hand" >&2
+  exit 1
+fi
+echo "selkie: installing ${missing[*]} with apt-get"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# A temporary policy-rc.d keeps the package scripts from starting a system-wide server on :3306:
+# Selkie runs its own mariadbd processes and never uses the shared one.
+policy=/usr/sbin/policy-rc.d
+added_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added_policy=1
+fi
+trap '[ "$added_policy" = 1 ] && rm -f "$policy"' EXIT
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

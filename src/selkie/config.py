@@ -1,0 +1,171 @@
+"""Selkie's settings, read in this one place.
+
+Precedence: built-in defaults < TOML file (``--config`` / ``SELKIE_CONFIG``) < ``SELKIE_*``
+environment variables. A field ``foo_bar`` is ``foo_bar = …`` in the file and
+``SELKIE_FOO_BAR`` in the environment. Everything else in Selkie receives a parsed
+:class:`Settings`; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selkie.errors import ConfigError
+
+ENV_PREFIX = "SELKIE_"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    # Server side.
+    data_dir: Path = Path(".selkie")
+    api_listen: str = "127.0.0.1:8080"
+    proxy_listen: str = "127.0.0.1:6033"
+    # Default: a SQLite file in the data dir. postgresql+psycopg://… for PostgreSQL.
+    database_url: str = ""
+    # Host name clients use to reach the proxy, as put in connection strings.
+    # Empty: the host of proxy_listen.
+    proxy_public_host: str = ""
+    # Domain under which `<endpoint_id>.<domain>` names an endpoint (TLS SNI).
+    proxy_domain: str = "selkie.localhost"
+    region_id: str = "local"
+    log_level: str = "info"
+    # Client side (CLI, scripts).
+    api_url: str = ""
+    api_key: str = ""
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'selkie.db').resolve()}"
+
+    @property
+    def effective_api_url(self) -> str:
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host, port = split_listen(self.api_listen)
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a listen address, not a bind
+            host = "127.0.0.1"
+        return f"http://{host}:{port}"
+
+    @property
+    def proxy_host(self) -> str:
+        if self.proxy_public_host:
+            return self.proxy_public_host
+        host, _ = split_listen(self.proxy_listen)
+        return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+
+    @property
+    def proxy_port(self) -> int:
+        return split_listen(self.proxy_listen)[1]
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` too) into its parts."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _coerce(name: str, raw: Any, annotation: Any) -> Any:
+    """Convert a file or environment value to the field's declared type."""
+    target = annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if raw is None or raw == "":
+            return None
+        target = args[0]
+    try:
+        if target is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if target is int:
+            if isinstance(raw, bool):
+                raise ValueError("not an integer")
+            return int(raw)
+        if target is float:
+            return float(raw)
+        if target is Path:
+            return Path(str(raw)).expanduser()
+        if target is str:
+            if not isinstance(raw, str | int | float):
+                raise ValueError("not a string")
+            return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: {exc}") from exc
+    raise ConfigError(f"setting {name}: unsupported type {annotation!r}")
+
+
+def load_settings(
+    *,
+    config_file: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from defaults, an optional TOML file and the environment.
+
+    ``overrides`` (command-line options) win over everything. Unknown keys in the file are
+    an error, so a typo does not silently fall back to a default.
+    """
+    env = os.environ if environ is None else environ
+    hints = typing.get_type_hints(Settings)
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+
+    path = config_file or env.get(f"{ENV_PREFIX}CONFIG") or None
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        data = data.get("selkie", data)
+        for key, raw in data.items():
+            if key not in fields:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _coerce(key, raw, hints[key])
+
+    for name in fields:
+        env_name = f"{ENV_PREFIX}{name.upper()}"
+        if env_name in env:
+            values[name] = _coerce(env_name, env[env_name], hints[name])
+
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            values[key] = _coerce(key, raw, hints[key])
+
+    settings = Settings(**values)
+    split_listen(settings.api_listen)
+    split_listen(settings.proxy_listen)
+    return settings
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(environment name, default, field name) for docs and `selkie config`."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else ""
+        rows.append((f"{ENV_PREFIX}{f.name.upper()}", str(default), f.name))
+    return rows
+
+
+__all__ = ["Settings", "load_settings", "settings_table", "split_listen"]

@@ -1,0 +1,154 @@
+"""What every control-plane service shares: the store, settings, scoped look-ups, operations.
+
+Tenancy is enforced here, once: every look-up of a project goes through
+:meth:`ServiceBase.project_row`, which answers NotFound for another organization's project
+exactly as for one that does not exist, so a key cannot even learn that it exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from selkie import model
+from selkie.config import Settings
+from selkie.errors import NotFound
+from selkie.model import OperationAction, OperationStatus, Principal
+from selkie.store import Store, convert
+from selkie.store.tables import (
+    BranchRow,
+    EndpointRow,
+    OperationRow,
+    ProjectRow,
+)
+
+
+class ServiceBase:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    # --- scoped look-ups (raise NotFound) --------------------------------------------------
+
+    def project_row(self, s: Session, who: Principal, project_id: str) -> ProjectRow:
+        row = s.get(ProjectRow, project_id)
+        if row is None or row.deleted_at is not None or not who.sees(row.org_id):
+            raise NotFound(f"project {project_id} not found")
+        return row
+
+    def branch_row(self, s: Session, who: Principal, project_id: str, branch_id: str) -> BranchRow:
+        self.project_row(s, who, project_id)
+        row = s.get(BranchRow, branch_id)
+        if row is None or row.project_id != project_id or row.deleted_at is not None:
+            raise NotFound(f"branch {branch_id} not found in project {project_id}")
+        return row
+
+    def endpoint_row(
+        self, s: Session, who: Principal, project_id: str, endpoint_id: str
+    ) -> EndpointRow:
+        self.project_row(s, who, project_id)
+        row = s.get(EndpointRow, endpoint_id)
+        if (
+            row is None
+            or row.project_id != project_id
+            or row.current_state == model.EndpointState.DELETED.value
+        ):
+            raise NotFound(f"endpoint {endpoint_id} not found in project {project_id}")
+        return row
+
+    def live_endpoints_of_branch(self, s: Session, branch_id: str) -> list[EndpointRow]:
+        stmt = (
+            select(EndpointRow)
+            .where(EndpointRow.branch_id == branch_id)
+            .where(EndpointRow.current_state != model.EndpointState.DELETED.value)
+            .order_by(EndpointRow.created_at, EndpointRow.id)
+        )
+        return list(s.execute(stmt).scalars())
+
+    # --- snapshots -------------------------------------------------------------------------
+
+    def project_model(self, row: ProjectRow) -> model.Project:
+        return convert.project(row, proxy_host=self.settings.proxy_host)
+
+    def endpoint_model(self, row: EndpointRow) -> model.Endpoint:
+        return convert.endpoint(row, domain=self.settings.proxy_domain)
+
+    # --- operations ------------------------------------------------------------------------
+
+    @staticmethod
+    def enqueue(
+        s: Session,
+        *,
+        project_id: str,
+        action: OperationAction,
+        branch_id: str | None = None,
+        endpoint_id: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> model.Operation:
+        """Queue an operation in the caller's transaction; the runner executes it later."""
+        row = OperationRow(
+            id=model.new_id("op"),
+            project_id=project_id,
+            branch_id=branch_id,
+            endpoint_id=endpoint_id,
+            action=action.value,
+            status=OperationStatus.SCHEDULING.value,
+            failures_count=0,
+            total_duration_ms=0,
+            payload=payload or {},
+        )
+        s.add(row)
+        s.flush()
+        return convert.operation(row)
+
+    def apply_config(
+        self, s: Session, project_id: str, branch_id: str, change: dict[str, str]
+    ) -> list[model.Operation]:
+        """One apply_config per live endpoint of the branch (none: applied at next start)."""
+        return [
+            self.enqueue(
+                s,
+                project_id=project_id,
+                branch_id=branch_id,
+                endpoint_id=e.id,
+                action=OperationAction.APPLY_CONFIG,
+                payload=change,
+            )
+            for e in self.live_endpoints_of_branch(s, branch_id)
+        ]
+
+    # --- connection strings ----------------------------------------------------------------
+
+    def connection_uri(
+        self,
+        *,
+        endpoint_id: str,
+        role: str,
+        database: str,
+        password: str | None,
+        pooled: bool,
+    ) -> model.ConnectionUri:
+        """``mysql://<endpoint_id>[-pooler].<role>:<password>@<proxy>/<database>``.
+
+        Without a password (the store does not have it) the URI carries no password part.
+        """
+        target = f"{endpoint_id}-pooler" if pooled else endpoint_id
+        user = f"{target}.{role}"
+        secret = f":{quote(password, safe='')}" if password else ""
+        host, port = self.settings.proxy_host, self.settings.proxy_port
+        uri = f"mysql://{quote(user, safe='.-_')}{secret}@{host}:{port}/{quote(database)}"
+        return model.ConnectionUri(
+            connection_uri=uri,
+            connection_parameters=model.ConnectionParameters(
+                host=host,
+                port=port,
+                user=user,
+                role=role,
+                database=database,
+                endpoint_id=endpoint_id,
+                pooled=pooled,
+            ),
+        )

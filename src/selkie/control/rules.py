@@ -1,0 +1,125 @@
+"""Validation rules and row builders shared by the control-plane services."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from selkie import model
+from selkie.errors import InvalidInput
+from selkie.model import EndpointState, EndpointType, PoolerMode, StorageMode, utcnow
+from selkie.store.tables import EndpointRow
+
+
+def validate_endpoint_settings(
+    data: dict[str, Any], base: model.EndpointSettings | None = None
+) -> model.EndpointSettings:
+    base = base or model.EndpointSettings()
+    unknown = set(data) - {f.name for f in dataclasses.fields(model.EndpointSettings)}
+    if unknown:
+        raise InvalidInput(f"unknown endpoint settings: {', '.join(sorted(unknown))}")
+    merged = dataclasses.replace(base, **{k: v for k, v in data.items() if v is not None})
+    lo, hi = model.validate_cu_range(
+        merged.autoscaling_limit_min_cu, merged.autoscaling_limit_max_cu
+    )
+    timeout = model.validate_suspend_timeout(merged.suspend_timeout_seconds)
+    return model.EndpointSettings(
+        autoscaling_limit_min_cu=lo, autoscaling_limit_max_cu=hi, suspend_timeout_seconds=timeout
+    )
+
+
+def validate_project_settings(
+    data: dict[str, Any], base: model.ProjectSettings | None = None
+) -> model.ProjectSettings:
+    base = base or model.ProjectSettings()
+    unknown = set(data) - {f.name for f in dataclasses.fields(model.ProjectSettings)}
+    if unknown:
+        raise InvalidInput(f"unknown project settings: {', '.join(sorted(unknown))}")
+    # None clears an optional setting (a quota, say) but cannot unset a required one.
+    values = {
+        k: v for k, v in data.items() if v is not None or k not in ("storage_mode", "require_tls")
+    }
+    if "require_tls" in values and not isinstance(values["require_tls"], bool):
+        raise InvalidInput("require_tls must be true or false")
+    if "storage_mode" in values:
+        try:
+            values["storage_mode"] = StorageMode(values["storage_mode"])
+        except ValueError as exc:
+            raise InvalidInput("storage_mode must be 'local' or 'pageserver'") from exc
+    merged = dataclasses.replace(base, **values)
+    if merged.page_server_port is not None and not 1 <= merged.page_server_port <= 65535:
+        raise InvalidInput("page_server_port must be 1..65535")
+    if merged.storage_mode is StorageMode.PAGESERVER:
+        if not merged.page_server_address or merged.page_server_port is None:
+            raise InvalidInput(
+                "storage_mode 'pageserver' needs page_server_address and page_server_port"
+            )
+        if merged.safekeeper_url and not merged.safekeeper_url.startswith(("http://", "https://")):
+            raise InvalidInput("safekeeper_url must be an http:// or https:// URL")
+    for name in (
+        "max_active_endpoints",
+        "compute_time_limit_seconds",
+        "storage_limit_bytes",
+    ):
+        value = getattr(merged, name)
+        if value is not None and (isinstance(value, bool) or value < 0):
+            raise InvalidInput(f"{name} must be a non-negative integer")
+    if merged.max_cu is not None:
+        model.validate_cu("max_cu", merged.max_cu)
+    return merged
+
+
+def settings_dict(value: model.EndpointSettings | model.ProjectSettings) -> dict[str, Any]:
+    data = dataclasses.asdict(value)
+    return {k: (v.value if isinstance(v, StorageMode) else v) for k, v in data.items()}
+
+
+def validate_endpoint_type(value: Any) -> EndpointType:
+    try:
+        etype = EndpointType(value)
+    except ValueError as exc:
+        raise InvalidInput("endpoint type must be 'read_write' or 'read_only'") from exc
+    if etype is EndpointType.READ_ONLY:
+        raise InvalidInput("read_only endpoints are not supported yet; use read_write")
+    return etype
+
+
+def validate_pooler_mode(value: Any) -> PoolerMode:
+    try:
+        return PoolerMode(value)
+    except ValueError as exc:
+        raise InvalidInput("pooler_mode must be 'session' or 'transaction'") from exc
+
+
+def new_endpoint_row(
+    *,
+    project_id: str,
+    branch_id: str,
+    endpoint_type: EndpointType,
+    settings: model.EndpointSettings,
+    pooler_enabled: bool = False,
+    pooler_mode: PoolerMode = PoolerMode.TRANSACTION,
+) -> EndpointRow:
+    return EndpointRow(
+        id=model.new_id("ep"),
+        project_id=project_id,
+        branch_id=branch_id,
+        type=endpoint_type.value,
+        current_state=EndpointState.INIT.value,
+        pending_state=None,
+        generation=0,
+        autoscaling_limit_min_cu=settings.autoscaling_limit_min_cu,
+        autoscaling_limit_max_cu=settings.autoscaling_limit_max_cu,
+        suspend_timeout_seconds=settings.suspend_timeout_seconds,
+        pooler_enabled=pooler_enabled,
+        pooler_mode=pooler_mode.value,
+        disabled=False,
+    )
+
+
+def mark_endpoint_deleted(row: EndpointRow) -> None:
+    """Deletion wins over any state, so it bumps the generation without a CAS check."""
+    row.current_state = EndpointState.DELETED.value
+    row.pending_state = None
+    row.generation = row.generation + 1
+    row.deleted_at = utcnow()

@@ -1,0 +1,79 @@
+"""Selkie's exception tree. Foreign exceptions are mapped to these at layer boundaries.
+
+::
+
+    SelkieError                      code            HTTP
+    ├── ConfigError                  config_error    500 (startup only)
+    ├── InvalidInput                 invalid_input   422
+    ├── Unauthorized                 unauthorized    401
+    ├── Forbidden                    forbidden       403
+    ├── NotFound                     not_found       404
+    ├── Conflict                     conflict        409
+    │   └── StateConflict            state_conflict  409  (CAS on (state, generation) lost)
+    ├── QuotaExceeded                quota_exceeded  429
+    ├── StoreError                   store_error     503  (state store unreachable, …)
+    └── ComputeError                 compute_error   502  (a compute failed to start, …)
+"""
+
+from __future__ import annotations
+
+
+class SelkieError(Exception):
+    """Base of every error Selkie raises on purpose."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(SelkieError):
+    code = "config_error"
+
+
+class InvalidInput(SelkieError):
+    code = "invalid_input"
+    http_status = 422
+
+
+class Unauthorized(SelkieError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(SelkieError):
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(SelkieError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(SelkieError):
+    code = "conflict"
+    http_status = 409
+
+
+class StateConflict(Conflict):
+    """A compare-and-set transition lost: the row changed under us."""
+
+    code = "state_conflict"
+
+
+class QuotaExceeded(SelkieError):
+    code = "quota_exceeded"
+    http_status = 429
+
+
+class StoreError(SelkieError):
+    code = "store_error"
+    http_status = 503
+
+
+class ComputeError(SelkieError):
+    code = "compute_error"
+    http_status = 502

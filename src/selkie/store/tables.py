@@ -1,0 +1,196 @@
+"""The state store's tables (SQLAlchemy 2 ORM). The Alembic migrations must match these.
+
+Timestamps are stored as UTC and always come back timezone-aware. Rows never leave the
+store: :mod:`selkie.store.convert` turns them into frozen snapshots from :mod:`selkie.model`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from selkie.model import utcnow
+
+# Stable constraint names, so migrations can refer to them on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A DateTime that is UTC in the database and timezone-aware in Python.
+
+    SQLite has no timezone type and hands back naive values; normalising here keeps every
+    comparison in the code between aware datetimes.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the state store; use selkie.model.utcnow()")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Timestamps:
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class OrganizationRow(Timestamps, Base):
+    __tablename__ = "organizations"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ProjectRow(Timestamps, Base):
+    __tablename__ = "projects"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    region_id: Mapped[str] = mapped_column(String(64))
+    mariadb_version: Mapped[str] = mapped_column(String(32))
+    default_endpoint_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BranchRow(Timestamps, Base):
+    __tablename__ = "branches"
+    __table_args__ = (
+        # Names are unique among live branches of a project; deleted ones keep theirs.
+        Index(
+            "uq_branches_project_name_live",
+            "project_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    parent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    name: Mapped[str] = mapped_column(String(64))
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    current_state: Mapped[str] = mapped_column(String(16))
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class EndpointRow(Timestamps, Base):
+    __tablename__ = "endpoints"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    branch_id: Mapped[str] = mapped_column(ForeignKey("branches.id"), index=True)
+    type: Mapped[str] = mapped_column(String(16))
+    current_state: Mapped[str] = mapped_column(String(16), index=True)
+    pending_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Bumped by every compare-and-set transition; see Store.transition_endpoint.
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    autoscaling_limit_min_cu: Mapped[float] = mapped_column(Float)
+    autoscaling_limit_max_cu: Mapped[float] = mapped_column(Float)
+    suspend_timeout_seconds: Mapped[int] = mapped_column(Integer)
+    pooler_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    pooler_mode: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_active: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Where the running compute listens (driver-specific), null while not running.
+    compute_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RoleRow(Timestamps, Base):
+    __tablename__ = "roles"
+    __table_args__ = (UniqueConstraint("branch_id", "name", name="uq_roles_branch_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    branch_id: Mapped[str] = mapped_column(ForeignKey("branches.id"), index=True)
+    name: Mapped[str] = mapped_column(String(32))
+    # MariaDB's mysql_native_password form: '*' + HEX(SHA1(SHA1(password))). Never cleartext.
+    password_hash: Mapped[str] = mapped_column(String(41))
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class DatabaseRow(Timestamps, Base):
+    __tablename__ = "databases"
+    __table_args__ = (UniqueConstraint("branch_id", "name", name="uq_databases_branch_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    branch_id: Mapped[str] = mapped_column(ForeignKey("branches.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    owner_name: Mapped[str] = mapped_column(String(32))
+
+
+class OperationRow(Timestamps, Base):
+    __tablename__ = "operations"
+    __table_args__ = (Index("ix_operations_status_retry", "status", "retry_at"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Deliberately no foreign keys: an operation outlives the objects it deletes.
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    branch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    endpoint_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failures_count: Mapped[int] = mapped_column(Integer, default=0)
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    total_duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class MetaRow(Base):
+    """Small key/value facts about this installation (e.g. the default organization)."""
+
+    __tablename__ = "selkie_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
