@@ -115,7 +115,11 @@ class ProjectService(ServiceBase):
                 is_default=True,
                 current_state=BranchState.INIT.value,
             )
-            s.add_all([prow, brow])
+            # No ORM relationships, so the unit of work does not order inserts by foreign
+            # key: parents are flushed before their children explicitly.
+            s.add(prow)
+            s.flush()
+            s.add(brow)
             s.flush()
             erow = new_endpoint_row(
                 project_id=project_id,

@@ -1,0 +1,37 @@
+"""The REST API application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from selkie import __version__
+from selkie.api import errors, schemas
+from selkie.api.routes import branches, endpoints, keys, operations, projects, roles
+from selkie.control import Control
+
+
+def create_app(control: Control) -> FastAPI:
+    app = FastAPI(
+        title="Selkie API",
+        version=__version__,
+        description=(
+            "Serverless MariaDB control plane. Shaped like Neon's v2 API: projects, branches, "
+            "endpoints, roles, databases, operations, API keys. Every /v1 route needs "
+            "`Authorization: Bearer <api key>`."
+        ),
+        responses={
+            401: {"model": schemas.ErrorBody, "description": "Missing or invalid API key"},
+            404: {"model": schemas.ErrorBody, "description": "Not found"},
+            422: {"model": schemas.ErrorBody, "description": "Invalid input"},
+        },
+    )
+    app.state.control = control
+    errors.install(app)
+
+    @app.get("/healthz", response_model=schemas.Health, tags=["health"])
+    def healthz() -> schemas.Health:
+        return schemas.Health(status="ok", version=__version__)
+
+    for module in (projects, branches, endpoints, roles, operations, keys):
+        app.include_router(module.router)
+    return app

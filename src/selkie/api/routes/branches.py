@@ -1,0 +1,63 @@
+"""Branches of a project."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from selkie.api import schemas
+from selkie.api.deps import BranchId, Ctl, Cursor, Limit, ProjectId, Who
+from selkie.api.routes.projects import created_response
+
+router = APIRouter(prefix="/v1/projects/{project_id}/branches", tags=["branches"])
+
+
+@router.get("", response_model=schemas.BranchesResponse)
+def list_branches(
+    ctl: Ctl, who: Who, project_id: ProjectId, limit: Limit = 100, cursor: Cursor = None
+) -> schemas.BranchesResponse:
+    page = ctl.branches.list(who, project_id, cursor=cursor, limit=limit)
+    return schemas.BranchesResponse(
+        branches=page.items, pagination=schemas.Pagination(cursor=page.cursor)
+    )
+
+
+@router.post("", response_model=schemas.CreatedResponse, status_code=201)
+def create_branch(
+    ctl: Ctl, who: Who, project_id: ProjectId, body: schemas.BranchCreateRequest | None = None
+) -> schemas.CreatedResponse:
+    body = body or schemas.BranchCreateRequest()
+    created = ctl.branches.create(
+        who,
+        project_id,
+        name=body.branch.name,
+        parent_id=body.branch.parent_id,
+        endpoints=[e.model_dump(exclude_none=True) for e in body.endpoints],
+    )
+    return created_response(created)
+
+
+@router.get("/{branch_id}", response_model=schemas.BranchResponse)
+def get_branch(
+    ctl: Ctl, who: Who, project_id: ProjectId, branch_id: BranchId
+) -> schemas.BranchResponse:
+    return schemas.BranchResponse(branch=ctl.branches.get(who, project_id, branch_id))
+
+
+@router.patch("/{branch_id}", response_model=schemas.BranchResponse)
+def update_branch(
+    ctl: Ctl,
+    who: Who,
+    project_id: ProjectId,
+    branch_id: BranchId,
+    body: schemas.BranchUpdateRequest,
+) -> schemas.BranchResponse:
+    branch = ctl.branches.update(who, project_id, branch_id, name=body.branch.name)
+    return schemas.BranchResponse(branch=branch)
+
+
+@router.delete("/{branch_id}", response_model=schemas.BranchOperationsResponse)
+def delete_branch(
+    ctl: Ctl, who: Who, project_id: ProjectId, branch_id: BranchId
+) -> schemas.BranchOperationsResponse:
+    branch, ops = ctl.branches.delete(who, project_id, branch_id)
+    return schemas.BranchOperationsResponse(branch=branch, operations=ops)

@@ -1,0 +1,98 @@
+"""Endpoints (computes) of a project, and their start/suspend/restart requests."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from selkie.api import schemas
+from selkie.api.deps import Ctl, Cursor, EndpointId, Limit, ProjectId, Who
+from selkie.model import OperationAction
+
+router = APIRouter(prefix="/v1/projects/{project_id}/endpoints", tags=["endpoints"])
+
+
+@router.get("", response_model=schemas.EndpointsResponse)
+def list_endpoints(
+    ctl: Ctl, who: Who, project_id: ProjectId, limit: Limit = 100, cursor: Cursor = None
+) -> schemas.EndpointsResponse:
+    page = ctl.endpoints.list(who, project_id, cursor=cursor, limit=limit)
+    return schemas.EndpointsResponse(
+        endpoints=page.items, pagination=schemas.Pagination(cursor=page.cursor)
+    )
+
+
+@router.post("", response_model=schemas.EndpointOperationsResponse, status_code=201)
+def create_endpoint(
+    ctl: Ctl, who: Who, project_id: ProjectId, body: schemas.EndpointCreateRequest
+) -> schemas.EndpointOperationsResponse:
+    spec = body.endpoint
+    settings = spec.model_dump(
+        include={"autoscaling_limit_min_cu", "autoscaling_limit_max_cu", "suspend_timeout_seconds"},
+        exclude_none=True,
+    )
+    endpoint, ops = ctl.endpoints.create(
+        who,
+        project_id,
+        branch_id=spec.branch_id,
+        type=spec.type.value,
+        settings=settings,
+        pooler_enabled=spec.pooler_enabled,
+        pooler_mode=spec.pooler_mode.value,
+    )
+    return schemas.EndpointOperationsResponse(endpoint=endpoint, operations=ops)
+
+
+@router.get("/{endpoint_id}", response_model=schemas.EndpointResponse)
+def get_endpoint(
+    ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId
+) -> schemas.EndpointResponse:
+    return schemas.EndpointResponse(endpoint=ctl.endpoints.get(who, project_id, endpoint_id))
+
+
+@router.patch("/{endpoint_id}", response_model=schemas.EndpointOperationsResponse)
+def update_endpoint(
+    ctl: Ctl,
+    who: Who,
+    project_id: ProjectId,
+    endpoint_id: EndpointId,
+    body: schemas.EndpointUpdateRequest,
+) -> schemas.EndpointOperationsResponse:
+    changes = body.endpoint.model_dump(exclude_none=True, mode="json")
+    endpoint, ops = ctl.endpoints.update(who, project_id, endpoint_id, changes)
+    return schemas.EndpointOperationsResponse(endpoint=endpoint, operations=ops)
+
+
+@router.delete("/{endpoint_id}", response_model=schemas.EndpointOperationsResponse)
+def delete_endpoint(
+    ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId
+) -> schemas.EndpointOperationsResponse:
+    endpoint, ops = ctl.endpoints.delete(who, project_id, endpoint_id)
+    return schemas.EndpointOperationsResponse(endpoint=endpoint, operations=ops)
+
+
+def _request(
+    ctl: Ctl, who: Who, project_id: str, endpoint_id: str, action: OperationAction
+) -> schemas.EndpointOperationsResponse:
+    endpoint, ops = ctl.endpoints.request(who, project_id, endpoint_id, action)
+    return schemas.EndpointOperationsResponse(endpoint=endpoint, operations=ops)
+
+
+@router.post("/{endpoint_id}/start", response_model=schemas.EndpointOperationsResponse)
+def start_endpoint(
+    ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId
+) -> schemas.EndpointOperationsResponse:
+    return _request(ctl, who, project_id, endpoint_id, OperationAction.START_COMPUTE)
+
+
+@router.post("/{endpoint_id}/suspend", response_model=schemas.EndpointOperationsResponse)
+def suspend_endpoint(
+    ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId
+) -> schemas.EndpointOperationsResponse:
+    return _request(ctl, who, project_id, endpoint_id, OperationAction.SUSPEND_COMPUTE)
+
+
+@router.post("/{endpoint_id}/restart", response_model=schemas.EndpointOperationsResponse)
+def restart_endpoint(
+    ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId
+) -> schemas.EndpointOperationsResponse:
+    return _request(ctl, who, project_id, endpoint_id, OperationAction.RESTART_COMPUTE)

@@ -1,0 +1,291 @@
+"""Request and response bodies of the REST API, shaped like Neon's v2 API.
+
+Requests are pydantic models that forbid unknown fields, so a typo is a 422, not a silent
+default. Responses embed the frozen snapshots from :mod:`selkie.model` directly.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from selkie import model
+
+# Ids and names in paths: bounded and printable, so nothing odd reaches the store.
+IdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+NameStr = Annotated[str, Field(min_length=1, max_length=64)]
+CU = Annotated[float, Field(ge=model.CU_MIN, le=model.CU_MAX, multiple_of=0.25)]
+SuspendTimeout = Annotated[StrictInt, Field(ge=-1, le=model.SUSPEND_TIMEOUT_MAX)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class EndpointSettingsIn(Request):
+    autoscaling_limit_min_cu: CU | None = None
+    autoscaling_limit_max_cu: CU | None = None
+    suspend_timeout_seconds: SuspendTimeout | None = None
+
+
+class ProjectSettingsIn(Request):
+    require_tls: StrictBool | None = None
+    storage_mode: model.StorageMode | None = None
+    page_server_address: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    page_server_port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
+    safekeeper_url: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    max_active_endpoints: Annotated[StrictInt, Field(ge=0, le=10_000)] | None = None
+    max_cu: CU | None = None
+    compute_time_limit_seconds: Annotated[StrictInt, Field(ge=0)] | None = None
+    storage_limit_bytes: Annotated[StrictInt, Field(ge=0)] | None = None
+
+
+class BranchSpecIn(Request):
+    name: NameStr | None = None
+    role_name: NameStr | None = None
+    database_name: NameStr | None = None
+
+
+class ProjectCreateIn(Request):
+    name: NameStr | None = None
+    org_id: IdStr | None = None
+    region_id: NameStr | None = None
+    default_endpoint_settings: EndpointSettingsIn | None = None
+    settings: ProjectSettingsIn | None = None
+    branch: BranchSpecIn | None = None
+
+
+class ProjectCreateRequest(Request):
+    project: ProjectCreateIn = Field(default_factory=ProjectCreateIn)
+
+
+class ProjectUpdateIn(Request):
+    name: NameStr | None = None
+    default_endpoint_settings: EndpointSettingsIn | None = None
+    settings: ProjectSettingsIn | None = None
+
+
+class ProjectUpdateRequest(Request):
+    project: ProjectUpdateIn
+
+
+class BranchCreateIn(Request):
+    name: NameStr | None = None
+    parent_id: IdStr | None = None
+
+
+class EndpointSpecIn(Request):
+    type: model.EndpointType = model.EndpointType.READ_WRITE
+    autoscaling_limit_min_cu: CU | None = None
+    autoscaling_limit_max_cu: CU | None = None
+    suspend_timeout_seconds: SuspendTimeout | None = None
+
+
+class BranchCreateRequest(Request):
+    branch: BranchCreateIn = Field(default_factory=BranchCreateIn)
+    endpoints: list[EndpointSpecIn] = Field(default_factory=list, max_length=1)
+
+
+class BranchUpdateIn(Request):
+    name: NameStr | None = None
+
+
+class BranchUpdateRequest(Request):
+    branch: BranchUpdateIn
+
+
+class EndpointCreateIn(Request):
+    branch_id: IdStr
+    type: model.EndpointType = model.EndpointType.READ_WRITE
+    autoscaling_limit_min_cu: CU | None = None
+    autoscaling_limit_max_cu: CU | None = None
+    suspend_timeout_seconds: SuspendTimeout | None = None
+    pooler_enabled: StrictBool = False
+    pooler_mode: model.PoolerMode = model.PoolerMode.TRANSACTION
+
+
+class EndpointCreateRequest(Request):
+    endpoint: EndpointCreateIn
+
+
+class EndpointUpdateIn(Request):
+    autoscaling_limit_min_cu: CU | None = None
+    autoscaling_limit_max_cu: CU | None = None
+    suspend_timeout_seconds: SuspendTimeout | None = None
+    pooler_enabled: StrictBool | None = None
+    pooler_mode: model.PoolerMode | None = None
+    disabled: StrictBool | None = None
+
+
+class EndpointUpdateRequest(Request):
+    endpoint: EndpointUpdateIn
+
+
+class RoleCreateIn(Request):
+    name: NameStr
+
+
+class RoleCreateRequest(Request):
+    role: RoleCreateIn
+
+
+class DatabaseCreateIn(Request):
+    name: NameStr
+    owner_name: NameStr
+
+
+class DatabaseCreateRequest(Request):
+    database: DatabaseCreateIn
+
+
+class ApiKeyCreateRequest(Request):
+    key_name: NameStr
+    org_id: IdStr | None = None
+    admin: StrictBool = False
+
+
+class OrganizationCreateIn(Request):
+    name: NameStr
+
+
+class OrganizationCreateRequest(Request):
+    organization: OrganizationCreateIn
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class Pagination(BaseModel):
+    """``cursor`` fetches the next page (pass it back as ``?cursor=``); null at the end."""
+
+    cursor: str | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ProjectResponse(BaseModel):
+    project: model.Project
+
+
+class ProjectDeletedResponse(BaseModel):
+    project: model.Project
+    operations: list[model.Operation]
+
+
+class ProjectsResponse(BaseModel):
+    projects: list[model.Project]
+    pagination: Pagination
+
+
+class CreatedResponse(BaseModel):
+    project: model.Project
+    branch: model.Branch
+    endpoints: list[model.Endpoint]
+    roles: list[model.Role]
+    databases: list[model.Database]
+    operations: list[model.Operation]
+    connection_uris: list[model.ConnectionUri]
+
+
+class BranchResponse(BaseModel):
+    branch: model.Branch
+
+
+class BranchOperationsResponse(BaseModel):
+    branch: model.Branch
+    operations: list[model.Operation]
+
+
+class BranchesResponse(BaseModel):
+    branches: list[model.Branch]
+    pagination: Pagination
+
+
+class EndpointResponse(BaseModel):
+    endpoint: model.Endpoint
+
+
+class EndpointOperationsResponse(BaseModel):
+    endpoint: model.Endpoint
+    operations: list[model.Operation]
+
+
+class EndpointsResponse(BaseModel):
+    endpoints: list[model.Endpoint]
+    pagination: Pagination
+
+
+class RoleResponse(BaseModel):
+    role: model.Role
+
+
+class RoleOperationsResponse(BaseModel):
+    role: model.Role
+    operations: list[model.Operation]
+
+
+class RolesResponse(BaseModel):
+    roles: list[model.Role]
+
+
+class DatabaseResponse(BaseModel):
+    database: model.Database
+
+
+class DatabaseOperationsResponse(BaseModel):
+    database: model.Database
+    operations: list[model.Operation]
+
+
+class DatabasesResponse(BaseModel):
+    databases: list[model.Database]
+
+
+class OperationResponse(BaseModel):
+    operation: model.Operation
+
+
+class OperationsResponse(BaseModel):
+    operations: list[model.Operation]
+    pagination: Pagination
+
+
+class ConnectionUriResponse(BaseModel):
+    uri: str
+    connection_parameters: model.ConnectionParameters
+    password_included: Literal[False] = False
+
+
+class ApiKeyCreatedResponse(BaseModel):
+    id: int
+    key: str
+    name: str
+    org_id: str
+    admin: bool
+    created_at: str
+
+
+class ApiKeysResponse(BaseModel):
+    api_keys: list[model.ApiKey]
+    pagination: Pagination
+
+
+class OrganizationResponse(BaseModel):
+    organization: model.Organization
+
+
+class OrganizationsResponse(BaseModel):
+    organizations: list[model.Organization]
+    pagination: Pagination
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str

@@ -1,0 +1,283 @@
+"""The `selkie` command line.
+
+`selkie up` runs the platform; `selkie api-keys create` works directly on the local state
+store (no server needed); the other commands talk to the REST API at ``SELKIE_API_URL`` with
+``SELKIE_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from selkie.client import SelkieClient
+from selkie.config import Settings, load_settings
+from selkie.errors import SelkieError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Serverless MariaDB.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (local store, no server needed).")
+projects_app = typer.Typer(no_args_is_help=True, help="Projects.")
+endpoints_app = typer.Typer(no_args_is_help=True, help="Endpoints (computes).")
+app.add_typer(keys_app, name="api-keys")
+app.add_typer(projects_app, name="projects")
+app.add_typer(endpoints_app, name="endpoints")
+
+# Piped output is not cut at 80 columns: ids are long and scripts read the tables too.
+out = Console(width=None if sys.stdout.isatty() else 240)
+err = Console(stderr=True)
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML config file (or SELKIE_CONFIG)")
+]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config_file=config)
+    except SelkieError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _failures() -> Iterator[None]:
+    """Selkie errors become one red line and exit status 1, not a traceback."""
+    try:
+        yield
+    except SelkieError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+@contextmanager
+def _client(config: Path | None) -> Iterator[SelkieClient]:
+    settings = _settings(config)
+    if not settings.api_key:
+        err.print(
+            "[red]error:[/red] no API key: set SELKIE_API_KEY (selkie up prints one on first "
+            "start; `selkie api-keys create --name NAME` makes another)"
+        )
+        raise typer.Exit(2)
+    with _failures(), SelkieClient(settings.effective_api_url, settings.api_key) as client:
+        yield client
+
+
+def _emit(data: Any, output: Output, columns: list[str] | None = None) -> None:
+    if output is Output.json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    rows = data if isinstance(data, list) else [data]
+    if columns is None:
+        columns = list(rows[0].keys()) if rows else []
+    table = Table(*columns, show_lines=False)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    out.print(table)
+
+
+# --- server ---------------------------------------------------------------------------------
+
+
+@app.command()
+def up(config: ConfigOpt = None) -> None:
+    """Run the whole platform in this process (API, proxy, scheduler). Ctrl-C stops."""
+    import logging
+
+    from selkie.server import banner, serve
+
+    settings = _settings(config)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with _failures(), suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings, on_ready=lambda first: print(banner(settings, first))))
+
+
+# --- api keys -------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def api_keys_create(
+    name: Annotated[str, typer.Option("--name", help="A name for the key")],
+    org: Annotated[str | None, typer.Option("--org", help="Organization id")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May manage organizations")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Create an API key in the local state store and print it alone on stdout."""
+    from selkie.control import Control
+    from selkie.control.bootstrap import local_principal
+    from selkie.store import Store
+
+    settings = _settings(config)
+    with _failures():
+        store = Store(settings.effective_database_url)
+        try:
+            control = Control.open(store, settings)
+            _, secret = control.api_keys.create(
+                local_principal(control), name=name, org_id=org, admin=admin
+            )
+        finally:
+            store.close()
+    sys.stdout.write(secret + "\n")
+
+
+# --- projects -------------------------------------------------------------------------------
+
+PROJECT_COLUMNS = ["id", "name", "org_id", "region_id", "created_at"]
+
+
+@projects_app.command("list")
+def projects_list(config: ConfigOpt = None, output: OutputOpt = Output.table) -> None:
+    with _client(config) as c:
+        _emit(c.list_all("/v1/projects", "projects"), output, PROJECT_COLUMNS)
+
+
+@projects_app.command("create")
+def projects_create(
+    name: Annotated[str | None, typer.Argument(help="Project name")] = None,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Create a project; prints its connection URI with the owner's password (shown once)."""
+    with _client(config) as c:
+        body = c.post("/v1/projects", {"project": {"name": name} if name else {}})
+    if output is Output.json:
+        _emit(body, output)
+        return
+    _emit(body["project"], output, PROJECT_COLUMNS)
+    out.print(f"connection URI: {body['connection_uris'][0]['connection_uri']}", highlight=False)
+
+
+@projects_app.command("get")
+def projects_get(
+    project_id: str, config: ConfigOpt = None, output: OutputOpt = Output.table
+) -> None:
+    with _client(config) as c:
+        _emit(c.get(f"/v1/projects/{project_id}")["project"], output, PROJECT_COLUMNS)
+
+
+@projects_app.command("delete")
+def projects_delete(
+    project_id: str, config: ConfigOpt = None, output: OutputOpt = Output.table
+) -> None:
+    with _client(config) as c:
+        _emit(c.delete(f"/v1/projects/{project_id}")["project"], output, PROJECT_COLUMNS)
+
+
+# --- endpoints ------------------------------------------------------------------------------
+
+ENDPOINT_COLUMNS = [
+    "id",
+    "branch_id",
+    "current_state",
+    "pending_state",
+    "autoscaling_limit_max_cu",
+    "suspend_timeout_seconds",
+    "last_active",
+    "started_at",
+    "suspended_at",
+]
+
+
+@endpoints_app.command("list")
+def endpoints_list(
+    project_id: str, config: ConfigOpt = None, output: OutputOpt = Output.table
+) -> None:
+    with _client(config) as c:
+        _emit(
+            c.list_all(f"/v1/projects/{project_id}/endpoints", "endpoints"),
+            output,
+            ENDPOINT_COLUMNS,
+        )
+
+
+def _endpoint_action(project_id: str, endpoint_id: str, action: str, config: Path | None) -> Any:
+    with _client(config) as c:
+        return c.post(f"/v1/projects/{project_id}/endpoints/{endpoint_id}/{action}")
+
+
+@endpoints_app.command("start")
+def endpoints_start(
+    project_id: str, endpoint_id: str, config: ConfigOpt = None, output: OutputOpt = Output.table
+) -> None:
+    _emit(
+        _endpoint_action(project_id, endpoint_id, "start", config)["endpoint"],
+        output,
+        ENDPOINT_COLUMNS,
+    )
+
+
+@endpoints_app.command("suspend")
+def endpoints_suspend(
+    project_id: str, endpoint_id: str, config: ConfigOpt = None, output: OutputOpt = Output.table
+) -> None:
+    _emit(
+        _endpoint_action(project_id, endpoint_id, "suspend", config)["endpoint"],
+        output,
+        ENDPOINT_COLUMNS,
+    )
+
+
+# --- connection strings ---------------------------------------------------------------------
+
+
+@app.command("connection-string")
+def connection_string(
+    project_id: str,
+    role: Annotated[str | None, typer.Option("--role", help="Role name")] = None,
+    database: Annotated[str | None, typer.Option("--database", help="Database name")] = None,
+    branch: Annotated[str | None, typer.Option("--branch", help="Branch id")] = None,
+    pooled: Annotated[bool, typer.Option("--pooled", help="Through the pooler")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the proxy URI of a project's endpoint (defaults: the default branch, its first
+    role and database). Passwords are never stored, so the URI has none."""
+    with _client(config) as c:
+        if role is None or database is None:
+            branches = c.list_all(f"/v1/projects/{project_id}/branches", "branches")
+            target = branch or next(b["id"] for b in branches if b["default"])
+            if role is None:
+                roles = c.get(f"/v1/projects/{project_id}/branches/{target}/roles")["roles"]
+                if not roles:
+                    raise SelkieError("the branch has no roles; pass --role")
+                role = roles[0]["name"]
+            if database is None:
+                dbs = c.get(f"/v1/projects/{project_id}/branches/{target}/databases")["databases"]
+                if not dbs:
+                    raise SelkieError("the branch has no databases; pass --database")
+                database = dbs[0]["name"]
+            branch = target
+        body = c.get(
+            f"/v1/projects/{project_id}/connection_uri",
+            role_name=role,
+            database_name=database,
+            branch_id=branch,
+            pooled=str(pooled).lower(),
+        )
+    sys.stdout.write(body["uri"] + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
