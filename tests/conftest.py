@@ -1,0 +1,135 @@
+"""Shared fixtures: settings in a temporary data dir, a state store on SQLite or on a real
+PostgreSQL, the control plane, and API clients with keys of two organizations."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from selkie.api.app import create_app
+from selkie.config import Settings, load_settings
+from selkie.control import Control
+from selkie.control.bootstrap import local_principal
+from selkie.model import Principal
+from selkie.store import Store
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get(
+    "SELKIE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def need_service(what: str, why: str) -> None:
+    """Skip on a laptop without the service; under CI=true a missing service fails."""
+    message = f"{what} is not available: {why}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: services are required)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of a reachable PostgreSQL server."""
+    try:
+        engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
+        need_service("PostgreSQL", f"{PG_ADMIN_URL}: {exc}")
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty database on the PostgreSQL server, dropped afterwards."""
+    name = f"selkie_test_{secrets.token_hex(6)}"
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'selkie.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(
+        environ={"SELKIE_DATA_DIR": str(tmp_path / "data")},
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    s = Store(settings.effective_database_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def control(store: Store, settings: Settings) -> Control:
+    return Control.open(store, settings)
+
+
+@pytest.fixture
+def admin(control: Control) -> Principal:
+    return local_principal(control)
+
+
+@dataclass
+class Tenant:
+    """An organization with an API key, and a client that sends it."""
+
+    org_id: str
+    key: str
+    client: TestClient
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def make_tenant(control: Control, admin: Principal, name: str) -> Tenant:
+    if name == "default":
+        org_id = admin.org_id
+    else:
+        org_id = control.organizations.create(admin, name=name).id
+    _, key = control.api_keys.create(admin, name=f"{name}-key", org_id=org_id)
+    client = TestClient(create_app(control), raise_server_exceptions=False)
+    client.headers["Authorization"] = f"Bearer {key}"
+    return Tenant(org_id=org_id, key=key, client=client)
+
+
+@pytest.fixture
+def tenant(control: Control, admin: Principal) -> Tenant:
+    return make_tenant(control, admin, "default")
+
+
+@pytest.fixture
+def other_tenant(control: Control, admin: Principal) -> Tenant:
+    return make_tenant(control, admin, "other")
+
+
+@pytest.fixture
+def anonymous(control: Control) -> TestClient:
+    return TestClient(create_app(control), raise_server_exceptions=False)
