@@ -43,7 +43,7 @@ def pg_server() -> str:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         engine.dispose()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
+    except Exception as exc:
         need_service("PostgreSQL", f"{PG_ADMIN_URL}: {exc}")
     return PG_ADMIN_URL
 

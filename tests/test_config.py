@@ -20,7 +20,9 @@ def test_defaults() -> None:
 
 def test_precedence_file_then_env_then_overrides(tmp_path: Path) -> None:
     cfg = tmp_path / "selkie.toml"
-    cfg.write_text('api_listen = "127.0.0.1:9000"\nproxy_listen = "0.0.0.0:7000"\nlog_level = "debug"\n')
+    cfg.write_text(
+        'api_listen = "127.0.0.1:9000"\nproxy_listen = "0.0.0.0:7000"\nlog_level = "debug"\n'
+    )
     env = {"SELKIE_CONFIG": str(cfg), "SELKIE_PROXY_LISTEN": "127.0.0.2:7001"}
     s = load_settings(environ=env)
     assert s.api_listen == "127.0.0.1:9000"  # file beats default
@@ -32,7 +34,10 @@ def test_precedence_file_then_env_then_overrides(tmp_path: Path) -> None:
 
 def test_database_url_and_data_dir_from_env(tmp_path: Path) -> None:
     s = load_settings(
-        environ={"SELKIE_DATA_DIR": str(tmp_path), "SELKIE_DATABASE_URL": "postgresql+psycopg://x/y"}
+        environ={
+            "SELKIE_DATA_DIR": str(tmp_path),
+            "SELKIE_DATABASE_URL": "postgresql+psycopg://x/y",
+        }
     )
     assert s.data_dir == tmp_path
     assert s.effective_database_url == "postgresql+psycopg://x/y"

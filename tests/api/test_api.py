@@ -29,7 +29,13 @@ def test_healthz_needs_no_key(anonymous) -> None:  # type: ignore[no-untyped-def
 def test_create_project_answers_everything_neon_does(tenant: Tenant, control) -> None:  # type: ignore[no-untyped-def]
     body = _project(tenant, name="shop")
     assert set(body) == {
-        "project", "branch", "endpoints", "roles", "databases", "operations", "connection_uris"
+        "project",
+        "branch",
+        "endpoints",
+        "roles",
+        "databases",
+        "operations",
+        "connection_uris",
     }
     project, branch = body["project"], body["branch"]
     assert project["name"] == "shop" and project["org_id"] == tenant.org_id
@@ -60,7 +66,9 @@ def test_project_crud(tenant: Tenant) -> None:
     assert c.get(f"/v1/projects/{pid}").json()["project"]["name"] == "a"
     r = c.patch(
         f"/v1/projects/{pid}",
-        json={"project": {"name": "b", "default_endpoint_settings": {"suspend_timeout_seconds": 60}}},
+        json={
+            "project": {"name": "b", "default_endpoint_settings": {"suspend_timeout_seconds": 60}}
+        },
     )
     assert r.status_code == 200, r.text
     assert r.json()["project"]["default_endpoint_settings"]["suspend_timeout_seconds"] == 60
@@ -91,9 +99,12 @@ def test_branches_copy_roles_and_databases(tenant: Tenant) -> None:
     dup = c.post(f"/v1/projects/{pid}/branches", json={"branch": {"name": "dev"}})
     assert dup.status_code == 409 and dup.json()["code"] == "conflict"
     bid = dev["branch"]["id"]
-    assert c.patch(
-        f"/v1/projects/{pid}/branches/{bid}", json={"branch": {"name": "dev2"}}
-    ).json()["branch"]["name"] == "dev2"
+    assert (
+        c.patch(f"/v1/projects/{pid}/branches/{bid}", json={"branch": {"name": "dev2"}}).json()[
+            "branch"
+        ]["name"]
+        == "dev2"
+    )
     assert c.delete(f"/v1/projects/{pid}/branches/{main}").status_code == 409
     # A branch with a child cannot be deleted before its child.
     child = c.post(f"/v1/projects/{pid}/branches", json={"branch": {"parent_id": bid}}).json()
@@ -118,8 +129,14 @@ def test_endpoints(tenant: Tenant) -> None:
     assert r.status_code == 409
     r = c.patch(
         f"/v1/projects/{pid}/endpoints/{ep}",
-        json={"endpoint": {"autoscaling_limit_max_cu": 2, "suspend_timeout_seconds": -1,
-                           "pooler_enabled": True, "pooler_mode": "session"}},
+        json={
+            "endpoint": {
+                "autoscaling_limit_max_cu": 2,
+                "suspend_timeout_seconds": -1,
+                "pooler_enabled": True,
+                "pooler_mode": "session",
+            }
+        },
     )
     assert r.status_code == 200, r.text
     got = r.json()["endpoint"]
@@ -131,7 +148,11 @@ def test_endpoints(tenant: Tenant) -> None:
         assert r.json()["endpoint"]["pending_state"] == pending
         assert r.json()["operations"][0]["action"] == f"{action}_compute"
     ops = c.get(f"/v1/projects/{pid}/operations").json()["operations"]
-    assert [o["action"] for o in ops][-3:] == ["start_compute", "suspend_compute", "restart_compute"]
+    assert [o["action"] for o in ops][-3:] == [
+        "start_compute",
+        "suspend_compute",
+        "restart_compute",
+    ]
     op = ops[-1]
     assert c.get(f"/v1/projects/{pid}/operations/{op['id']}").json()["operation"] == op
     # Disabled endpoints refuse to start.
@@ -162,7 +183,10 @@ def test_roles_and_databases(tenant: Tenant, control) -> None:  # type: ignore[n
     r = c.post(f"{base}/databases", json={"database": {"name": "shop", "owner_name": "app"}})
     assert r.status_code == 201, r.text
     assert c.get(f"{base}/databases/shop").json()["database"]["owner_name"] == "app"
-    assert {d["name"] for d in c.get(f"{base}/databases").json()["databases"]} == {"selkiedb", "shop"}
+    assert {d["name"] for d in c.get(f"{base}/databases").json()["databases"]} == {
+        "selkiedb",
+        "shop",
+    }
     # A role that owns databases cannot go; the owner must exist.
     assert c.delete(f"{base}/roles/app").status_code == 409
     bad_owner = c.post(f"{base}/databases", json={"database": {"name": "x", "owner_name": "ghost"}})
@@ -184,21 +208,58 @@ def test_roles_and_databases(tenant: Tenant, control) -> None:  # type: ignore[n
     [
         ("/v1/projects", {"project": {"name": ""}}, "project.name"),
         ("/v1/projects", {"project": {"bogus": 1}}, "bogus"),
-        ("/v1/projects", {"project": {"default_endpoint_settings": {"suspend_timeout_seconds": 0.5}}}, "suspend_timeout_seconds"),
-        ("/v1/projects", {"project": {"default_endpoint_settings": {"suspend_timeout_seconds": 604801}}}, "suspend_timeout_seconds"),
-        ("/v1/projects", {"project": {"default_endpoint_settings": {"suspend_timeout_seconds": -2}}}, "suspend_timeout_seconds"),
-        ("/v1/projects", {"project": {"default_endpoint_settings": {"autoscaling_limit_min_cu": 0.3}}}, "multiple of 0.25"),
-        ("/v1/projects", {"project": {"default_endpoint_settings": {"autoscaling_limit_max_cu": 9}}}, "autoscaling_limit_max_cu"),
-        ("/v1/projects", {"project": {"default_endpoint_settings": {"autoscaling_limit_min_cu": 2, "autoscaling_limit_max_cu": 1}}}, "must not exceed"),
+        (
+            "/v1/projects",
+            {"project": {"default_endpoint_settings": {"suspend_timeout_seconds": 0.5}}},
+            "suspend_timeout_seconds",
+        ),
+        (
+            "/v1/projects",
+            {"project": {"default_endpoint_settings": {"suspend_timeout_seconds": 604801}}},
+            "suspend_timeout_seconds",
+        ),
+        (
+            "/v1/projects",
+            {"project": {"default_endpoint_settings": {"suspend_timeout_seconds": -2}}},
+            "suspend_timeout_seconds",
+        ),
+        (
+            "/v1/projects",
+            {"project": {"default_endpoint_settings": {"autoscaling_limit_min_cu": 0.3}}},
+            "multiple of 0.25",
+        ),
+        (
+            "/v1/projects",
+            {"project": {"default_endpoint_settings": {"autoscaling_limit_max_cu": 9}}},
+            "autoscaling_limit_max_cu",
+        ),
+        (
+            "/v1/projects",
+            {
+                "project": {
+                    "default_endpoint_settings": {
+                        "autoscaling_limit_min_cu": 2,
+                        "autoscaling_limit_max_cu": 1,
+                    }
+                }
+            },
+            "must not exceed",
+        ),
         ("/v1/projects", {"project": {"branch": {"role_name": "bad-name"}}}, "role name"),
         ("/v1/projects", {"project": {"branch": {"role_name": "root"}}}, "reserved"),
         ("/v1/projects", {"project": {"branch": {"database_name": "mysql"}}}, "reserved"),
         ("/v1/projects", {"project": {"region_id": "mars"}}, "region_id"),
-        ("/v1/projects", {"project": {"settings": {"storage_mode": "pageserver"}}}, "page_server_address"),
+        (
+            "/v1/projects",
+            {"project": {"settings": {"storage_mode": "pageserver"}}},
+            "page_server_address",
+        ),
         ("/v1/projects", "not json", ""),
     ],
 )
-def test_invalid_input_is_422_with_a_message(tenant: Tenant, path: str, body: Any, fragment: str) -> None:
+def test_invalid_input_is_422_with_a_message(
+    tenant: Tenant, path: str, body: Any, fragment: str
+) -> None:
     if isinstance(body, str):
         r = tenant.client.post(path, content=body, headers={"Content-Type": "application/json"})
     else:
@@ -216,9 +277,13 @@ def test_name_length_and_charset(tenant: Tenant) -> None:
         r = tenant.client.post(f"{base}/roles", json={"role": {"name": name}})
         assert r.status_code == 422, (name, r.text)
     for name in ("x" * 65, "a-b", "information_schema"):
-        r = tenant.client.post(f"{base}/databases", json={"database": {"name": name, "owner_name": "selkiedb_owner"}})
+        r = tenant.client.post(
+            f"{base}/databases", json={"database": {"name": name, "owner_name": "selkiedb_owner"}}
+        )
         assert r.status_code == 422, (name, r.text)
-    assert tenant.client.post("/v1/projects", json={"project": {"name": "x" * 65}}).status_code == 422
+    assert (
+        tenant.client.post("/v1/projects", json={"project": {"name": "x" * 65}}).status_code == 422
+    )
 
 
 def test_pagination_over_http(tenant: Tenant) -> None:

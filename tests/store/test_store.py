@@ -60,20 +60,35 @@ def test_transition_is_compare_and_set(store: Store, control: Control) -> None:
     ep = _endpoint(control)
     with store.write() as s:
         gen = Store.transition_endpoint(
-            s, ep, expected_state=EndpointState.INIT, expected_generation=0,
+            s,
+            ep,
+            expected_state=EndpointState.INIT,
+            expected_generation=0,
             new_state=EndpointState.STARTING,
         )
     assert gen == 1
     # A stale generation or a wrong state loses and changes nothing.
     with store.write() as s:
-        assert Store.transition_endpoint(
-            s, ep, expected_state=EndpointState.STARTING, expected_generation=0,
-            new_state=EndpointState.ACTIVE,
-        ) is None
-        assert Store.transition_endpoint(
-            s, ep, expected_state=EndpointState.SUSPENDED, expected_generation=1,
-            new_state=EndpointState.ACTIVE,
-        ) is None
+        assert (
+            Store.transition_endpoint(
+                s,
+                ep,
+                expected_state=EndpointState.STARTING,
+                expected_generation=0,
+                new_state=EndpointState.ACTIVE,
+            )
+            is None
+        )
+        assert (
+            Store.transition_endpoint(
+                s,
+                ep,
+                expected_state=EndpointState.SUSPENDED,
+                expected_generation=1,
+                new_state=EndpointState.ACTIVE,
+            )
+            is None
+        )
     with store.read() as s:
         row = s.get(EndpointRow, ep)
         assert row is not None
@@ -85,7 +100,10 @@ def test_transition_rolls_back_with_its_transaction(store: Store, control: Contr
     ep = _endpoint(control)
     with pytest.raises(RuntimeError), store.write() as s:
         Store.transition_endpoint(
-            s, ep, expected_state=EndpointState.INIT, expected_generation=0,
+            s,
+            ep,
+            expected_state=EndpointState.INIT,
+            expected_generation=0,
             new_state=EndpointState.STARTING,
         )
         raise RuntimeError("crash between the transition and the commit")
@@ -105,13 +123,16 @@ def test_concurrent_transitions_exactly_one_wins(store: Store, control: Control)
             barrier.wait()
             with store.write() as s:
                 gen = Store.transition_endpoint(
-                    s, ep, expected_state=EndpointState.INIT, expected_generation=0,
+                    s,
+                    ep,
+                    expected_state=EndpointState.INIT,
+                    expected_generation=0,
                     new_state=EndpointState.STARTING,
                 )
                 if gen is not None:
                     Store.set_meta(s, f"winner-{threading.get_ident()}", "1")
                     wins.append(gen)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=attempt) for _ in range(8)]
@@ -166,9 +187,11 @@ def test_state_survives_reopening(store_url: str, tmp_path) -> None:  # type: ig
         got = ctl2.projects.get(local_principal(ctl2), created.project.id)
         assert got.name == "durable"
         with second.read() as s:
-            ops = s.execute(
-                select(OperationRow).where(OperationRow.project_id == created.project.id)
-            ).scalars().all()
+            ops = (
+                s.execute(select(OperationRow).where(OperationRow.project_id == created.project.id))
+                .scalars()
+                .all()
+            )
             assert [o.action for o in ops] == ["create_timeline"]
     finally:
         second.close()
