@@ -1,0 +1,1 @@
+"""Compute drivers: where and how `mariadbd` computes run."""

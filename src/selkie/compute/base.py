@@ -1,0 +1,106 @@
+"""The ComputeDriver boundary: what the control plane needs from a place that runs computes.
+
+A compute is one ``mariadbd`` for one endpoint. Drivers (local processes, Kubernetes) own
+where and how it runs; the control plane owns *whether* it should run (the endpoint state
+machine) and never touches processes or pods itself.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComputeSpec:
+    """Everything a driver needs to start one endpoint's compute."""
+
+    endpoint_id: str
+    project_id: str
+    branch_id: str
+    cu: float
+    # The branch's datadir for local storage; a scratch dir for pageserver storage.
+    datadir: Path
+    # Extra server options the storage driver asks for (pageserver mode), name -> value.
+    server_options: dict[str, str] = field(default_factory=dict)
+    # Prefer this port (the one the endpoint had before), if it is free.
+    port_hint: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComputeInfo:
+    """What a driver observes about one compute (an immutable snapshot)."""
+
+    endpoint_id: str
+    running: bool
+    host: str | None = None
+    port: int | None = None
+    socket: Path | None = None
+    pid: int | None = None
+
+    @property
+    def address(self) -> str | None:
+        return f"{self.host}:{self.port}" if self.host and self.port else None
+
+
+# Called when a compute exits without being asked to: (endpoint_id, reason).
+ExitCallback = Callable[[str, str], Awaitable[None]]
+
+
+class ComputeDriver(ABC):
+    """Runs computes. Every method is idempotent and safe to call concurrently for different
+    endpoints; callers serialize calls for one endpoint (the operations runner does)."""
+
+    def __init__(self) -> None:
+        self._exit_callbacks: list[ExitCallback] = []
+
+    def on_unexpected_exit(self, callback: ExitCallback) -> None:
+        self._exit_callbacks.append(callback)
+
+    async def _report_exit(self, endpoint_id: str, reason: str) -> None:
+        for callback in self._exit_callbacks:
+            await callback(endpoint_id, reason)
+
+    @abstractmethod
+    async def start(self, spec: ComputeSpec, *, timeout: float) -> ComputeInfo:
+        """Start the compute, or return the running one. Returns once the server accepts
+        connections. Raises ComputeError (with the server's own error log lines) if it
+        exits or is not ready within ``timeout`` seconds; nothing is left running then."""
+
+    @abstractmethod
+    async def stop(self, endpoint_id: str, *, timeout: float) -> None:
+        """Clean shutdown (the server dumps its buffer pool); escalates to SIGKILL after
+        ``timeout``. Returns when the process is gone. A compute not running is a no-op."""
+
+    @abstractmethod
+    async def inspect(self, endpoint_id: str) -> ComputeInfo:
+        """Observe one compute now."""
+
+    @abstractmethod
+    async def list_computes(self) -> list[ComputeInfo]:
+        """Every compute this driver can find running, including ones started by an earlier
+        control-plane process (for the reconciler)."""
+
+    @abstractmethod
+    async def adopt(self, endpoint_id: str) -> ComputeInfo:
+        """Take over supervision of a compute found running (after a control-plane restart)."""
+
+    @abstractmethod
+    async def execute(
+        self, endpoint_id: str, statements: Sequence[str]
+    ) -> list[list[tuple[Any, ...]]]:
+        """Run SQL as the internal admin account; returns each statement's rows."""
+
+    @abstractmethod
+    async def remove(self, endpoint_id: str) -> None:
+        """Forget a stopped compute: its runtime files (never the branch's data)."""
+
+    @abstractmethod
+    def error_log_tail(self, endpoint_id: str, *, lines: int = 15) -> str:
+        """The last lines of the compute's own error log, for failure reasons."""
+
+    async def close(self) -> None:
+        """Stop supervising (computes keep running; the reconciler adopts them later)."""

@@ -1,0 +1,567 @@
+"""The local compute driver: each endpoint's compute is a ``mariadbd`` process on this machine.
+
+Layout under ``<data_dir>/computes/<endpoint_id>/``: ``my.cnf`` (rendered at every start),
+``compute.json`` (our record: pid, process start time, port, socket), ``mariadbd.pid`` (the
+server's own), ``error.log``. The unix socket lives in a short private directory (socket
+paths are limited to 107 bytes). Admin access is the server's ``unix_socket``
+authentication for the OS user running Selkie: no password exists for it anywhere, and the
+socket's directory is mode 0700.
+
+Supervision follows patroni's postmaster handling: a pid is trusted only if its start time
+matches the record and its command line names our config; stop is SIGTERM, then SIGKILL of
+the whole process group after a timeout; our children are always reaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket as socketlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
+from selkie.compute.cgroups import Cgroups
+from selkie.compute.mariadb import Sizing, render_config
+from selkie.errors import ComputeError
+
+log = logging.getLogger(__name__)
+
+_NOISE = ("Could not increase number of max_open_files", "proxies_priv")
+_POLL_INTERVAL = 0.5
+_SOCKET_PATH_MAX = 100
+
+
+def find_mariadbd(configured: str = "") -> str:
+    """The server binary: the configured path, else PATH, else /usr/sbin/mariadbd."""
+    if configured:
+        return configured
+    return shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if there is no such pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may contain spaces, so split after it.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socketlib.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socketlib.socket() as s:
+        s.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def wait_for_handshake(socket_path: Path) -> bool:
+    """True once the server on ``socket_path`` sends its Handshake v10 (it is ready)."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    except OSError:
+        return False
+    try:
+        header = await asyncio.wait_for(reader.readexactly(5), timeout=2)
+        return header[4] == 10  # protocol version 10; an ERR packet starts with 0xff
+    except (OSError, asyncio.IncompleteReadError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+@dataclass
+class _Supervised:
+    endpoint_id: str
+    pid: int
+    start_time: int
+    port: int
+    socket: Path
+    process: asyncio.subprocess.Process | None = None  # None when adopted
+    stopping: bool = False
+    watcher: asyncio.Task[None] | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LocalDriver(ComputeDriver):
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        mariadbd: str = "",
+        bind_address: str = "127.0.0.1",
+        cgroups: Cgroups | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = (data_dir / "computes").resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.mariadbd = find_mariadbd(mariadbd)
+        self.bind_address = bind_address
+        self.cgroups = cgroups or Cgroups(enabled=False)
+        self.socket_dir = self._socket_dir(data_dir.resolve())
+        self.os_user = getpass.getuser()
+        self.run_as_root = os.geteuid() == 0
+        self._procs: dict[str, _Supervised] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @staticmethod
+    def _socket_dir(data_dir: Path) -> Path:
+        preferred = data_dir / "run"
+        if len(str(preferred)) + 40 <= _SOCKET_PATH_MAX:
+            path = preferred
+        else:
+            digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]  # noqa: S324
+            path = Path("/tmp") / f"selkie-{digest}"  # noqa: S108 - private, mode 0700
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
+        return path
+
+    # --- paths -----------------------------------------------------------------------------
+
+    def run_dir(self, endpoint_id: str) -> Path:
+        return self.root / endpoint_id
+
+    def socket_path(self, endpoint_id: str) -> Path:
+        return self.socket_dir / f"{endpoint_id}.sock"
+
+    def _record_path(self, endpoint_id: str) -> Path:
+        return self.run_dir(endpoint_id) / "compute.json"
+
+    def _cnf_path(self, endpoint_id: str) -> Path:
+        return self.run_dir(endpoint_id) / "my.cnf"
+
+    def error_log(self, endpoint_id: str) -> Path:
+        return self.run_dir(endpoint_id) / "error.log"
+
+    def _lock(self, endpoint_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(endpoint_id, asyncio.Lock())
+
+    # --- records ---------------------------------------------------------------------------
+
+    def _read_record(self, endpoint_id: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self._record_path(endpoint_id).read_text())
+            return data
+        except (OSError, ValueError):
+            return None
+
+    def _write_record(self, sup: _Supervised) -> None:
+        path = self._record_path(sup.endpoint_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "endpoint_id": sup.endpoint_id,
+                    "pid": sup.pid,
+                    "start_time": sup.start_time,
+                    "port": sup.port,
+                    "socket": str(sup.socket),
+                }
+            )
+        )
+        tmp.replace(path)
+
+    def _is_ours(self, pid: int, endpoint_id: str, start_time: int | None = None) -> bool:
+        """The pid is alive, is the mariadbd we started for this endpoint, and (when known)
+        started when our record says: a recycled pid is never mistaken for a compute."""
+        actual = proc_start_time(pid)
+        if actual is None or is_zombie(pid):
+            return False
+        if start_time is not None and actual != start_time:
+            return False
+        return f"--defaults-file={self._cnf_path(endpoint_id)}" in proc_cmdline(pid)
+
+    def _recorded_alive(self, endpoint_id: str) -> _Supervised | None:
+        rec = self._read_record(endpoint_id)
+        if rec is None or not self._is_ours(int(rec["pid"]), endpoint_id, rec.get("start_time")):
+            return None
+        return _Supervised(
+            endpoint_id=endpoint_id,
+            pid=int(rec["pid"]),
+            start_time=int(rec["start_time"]),
+            port=int(rec["port"]),
+            socket=Path(rec["socket"]),
+        )
+
+    def _scan_proc(self) -> dict[str, int]:
+        """mariadbd processes started with a config under our root, by endpoint id. Catches
+        a compute whose record was never written (a crash right after spawning it)."""
+        found: dict[str, int] = {}
+        prefix = f"--defaults-file={self.root}/"
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            for arg in proc_cmdline(int(entry.name)):
+                if arg.startswith(prefix) and arg.endswith("/my.cnf"):
+                    endpoint_id = arg[len(prefix) :].split("/", 1)[0]
+                    if not is_zombie(int(entry.name)):
+                        found[endpoint_id] = int(entry.name)
+        return found
+
+    def _info(self, sup: _Supervised | None, endpoint_id: str) -> ComputeInfo:
+        if sup is None:
+            return ComputeInfo(endpoint_id=endpoint_id, running=False)
+        return ComputeInfo(
+            endpoint_id=endpoint_id,
+            running=True,
+            host=self.bind_address,
+            port=sup.port,
+            socket=sup.socket,
+            pid=sup.pid,
+        )
+
+    # --- start -----------------------------------------------------------------------------
+
+    async def start(self, spec: ComputeSpec, *, timeout: float = 60.0) -> ComputeInfo:
+        async with self._lock(spec.endpoint_id):
+            sup = self._procs.get(spec.endpoint_id)
+            if sup is not None and not sup.exited.is_set():
+                return self._info(sup, spec.endpoint_id)
+            found = self._recorded_alive(spec.endpoint_id)
+            if found is not None:
+                self._supervise(found)
+                return self._info(found, spec.endpoint_id)
+            last_error: ComputeError | None = None
+            for _attempt in range(3):
+                try:
+                    sup = await self._spawn(spec, timeout=timeout)
+                except _PortTaken as exc:
+                    last_error = ComputeError(str(exc))
+                    spec = _without_port_hint(spec)
+                    continue
+                return self._info(sup, spec.endpoint_id)
+            assert last_error is not None
+            raise last_error
+
+    async def _spawn(self, spec: ComputeSpec, *, timeout: float) -> _Supervised:
+        ep = spec.endpoint_id
+        run_dir = self.run_dir(ep)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (spec.datadir / "mysql").is_dir():
+            raise ComputeError(f"datadir {spec.datadir} of endpoint {ep} is not initialised")
+        port = spec.port_hint if spec.port_hint and port_is_free(spec.port_hint) else free_port()
+        sock = self.socket_path(ep)
+        pid_file = run_dir / "mariadbd.pid"
+        for stale in (sock, pid_file):
+            stale.unlink(missing_ok=True)
+        sizing = Sizing.for_cu(spec.cu)
+        self._cnf_path(ep).write_text(
+            render_config(
+                sizing=sizing,
+                datadir=spec.datadir,
+                socket=sock,
+                port=port,
+                pid_file=pid_file,
+                error_log=self.error_log(ep),
+                bind_address=self.bind_address,
+                run_as_root=self.run_as_root,
+                extra=spec.server_options,
+            )
+        )
+        log_offset = self._log_size(ep)
+        started = time.monotonic()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self.mariadbd,
+                f"--defaults-file={self._cnf_path(ep)}",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: killpg reaches all of it
+            )
+        except OSError as exc:
+            raise ComputeError(f"cannot run {self.mariadbd}: {exc.strerror}") from exc
+        start_time = proc_start_time(process.pid) or 0
+        sup = _Supervised(
+            endpoint_id=ep,
+            pid=process.pid,
+            start_time=start_time,
+            port=port,
+            socket=sock,
+            process=process,
+        )
+        self._write_record(sup)
+        self.cgroups.apply(ep, process.pid, cu=spec.cu, memory_bytes=sizing.memory_bytes)
+        try:
+            await self._wait_ready(sup, deadline=started + timeout)
+        except BaseException:
+            sup.stopping = True
+            await self._kill_and_reap(sup)
+            self._record_path(ep).unlink(missing_ok=True)
+            tail = self._log_since(ep, log_offset)
+            if "Address already in use" in tail or "Can't start server: Bind" in tail:
+                raise _PortTaken(f"port {port} was taken: {tail}") from None
+            raise
+        self._supervise(sup)
+        log.info(
+            "compute %s started (pid %d, port %d) in %.0f ms",
+            ep,
+            sup.pid,
+            port,
+            (time.monotonic() - started) * 1000,
+        )
+        return sup
+
+    async def _wait_ready(self, sup: _Supervised, *, deadline: float) -> None:
+        assert sup.process is not None
+        delay = 0.002
+        offset = self._log_size(sup.endpoint_id)
+        while True:
+            if sup.process.returncode is not None:
+                raise ComputeError(
+                    f"mariadbd for {sup.endpoint_id} exited with status "
+                    f"{sup.process.returncode} while starting: "
+                    f"{self.error_log_tail(sup.endpoint_id)}"
+                )
+            if sup.socket.exists() and await wait_for_handshake(sup.socket):
+                return
+            if time.monotonic() > deadline:
+                tail = self._log_since(sup.endpoint_id, offset) or self.error_log_tail(
+                    sup.endpoint_id
+                )
+                raise ComputeError(f"mariadbd for {sup.endpoint_id} was not ready in time: {tail}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.02)
+
+    # --- supervision -----------------------------------------------------------------------
+
+    def _supervise(self, sup: _Supervised) -> None:
+        self._procs[sup.endpoint_id] = sup
+        sup.watcher = asyncio.get_running_loop().create_task(
+            self._watch(sup), name=f"watch-{sup.endpoint_id}"
+        )
+
+    async def _watch(self, sup: _Supervised) -> None:
+        try:
+            if sup.process is not None:
+                code: int | None = await sup.process.wait()
+            else:
+                while self._is_ours(sup.pid, sup.endpoint_id, sup.start_time):
+                    await asyncio.sleep(_POLL_INTERVAL)
+                code = None
+        except asyncio.CancelledError:
+            raise
+        sup.exited.set()
+        if self._procs.get(sup.endpoint_id) is sup:
+            del self._procs[sup.endpoint_id]
+        if sup.stopping:
+            return
+        status = f"status {code}" if code is not None else "an unknown status"
+        if code is not None and code < 0:
+            status = f"signal {signal.Signals(-code).name}"
+        reason = f"mariadbd exited unexpectedly ({status}): {self.error_log_tail(sup.endpoint_id)}"
+        log.warning("compute %s: %s", sup.endpoint_id, reason)
+        self._record_path(sup.endpoint_id).unlink(missing_ok=True)
+        try:
+            await self._report_exit(sup.endpoint_id, reason)
+        except Exception:
+            log.exception("exit callback for %s failed", sup.endpoint_id)
+
+    async def adopt(self, endpoint_id: str) -> ComputeInfo:
+        async with self._lock(endpoint_id):
+            sup = self._procs.get(endpoint_id)
+            if sup is None:
+                sup = self._recorded_alive(endpoint_id)
+                if sup is None:
+                    return ComputeInfo(endpoint_id=endpoint_id, running=False)
+                self._supervise(sup)
+            return self._info(sup, endpoint_id)
+
+    # --- stop ------------------------------------------------------------------------------
+
+    async def stop(self, endpoint_id: str, *, timeout: float = 30.0) -> None:
+        async with self._lock(endpoint_id):
+            sup = self._procs.get(endpoint_id) or self._recorded_alive(endpoint_id)
+            if sup is None:
+                # No record: a process whose record was lost may still be there.
+                pid = self._scan_proc().get(endpoint_id)
+                if pid is None:
+                    self._record_path(endpoint_id).unlink(missing_ok=True)
+                    return
+                sup = _Supervised(
+                    endpoint_id=endpoint_id,
+                    pid=pid,
+                    start_time=proc_start_time(pid) or 0,
+                    port=0,
+                    socket=self.socket_path(endpoint_id),
+                )
+            sup.stopping = True
+            started = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sup.pid, signal.SIGTERM)
+            if not await self._wait_gone(sup, timeout):
+                log.warning(
+                    "compute %s ignored SIGTERM for %.0fs; killing it", endpoint_id, timeout
+                )
+                await self._kill_and_reap(sup)
+            if sup.watcher is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sup.watcher
+            self._procs.pop(endpoint_id, None)
+            self._record_path(endpoint_id).unlink(missing_ok=True)
+            self.cgroups.remove(endpoint_id)
+            log.info(
+                "compute %s stopped in %.0f ms", endpoint_id, (time.monotonic() - started) * 1000
+            )
+
+    async def _wait_gone(self, sup: _Supervised, timeout: float) -> bool:
+        if sup.process is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(sup.process.wait()), timeout)
+                return True
+            except TimeoutError:
+                return False
+        deadline = time.monotonic() + timeout
+        while self._is_ours(sup.pid, sup.endpoint_id, sup.start_time or None):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def _kill_and_reap(self, sup: _Supervised) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(sup.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sup.pid, signal.SIGKILL)
+        if sup.process is not None:
+            await sup.process.wait()
+        else:
+            while self._is_ours(sup.pid, sup.endpoint_id, sup.start_time or None):
+                await asyncio.sleep(0.01)
+
+    # --- observation -----------------------------------------------------------------------
+
+    async def inspect(self, endpoint_id: str) -> ComputeInfo:
+        sup = self._procs.get(endpoint_id)
+        if sup is not None and not sup.exited.is_set():
+            return self._info(sup, endpoint_id)
+        return self._info(self._recorded_alive(endpoint_id), endpoint_id)
+
+    async def list_computes(self) -> list[ComputeInfo]:
+        infos: dict[str, ComputeInfo] = {}
+        for rec_dir in self.root.iterdir():
+            if rec_dir.is_dir():
+                infos[rec_dir.name] = await self.inspect(rec_dir.name)
+        for endpoint_id, pid in (await asyncio.to_thread(self._scan_proc)).items():
+            if not infos.get(endpoint_id, ComputeInfo(endpoint_id="", running=False)).running:
+                infos[endpoint_id] = ComputeInfo(endpoint_id=endpoint_id, running=True, pid=pid)
+        return list(infos.values())
+
+    async def execute(
+        self, endpoint_id: str, statements: Sequence[str]
+    ) -> list[list[tuple[Any, ...]]]:
+        sock = self.socket_path(endpoint_id)
+
+        def run() -> list[list[tuple[Any, ...]]]:
+            try:
+                conn = pymysql.connect(
+                    unix_socket=str(sock), user=self.os_user, autocommit=True, connect_timeout=10
+                )
+            except pymysql.MySQLError as exc:
+                raise ComputeError(f"cannot reach compute {endpoint_id} as admin: {exc}") from exc
+            try:
+                results = []
+                with conn.cursor() as cur:
+                    for stmt in statements:
+                        cur.execute(stmt)
+                        results.append(list(cur.fetchall()))
+                return results
+            except pymysql.MySQLError as exc:
+                raise ComputeError(f"compute {endpoint_id}: {exc}") from exc
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(run)
+
+    async def remove(self, endpoint_id: str) -> None:
+        if (await self.inspect(endpoint_id)).running:
+            raise ComputeError(f"compute {endpoint_id} is still running")
+        await asyncio.to_thread(shutil.rmtree, self.run_dir(endpoint_id), True)
+        self.socket_path(endpoint_id).unlink(missing_ok=True)
+        self._locks.pop(endpoint_id, None)
+
+    def _log_size(self, endpoint_id: str) -> int:
+        try:
+            return self.error_log(endpoint_id).stat().st_size
+        except OSError:
+            return 0
+
+    def _log_since(self, endpoint_id: str, offset: int) -> str:
+        try:
+            with open(self.error_log(endpoint_id), "rb") as fh:
+                fh.seek(offset)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return _summarize(text.splitlines(), 15)
+
+    def error_log_tail(self, endpoint_id: str, *, lines: int = 15) -> str:
+        try:
+            with open(self.error_log(endpoint_id), "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 16384))
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return "(no error log)"
+        return _summarize(text.splitlines(), lines)
+
+    async def close(self) -> None:
+        for sup in list(self._procs.values()):
+            if sup.watcher is not None:
+                sup.watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sup.watcher
+        self._procs.clear()
+
+
+def _summarize(lines: list[str], count: int) -> str:
+    useful = [line for line in lines if line.strip() and not any(n in line for n in _NOISE)]
+    return "\n".join(useful[-count:])
+
+
+class _PortTaken(ComputeError):
+    pass
+
+
+def _without_port_hint(spec: ComputeSpec) -> ComputeSpec:
+    from dataclasses import replace
+
+    return replace(spec, port_hint=None)

@@ -1,0 +1,1 @@
+"""Storage drivers: where branch data lives (local datadirs, or a remote page server)."""

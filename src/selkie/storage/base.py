@@ -1,0 +1,56 @@
+"""The StorageDriver boundary: where a branch's data lives and how a compute reaches it.
+
+``local``: one datadir per branch on this machine. ``pageserver``: the remote storage our
+users run (a patched MariaDB that reads pages from a page server and writes its log to a
+safekeeper); the compute keeps no local state. The control plane picks the driver from the
+project's ``storage_mode`` and never looks inside a datadir itself.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from selkie.model import ProjectSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParentState:
+    """The branch a new branch copies, and whether its compute is running (then the copy
+    must be a hot backup, not a file copy)."""
+
+    branch_id: str
+    running_socket: Path | None = None
+
+
+class StorageDriver(ABC):
+    @abstractmethod
+    async def create_branch(
+        self, branch_id: str, *, parent: ParentState | None, settings: ProjectSettings
+    ) -> None:
+        """Make the branch's data: a fresh database when ``parent`` is None, else a
+        consistent copy of the parent. Idempotent: an existing branch is left as it is."""
+
+    @abstractmethod
+    def compute_datadir(self, branch_id: str, endpoint_id: str) -> Path:
+        """The datadir a compute of this branch is started with."""
+
+    @abstractmethod
+    async def prepare_compute(
+        self, branch_id: str, endpoint_id: str, settings: ProjectSettings
+    ) -> dict[str, str]:
+        """Check the storage is reachable and return extra server options for the compute.
+        Raises ComputeError with a clear message when it is not."""
+
+    @abstractmethod
+    async def delete_branch(self, branch_id: str) -> None:
+        """Remove the branch's data. Idempotent."""
+
+    @abstractmethod
+    async def branch_size(self, branch_id: str) -> int:
+        """Bytes the branch occupies (for storage metering)."""
+
+    @abstractmethod
+    def branch_exists(self, branch_id: str) -> bool:
+        """Whether the branch's data has been made."""

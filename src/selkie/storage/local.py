@@ -1,0 +1,146 @@
+"""Local storage: one datadir per branch under ``<data_dir>/branches/<branch_id>``.
+
+A new project's first branch is a copy of a template datadir that ``mariadb-install-db``
+makes once (so creating a project costs a file copy, not a server bootstrap). A branch of a
+suspended parent is a file copy; of a running parent, a ``mariadb-backup`` hot copy and
+``--prepare``. Copies are made in a temporary directory and renamed into place, so a crash
+never leaves a half-made datadir that looks finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from selkie.errors import ComputeError
+from selkie.model import ProjectSettings
+from selkie.storage.base import ParentState, StorageDriver
+
+log = logging.getLogger(__name__)
+
+
+def _find(binary: str) -> str:
+    return shutil.which(binary) or f"/usr/bin/{binary}"
+
+
+async def _run(*argv: str, cwd: Path | None = None) -> str:
+    """Run a tool; its combined output on success, ComputeError with it on failure."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=cwd,
+        )
+    except OSError as exc:
+        raise ComputeError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    if proc.returncode != 0:
+        tail = "\n".join(text.strip().splitlines()[-10:])
+        raise ComputeError(f"{Path(argv[0]).name} failed ({proc.returncode}): {tail}")
+    return text
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+class LocalStorage(StorageDriver):
+    def __init__(self, *, data_dir: Path, install_db: str = "", backup: str = "") -> None:
+        self.root = (data_dir / "branches").resolve()
+        self.template = (data_dir / "template").resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.install_db = install_db or _find("mariadb-install-db")
+        self.backup = backup or _find("mariadb-backup")
+        self._template_lock = asyncio.Lock()
+
+    def datadir(self, branch_id: str) -> Path:
+        return self.root / branch_id
+
+    def compute_datadir(self, branch_id: str, endpoint_id: str) -> Path:
+        return self.datadir(branch_id)
+
+    def branch_exists(self, branch_id: str) -> bool:
+        return (self.datadir(branch_id) / "mysql").is_dir()
+
+    async def ensure_template(self) -> Path:
+        """Make the template datadir once (about half a second), reuse it forever."""
+        async with self._template_lock:
+            if (self.template / "mysql").is_dir():
+                return self.template
+            from selkie.compute.mariadb import REDO_LOG_SIZE
+
+            staging = self.template.with_name(self.template.name + ".tmp")
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            cnf = staging.with_name("template.cnf")
+            # The same redo log size computes use, so the first start does not resize it.
+            cnf.write_text(f"[mariadbd]\ninnodb_log_file_size={REDO_LOG_SIZE}\n")
+            argv = [
+                self.install_db,
+                f"--defaults-file={cnf}",
+                f"--datadir={staging}",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ]
+            if os.geteuid() == 0:
+                argv.append("--user=root")
+            await _run(*argv)
+            staging.replace(self.template)
+            log.info("made the template datadir at %s", self.template)
+            return self.template
+
+    async def create_branch(
+        self, branch_id: str, *, parent: ParentState | None, settings: ProjectSettings
+    ) -> None:
+        target = self.datadir(branch_id)
+        if self.branch_exists(branch_id):
+            return
+        staging = target.with_name(target.name + ".tmp")
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+        if parent is None:
+            source = await self.ensure_template()
+            await asyncio.to_thread(shutil.copytree, source, staging, symlinks=True)
+        elif parent.running_socket is not None:
+            await self._hot_copy(parent.running_socket, staging)
+        else:
+            source = self.datadir(parent.branch_id)
+            if not (source / "mysql").is_dir():
+                raise ComputeError(f"parent branch {parent.branch_id} has no data")
+            await asyncio.to_thread(shutil.copytree, source, staging, symlinks=True)
+        staging.replace(target)
+
+    async def _hot_copy(self, socket: Path, staging: Path) -> None:
+        """A consistent copy of a running server: mariadb-backup, then --prepare."""
+        user = os.environ.get("USER") or ("root" if os.geteuid() == 0 else "")
+        argv = [self.backup, "--backup", f"--target-dir={staging}", f"--socket={socket}"]
+        if user:
+            argv.append(f"--user={user}")
+        await _run(*argv)
+        await _run(self.backup, "--prepare", f"--target-dir={staging}")
+
+    async def prepare_compute(
+        self, branch_id: str, endpoint_id: str, settings: ProjectSettings
+    ) -> dict[str, str]:
+        if not self.branch_exists(branch_id):
+            raise ComputeError(f"branch {branch_id} has no data yet")
+        return {}
+
+    async def delete_branch(self, branch_id: str) -> None:
+        target = self.datadir(branch_id)
+        for path in (target, target.with_name(target.name + ".tmp")):
+            await asyncio.to_thread(shutil.rmtree, path, True)
+
+    async def branch_size(self, branch_id: str) -> int:
+        return await asyncio.to_thread(_dir_size, self.datadir(branch_id))

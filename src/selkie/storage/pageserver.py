@@ -1,0 +1,93 @@
+"""Page-server storage: computes of a patched MariaDB that read pages from our users' page
+server and send their log to a safekeeper, keeping no local state.
+
+Stock MariaDB has none of the ``innodb_page_server_*`` options: a compute in this mode needs
+the patched ``mariadbd`` (``SELKIE_PAGESERVER_MARIADBD``). What is tested here is what can
+be without that server: the rendered options and the preflight that refuses to start a
+compute whose page server does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import httpx
+
+from selkie.errors import ComputeError
+from selkie.model import ProjectSettings, StorageMode
+from selkie.storage.base import ParentState, StorageDriver
+
+PING_PATH = "/api/v1/ping"
+
+
+def page_server_options(settings: ProjectSettings) -> dict[str, str]:
+    """The server options that point a patched mariadbd at the remote storage."""
+    if settings.storage_mode is not StorageMode.PAGESERVER:
+        raise ComputeError("project does not use pageserver storage")
+    if not settings.page_server_address or settings.page_server_port is None:
+        raise ComputeError("pageserver storage needs page_server_address and page_server_port")
+    options = {
+        "innodb_page_server_enabled": "ON",
+        "innodb_page_server_address": settings.page_server_address,
+        "innodb_page_server_port": str(settings.page_server_port),
+    }
+    if settings.safekeeper_url:
+        options["innodb_safekeeper_url"] = settings.safekeeper_url
+    return options
+
+
+class PageServerStorage(StorageDriver):
+    """Branch data lives in the page server; a compute gets only a scratch directory, made
+    from the local template (system tables) and thrown away when the compute goes."""
+
+    def __init__(self, *, data_dir: Path, template: StorageDriver, timeout: float = 2.0) -> None:
+        self.scratch = (data_dir / "scratch").resolve()
+        self.template = template
+        self.timeout = timeout
+
+    def compute_datadir(self, branch_id: str, endpoint_id: str) -> Path:
+        return self.scratch / endpoint_id
+
+    def branch_exists(self, branch_id: str) -> bool:
+        # The page server owns branch data; Selkie has nothing to make for it.
+        return True
+
+    async def create_branch(
+        self, branch_id: str, *, parent: ParentState | None, settings: ProjectSettings
+    ) -> None:
+        await self.ping(settings)
+
+    async def ping(self, settings: ProjectSettings) -> None:
+        options = page_server_options(settings)
+        url = f"http://{options['innodb_page_server_address']}:{options['innodb_page_server_port']}"
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                resp = await client.get(url + PING_PATH)
+        except httpx.HTTPError as exc:
+            raise ComputeError(f"page server {url} does not answer: {exc!r}") from exc
+        if resp.status_code != 200:
+            raise ComputeError(
+                f"page server {url} answered {resp.status_code} to {PING_PATH}: {resp.text[:200]}"
+            )
+
+    async def prepare_compute(
+        self, branch_id: str, endpoint_id: str, settings: ProjectSettings
+    ) -> dict[str, str]:
+        await self.ping(settings)
+        scratch = self.compute_datadir(branch_id, endpoint_id)
+        if not (scratch / "mysql").is_dir():
+            from selkie.storage.local import LocalStorage
+
+            assert isinstance(self.template, LocalStorage)
+            source = await self.template.ensure_template()
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+            await asyncio.to_thread(shutil.copytree, source, scratch, symlinks=True)
+        return page_server_options(settings)
+
+    async def delete_branch(self, branch_id: str) -> None:
+        return None
+
+    async def branch_size(self, branch_id: str) -> int:
+        return 0
