@@ -87,10 +87,9 @@ class Cgroups:
 
     def remove(self, endpoint_id: str) -> None:
         for _, path in self._dirs(endpoint_id):
-            try:
+            # Fails harmlessly if it never existed or still holds a process.
+            with contextlib.suppress(OSError):
                 os.rmdir(path)
-            except OSError:
-                pass  # still has processes (rare) or never existed
 
     def limits(self, endpoint_id: str) -> dict[str, str]:
         """The limits in force, as the kernel reports them (for tests and diagnostics)."""
