@@ -38,6 +38,13 @@ class Settings:
     proxy_domain: str = "selkie.localhost"
     region_id: str = "local"
     log_level: str = "info"
+    # Computes.
+    mariadbd: str = ""  # default: mariadbd on PATH, else /usr/sbin/mariadbd
+    pageserver_mariadbd: str = ""  # the patched server for pageserver storage
+    compute_bind_address: str = "127.0.0.1"
+    compute_cgroups: bool = True
+    compute_start_timeout: float = 60.0
+    compute_stop_timeout: float = 30.0
     # Client side (CLI, scripts).
     api_url: str = ""
     api_key: str = ""

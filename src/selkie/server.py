@@ -1,4 +1,9 @@
-"""`selkie up`: the whole platform in one process, on one asyncio event loop."""
+"""The whole platform in one process, on one asyncio event loop (`selkie up`).
+
+:class:`Platform` wires the parts together: state store, control-plane services, compute
+and storage drivers, the lifecycle manager, the operations runner and the reconciler. Tests
+and benchmarks use it directly; `selkie up` adds the HTTP server around it.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,15 @@ from dataclasses import dataclass
 import uvicorn
 
 from selkie.api.app import create_app
+from selkie.compute.cgroups import Cgroups
+from selkie.compute.local import LocalDriver
 from selkie.config import Settings, split_listen
 from selkie.control import Control
 from selkie.control.bootstrap import FirstStart, first_start
+from selkie.control.lifecycle import Lifecycle
+from selkie.control.reconciler import reconcile
+from selkie.control.runner import OperationsRunner
+from selkie.storage.local import LocalStorage
 from selkie.store import Store
 
 log = logging.getLogger(__name__)
@@ -24,18 +35,62 @@ class Platform:
     settings: Settings
     store: Store
     control: Control
+    driver: LocalDriver
+    storage: LocalStorage
+    lifecycle: Lifecycle
+    runner: OperationsRunner
 
+    @classmethod
+    def open(cls, settings: Settings) -> Platform:
+        """Build every part (blocking: migrations run here). Nothing runs until start()."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.effective_database_url)
+        driver = LocalDriver(
+            data_dir=settings.data_dir,
+            mariadbd=settings.mariadbd,
+            bind_address=settings.compute_bind_address,
+            cgroups=Cgroups(enabled=settings.compute_cgroups),
+        )
+        storage = LocalStorage(data_dir=settings.data_dir)
+        lifecycle = Lifecycle(
+            store=store,
+            settings=settings,
+            driver=driver,
+            local_storage=storage,
+            start_timeout=settings.compute_start_timeout,
+            stop_timeout=settings.compute_stop_timeout,
+        )
+        return cls(
+            settings=settings,
+            store=store,
+            control=Control.open(store, settings),
+            driver=driver,
+            storage=storage,
+            lifecycle=lifecycle,
+            runner=OperationsRunner(store=store, lifecycle=lifecycle),
+        )
 
-def open_platform(settings: Settings) -> Platform:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.effective_database_url)
-    return Platform(settings=settings, store=store, control=Control.open(store, settings))
+    async def start(self) -> None:
+        """Reconcile recorded state with the computes found running, then run operations."""
+        await self.storage.ensure_template()
+        await reconcile(self.store, self.lifecycle)
+        self.runner.start()
+
+    async def stop(self, *, suspend_computes: bool = True) -> None:
+        """Stop running operations; suspend every compute cleanly (embedded mode owns its
+        computes: nothing is left running after `selkie up` exits)."""
+        await self.runner.stop()
+        if suspend_computes:
+            await self.lifecycle.suspend_all()
+        await self.driver.close()
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def banner(settings: Settings, first: FirstStart) -> str:
-    lines = [
-        f"Selkie API on {settings.effective_api_url}  (docs: {settings.effective_api_url}/docs)"
-    ]
+    api = settings.effective_api_url
+    lines = [f"Selkie API on {api}  (docs: {api}/docs)"]
     if first.api_key:
         lines += [
             "",
@@ -73,24 +128,29 @@ def banner(settings: Settings, first: FirstStart) -> str:
 async def serve(
     settings: Settings, *, on_ready: Callable[[FirstStart], None] | None = None
 ) -> None:
-    """Run the API (and, as they land, proxy, operations runner and scheduler) until stopped."""
-    platform = await asyncio.to_thread(open_platform, settings)
+    """Run the API, the operations runner (and, as they land, the proxy and scheduler)
+    until stopped; then suspend every compute and exit."""
+    platform = await asyncio.to_thread(Platform.open, settings)
     try:
-        first = await asyncio.to_thread(first_start, platform.control)
-        host, port = split_listen(settings.api_listen)
-        config = uvicorn.Config(
-            create_app(platform.control),
-            host=host,
-            port=port,
-            log_level=settings.log_level,
-            access_log=False,
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
-        if on_ready is not None:
-            on_ready(first)
-        await server.serve()
-        if not server.started:
-            raise SystemExit(f"selkie: the API could not listen on {settings.api_listen}")
+        await platform.start()
+        try:
+            first = await asyncio.to_thread(first_start, platform.control)
+            host, port = split_listen(settings.api_listen)
+            config = uvicorn.Config(
+                create_app(platform.control),
+                host=host,
+                port=port,
+                log_level=settings.log_level,
+                access_log=False,
+                lifespan="on",
+            )
+            server = uvicorn.Server(config)
+            if on_ready is not None:
+                on_ready(first)
+            await server.serve()
+            if not server.started:
+                raise SystemExit(f"selkie: the API could not listen on {settings.api_listen}")
+        finally:
+            await platform.stop()
     finally:
-        platform.store.close()
+        platform.close()

@@ -28,6 +28,8 @@ class ComputeSpec:
     server_options: dict[str, str] = field(default_factory=dict)
     # Prefer this port (the one the endpoint had before), if it is free.
     port_hint: int | None = None
+    # A different server binary (the patched one, for pageserver storage); None: default.
+    binary: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -300,7 +300,7 @@ class LocalDriver(ComputeDriver):
         started = time.monotonic()
         try:
             process = await asyncio.create_subprocess_exec(
-                self.mariadbd,
+                spec.binary or self.mariadbd,
                 f"--defaults-file={self._cnf_path(ep)}",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
@@ -308,7 +308,9 @@ class LocalDriver(ComputeDriver):
                 start_new_session=True,  # its own process group: killpg reaches all of it
             )
         except OSError as exc:
-            raise ComputeError(f"cannot run {self.mariadbd}: {exc.strerror}") from exc
+            raise ComputeError(
+                f"cannot run {spec.binary or self.mariadbd}: {exc.strerror}"
+            ) from exc
         start_time = proc_start_time(process.pid) or 0
         sup = _Supervised(
             endpoint_id=ep,

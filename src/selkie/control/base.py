@@ -18,6 +18,7 @@ from selkie.config import Settings
 from selkie.errors import NotFound
 from selkie.model import OperationAction, OperationStatus, Principal
 from selkie.store import Store, convert
+from selkie.store.store import QUEUED_KEY
 from selkie.store.tables import (
     BranchRow,
     EndpointRow,
@@ -102,6 +103,7 @@ class ServiceBase:
         )
         s.add(row)
         s.flush()
+        s.info[QUEUED_KEY] = True
         return convert.operation(row)
 
     def apply_config(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class LocalStorage(StorageDriver):
         self.install_db = install_db or _find("mariadb-install-db")
         self.backup = backup or _find("mariadb-backup")
         self._template_lock = asyncio.Lock()
+        self._branch_locks: dict[str, asyncio.Lock] = {}
 
     def datadir(self, branch_id: str) -> Path:
         return self.root / branch_id
@@ -104,22 +106,32 @@ class LocalStorage(StorageDriver):
     async def create_branch(
         self, branch_id: str, *, parent: ParentState | None, settings: ProjectSettings
     ) -> None:
-        target = self.datadir(branch_id)
-        if self.branch_exists(branch_id):
-            return
-        staging = target.with_name(target.name + ".tmp")
-        await asyncio.to_thread(shutil.rmtree, staging, True)
-        if parent is None:
-            source = await self.ensure_template()
-            await asyncio.to_thread(shutil.copytree, source, staging, symlinks=True)
-        elif parent.running_socket is not None:
-            await self._hot_copy(parent.running_socket, staging)
-        else:
-            source = self.datadir(parent.branch_id)
-            if not (source / "mysql").is_dir():
-                raise ComputeError(f"parent branch {parent.branch_id} has no data")
-            await asyncio.to_thread(shutil.copytree, source, staging, symlinks=True)
-        staging.replace(target)
+        lock = self._branch_locks.setdefault(branch_id, asyncio.Lock())
+        async with lock:
+            if self.branch_exists(branch_id):
+                return
+            target = self.datadir(branch_id)
+            # A private staging dir: another process making the same branch cannot mix in.
+            staging = target.with_name(f"{target.name}.tmp-{secrets.token_hex(4)}")
+            try:
+                if parent is None:
+                    source = await self.ensure_template()
+                    await asyncio.to_thread(shutil.copytree, source, staging, symlinks=True)
+                elif parent.running_socket is not None:
+                    await self._hot_copy(parent.running_socket, staging)
+                else:
+                    source = self.datadir(parent.branch_id)
+                    if not (source / "mysql").is_dir():
+                        raise ComputeError(f"parent branch {parent.branch_id} has no data")
+                    await asyncio.to_thread(shutil.copytree, source, staging, symlinks=True)
+                try:
+                    staging.rename(target)
+                except OSError:
+                    if not self.branch_exists(branch_id):
+                        raise
+                    # Someone else finished first; theirs is as good as ours.
+            finally:
+                await asyncio.to_thread(shutil.rmtree, staging, True)
 
     async def _hot_copy(self, socket: Path, staging: Path) -> None:
         """A consistent copy of a running server: mariadb-backup, then --prepare."""
@@ -138,9 +150,8 @@ class LocalStorage(StorageDriver):
         return {}
 
     async def delete_branch(self, branch_id: str) -> None:
-        target = self.datadir(branch_id)
-        for path in (target, target.with_name(target.name + ".tmp")):
-            await asyncio.to_thread(shutil.rmtree, path, True)
+        await asyncio.to_thread(shutil.rmtree, self.datadir(branch_id), True)
+        self._branch_locks.pop(branch_id, None)
 
     async def branch_size(self, branch_id: str) -> int:
         return await asyncio.to_thread(_dir_size, self.datadir(branch_id))

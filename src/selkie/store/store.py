@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +35,8 @@ from selkie.store.tables import Base, EndpointRow, MetaRow
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Set in session.info by whoever queues an operation; see Store.on_operations_queued.
+QUEUED_KEY = "selkie_operations_queued"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -90,6 +92,8 @@ class Store:
         if self.dialect == "sqlite":
             self._install_sqlite_hooks(self.engine)
         self._writer = self.engine.execution_options(selkie_write=True)
+        # Called (from whichever thread committed) after a commit that queued operations.
+        self.on_operations_queued: list[Callable[[], None]] = []
         if migrate:
             self.migrate()
 
@@ -152,6 +156,9 @@ class Store:
         try:
             with session.begin():
                 yield session
+            if session.info.get(QUEUED_KEY):
+                for callback in self.on_operations_queued:
+                    callback()
         except sa_exc.IntegrityError as exc:
             raise Conflict(f"conflicts with an existing object: {_short(exc)}") from exc
         except sa_exc.OperationalError as exc:

@@ -1,0 +1,481 @@
+"""The endpoint state machine, acting on computes through the drivers.
+
+::
+
+    init ─┐                 ┌────────── wake / start ───────────┐
+          ▼                 │                                   │
+      starting ──▶ active ──▶ suspending ──▶ suspended ─────────┘
+          │          │                          ▲
+          ▼          ▼ (process died)           │
+        failed ◀─────┘ ─── start / wake ──▶ starting
+    stopped: suspended by request with no auto-wake; deleted: gone for good.
+
+Every transition is a compare-and-set on (state, generation) in the store
+(:meth:`Store.transition_endpoint`); a lost CAS means another actor moved the endpoint, and
+the caller re-reads and decides again. Within this process, one asyncio lock per endpoint
+serializes actions, so concurrent wakes of one endpoint collapse into a single start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select
+
+from selkie import model
+from selkie.compute.base import ComputeDriver, ComputeSpec
+from selkie.compute.mariadb import (
+    INSPECT_DATABASES,
+    INSPECT_USERS,
+    DatabaseSpec,
+    RoleSpec,
+    sync_statements,
+)
+from selkie.config import Settings
+from selkie.errors import ComputeError, Conflict, NotFound, QuotaExceeded, SelkieError
+from selkie.model import EndpointState, utcnow
+from selkie.storage.base import ParentState, StorageDriver
+from selkie.storage.local import LocalStorage
+from selkie.storage.pageserver import PageServerStorage
+from selkie.store import Store, convert
+from selkie.store.tables import BranchRow, DatabaseRow, EndpointRow, ProjectRow, RoleRow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RUNNING = (EndpointState.STARTING, EndpointState.ACTIVE)
+STARTABLE = (
+    EndpointState.INIT,
+    EndpointState.SUSPENDED,
+    EndpointState.STOPPED,
+    EndpointState.FAILED,
+)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One endpoint with what starting it needs to know, read in one transaction."""
+
+    endpoint: EndpointRow
+    project: model.Project
+    branch: BranchRow
+    roles: list[RoleSpec]
+    databases: list[DatabaseSpec]
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        settings: Settings,
+        driver: ComputeDriver,
+        local_storage: LocalStorage,
+        start_timeout: float = 60.0,
+        stop_timeout: float = 30.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.driver = driver
+        self.local_storage = local_storage
+        self.pageserver_storage = PageServerStorage(
+            data_dir=settings.data_dir, template=local_storage
+        )
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.clock = clock
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Timings of the last start per endpoint, for benchmarks and the resume breakdown.
+        self.last_start_timings: dict[str, dict[str, float]] = {}
+        driver.on_unexpected_exit(self.on_compute_exit)
+
+    def storage_for(self, settings: model.ProjectSettings) -> StorageDriver:
+        if settings.storage_mode is model.StorageMode.PAGESERVER:
+            return self.pageserver_storage
+        return self.local_storage
+
+    def _binary_for(self, settings: model.ProjectSettings) -> str | None:
+        if settings.storage_mode is model.StorageMode.PAGESERVER:
+            return self.settings.pageserver_mariadbd or None
+        return None
+
+    def lock(self, endpoint_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(endpoint_id, asyncio.Lock())
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Store calls are blocking: they run in the default thread pool, off the loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def _load(self, endpoint_id: str) -> _Target:
+        with self.store.read() as s:
+            ep = s.get(EndpointRow, endpoint_id)
+            if ep is None or ep.current_state == EndpointState.DELETED.value:
+                raise NotFound(f"endpoint {endpoint_id} not found")
+            project = s.get(ProjectRow, ep.project_id)
+            branch = s.get(BranchRow, ep.branch_id)
+            if project is None or branch is None:
+                raise NotFound(f"endpoint {endpoint_id} has no project or branch")
+            roles = [
+                RoleSpec(name=r.name, password_hash=r.password_hash)
+                for r in s.execute(select(RoleRow).where(RoleRow.branch_id == branch.id)).scalars()
+            ]
+            dbs = [
+                DatabaseSpec(name=d.name, owner=d.owner_name)
+                for d in s.execute(
+                    select(DatabaseRow).where(DatabaseRow.branch_id == branch.id)
+                ).scalars()
+            ]
+            return _Target(
+                endpoint=ep,
+                project=convert.project(project, proxy_host=self.settings.proxy_host),
+                branch=branch,
+                roles=roles,
+                databases=dbs,
+            )
+
+    def get(self, endpoint_id: str) -> model.Endpoint:
+        with self.store.read() as s:
+            ep = s.get(EndpointRow, endpoint_id)
+            if ep is None:
+                raise NotFound(f"endpoint {endpoint_id} not found")
+            return convert.endpoint(ep, domain=self.settings.proxy_domain)
+
+    def _transition(
+        self,
+        endpoint_id: str,
+        expected: EndpointState | tuple[EndpointState, ...],
+        generation: int | None,
+        new_state: EndpointState,
+        **fields: Any,
+    ) -> int | None:
+        with self.store.write() as s:
+            return Store.transition_endpoint(
+                s,
+                endpoint_id,
+                expected_state=expected,
+                expected_generation=generation,
+                new_state=new_state,
+                **fields,
+            )
+
+    def _check_quota(self, target: _Target) -> None:
+        settings = target.project.settings
+        cu = target.endpoint.autoscaling_limit_max_cu
+        if settings.max_cu is not None and cu > settings.max_cu:
+            raise QuotaExceeded(
+                f"endpoint size {cu} CU exceeds the project's limit of {settings.max_cu} CU"
+            )
+        if settings.max_active_endpoints is not None:
+            with self.store.read() as s:
+                active = s.execute(
+                    select(func.count(EndpointRow.id))
+                    .where(EndpointRow.project_id == target.project.id)
+                    .where(EndpointRow.id != target.endpoint.id)
+                    .where(EndpointRow.current_state.in_([x.value for x in RUNNING]))
+                ).scalar_one()
+            if active >= settings.max_active_endpoints:
+                raise QuotaExceeded(
+                    f"project {target.project.id} already has {active} active endpoints "
+                    f"(limit {settings.max_active_endpoints})"
+                )
+
+    # --- start -----------------------------------------------------------------------------
+
+    async def start(self, endpoint_id: str, *, wake: bool = False) -> model.Endpoint:
+        """Make the endpoint active and return it. Concurrent calls share one start.
+
+        ``wake`` is a start caused by a client connecting: it refuses endpoints stopped by
+        request or disabled, where an explicit start would start a stopped one.
+        """
+        async with self.lock(endpoint_id):
+            deadline = time.monotonic() + self.start_timeout
+            while time.monotonic() < deadline:
+                target = await self._db(self._load, endpoint_id)
+                ep = target.endpoint
+                state = EndpointState(ep.current_state)
+                if ep.disabled:
+                    raise Conflict(f"endpoint {endpoint_id} is disabled")
+                if wake and state is EndpointState.STOPPED:
+                    raise Conflict(f"endpoint {endpoint_id} is stopped; start it through the API")
+                if state is EndpointState.ACTIVE:
+                    info = await self.driver.inspect(endpoint_id)
+                    if info.running:
+                        return convert.endpoint(ep, domain=self.settings.proxy_domain)
+                    # Recorded active, but its process is gone: a failure we had not seen.
+                    await self._db(
+                        self._transition,
+                        endpoint_id,
+                        EndpointState.ACTIVE,
+                        ep.generation,
+                        EndpointState.FAILED,
+                        failure_reason="compute was not running",
+                        compute_address=None,
+                    )
+                    continue
+                if state not in STARTABLE:
+                    # starting/suspending by another control plane: wait for it to settle.
+                    await asyncio.sleep(0.02)
+                    continue
+                return await self._start(target)
+            raise ComputeError(f"endpoint {endpoint_id} did not settle in time; try again")
+
+    async def _start(self, target: _Target) -> model.Endpoint:
+        ep = target.endpoint
+        t0 = time.perf_counter()
+        await self._db(self._check_quota, target)
+        gen = await self._db(
+            self._transition,
+            ep.id,
+            EndpointState(ep.current_state),
+            ep.generation,
+            EndpointState.STARTING,
+            pending_state=EndpointState.ACTIVE.value,
+        )
+        if gen is None:
+            raise Conflict(f"endpoint {ep.id} changed while starting; try again")
+        timings: dict[str, float] = {}
+        try:
+            storage = self.storage_for(target.project.settings)
+            await self.ensure_branch_data(target.branch, target.project)
+            options = await storage.prepare_compute(
+                target.branch.id, ep.id, target.project.settings
+            )
+            t1 = time.perf_counter()
+            port_hint = int(ep.compute_address.rsplit(":", 1)[1]) if ep.compute_address else None
+            info = await self.driver.start(
+                ComputeSpec(
+                    endpoint_id=ep.id,
+                    project_id=ep.project_id,
+                    branch_id=ep.branch_id,
+                    cu=ep.autoscaling_limit_max_cu,
+                    datadir=storage.compute_datadir(target.branch.id, ep.id),
+                    server_options=options,
+                    port_hint=port_hint,
+                    binary=self._binary_for(target.project.settings),
+                ),
+                timeout=self.start_timeout,
+            )
+            t2 = time.perf_counter()
+            await self._sync_accounts(ep.id, target.roles, target.databases)
+            t3 = time.perf_counter()
+        except BaseException as exc:
+            reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
+            await self._fail_start(ep.id, gen, reason)
+            if isinstance(exc, SelkieError | asyncio.CancelledError):
+                raise
+            raise ComputeError(f"starting {ep.id} failed: {reason}") from exc
+        now = self.clock()
+        done = await self._db(
+            self._transition,
+            ep.id,
+            EndpointState.STARTING,
+            gen,
+            EndpointState.ACTIVE,
+            pending_state=None,
+            started_at=now,
+            last_active=now,
+            failure_reason=None,
+            compute_address=info.address,
+        )
+        if done is None:
+            # Someone (a delete, another control plane) moved it meanwhile: do not leave a
+            # compute running that the store does not account for.
+            await self.driver.stop(ep.id, timeout=self.stop_timeout)
+            raise Conflict(f"endpoint {ep.id} changed while starting")
+        timings.update(
+            prepare_ms=(t1 - t0) * 1000,
+            mariadbd_start_ms=(t2 - t1) * 1000,
+            sync_accounts_ms=(t3 - t2) * 1000,
+            total_ms=(time.perf_counter() - t0) * 1000,
+        )
+        self.last_start_timings[ep.id] = timings
+        return await self._db(self.get, ep.id)
+
+    async def _fail_start(self, endpoint_id: str, generation: int, reason: str) -> None:
+        try:
+            await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
+        finally:
+            await self._db(
+                self._transition,
+                endpoint_id,
+                EndpointState.STARTING,
+                generation,
+                EndpointState.FAILED,
+                pending_state=None,
+                failure_reason=reason[:4000],
+                compute_address=None,
+            )
+
+    async def ensure_branch_data(self, branch: BranchRow, project: model.Project) -> None:
+        """Make the branch's data if it is not there yet (a copy of its parent, or of the
+        template for a project's first branch); marks the branch ready."""
+        storage = self.storage_for(project.settings)
+        if not storage.branch_exists(branch.id):
+            parent = None
+            if branch.parent_id is not None:
+                parent = ParentState(
+                    branch_id=branch.parent_id,
+                    running_socket=await self._running_socket_of_branch(branch.parent_id),
+                )
+            await storage.create_branch(branch.id, parent=parent, settings=project.settings)
+        if branch.current_state != model.BranchState.READY.value:
+            await self._db(self._mark_branch_ready, branch.id)
+
+    def _mark_branch_ready(self, branch_id: str) -> None:
+        with self.store.write() as s:
+            row = s.get(BranchRow, branch_id)
+            if row is not None:
+                row.current_state = model.BranchState.READY.value
+
+    async def _running_socket_of_branch(self, branch_id: str) -> Any:
+        def endpoints() -> list[str]:
+            with self.store.read() as s:
+                return list(
+                    s.execute(
+                        select(EndpointRow.id)
+                        .where(EndpointRow.branch_id == branch_id)
+                        .where(EndpointRow.current_state.in_([x.value for x in RUNNING]))
+                    ).scalars()
+                )
+
+        for endpoint_id in await self._db(endpoints):
+            info = await self.driver.inspect(endpoint_id)
+            if info.running and info.socket is not None:
+                return info.socket
+        return None
+
+    async def _sync_accounts(
+        self, endpoint_id: str, roles: list[RoleSpec], databases: list[DatabaseSpec]
+    ) -> None:
+        users, dbs = await self.driver.execute(endpoint_id, [INSPECT_USERS, INSPECT_DATABASES])
+        statements = sync_statements(
+            roles=roles,
+            databases=databases,
+            existing_users=[str(r[0]) for r in users],
+            existing_databases=[str(r[0]) for r in dbs],
+        )
+        if statements:
+            await self.driver.execute(endpoint_id, statements)
+
+    async def apply_config(self, endpoint_id: str) -> bool:
+        """Make a running compute's roles and databases match the store now. False when the
+        endpoint is not running: the next start applies it."""
+        async with self.lock(endpoint_id):
+            target = await self._db(self._load, endpoint_id)
+            if target.endpoint.current_state != EndpointState.ACTIVE.value:
+                return False
+            if not (await self.driver.inspect(endpoint_id)).running:
+                return False
+            await self._sync_accounts(endpoint_id, target.roles, target.databases)
+            return True
+
+    # --- suspend, stop, delete -------------------------------------------------------------
+
+    async def suspend(
+        self, endpoint_id: str, *, to: EndpointState = EndpointState.SUSPENDED
+    ) -> model.Endpoint:
+        """Clean shutdown of the compute; the endpoint ends ``suspended`` (or ``stopped``)."""
+        async with self.lock(endpoint_id):
+            for _ in range(5):
+                target = await self._db(self._load, endpoint_id)
+                ep = target.endpoint
+                state = EndpointState(ep.current_state)
+                if state in (EndpointState.INIT, EndpointState.SUSPENDED, EndpointState.STOPPED):
+                    if state is not to and state is not EndpointState.INIT:
+                        await self._db(
+                            self._transition, ep.id, state, ep.generation, to, pending_state=None
+                        )
+                    return await self._db(self.get, endpoint_id)
+                gen = await self._db(
+                    self._transition,
+                    ep.id,
+                    state,
+                    ep.generation,
+                    EndpointState.SUSPENDING,
+                    pending_state=to.value,
+                )
+                if gen is None:
+                    continue
+                await self.driver.stop(ep.id, timeout=self.stop_timeout)
+                await self._db(
+                    self._transition,
+                    ep.id,
+                    EndpointState.SUSPENDING,
+                    gen,
+                    to,
+                    pending_state=None,
+                    suspended_at=self.clock(),
+                    compute_address=None,
+                )
+                return await self._db(self.get, endpoint_id)
+            raise Conflict(f"endpoint {endpoint_id} keeps changing state; try again")
+
+    async def restart(self, endpoint_id: str) -> model.Endpoint:
+        await self.suspend(endpoint_id)
+        return await self.start(endpoint_id)
+
+    async def destroy(self, endpoint_id: str) -> None:
+        """Stop and forget a deleted endpoint's compute (its branch data stays)."""
+        async with self.lock(endpoint_id):
+            await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
+            await self.driver.remove(endpoint_id)
+        self._locks.pop(endpoint_id, None)
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def on_compute_exit(self, endpoint_id: str, reason: str) -> None:
+        """A compute died without being asked to (kill -9, OOM): mark the endpoint failed
+        with the reason from its error log; the next start or wake restarts it."""
+
+        def mark() -> bool:
+            with self.store.write() as s:
+                ep = s.get(EndpointRow, endpoint_id)
+                if ep is None or ep.current_state not in (
+                    EndpointState.ACTIVE.value,
+                    EndpointState.STARTING.value,
+                ):
+                    return False
+                return (
+                    Store.transition_endpoint(
+                        s,
+                        endpoint_id,
+                        expected_state=EndpointState(ep.current_state),
+                        expected_generation=ep.generation,
+                        new_state=EndpointState.FAILED,
+                        failure_reason=reason[:4000],
+                        compute_address=None,
+                        pending_state=None,
+                    )
+                    is not None
+                )
+
+        if await self._db(mark):
+            log.warning("endpoint %s failed: %s", endpoint_id, reason.splitlines()[0])
+
+    async def suspend_all(self) -> None:
+        """Clean shutdown of every compute this control plane runs (``selkie up`` exiting)."""
+
+        def running() -> list[str]:
+            with self.store.read() as s:
+                return list(
+                    s.execute(
+                        select(EndpointRow.id).where(
+                            EndpointRow.current_state.in_([x.value for x in RUNNING])
+                        )
+                    ).scalars()
+                )
+
+        ids = await self._db(running)
+        results = await asyncio.gather(*(self.suspend(i) for i in ids), return_exceptions=True)
+        for endpoint_id, result in zip(ids, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("could not suspend %s at shutdown: %s", endpoint_id, result)

@@ -1,0 +1,126 @@
+"""The reconciler: at control-plane start, make recorded state and reality agree.
+
+Observed (the driver's computes) and recorded (endpoint rows) are compared in a pure
+function, :func:`plan`, which returns what to do; :func:`reconcile` then does it. No compute
+survives a restart unaccounted for: one that should run is adopted, one that should not is
+stopped, and an endpoint recorded as running whose compute is gone is marked failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from selkie.compute.base import ComputeInfo
+from selkie.control.lifecycle import Lifecycle
+from selkie.control.runner import requeue_interrupted
+from selkie.model import EndpointState
+from selkie.store import Store
+from selkie.store.tables import EndpointRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    endpoint_id: str
+    state: EndpointState
+    generation: int
+
+
+@dataclass
+class Plan:
+    adopt: list[str] = field(default_factory=list)
+    # Computes running that must not: stop them. Paired with the state to record after.
+    stop: list[tuple[str, EndpointState | None]] = field(default_factory=list)
+    # Endpoints recorded as running whose compute is gone.
+    fail: list[str] = field(default_factory=list)
+    # Endpoints caught mid-transition with no compute: settle them as suspended.
+    settle: list[str] = field(default_factory=list)
+
+
+def plan(recorded: list[Recorded], observed: list[ComputeInfo]) -> Plan:
+    """Decide, without side effects, what to do about each endpoint and compute."""
+    by_id = {r.endpoint_id: r for r in recorded}
+    running = {c.endpoint_id for c in observed if c.running}
+    out = Plan()
+    for endpoint_id in sorted(running):
+        rec = by_id.get(endpoint_id)
+        if rec is None or rec.state is EndpointState.DELETED:
+            out.stop.append((endpoint_id, None))
+        elif rec.state is EndpointState.ACTIVE:
+            out.adopt.append(endpoint_id)
+        elif rec.state in (EndpointState.STARTING, EndpointState.SUSPENDING):
+            # Half-done: roll back to suspended; a queued start runs again and finishes it.
+            out.stop.append((endpoint_id, EndpointState.SUSPENDED))
+        else:
+            out.stop.append((endpoint_id, None))
+    for rec in recorded:
+        if rec.endpoint_id in running:
+            continue
+        if rec.state is EndpointState.ACTIVE:
+            out.fail.append(rec.endpoint_id)
+        elif rec.state in (EndpointState.STARTING, EndpointState.SUSPENDING):
+            out.settle.append(rec.endpoint_id)
+    return out
+
+
+def _recorded(store: Store) -> list[Recorded]:
+    with store.read() as s:
+        return [
+            Recorded(r.id, EndpointState(r.current_state), r.generation)
+            for r in s.execute(select(EndpointRow)).scalars()
+        ]
+
+
+def _set_state(store: Store, rec: Recorded, new: EndpointState, reason: str | None) -> None:
+    fields: dict[str, object] = {"pending_state": None, "compute_address": None}
+    if reason is not None:
+        fields["failure_reason"] = reason
+    with store.write() as s:
+        Store.transition_endpoint(
+            s,
+            rec.endpoint_id,
+            expected_state=rec.state,
+            expected_generation=rec.generation,
+            new_state=new,
+            **fields,
+        )
+
+
+async def reconcile(store: Store, lifecycle: Lifecycle) -> Plan:
+    requeued = await asyncio.to_thread(requeue_interrupted, store)
+    recorded = await asyncio.to_thread(_recorded, store)
+    observed = await lifecycle.driver.list_computes()
+    todo = plan(recorded, observed)
+    by_id = {r.endpoint_id: r for r in recorded}
+    for endpoint_id in todo.adopt:
+        await lifecycle.driver.adopt(endpoint_id)
+    for endpoint_id, after in todo.stop:
+        await lifecycle.driver.stop(endpoint_id, timeout=lifecycle.stop_timeout)
+        if after is not None:
+            await asyncio.to_thread(_set_state, store, by_id[endpoint_id], after, None)
+    for endpoint_id in todo.fail:
+        await asyncio.to_thread(
+            _set_state,
+            store,
+            by_id[endpoint_id],
+            EndpointState.FAILED,
+            "compute was not running when the control plane restarted",
+        )
+    for endpoint_id in todo.settle:
+        await asyncio.to_thread(
+            _set_state, store, by_id[endpoint_id], EndpointState.SUSPENDED, None
+        )
+    log.info(
+        "reconciled: %d adopted, %d stopped, %d failed, %d settled, %d operations requeued",
+        len(todo.adopt),
+        len(todo.stop),
+        len(todo.fail),
+        len(todo.settle),
+        requeued,
+    )
+    return todo

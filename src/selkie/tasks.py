@@ -1,0 +1,42 @@
+"""Background asyncio tasks start here, never bare: a task that dies is logged, not lost
+(kopf's aiotasks.guard)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+log = logging.getLogger(__name__)
+_running: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+    """Run ``coro`` in the background; log it if it fails; keep a reference until done."""
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+    _running.add(task)
+
+    def _done(t: asyncio.Task[Any]) -> None:
+        _running.discard(t)
+        if t.cancelled():
+            return
+        exc = t.exception()
+        if exc is not None:
+            log.error("background task %s died", name, exc_info=exc)
+
+    task.add_done_callback(_done)
+    return task
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a task and wait until it has finished."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("task %s failed while being cancelled", task.get_name())
