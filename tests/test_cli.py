@@ -4,86 +4,25 @@ delete a project; the data survives a restart; Ctrl-C stops cleanly."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
-SELKIE = [sys.executable, "-m", "selkie.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def selkie_up(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([*SELKIE, "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = env["SELKIE_API_URL"]
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"selkie up exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"selkie up did not answer:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*SELKIE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"selkie {' '.join(args)} failed: {result.stderr}{result.stdout}")
-    return result
+from tests.helpers import first_key, run, selkie_env, selkie_up
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    port = free_port()
-    e = {k: v for k, v in os.environ.items() if not k.startswith("SELKIE_")}
-    e.update(
-        SELKIE_DATA_DIR=str(tmp_path / "data"),
-        SELKIE_API_LISTEN=f"127.0.0.1:{port}",
-        SELKIE_PROXY_LISTEN=f"127.0.0.1:{free_port()}",
-        SELKIE_API_URL=f"http://127.0.0.1:{port}",
-        COLUMNS="200",
-    )
-    return e
+    return selkie_env(tmp_path)
 
 
 def test_up_cli_and_curl_and_restart(env: dict[str, str], tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     with selkie_up(env, log) as proc:
         text = log.read_text()
-        key_line = next(line for line in text.splitlines() if "SELKIE_API_KEY=" in line)
-        env["SELKIE_API_KEY"] = key_line.split("SELKIE_API_KEY=", 1)[1].strip()
+        env["SELKIE_API_KEY"] = first_key(log)
         assert "Created project 'demo'" in text and "mariadb -h 127.0.0.1" in text
 
         listed = json.loads(run(env, "projects", "list", "-o", "json").stdout)

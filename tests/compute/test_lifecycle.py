@@ -70,7 +70,7 @@ async def test_start_use_suspend_start_keeps_data(platform: Platform, who: Princ
             cur.execute("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20))")
             cur.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')")
             cur.execute("SELECT CURRENT_USER(), @@port")
-            user, port = cur.fetchone()
+            user, _port = cur.fetchone()
             assert user == f"{created.roles[0].name}@%"
         conn.close()
 

@@ -1,0 +1,79 @@
+"""Helpers for tests that run `selkie` as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+SELKIE = [sys.executable, "-m", "selkie.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def selkie_up(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([*SELKIE, "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = env["SELKIE_API_URL"]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"selkie up exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"selkie up did not answer:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*SELKIE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"selkie {' '.join(args)} failed: {result.stderr}{result.stdout}")
+    return result
+
+
+def selkie_env(tmp_path: Path) -> dict[str, str]:
+    port = free_port()
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SELKIE_")}
+    e.update(
+        SELKIE_DATA_DIR=str(tmp_path / "data"),
+        SELKIE_API_LISTEN=f"127.0.0.1:{port}",
+        SELKIE_PROXY_LISTEN=f"127.0.0.1:{free_port()}",
+        SELKIE_API_URL=f"http://127.0.0.1:{port}",
+        COLUMNS="200",
+    )
+    return e
+
+
+def first_key(log: Path) -> str:
+    line = next(x for x in log.read_text().splitlines() if "SELKIE_API_KEY=" in x)
+    return line.split("SELKIE_API_KEY=", 1)[1].strip()
