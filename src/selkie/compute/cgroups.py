@@ -20,7 +20,9 @@ def _own_path(controller: str) -> str:
     try:
         for line in Path("/proc/self/cgroup").read_text().splitlines():
             _, controllers, path = line.split(":", 2)
-            if controllers.split(",") == [controller] or (controller == "" and controllers == ""):
+            if (controller and controller in controllers.split(",")) or (
+                not controller and not controllers
+            ):
                 return path.lstrip("/")
     except OSError:
         pass
