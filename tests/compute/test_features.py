@@ -57,7 +57,7 @@ async def test_roles_and_databases_apply_at_once_on_a_running_compute(
     created = await started(platform, who, "live")
     pid, bid, ep = created.project.id, created.branch.id, created.endpoints[0].id
     role, ops = await asyncio.to_thread(platform.control.roles.create, who, pid, bid, name="app")
-    db, _ = await asyncio.to_thread(
+    _db, _ = await asyncio.to_thread(
         platform.control.databases.create, who, pid, bid, name="shop", owner_name="app"
     )
     await platform.runner.wait_idle()

@@ -361,7 +361,7 @@ class LocalDriver(ComputeDriver):
                 )
                 raise ComputeError(f"mariadbd for {sup.endpoint_id} was not ready in time: {tail}")
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.02)
+            delay = min(delay * 1.5, 0.005)
 
     # --- supervision -----------------------------------------------------------------------
 

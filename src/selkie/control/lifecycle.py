@@ -19,11 +19,14 @@ serializes actions, so concurrent wakes of one endpoint collapse into a single s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
@@ -50,6 +53,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RUNNING = (EndpointState.STARTING, EndpointState.ACTIVE)
+# In a datadir: the digest of the roles and databases last applied to it.
+SYNC_MARKER = "selkie-accounts.digest"
+
+
+def accounts_digest(roles: list[RoleSpec], databases: list[DatabaseSpec]) -> str:
+    text = repr(
+        (
+            sorted((r.name, r.password_hash) for r in roles),
+            sorted((d.name, d.owner) for d in databases),
+        )
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 STARTABLE = (
     EndpointState.INIT,
     EndpointState.SUSPENDED,
@@ -265,7 +282,8 @@ class Lifecycle:
                 timeout=self.start_timeout,
             )
             t2 = time.perf_counter()
-            await self._sync_accounts(ep.id, target.roles, target.databases)
+            datadir = storage.compute_datadir(target.branch.id, ep.id)
+            await self._sync_accounts(ep.id, target.roles, target.databases, datadir=datadir)
             t3 = time.perf_counter()
         except BaseException as exc:
             reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
@@ -354,8 +372,22 @@ class Lifecycle:
         return None
 
     async def _sync_accounts(
-        self, endpoint_id: str, roles: list[RoleSpec], databases: list[DatabaseSpec]
+        self,
+        endpoint_id: str,
+        roles: list[RoleSpec],
+        databases: list[DatabaseSpec],
+        *,
+        datadir: Path | None = None,
     ) -> None:
+        """Make the compute's accounts and databases match the store. On a start, skipped
+        when the datadir already holds exactly this configuration (the usual resume): the
+        digest of what was last applied is kept beside the data it describes."""
+        digest = accounts_digest(roles, databases)
+        marker = datadir / SYNC_MARKER if datadir is not None else None
+        if marker is not None:
+            with contextlib.suppress(OSError):
+                if marker.read_text() == digest:
+                    return
         users, dbs = await self.driver.execute(endpoint_id, [INSPECT_USERS, INSPECT_DATABASES])
         statements = sync_statements(
             roles=roles,
@@ -365,6 +397,8 @@ class Lifecycle:
         )
         if statements:
             await self.driver.execute(endpoint_id, statements)
+        if marker is not None:
+            marker.write_text(digest)
 
     async def apply_config(self, endpoint_id: str) -> bool:
         """Make a running compute's roles and databases match the store now. False when the
@@ -375,7 +409,10 @@ class Lifecycle:
                 return False
             if not (await self.driver.inspect(endpoint_id)).running:
                 return False
-            await self._sync_accounts(endpoint_id, target.roles, target.databases)
+            storage = self.storage_for(target.project.settings)
+            datadir = storage.compute_datadir(target.branch.id, endpoint_id)
+            (datadir / SYNC_MARKER).unlink(missing_ok=True)
+            await self._sync_accounts(endpoint_id, target.roles, target.databases, datadir=datadir)
             return True
 
     # --- suspend, stop, delete -------------------------------------------------------------

@@ -197,7 +197,7 @@ class OperationsRunner:
                 await lc.apply_config(op.endpoint_id)
         elif action in (OperationAction.CREATE_TIMELINE, OperationAction.CREATE_BRANCH):
             assert op.branch_id is not None
-            found = await asyncio.to_thread(self._branch_and_project, op.branch_id)
+            found = await asyncio.to_thread(self.branch_and_project, op.branch_id)
             if found is not None:
                 await lc.ensure_branch_data(*found)
         elif action is OperationAction.DELETE_ENDPOINT:
@@ -214,7 +214,7 @@ class OperationsRunner:
         else:
             raise SelkieError(f"unknown operation action {action.value}")
 
-    def _branch_and_project(self, branch_id: str) -> tuple[BranchRow, model.Project] | None:
+    def branch_and_project(self, branch_id: str) -> tuple[BranchRow, model.Project] | None:
         with self.store.read() as s:
             branch = s.get(BranchRow, branch_id)
             if branch is None or branch.deleted_at is not None:
