@@ -254,3 +254,31 @@ async def test_cgroup_limits_follow_the_size(
         assert cpu is not None and cpu.startswith("25000")
     else:
         assert "compute CPU/memory limits are off" in caplog.text
+
+
+async def test_failing_operations_retry_with_backoff_then_fail(
+    platform: Platform, who: Principal
+) -> None:
+    platform.runner.backoff_base = 0.01
+    created = await asyncio.to_thread(
+        platform.control.projects.create, who, name="retry", settings={"max_active_endpoints": 0}
+    )
+    pid, ep = created.project.id, created.endpoints[0].id
+    _, ops = await asyncio.to_thread(
+        platform.control.endpoints.request, who, pid, ep, OperationAction.START_COMPUTE
+    )
+    await platform.runner.wait_idle()
+    op = await asyncio.to_thread(platform.control.operations.get, who, pid, ops[0].id)
+    assert op.status is OperationStatus.FAILED
+    assert op.failures_count == platform.runner.max_attempts
+    assert op.error and "limit 0" in op.error
+    # Lift the quota: the next start succeeds.
+    await asyncio.to_thread(
+        platform.control.projects.update, who, pid, settings={"max_active_endpoints": None}
+    )
+    _, ops = await asyncio.to_thread(
+        platform.control.endpoints.request, who, pid, ep, OperationAction.START_COMPUTE
+    )
+    await platform.runner.wait_idle()
+    op = await asyncio.to_thread(platform.control.operations.get, who, pid, ops[0].id)
+    assert op.status is OperationStatus.FINISHED, op.error
