@@ -111,6 +111,21 @@ def up(config: ConfigOpt = None) -> None:
         asyncio.run(serve(settings, on_ready=lambda first: print(banner(settings, first))))
 
 
+@app.command()
+def proxy(config: ConfigOpt = None) -> None:
+    """Run the MySQL-protocol proxy alone (with an in-process control plane). Ctrl-C stops."""
+    import logging
+
+    from selkie.server import serve_proxy
+
+    settings = _settings(config)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with _failures(), suppress(KeyboardInterrupt):
+        asyncio.run(serve_proxy(settings))
+
+
 # --- api keys -------------------------------------------------------------------------------
 
 

@@ -38,6 +38,10 @@ class Settings:
     proxy_domain: str = "selkie.localhost"
     region_id: str = "local"
     log_level: str = "info"
+    # Proxy.
+    proxy_tls_cert: str = ""  # PEM; empty: selkie up makes a self-signed pair in the data dir
+    proxy_tls_key: str = ""
+    proxy_wake_timeout: float = 30.0
     # Computes.
     mariadbd: str = ""  # default: mariadbd on PATH, else /usr/sbin/mariadbd
     pageserver_mariadbd: str = ""  # the patched server for pageserver storage

@@ -20,10 +20,13 @@ from selkie.compute.cgroups import Cgroups
 from selkie.compute.local import LocalDriver
 from selkie.config import Settings, split_listen
 from selkie.control import Control
+from selkie.control.access import LocalControlPlane
 from selkie.control.bootstrap import FirstStart, first_start
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.reconciler import reconcile
 from selkie.control.runner import OperationsRunner
+from selkie.proxy.server import ProxyConfig, ProxyServer
+from selkie.proxy.tls import server_context
 from selkie.storage.local import LocalStorage
 from selkie.store import Store
 
@@ -39,6 +42,8 @@ class Platform:
     storage: LocalStorage
     lifecycle: Lifecycle
     runner: OperationsRunner
+    access: LocalControlPlane
+    proxy: ProxyServer | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Platform:
@@ -68,17 +73,46 @@ class Platform:
             storage=storage,
             lifecycle=lifecycle,
             runner=OperationsRunner(store=store, lifecycle=lifecycle),
+            access=LocalControlPlane(store=store, lifecycle=lifecycle),
         )
 
-    async def start(self) -> None:
-        """Reconcile recorded state with the computes found running, then run operations."""
+    async def start(self, *, proxy: bool = False) -> None:
+        """Reconcile recorded state with the computes found running, then run operations
+        (and the proxy, when asked)."""
         await self.storage.ensure_template()
         await reconcile(self.store, self.lifecycle)
         self.runner.start()
+        if proxy:
+            await self.start_proxy()
+
+    async def start_proxy(self) -> ProxyServer:
+        settings = self.settings
+        host, port = split_listen(settings.proxy_listen)
+        tls, _ = await asyncio.to_thread(
+            server_context,
+            cert=settings.proxy_tls_cert,
+            key=settings.proxy_tls_key,
+            data_dir=settings.data_dir,
+            domain=settings.proxy_domain,
+        )
+        self.proxy = ProxyServer(
+            self.access,
+            ProxyConfig(
+                listen_host=host,
+                listen_port=port,
+                domain=settings.proxy_domain,
+                tls=tls,
+                wake_timeout=settings.proxy_wake_timeout,
+            ),
+        )
+        await self.proxy.start()
+        return self.proxy
 
     async def stop(self, *, suspend_computes: bool = True) -> None:
-        """Stop running operations; suspend every compute cleanly (embedded mode owns its
-        computes: nothing is left running after `selkie up` exits)."""
+        """Stop the proxy and the operations; suspend every compute cleanly (embedded mode
+        owns its computes: nothing is left running after `selkie up` exits)."""
+        if self.proxy is not None:
+            await self.proxy.stop()
         await self.runner.stop()
         if suspend_computes:
             await self.lifecycle.suspend_all()
@@ -90,7 +124,10 @@ class Platform:
 
 def banner(settings: Settings, first: FirstStart) -> str:
     api = settings.effective_api_url
-    lines = [f"Selkie API on {api}  (docs: {api}/docs)"]
+    lines = [
+        f"Selkie API on {api}  (docs: {api}/docs)",
+        f"MySQL proxy on {settings.proxy_host}:{settings.proxy_port}",
+    ]
     if first.api_key:
         lines += [
             "",
@@ -128,11 +165,11 @@ def banner(settings: Settings, first: FirstStart) -> str:
 async def serve(
     settings: Settings, *, on_ready: Callable[[FirstStart], None] | None = None
 ) -> None:
-    """Run the API, the operations runner (and, as they land, the proxy and scheduler)
-    until stopped; then suspend every compute and exit."""
+    """Run the API, the proxy and the operations runner until stopped; then suspend every
+    compute and exit."""
     platform = await asyncio.to_thread(Platform.open, settings)
     try:
-        await platform.start()
+        await platform.start(proxy=True)
         try:
             first = await asyncio.to_thread(first_start, platform.control)
             host, port = split_listen(settings.api_listen)
@@ -150,6 +187,20 @@ async def serve(
             await server.serve()
             if not server.started:
                 raise SystemExit(f"selkie: the API could not listen on {settings.api_listen}")
+        finally:
+            await platform.stop()
+    finally:
+        platform.close()
+
+
+async def serve_proxy(settings: Settings) -> None:
+    """`selkie proxy`: the proxy with an in-process control plane on the same state store
+    (no REST API). Separate proxy replicas against `selkie api` come with scale-out."""
+    platform = await asyncio.to_thread(Platform.open, settings)
+    try:
+        await platform.start(proxy=True)
+        try:
+            await asyncio.Event().wait()
         finally:
             await platform.stop()
     finally:

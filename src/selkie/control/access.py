@@ -1,0 +1,78 @@
+"""The in-process ControlPlane: what the proxy asks, answered from the store and the
+lifecycle manager of this process."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from sqlalchemy import select
+
+from selkie.control.lifecycle import Lifecycle
+from selkie.controlplane import Access, Activity, Backend, ControlPlane
+from selkie.model import EndpointState
+from selkie.store import Store, convert
+from selkie.store.tables import EndpointRow, ProjectRow, RoleRow
+
+
+class LocalControlPlane(ControlPlane):
+    def __init__(self, *, store: Store, lifecycle: Lifecycle) -> None:
+        self.store = store
+        self.lifecycle = lifecycle
+        # The latest activity per endpoint, as proxies reported it (the scheduler reads it).
+        self.activity: dict[str, Activity] = {}
+
+    def _access(self, endpoint_id: str, role: str) -> Access | None:
+        with self.store.read() as s:
+            ep = s.get(EndpointRow, endpoint_id)
+            if ep is None or ep.current_state == EndpointState.DELETED.value:
+                return None
+            project = s.get(ProjectRow, ep.project_id)
+            if project is None or project.deleted_at is not None:
+                return None
+            row = s.execute(
+                select(RoleRow).where(RoleRow.branch_id == ep.branch_id).where(RoleRow.name == role)
+            ).scalar()
+            if row is None:
+                return None
+            return Access(
+                endpoint_id=ep.id,
+                project_id=ep.project_id,
+                role=row.name,
+                password_hash=row.password_hash,
+                require_tls=convert.project_settings(project.settings).require_tls,
+                disabled=ep.disabled,
+            )
+
+    async def get_access(self, endpoint_id: str, role: str) -> Access | None:
+        return await asyncio.to_thread(self._access, endpoint_id, role)
+
+    async def wake(self, endpoint_id: str) -> Backend:
+        await self.lifecycle.start(endpoint_id, wake=True)
+        info = await self.lifecycle.driver.inspect(endpoint_id)
+        return Backend(endpoint_id=endpoint_id, host=info.host, port=info.port, socket=info.socket)
+
+    def _record(self, items: list[Activity]) -> None:
+        with self.store.write() as s:
+            for item in items:
+                if item.last_active is None:
+                    continue
+                row = s.get(EndpointRow, item.endpoint_id)
+                if row is not None and (
+                    row.last_active is None or row.last_active < item.last_active
+                ):
+                    row.last_active = item.last_active
+
+    async def report_activity(self, activity: list[Activity]) -> None:
+        changed = []
+        for item in activity:
+            before = self.activity.get(item.endpoint_id)
+            self.activity[item.endpoint_id] = item
+            if before is None or before.last_active != item.last_active:
+                changed.append(item)
+        if changed:
+            await asyncio.to_thread(self._record, changed)
+
+    def last_active(self, endpoint_id: str) -> datetime | None:
+        item = self.activity.get(endpoint_id)
+        return item.last_active if item else None

@@ -1,0 +1,63 @@
+"""The ControlPlane interface: everything the proxy may ask of the control plane.
+
+The proxy depends on this module only. The in-process implementation lives in
+:mod:`selkie.control.access`; an HTTP one lets proxies run as separate replicas.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class Access:
+    """What the proxy needs to authenticate a role of an endpoint, without its compute."""
+
+    endpoint_id: str
+    project_id: str
+    role: str
+    password_hash: str  # '*' + HEX(SHA1(SHA1(password)))
+    require_tls: bool
+    disabled: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backend:
+    """Where a woken endpoint's compute listens."""
+
+    endpoint_id: str
+    host: str | None
+    port: int | None
+    socket: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Activity:
+    """What one proxy saw of one endpoint since its last report."""
+
+    endpoint_id: str
+    sessions: int
+    last_active: datetime | None
+    bytes_to_clients: int
+    bytes_from_clients: int
+    statements: int
+
+
+class ControlPlane(ABC):
+    @abstractmethod
+    async def get_access(self, endpoint_id: str, role: str) -> Access | None:
+        """The role's stored hash, or None if the endpoint or role does not exist. Never
+        wakes a compute."""
+
+    @abstractmethod
+    async def wake(self, endpoint_id: str) -> Backend:
+        """Make the endpoint's compute run and return where it listens. Concurrent calls
+        for one endpoint cause one start. Raises SelkieError (QuotaExceeded, Conflict for
+        disabled or stopped endpoints, ComputeError) when it cannot."""
+
+    @abstractmethod
+    async def report_activity(self, activity: list[Activity]) -> None:
+        """Per-endpoint activity for the suspend scheduler and metering."""

@@ -1,0 +1,293 @@
+"""The session relay: bytes between an authenticated client and its compute, as cheaply as
+the kernel allows.
+
+Server → client carries the bulk (result sets). For plaintext sessions it is moved by a
+thread calling ``os.splice`` through a pipe: the bytes never enter Python. Client → server
+is small (commands) and is scanned, not parsed: a packet with sequence id 0 starts a
+command, whose first byte is noted for activity tracking; ``COM_CHANGE_USER`` is the one
+command the proxy must rewrite (its token answers the proxy's scramble, not the compute's).
+TLS sessions use the same scanner on the event loop (a TLS stream cannot be spliced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from selkie.proxy.wire import MAX_PAYLOAD, Command
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+
+
+@dataclass
+class Counters:
+    """What one session did (read by the proxy's activity reporter)."""
+
+    bytes_to_client: int = 0
+    bytes_from_client: int = 0
+    statements: int = 0
+    last_active: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class HeldChangeUser:
+    """A whole COM_CHANGE_USER payload, held back from the byte stream for rewriting."""
+
+    payload: bytes
+
+
+class CommandScanner:
+    """Finds command boundaries in the client → server byte stream without buffering it.
+
+    A packet with sequence id 0 that does not continue a 16 MiB split starts a command; its
+    first payload byte is the command. ``feed`` returns the segments to forward, in order
+    (bytes, or a :class:`HeldChangeUser` for the caller to rewrite), and the commands seen.
+    """
+
+    def __init__(self) -> None:
+        self._header = bytearray()
+        self._remaining = 0
+        self._continued = False
+        self._pending_header: bytes | None = None
+        self._held: bytearray | None = None
+
+    def feed(self, data: bytes) -> tuple[list[bytes | HeldChangeUser], list[int]]:
+        segments: list[bytes | HeldChangeUser] = []
+        commands: list[int] = []
+        buf = bytearray()
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._held is not None:
+                take = min(self._remaining, n - pos)
+                self._held += data[pos : pos + take]
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    if buf:
+                        segments.append(bytes(buf))
+                        buf.clear()
+                    segments.append(HeldChangeUser(bytes(self._held)))
+                    self._held = None
+                continue
+            if self._pending_header is not None:
+                command = data[pos]
+                commands.append(command)
+                if command == Command.CHANGE_USER:
+                    self._held = bytearray()
+                else:
+                    buf += self._pending_header
+                self._pending_header = None
+                continue
+            if self._remaining:
+                take = min(self._remaining, n - pos)
+                buf += data[pos : pos + take]
+                pos += take
+                self._remaining -= take
+                continue
+            take = min(4 - len(self._header), n - pos)
+            self._header += data[pos : pos + take]
+            pos += take
+            if len(self._header) < 4:
+                break
+            header = bytes(self._header)
+            self._header.clear()
+            length = int.from_bytes(header[:3], "little")
+            starts_command = header[3] == 0 and not self._continued
+            self._continued = length == MAX_PAYLOAD
+            self._remaining = length
+            if starts_command and length:
+                self._pending_header = header  # until its command byte is seen
+            else:
+                buf += header
+        if buf:
+            segments.append(bytes(buf))
+        return segments, commands
+
+
+class ThreadedRelay:
+    """Two threads per session: client → server scanned, server → client spliced."""
+
+    def __init__(
+        self,
+        *,
+        client: socket.socket,
+        server: socket.socket,
+        counters: Counters,
+        on_command: Callable[[int], None],
+        on_change_user: Callable[[bytes], tuple[bytes | None, bytes | None]],
+        on_done: Callable[[], None],
+        send_to_client: bytes = b"",
+        send_to_server: bytes = b"",
+    ) -> None:
+        self.client = client
+        self.server = server
+        self.counters = counters
+        self.on_command = on_command
+        self.on_change_user = on_change_user
+        self.on_done = on_done
+        self._initial = send_to_client
+        self._initial_to_server = send_to_server
+        self._lock = threading.Lock()
+        self._finished = 0
+        self._closed = False
+
+    def start(self) -> None:
+        for sock in (self.client, self.server):
+            sock.setblocking(True)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=self._client_to_server, name="relay-c2s", daemon=True).start()
+        threading.Thread(target=self._server_to_client, name="relay-s2c", daemon=True).start()
+
+    def close(self) -> None:
+        """End the session from outside (both threads return)."""
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for sock in (self.client, self.server):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _thread_done(self) -> None:
+        self._shutdown()
+        with self._lock:
+            self._finished += 1
+            last = self._finished == 2
+        if last:
+            for sock in (self.client, self.server):
+                with contextlib.suppress(OSError):
+                    sock.close()
+            self.on_done()
+
+    def _client_to_server(self) -> None:
+        scanner = CommandScanner()
+        counters = self.counters
+        pending = self._initial_to_server
+        try:
+            while True:
+                data = pending or self.client.recv(CHUNK)
+                pending = b""
+                if not data:
+                    return
+                counters.bytes_from_client += len(data)
+                segments, commands = scanner.feed(data)
+                if commands:
+                    counters.statements += len(commands)
+                    counters.last_active = time.time()
+                    for command in commands:
+                        self.on_command(command)
+                for segment in segments:
+                    if isinstance(segment, HeldChangeUser):
+                        to_server, to_client = self.on_change_user(segment.payload)
+                        if to_client:
+                            self.client.sendall(to_client)
+                        if to_server is None:
+                            return
+                        self.server.sendall(to_server)
+                    else:
+                        self.server.sendall(segment)
+        except OSError:
+            return
+        finally:
+            self._thread_done()
+
+    def _server_to_client(self) -> None:
+        counters = self.counters
+        rfd, wfd = os.pipe()
+        try:
+            if self._initial:
+                self.client.sendall(self._initial)
+            src, dst = self.server.fileno(), self.client.fileno()
+            while True:
+                try:
+                    n = os.splice(src, wfd, CHUNK)
+                except OSError as exc:
+                    if exc.errno == errno.EINVAL:
+                        self._copy_loop()
+                        return
+                    return
+                if n == 0:
+                    return
+                left = n
+                while left:
+                    left -= os.splice(rfd, dst, left)
+                counters.bytes_to_client += n
+        except OSError:
+            return
+        finally:
+            os.close(rfd)
+            os.close(wfd)
+            self._thread_done()
+
+    def _copy_loop(self) -> None:
+        """Where splice is not supported (some socket types): plain recv/sendall."""
+        while True:
+            data = self.server.recv(CHUNK)
+            if not data:
+                return
+            self.client.sendall(data)
+            self.counters.bytes_to_client += len(data)
+
+
+async def async_relay(
+    *,
+    client_reader: asyncio.StreamReader,
+    client_writer: asyncio.StreamWriter,
+    server_reader: asyncio.StreamReader,
+    server_writer: asyncio.StreamWriter,
+    counters: Counters,
+    on_command: Callable[[int], None],
+    on_change_user: Callable[[bytes], Awaitable[bytes | None]],
+) -> None:
+    """The same relay on the event loop, for TLS sessions. ``on_change_user`` returns the
+    rewritten packet bytes, or None to end the session."""
+
+    async def c2s() -> None:
+        scanner = CommandScanner()
+        while data := await client_reader.read(CHUNK):
+            counters.bytes_from_client += len(data)
+            segments, commands = scanner.feed(data)
+            if commands:
+                counters.statements += len(commands)
+                counters.last_active = time.time()
+                for command in commands:
+                    on_command(command)
+            for segment in segments:
+                if isinstance(segment, HeldChangeUser):
+                    rewritten = await on_change_user(segment.payload)
+                    if rewritten is None:
+                        return
+                    server_writer.write(rewritten)
+                else:
+                    server_writer.write(segment)
+            await server_writer.drain()
+
+    async def s2c() -> None:
+        while data := await server_reader.read(CHUNK):
+            counters.bytes_to_client += len(data)
+            client_writer.write(data)
+            await client_writer.drain()
+
+    tasks = [asyncio.ensure_future(c2s()), asyncio.ensure_future(s2c())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, OSError, ConnectionError):
+                await task

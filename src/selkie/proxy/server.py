@@ -1,0 +1,545 @@
+"""The MySQL-protocol proxy: one address for every endpoint.
+
+Authenticates clients itself against the stored hashes (no compute needed), wakes the
+endpoint's compute through the :class:`ControlPlane`, holds the client while it starts,
+logs in to it, then relays. Counts bytes and statements per endpoint and reports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from selkie.controlplane import Activity, Backend, ControlPlane
+from selkie.errors import Conflict, NotFound, QuotaExceeded, SelkieError
+from selkie.proxy import auth
+from selkie.proxy.packets import (
+    CLEAR_PLUGIN,
+    NATIVE_PLUGIN,
+    HandshakeResponse41,
+    build_change_user,
+    build_err,
+    build_handshake_v10,
+    is_ssl_request,
+    parse_change_user,
+    parse_handshake_response,
+)
+from selkie.proxy.relay import Counters, ThreadedRelay, async_relay
+from selkie.proxy.session import (
+    HANDSHAKE_LIMIT,
+    BackendConnection,
+    Route,
+    negotiated_caps,
+    open_backend,
+    read_client_auth,
+    route,
+    sni_capture,
+)
+from selkie.proxy.stream import PacketStream, frame
+from selkie.proxy.wire import PROXY_CAPABILITIES, Capability, ErrorCode, ProtocolError
+from selkie.tasks import cancel, spawn
+
+log = logging.getLogger(__name__)
+
+SERVER_VERSION = "5.5.5-10.11.19-MariaDB-Selkie"
+RELAY_LIMIT = 2**31
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 6033
+    domain: str = "selkie.localhost"
+    tls: ssl.SSLContext | None = None
+    wake_timeout: float = 30.0
+    handshake_timeout: float = 10.0
+    backend_timeout: float = 10.0
+    # Failed logins allowed per (endpoint as named, client address) in the window.
+    auth_failures_allowed: int = 10
+    auth_failure_window: float = 60.0
+    report_interval: float = 1.0
+    server_version: str = SERVER_VERSION
+
+
+@dataclass
+class EndpointStats:
+    sessions: int = 0
+    last_active: float | None = None
+    bytes_to_clients: int = 0
+    bytes_from_clients: int = 0
+    statements: int = 0
+    live: list[Counters] = field(default_factory=list)
+
+
+class AuthFailures:
+    """A sliding window of failed logins per (endpoint as named, client address)."""
+
+    def __init__(self, allowed: int, window: float) -> None:
+        self.allowed = allowed
+        self.window = window
+        self._seen: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+
+    def blocked(self, key: tuple[str, str]) -> bool:
+        times = self._seen.get(key)
+        if not times:
+            return False
+        cutoff = time.monotonic() - self.window
+        while times and times[0] < cutoff:
+            times.popleft()
+        return len(times) >= self.allowed
+
+    def record(self, key: tuple[str, str]) -> None:
+        self._seen[key].append(time.monotonic())
+        if len(self._seen) > 100_000:  # bounded memory under a spray of names
+            self._seen.clear()
+
+
+class _Refused(Exception):
+    """Answer the client with this ERR and close."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ProxyServer:
+    def __init__(self, control: ControlPlane, config: ProxyConfig) -> None:
+        self.control = control
+        self.config = config
+        self.stats: dict[str, EndpointStats] = defaultdict(EndpointStats)
+        self.failures = AuthFailures(config.auth_failures_allowed, config.auth_failure_window)
+        self._ids = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self._relays: set[ThreadedRelay] = set()
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._sni = sni_capture(config.tls) if config.tls is not None else {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Relay threads block in syscalls; small stacks keep thousands of sessions cheap.
+        threading.stack_size(512 * 1024)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await asyncio.start_server(
+            self._accept,
+            self.config.listen_host,
+            self.config.listen_port,
+            limit=2**20,
+            backlog=1024,
+            reuse_address=True,
+        )
+        self._reporter = spawn(self._report_loop(), name="proxy-activity")
+        log.info("proxy listening on %s:%d", self.config.listen_host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await cancel(self._reporter)
+        for relay in list(self._relays):
+            relay.close()
+        for task in list(self._sessions):
+            await cancel(task)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+        await self._report()
+
+    # --- activity --------------------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.report_interval)
+            try:
+                await self._report()
+            except SelkieError as exc:
+                log.warning("could not report proxy activity: %s", exc.message)
+
+    def activity(self) -> list[Activity]:
+        out = []
+        for endpoint_id, st in self.stats.items():
+            last = st.last_active
+            to_c, from_c, stmts = st.bytes_to_clients, st.bytes_from_clients, st.statements
+            for c in st.live:
+                last = max(last or 0.0, c.last_active)
+                to_c += c.bytes_to_client
+                from_c += c.bytes_from_client
+                stmts += c.statements
+            out.append(
+                Activity(
+                    endpoint_id=endpoint_id,
+                    sessions=st.sessions,
+                    last_active=datetime.fromtimestamp(last, UTC) if last else None,
+                    bytes_to_clients=to_c,
+                    bytes_from_clients=from_c,
+                    statements=stmts,
+                )
+            )
+        return out
+
+    async def _report(self) -> None:
+        items = self.activity()
+        if items:
+            await self.control.report_activity(items)
+
+    # --- connections -----------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            await self._session(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError):
+            pass
+        except ProtocolError as exc:
+            log.debug("closing a connection: %s", exc)
+        except Exception:
+            log.exception("proxy session crashed")
+        finally:
+            self._sessions.discard(task)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client_ip = str(peer[0]) if isinstance(peer, tuple) else "local"
+        conn_id = next(self._ids)
+        scramble = auth.new_scramble()
+        stream = PacketStream(reader, writer, limit=HANDSHAKE_LIMIT)
+        caps = PROXY_CAPABILITIES | (Capability.SSL if self.config.tls else 0)
+        await stream.send(
+            0,
+            build_handshake_v10(
+                server_version=self.config.server_version,
+                connection_id=conn_id,
+                scramble=scramble,
+                capabilities=caps,
+            ),
+        )
+        timeout = self.config.handshake_timeout
+        seq, payload = await asyncio.wait_for(stream.read(), timeout)
+        tls = False
+        sni = None
+        if is_ssl_request(payload):
+            if self.config.tls is None:
+                raise ProtocolError("SSLRequest but TLS is not configured")
+            await asyncio.wait_for(_start_tls(reader, writer, self.config.tls), timeout)
+            tls = True
+            sslobj = writer.get_extra_info("ssl_object")
+            sni = self._sni.pop(id(sslobj), None)
+            seq, payload = await asyncio.wait_for(stream.read(), timeout)
+        response = parse_handshake_response(payload)
+        seq = (seq + 1) & 0xFF
+        try:
+            target, stage1, seq = await self._authenticate(
+                stream, response, seq, scramble, tls=tls, sni=sni, client_ip=client_ip
+            )
+            backend = await self._wake(target)
+            client_caps = negotiated_caps(response.capabilities, tls)
+            try:
+                conn = await open_backend(
+                    backend,
+                    response=response,
+                    role=target.role,
+                    stage1=stage1,
+                    capabilities=client_caps,
+                    timeout=self.config.backend_timeout,
+                )
+            except (OSError, TimeoutError, ProtocolError) as exc:
+                raise _Refused(
+                    ErrorCode.NET_READ_ERROR,
+                    f"could not reach the compute of endpoint {target.endpoint_id}: {exc}",
+                ) from exc
+        except _Refused as refusal:
+            await stream.send(seq, build_err(refusal.code, refusal.message))
+            writer.close()
+            return
+        # The compute's own answer to the login (OK, or ERR such as an unknown database).
+        data, _ = frame(seq, conn.first_reply)
+        if conn.first_reply[:1] == b"\xff":
+            writer.write(data)
+            await writer.drain()
+            writer.close()
+            conn.writer.close()
+            return
+        await self._relay(
+            reader,
+            writer,
+            conn,
+            target,
+            data,
+            tls=tls,
+            scramble=scramble,
+            client_caps=client_caps,
+        )
+
+    async def _authenticate(
+        self,
+        stream: PacketStream,
+        response: HandshakeResponse41,
+        seq: int,
+        scramble: bytes,
+        *,
+        tls: bool,
+        sni: str | None,
+        client_ip: str,
+    ) -> tuple[Route, bytes, int]:
+        target = route(response.user, sni, self.config.domain)
+        if target is None:
+            raise _Refused(
+                ErrorCode.ACCESS_DENIED,
+                "Access denied: name the endpoint in the user name as '<endpoint_id>.<role>', "
+                f"or connect with TLS to '<endpoint_id>.{self.config.domain}' (SNI) "
+                "with the plain role as user",
+            )
+        key = (target.endpoint_id, client_ip)
+        if self.failures.blocked(key):
+            raise _Refused(
+                ErrorCode.HOST_BLOCKED,
+                f"Too many failed logins for this endpoint from {client_ip}; try again later",
+            )
+        plugin, answer, seq = await read_client_auth(stream, response, seq, scramble, tls=tls)
+        access = await self.control.get_access(target.endpoint_id, target.role)
+        stage1 = None
+        if access is not None:
+            if plugin == CLEAR_PLUGIN:
+                stage1 = auth.verify_cleartext(answer, access.password_hash)
+            else:
+                stage1 = auth.verify_native(answer, scramble, access.password_hash)
+        if access is None or stage1 is None:
+            # One answer for a wrong password, an unknown role and an unknown endpoint.
+            self.failures.record(key)
+            raise _Refused(
+                ErrorCode.ACCESS_DENIED,
+                f"Access denied for user '{response.user}'@'{client_ip}' "
+                f"(using password: {'YES' if answer else 'NO'})",
+            )
+        if access.require_tls and not tls:
+            raise _Refused(
+                ErrorCode.ACCESS_DENIED,
+                f"project of endpoint {target.endpoint_id} requires TLS; connect with SSL",
+            )
+        return target, stage1, seq
+
+    async def _wake(self, target: Route) -> Backend:
+        try:
+            return await asyncio.wait_for(
+                self.control.wake(target.endpoint_id), self.config.wake_timeout
+            )
+        except TimeoutError as exc:
+            raise _Refused(
+                ErrorCode.NET_READ_INTERRUPTED,
+                f"endpoint {target.endpoint_id} did not become ready within "
+                f"{self.config.wake_timeout:.0f}s; try again",
+            ) from exc
+        except QuotaExceeded as exc:
+            raise _Refused(ErrorCode.USER_LIMIT_REACHED, exc.message) from exc
+        except (Conflict, NotFound) as exc:
+            raise _Refused(ErrorCode.ACCESS_DENIED, exc.message) from exc
+        except SelkieError as exc:
+            raise _Refused(
+                ErrorCode.NET_READ_INTERRUPTED,
+                f"endpoint {target.endpoint_id} could not start: {exc.message.splitlines()[0]}",
+            ) from exc
+
+    # --- relay -----------------------------------------------------------------------------
+
+    async def _relay(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: BackendConnection,
+        target: Route,
+        first_bytes: bytes,
+        *,
+        tls: bool,
+        scramble: bytes,
+        client_caps: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        st = self.stats[target.endpoint_id]
+        counters = Counters()
+        st.sessions += 1
+        st.live.append(counters)
+        st.last_active = time.time()
+
+        async def change_user(payload: bytes) -> tuple[bytes | None, bytes | None]:
+            return await self._change_user(payload, target, scramble, conn.scramble, client_caps)
+
+        try:
+            if tls:
+                writer.write(first_bytes)
+                await writer.drain()
+
+                async def on_change_user(payload: bytes) -> bytes | None:
+                    to_server, to_client = await change_user(payload)
+                    if to_client:
+                        writer.write(to_client)
+                        await writer.drain()
+                    return to_server
+
+                await async_relay(
+                    client_reader=reader,
+                    client_writer=writer,
+                    server_reader=conn.reader,
+                    server_writer=conn.writer,
+                    counters=counters,
+                    on_command=_ignore,
+                    on_change_user=on_change_user,
+                )
+                return
+            client_sock, client_left = _detach(reader, writer)
+            server_sock, server_left = _detach(conn.reader, conn.writer)
+            done: asyncio.Future[None] = loop.create_future()
+
+            def finished() -> None:
+                def settle() -> None:
+                    if not done.done():
+                        done.set_result(None)
+
+                loop.call_soon_threadsafe(settle)
+
+            def change_user_blocking(payload: bytes) -> tuple[bytes | None, bytes | None]:
+                future = asyncio.run_coroutine_threadsafe(change_user(payload), loop)
+                return future.result(timeout=self.config.backend_timeout + 5)
+
+            relay = ThreadedRelay(
+                client=client_sock,
+                server=server_sock,
+                counters=counters,
+                on_command=_ignore,
+                on_change_user=change_user_blocking,
+                on_done=finished,
+                send_to_client=first_bytes + server_left,
+                send_to_server=client_left,
+            )
+            self._relays.add(relay)
+            relay.start()
+            try:
+                await asyncio.shield(done)
+            finally:
+                self._relays.discard(relay)
+                relay.close()
+        finally:
+            st.sessions -= 1
+            st.live.remove(counters)
+            st.bytes_to_clients += counters.bytes_to_client
+            st.bytes_from_clients += counters.bytes_from_client
+            st.statements += counters.statements
+            st.last_active = max(st.last_active or 0.0, counters.last_active)
+            for w in (writer, conn.writer):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    async def _change_user(
+        self,
+        payload: bytes,
+        target: Route,
+        scramble: bytes,
+        backend_scramble: bytes,
+        client_caps: int,
+    ) -> tuple[bytes | None, bytes | None]:
+        """Rewrite COM_CHANGE_USER for the compute: check the client's token against the
+        proxy's scramble, answer the compute's scramble. Returns (to the compute, to the
+        client); a refusal ends the session after its ERR."""
+        denied = frame(1, build_err(ErrorCode.ACCESS_DENIED, "Access denied"))[0]
+        try:
+            change = parse_change_user(payload, client_caps)
+        except ProtocolError:
+            return None, denied
+        new = route(change.user, None, self.config.domain)
+        role = change.user
+        if new is not None:
+            if new.endpoint_id != target.endpoint_id:
+                msg = "COM_CHANGE_USER cannot move a session to another endpoint"
+                return None, frame(1, build_err(ErrorCode.ACCESS_DENIED, msg))[0]
+            role = new.role
+        access = await self.control.get_access(target.endpoint_id, role)
+        stage1 = None
+        if access is not None and (change.auth_plugin or NATIVE_PLUGIN) == NATIVE_PLUGIN:
+            stage1 = auth.verify_native(change.auth_response, scramble, access.password_hash)
+        if access is None or stage1 is None:
+            msg = f"Access denied for user '{change.user}' (using password: YES)"
+            return None, frame(1, build_err(ErrorCode.ACCESS_DENIED, msg))[0]
+        rewritten = build_change_user(
+            dataclasses.replace(
+                change,
+                user=role,
+                auth_response=auth.native_token(stage1, backend_scramble),
+                auth_plugin=NATIVE_PLUGIN,
+            ),
+            client_caps,
+        )
+        return frame(0, rewritten)[0], None
+
+
+def _ignore(_: int) -> None:
+    return None
+
+
+def _detach(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[socket.socket, bytes]:
+    """Take a connection away from asyncio as a blocking socket, with any bytes asyncio had
+    already read (none in practice: the handshake is strictly request/response)."""
+    transport = writer.transport
+    transport.pause_reading()  # type: ignore[attr-defined]
+    # No public way to drain a StreamReader's buffer.
+    buffer: bytearray = getattr(reader, "_buffer")  # noqa: B009
+    leftover = bytes(buffer)
+    buffer.clear()
+    raw = transport.get_extra_info("socket")
+    fd = os.dup(raw.fileno())
+    transport.abort()  # closes asyncio's descriptor; the duplicate keeps the connection
+    return socket.socket(fileno=fd), leftover
+
+
+async def _start_tls(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: ssl.SSLContext
+) -> None:
+    """Upgrade the client connection to TLS (server side).
+
+    A client sends its ClientHello right behind the SSLRequest, so asyncio may already have
+    read it into the StreamReader, where the TLS layer would never see it and the handshake
+    would hang. Such bytes are handed to the TLS protocol once it is in place.
+    """
+    buffer: bytearray = getattr(reader, "_buffer")  # noqa: B009 - no public accessor
+    early = bytes(buffer)
+    buffer.clear()
+    transport = writer.transport
+    loop = asyncio.get_running_loop()
+    if early:
+
+        def inject() -> None:
+            proto = transport.get_protocol()
+            if (
+                not isinstance(proto, asyncio.BufferedProtocol)
+                or getattr(proto, "_transport", None) is None
+            ):
+                loop.call_soon(inject)  # start_tls has not installed it yet
+                return
+            view = memoryview(early)
+            while view:
+                buf = memoryview(proto.get_buffer(len(view))).cast("B")
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                proto.buffer_updated(n)
+                view = view[n:]
+
+        loop.call_soon(inject)
+    await writer.start_tls(context)

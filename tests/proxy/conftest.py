@@ -1,0 +1,85 @@
+"""Fixtures for proxy tests: a platform with its proxy on a free port, and a project."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from selkie.config import load_settings
+from selkie.control import Created
+from selkie.control.bootstrap import local_principal
+from selkie.server import Platform
+from tests.compute.conftest import require_mariadb
+from tests.helpers import free_port
+
+
+@pytest.fixture
+async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
+    require_mariadb()
+    settings = load_settings(
+        environ={
+            "SELKIE_DATA_DIR": str(tmp_path / "data"),
+            "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
+            "SELKIE_COMPUTE_STOP_TIMEOUT": "20",
+        }
+    )
+    p = Platform.open(settings)
+    await p.start(proxy=True)
+    try:
+        yield p
+    finally:
+        await p.stop()
+        p.close()
+
+
+@dataclass
+class Db:
+    """A project reachable through the proxy, with everything a client needs."""
+
+    platform: Platform
+    created: Created
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.created.endpoints[0].id
+
+    @property
+    def role(self) -> str:
+        return self.created.roles[0].name
+
+    @property
+    def password(self) -> str:
+        assert self.created.roles[0].password
+        return self.created.roles[0].password
+
+    @property
+    def database(self) -> str:
+        return self.created.databases[0].name
+
+    @property
+    def user(self) -> str:
+        return f"{self.endpoint_id}.{self.role}"
+
+    @property
+    def port(self) -> int:
+        assert self.platform.proxy is not None
+        return self.platform.proxy.port
+
+    @property
+    def cert(self) -> Path:
+        return self.platform.settings.data_dir / "tls" / "proxy-cert.pem"
+
+    def state(self) -> str:
+        return self.platform.lifecycle.get(self.endpoint_id).current_state.value
+
+
+@pytest.fixture
+async def db(platform: Platform) -> Db:
+    who = local_principal(platform.control)
+    created = await asyncio.to_thread(platform.control.projects.create, who, name="proxied")
+    await platform.runner.wait_idle()
+    return Db(platform=platform, created=created)
