@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint setup deps mariadb clean bench
 
-setup: $(STAMP) mariadb
+setup: mariadb $(STAMP)
 
-$(STAMP): pyproject.toml
+# System packages come first: a dev dependency (mysqlclient) builds against MariaDB headers.
+$(STAMP): pyproject.toml | mariadb
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

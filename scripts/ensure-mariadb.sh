@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the MariaDB server, client and backup binaries are installed.
+# Make sure the MariaDB server, client and backup binaries (and the client headers the
+# test clients build against) are installed.
 # Installs them with apt-get when they are missing and we are root; otherwise says what to do.
 set -euo pipefail
 
@@ -9,6 +10,10 @@ have mariadbd || missing+=(mariadb-server)
 have mariadb-install-db || missing+=(mariadb-server)
 have mariadb || missing+=(mariadb-client)
 have mariadb-backup || missing+=(mariadb-backup)
+# Headers for building mysqlclient (a test client), and pkg-config to find them.
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+{ command -v mariadb_config >/dev/null 2>&1 || pkg-config --exists libmariadb 2>/dev/null; } \
+  || missing+=(libmariadb-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

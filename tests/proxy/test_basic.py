@@ -11,8 +11,15 @@ from tests.proxy.conftest import Db
 
 
 def connect(db: Db, **kw):  # type: ignore[no-untyped-def]
-    args = dict(host="127.0.0.1", port=db.port, user=db.user, password=db.password,
-                database=db.database, autocommit=True, connect_timeout=30)
+    args = dict(
+        host="127.0.0.1",
+        port=db.port,
+        user=db.user,
+        password=db.password,
+        database=db.database,
+        autocommit=True,
+        connect_timeout=30,
+    )
     args.update(kw)
     return pymysql.connect(**args)
 
