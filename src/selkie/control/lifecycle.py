@@ -111,6 +111,8 @@ class Lifecycle:
         self._locks: dict[str, asyncio.Lock] = {}
         # Timings of the last start per endpoint, for benchmarks and the resume breakdown.
         self.last_start_timings: dict[str, dict[str, float]] = {}
+        # Compute starts per endpoint since this process began (tests, metrics).
+        self.start_counts: dict[str, int] = {}
         driver.on_unexpected_exit(self.on_compute_exit)
 
     def storage_for(self, settings: model.ProjectSettings) -> StorageDriver:
@@ -259,6 +261,7 @@ class Lifecycle:
         )
         if gen is None:
             raise Conflict(f"endpoint {ep.id} changed while starting; try again")
+        self.start_counts[ep.id] = self.start_counts.get(ep.id, 0) + 1
         timings: dict[str, float] = {}
         try:
             storage = self.storage_for(target.project.settings)

@@ -1,0 +1,197 @@
+"""Authentication before any wake, one answer for every kind of wrong, rate limits, held
+clients, and the errors a woken endpoint can give."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import time
+
+import pymysql
+import pytest
+
+from selkie.control.bootstrap import local_principal
+from tests.proxy.conftest import Db
+from tests.proxy.test_clients import pymysql_conn
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def suspended(db: Db) -> None:
+    await db.platform.lifecycle.start(db.endpoint_id)
+    await db.platform.lifecycle.suspend(db.endpoint_id)
+    assert db.state() == "suspended"
+
+
+async def test_wrong_password_keeps_a_suspended_endpoint_asleep(db: Db) -> None:
+    await suspended(db)
+    starts = db.platform.lifecycle.start_counts[db.endpoint_id]
+    for password in ("wrong", "", db.password + "x"):
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            await asyncio.to_thread(pymysql_conn, db, password=password, ssl_disabled=True)
+        assert err.value.args[0] == 1045
+    assert db.state() == "suspended"
+    assert not (await db.platform.driver.inspect(db.endpoint_id)).running
+    assert db.platform.lifecycle.start_counts[db.endpoint_id] == starts
+
+
+async def test_unknown_role_and_endpoint_answer_like_a_wrong_password(db: Db) -> None:
+    messages = []
+    for user in (db.user, f"{db.endpoint_id}.nobody", "ep-no-such-000000.selkiedb_owner"):
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            await asyncio.to_thread(
+                pymysql_conn, db, user=user, password="wrong", ssl_disabled=True
+            )
+        code, message = err.value.args
+        assert code == 1045
+        messages.append(message.replace(user, "<user>"))
+    assert len(set(messages)) == 1, messages
+    assert db.state() == "init"
+
+
+async def test_failed_logins_are_rate_limited(db: Db) -> None:
+    proxy = db.platform.proxy
+    assert proxy is not None
+    proxy.failures.allowed = 3
+    for _ in range(3):
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            await asyncio.to_thread(pymysql_conn, db, password="wrong", ssl_disabled=True)
+        assert err.value.args[0] == 1045
+    # Now even the right password is refused from this address for a while.
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
+    assert err.value.args[0] == 1129
+    proxy.failures.window = 0.0
+    conn = await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
+    conn.close()
+
+
+async def test_200_concurrent_connects_to_a_suspended_endpoint_start_it_once(db: Db) -> None:
+    await suspended(db)
+    before = db.platform.lifecycle.start_counts[db.endpoint_id]
+
+    def client(i: int) -> int:
+        conn = pymysql_conn(db, ssl_disabled=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT %s", (i,))
+                return int(cur.fetchone()[0])
+        finally:
+            conn.close()
+
+    loop = asyncio.get_running_loop()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        results = await asyncio.gather(*(loop.run_in_executor(pool, client, i) for i in range(200)))
+    assert sorted(results) == list(range(200))
+    assert db.platform.lifecycle.start_counts[db.endpoint_id] == before + 1
+    assert db.state() == "active"
+
+
+async def test_a_client_arriving_during_suspend_is_held_and_served(db: Db) -> None:
+    await db.platform.lifecycle.start(db.endpoint_id)
+    suspend = asyncio.ensure_future(db.platform.lifecycle.suspend(db.endpoint_id))
+    await asyncio.sleep(0.005)  # the suspend holds the endpoint's lock now
+    conn = await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
+    await suspend
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+    finally:
+        conn.close()
+    assert db.state() == "active"
+
+
+async def test_wake_timeout_is_a_server_error_with_08S01(db: Db) -> None:
+    proxy = db.platform.proxy
+    assert proxy is not None
+    proxy.config = dataclasses.replace(proxy.config, wake_timeout=0.001)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
+    code, message = err.value.args
+    assert code == 1159 and "did not become ready" in message
+    # The SQLSTATE reaches the client as well (mariadb CLI prints it).
+    proxy.config = dataclasses.replace(proxy.config, wake_timeout=0.001)
+    await db.platform.lifecycle.suspend(db.endpoint_id)
+
+    def cli() -> str:
+        return subprocess.run(
+            [
+                "mariadb",
+                "-h",
+                "127.0.0.1",
+                "-P",
+                str(db.port),
+                "-u",
+                db.user,
+                f"-p{db.password}",
+                "--ssl=0",
+                "-e",
+                "SELECT 1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stderr
+
+    assert "ERROR 1159 (08S01)" in await asyncio.to_thread(cli)
+
+
+async def test_require_tls(db: Db) -> None:
+    who = local_principal(db.platform.control)
+    await asyncio.to_thread(
+        db.platform.control.projects.update,
+        who,
+        db.created.project.id,
+        settings={"require_tls": True},
+    )
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
+    assert err.value.args[0] == 1045 and "requires TLS" in err.value.args[1]
+    conn = await asyncio.to_thread(pymysql_conn, db, ssl_ca=str(db.cert))
+    conn.close()
+
+
+async def test_disabled_endpoint_is_not_woken(db: Db) -> None:
+    who = local_principal(db.platform.control)
+    await asyncio.to_thread(
+        db.platform.control.endpoints.update,
+        who,
+        db.created.project.id,
+        db.endpoint_id,
+        {"disabled": True},
+    )
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
+    assert err.value.args[0] == 1045 and "disabled" in err.value.args[1]
+    assert db.state() == "init"
+
+
+async def test_activity_and_bytes_are_counted_and_reported(db: Db) -> None:
+    def run() -> None:
+        conn = pymysql_conn(db, ssl_disabled=True)
+        with conn.cursor() as cur:
+            for _ in range(5):
+                cur.execute("SELECT REPEAT('x', 10000)")
+                cur.fetchall()
+        conn.close()
+
+    t0 = time.time()
+    await asyncio.to_thread(run)
+    proxy = db.platform.proxy
+    assert proxy is not None
+    for _ in range(200):  # the relay threads notice the client's close asynchronously
+        (item,) = [a for a in proxy.activity() if a.endpoint_id == db.endpoint_id]
+        if item.sessions == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert item.sessions == 0 and item.statements >= 5
+    assert item.bytes_to_clients > 50_000
+    assert item.last_active is not None and item.last_active.timestamp() >= t0 - 1
+    await asyncio.sleep(proxy.config.report_interval * 2)
+    ep = db.platform.lifecycle.get(db.endpoint_id)
+    assert ep.last_active is not None and ep.last_active.timestamp() >= t0 - 1
