@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup deps mariadb clean bench
+.PHONY: run test lint setup mariadb clean bench-deps
 
 setup: mariadb $(STAMP)
 
@@ -32,3 +32,9 @@ test: setup lint
 
 clean:
 	rm -rf $(VENV) .selkie .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmark tools (not needed by make test).
+bench-deps:
+	@command -v sysbench >/dev/null && command -v haproxy >/dev/null || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sysbench haproxy)

@@ -4,6 +4,7 @@ delete a project; the data survives a restart; Ctrl-C stops cleanly."""
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -24,6 +25,17 @@ def test_up_cli_and_curl_and_restart(env: dict[str, str], tmp_path: Path) -> Non
         text = log.read_text()
         env["SELKIE_API_KEY"] = first_key(log)
         assert "Created project 'demo'" in text and "mariadb -h 127.0.0.1" in text
+        # The printed connection command works as printed: it wakes the demo endpoint.
+        connect = next(x for x in text.splitlines() if "connect:" in x).split("connect:", 1)[1]
+        out = subprocess.run(
+            [*shlex.split(connect), "--batch", "--skip-column-names", "-e", "SELECT 6*7"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "42"
 
         listed = json.loads(run(env, "projects", "list", "-o", "json").stdout)
         assert [p["name"] for p in listed] == ["demo"]
