@@ -195,3 +195,27 @@ async def test_activity_and_bytes_are_counted_and_reported(db: Db) -> None:
     await asyncio.sleep(proxy.config.report_interval * 2)
     ep = db.platform.lifecycle.get(db.endpoint_id)
     assert ep.last_active is not None and ep.last_active.timestamp() >= t0 - 1
+
+
+async def test_cleartext_password_only_over_tls(db: Db) -> None:
+    def cli(*tls: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["mariadb", "-h", "127.0.0.1", "-P", str(db.port), "-u", db.user, f"-p{db.password}",
+             "--default-auth=mysql_clear_password", *tls, "--batch", "--skip-column-names",
+             "-e", "SELECT CURRENT_USER()"],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={"LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN": "1", "PATH": "/usr/bin:/bin"},
+        )
+
+    proxy = db.platform.proxy
+    assert proxy is not None
+    over_tls = await asyncio.to_thread(cli, "--ssl", f"--ssl-ca={db.cert}")
+    assert over_tls.returncode == 0, over_tls.stderr
+    assert over_tls.stdout.strip() == f"{db.role}@%"
+    assert proxy.logins["ok:mysql_clear_password"] == 1
+    # Without TLS the proxy does not take a cleartext password: it switches the client to
+    # mysql_native_password, which this client then uses.
+    plain = await asyncio.to_thread(cli, "--ssl=0")
+    assert plain.returncode == 0, plain.stderr
+    assert proxy.logins["switched:mysql_clear_password"] == 1
+    assert proxy.logins["ok:mysql_native_password"] == 1

@@ -17,7 +17,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -120,6 +120,8 @@ class ProxyServer:
         self.config = config
         self.stats: dict[str, EndpointStats] = defaultdict(EndpointStats)
         self.failures = AuthFailures(config.auth_failures_allowed, config.auth_failure_window)
+        # Login outcomes by kind ("ok:<plugin>", "switched:<plugin>", "failed", "blocked").
+        self.logins: Counter[str] = Counter()
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._reporter: asyncio.Task[None] | None = None
@@ -309,11 +311,14 @@ class ProxyServer:
             )
         key = (target.endpoint_id, client_ip)
         if self.failures.blocked(key):
+            self.logins["blocked"] += 1
             raise _Refused(
                 ErrorCode.HOST_BLOCKED,
                 f"Too many failed logins for this endpoint from {client_ip}; try again later",
             )
         plugin, answer, seq = await read_client_auth(stream, response, seq, scramble, tls=tls)
+        if plugin != (response.auth_plugin or NATIVE_PLUGIN):
+            self.logins[f"switched:{response.auth_plugin}"] += 1
         access = await self.control.get_access(target.endpoint_id, target.role)
         stage1 = None
         if access is not None:
@@ -324,6 +329,7 @@ class ProxyServer:
         if access is None or stage1 is None:
             # One answer for a wrong password, an unknown role and an unknown endpoint.
             self.failures.record(key)
+            self.logins["failed"] += 1
             raise _Refused(
                 ErrorCode.ACCESS_DENIED,
                 f"Access denied for user '{response.user}'@'{client_ip}' "
@@ -334,6 +340,7 @@ class ProxyServer:
                 ErrorCode.ACCESS_DENIED,
                 f"project of endpoint {target.endpoint_id} requires TLS; connect with SSL",
             )
+        self.logins[f"ok:{plugin}"] += 1
         return target, stage1, seq
 
     async def _wake(self, target: Route) -> Backend:
