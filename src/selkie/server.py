@@ -25,6 +25,7 @@ from selkie.control.bootstrap import FirstStart, first_start
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.reconciler import reconcile
 from selkie.control.runner import OperationsRunner
+from selkie.control.scheduler import Scheduler
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
 from selkie.storage.local import LocalStorage
@@ -43,6 +44,7 @@ class Platform:
     lifecycle: Lifecycle
     runner: OperationsRunner
     access: LocalControlPlane
+    scheduler: Scheduler
     proxy: ProxyServer | None = None
 
     @classmethod
@@ -65,6 +67,7 @@ class Platform:
             start_timeout=settings.compute_start_timeout,
             stop_timeout=settings.compute_stop_timeout,
         )
+        access = LocalControlPlane(store=store, lifecycle=lifecycle)
         return cls(
             settings=settings,
             store=store,
@@ -73,7 +76,8 @@ class Platform:
             storage=storage,
             lifecycle=lifecycle,
             runner=OperationsRunner(store=store, lifecycle=lifecycle),
-            access=LocalControlPlane(store=store, lifecycle=lifecycle),
+            access=access,
+            scheduler=Scheduler(store=store, lifecycle=lifecycle, reported=access.last_active),
         )
 
     async def start(self, *, proxy: bool = False) -> None:
@@ -82,6 +86,7 @@ class Platform:
         await self.storage.ensure_template()
         await reconcile(self.store, self.lifecycle)
         self.runner.start()
+        self.scheduler.start()
         if proxy:
             await self.start_proxy()
 
@@ -113,6 +118,7 @@ class Platform:
         owns its computes: nothing is left running after `selkie up` exits)."""
         if self.proxy is not None:
             await self.proxy.stop()
+        await self.scheduler.stop()
         await self.runner.stop()
         if suspend_computes:
             await self.lifecycle.suspend_all()

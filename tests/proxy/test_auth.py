@@ -200,10 +200,26 @@ async def test_activity_and_bytes_are_counted_and_reported(db: Db) -> None:
 async def test_cleartext_password_only_over_tls(db: Db) -> None:
     def cli(*tls: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["mariadb", "-h", "127.0.0.1", "-P", str(db.port), "-u", db.user, f"-p{db.password}",
-             "--default-auth=mysql_clear_password", *tls, "--batch", "--skip-column-names",
-             "-e", "SELECT CURRENT_USER()"],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                "mariadb",
+                "-h",
+                "127.0.0.1",
+                "-P",
+                str(db.port),
+                "-u",
+                db.user,
+                f"-p{db.password}",
+                "--default-auth=mysql_clear_password",
+                *tls,
+                "--batch",
+                "--skip-column-names",
+                "-e",
+                "SELECT CURRENT_USER()",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
             env={"LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN": "1", "PATH": "/usr/bin:/bin"},
         )
 

@@ -128,6 +128,7 @@ class ThreadedRelay:
         on_done: Callable[[], None],
         send_to_client: bytes = b"",
         send_to_server: bytes = b"",
+        farewell: bytes = b"",
     ) -> None:
         self.client = client
         self.server = server
@@ -137,6 +138,10 @@ class ThreadedRelay:
         self.on_done = on_done
         self._initial = send_to_client
         self._initial_to_server = send_to_server
+        # Sent to the client if the compute goes away under an idle session (a suspend),
+        # so the client reads a clear error instead of a bare disconnect.
+        self._farewell = farewell
+        self._client_quit = False
         self._lock = threading.Lock()
         self._finished = 0
         self._closed = False
@@ -189,6 +194,8 @@ class ThreadedRelay:
                     counters.statements += len(commands)
                     counters.last_active = time.time()
                     for command in commands:
+                        if command == Command.QUIT:
+                            self._client_quit = True
                         self.on_command(command)
                 for segment in segments:
                     if isinstance(segment, HeldChangeUser):
@@ -221,6 +228,7 @@ class ThreadedRelay:
                         return
                     return
                 if n == 0:
+                    self._say_farewell()
                     return
                 left = n
                 while left:
@@ -233,11 +241,19 @@ class ThreadedRelay:
             os.close(wfd)
             self._thread_done()
 
+    def _say_farewell(self) -> None:
+        with self._lock:
+            ours = self._closed  # we closed it (proxy shutdown): no farewell then
+        if self._farewell and not ours and not self._client_quit:
+            with contextlib.suppress(OSError):
+                self.client.sendall(self._farewell)
+
     def _copy_loop(self) -> None:
         """Where splice is not supported (some socket types): plain recv/sendall."""
         while True:
             data = self.server.recv(CHUNK)
             if not data:
+                self._say_farewell()
                 return
             self.client.sendall(data)
             self.counters.bytes_to_client += len(data)
@@ -252,11 +268,15 @@ async def async_relay(
     counters: Counters,
     on_command: Callable[[int], None],
     on_change_user: Callable[[bytes], Awaitable[bytes | None]],
+    farewell: bytes = b"",
 ) -> None:
     """The same relay on the event loop, for TLS sessions. ``on_change_user`` returns the
     rewritten packet bytes, or None to end the session."""
 
+    quit_seen = False
+
     async def c2s() -> None:
+        nonlocal quit_seen
         scanner = CommandScanner()
         while data := await client_reader.read(CHUNK):
             counters.bytes_from_client += len(data)
@@ -265,6 +285,7 @@ async def async_relay(
                 counters.statements += len(commands)
                 counters.last_active = time.time()
                 for command in commands:
+                    quit_seen = quit_seen or command == Command.QUIT
                     on_command(command)
             for segment in segments:
                 if isinstance(segment, HeldChangeUser):
@@ -280,6 +301,9 @@ async def async_relay(
         while data := await server_reader.read(CHUNK):
             counters.bytes_to_client += len(data)
             client_writer.write(data)
+            await client_writer.drain()
+        if farewell and not quit_seen:
+            client_writer.write(farewell)
             await client_writer.drain()
 
     tasks = [asyncio.ensure_future(c2s()), asyncio.ensure_future(s2c())]

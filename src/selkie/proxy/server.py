@@ -385,6 +385,15 @@ class ProxyServer:
         st.live.append(counters)
         st.last_active = time.time()
 
+        farewell = frame(
+            0,
+            build_err(
+                ErrorCode.CONNECTION_KILLED,
+                f"Connection to endpoint {target.endpoint_id} closed: its compute was suspended "
+                "or stopped. Reconnect to wake it.",
+            ),
+        )[0]
+
         async def change_user(payload: bytes) -> tuple[bytes | None, bytes | None]:
             return await self._change_user(payload, target, scramble, conn.scramble, client_caps)
 
@@ -408,6 +417,7 @@ class ProxyServer:
                     counters=counters,
                     on_command=_ignore,
                     on_change_user=on_change_user,
+                    farewell=farewell,
                 )
                 return
             client_sock, client_left = _detach(reader, writer)
@@ -434,6 +444,7 @@ class ProxyServer:
                 on_done=finished,
                 send_to_client=first_bytes + server_left,
                 send_to_server=client_left,
+                farewell=farewell,
             )
             self._relays.add(relay)
             relay.start()

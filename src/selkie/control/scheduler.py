@@ -1,0 +1,209 @@
+"""The suspend scheduler: scale an endpoint to zero once it has been idle for its
+``suspend_timeout_seconds``.
+
+Activity is what the proxies report (statements, per endpoint, every second) plus the
+store's ``last_active``; an endpoint also counts as active from the moment it started. When
+an endpoint looks idle, the compute itself is asked before anything happens — open InnoDB
+transactions, queries running, and statements that bypassed the proxy (its ``Questions``
+counter) all keep it up. Then it is suspended with a clean fast shutdown.
+
+Each tick looks only at active endpoints (an indexed query), so its cost grows with them,
+not with all endpoints. The clock is injected: tests of "suspend after 300 s" run in
+milliseconds. Exactly one scheduler acts at a time (see :class:`LeaderLock`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, text
+
+from selkie.control.lifecycle import Lifecycle
+from selkie.errors import SelkieError
+from selkie.model import EndpointState, utcnow
+from selkie.store import Store
+from selkie.store.tables import EndpointRow
+from selkie.tasks import cancel, spawn
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.5
+_LEADER_KEY = 0x5E1C1E + 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Candidate:
+    """An active endpoint as the store records it."""
+
+    endpoint_id: str
+    suspend_timeout_seconds: int
+    last_active: datetime | None
+    started_at: datetime | None
+
+
+def idle_since(c: Candidate, reported: datetime | None) -> datetime | None:
+    stamps = [t for t in (c.last_active, c.started_at, reported) if t is not None]
+    return max(stamps) if stamps else None
+
+
+def due(
+    candidates: Iterable[Candidate], reported: Mapping[str, datetime | None], now: datetime
+) -> list[str]:
+    """The endpoints whose idle time has reached their timeout (a pure decision)."""
+    out = []
+    for c in candidates:
+        if c.suspend_timeout_seconds < 0:
+            continue
+        since = idle_since(c, reported.get(c.endpoint_id))
+        if since is None or now - since >= timedelta(seconds=c.suspend_timeout_seconds):
+            out.append(c.endpoint_id)
+    return out
+
+
+# What the compute is asked before a suspend. Sessions of the admin account (the scheduler's
+# own probe among them) do not count.
+PROBE = [
+    "SELECT COUNT(*) FROM information_schema.innodb_trx",
+    "SELECT COUNT(*) FROM information_schema.processlist "
+    "WHERE command NOT IN ('Sleep', 'Daemon', 'Binlog Dump') AND id <> CONNECTION_ID() "
+    "AND user NOT IN ('system user', 'event_scheduler')",
+    "SELECT VARIABLE_VALUE FROM information_schema.global_status WHERE VARIABLE_NAME = 'QUESTIONS'",
+]
+
+
+class LeaderLock:
+    """Who may act. On SQLite there is one process: it always leads. On PostgreSQL a
+    session-level advisory lock held on a dedicated connection; if that connection or its
+    process dies, the lock is released and another control plane takes it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._conn: Any = None
+
+    def try_acquire(self) -> bool:
+        if self.store.dialect != "postgresql":
+            return True
+        try:
+            if self._conn is None:
+                self._conn = self.store.engine.connect()
+            held = self._conn.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": _LEADER_KEY}
+            ).scalar()
+            self._conn.commit()
+            return bool(held)
+        except Exception:
+            log.warning("lost the scheduler leader lock connection", exc_info=True)
+            self.release()
+            return False
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        lifecycle: Lifecycle,
+        reported: Callable[[str], datetime | None],
+        clock: Callable[[], datetime] = utcnow,
+        tick: float = TICK_SECONDS,
+        on_suspend: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.lifecycle = lifecycle
+        self.reported = reported
+        self.clock = clock
+        self.tick = tick
+        self.leader = LeaderLock(store)
+        self.on_suspend = on_suspend
+        self._questions: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.suspended: list[str] = []  # what this scheduler suspended (tests, metrics)
+
+    def start(self) -> None:
+        self._task = spawn(self._main(), name="suspend-scheduler")
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        await asyncio.to_thread(self.leader.release)
+
+    async def _main(self) -> None:
+        while True:
+            try:
+                if await asyncio.to_thread(self.leader.try_acquire):
+                    await self.tick_once()
+            except SelkieError as exc:
+                log.error("scheduler: %s", exc.message)
+            await asyncio.sleep(self.tick)
+
+    def _candidates(self) -> list[Candidate]:
+        with self.store.read() as s:
+            rows = s.execute(
+                select(EndpointRow).where(EndpointRow.current_state == EndpointState.ACTIVE.value)
+            ).scalars()
+            return [
+                Candidate(
+                    endpoint_id=r.id,
+                    suspend_timeout_seconds=r.suspend_timeout_seconds,
+                    last_active=r.last_active,
+                    started_at=r.started_at,
+                )
+                for r in rows
+            ]
+
+    def _touch(self, endpoint_id: str, when: datetime) -> None:
+        with self.store.write() as s:
+            row = s.get(EndpointRow, endpoint_id)
+            if row is not None and (row.last_active is None or row.last_active < when):
+                row.last_active = when
+
+    async def busy_on_compute(self, endpoint_id: str) -> str | None:
+        """Why the compute itself says it is busy, or None."""
+        trx, running, questions = await self.lifecycle.driver.execute(endpoint_id, PROBE)
+        if int(trx[0][0]):
+            return "open transaction"
+        if int(running[0][0]):
+            return "running query"
+        now_q = int(questions[0][0])
+        before = self._questions.get(endpoint_id)
+        self._questions[endpoint_id] = now_q
+        # Our own probe adds its statements; anything beyond that came from elsewhere.
+        if before is not None and now_q - before > len(PROBE):
+            return "statements that bypassed the proxy"
+        return None
+
+    async def tick_once(self) -> list[str]:
+        """One pass: suspend what is due; returns the endpoints suspended."""
+        now = self.clock()
+        candidates = await asyncio.to_thread(self._candidates)
+        reported = {c.endpoint_id: self.reported(c.endpoint_id) for c in candidates}
+        done = []
+        for endpoint_id in due(candidates, reported, now):
+            try:
+                reason = await self.busy_on_compute(endpoint_id)
+            except SelkieError as exc:
+                log.warning("cannot probe %s before suspending: %s", endpoint_id, exc.message)
+                continue
+            if reason is not None:
+                log.debug("not suspending %s: %s", endpoint_id, reason)
+                await asyncio.to_thread(self._touch, endpoint_id, now)
+                continue
+            log.info("suspending idle endpoint %s", endpoint_id)
+            if self.on_suspend is not None:
+                self.on_suspend(endpoint_id)
+            await self.lifecycle.suspend(endpoint_id)
+            self._questions.pop(endpoint_id, None)
+            self.suspended.append(endpoint_id)
+            done.append(endpoint_id)
+        return done

@@ -1,0 +1,155 @@
+"""The suspend scheduler with real computes behind the real proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import MySQLdb
+import pytest
+
+from selkie.control.bootstrap import local_principal
+from tests.proxy.conftest import Db
+from tests.proxy.test_clients import pymysql_conn
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def with_timeout(db: Db, seconds: int) -> None:
+    who = local_principal(db.platform.control)
+    await asyncio.to_thread(
+        db.platform.control.endpoints.update,
+        who,
+        db.created.project.id,
+        db.endpoint_id,
+        {"suspend_timeout_seconds": seconds},
+    )
+
+
+async def wait_state(db: Db, state: str, timeout: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if db.state() == state:
+            return time.monotonic()
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"endpoint still {db.state()} after {timeout}s, wanted {state}")
+
+
+async def test_idle_endpoint_is_suspended_about_a_second_after_its_last_statement(db: Db) -> None:
+    await with_timeout(db, 1)
+
+    def work() -> float:
+        conn = pymysql_conn(db, ssl_disabled=True)
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        last = time.monotonic()
+        conn.close()
+        return last
+
+    last = await asyncio.to_thread(work)
+    suspended = await wait_state(db, "suspended", 10)
+    assert 0.9 <= suspended - last <= 2.5, suspended - last
+    assert not (await db.platform.driver.inspect(db.endpoint_id)).running
+    ep = db.platform.lifecycle.get(db.endpoint_id)
+    assert ep.suspended_at is not None and ep.last_active is not None
+
+
+async def test_not_suspended_while_a_transaction_is_open(db: Db) -> None:
+    await with_timeout(db, 1)
+    conn = await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True, autocommit=False)
+
+    def begin() -> None:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS t (i INT)")
+            cur.execute("BEGIN")
+            cur.execute("INSERT INTO t VALUES (1)")
+
+    await asyncio.to_thread(begin)
+    await asyncio.sleep(3)
+    assert db.state() == "active"
+
+    def commit() -> float:
+        conn.commit()
+        conn.close()
+        return time.monotonic()
+
+    done = await asyncio.to_thread(commit)
+    suspended = await wait_state(db, "suspended", 10)
+    assert suspended - done <= 2.5
+
+
+async def test_not_suspended_while_a_query_runs(db: Db) -> None:
+    await with_timeout(db, 1)
+
+    def sleeper() -> float:
+        conn = pymysql_conn(db, ssl_disabled=True)
+        with conn.cursor() as cur:
+            cur.execute("SELECT SLEEP(3)")
+            assert cur.fetchone() == (0,)  # not interrupted
+        conn.close()
+        return time.monotonic()
+
+    finished = await asyncio.to_thread(sleeper)
+    assert db.platform.scheduler.suspended == []
+    suspended = await wait_state(db, "suspended", 10)
+    assert suspended - finished <= 2.5
+
+
+async def test_a_client_connecting_during_the_suspend_is_served(db: Db) -> None:
+    await with_timeout(db, 1)
+    results: list[object] = []
+
+    def client() -> None:
+        try:
+            conn = pymysql_conn(db, ssl_disabled=True)
+            with conn.cursor() as cur:
+                cur.execute("SELECT 'served'")
+                results.append(cur.fetchone()[0])
+            conn.close()
+        except Exception as exc:  # noqa: BLE001
+            results.append(exc)
+
+    threads: list[threading.Thread] = []
+
+    def on_suspend(endpoint_id: str) -> None:
+        t = threading.Thread(target=client)
+        t.start()
+        threads.append(t)
+
+    db.platform.scheduler.on_suspend = on_suspend
+    await asyncio.to_thread(client)  # wakes it; then it idles into a suspend
+    starts = db.platform.lifecycle.start_counts[db.endpoint_id]
+    deadline = time.monotonic() + 10
+    while not threads and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert threads, "the scheduler never suspended"
+    await asyncio.to_thread(threads[0].join, 30)
+    assert results == ["served", "served"]
+    assert db.platform.scheduler.suspended == [db.endpoint_id]
+    assert db.platform.lifecycle.start_counts[db.endpoint_id] == starts + 1
+
+
+async def test_an_idle_session_gets_a_clear_error_when_its_endpoint_suspends(db: Db) -> None:
+    await with_timeout(db, 1)
+
+    def open_idle() -> MySQLdb.Connection:
+        conn = MySQLdb.connect(
+            host="127.0.0.1",
+            port=db.port,
+            user=db.user,
+            password=db.password,
+            database=db.database,
+            ssl_mode="DISABLED",
+        )
+        conn.query("SELECT 1")
+        conn.store_result()
+        return conn
+
+    conn = await asyncio.to_thread(open_idle)
+    await wait_state(db, "suspended", 10)
+    with pytest.raises(MySQLdb.OperationalError) as err:
+        await asyncio.to_thread(conn.query, "SELECT 2")
+    code, message = err.value.args
+    assert code == 1927, (code, message)
+    assert "suspended" in message and "Reconnect" in message
