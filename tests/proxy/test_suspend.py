@@ -107,7 +107,7 @@ async def test_a_client_connecting_during_the_suspend_is_served(db: Db) -> None:
                 cur.execute("SELECT 'served'")
                 results.append(cur.fetchone()[0])
             conn.close()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             results.append(exc)
 
     threads: list[threading.Thread] = []

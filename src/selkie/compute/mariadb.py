@@ -81,6 +81,8 @@ def render_config(
         "innodb_flush_log_at_trx_commit": "1",
         "innodb_buffer_pool_size": str(sizing.buffer_pool_bytes),
         "max_connections": str(sizing.max_connections),
+        # A connection storm must queue in the kernel, not be refused.
+        "back_log": str(max(128, sizing.max_connections)),
         "thread_handling": "pool-of-threads",
         "thread_pool_size": str(sizing.thread_pool_size),
         "character-set-server": "utf8mb4",

@@ -4,6 +4,7 @@ lifecycle manager of this process."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 
 from sqlalchemy import select
@@ -16,9 +17,14 @@ from selkie.store.tables import EndpointRow, ProjectRow, RoleRow
 
 
 class LocalControlPlane(ControlPlane):
-    def __init__(self, *, store: Store, lifecycle: Lifecycle) -> None:
+    def __init__(self, *, store: Store, lifecycle: Lifecycle, cache_ttl: float = 1.0) -> None:
         self.store = store
         self.lifecycle = lifecycle
+        # A connection storm on one endpoint asks for the same role thousands of times a
+        # second; a short-lived cache answers. A reset password or deleted role is seen
+        # everywhere within cache_ttl seconds.
+        self.cache_ttl = cache_ttl
+        self._cache: dict[tuple[str, str], tuple[float, Access | None]] = {}
         # The latest activity per endpoint, as proxies reported it (the scheduler reads it).
         self.activity: dict[str, Activity] = {}
 
@@ -45,7 +51,17 @@ class LocalControlPlane(ControlPlane):
             )
 
     async def get_access(self, endpoint_id: str, role: str) -> Access | None:
-        return await asyncio.to_thread(self._access, endpoint_id, role)
+        key = (endpoint_id, role)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.cache_ttl:
+            return hit[1]
+        access = await asyncio.to_thread(self._access, endpoint_id, role)
+        if access is not None:  # misses are not cached: probing names stays uncached work
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (now, access)
+        return access
 
     async def wake(self, endpoint_id: str) -> Backend:
         await self.lifecycle.start(endpoint_id, wake=True)

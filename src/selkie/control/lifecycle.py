@@ -113,6 +113,9 @@ class Lifecycle:
         self.last_start_timings: dict[str, dict[str, float]] = {}
         # Compute starts per endpoint since this process began (tests, metrics).
         self.start_counts: dict[str, int] = {}
+        # Endpoints this process made active and has not begun to stop: lets a wake of a
+        # running endpoint return without touching the store.
+        self._active: set[str] = set()
         driver.on_unexpected_exit(self.on_compute_exit)
 
     def storage_for(self, settings: model.ProjectSettings) -> StorageDriver:
@@ -209,13 +212,21 @@ class Lifecycle:
 
     # --- start -----------------------------------------------------------------------------
 
-    async def start(self, endpoint_id: str, *, wake: bool = False) -> model.Endpoint:
-        """Make the endpoint active and return it. Concurrent calls share one start.
+    async def start(self, endpoint_id: str, *, wake: bool = False) -> model.Endpoint | None:
+        """Make the endpoint active and return it (None when it already was, as far as this
+        process knows: the fast path of a wake). Concurrent calls share one start.
 
         ``wake`` is a start caused by a client connecting: it refuses endpoints stopped by
         request or disabled, where an explicit start would start a stopped one.
         """
+        if endpoint_id in self._active and not self.lock(endpoint_id).locked():
+            info = await self.driver.inspect(endpoint_id)
+            if info.running:
+                return None
         async with self.lock(endpoint_id):
+            # Woken by the start of whoever held the lock before us: nothing left to do.
+            if endpoint_id in self._active and (await self.driver.inspect(endpoint_id)).running:
+                return None
             deadline = time.monotonic() + self.start_timeout
             while time.monotonic() < deadline:
                 target = await self._db(self._load, endpoint_id)
@@ -228,6 +239,7 @@ class Lifecycle:
                 if state is EndpointState.ACTIVE:
                     info = await self.driver.inspect(endpoint_id)
                     if info.running:
+                        self._active.add(endpoint_id)
                         return convert.endpoint(ep, domain=self.settings.proxy_domain)
                     # Recorded active, but its process is gone: a failure we had not seen.
                     await self._db(
@@ -319,6 +331,7 @@ class Lifecycle:
             total_ms=(time.perf_counter() - t0) * 1000,
         )
         self.last_start_timings[ep.id] = timings
+        self._active.add(ep.id)
         return await self._db(self.get, ep.id)
 
     async def _fail_start(self, endpoint_id: str, generation: int, reason: str) -> None:
@@ -435,6 +448,7 @@ class Lifecycle:
                             self._transition, ep.id, state, ep.generation, to, pending_state=None
                         )
                     return await self._db(self.get, endpoint_id)
+                self._active.discard(ep.id)
                 gen = await self._db(
                     self._transition,
                     ep.id,
@@ -459,12 +473,13 @@ class Lifecycle:
                 return await self._db(self.get, endpoint_id)
             raise Conflict(f"endpoint {endpoint_id} keeps changing state; try again")
 
-    async def restart(self, endpoint_id: str) -> model.Endpoint:
+    async def restart(self, endpoint_id: str) -> model.Endpoint | None:
         await self.suspend(endpoint_id)
         return await self.start(endpoint_id)
 
     async def destroy(self, endpoint_id: str) -> None:
         """Stop and forget a deleted endpoint's compute (its branch data stays)."""
+        self._active.discard(endpoint_id)
         async with self.lock(endpoint_id):
             await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
             await self.driver.remove(endpoint_id)
@@ -498,6 +513,7 @@ class Lifecycle:
                     is not None
                 )
 
+        self._active.discard(endpoint_id)
         if await self._db(mark):
             log.warning("endpoint %s failed: %s", endpoint_id, reason.splitlines()[0])
 

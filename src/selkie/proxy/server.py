@@ -122,6 +122,8 @@ class ProxyServer:
         self.failures = AuthFailures(config.auth_failures_allowed, config.auth_failure_window)
         # Login outcomes by kind ("ok:<plugin>", "switched:<plugin>", "failed", "blocked").
         self.logins: Counter[str] = Counter()
+        # Where the last login per endpoint spent its time (ms): auth, wake, backend login.
+        self.last_timings: dict[str, dict[str, float]] = {}
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._reporter: asyncio.Task[None] | None = None
@@ -248,10 +250,13 @@ class ProxyServer:
         response = parse_handshake_response(payload)
         seq = (seq + 1) & 0xFF
         try:
+            t0 = time.perf_counter()
             target, stage1, seq = await self._authenticate(
                 stream, response, seq, scramble, tls=tls, sni=sni, client_ip=client_ip
             )
+            t1 = time.perf_counter()
             backend = await self._wake(target)
+            t2 = time.perf_counter()
             client_caps = negotiated_caps(response.capabilities, tls)
             try:
                 conn = await open_backend(
@@ -271,6 +276,11 @@ class ProxyServer:
             await stream.send(seq, build_err(refusal.code, refusal.message))
             writer.close()
             return
+        self.last_timings[target.endpoint_id] = {
+            "client_auth_ms": (t1 - t0) * 1000,
+            "wake_ms": (t2 - t1) * 1000,
+            "backend_login_ms": (time.perf_counter() - t2) * 1000,
+        }
         # The compute's own answer to the login (OK, or ERR such as an unknown database).
         data, _ = frame(seq, conn.first_reply)
         if conn.first_reply[:1] == b"\xff":

@@ -9,6 +9,7 @@ recovered ``SHA1(password)``, and hand the client the compute's own OK.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 from dataclasses import dataclass
@@ -88,16 +89,7 @@ async def open_backend(
 ) -> BackendConnection:
     """Connect to the compute and log in as ``role`` with the recovered SHA1(password).
     Returns the compute's reply (OK or ERR) for the client."""
-    if backend.socket is not None:
-        # A local compute: its unix socket skips the TCP stack.
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(str(backend.socket), limit=2**20), timeout
-        )
-    else:
-        assert backend.host and backend.port
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(backend.host, backend.port, limit=2**20), timeout
-        )
+    reader, writer = await _connect(backend, timeout)
     try:
         stream = PacketStream(reader, writer, limit=HANDSHAKE_LIMIT)
         _, payload = await asyncio.wait_for(stream.read(), timeout)
@@ -132,6 +124,32 @@ async def open_backend(
     except BaseException:
         writer.close()
         raise
+
+
+async def _connect(
+    backend: Backend, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a connection to the compute, retrying while its accept queue is full (a storm of
+    clients): a unix socket then refuses with EAGAIN, which asyncio reports oddly."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    delay = 0.005
+    while True:
+        try:
+            if backend.socket is not None:
+                # A local compute: its unix socket skips the TCP stack.
+                return await asyncio.wait_for(
+                    asyncio.open_unix_connection(str(backend.socket), limit=2**20), timeout
+                )
+            assert backend.host and backend.port
+            return await asyncio.wait_for(
+                asyncio.open_connection(backend.host, backend.port, limit=2**20), timeout
+            )
+        except OSError as exc:
+            retriable = exc.errno in (errno.EAGAIN, errno.EINVAL, errno.ECONNREFUSED)
+            if not retriable or asyncio.get_running_loop().time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 async def read_client_auth(

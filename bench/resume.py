@@ -1,0 +1,110 @@
+"""Resume latency: N cycles of (suspend → connect through the proxy → first `SELECT 1`
+answered) with PyMySQL, against the same on an already active endpoint, with the time
+broken down into client auth, wake (of which mariadbd start to ready) and backend login.
+
+    .venv/bin/python bench/resume.py [--cycles 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+
+import pymysql
+
+from selkie.compute.local import free_port
+from selkie.config import load_settings
+from selkie.control.bootstrap import local_principal
+from selkie.server import Platform
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))]
+
+
+def first_row(port: int, user: str, password: str, db: str) -> float:
+    t = time.perf_counter()
+    conn = pymysql.connect(
+        host="127.0.0.1",
+        port=port,
+        user=user,
+        password=password,
+        database=db,
+        ssl_disabled=True,
+        connect_timeout=30,
+    )
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        cur.fetchone()
+    elapsed = (time.perf_counter() - t) * 1000
+    conn.close()
+    return elapsed
+
+
+async def main(cycles: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="selkie-bench-") as tmp:
+        settings = load_settings(
+            environ={
+                "SELKIE_DATA_DIR": tmp,
+                "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
+                "SELKIE_COMPUTE_CGROUPS": "0",
+                "SELKIE_LOG_LEVEL": "warning",
+            }
+        )
+        platform = Platform.open(settings)
+        await platform.start(proxy=True)
+        try:
+            who = local_principal(platform.control)
+            created = await asyncio.to_thread(platform.control.projects.create, who, name="resume")
+            ep = created.endpoints[0].id
+            args = (
+                platform.proxy.port,
+                f"{ep}.{created.roles[0].name}",  # type: ignore[union-attr]
+                created.roles[0].password or "",
+                created.databases[0].name,
+            )
+            await asyncio.to_thread(first_row, *args)  # first start: creates the accounts
+            cold: list[float] = []
+            warm: list[float] = []
+            parts: dict[str, list[float]] = {}
+            for _ in range(cycles):
+                await platform.lifecycle.suspend(ep)
+                cold.append(await asyncio.to_thread(first_row, *args))
+                timings = dict(platform.proxy.last_timings[ep])  # type: ignore[union-attr]
+                timings["mariadbd_start_ms"] = platform.lifecycle.last_start_timings[ep][
+                    "mariadbd_start_ms"
+                ]
+                for k, v in timings.items():
+                    parts.setdefault(k, []).append(v)
+                warm.append(await asyncio.to_thread(first_row, *args))
+        finally:
+            await platform.stop()
+            platform.close()
+
+    print(
+        f"\nconnect → first row of SELECT 1 through the proxy, {cycles} cycles, PyMySQL, "
+        "0.25 CU (ms)\n"
+    )
+    print(f"{'':<28}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
+    for name, vals in (("suspended endpoint (resume)", cold), ("active endpoint", warm)):
+        print(
+            f"{name:<28}{pct(vals, 50):>8.1f}{pct(vals, 90):>8.1f}{pct(vals, 99):>8.1f}"
+            f"{max(vals):>8.1f}"
+        )
+    print(
+        f"{'resume / active (p50)':<28}{statistics.median(cold) / statistics.median(warm):>8.1f}x"
+    )
+    print("\nbreakdown of a resume (p50 ms)\n")
+    for name in ("client_auth_ms", "wake_ms", "mariadbd_start_ms", "backend_login_ms"):
+        label = "  of which mariadbd start to ready" if name == "mariadbd_start_ms" else name
+        print(f"{label:<36}{pct(parts[name], 50):>8.1f}{pct(parts[name], 99):>8.1f} (p99)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cycles", type=int, default=50)
+    asyncio.run(main(parser.parse_args().cycles))
