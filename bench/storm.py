@@ -91,7 +91,7 @@ async def main(clients: int) -> None:
         await platform.start(proxy=True)
         try:
             who = local_principal(platform.control)
-            # 2 CU: 800 connection slots, so every client of the storm can hold one at once.
+            # 2 CU: 2000 connection slots, so every client of the storm can hold one at once.
             created = await asyncio.to_thread(
                 platform.control.projects.create,
                 who,

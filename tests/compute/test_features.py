@@ -125,7 +125,7 @@ async def test_resize_restarts_with_the_new_size(platform: Platform, who: Princi
         None,
         "SELECT @@innodb_buffer_pool_size, @@max_connections",
     )
-    assert before == [(GIB // 2, 100)]
+    assert before == [(GIB // 2, 250)]
     _, ops = await asyncio.to_thread(
         platform.control.endpoints.update,
         who,
@@ -144,7 +144,7 @@ async def test_resize_restarts_with_the_new_size(platform: Platform, who: Princi
         None,
         "SELECT @@innodb_buffer_pool_size, @@max_connections",
     )
-    assert after == [(2 * GIB, 400)]
+    assert after == [(2 * GIB, 1000)]
 
 
 @pytest.mark.parametrize("parent_running", [False, True], ids=["file-copy", "hot-copy"])

@@ -47,9 +47,9 @@ def test_a_recycled_pid_is_not_mistaken_for_a_compute(tmp_path: Path) -> None:
 def test_sizing_and_config() -> None:
     quarter = Sizing.for_cu(0.25)
     assert (quarter.memory_bytes, quarter.buffer_pool_bytes) == (GIB, 512 * MIB)
-    assert (quarter.max_connections, quarter.thread_pool_size) == (100, 1)
+    assert (quarter.max_connections, quarter.thread_pool_size) == (250, 1)
     two = Sizing.for_cu(2)
-    assert (two.buffer_pool_bytes, two.max_connections, two.thread_pool_size) == (4 * GIB, 800, 2)
+    assert (two.buffer_pool_bytes, two.max_connections, two.thread_pool_size) == (4 * GIB, 2000, 2)
     cnf = render_config(
         sizing=quarter,
         datadir=Path("/d"),

@@ -43,7 +43,9 @@ class Sizing:
             cu=cu,
             memory_bytes=memory,
             buffer_pool_bytes=pool,
-            max_connections=max(50, min(4000, int(cu * 400))),
+            # Connections are cheap under the thread pool (they hold no thread while idle);
+            # serverless clients open many short-lived ones.
+            max_connections=max(150, min(4000, int(cu * 1000))),
             thread_pool_size=max(1, math.ceil(cu)),
         )
 

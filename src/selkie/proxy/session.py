@@ -93,6 +93,10 @@ async def open_backend(
     try:
         stream = PacketStream(reader, writer, limit=HANDSHAKE_LIMIT)
         _, payload = await asyncio.wait_for(stream.read(), timeout)
+        if is_err(payload):
+            # Refused before the handshake (1040 Too many connections, say): the client gets
+            # the compute's own error.
+            return BackendConnection(reader, writer, b"", 0, payload)
         greeting = parse_handshake_v10(payload)
         caps = capabilities & greeting.capabilities & ~Capability.SSL
         scramble = greeting.scramble
