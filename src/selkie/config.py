@@ -42,6 +42,10 @@ class Settings:
     proxy_tls_cert: str = ""  # PEM; empty: selkie up makes a self-signed pair in the data dir
     proxy_tls_key: str = ""
     proxy_wake_timeout: float = 30.0
+    # Pooler: backend connections per endpoint (0: 40 per CU, at least 10), and how long a
+    # client waits for one.
+    pooler_max_backends: int = 0
+    pooler_wait_timeout: float = 30.0
     # Computes.
     mariadbd: str = ""  # default: mariadbd on PATH, else /usr/sbin/mariadbd
     pageserver_mariadbd: str = ""  # the patched server for pageserver storage

@@ -22,6 +22,10 @@ class Access:
     password_hash: str  # '*' + HEX(SHA1(SHA1(password)))
     require_tls: bool
     disabled: bool
+    pooler_enabled: bool = False
+    pooler_transaction_mode: bool = True
+    # Backend connections the pooler may open to this endpoint's compute.
+    pooler_max_backends: int = 10
 
 
 @dataclass(frozen=True, kw_only=True)

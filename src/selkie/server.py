@@ -67,7 +67,9 @@ class Platform:
             start_timeout=settings.compute_start_timeout,
             stop_timeout=settings.compute_stop_timeout,
         )
-        access = LocalControlPlane(store=store, lifecycle=lifecycle)
+        access = LocalControlPlane(
+            store=store, lifecycle=lifecycle, pooler_max_backends=settings.pooler_max_backends
+        )
         return cls(
             settings=settings,
             store=store,
@@ -108,6 +110,7 @@ class Platform:
                 domain=settings.proxy_domain,
                 tls=tls,
                 wake_timeout=settings.proxy_wake_timeout,
+                pool_wait_timeout=settings.pooler_wait_timeout,
             ),
         )
         await self.proxy.start()

@@ -11,14 +11,22 @@ from sqlalchemy import select
 
 from selkie.control.lifecycle import Lifecycle
 from selkie.controlplane import Access, Activity, Backend, ControlPlane
-from selkie.model import EndpointState
+from selkie.model import EndpointState, PoolerMode
 from selkie.store import Store, convert
 from selkie.store.tables import EndpointRow, ProjectRow, RoleRow
 
 
 class LocalControlPlane(ControlPlane):
-    def __init__(self, *, store: Store, lifecycle: Lifecycle, cache_ttl: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        lifecycle: Lifecycle,
+        cache_ttl: float = 1.0,
+        pooler_max_backends: int = 0,
+    ) -> None:
         self.store = store
+        self.pooler_max_backends = pooler_max_backends
         self.lifecycle = lifecycle
         # A connection storm on one endpoint asks for the same role thousands of times a
         # second; a short-lived cache answers. A reset password or deleted role is seen
@@ -27,6 +35,12 @@ class LocalControlPlane(ControlPlane):
         self._cache: dict[tuple[str, str], tuple[float, Access | None]] = {}
         # The latest activity per endpoint, as proxies reported it (the scheduler reads it).
         self.activity: dict[str, Activity] = {}
+
+    def pool_size(self, cu: float) -> int:
+        """Backends per endpoint: configured, or 40 per CU (at least 10)."""
+        if self.pooler_max_backends > 0:
+            return self.pooler_max_backends
+        return max(10, int(40 * cu))
 
     def _access(self, endpoint_id: str, role: str) -> Access | None:
         with self.store.read() as s:
@@ -48,6 +62,9 @@ class LocalControlPlane(ControlPlane):
                 password_hash=row.password_hash,
                 require_tls=convert.project_settings(project.settings).require_tls,
                 disabled=ep.disabled,
+                pooler_enabled=ep.pooler_enabled,
+                pooler_transaction_mode=ep.pooler_mode == PoolerMode.TRANSACTION.value,
+                pooler_max_backends=self.pool_size(ep.autoscaling_limit_max_cu),
             )
 
     async def get_access(self, endpoint_id: str, role: str) -> Access | None:

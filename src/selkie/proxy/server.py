@@ -31,10 +31,15 @@ from selkie.proxy.packets import (
     build_change_user,
     build_err,
     build_handshake_v10,
+    build_ok,
     is_ssl_request,
     parse_change_user,
+    parse_err,
     parse_handshake_response,
 )
+from selkie.proxy.pool import FORMAT_CAPS, EndpointPool, PoolKey, PoolTimeout
+from selkie.proxy.pool import Backend as PoolBackend
+from selkie.proxy.pooled import CommandRefused, PooledSession, backend_response
 from selkie.proxy.relay import Counters, ThreadedRelay, async_relay
 from selkie.proxy.session import (
     HANDSHAKE_LIMIT,
@@ -70,6 +75,7 @@ class ProxyConfig:
     auth_failure_window: float = 60.0
     report_interval: float = 1.0
     server_version: str = SERVER_VERSION
+    pool_wait_timeout: float = 30.0
 
 
 @dataclass
@@ -131,6 +137,7 @@ class ProxyServer:
         self._sessions: set[asyncio.Task[None]] = set()
         self._sni = sni_capture(config.tls) if config.tls is not None else {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.pools: dict[str, EndpointPool] = {}
         # Relay threads block in syscalls; small stacks keep thousands of sessions cheap.
         threading.stack_size(512 * 1024)
 
@@ -212,12 +219,18 @@ class ProxyServer:
             await self._session(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError):
             pass
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping
         except ProtocolError as exc:
             log.debug("closing a connection: %s", exc)
         except Exception:
             log.exception("proxy session crashed")
         finally:
             self._sessions.discard(task)
+            # Whatever happened, this connection's descriptor goes (a silent client, a
+            # failed TLS handshake, a crash): nothing leaks.
+            with contextlib.suppress(Exception):
+                writer.close()
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -255,6 +268,9 @@ class ProxyServer:
                 stream, response, seq, scramble, tls=tls, sni=sni, client_ip=client_ip
             )
             t1 = time.perf_counter()
+            if target.pooled:
+                await self._pooled(stream, response, target, stage1, seq, tls=tls)
+                return
             backend = await self._wake(target)
             t2 = time.perf_counter()
             client_caps = negotiated_caps(response.capabilities, tls)
@@ -299,6 +315,113 @@ class ProxyServer:
             scramble=scramble,
             client_caps=client_caps,
         )
+
+    async def _pooled(
+        self,
+        stream: PacketStream,
+        response: HandshakeResponse41,
+        target: Route,
+        stage1: bytes,
+        seq: int,
+        *,
+        tls: bool,
+    ) -> None:
+        """A `-pooler` connection: the session borrows backends from the endpoint's pool."""
+        access = await self.control.get_access(target.endpoint_id, target.role)
+        if access is None or not access.pooler_enabled:
+            raise _Refused(
+                ErrorCode.ACCESS_DENIED,
+                f"the pooler is not enabled for endpoint {target.endpoint_id}; enable it with "
+                'PATCH …/endpoints/{id} {"endpoint": {"pooler_enabled": true}}',
+            )
+        pool = self.pools.get(target.endpoint_id)
+        if pool is None:
+            pool = self.pools[target.endpoint_id] = EndpointPool(
+                target.endpoint_id,
+                cap=access.pooler_max_backends,
+                wait_timeout=self.config.pool_wait_timeout,
+            )
+        pool.cap = access.pooler_max_backends
+        client_caps = negotiated_caps(response.capabilities, tls)
+        key = PoolKey(role=target.role, caps=client_caps & FORMAT_CAPS, charset=response.charset)
+        login = backend_response(response)
+
+        async def connect() -> PoolBackend:
+            try:
+                address = await self._wake(target)
+            except _Refused as refusal:
+                raise CommandRefused(refusal.code, refusal.message) from None
+            try:
+                conn = await open_backend(
+                    address,
+                    response=login,
+                    role=target.role,
+                    stage1=stage1,
+                    capabilities=client_caps,
+                    timeout=self.config.backend_timeout,
+                )
+            except (OSError, TimeoutError, ProtocolError) as exc:
+                raise CommandRefused(
+                    ErrorCode.NET_READ_ERROR,
+                    f"could not reach the compute of endpoint {target.endpoint_id}: {exc}",
+                ) from exc
+            if conn.first_reply[:1] == b"\xff":
+                conn.writer.close()
+                err = parse_err(conn.first_reply)
+                raise CommandRefused(err.code, err.message, err.sqlstate)
+            return PoolBackend(
+                key=key,
+                reader=conn.reader,
+                writer=conn.writer,
+                stream=PacketStream(conn.reader, conn.writer, limit=RELAY_LIMIT),
+            )
+
+        st = self.stats[target.endpoint_id]
+        counters = Counters()
+        stream.limit = RELAY_LIMIT
+        session = PooledSession(
+            client=stream,
+            pool=pool,
+            key=key,
+            connect=connect,
+            database=response.database,
+            transaction_mode=access.pooler_transaction_mode,
+            counters=counters,
+            client_caps=client_caps,
+        )
+        try:
+            err = await session.login()
+        except CommandRefused as exc:
+            raise _Refused(
+                ErrorCode(exc.code)
+                if exc.code in ErrorCode._value2member_map_
+                else ErrorCode.NET_READ_ERROR,
+                exc.message,
+            ) from exc
+        except PoolTimeout as exc:
+            raise _Refused(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"all {pool.cap} backend connections of endpoint {target.endpoint_id} are busy",
+            ) from exc
+        if err is not None:
+            await stream.send(seq, build_err(err.code, err.message, err.sqlstate))
+            stream.writer.close()
+            return
+        await stream.send(seq, build_ok())
+        st.sessions += 1
+        st.live.append(counters)
+        pool.clients += 1
+        try:
+            await session.run()
+        finally:
+            pool.clients -= 1
+            st.sessions -= 1
+            st.live.remove(counters)
+            st.bytes_to_clients += counters.bytes_to_client
+            st.bytes_from_clients += counters.bytes_from_client
+            st.statements += counters.statements
+            st.last_active = max(st.last_active or 0.0, counters.last_active)
+            stream.writer.close()
 
     async def _authenticate(
         self,

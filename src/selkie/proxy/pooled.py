@@ -1,0 +1,508 @@
+"""A pooled client session: commands are read whole, run on a backend borrowed from the
+endpoint's pool, and their responses parsed on the way back so the proxy knows when a
+command is over, whether a transaction is open, and what the session has become.
+
+Transaction mode returns the backend after every command that leaves no transaction open
+and no pin; session mode keeps it. Either way the session's state (database, known SET
+variables, LAST_INSERT_ID, prepared statements) is tracked, so a new backend can be given
+the same state — which is also how an idle session survives its endpoint being suspended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from selkie.proxy.packets import (
+    Err,
+    HandshakeResponse41,
+    build_err,
+    build_ok,
+    parse_err,
+    parse_ok,
+)
+from selkie.proxy.pool import Backend, EndpointPool, PoolKey, PoolTimeout
+from selkie.proxy.relay import Counters
+from selkie.proxy.sqlscan import classify
+from selkie.proxy.stream import PacketStream, frame
+from selkie.proxy.wire import (
+    MAX_PAYLOAD,
+    Capability,
+    Command,
+    ErrorCode,
+    ProtocolError,
+    Reader,
+    ServerStatus,
+    int4,
+)
+
+log = logging.getLogger(__name__)
+FLUSH_BYTES = 1 << 20
+
+
+@dataclass
+class Prepared:
+    sql: bytes
+    num_params: int
+    param_types: bytes | None = None
+
+
+@dataclass
+class Summary:
+    status: int = ServerStatus.AUTOCOMMIT
+    warnings: int = 0
+    last_insert_id: int = 0
+    error: Err | None = None
+    stmt_id: int | None = None
+    num_params: int = 0
+
+
+class BackendLost(Exception):
+    """The compute connection died during a command."""
+
+
+class CommandRefused(Exception):
+    """A backend could not be had (the endpoint cannot wake, …): the client gets this ERR."""
+
+    def __init__(self, code: int, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.sqlstate = sqlstate
+
+
+@dataclass
+class SessionState:
+    database: str | None
+    sets: dict[str, str] = field(default_factory=dict)
+    last_insert_id: int | None = None
+    multi_statements: bool | None = None
+    prepared: dict[int, Prepared] = field(default_factory=dict)
+    next_stmt_id: int = 1
+
+
+class PooledSession:
+    def __init__(
+        self,
+        *,
+        client: PacketStream,
+        pool: EndpointPool,
+        key: PoolKey,
+        connect: Callable[[], Awaitable[Backend]],
+        database: str | None,
+        transaction_mode: bool,
+        counters: Counters,
+        client_caps: int,
+    ) -> None:
+        self.client = client
+        self.pool = pool
+        self.key = key
+        self.connect = connect
+        self.state = SessionState(database=database)
+        self.transaction_mode = transaction_mode
+        self.counters = counters
+        self.caps = client_caps
+        self.backend: Backend | None = None
+        self.pins: set[str] = set()
+        self.status = int(ServerStatus.AUTOCOMMIT)
+        self._pinned_counted = False
+
+    # --- backends --------------------------------------------------------------------------
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.pins)
+
+    def _update_pin_metric(self) -> None:
+        if self.pinned and not self._pinned_counted:
+            self.pool.pinned += 1
+            self._pinned_counted = True
+        elif not self.pinned and self._pinned_counted:
+            self.pool.pinned -= 1
+            self._pinned_counted = False
+
+    async def _acquire(self) -> Backend:
+        if self.backend is not None:
+            if self.backend.alive():
+                return self.backend
+            # The compute went away under an idle session (a suspend).
+            if self.pinned or self.status & ServerStatus.IN_TRANS:
+                raise BackendLost("the compute went away while this session was pinned")
+            await self.pool.release(self.backend, broken=True)
+            self.backend = None
+        self.backend = await self.pool.acquire(self.key, self.connect)
+        return self.backend
+
+    async def _release(self, *, broken: bool = False) -> None:
+        if self.backend is not None:
+            backend, self.backend = self.backend, None
+            await self.pool.release(backend, broken=broken)
+
+    def _may_release(self) -> bool:
+        return self.transaction_mode and not self.pinned and not self.status & ServerStatus.IN_TRANS
+
+    async def _sync(self, b: Backend, *, need_last_insert_id: bool) -> Err | None:
+        """Give the backend this session's state; an ERR if the compute refused some of it."""
+        if b.owner is not None and b.owner is not self:
+            # Another client used it: wipe its session (variables, temporary tables,
+            # statements) before this one sees it.
+            err = (await self._internal(b, bytes([Command.RESET_CONNECTION]))).error
+            if err is not None:
+                return err
+            b.forget_session()
+        b.owner = self
+        st = self.state
+        if st.database and st.database != b.database:
+            err = (await self._internal(b, bytes([Command.INIT_DB]) + st.database.encode())).error
+            if err is not None:
+                return err
+            b.database = st.database
+        for var, text in st.sets.items():
+            if b.sets.get(var) != text:
+                err = (await self._internal(b, b"\x03SET " + text.encode())).error
+                if err is not None:
+                    return err
+                b.sets[var] = text
+        if st.multi_statements is not None and b.multi_statements != st.multi_statements:
+            option = 0 if st.multi_statements else 1
+            await self._internal(b, bytes([Command.SET_OPTION]) + struct.pack("<H", option))
+            b.multi_statements = st.multi_statements
+        if need_last_insert_id and st.last_insert_id and b.last_insert_id != st.last_insert_id:
+            await self._internal(b, b"\x03DO LAST_INSERT_ID(%d)" % st.last_insert_id)
+            b.last_insert_id = st.last_insert_id
+        return None
+
+    async def _internal(self, b: Backend, payload: bytes) -> Summary:
+        """A command of the proxy's own; its response is read and dropped."""
+        b.stream.write(0, payload)
+        await b.writer.drain()
+        return await self._relay(b, out=None, command=payload[0])
+
+    # --- responses -------------------------------------------------------------------------
+
+    async def _relay(
+        self, b: Backend, *, out: Callable[[bytes], None] | None, command: int
+    ) -> Summary:
+        """Read one command's whole response from the backend (passing each packet to
+        ``out``, None to drop it) and say how it ended."""
+        writer = self.client.writer
+        counters = self.counters
+        deprecate_eof = bool(self.caps & Capability.DEPRECATE_EOF)
+        summary = Summary(status=self.status)
+
+        async def read() -> tuple[int, bytes]:
+            try:
+                seq, pkt = await b.stream.read()
+            except (ConnectionError, asyncio.IncompleteReadError, ProtocolError, OSError) as exc:
+                raise BackendLost(str(exc)) from exc
+            if out is not None:
+                data = frame(seq, pkt)[0]
+                counters.bytes_to_client += len(data)
+                out(data)
+                if writer.transport.get_write_buffer_size() > FLUSH_BYTES:
+                    await writer.drain()
+            return seq, pkt
+
+        if command in (Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA):
+            return summary
+        while True:
+            _, pkt = await read()
+            if not pkt:
+                raise BackendLost("empty packet")
+            head = pkt[0]
+            if head == 0xFF:
+                summary.error = parse_err(pkt)
+                break
+            if command == Command.STATISTICS:
+                break
+            if command == Command.STMT_PREPARE and head == 0x00:
+                r = Reader(pkt, 1)
+                summary.stmt_id = r.int4()
+                num_columns, num_params = r.int2(), r.int2()
+                summary.num_params = num_params
+                for count in (num_params, num_columns):
+                    if count:
+                        for _ in range(count):
+                            await read()
+                        if not deprecate_eof:
+                            await read()
+                break
+            if head == 0x00 or (head == 0xFE and len(pkt) < 9 and command != Command.FIELD_LIST):
+                ok = parse_ok(pkt)
+                summary.status, summary.warnings = ok.status, ok.warnings
+                if ok.last_insert_id:
+                    summary.last_insert_id = ok.last_insert_id
+                if ok.status & ServerStatus.MORE_RESULTS_EXISTS:
+                    continue
+                break
+            if head == 0xFB and command == Command.QUERY:
+                await self._local_infile(b)
+                continue
+            if command == Command.FIELD_LIST:
+                # Column definitions until EOF.
+                while not (pkt[0] == 0xFE and len(pkt) < 9):
+                    _, pkt = await read()
+                if len(pkt) >= 5:
+                    summary.warnings, summary.status = struct.unpack("<HH", pkt[1:5])
+                break
+            # A result set: column count, definitions, [EOF], rows, terminator.
+            columns = Reader(pkt).lenenc_int()
+            for _ in range(columns):
+                await read()
+            if not deprecate_eof:
+                await read()
+            while True:
+                _, row = await read()
+                if row and row[0] == 0xFF:
+                    summary.error = parse_err(row)
+                    return summary
+                if row and row[0] == 0xFE and len(row) < MAX_PAYLOAD:
+                    if deprecate_eof:
+                        ok = parse_ok(row)
+                        summary.status, summary.warnings = ok.status, ok.warnings
+                    else:
+                        summary.warnings, summary.status = struct.unpack("<HH", row[1:5])
+                    break
+            if summary.status & ServerStatus.MORE_RESULTS_EXISTS:
+                continue
+            break
+        return summary
+
+    async def _local_infile(self, b: Backend) -> None:
+        """LOAD DATA LOCAL: the client's file packets go to the same backend."""
+        while True:
+            seq, pkt = await self.client.read()
+            b.stream.write(seq, pkt)
+            await b.writer.drain()
+            if not pkt:
+                return
+
+    # --- the command loop ------------------------------------------------------------------
+
+    async def reply(self, seq: int, payload: bytes) -> None:
+        await self.client.send(seq, payload)
+
+    async def error(self, code: ErrorCode, message: str) -> None:
+        await self.reply(1, build_err(code, message))
+
+    async def login(self) -> Err | None:
+        """Borrow a backend once so a bad database or a dead compute shows at connect."""
+        b = await self._acquire()
+        err = await self._sync(b, need_last_insert_id=False)
+        if err is not None or self._may_release():
+            await self._release()
+        return err
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    seq, payload = await self.client.read()
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    return
+                if seq != 0 or not payload:
+                    raise ProtocolError("a command must start with sequence id 0")
+                self.counters.statements += 1
+                self.counters.last_active = time.time()
+                self.counters.bytes_from_client += len(payload) + 4
+                command = payload[0]
+                if command == Command.QUIT:
+                    return
+                try:
+                    await self._command(command, payload)
+                except CommandRefused as exc:
+                    await self.reply(1, build_err(exc.code, exc.message, exc.sqlstate))
+                except PoolTimeout:
+                    await self.error(
+                        ErrorCode.TOO_MANY_CONNECTIONS,
+                        f"all {self.pool.cap} backend connections of endpoint "
+                        f"{self.pool.endpoint_id} are busy; waited {self.pool.wait_timeout:.0f}s",
+                    )
+                except BackendLost as exc:
+                    await self._release(broken=True)
+                    lost_state = self.pinned or bool(self.status & ServerStatus.IN_TRANS)
+                    await self.error(
+                        ErrorCode.CONNECTION_KILLED,
+                        f"lost the connection to endpoint {self.pool.endpoint_id}'s compute "
+                        f"({exc}); reconnect",
+                    )
+                    if lost_state:
+                        return
+                self._update_pin_metric()
+        finally:
+            await self._release()
+            if self._pinned_counted:
+                self.pool.pinned -= 1
+
+    async def _command(self, command: int, payload: bytes) -> None:
+        st = self.state
+        if command == Command.PING:
+            await self.reply(1, build_ok(status=self.status))
+            return
+        if command == Command.RESET_CONNECTION:
+            st.sets.clear()
+            st.prepared.clear()
+            st.last_insert_id = None
+            self.pins.clear()
+            if self.backend is not None:
+                await self._run(command, payload)
+                self.backend.forget_session()
+                self.status = int(ServerStatus.AUTOCOMMIT)
+                await self._release()
+            else:
+                await self.reply(1, build_ok())
+            return
+        if command == Command.CHANGE_USER:
+            await self.error(
+                ErrorCode.UNKNOWN_COM_ERROR,
+                "COM_CHANGE_USER is not supported on pooled connections; connect as the other "
+                "role instead",
+            )
+            return
+        if command == Command.SET_OPTION and len(payload) >= 3:
+            st.multi_statements = struct.unpack("<H", payload[1:3])[0] == 0
+        if command == Command.STMT_CLOSE:
+            stmt = struct.unpack("<I", payload[1:5])[0]
+            st.prepared.pop(stmt, None)
+            if self.backend is not None and stmt in self.backend.statements:
+                ours = self.backend.statements.pop(stmt)
+                self.backend.stream.write(0, payload[:1] + int4(ours))
+                await self.backend.writer.drain()
+            return
+        if command in (
+            Command.STMT_EXECUTE,
+            Command.STMT_SEND_LONG_DATA,
+            Command.STMT_RESET,
+            Command.STMT_FETCH,
+        ):
+            stmt = struct.unpack("<I", payload[1:5])[0]
+            if stmt not in st.prepared:
+                await self.error(ErrorCode.UNKNOWN_COM_ERROR, f"Unknown prepared statement {stmt}")
+                return
+        effect = (
+            classify(payload[1:].decode(errors="replace")) if command == Command.QUERY else None
+        )
+        summary = await self._run(command, payload, effect=effect)
+        if summary is None:
+            return
+        self.status = summary.status
+        if summary.error is None and effect is not None:
+            st.sets.update(effect.sets)
+            if self.backend is not None:
+                self.backend.sets.update(effect.sets)
+            if effect.database:
+                st.database = effect.database
+                if self.backend is not None:
+                    self.backend.database = effect.database
+            if effect.pin:
+                self.pins.add(effect.reason)
+            if effect.unpin_lock_tables:
+                self.pins.discard("LOCK TABLES")
+        if command == Command.INIT_DB and summary.error is None:
+            st.database = payload[1:].decode(errors="replace")
+            if self.backend is not None:
+                self.backend.database = st.database
+        if summary.last_insert_id:
+            st.last_insert_id = summary.last_insert_id
+            if self.backend is not None:
+                self.backend.last_insert_id = summary.last_insert_id
+        if summary.warnings:
+            self.pins.add("warnings")  # until read: the next command runs here too
+        elif command == Command.QUERY:
+            self.pins.discard("warnings")
+        if command == Command.STMT_SEND_LONG_DATA:
+            self.pins.add("long data")
+        elif command == Command.STMT_EXECUTE:
+            self.pins.discard("long data")
+        if self._may_release():
+            await self._release()
+
+    async def _run(self, command: int, payload: bytes, *, effect: object = None) -> Summary | None:
+        """Run one client command on a backend with this session's state in place."""
+        from selkie.proxy.sqlscan import Effect
+
+        reads_lii = isinstance(effect, Effect) and effect.reads_last_insert_id
+        b = await self._acquire()
+        err = await self._sync(b, need_last_insert_id=reads_lii)
+        if err is not None:
+            await self.reply(1, build_err(err.code, err.message, err.sqlstate))
+            return Summary(error=err, status=self.status)
+        if command == Command.STMT_PREPARE:
+            return await self._prepare(b, payload)
+        if command in (
+            Command.STMT_EXECUTE,
+            Command.STMT_SEND_LONG_DATA,
+            Command.STMT_RESET,
+            Command.STMT_FETCH,
+        ):
+            payload = await self._bind_statement(b, command, payload)
+            if payload == b"":
+                return Summary(status=self.status)
+        b.stream.write(0, payload)
+        await b.writer.drain()
+        summary = await self._relay(b, out=self.client.writer.write, command=command)
+        await self.client.writer.drain()
+        return summary
+
+    async def _prepare(self, b: Backend, payload: bytes) -> Summary:
+        """COM_STMT_PREPARE: the client sees the proxy's own statement id, valid on any
+        backend; the statement is prepared again wherever it runs next."""
+        st = self.state
+        b.stream.write(0, payload)
+        await b.writer.drain()
+        # Hold the response back, then send it with our statement id in place of the compute's.
+        buffered: list[bytes] = []
+        summary = await self._relay(b, out=buffered.append, command=Command.STMT_PREPARE)
+        if summary.error is None and summary.stmt_id is not None:
+            ours = st.next_stmt_id
+            st.next_stmt_id += 1
+            st.prepared[ours] = Prepared(sql=payload[1:], num_params=summary.num_params)
+            b.statements[ours] = summary.stmt_id
+            first = bytearray(buffered[0])
+            first[5:9] = int4(ours)  # frame header (4) + OK byte (1) + statement id (4)
+            buffered[0] = bytes(first)
+        writer = self.client.writer
+        for data in buffered:
+            writer.write(data)
+        await writer.drain()
+        return summary
+
+    async def _bind_statement(self, b: Backend, command: int, payload: bytes) -> bytes:
+        """Map the client's statement id to this backend's, preparing it here first if it was
+        prepared elsewhere; an execute that relies on types sent to another backend gets
+        them again."""
+        st = self.state
+        stmt = struct.unpack("<I", payload[1:5])[0]
+        info = st.prepared[stmt]
+        if stmt not in b.statements:
+            summary = await self._internal(b, bytes([Command.STMT_PREPARE]) + info.sql)
+            if summary.error is not None or summary.stmt_id is None:
+                err = summary.error or Err(code=1243, sqlstate="HY000", message="re-prepare failed")
+                await self.reply(1, build_err(err.code, err.message, err.sqlstate))
+                return b""
+            b.statements[stmt] = summary.stmt_id
+            b.types_sent.discard(stmt)
+        out = bytearray(payload)
+        out[1:5] = int4(b.statements[stmt])
+        if command == Command.STMT_EXECUTE and info.num_params:
+            flag_at = 10 + (info.num_params + 7) // 8
+            if flag_at < len(out):
+                if out[flag_at] == 1:
+                    info.param_types = bytes(out[flag_at + 1 : flag_at + 1 + 2 * info.num_params])
+                    b.types_sent.add(stmt)
+                elif stmt not in b.types_sent and info.param_types is not None:
+                    out[flag_at] = 1
+                    out[flag_at + 1 : flag_at + 1] = info.param_types
+                    b.types_sent.add(stmt)
+        return bytes(out)
+
+
+def backend_response(response: HandshakeResponse41) -> HandshakeResponse41:
+    """The login a pooled backend makes: the client's, without its database (the session
+    state decides that per command)."""
+    return dataclasses.replace(response, database=None)

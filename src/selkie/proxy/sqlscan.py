@@ -1,0 +1,196 @@
+"""What a statement does to its session, for transaction pooling (ProxySQL's multiplexing
+rules are the reference). A pure function of the SQL text: no parsing beyond what the
+decision needs, and when in doubt the answer is "pin" (keep the backend), never "share".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# Session variables whose value is tracked and replayed on whichever backend runs the next
+# statement. Anything else a client SETs pins its session.
+KNOWN_VARIABLES = frozenset(
+    {
+        "autocommit",
+        "sql_mode",
+        "time_zone",
+        "transaction_isolation",
+        "tx_isolation",
+        "transaction_read_only",
+        "tx_read_only",
+        "character_set_client",
+        "character_set_connection",
+        "character_set_results",
+        "character_set_database",
+        "collation_connection",
+        "names",
+        "character set",
+        "charset",
+        "sql_select_limit",
+        "max_statement_time",
+        "max_execution_time",
+        "group_concat_max_len",
+        "foreign_key_checks",
+        "unique_checks",
+        "sql_safe_updates",
+        "sql_auto_is_null",
+        "innodb_lock_wait_timeout",
+        "lock_wait_timeout",
+        "wait_timeout",
+        "interactive_timeout",
+        "net_read_timeout",
+        "net_write_timeout",
+        "session_track_schema",
+        "session_track_system_variables",
+        "session_track_state_change",
+        "session_track_transaction_info",
+        "div_precision_increment",
+        "default_storage_engine",
+        "big_tables",
+        "optimizer_switch",
+        "sql_notes",
+        "sql_warnings",
+        "sql_quote_show_create",
+        "timestamp",
+        "session transaction isolation level",
+        "session transaction",
+    }
+)
+
+_COMMENTS = re.compile(r"/\*(?!!).*?\*/|(?:--\s|#)[^\n]*", re.S)
+_STRINGS = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`", re.S)
+_USER_VAR = re.compile(r"(?<![@\w])@(?!@)[\w.$]+|(?<![@\w])@['\"`]")
+_SET = re.compile(r"^\s*set\s+(.*)$", re.I | re.S)
+_USE = re.compile(r"^\s*use\s+`?([\w$]+)`?\s*;?\s*$", re.I)
+_VARNAME = re.compile(
+    r"^\s*(?:@@(?:session\.|local\.)?|session\s+|local\s+)?([a-z_][\w]*)\s*(?::=|=)", re.I
+)
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What running this statement means for the session."""
+
+    # Keep the backend for the rest of the session (until unpin).
+    pin: bool = False
+    # Why, for metrics and tests.
+    reason: str = ""
+    # Release a LOCK TABLES pin.
+    unpin_lock_tables: bool = False
+    lock_tables: bool = False
+    # SET assignments of known variables: name -> assignment text to replay.
+    sets: dict[str, str] = field(default_factory=dict)
+    # USE db.
+    database: str | None = None
+    # The statement reads LAST_INSERT_ID(): the tracked value must be in place first.
+    reads_last_insert_id: bool = False
+
+
+def _strip(sql: str) -> str:
+    """Comments removed and string literals blanked (so keywords in data do not count)."""
+    sql = _COMMENTS.sub(" ", sql)
+    return _STRINGS.sub("''", sql)
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside quotes and parentheses."""
+    parts, depth, quote, start = [], 0, "", 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"`":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _set_effect(body_raw: str) -> Effect:
+    """``SET …`` (the text after SET): tracked if every assignment is of a known variable."""
+    lowered = body_raw.strip().lower()
+    for prefix in ("names", "character set", "charset"):
+        if lowered.startswith(prefix + " ") or lowered == prefix:
+            return Effect(sets={"names": body_raw.strip()})
+    if lowered.startswith("transaction"):
+        # Applies to the next transaction only: harmless to run on the backend that runs it,
+        # but that is not known here, so the session is pinned.
+        return Effect(pin=True, reason="SET TRANSACTION")
+    if lowered.startswith(("session transaction", "local transaction")):
+        return Effect(sets={"session transaction": body_raw.strip()})
+    sets: dict[str, str] = {}
+    for assignment in split_top_level(body_raw):
+        if _USER_VAR.search(_strip(assignment).split("=", 1)[0]):
+            return Effect(pin=True, reason="user variable")
+        m = _VARNAME.match(assignment)
+        if not m or m.group(1).lower() not in KNOWN_VARIABLES:
+            return Effect(pin=True, reason="unknown SET")
+        if assignment.lstrip().lower().startswith("global") or "@@global." in assignment.lower():
+            return Effect(pin=True, reason="unknown SET")
+        sets[m.group(1).lower()] = assignment
+    return Effect(sets=sets)
+
+
+def classify(sql: str) -> Effect:
+    """The session effect of one COM_QUERY text (possibly several statements)."""
+    stripped = _strip(sql)
+    low = stripped.lower()
+    statements = [s for s in split_top_level(stripped, ";")]
+    raw_statements = split_top_level(_COMMENTS.sub(" ", sql), ";")
+    if len(statements) > 1:
+        # Several statements in one packet: any pinning trigger anywhere pins.
+        effects = [classify(s) for s in raw_statements]
+        pins = [e for e in effects if e.pin]
+        if pins:
+            return Effect(pin=True, reason=pins[0].reason)
+        merged: dict[str, str] = {}
+        db = None
+        for e in effects:
+            merged.update(e.sets)
+            db = e.database or db
+        return Effect(
+            sets=merged,
+            database=db,
+            reads_last_insert_id=any(e.reads_last_insert_id for e in effects),
+            lock_tables=any(e.lock_tables for e in effects),
+            unpin_lock_tables=any(e.unpin_lock_tables for e in effects),
+        )
+    reads_lii = "last_insert_id" in low
+    if re.match(r"^\s*set\b", low):
+        m = _SET.match(_COMMENTS.sub(" ", sql))
+        body = m.group(1) if m else ""
+        return _set_effect(body.rstrip().rstrip(";"))
+    m = _USE.match(_COMMENTS.sub(" ", sql))
+    if m:
+        return Effect(database=m.group(1))
+    if re.match(r"^\s*lock\s+tables?\b", low):
+        return Effect(pin=True, reason="LOCK TABLES", lock_tables=True)
+    if re.match(r"^\s*unlock\s+tables?\b", low):
+        return Effect(unpin_lock_tables=True)
+    if _USER_VAR.search(stripped):
+        return Effect(pin=True, reason="user variable")
+    if re.search(r"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b", low):
+        return Effect(pin=True, reason="temporary table")
+    if re.match(r"^\s*(?:prepare|execute|deallocate)\s", low):
+        return Effect(pin=True, reason="PREPARE")
+    if re.search(r"\b(?:get_lock|is_used_lock|release_lock|release_all_locks)\s*\(", low):
+        return Effect(pin=True, reason="GET_LOCK")
+    if "sql_calc_found_rows" in low or re.search(r"\bfound_rows\s*\(", low):
+        return Effect(pin=True, reason="SQL_CALC_FOUND_ROWS")
+    if re.match(r"^\s*(?:savepoint|rollback\s+to|release\s+savepoint)\b", low):
+        return Effect(pin=True, reason="savepoint")
+    if re.match(r"^\s*(?:xa|handler)\b", low):
+        return Effect(pin=True, reason="XA/HANDLER")
+    return Effect(reads_last_insert_id=reads_lii)

@@ -1,0 +1,424 @@
+"""The pooler with real clients and real computes: multiplexing under load, every pinning
+rule, prepared statements across backends, LAST_INSERT_ID, the backend cap and its queue,
+and idle sessions that survive a suspend."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mysql.connector
+import pymysql
+import pytest
+
+from selkie.config import load_settings
+from selkie.control.bootstrap import local_principal
+from selkie.proxy.pool import EndpointPool
+from selkie.server import Platform
+from tests.compute.conftest import require_mariadb
+from tests.helpers import free_port
+from tests.proxy.conftest import Db
+
+pytestmark = pytest.mark.timeout(300)
+
+
+async def pooled_platform(tmp_path: Path, cap: int) -> Platform:
+    require_mariadb()
+    settings = load_settings(
+        environ={
+            "SELKIE_DATA_DIR": str(tmp_path / "data"),
+            "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
+            "SELKIE_POOLER_MAX_BACKENDS": str(cap),
+            "SELKIE_POOLER_WAIT_TIMEOUT": "20",
+        }
+    )
+    p = Platform.open(settings)
+    await p.start(proxy=True)
+    return p
+
+
+async def pooled_db(p: Platform, mode: str = "transaction") -> Db:
+    who = local_principal(p.control)
+    created = await asyncio.to_thread(p.control.projects.create, who, name="pooled")
+    await asyncio.to_thread(
+        p.control.endpoints.update,
+        who,
+        created.project.id,
+        created.endpoints[0].id,
+        {"pooler_enabled": True, "pooler_mode": mode},
+    )
+    await p.runner.wait_idle()
+    return Db(platform=p, created=created)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Db]:
+    p = await pooled_platform(tmp_path, cap=2)
+    try:
+        yield await pooled_db(p)
+    finally:
+        await p.stop()
+        p.close()
+
+
+def conn(db: Db, **kw):  # type: ignore[no-untyped-def]
+    args = dict(
+        host="127.0.0.1",
+        port=db.port,
+        user=f"{db.endpoint_id}-pooler.{db.role}",
+        password=db.password,
+        database=db.database,
+        autocommit=True,
+        ssl_disabled=True,
+        connect_timeout=30,
+    )
+    args.update(kw)
+    return pymysql.connect(**args)
+
+
+def q(c, sql: str, args=None):  # type: ignore[no-untyped-def]
+    with c.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+
+def pool(db: Db) -> EndpointPool:
+    assert db.platform.proxy is not None
+    return db.platform.proxy.pools[db.endpoint_id]
+
+
+# --- multiplexing under load ------------------------------------------------------------------
+
+
+async def test_1000_clients_over_20_backends(tmp_path: Path) -> None:
+    p = await pooled_platform(tmp_path, cap=20)
+    try:
+        db = await pooled_db(p)
+        setup = await asyncio.to_thread(conn, db)
+        await asyncio.to_thread(q, setup, "CREATE TABLE acct (id INT PRIMARY KEY, n INT NOT NULL)")
+        await asyncio.to_thread(q, setup, "INSERT INTO acct SELECT seq, 0 FROM seq_1_to_50")
+        await asyncio.to_thread(
+            q, setup, "CREATE TABLE log (id INT AUTO_INCREMENT PRIMARY KEY, client INT, v INT)"
+        )
+        observed: list[int] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            # The cap, seen from the compute's own process list.
+            c = pymysql.connect(
+                unix_socket=str(p.driver.socket_path(db.endpoint_id)), user=p.driver.os_user
+            )
+            while not stop.is_set():
+                observed.append(
+                    q(
+                        c,
+                        "SELECT COUNT(*) FROM information_schema.processlist WHERE user = %s",
+                        (db.role,),
+                    )[0][0]
+                )
+                time.sleep(0.02)
+            c.close()
+
+        def open_all() -> list:  # type: ignore[type-arg]
+            with ThreadPoolExecutor(max_workers=16) as ex:
+                return list(ex.map(lambda _: conn(db), range(1000)))
+
+        clients = await asyncio.to_thread(open_all)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        expected_sum = 0
+        plan = []
+        rng = random.Random(7)
+        for i in range(1000):
+            v, acct = rng.randint(1, 1000), rng.randint(1, 50)
+            plan.append((i, v, acct))
+            expected_sum += v
+
+        def work(item: tuple[int, int, int]) -> None:
+            i, v, acct = item
+            c = clients[i]
+            q(c, "INSERT INTO log (client, v) VALUES (%s, %s)", (i, v))
+            (lii,) = q(c, "SELECT LAST_INSERT_ID()")[0]
+            assert q(c, "SELECT client FROM log WHERE id = %s", (lii,))[0][0] == i
+            c.begin()
+            q(c, "UPDATE acct SET n = n + 1 WHERE id = %s", (acct,))
+            q(c, "SELECT n FROM acct WHERE id = %s", (acct,))
+            c.commit()
+            q(c, "SELECT COUNT(*) FROM log")
+
+        def run_all() -> None:
+            with ThreadPoolExecutor(max_workers=50) as ex:
+                list(ex.map(work, plan))
+
+        await asyncio.to_thread(run_all)
+        stop.set()
+        await asyncio.to_thread(watcher.join)
+        total, rows = (await asyncio.to_thread(q, setup, "SELECT SUM(v), COUNT(*) FROM log"))[0]
+        assert (int(total), rows) == (expected_sum, 1000)
+        assert (await asyncio.to_thread(q, setup, "SELECT SUM(n) FROM acct"))[0][0] == 1000
+        digest = hashlib.sha256(repr(sorted((i, v) for i, v, _ in plan)).encode()).hexdigest()
+        got = await asyncio.to_thread(q, setup, "SELECT client, v FROM log ORDER BY client")
+        assert hashlib.sha256(repr([tuple(r) for r in got]).encode()).hexdigest() == digest
+        metrics = pool(db).metrics()
+        assert observed and max(observed) <= 20, max(observed)
+        assert metrics["backends_peak"] <= 20
+        assert metrics["clients"] == 1001
+        await asyncio.to_thread(lambda: [c.close() for c in [*clients, setup]])
+    finally:
+        await p.stop()
+        p.close()
+
+
+# --- pinning ------------------------------------------------------------------------------------
+
+
+async def held_after(db: Db, *statements: str) -> tuple[int, object]:
+    """Run statements on a fresh pooled session; how many backends are held once it is idle,
+    and the result of its last statement (run while another client used the pool)."""
+
+    def run() -> tuple[int, object]:
+        a = conn(db)
+        other = conn(db)
+        try:
+            result = None
+            for sql in statements[:-1]:
+                q(a, sql)
+            time.sleep(0.05)
+            held = pool(db).in_use
+            q(other, "SELECT 1")  # another client borrows whatever is free
+            result = q(a, statements[-1])
+            return held, result
+        finally:
+            a.close()
+            other.close()
+
+    return await asyncio.to_thread(run)
+
+
+@pytest.mark.parametrize(
+    ("name", "statements", "expected"),
+    [
+        ("user variable", ["SET @x = 41", "SELECT @x + 1"], ((42,),)),
+        (
+            "temporary table",
+            ["CREATE TEMPORARY TABLE tt (i INT)", "INSERT INTO tt VALUES (3)", "SELECT * FROM tt"],
+            ((3,),),
+        ),
+        ("text PREPARE", ["PREPARE s FROM 'SELECT 5'", "EXECUTE s"], ((5,),)),
+        (
+            "GET_LOCK",
+            ["SELECT GET_LOCK('k', 1)", "SELECT IS_USED_LOCK('k') = CONNECTION_ID()"],
+            ((1,),),
+        ),
+        (
+            "SQL_CALC_FOUND_ROWS",
+            [
+                "CREATE TABLE IF NOT EXISTS f (i INT)",
+                "INSERT INTO f VALUES (1),(2),(3)",
+                "SELECT SQL_CALC_FOUND_ROWS * FROM f LIMIT 1",
+                "SELECT FOUND_ROWS()",
+            ],
+            ((3,),),
+        ),
+        (
+            "unknown SET",
+            ["SET SESSION max_heap_table_size = 1048576", "SELECT @@max_heap_table_size"],
+            ((1048576,),),
+        ),
+        ("warnings until read", ["SELECT 1/0", "SHOW COUNT(*) WARNINGS"], ((1,),)),
+    ],
+)
+async def test_pinning_rules(db: Db, name: str, statements: list[str], expected: object) -> None:
+    held, result = await held_after(db, *statements)
+    assert held == 1, f"{name} did not pin the session"
+    assert result == expected
+
+
+async def test_transactions_savepoints_and_lock_tables_pin_until_they_end(db: Db) -> None:
+    def run() -> list[int]:
+        a = conn(db)
+        seen = []
+        q(a, "CREATE TABLE IF NOT EXISTS s (i INT)")
+        seen.append(pool(db).in_use)  # 0: idle, nothing held
+        a.begin()
+        q(a, "INSERT INTO s VALUES (1)")
+        q(a, "SAVEPOINT sp")
+        q(a, "INSERT INTO s VALUES (2)")
+        q(a, "ROLLBACK TO SAVEPOINT sp")
+        seen.append(pool(db).in_use)  # 1: inside a transaction
+        a.commit()
+        seen.append(len(q(a, "SELECT * FROM s")))
+        q(a, "LOCK TABLES s WRITE")
+        seen.append(pool(db).in_use)  # 1: LOCK TABLES pins
+        q(a, "UNLOCK TABLES")
+        seen.append(pool(db).in_use)  # 0 again
+        a.close()
+        return seen
+
+    seen = await asyncio.to_thread(run)
+    assert seen[:3] == [0, 1, 1]  # one row survived the rollback to the savepoint
+    assert seen[3] == 1
+
+
+async def test_known_sets_and_database_are_replayed_not_pinned(db: Db) -> None:
+    who = local_principal(db.platform.control)
+    await asyncio.to_thread(
+        db.platform.control.databases.create,
+        who,
+        db.created.project.id,
+        db.created.branch.id,
+        name="other",
+        owner_name=db.role,
+    )
+    await db.platform.runner.wait_idle()
+
+    def run() -> tuple[int, tuple]:  # type: ignore[type-arg]
+        a = conn(db)
+        b = conn(db)
+        q(a, "SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci")
+        q(a, "SET SESSION sql_mode = 'ANSI_QUOTES,NO_ZERO_DATE', time_zone = '+02:00'")
+        q(a, "USE other")
+        held = pool(db).in_use
+        # B takes the backend A used, resets it, and sees nothing of A's session.
+        assert q(b, "SELECT DATABASE(), @@time_zone")[0] == (db.database, "SYSTEM")
+        row = q(a, "SELECT DATABASE(), @@sql_mode, @@time_zone, @@collation_connection")[0]
+        a.close()
+        b.close()
+        return held, row
+
+    held, row = await asyncio.to_thread(run)
+    assert held == 0
+    assert row == ("other", "ANSI_QUOTES,NO_ZERO_DATE", "+02:00", "utf8mb4_unicode_ci")
+
+
+# --- prepared statements and LAST_INSERT_ID -----------------------------------------------------
+
+
+async def test_prepared_statements_move_between_backends(db: Db) -> None:
+    def run() -> list[tuple]:  # type: ignore[type-arg]
+        setup = conn(db)
+        q(setup, "CREATE TABLE ps (id INT PRIMARY KEY, name VARCHAR(20))")
+        q(setup, "INSERT INTO ps VALUES (1, 'one'), (2, 'two'), (3, 'three')")
+        cnx = mysql.connector.connect(
+            host="127.0.0.1",
+            port=db.port,
+            user=f"{db.endpoint_id}-pooler.{db.role}",
+            password=db.password,
+            database=db.database,
+            use_pure=True,
+            ssl_disabled=True,
+            autocommit=True,
+        )
+        cur = cnx.cursor(prepared=True)
+        cur.execute("SELECT name FROM ps WHERE id = ?", (1,))
+        first = cur.fetchall()
+        # Pin both backends elsewhere in turn, so the next execute lands on another one.
+        blocker = conn(db)
+        q(blocker, "SET @pin = 1")
+        cur.execute("SELECT name FROM ps WHERE id = ?", (2,))
+        second = cur.fetchall()
+        blocker.close()
+        cur.execute("SELECT name FROM ps WHERE id = ?", (3,))
+        third = cur.fetchall()
+        cnx.close()
+        setup.close()
+        return [tuple(x) for x in first + second + third]
+
+    assert await asyncio.to_thread(run) == [("one",), ("two",), ("three",)]
+
+
+async def test_last_insert_id_stays_correct_under_multiplexing(tmp_path: Path) -> None:
+    p = await pooled_platform(tmp_path, cap=1)  # every client shares one backend
+    try:
+        db = await pooled_db(p)
+
+        def run() -> list[int]:
+            a, b = conn(db), conn(db)
+            q(a, "CREATE TABLE ai (id INT AUTO_INCREMENT PRIMARY KEY, who CHAR(1))")
+            q(a, "INSERT INTO ai (who) VALUES ('a')")
+            q(b, "INSERT INTO ai (who) VALUES ('b')")
+            q(b, "INSERT INTO ai (who) VALUES ('b')")
+            out = [q(a, "SELECT LAST_INSERT_ID()")[0][0], q(b, "SELECT LAST_INSERT_ID()")[0][0]]
+            a.close()
+            b.close()
+            return out
+
+        assert await asyncio.to_thread(run) == [1, 3]
+    finally:
+        await p.stop()
+        p.close()
+
+
+# --- the cap and the queue ----------------------------------------------------------------------
+
+
+async def test_clients_beyond_the_cap_wait_then_get_a_clear_error(db: Db) -> None:
+    def run() -> tuple[object, object]:
+        a, b, c = conn(db), conn(db), conn(db)
+        pool(db).wait_timeout = 0.5
+        a.begin()
+        q(a, "SELECT 1")
+        b.begin()
+        q(b, "SELECT 1")  # both backends now held by open transactions
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            q(c, "SELECT 1")
+        a.commit()
+        waited = q(c, "SELECT 2")  # a backend is free again
+        b.commit()
+        for x in (a, b, c):
+            x.close()
+        return err.value.args, waited
+
+    (code, message), waited = await asyncio.to_thread(run)
+    assert code == 1040 and "busy" in message
+    assert waited == ((2,),)
+
+
+# --- sessions that survive a suspend ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+async def test_idle_session_survives_a_suspend(tmp_path: Path, mode: str) -> None:
+    p = await pooled_platform(tmp_path, cap=2)
+    try:
+        db = await pooled_db(p, mode)
+        who = local_principal(p.control)
+        await asyncio.to_thread(
+            p.control.databases.create,
+            who,
+            db.created.project.id,
+            db.created.branch.id,
+            name="second",
+            owner_name=db.role,
+        )
+        await p.runner.wait_idle()
+        a = await asyncio.to_thread(conn, db)
+        await asyncio.to_thread(q, a, "USE second")
+        await asyncio.to_thread(q, a, "SET sql_mode = 'NO_ENGINE_SUBSTITUTION,ANSI_QUOTES'")
+        pid = (await p.driver.inspect(db.endpoint_id)).pid
+        await asyncio.to_thread(
+            p.control.endpoints.update,
+            who,
+            db.created.project.id,
+            db.endpoint_id,
+            {"suspend_timeout_seconds": 1},
+        )
+        for _ in range(300):
+            if db.state() == "suspended":
+                break
+            await asyncio.sleep(0.02)
+        assert db.state() == "suspended"
+        assert pid is not None and not Path(f"/proc/{pid}").exists()
+        row = await asyncio.to_thread(q, a, "SELECT DATABASE(), @@sql_mode")
+        assert row == (("second", "ANSI_QUOTES,NO_ENGINE_SUBSTITUTION"),)
+        assert db.state() == "active"
+        a.close()
+    finally:
+        await p.stop()
+        p.close()
