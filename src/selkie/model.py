@@ -6,6 +6,7 @@ names follow Neon's v2 API where Neon has the field, so Neon users feel at home.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import re
 import secrets
@@ -159,7 +160,9 @@ def validate_role_name(value: str) -> str:
             "role name must be 1-32 characters of letters, digits and '_', "
             f"not starting with a digit; got {value!r}"
         )
-    if value.lower() in RESERVED_ROLES:
+    # The OS user running Selkie has an all-privilege unix_socket account on every compute
+    # (Selkie's admin access): a role of that name would log in as it over the socket.
+    if value.lower() in RESERVED_ROLES or value.lower() == getpass.getuser().lower():
         raise InvalidInput(f"role name {value!r} is reserved")
     return value
 

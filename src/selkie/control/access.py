@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from selkie.control.lifecycle import Lifecycle
 from selkie.controlplane import Access, Activity, Backend, ControlPlane
-from selkie.model import EndpointState, PoolerMode
+from selkie.model import EndpointState, PoolerMode, utcnow
 from selkie.store import Store, convert
 from selkie.store.tables import EndpointRow, ProjectRow, RoleRow
 
@@ -33,6 +33,12 @@ class LocalControlPlane(ControlPlane):
         # everywhere within cache_ttl seconds.
         self.cache_ttl = cache_ttl
         self._cache: dict[tuple[str, str], tuple[float, Access | None]] = {}
+        # One start per endpoint, shared by every waiting client: a client that gives up
+        # (its wake timeout) does not cancel the start the others wait for.
+        self._waking: dict[str, asyncio.Task[object]] = {}
+        # When a client last woke or reached each endpoint: activity the scheduler must see
+        # even before the client's first statement.
+        self.woken: dict[str, datetime] = {}
         # The latest activity per endpoint, as proxies reported it (the scheduler reads it).
         self.activity: dict[str, Activity] = {}
 
@@ -81,7 +87,21 @@ class LocalControlPlane(ControlPlane):
         return access
 
     async def wake(self, endpoint_id: str) -> Backend:
-        await self.lifecycle.start(endpoint_id, wake=True)
+        self.woken[endpoint_id] = utcnow()
+        task = self._waking.get(endpoint_id)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self.lifecycle.start(endpoint_id, wake=True))
+            self._waking[endpoint_id] = task
+
+            def done(t: asyncio.Task[object]) -> None:
+                if self._waking.get(endpoint_id) is t:
+                    del self._waking[endpoint_id]
+                if not t.cancelled():
+                    t.exception()  # retrieved here; every waiter re-raises it
+
+            task.add_done_callback(done)
+        await asyncio.shield(task)
+        self.woken[endpoint_id] = utcnow()
         info = await self.lifecycle.driver.inspect(endpoint_id)
         return Backend(endpoint_id=endpoint_id, host=info.host, port=info.port, socket=info.socket)
 
@@ -108,4 +128,5 @@ class LocalControlPlane(ControlPlane):
 
     def last_active(self, endpoint_id: str) -> datetime | None:
         item = self.activity.get(endpoint_id)
-        return item.last_active if item else None
+        stamps = [t for t in (item.last_active if item else None, self.woken.get(endpoint_id)) if t]
+        return max(stamps) if stamps else None

@@ -41,7 +41,14 @@ from selkie.compute.mariadb import (
     sync_statements,
 )
 from selkie.config import Settings
-from selkie.errors import ComputeError, Conflict, NotFound, QuotaExceeded, SelkieError
+from selkie.errors import (
+    ComputeError,
+    Conflict,
+    NotFound,
+    QuotaExceeded,
+    SelkieError,
+    StateConflict,
+)
 from selkie.model import EndpointState, utcnow
 from selkie.storage.base import ParentState, StorageDriver
 from selkie.storage.local import LocalStorage
@@ -272,7 +279,7 @@ class Lifecycle:
             pending_state=EndpointState.ACTIVE.value,
         )
         if gen is None:
-            raise Conflict(f"endpoint {ep.id} changed while starting; try again")
+            raise StateConflict(f"endpoint {ep.id} changed while starting; try again")
         self.start_counts[ep.id] = self.start_counts.get(ep.id, 0) + 1
         timings: dict[str, float] = {}
         try:
@@ -323,7 +330,7 @@ class Lifecycle:
             # Someone (a delete, another control plane) moved it meanwhile: do not leave a
             # compute running that the store does not account for.
             await self.driver.stop(ep.id, timeout=self.stop_timeout)
-            raise Conflict(f"endpoint {ep.id} changed while starting")
+            raise StateConflict(f"endpoint {ep.id} changed while starting")
         timings.update(
             prepare_ms=(t1 - t0) * 1000,
             mariadbd_start_ms=(t2 - t1) * 1000,
@@ -459,19 +466,35 @@ class Lifecycle:
                 )
                 if gen is None:
                     continue
-                await self.driver.stop(ep.id, timeout=self.stop_timeout)
-                await self._db(
-                    self._transition,
-                    ep.id,
-                    EndpointState.SUSPENDING,
-                    gen,
-                    to,
-                    pending_state=None,
-                    suspended_at=self.clock(),
-                    compute_address=None,
-                )
+                try:
+                    await self.driver.stop(ep.id, timeout=self.stop_timeout)
+                    await self._db(
+                        self._transition,
+                        ep.id,
+                        EndpointState.SUSPENDING,
+                        gen,
+                        to,
+                        pending_state=None,
+                        suspended_at=self.clock(),
+                        compute_address=None,
+                    )
+                except Exception as exc:
+                    # Never leave it "suspending": failed is startable, so the next wake or
+                    # start repairs it (the reconciler covers a crash of this process).
+                    reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
+                    await self._db(
+                        self._transition,
+                        ep.id,
+                        EndpointState.SUSPENDING,
+                        gen,
+                        EndpointState.FAILED,
+                        pending_state=None,
+                        failure_reason=f"suspend failed: {reason}"[:4000],
+                        compute_address=None,
+                    )
+                    raise
                 return await self._db(self.get, endpoint_id)
-            raise Conflict(f"endpoint {endpoint_id} keeps changing state; try again")
+            raise StateConflict(f"endpoint {endpoint_id} keeps changing state; try again")
 
     async def restart(self, endpoint_id: str) -> model.Endpoint | None:
         await self.suspend(endpoint_id)

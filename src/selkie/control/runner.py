@@ -84,6 +84,8 @@ class OperationsRunner:
                 await self.run_once()
             except SelkieError as exc:
                 log.error("operations runner: %s", exc.message)
+            except Exception:
+                log.exception("operations runner pass failed; going on")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
 

@@ -145,6 +145,8 @@ class Scheduler:
                     await self.tick_once()
             except SelkieError as exc:
                 log.error("scheduler: %s", exc.message)
+            except Exception:
+                log.exception("scheduler tick failed; going on")
             await asyncio.sleep(self.tick)
 
     def _candidates(self) -> list[Candidate]:
@@ -192,8 +194,8 @@ class Scheduler:
         for endpoint_id in due(candidates, reported, now):
             try:
                 reason = await self.busy_on_compute(endpoint_id)
-            except SelkieError as exc:
-                log.warning("cannot probe %s before suspending: %s", endpoint_id, exc.message)
+            except Exception as exc:
+                log.warning("cannot probe %s before suspending: %s", endpoint_id, exc)
                 continue
             if reason is not None:
                 log.debug("not suspending %s: %s", endpoint_id, reason)
@@ -202,7 +204,11 @@ class Scheduler:
             log.info("suspending idle endpoint %s", endpoint_id)
             if self.on_suspend is not None:
                 self.on_suspend(endpoint_id)
-            await self.lifecycle.suspend(endpoint_id)
+            try:
+                await self.lifecycle.suspend(endpoint_id)
+            except Exception:
+                log.exception("could not suspend %s", endpoint_id)
+                continue
             self._questions.pop(endpoint_id, None)
             self.suspended.append(endpoint_id)
             done.append(endpoint_id)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from selkie.controlplane import Activity, Backend, ControlPlane
-from selkie.errors import Conflict, NotFound, QuotaExceeded, SelkieError
+from selkie.errors import Conflict, NotFound, QuotaExceeded, SelkieError, StateConflict
 from selkie.proxy import auth
 from selkie.proxy.packets import (
     CLEAR_PLUGIN,
@@ -49,6 +49,7 @@ from selkie.proxy.session import (
     open_backend,
     read_client_auth,
     route,
+    server_name,
     sni_capture,
 )
 from selkie.proxy.stream import PacketStream, frame
@@ -135,7 +136,8 @@ class ProxyServer:
         self._reporter: asyncio.Task[None] | None = None
         self._relays: set[ThreadedRelay] = set()
         self._sessions: set[asyncio.Task[None]] = set()
-        self._sni = sni_capture(config.tls) if config.tls is not None else {}
+        if config.tls is not None:
+            sni_capture(config.tls)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pools: dict[str, EndpointPool] = {}
         # Relay threads block in syscalls; small stacks keep thousands of sessions cheap.
@@ -257,8 +259,7 @@ class ProxyServer:
                 raise ProtocolError("SSLRequest but TLS is not configured")
             await asyncio.wait_for(_start_tls(reader, writer, self.config.tls), timeout)
             tls = True
-            sslobj = writer.get_extra_info("ssl_object")
-            sni = self._sni.pop(id(sslobj), None)
+            sni = server_name(writer.get_extra_info("ssl_object"))
             seq, payload = await asyncio.wait_for(stream.read(), timeout)
         response = parse_handshake_response(payload)
         seq = (seq + 1) & 0xFF
@@ -274,20 +275,27 @@ class ProxyServer:
             backend = await self._wake(target)
             t2 = time.perf_counter()
             client_caps = negotiated_caps(response.capabilities, tls)
-            try:
-                conn = await open_backend(
-                    backend,
-                    response=response,
-                    role=target.role,
-                    stage1=stage1,
-                    capabilities=client_caps,
-                    timeout=self.config.backend_timeout,
-                )
-            except (OSError, TimeoutError, ProtocolError) as exc:
-                raise _Refused(
-                    ErrorCode.NET_READ_ERROR,
-                    f"could not reach the compute of endpoint {target.endpoint_id}: {exc}",
-                ) from exc
+            for attempt in range(2):
+                try:
+                    conn = await open_backend(
+                        backend,
+                        response=response,
+                        role=target.role,
+                        stage1=stage1,
+                        capabilities=client_caps,
+                        timeout=self.config.backend_timeout,
+                    )
+                    break
+                except (OSError, TimeoutError, ProtocolError) as exc:
+                    if attempt == 0:
+                        # The compute went away between the wake and the login (a suspend
+                        # that raced this client): wake it again, once.
+                        backend = await self._wake(target)
+                        continue
+                    raise _Refused(
+                        ErrorCode.NET_READ_ERROR,
+                        f"could not reach the compute of endpoint {target.endpoint_id}: {exc}",
+                    ) from exc
         except _Refused as refusal:
             await stream.send(seq, build_err(refusal.code, refusal.message))
             writer.close()
@@ -489,6 +497,8 @@ class ProxyServer:
             ) from exc
         except QuotaExceeded as exc:
             raise _Refused(ErrorCode.USER_LIMIT_REACHED, exc.message) from exc
+        except StateConflict as exc:
+            raise _Refused(ErrorCode.NET_READ_INTERRUPTED, exc.message) from exc
         except (Conflict, NotFound) as exc:
             raise _Refused(ErrorCode.ACCESS_DENIED, exc.message) from exc
         except SelkieError as exc:
@@ -554,7 +564,11 @@ class ProxyServer:
                 )
                 return
             client_sock, client_left = _detach(reader, writer)
-            server_sock, server_left = _detach(conn.reader, conn.writer)
+            try:
+                server_sock, server_left = _detach(conn.reader, conn.writer)
+            except OSError:
+                client_sock.close()
+                raise
             done: asyncio.Future[None] = loop.create_future()
 
             def finished() -> None:
@@ -580,7 +594,13 @@ class ProxyServer:
                 farewell=farewell,
             )
             self._relays.add(relay)
-            relay.start()
+            try:
+                relay.start()
+            except RuntimeError:  # no thread could be made: nothing owns the sockets yet
+                self._relays.discard(relay)
+                client_sock.close()
+                server_sock.close()
+                raise
             try:
                 await asyncio.shield(done)
             finally:

@@ -177,13 +177,20 @@ async def read_client_auth(
     return NATIVE_PLUGIN, data, (seq + 1) & 0xFF
 
 
-def sni_capture(context: ssl.SSLContext) -> dict[int, str]:
-    """Make ``context`` remember each connection's SNI name, keyed by id(SSLObject)."""
-    names: dict[int, str] = {}
+SNI_ATTRIBUTE = "selkie_server_name"
+
+
+def sni_capture(context: ssl.SSLContext) -> None:
+    """Make ``context`` note each connection's SNI name on its SSL object (read back with
+    :func:`server_name`); nothing outlives the connection."""
 
     def callback(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         if name:
-            names[id(sslobj)] = name
+            setattr(sslobj, SNI_ATTRIBUTE, name)
 
     context.sni_callback = callback
-    return names
+
+
+def server_name(sslobj: object) -> str | None:
+    name = getattr(sslobj, SNI_ATTRIBUTE, None)
+    return name if isinstance(name, str) else None
