@@ -99,11 +99,23 @@ class EndpointPool:
             "backends_peak": self.peak,
         }
 
-    async def acquire(self, key: PoolKey, connect: Callable[[], Awaitable[Backend]]) -> Backend:
+    async def acquire(
+        self,
+        key: PoolKey,
+        connect: Callable[[], Awaitable[Backend]],
+        *,
+        prefer: Backend | None = None,
+    ) -> Backend:
+        """A backend for ``key``: ``prefer`` (the one this client used last, which needs no
+        reset) when it is idle, else any idle one, else a new one under the cap, else wait."""
         deadline = time.monotonic() + self.wait_timeout
         async with self._cond:
             while True:
                 idle = self._idle.get(key)
+                if prefer is not None and idle and prefer in idle and prefer.alive():
+                    idle.remove(prefer)
+                    self.in_use += 1
+                    return prefer
                 while idle:
                     backend = idle.pop()
                     if backend.alive():

@@ -108,6 +108,7 @@ class PooledSession:
         self.counters = counters
         self.caps = client_caps
         self.backend: Backend | None = None
+        self._last: Backend | None = None  # the backend used last: no reset needed there
         self.pins: set[str] = set()
         self.status = int(ServerStatus.AUTOCOMMIT)
         self._pinned_counted = False
@@ -135,7 +136,8 @@ class PooledSession:
                 raise BackendLost("the compute went away while this session was pinned")
             await self.pool.release(self.backend, broken=True)
             self.backend = None
-        self.backend = await self.pool.acquire(self.key, self.connect)
+        self.backend = await self.pool.acquire(self.key, self.connect, prefer=self._last)
+        self._last = self.backend
         return self.backend
 
     async def _release(self, *, broken: bool = False) -> None:
