@@ -17,7 +17,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -90,26 +90,46 @@ class EndpointStats:
 
 
 class AuthFailures:
-    """A sliding window of failed logins per (endpoint as named, client address)."""
+    """A sliding window of failed logins per (endpoint as named, client address). Once a
+    key has failed, logins still being checked for it count too, so a burst of parallel
+    guesses cannot all pass the gate (a storm of good logins, with no failure, is not held
+    back)."""
+
+    MAX_KEYS = 100_000
 
     def __init__(self, allowed: int, window: float) -> None:
         self.allowed = allowed
         self.window = window
-        self._seen: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self._seen: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        self._inflight: Counter[tuple[str, str]] = Counter()
 
     def blocked(self, key: tuple[str, str]) -> bool:
         times = self._seen.get(key)
-        if not times:
-            return False
-        cutoff = time.monotonic() - self.window
-        while times and times[0] < cutoff:
-            times.popleft()
-        return len(times) >= self.allowed
+        if times:
+            cutoff = time.monotonic() - self.window
+            while times and times[0] < cutoff:
+                times.popleft()
+        failures = len(times or ())
+        return failures > 0 and failures + self._inflight[key] >= self.allowed
+
+    def begin(self, key: tuple[str, str]) -> None:
+        self._inflight[key] += 1
+
+    def end(self, key: tuple[str, str], *, failed: bool) -> None:
+        self._inflight[key] -= 1
+        if self._inflight[key] <= 0:
+            del self._inflight[key]
+        if failed:
+            self.record(key)
 
     def record(self, key: tuple[str, str]) -> None:
-        self._seen[key].append(time.monotonic())
-        if len(self._seen) > 100_000:  # bounded memory under a spray of names
-            self._seen.clear()
+        times = self._seen.get(key)
+        if times is None:
+            times = self._seen[key] = deque()
+        self._seen.move_to_end(key)
+        times.append(time.monotonic())
+        while len(self._seen) > self.MAX_KEYS:  # bounded memory: forget the stalest
+            self._seen.popitem(last=False)
 
 
 class _Refused(Exception):
@@ -457,19 +477,24 @@ class ProxyServer:
                 ErrorCode.HOST_BLOCKED,
                 f"Too many failed logins for this endpoint from {client_ip}; try again later",
             )
-        plugin, answer, seq = await read_client_auth(stream, response, seq, scramble, tls=tls)
-        if plugin != (response.auth_plugin or NATIVE_PLUGIN):
-            self.logins[f"switched:{response.auth_plugin}"] += 1
-        access = await self.control.get_access(target.endpoint_id, target.role)
-        stage1 = None
-        if access is not None:
-            if plugin == CLEAR_PLUGIN:
-                stage1 = auth.verify_cleartext(answer, access.password_hash)
-            else:
-                stage1 = auth.verify_native(answer, scramble, access.password_hash)
+        self.failures.begin(key)
+        failed = True
+        try:
+            plugin, answer, seq = await read_client_auth(stream, response, seq, scramble, tls=tls)
+            if plugin != (response.auth_plugin or NATIVE_PLUGIN):
+                self.logins[f"switched:{response.auth_plugin}"] += 1
+            access = await self.control.get_access(target.endpoint_id, target.role)
+            stage1 = None
+            if access is not None:
+                if plugin == CLEAR_PLUGIN:
+                    stage1 = auth.verify_cleartext(answer, access.password_hash)
+                else:
+                    stage1 = auth.verify_native(answer, scramble, access.password_hash)
+            failed = access is None or stage1 is None
+        finally:
+            self.failures.end(key, failed=failed)
         if access is None or stage1 is None:
             # One answer for a wrong password, an unknown role and an unknown endpoint.
-            self.failures.record(key)
             self.logins["failed"] += 1
             raise _Refused(
                 ErrorCode.ACCESS_DENIED,
