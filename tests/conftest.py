@@ -36,6 +36,30 @@ def need_service(what: str, why: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def template_datadir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One template datadir made by mariadb-install-db for the whole test session; each
+    platform's data dir gets a copy (see seed_template) instead of running it again."""
+    import asyncio
+    import shutil as _shutil
+
+    from selkie.storage.local import LocalStorage
+
+    if not (_shutil.which("mariadb-install-db") or Path("/usr/bin/mariadb-install-db").exists()):
+        need_service("MariaDB server binaries", "mariadb-install-db not found")
+    root = tmp_path_factory.mktemp("template")
+    return asyncio.run(LocalStorage(data_dir=root).ensure_template())
+
+
+def seed_template(template: Path, data_dir: Path) -> None:
+    import shutil as _shutil
+
+    target = data_dir / "template"
+    if not target.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        _shutil.copytree(template, target, symlinks=True)
+
+
+@pytest.fixture(scope="session")
 def pg_server() -> str:
     """The admin URL of a reachable PostgreSQL server."""
     try:

@@ -12,7 +12,7 @@ from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.model import Principal
 from selkie.server import Platform
-from tests.conftest import need_service
+from tests.conftest import need_service, seed_template
 
 
 def require_mariadb() -> None:
@@ -22,8 +22,9 @@ def require_mariadb() -> None:
 
 
 @pytest.fixture
-async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
+async def platform(tmp_path: Path, template_datadir: Path) -> AsyncIterator[Platform]:
     require_mariadb()
+    seed_template(template_datadir, tmp_path / "data")
     settings = load_settings(
         environ={"SELKIE_DATA_DIR": str(tmp_path / "data"), "SELKIE_COMPUTE_STOP_TIMEOUT": "20"}
     )

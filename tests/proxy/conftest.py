@@ -14,12 +14,14 @@ from selkie.control import Created
 from selkie.control.bootstrap import local_principal
 from selkie.server import Platform
 from tests.compute.conftest import require_mariadb
+from tests.conftest import seed_template
 from tests.helpers import free_port
 
 
 @pytest.fixture
-async def platform(tmp_path: Path) -> AsyncIterator[Platform]:
+async def platform(tmp_path: Path, template_datadir: Path) -> AsyncIterator[Platform]:
     require_mariadb()
+    seed_template(template_datadir, tmp_path / "data")
     settings = load_settings(
         environ={
             "SELKIE_DATA_DIR": str(tmp_path / "data"),

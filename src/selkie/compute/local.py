@@ -283,6 +283,8 @@ class LocalDriver(ComputeDriver):
         for stale in (sock, pid_file):
             stale.unlink(missing_ok=True)
         sizing = Sizing.for_cu(spec.cu)
+        tmpdir = run_dir / "tmp"
+        tmpdir.mkdir(exist_ok=True)
         self._cnf_path(ep).write_text(
             render_config(
                 sizing=sizing,
@@ -293,7 +295,7 @@ class LocalDriver(ComputeDriver):
                 error_log=self.error_log(ep),
                 bind_address=self.bind_address,
                 run_as_root=self.run_as_root,
-                extra=spec.server_options,
+                extra={"tmpdir": str(tmpdir), **spec.server_options},
             )
         )
         log_offset = self._log_size(ep)

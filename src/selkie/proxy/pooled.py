@@ -29,7 +29,7 @@ from selkie.proxy.packets import (
 from selkie.proxy.pool import Backend, EndpointPool, PoolKey, PoolTimeout
 from selkie.proxy.relay import Counters
 from selkie.proxy.sqlscan import classify
-from selkie.proxy.stream import PacketStream, frame
+from selkie.proxy.stream import PacketStream
 from selkie.proxy.wire import (
     MAX_PAYLOAD,
     Capability,
@@ -190,90 +190,133 @@ class PooledSession:
     async def _relay(
         self, b: Backend, *, out: Callable[[bytes], None] | None, command: int
     ) -> Summary:
-        """Read one command's whole response from the backend (passing each packet to
-        ``out``, None to drop it) and say how it ended."""
-        writer = self.client.writer
-        counters = self.counters
+        """Read one command's whole response from the backend (passing the bytes to ``out``,
+        None to drop them) and say how it ended.
+
+        The response is forwarded in the chunks it arrives in; only packet boundaries, the
+        first bytes of each packet and the small terminators are looked at, which is what
+        finding the end of a response and its status needs.
+        """
         deprecate_eof = bool(self.caps & Capability.DEPRECATE_EOF)
         summary = Summary(status=self.status)
-
-        async def read() -> tuple[int, bytes]:
-            try:
-                seq, pkt = await b.stream.read()
-            except (ConnectionError, asyncio.IncompleteReadError, ProtocolError, OSError) as exc:
-                raise BackendLost(str(exc)) from exc
-            if out is not None:
-                data = frame(seq, pkt)[0]
-                counters.bytes_to_client += len(data)
-                out(data)
-                if writer.transport.get_write_buffer_size() > FLUSH_BYTES:
-                    await writer.drain()
-            return seq, pkt
-
         if command in (Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA):
             return summary
+        writer = self.client.writer
+        counters = self.counters
+        pending = bytearray()
+        pos = 0
+        state = "first"
+        remaining = 0  # packets left in the current counted section
+        sections: list[int] = []  # prepare: counts still to read after the current one
+        continued = False  # the next frame continues a 16 MiB packet
+        done = False
+
+        def flush(upto: int) -> None:
+            if out is not None and upto:
+                chunk = bytes(pending[:upto])
+                counters.bytes_to_client += len(chunk)
+                out(chunk)
+
         while True:
-            _, pkt = await read()
-            if not pkt:
-                raise BackendLost("empty packet")
-            head = pkt[0]
-            if head == 0xFF:
-                summary.error = parse_err(pkt)
-                break
-            if command == Command.STATISTICS:
-                break
-            if command == Command.STMT_PREPARE and head == 0x00:
-                r = Reader(pkt, 1)
-                summary.stmt_id = r.int4()
-                num_columns, num_params = r.int2(), r.int2()
-                summary.num_params = num_params
-                for count in (num_params, num_columns):
-                    if count:
-                        for _ in range(count):
-                            await read()
-                        if not deprecate_eof:
-                            await read()
-                break
-            if head == 0x00 or (head == 0xFE and len(pkt) < 9 and command != Command.FIELD_LIST):
-                ok = parse_ok(pkt)
-                summary.status, summary.warnings = ok.status, ok.warnings
-                if ok.last_insert_id:
-                    summary.last_insert_id = ok.last_insert_id
-                if ok.status & ServerStatus.MORE_RESULTS_EXISTS:
-                    continue
-                break
-            if head == 0xFB and command == Command.QUERY:
-                await self._local_infile(b)
-                continue
-            if command == Command.FIELD_LIST:
-                # Column definitions until EOF.
-                while not (pkt[0] == 0xFE and len(pkt) < 9):
-                    _, pkt = await read()
-                if len(pkt) >= 5:
-                    summary.warnings, summary.status = struct.unpack("<HH", pkt[1:5])
-                break
-            # A result set: column count, definitions, [EOF], rows, terminator.
-            columns = Reader(pkt).lenenc_int()
-            for _ in range(columns):
-                await read()
-            if not deprecate_eof:
-                await read()
-            while True:
-                _, row = await read()
-                if row and row[0] == 0xFF:
-                    summary.error = parse_err(row)
-                    return summary
-                if row and row[0] == 0xFE and len(row) < MAX_PAYLOAD:
-                    if deprecate_eof:
-                        ok = parse_ok(row)
-                        summary.status, summary.warnings = ok.status, ok.warnings
-                    else:
-                        summary.warnings, summary.status = struct.unpack("<HH", row[1:5])
+            while not done and pos + 4 <= len(pending):
+                length = int.from_bytes(pending[pos : pos + 3], "little")
+                end = pos + 4 + length
+                if end > len(pending):
                     break
-            if summary.status & ServerStatus.MORE_RESULTS_EXISTS:
-                continue
-            break
-        return summary
+                was_continued, continued = continued, length == MAX_PAYLOAD
+                if was_continued:
+                    pos = end
+                    continue
+                head = pending[pos + 4] if length else -1
+                small = bytes(pending[pos + 4 : end]) if length < 256 else b""
+                pos = end
+                if state == "first":
+                    if head == 0xFF:
+                        summary.error = parse_err(small or bytes(pending[end - length : end]))
+                        done = True
+                    elif command == Command.STATISTICS:
+                        done = True
+                    elif command == Command.STMT_PREPARE and head == 0x00:
+                        r = Reader(small)
+                        r.int1()
+                        summary.stmt_id = r.int4()
+                        num_columns, num_params = r.int2(), r.int2()
+                        summary.num_params = num_params
+                        extra = 0 if deprecate_eof else 1
+                        sections = [n + extra for n in (num_params, num_columns) if n]
+                        if sections:
+                            remaining = sections.pop(0)
+                            state = "prepare"
+                        else:
+                            done = True
+                    elif head == 0x00 or (
+                        head == 0xFE and length < 9 and command != Command.FIELD_LIST
+                    ):
+                        ok = parse_ok(small or bytes(pending[end - length : end]))
+                        summary.status, summary.warnings = ok.status, ok.warnings
+                        if ok.last_insert_id:
+                            summary.last_insert_id = ok.last_insert_id
+                        done = not ok.status & ServerStatus.MORE_RESULTS_EXISTS
+                    elif head == 0xFB and command == Command.QUERY:
+                        flush(pos)
+                        del pending[:pos]
+                        pos = 0
+                        if out is not None:
+                            await writer.drain()
+                        await self._local_infile(b)
+                    elif command == Command.FIELD_LIST:
+                        state = "until_eof"
+                    else:
+                        remaining = Reader(small or bytes(pending[end - length : end])).lenenc_int()
+                        state = "defs" if remaining else "rows"
+                        if not remaining and not deprecate_eof:
+                            state = "eof"
+                elif state == "defs":
+                    remaining -= 1
+                    if remaining == 0:
+                        state = "rows" if deprecate_eof else "eof"
+                elif state == "eof":
+                    state = "rows"
+                elif state == "prepare":
+                    remaining -= 1
+                    if remaining == 0:
+                        if sections:
+                            remaining = sections.pop(0)
+                        else:
+                            done = True
+                elif state in ("rows", "until_eof"):
+                    if head == 0xFF:
+                        summary.error = parse_err(small or bytes(pending[end - length : end]))
+                        done = True
+                    elif (
+                        head == 0xFE and length < 9
+                        if state == "until_eof" or not deprecate_eof
+                        else head == 0xFE and length < MAX_PAYLOAD
+                    ):
+                        if deprecate_eof and state == "rows":
+                            ok = parse_ok(small)
+                            summary.status, summary.warnings = ok.status, ok.warnings
+                        elif len(small) >= 5:
+                            summary.warnings, summary.status = struct.unpack("<HH", small[1:5])
+                        if state == "rows" and summary.status & ServerStatus.MORE_RESULTS_EXISTS:
+                            state = "first"
+                        else:
+                            done = True
+            if done:
+                flush(pos)
+                return summary
+            flush(pos)
+            del pending[:pos]
+            pos = 0
+            if out is not None and writer.transport.get_write_buffer_size() > FLUSH_BYTES:
+                await writer.drain()
+            try:
+                data = await b.reader.read(1 << 18)
+            except (ConnectionError, OSError) as exc:
+                raise BackendLost(str(exc)) from exc
+            if not data:
+                raise BackendLost("the compute closed the connection")
+            pending += data
 
     async def _local_infile(self, b: Backend) -> None:
         """LOAD DATA LOCAL: the client's file packets go to the same backend."""

@@ -189,8 +189,7 @@ def classify(sql: str) -> Effect:
         return Effect(pin=True, reason="GET_LOCK")
     if "sql_calc_found_rows" in low or re.search(r"\bfound_rows\s*\(", low):
         return Effect(pin=True, reason="SQL_CALC_FOUND_ROWS")
-    if re.match(r"^\s*(?:savepoint|rollback\s+to|release\s+savepoint)\b", low):
-        return Effect(pin=True, reason="savepoint")
+    # Savepoints live inside a transaction, which holds its backend anyway (IN_TRANS).
     if re.match(r"^\s*(?:xa|handler)\b", low):
         return Effect(pin=True, reason="XA/HANDLER")
     return Effect(reads_last_insert_id=reads_lii)

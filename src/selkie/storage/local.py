@@ -43,8 +43,12 @@ async def _run(*argv: str, cwd: Path | None = None) -> str:
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
     if proc.returncode != 0:
-        tail = "\n".join(text.strip().splitlines()[-10:])
-        raise ComputeError(f"{Path(argv[0]).name} failed ({proc.returncode}): {tail}")
+        lines = text.strip().splitlines()
+        # The lines that say what went wrong, not the tool's generic advice that follows.
+        errors = [x for x in lines if "ERROR" in x or "rror:" in x] or lines[-10:]
+        raise ComputeError(
+            f"{Path(argv[0]).name} failed ({proc.returncode}): " + "\n".join(errors[:10])
+        )
     return text
 
 
@@ -84,11 +88,11 @@ class LocalStorage(StorageDriver):
             from selkie.compute.mariadb import REDO_LOG_SIZE
 
             staging = self.template.with_name(self.template.name + ".tmp")
-            await asyncio.to_thread(shutil.rmtree, staging, True)
-            staging.parent.mkdir(parents=True, exist_ok=True)
+            tmpdir = self.template.with_name("template-tmp")
             cnf = staging.with_name("template.cnf")
-            # The same redo log size computes use, so the first start does not resize it.
-            cnf.write_text(f"[mariadbd]\ninnodb_log_file_size={REDO_LOG_SIZE}\n")
+            # The same redo log size computes use, so the first start does not resize it; a
+            # private tmpdir, because bootstrap servers sharing /tmp collide on the names of
+            # their temporary tables.
             argv = [
                 self.install_db,
                 f"--defaults-file={cnf}",
@@ -98,7 +102,19 @@ class LocalStorage(StorageDriver):
             ]
             if os.geteuid() == 0:
                 argv.append("--user=root")
-            await _run(*argv)
+            for attempt in range(2):
+                await asyncio.to_thread(shutil.rmtree, staging, True)
+                tmpdir.mkdir(parents=True, exist_ok=True)
+                cnf.write_text(
+                    f"[mariadbd]\ninnodb_log_file_size={REDO_LOG_SIZE}\ntmpdir={tmpdir}\n"
+                )
+                try:
+                    await _run(*argv)
+                    break
+                except ComputeError:
+                    if attempt:
+                        raise
+                    log.warning("mariadb-install-db failed; trying once more")
             staging.replace(self.template)
             log.info("made the template datadir at %s", self.template)
             return self.template
