@@ -17,17 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import pct
+
 from selkie.compute.local import free_port, wait_for_handshake
 from selkie.compute.mariadb import Sizing, render_config
 from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.server import Platform
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 async def bare_cycle(template: Path, work: Path, mariadbd: str) -> tuple[float, float]:

@@ -9,56 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
 import tempfile
+
+from _common import sysbench
 
 from selkie.compute.local import free_port
 from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.server import Platform
-
-TABLE_SIZE = 10000
-
-
-async def sysbench(
-    test: str,
-    *,
-    port: int,
-    user: str,
-    password: str,
-    db: str,
-    threads: int,
-    seconds: int,
-    command: str = "run",
-) -> tuple[float, float, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "sysbench",
-        test,
-        "--mysql-host=127.0.0.1",
-        f"--mysql-port={port}",
-        f"--mysql-user={user}",
-        f"--mysql-password={password}",
-        f"--mysql-db={db}",
-        "--mysql-ssl=off",
-        f"--threads={threads}",
-        f"--time={seconds}",
-        "--percentile=95",
-        f"--table-size={TABLE_SIZE}",
-        "--tables=1",
-        command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    text = out.decode(errors="replace")
-    if proc.returncode != 0:
-        return 0.0, 0.0, text[-1500:]
-    if command != "run":
-        return 0.0, 0.0, ""
-    qps = re.search(r"queries:\s+\d+\s+\(([\d.]+) per sec", text)
-    p95 = re.search(r"95th percentile:\s+([\d.]+)", text)
-    return float(qps.group(1)) if qps else 0.0, float(p95.group(1)) if p95 else 0.0, ""
 
 
 async def main(threads: int, backends: int, seconds: int) -> None:

@@ -10,61 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
+from _common import sysbench
+
 from selkie.compute.local import free_port
 from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.server import Platform
-
-TABLE_SIZE = 10000
-
-
-async def sysbench(
-    test: str,
-    *,
-    host: str,
-    port: int,
-    user: str,
-    password: str,
-    db: str,
-    threads: int,
-    seconds: int,
-    command: str = "run",
-) -> float:
-    proc = await asyncio.create_subprocess_exec(
-        "sysbench",
-        test,
-        f"--mysql-host={host}",
-        f"--mysql-port={port}",
-        f"--mysql-user={user}",
-        f"--mysql-password={password}",
-        f"--mysql-db={db}",
-        "--mysql-ssl=off",
-        f"--threads={threads}",
-        f"--time={seconds}",
-        f"--table-size={TABLE_SIZE}",
-        "--tables=1",
-        "--report-interval=0",
-        command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    text = out.decode(errors="replace")
-    if proc.returncode != 0:
-        raise SystemExit(f"sysbench {test} {command} failed:\n{text[-2000:]}")
-    if command != "run":
-        return 0.0
-    match = re.search(r"queries:\s+\d+\s+\(([\d.]+) per sec", text)
-    if not match:
-        raise SystemExit(f"cannot read sysbench output:\n{text[-2000:]}")
-    return float(match.group(1))
 
 
 async def start_haproxy(work: Path, backend_port: int) -> tuple[asyncio.subprocess.Process, int]:
@@ -135,7 +92,9 @@ async def main(seconds: int, rounds: int, threads: int) -> None:
             for test in ("oltp_point_select", "oltp_read_only"):
                 for _ in range(rounds):
                     for name, (port, user) in targets.items():
-                        qps = await sysbench(test, port=port, user=user, **common)  # type: ignore[arg-type]
+                        qps, _, err = await sysbench(test, port=port, user=user, **common)  # type: ignore[arg-type]
+                        if err:
+                            raise SystemExit(f"sysbench {test} via {name} failed:\n{err}")
                         results.setdefault((test, name), []).append(qps)
         finally:
             if haproxy is not None:

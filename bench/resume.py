@@ -10,20 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 
 import pymysql
-
-from selkie.compute.local import free_port
-from selkie.config import load_settings
-from selkie.control.bootstrap import local_principal
-from selkie.server import Platform
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))]
+from _common import bench_platform, pct
 
 
 def first_row(port: int, user: str, password: str, db: str) -> float:
@@ -46,44 +36,23 @@ def first_row(port: int, user: str, password: str, db: str) -> float:
 
 
 async def main(cycles: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="selkie-bench-") as tmp:
-        settings = load_settings(
-            environ={
-                "SELKIE_DATA_DIR": tmp,
-                "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
-                "SELKIE_COMPUTE_CGROUPS": "0",
-                "SELKIE_LOG_LEVEL": "warning",
-            }
-        )
-        platform = Platform.open(settings)
-        await platform.start(proxy=True)
-        try:
-            who = local_principal(platform.control)
-            created = await asyncio.to_thread(platform.control.projects.create, who, name="resume")
-            ep = created.endpoints[0].id
-            args = (
-                platform.proxy.port,
-                f"{ep}.{created.roles[0].name}",  # type: ignore[union-attr]
-                created.roles[0].password or "",
-                created.databases[0].name,
-            )
-            await asyncio.to_thread(first_row, *args)  # first start: creates the accounts
-            cold: list[float] = []
-            warm: list[float] = []
-            parts: dict[str, list[float]] = {}
-            for _ in range(cycles):
-                await platform.lifecycle.suspend(ep)
-                cold.append(await asyncio.to_thread(first_row, *args))
-                timings = dict(platform.proxy.last_timings[ep])  # type: ignore[union-attr]
-                timings["mariadbd_start_ms"] = platform.lifecycle.last_start_timings[ep][
-                    "mariadbd_start_ms"
-                ]
-                for k, v in timings.items():
-                    parts.setdefault(k, []).append(v)
-                warm.append(await asyncio.to_thread(first_row, *args))
-        finally:
-            await platform.stop()
-            platform.close()
+    async with bench_platform() as b:
+        platform, ep = b.platform, b.endpoint_id
+        args = (b.proxy_port, f"{ep}.{b.role}", b.password, b.database)
+        await asyncio.to_thread(first_row, *args)  # first start: creates the accounts
+        cold: list[float] = []
+        warm: list[float] = []
+        parts: dict[str, list[float]] = {}
+        for _ in range(cycles):
+            await platform.lifecycle.suspend(ep)
+            cold.append(await asyncio.to_thread(first_row, *args))
+            timings = dict(platform.proxy.last_timings[ep])  # type: ignore[union-attr]
+            timings["mariadbd_start_ms"] = platform.lifecycle.last_start_timings[ep][
+                "mariadbd_start_ms"
+            ]
+            for k, v in timings.items():
+                parts.setdefault(k, []).append(v)
+            warm.append(await asyncio.to_thread(first_row, *args))
 
     print(
         f"\nconnect → first row of SELECT 1 through the proxy, {cycles} cycles, PyMySQL, "

@@ -11,22 +11,12 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pymysql
-
-from selkie.compute.local import free_port
-from selkie.config import load_settings
-from selkie.control.bootstrap import local_principal
-from selkie.server import Platform
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))]
+from _common import bench_platform, pct
 
 
 def storm(n: int, port: int, user: str, password: str, db: str) -> tuple[list[float], list[str]]:
@@ -78,48 +68,18 @@ async def storm_elsewhere(n: int, *args: object) -> tuple[list[float], list[str]
 
 
 async def main(clients: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="selkie-bench-") as tmp:
-        settings = load_settings(
-            environ={
-                "SELKIE_DATA_DIR": tmp,
-                "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
-                "SELKIE_COMPUTE_CGROUPS": "0",
-                "SELKIE_LOG_LEVEL": "warning",
-            }
-        )
-        platform = Platform.open(settings)
-        await platform.start(proxy=True)
-        try:
-            who = local_principal(platform.control)
-            # 2 CU: 2000 connection slots, so every client of the storm can hold one at once.
-            created = await asyncio.to_thread(
-                platform.control.projects.create,
-                who,
-                name="storm",
-                default_endpoint_settings={
-                    "autoscaling_limit_min_cu": 2,
-                    "autoscaling_limit_max_cu": 2,
-                },
-            )
-            ep = created.endpoints[0].id
-            args = (
-                platform.proxy.port,
-                f"{ep}.{created.roles[0].name}",  # type: ignore[union-attr]
-                created.roles[0].password or "",
-                created.databases[0].name,
-            )
-            await platform.lifecycle.start(ep)
-            await platform.lifecycle.suspend(ep)
-            before = platform.lifecycle.start_counts[ep]
-            cold, cold_errors = await storm_elsewhere(clients, *args)
-            starts = platform.lifecycle.start_counts[ep] - before
-            warm, warm_errors = await storm_elsewhere(clients, *args)
-            info = await platform.driver.inspect(ep)
-            direct_args = (info.port, created.roles[0].name, *args[2:])
-            direct, direct_errors = await storm_elsewhere(clients, *direct_args)
-        finally:
-            await platform.stop()
-            platform.close()
+    # 2 CU: 2000 connection slots, so every client of the storm can hold one at once.
+    async with bench_platform(autoscaling_limit_min_cu=2, autoscaling_limit_max_cu=2) as b:
+        platform, ep = b.platform, b.endpoint_id
+        args = (b.proxy_port, f"{ep}.{b.role}", b.password, b.database)
+        await platform.lifecycle.start(ep)
+        await platform.lifecycle.suspend(ep)
+        before = platform.lifecycle.start_counts[ep]
+        cold, cold_errors = await storm_elsewhere(clients, *args)
+        starts = platform.lifecycle.start_counts[ep] - before
+        warm, warm_errors = await storm_elsewhere(clients, *args)
+        info = await platform.driver.inspect(ep)
+        direct, direct_errors = await storm_elsewhere(clients, info.port, b.role, *args[2:])
 
     print(f"\n{clients} clients connecting at once, PyMySQL, 2 CU endpoint (ms to first row)\n")
     print(f"{'':<22}{'ok':>6}{'errors':>8}{'starts':>8}{'p50':>9}{'p99':>9}{'max':>9}")

@@ -8,24 +8,11 @@ import pymysql
 import pytest
 
 from tests.proxy.conftest import Db
-
-
-def connect(db: Db, **kw):  # type: ignore[no-untyped-def]
-    args = dict(
-        host="127.0.0.1",
-        port=db.port,
-        user=db.user,
-        password=db.password,
-        database=db.database,
-        autocommit=True,
-        connect_timeout=30,
-    )
-    args.update(kw)
-    return pymysql.connect(**args)
+from tests.proxy.test_clients import pymysql_conn
 
 
 def query(db: Db, sql: str, **kw):  # type: ignore[no-untyped-def]
-    conn = connect(db, **kw)
+    conn = pymysql_conn(db, **kw)
     try:
         with conn.cursor() as cur:
             cur.execute(sql)
@@ -43,7 +30,7 @@ async def test_first_connection_wakes_the_endpoint(db: Db) -> None:
 
 async def test_wrong_password_is_1045_and_does_not_wake(db: Db) -> None:
     with pytest.raises(pymysql.err.OperationalError) as err:
-        await asyncio.to_thread(connect, db, password="wrong")
+        await asyncio.to_thread(pymysql_conn, db, password="wrong")
     assert err.value.args[0] == 1045
     assert "Access denied for user" in err.value.args[1]
     assert db.state() == "init"
