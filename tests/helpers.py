@@ -77,3 +77,21 @@ def selkie_env(tmp_path: Path) -> dict[str, str]:
 def first_key(log: Path) -> str:
     line = next(x for x in log.read_text().splitlines() if "SELKIE_API_KEY=" in x)
     return line.split("SELKIE_API_KEY=", 1)[1].strip()
+
+
+def mariadbd_processes(data_dir: Path) -> dict[str, int]:
+    """Every mariadbd started with a config under this data dir, by endpoint id."""
+    found = {}
+    marker = f"--defaults-file={data_dir.resolve()}/computes/"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode().split("\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        for arg in args:
+            if arg.startswith(marker) and state != "Z":
+                found[arg[len(marker) :].split("/")[0]] = int(entry.name)
+    return found

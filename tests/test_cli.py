@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import first_key, run, selkie_env, selkie_up
+from tests.helpers import first_key, mariadbd_processes, run, selkie_env, selkie_up
 
 
 @pytest.fixture
@@ -103,13 +103,28 @@ def test_up_cli_and_curl_and_restart(env: dict[str, str], tmp_path: Path) -> Non
         assert proc.wait(timeout=15) == 0
 
     # Restart: the same data, no second demo project, no second first-start key.
-    with selkie_up(env, log):
+    with selkie_up(env, log) as proc:
         listed = json.loads(run(env, "projects", "list", "-o", "json").stdout)
         assert sorted(p["name"] for p in listed) == ["demo", "shop"]
         deleted = json.loads(run(env, "projects", "delete", pid, "-o", "json").stdout)
         assert deleted["id"] == pid
         listed = json.loads(run(env, "projects", "list", "-o", "json").stdout)
         assert [p["name"] for p in listed] == ["demo"]
+        # Wake the demo endpoint, then stop with SIGTERM (what a service manager sends):
+        # the computes are suspended before the process exits.
+        out = subprocess.run(
+            [*shlex.split(connect), "-e", "SELECT 1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        data_dir = Path(env["SELKIE_DATA_DIR"])
+        assert mariadbd_processes(data_dir)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert mariadbd_processes(data_dir) == {}
     assert log.read_text().count("SELKIE_API_KEY=") == 1
 
 

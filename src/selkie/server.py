@@ -8,9 +8,11 @@ and benchmarks use it directly; `selkie up` adds the HTTP server around it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -131,6 +133,22 @@ class Platform:
         self.store.close()
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: it would re-raise SIGTERM once it has
+    stopped, killing the process before the computes are suspended."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """SIGINT (Ctrl-C) and SIGTERM both mean: stop cleanly, suspending every compute."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+
+
 def banner(settings: Settings, first: FirstStart) -> str:
     api = settings.effective_api_url
     lines = [
@@ -190,7 +208,8 @@ async def serve(
                 access_log=False,
                 lifespan="on",
             )
-            server = uvicorn.Server(config)
+            server = _Server(config)
+            stop_on_signals(lambda: setattr(server, "should_exit", True))
             if on_ready is not None:
                 on_ready(first)
             await server.serve()
@@ -208,8 +227,10 @@ async def serve_proxy(settings: Settings) -> None:
     platform = await asyncio.to_thread(Platform.open, settings)
     try:
         await platform.start(proxy=True)
+        stopping = asyncio.Event()
+        stop_on_signals(stopping.set)
         try:
-            await asyncio.Event().wait()
+            await stopping.wait()
         finally:
             await platform.stop()
     finally:

@@ -16,7 +16,7 @@ import pymysql
 from selkie.model import EndpointState, OperationAction, Principal
 from selkie.server import Platform
 from tests.compute.test_lifecycle import platform_address, request
-from tests.helpers import first_key, selkie_env, selkie_up
+from tests.helpers import first_key, mariadbd_processes, selkie_env, selkie_up
 
 
 async def test_kill_9_during_inserts_loses_no_acknowledged_row(
@@ -79,24 +79,6 @@ async def test_kill_9_during_inserts_loses_no_acknowledged_row(
     assert len(acked) >= 300
 
 
-def _mariadbd_processes(data_dir: Path) -> dict[str, int]:
-    """Every mariadbd started with a config under this data dir, by endpoint id."""
-    found = {}
-    marker = f"--defaults-file={data_dir.resolve()}/computes/"
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().decode().split("\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        for arg in args:
-            if arg.startswith(marker) and state != "Z":
-                found[arg[len(marker) :].split("/")[0]] = int(entry.name)
-    return found
-
-
 def test_kill_9_of_selkie_up_leaves_nothing_unaccounted(tmp_path: Path) -> None:
     env = selkie_env(tmp_path)
     log = tmp_path / "up.log"
@@ -129,7 +111,7 @@ def test_kill_9_of_selkie_up_leaves_nothing_unaccounted(tmp_path: Path) -> None:
         time.sleep(0.15)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        survivors = _mariadbd_processes(data_dir)
+        survivors = mariadbd_processes(data_dir)
         assert survivors, "no compute survived the kill: the test exercised nothing"
 
     with selkie_up(env, log):
@@ -147,7 +129,7 @@ def test_kill_9_of_selkie_up_leaves_nothing_unaccounted(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         assert [o for o in ops if o["status"] not in ("finished", "failed")] == []
-        running = _mariadbd_processes(data_dir)
+        running = mariadbd_processes(data_dir)
         for pid, ep in eps:
             state = api.get(f"/v1/projects/{pid}/endpoints/{ep}").json()["endpoint"][
                 "current_state"
@@ -156,4 +138,4 @@ def test_kill_9_of_selkie_up_leaves_nothing_unaccounted(tmp_path: Path) -> None:
             assert (state == "active") == (ep in running), (ep, state, running)
         assert set(running) <= {ep for _, ep in eps}
     # A clean stop of selkie up suspends every compute: nothing is left behind.
-    assert _mariadbd_processes(data_dir) == {}
+    assert mariadbd_processes(data_dir) == {}
