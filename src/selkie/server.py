@@ -132,6 +132,10 @@ class Platform:
     def close(self) -> None:
         self.store.close()
 
+    def pool_metrics(self, endpoint_id: str) -> dict[str, int]:
+        pool = self.proxy.pools.get(endpoint_id) if self.proxy is not None else None
+        return pool.metrics() if pool is not None else {}
+
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: it would re-raise SIGTERM once it has
@@ -201,7 +205,7 @@ async def serve(
             first = await asyncio.to_thread(first_start, platform.control)
             host, port = split_listen(settings.api_listen)
             config = uvicorn.Config(
-                create_app(platform.control),
+                create_app(platform.control, pool_metrics=platform.pool_metrics),
                 host=host,
                 port=port,
                 log_level=settings.log_level,

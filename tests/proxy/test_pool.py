@@ -433,3 +433,30 @@ async def test_idle_session_survives_a_suspend(tmp_path: Path, mode: str) -> Non
     finally:
         await p.stop()
         p.close()
+
+
+async def test_pooler_metrics_through_the_api(db: Db) -> None:
+    from fastapi.testclient import TestClient
+
+    from selkie.api.app import create_app
+
+    p = db.platform
+    who = local_principal(p.control)
+    _, key = await asyncio.to_thread(p.control.api_keys.create, who, name="metrics")
+    api = TestClient(create_app(p.control, pool_metrics=p.pool_metrics))
+    url = f"/v1/projects/{db.created.project.id}/endpoints/{db.endpoint_id}/pooler"
+
+    def run() -> dict:  # type: ignore[type-arg]
+        clients = [conn(db) for _ in range(3)]
+        q(clients[0], "SET @pinned = 1")
+        time.sleep(0.05)
+        body = api.get(url, headers={"Authorization": f"Bearer {key}"}).json()
+        for c in clients:
+            c.close()
+        return body  # type: ignore[no-any-return]
+
+    body = await asyncio.to_thread(run)
+    assert body["pooler_enabled"] is True and body["pooler_mode"] == "transaction"
+    metrics = body["metrics"]
+    assert metrics["clients"] == 3 and metrics["pinned_sessions"] == 1
+    assert metrics["backends_in_use"] == 1 and metrics["backends_peak"] <= 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
 
 from selkie import __version__
@@ -10,7 +12,9 @@ from selkie.api.routes import branches, endpoints, keys, operations, projects, r
 from selkie.control import Control
 
 
-def create_app(control: Control) -> FastAPI:
+def create_app(
+    control: Control, *, pool_metrics: Callable[[str], dict[str, int]] | None = None
+) -> FastAPI:
     app = FastAPI(
         title="Selkie API",
         version=__version__,
@@ -26,6 +30,8 @@ def create_app(control: Control) -> FastAPI:
         },
     )
     app.state.control = control
+    # The in-process proxy's pool metrics per endpoint, when there is one.
+    app.state.pool_metrics = pool_metrics
     errors.install(app)
 
     @app.get("/healthz", response_model=schemas.Health, tags=["health"])

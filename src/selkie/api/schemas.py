@@ -217,6 +217,22 @@ class EndpointOperationsResponse(BaseModel):
     operations: list[model.Operation]
 
 
+class PoolerMetrics(BaseModel):
+    clients: int = 0
+    backends_in_use: int = 0
+    backends_idle: int = 0
+    clients_waiting: int = 0
+    pinned_sessions: int = 0
+    backends_peak: int = 0
+
+
+class PoolerResponse(BaseModel):
+    endpoint_id: str
+    pooler_enabled: bool
+    pooler_mode: model.PoolerMode
+    metrics: PoolerMetrics
+
+
 class EndpointsResponse(BaseModel):
     endpoints: list[model.Endpoint]
     pagination: Pagination

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from selkie.api import schemas
 from selkie.api.deps import Ctl, Cursor, EndpointId, Limit, ProjectId, Who
@@ -96,3 +96,20 @@ def restart_endpoint(
     ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId
 ) -> schemas.EndpointOperationsResponse:
     return _request(ctl, who, project_id, endpoint_id, OperationAction.RESTART_COMPUTE)
+
+
+@router.get("/{endpoint_id}/pooler", response_model=schemas.PoolerResponse)
+def endpoint_pooler(
+    ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId, request: Request
+) -> schemas.PoolerResponse:
+    """The pooler's view of the endpoint, from this process's proxy: clients, backends in
+    use and idle, clients waiting, pinned sessions."""
+    endpoint = ctl.endpoints.get(who, project_id, endpoint_id)
+    provider = request.app.state.pool_metrics
+    metrics = provider(endpoint_id) if provider is not None else {}
+    return schemas.PoolerResponse(
+        endpoint_id=endpoint.id,
+        pooler_enabled=endpoint.pooler_enabled,
+        pooler_mode=endpoint.pooler_mode,
+        metrics=schemas.PoolerMetrics(**metrics),
+    )
