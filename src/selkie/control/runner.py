@@ -123,6 +123,11 @@ class OperationsRunner:
         claimed: list[model.Operation] = []
         blocked = set(self._busy)
         with self.store.write() as s:
+            # Keys another control plane is working on wait too, not only this process's.
+            for running in s.execute(
+                select(OperationRow).where(OperationRow.status == OperationStatus.RUNNING.value)
+            ).scalars():
+                blocked.add(self._key(running))
             rows = s.execute(
                 select(OperationRow)
                 .where(OperationRow.status == OperationStatus.SCHEDULING.value)
