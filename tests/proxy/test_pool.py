@@ -460,3 +460,25 @@ async def test_pooler_metrics_through_the_api(db: Db) -> None:
     metrics = body["metrics"]
     assert metrics["clients"] == 3 and metrics["pinned_sessions"] == 1
     assert metrics["backends_in_use"] == 1 and metrics["backends_peak"] <= 2
+
+
+async def test_a_client_that_leaves_mid_transaction_does_not_lend_out_its_transaction(
+    db: Db,
+) -> None:
+    def run() -> tuple[int, object]:
+        setup = conn(db)
+        q(setup, "CREATE TABLE lt (i INT PRIMARY KEY)")
+        a = conn(db)
+        a.begin()
+        q(a, "INSERT INTO lt VALUES (1)")
+        a.close()  # gone without COMMIT
+        time.sleep(0.1)
+        # The row lock is gone with the transaction: another client can take the same key.
+        b = conn(db)
+        q(b, "INSERT INTO lt VALUES (1)")
+        count = q(b, "SELECT COUNT(*) FROM lt")[0][0]
+        b.close()
+        setup.close()
+        return count, pool(db).metrics()["pinned_sessions"]
+
+    assert await asyncio.to_thread(run) == (1, 0)

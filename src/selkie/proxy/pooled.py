@@ -28,7 +28,7 @@ from selkie.proxy.packets import (
 )
 from selkie.proxy.pool import Backend, EndpointPool, PoolKey, PoolTimeout
 from selkie.proxy.relay import Counters
-from selkie.proxy.sqlscan import classify
+from selkie.proxy.sqlscan import Effect, classify
 from selkie.proxy.stream import PacketStream
 from selkie.proxy.wire import (
     MAX_PAYLOAD,
@@ -380,7 +380,11 @@ class PooledSession:
                         return
                 self._update_pin_metric()
         finally:
-            await self._release()
+            # A client gone in the middle of a transaction or with a pinned session leaves
+            # state nobody can use: close that backend (the server rolls back) rather than
+            # lend it out.
+            dirty = self.pinned or bool(self.status & ServerStatus.IN_TRANS)
+            await self._release(broken=dirty)
             if self._pinned_counted:
                 self.pool.pinned -= 1
 
@@ -469,7 +473,6 @@ class PooledSession:
 
     async def _run(self, command: int, payload: bytes, *, effect: object = None) -> Summary | None:
         """Run one client command on a backend with this session's state in place."""
-        from selkie.proxy.sqlscan import Effect
 
         reads_lii = isinstance(effect, Effect) and effect.reads_last_insert_id
         b = await self._acquire()
