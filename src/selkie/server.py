@@ -28,6 +28,7 @@ from selkie.control.lifecycle import Lifecycle
 from selkie.control.reconciler import reconcile
 from selkie.control.runner import OperationsRunner
 from selkie.control.scheduler import Scheduler
+from selkie.metering.prometheus import Sources, render
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
 from selkie.storage.local import LocalStorage
@@ -132,6 +133,18 @@ class Platform:
     def close(self) -> None:
         self.store.close()
 
+    def prometheus(self) -> bytes:
+        lc = self.lifecycle
+        return render(
+            Sources(
+                store=self.store,
+                start_counts=lambda: dict(lc.start_counts),
+                start_seconds=lambda: list(lc.start_seconds),
+                suspend_counts=lambda: dict(lc.suspend_counts),
+                proxy=self.proxy,
+            )
+        )
+
     def pool_metrics(self, endpoint_id: str) -> dict[str, int]:
         pool = self.proxy.pools.get(endpoint_id) if self.proxy is not None else None
         return pool.metrics() if pool is not None else {}
@@ -205,7 +218,11 @@ async def serve(
             first = await asyncio.to_thread(first_start, platform.control)
             host, port = split_listen(settings.api_listen)
             config = uvicorn.Config(
-                create_app(platform.control, pool_metrics=platform.pool_metrics),
+                create_app(
+                    platform.control,
+                    pool_metrics=platform.pool_metrics,
+                    prometheus=platform.prometheus,
+                ),
                 host=host,
                 port=port,
                 log_level=settings.log_level,

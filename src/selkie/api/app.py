@@ -5,15 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from selkie import __version__
 from selkie.api import errors, schemas
+from selkie.api.deps import Who
 from selkie.api.routes import branches, endpoints, keys, operations, projects, roles
 from selkie.control import Control
+from selkie.errors import Forbidden
 
 
 def create_app(
-    control: Control, *, pool_metrics: Callable[[str], dict[str, int]] | None = None
+    control: Control,
+    *,
+    pool_metrics: Callable[[str], dict[str, int]] | None = None,
+    prometheus: Callable[[], bytes] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Selkie API",
@@ -37,6 +44,14 @@ def create_app(
     @app.get("/healthz", response_model=schemas.Health, tags=["health"])
     def healthz() -> schemas.Health:
         return schemas.Health(status="ok", version=__version__)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics(who: Who) -> PlainTextResponse:
+        """Prometheus metrics of this process (an admin API key)."""
+        if not who.admin:
+            raise Forbidden("metrics need an admin API key")
+        body = prometheus() if prometheus is not None else b""
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     for module in (projects, branches, endpoints, roles, operations, keys):
         app.include_router(module.router)

@@ -118,8 +118,11 @@ class Lifecycle:
         self._locks: dict[str, asyncio.Lock] = {}
         # Timings of the last start per endpoint, for benchmarks and the resume breakdown.
         self.last_start_timings: dict[str, dict[str, float]] = {}
-        # Compute starts per endpoint since this process began (tests, metrics).
+        # Compute starts and suspends per endpoint since this process began, and how long
+        # each start took (metrics, tests).
         self.start_counts: dict[str, int] = {}
+        self.suspend_counts: dict[str, int] = {}
+        self.start_seconds: list[float] = []
         # Endpoints this process made active and has not begun to stop: lets a wake of a
         # running endpoint return without touching the store.
         self._active: set[str] = set()
@@ -338,6 +341,8 @@ class Lifecycle:
             total_ms=(time.perf_counter() - t0) * 1000,
         )
         self.last_start_timings[ep.id] = timings
+        self.start_seconds.append(timings["total_ms"] / 1000)
+        del self.start_seconds[:-10_000]  # bounded: the histogram needs recent starts only
         self._active.add(ep.id)
         return await self._db(self.get, ep.id)
 
@@ -493,6 +498,7 @@ class Lifecycle:
                         compute_address=None,
                     )
                     raise
+                self.suspend_counts[ep.id] = self.suspend_counts.get(ep.id, 0) + 1
                 return await self._db(self.get, endpoint_id)
             raise StateConflict(f"endpoint {endpoint_id} keeps changing state; try again")
 

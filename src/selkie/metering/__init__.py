@@ -1,0 +1,1 @@
+"""Metering: Prometheus metrics now; usage events, aggregation and billing come next."""

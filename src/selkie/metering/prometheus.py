@@ -1,0 +1,131 @@
+"""Prometheus metrics of a running platform, collected at scrape time from the parts that
+already keep the numbers (store, lifecycle, scheduler, proxy, pooler): nothing is counted
+twice and nothing needs a background task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from selkie.model import EndpointState
+from selkie.store import Store
+from selkie.store.tables import EndpointRow
+
+RESUME_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Sources:
+    """Where the numbers live. Any part may be absent (an API-only process, say)."""
+
+    store: Store
+    start_counts: Callable[[], dict[str, int]]
+    start_seconds: Callable[[], list[float]]
+    suspend_counts: Callable[[], dict[str, int]]
+    proxy: Any = None  # selkie.proxy.server.ProxyServer, when in this process
+
+
+def _histogram(values: list[float]) -> tuple[list[tuple[str, float]], float]:
+    buckets = []
+    for bound in RESUME_BUCKETS:
+        buckets.append((str(bound), float(sum(1 for v in values if v <= bound))))
+    buckets.append(("+Inf", float(len(values))))
+    return buckets, float(sum(values))
+
+
+class PlatformCollector(Collector):
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        src = self.sources
+        states = GaugeMetricFamily(
+            "selkie_endpoints", "Endpoints by current state", labels=["state"]
+        )
+        with src.store.read() as s:
+            counts = dict(
+                s.execute(
+                    select(EndpointRow.current_state, func.count(EndpointRow.id)).group_by(
+                        EndpointRow.current_state
+                    )
+                ).all()
+            )
+        for state in EndpointState:
+            states.add_metric([state.value], float(counts.get(state.value, 0)))
+        yield states
+
+        starts = CounterMetricFamily(
+            "selkie_compute_starts", "Compute starts", labels=["endpoint_id"]
+        )
+        for endpoint_id, n in src.start_counts().items():
+            starts.add_metric([endpoint_id], float(n))
+        yield starts
+        suspends = CounterMetricFamily(
+            "selkie_compute_suspends", "Compute suspends", labels=["endpoint_id"]
+        )
+        for endpoint_id, n in src.suspend_counts().items():
+            suspends.add_metric([endpoint_id], float(n))
+        yield suspends
+        buckets, total = _histogram(src.start_seconds())
+        yield HistogramMetricFamily(
+            "selkie_compute_start_seconds",
+            "Time from a start request to a compute ready for clients",
+            buckets=buckets,
+            sum_value=total,
+        )
+
+        proxy = src.proxy
+        if proxy is None:
+            return
+        sessions = GaugeMetricFamily(
+            "selkie_proxy_sessions", "Client sessions open", labels=["endpoint_id"]
+        )
+        transfer = CounterMetricFamily(
+            "selkie_proxy_bytes", "Bytes relayed", labels=["endpoint_id", "direction"]
+        )
+        statements = CounterMetricFamily(
+            "selkie_proxy_statements", "Commands relayed", labels=["endpoint_id"]
+        )
+        for a in proxy.activity():
+            sessions.add_metric([a.endpoint_id], float(a.sessions))
+            transfer.add_metric([a.endpoint_id, "to_client"], float(a.bytes_to_clients))
+            transfer.add_metric([a.endpoint_id, "from_client"], float(a.bytes_from_clients))
+            statements.add_metric([a.endpoint_id], float(a.statements))
+        yield sessions
+        yield transfer
+        yield statements
+        logins = CounterMetricFamily(
+            "selkie_proxy_logins", "Client logins by outcome", labels=["outcome"]
+        )
+        for outcome, n in sorted(proxy.logins.items()):
+            logins.add_metric([outcome], float(n))
+        yield logins
+        failures = CounterMetricFamily(
+            "selkie_proxy_auth_failures", "Failed client logins (wrong password, unknown role)"
+        )
+        failures.add_metric([], float(proxy.logins.get("failed", 0)))
+        yield failures
+        pooler = GaugeMetricFamily(
+            "selkie_pooler", "Pooler state per endpoint", labels=["endpoint_id", "what"]
+        )
+        for endpoint_id, pool in proxy.pools.items():
+            for what, value in pool.metrics().items():
+                pooler.add_metric([endpoint_id, what], float(value))
+        yield pooler
+
+
+def render(sources: Sources) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(PlatformCollector(sources))
+    return bytes(generate_latest(registry))
