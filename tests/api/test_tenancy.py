@@ -31,6 +31,11 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/organizations"): {"organization": {"name": "intruder"}},
 }
 QUERIES: dict[str, dict[str, str]] = {
+    "/v1/consumption_history/projects": {
+        "from": "2020-01-01T00:00:00Z",
+        "to": "2030-01-01T00:00:00Z",
+        "granularity": "monthly",
+    },
     "/v1/projects/{project_id}/connection_uri": {
         "role_name": "selkiedb_owner",
         "database_name": "selkiedb",

@@ -55,4 +55,5 @@ def create_app(
 
     for module in (projects, branches, endpoints, roles, operations, keys):
         app.include_router(module.router)
+    app.include_router(projects.consumption_router)
     return app

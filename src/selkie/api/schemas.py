@@ -6,6 +6,7 @@ default. Responses embed the frozen snapshots from :mod:`selkie.model` directly.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
@@ -305,3 +306,19 @@ class OrganizationsResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
+
+
+class ConsumptionPeriod(BaseModel):
+    timeframe_start: datetime
+    timeframe_end: datetime
+    active_time_seconds: float
+    compute_time_seconds: float
+
+
+class ProjectConsumption(BaseModel):
+    project_id: str
+    consumption: list[ConsumptionPeriod]
+
+
+class ConsumptionResponse(BaseModel):
+    projects: list[ProjectConsumption]

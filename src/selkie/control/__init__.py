@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from selkie.config import Settings
 from selkie.control.endpoints import EndpointService
 from selkie.control.orgs import ApiKeyService, OrganizationService
-from selkie.control.projects import BranchService, ConnectionService, Created, ProjectService
+from selkie.control.projects import (
+    BranchService,
+    ConnectionService,
+    ConsumptionService,
+    Created,
+    ProjectService,
+)
 from selkie.control.roles import DatabaseService, OperationService, RoleService
 from selkie.store import Store
 
@@ -28,6 +34,7 @@ class Control:
     databases: DatabaseService
     operations: OperationService
     connections: ConnectionService
+    consumption: ConsumptionService
 
     @classmethod
     def open(cls, store: Store, settings: Settings) -> Control:
@@ -44,6 +51,7 @@ class Control:
             databases=DatabaseService(*args),
             operations=OperationService(*args),
             connections=ConnectionService(*args),
+            consumption=ConsumptionService(*args),
         )
 
 

@@ -53,7 +53,7 @@ from selkie.model import EndpointState, utcnow
 from selkie.storage.base import ParentState, StorageDriver
 from selkie.storage.local import LocalStorage
 from selkie.storage.pageserver import PageServerStorage
-from selkie.store import Store, convert
+from selkie.store import Store, Usage, convert
 from selkie.store.tables import BranchRow, DatabaseRow, EndpointRow, ProjectRow, RoleRow
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ T = TypeVar("T")
 RUNNING = (EndpointState.STARTING, EndpointState.ACTIVE)
 # In a datadir: the digest of the roles and databases last applied to it.
 SYNC_MARKER = "selkie-accounts.digest"
+
+
+def stop_usage(ep: EndpointRow, at: datetime) -> Usage:
+    return Usage(kind="stop", at=at, cu=ep.autoscaling_limit_max_cu, project_id=ep.project_id)
 
 
 def accounts_digest(roles: list[RoleSpec], databases: list[DatabaseSpec]) -> str:
@@ -187,6 +191,7 @@ class Lifecycle:
         expected: EndpointState | tuple[EndpointState, ...],
         generation: int | None,
         new_state: EndpointState,
+        usage: Usage | None = None,
         **fields: Any,
     ) -> int | None:
         with self.store.write() as s:
@@ -196,6 +201,7 @@ class Lifecycle:
                 expected_state=expected,
                 expected_generation=generation,
                 new_state=new_state,
+                usage=usage,
                 **fields,
             )
 
@@ -258,6 +264,7 @@ class Lifecycle:
                         EndpointState.ACTIVE,
                         ep.generation,
                         EndpointState.FAILED,
+                        usage=stop_usage(ep, self.clock()),
                         failure_reason="compute was not running",
                         compute_address=None,
                     )
@@ -323,7 +330,11 @@ class Lifecycle:
             EndpointState.STARTING,
             gen,
             EndpointState.ACTIVE,
+            usage=Usage(
+                kind="start", at=now, cu=ep.autoscaling_limit_max_cu, project_id=ep.project_id
+            ),
             pending_state=None,
+            last_seen_alive=now,
             started_at=now,
             last_active=now,
             failure_reason=None,
@@ -467,6 +478,7 @@ class Lifecycle:
                     state,
                     ep.generation,
                     EndpointState.SUSPENDING,
+                    usage=stop_usage(ep, self.clock()) if state is EndpointState.ACTIVE else None,
                     pending_state=to.value,
                 )
                 if gen is None:
@@ -528,6 +540,7 @@ class Lifecycle:
                     EndpointState.STARTING.value,
                 ):
                     return False
+                was_active = ep.current_state == EndpointState.ACTIVE.value
                 return (
                     Store.transition_endpoint(
                         s,
@@ -535,6 +548,7 @@ class Lifecycle:
                         expected_state=EndpointState(ep.current_state),
                         expected_generation=ep.generation,
                         new_state=EndpointState.FAILED,
+                        usage=stop_usage(ep, self.clock()) if was_active else None,
                         failure_reason=reason[:4000],
                         compute_address=None,
                         pending_state=None,

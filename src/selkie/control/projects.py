@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -21,6 +22,7 @@ from selkie.control.rules import (
     validate_project_settings,
 )
 from selkie.errors import Conflict, InvalidInput, NotFound
+from selkie.metering.usage import PeriodUsage
 from selkie.model import (
     BranchState,
     EndpointState,
@@ -489,3 +491,34 @@ class ConnectionService(ServiceBase):
                 password=None,
                 pooled=pooled,
             )
+
+
+class ConsumptionService(ServiceBase):
+    def history(
+        self,
+        who: Principal,
+        *,
+        start: datetime,
+        end: datetime,
+        granularity: str,
+        project_ids: builtins.list[str] | None = None,
+    ) -> builtins.list[tuple[str, builtins.list[PeriodUsage]]]:
+        """Compute usage per project and period, from the usage events (no compute woken)."""
+        from selkie.metering.usage import intervals, load_events, per_period
+
+        if start.tzinfo is None or end.tzinfo is None:
+            raise InvalidInput("'from' and 'to' need a timezone (e.g. 2026-11-28T00:00:00Z)")
+        with self.store.read() as s:
+            stmt = select(ProjectRow.id).where(ProjectRow.deleted_at.is_(None))
+            if not who.admin:
+                stmt = stmt.where(ProjectRow.org_id == who.org_id)
+            if project_ids:
+                stmt = stmt.where(ProjectRow.id.in_(project_ids))
+            ids = builtins.list(s.execute(stmt.order_by(ProjectRow.id)).scalars())
+        now = utcnow()
+        events = load_events(self.store, ids, min(end, now))
+        spans = intervals(events, min(end, now))
+        return [
+            (pid, per_period([i for i in spans if i.project_id == pid], start, end, granularity))
+            for pid in ids
+        ]

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import select
 
 from selkie.compute.base import ComputeInfo
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.runner import requeue_interrupted
-from selkie.model import EndpointState
-from selkie.store import Store
+from selkie.model import EndpointState, utcnow
+from selkie.store import Store, Usage
 from selkie.store.tables import EndpointRow
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ class Recorded:
     endpoint_id: str
     state: EndpointState
     generation: int
+    project_id: str = ""
+    cu: float = 0.0
+    # When a control plane last saw the compute running (a heartbeat), for usage.
+    last_seen_alive: datetime | None = None
 
 
 @dataclass
@@ -71,7 +76,14 @@ def plan(recorded: list[Recorded], observed: list[ComputeInfo]) -> Plan:
 def _recorded(store: Store) -> list[Recorded]:
     with store.read() as s:
         return [
-            Recorded(r.id, EndpointState(r.current_state), r.generation)
+            Recorded(
+                r.id,
+                EndpointState(r.current_state),
+                r.generation,
+                r.project_id,
+                r.autoscaling_limit_max_cu,
+                r.last_seen_alive or r.started_at,
+            )
             for r in s.execute(select(EndpointRow)).scalars()
         ]
 
@@ -80,6 +92,15 @@ def _set_state(store: Store, rec: Recorded, new: EndpointState, reason: str | No
     fields: dict[str, object] = {"pending_state": None, "compute_address": None}
     if reason is not None:
         fields["failure_reason"] = reason
+    usage = None
+    if rec.state is EndpointState.ACTIVE:
+        # Billed until the compute was last seen alive, not until this restart.
+        usage = Usage(
+            kind="stop",
+            at=rec.last_seen_alive or utcnow(),
+            cu=rec.cu,
+            project_id=rec.project_id,
+        )
     with store.write() as s:
         Store.transition_endpoint(
             s,
@@ -87,6 +108,7 @@ def _set_state(store: Store, rec: Recorded, new: EndpointState, reason: str | No
             expected_state=rec.state,
             expected_generation=rec.generation,
             new_state=new,
+            usage=usage,
             **fields,
         )
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from sqlalchemy.orm import object_session
+
 from selkie import model
 from selkie.errors import InvalidInput
 from selkie.model import EndpointState, EndpointType, PoolerMode, StorageMode, utcnow
-from selkie.store.tables import EndpointRow
+from selkie.store.tables import EndpointRow, UsageEventRow
 
 
 def validate_endpoint_settings(
@@ -118,7 +120,20 @@ def new_endpoint_row(
 
 
 def mark_endpoint_deleted(row: EndpointRow) -> None:
-    """Deletion wins over any state, so it bumps the generation without a CAS check."""
+    """Deletion wins over any state, so it bumps the generation without a CAS check. An
+    active endpoint stops being billed now, in the same transaction."""
+    session = object_session(row)
+    if row.current_state == EndpointState.ACTIVE.value and session is not None:
+        session.add(
+            UsageEventRow(
+                endpoint_id=row.id,
+                project_id=row.project_id,
+                kind="stop",
+                at=utcnow(),
+                cu=row.autoscaling_limit_max_cu,
+                generation=row.generation + 1,
+            )
+        )
     row.current_state = EndpointState.DELETED.value
     row.pending_state = None
     row.generation = row.generation + 1

@@ -34,6 +34,8 @@ from selkie.tasks import cancel, spawn
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
+# How often running computes are noted alive in the store.
+HEARTBEAT = timedelta(seconds=5)
 _LEADER_KEY = 0x5E1C1E + 1
 
 
@@ -128,6 +130,7 @@ class Scheduler:
         self.leader = LeaderLock(store)
         self.on_suspend = on_suspend
         self._questions: dict[str, int] = {}
+        self._last_heartbeat: datetime | None = None
         self._task: asyncio.Task[None] | None = None
         self.suspended: list[str] = []  # what this scheduler suspended (tests, metrics)
 
@@ -185,10 +188,28 @@ class Scheduler:
             return "statements that bypassed the proxy"
         return None
 
+    def _heartbeat(self, endpoint_ids: list[str], when: datetime) -> None:
+        with self.store.write() as s:
+            for row in s.execute(
+                select(EndpointRow).where(EndpointRow.id.in_(endpoint_ids))
+            ).scalars():
+                if row.current_state == EndpointState.ACTIVE.value:
+                    row.last_seen_alive = when
+
     async def tick_once(self) -> list[str]:
-        """One pass: suspend what is due; returns the endpoints suspended."""
+        """One pass: note which computes are alive (so a crash bills only up to then), then
+        suspend what is due; returns the endpoints suspended."""
         now = self.clock()
         candidates = await asyncio.to_thread(self._candidates)
+        if self._last_heartbeat is None or now - self._last_heartbeat >= HEARTBEAT:
+            alive = [
+                c.endpoint_id
+                for c in candidates
+                if (await self.lifecycle.driver.inspect(c.endpoint_id)).running
+            ]
+            if alive:
+                await asyncio.to_thread(self._heartbeat, alive, now)
+            self._last_heartbeat = now
         reported = {c.endpoint_id: self.reported(c.endpoint_id) for c in candidates}
         done = []
         for endpoint_id in due(candidates, reported, now):

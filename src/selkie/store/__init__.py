@@ -1,5 +1,5 @@
 """State store: SQLAlchemy tables, transactions, compare-and-set, Alembic migrations."""
 
-from selkie.store.store import Page, Store
+from selkie.store.store import Page, Store, Usage
 
-__all__ = ["Page", "Store"]
+__all__ = ["Page", "Store", "Usage"]

@@ -30,7 +30,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from selkie.errors import Conflict, InvalidInput, StoreError
 from selkie.model import EndpointState, utcnow
-from selkie.store.tables import Base, EndpointRow, MetaRow
+from selkie.store.tables import Base, EndpointRow, MetaRow, UsageEventRow
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,17 @@ T = TypeVar("T")
 QUEUED_KEY = "selkie_operations_queued"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A usage event to write with a transition: the compute became billable ("start") or
+    stopped being so ("stop") at ``at``."""
+
+    kind: str
+    at: datetime
+    cu: float
+    project_id: str
 
 
 @dataclass(frozen=True)
@@ -180,12 +191,14 @@ class Store:
         expected_state: EndpointState | Iterable[EndpointState],
         expected_generation: int | None,
         new_state: EndpointState,
+        usage: Usage | None = None,
         **fields: Any,
     ) -> int | None:
         """Move an endpoint to ``new_state`` if it still is in ``expected_state`` (and, when
         given, at ``expected_generation``). Returns the new generation, or None when the row
         changed under the caller: nothing is written then, and the caller re-reads and decides
-        again. ``fields`` are other columns to set in the same update.
+        again. ``fields`` are other columns to set in the same update; ``usage`` is written in
+        the same transaction, only if the transition happens.
         """
         states = (
             [expected_state] if isinstance(expected_state, EndpointState) else list(expected_state)
@@ -209,7 +222,20 @@ class Store:
             .execution_options(synchronize_session=False)
         )
         row = result.first()
-        return None if row is None else int(row[0])
+        if row is None:
+            return None
+        if usage is not None:
+            session.add(
+                UsageEventRow(
+                    endpoint_id=endpoint_id,
+                    project_id=usage.project_id,
+                    kind=usage.kind,
+                    at=usage.at,
+                    cu=usage.cu,
+                    generation=int(row[0]),
+                )
+            )
+        return int(row[0])
 
     # --- pagination ------------------------------------------------------------------------
 

@@ -148,6 +148,9 @@ class EndpointRow(Timestamps, Base):
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Where the running compute listens (driver-specific), null while not running.
     compute_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # When a control plane last saw its compute running: a crash closes the open usage
+    # interval here, not at restart time.
+    last_seen_alive: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
@@ -186,6 +189,22 @@ class OperationRow(Timestamps, Base):
     retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     total_duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class UsageEventRow(Base):
+    """A compute starting or stopping being billable, written in the same transaction as
+    the state transition that causes it (so it happens exactly once)."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (Index("ix_usage_events_endpoint_at", "endpoint_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # No foreign keys: usage outlives the endpoints it bills.
+    endpoint_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "start" | "stop"
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cu: Mapped[float] = mapped_column(Float)
+    generation: Mapped[int] = mapped_column(BigInteger)
 
 
 class MetaRow(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -112,4 +113,32 @@ def connection_uri(
     )
     return schemas.ConnectionUriResponse(
         uri=uri.connection_uri, connection_parameters=uri.connection_parameters
+    )
+
+
+consumption_router = APIRouter(prefix="/v1/consumption_history", tags=["consumption"])
+
+
+@consumption_router.get("/projects", response_model=schemas.ConsumptionResponse)
+def consumption_history(
+    ctl: Ctl,
+    who: Who,
+    from_: Annotated[datetime, Query(alias="from")],
+    to: Annotated[datetime, Query()],
+    granularity: Annotated[str, Query(pattern="^(hourly|daily|monthly)$")] = "daily",
+    project_ids: Annotated[list[str] | None, Query(max_length=100)] = None,
+) -> schemas.ConsumptionResponse:
+    """Compute usage per project and period (active seconds, and CU-seconds), from the
+    usage events written with every state transition. Never wakes a compute."""
+    rows = ctl.consumption.history(
+        who, start=from_, end=to, granularity=granularity, project_ids=project_ids
+    )
+    return schemas.ConsumptionResponse(
+        projects=[
+            schemas.ProjectConsumption(
+                project_id=pid,
+                consumption=[schemas.ConsumptionPeriod(**p.__dict__) for p in periods],
+            )
+            for pid, periods in rows
+        ]
     )
