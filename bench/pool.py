@@ -10,73 +10,45 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import tempfile
 
-from _common import sysbench
+from _common import bench_platform, sysbench
 
-from selkie.compute.local import free_port
-from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
-from selkie.server import Platform
 
 
 async def main(threads: int, backends: int, seconds: int) -> None:
     if not shutil.which("sysbench"):
         raise SystemExit("sysbench is missing: run `make bench-deps`")
-    with tempfile.TemporaryDirectory(prefix="selkie-bench-") as tmp:
-        settings = load_settings(
-            environ={
-                "SELKIE_DATA_DIR": tmp,
-                "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
-                "SELKIE_COMPUTE_CGROUPS": "0",
-                "SELKIE_LOG_LEVEL": "warning",
-                "SELKIE_POOLER_MAX_BACKENDS": str(backends),
-                "SELKIE_POOLER_WAIT_TIMEOUT": "60",
-            }
+    env = {"SELKIE_POOLER_MAX_BACKENDS": str(backends), "SELKIE_POOLER_WAIT_TIMEOUT": "60"}
+    async with bench_platform(
+        env=env,
+        autoscaling_limit_min_cu=1,
+        autoscaling_limit_max_cu=1,
+        suspend_timeout_seconds=-1,
+    ) as b:
+        platform, ep = b.platform, b.endpoint_id
+        who = local_principal(platform.control)
+        await asyncio.to_thread(
+            platform.control.endpoints.update,
+            who,
+            b.created.project.id,
+            ep,
+            {"pooler_enabled": True, "pooler_mode": "transaction"},
         )
-        platform = Platform.open(settings)
-        await platform.start(proxy=True)
-        try:
-            who = local_principal(platform.control)
-            created = await asyncio.to_thread(
-                platform.control.projects.create,
-                who,
-                name="pool",
-                default_endpoint_settings={
-                    "autoscaling_limit_min_cu": 1,
-                    "autoscaling_limit_max_cu": 1,
-                    "suspend_timeout_seconds": -1,
-                },
-            )
-            ep = created.endpoints[0].id
-            await asyncio.to_thread(
-                platform.control.endpoints.update,
-                who,
-                created.project.id,
-                ep,
-                {"pooler_enabled": True, "pooler_mode": "transaction"},
-            )
-            role, password = created.roles[0].name, created.roles[0].password or ""
-            dbname = created.databases[0].name
-            await platform.lifecycle.start(ep)
-            info = await platform.driver.inspect(ep)
-            assert info.port is not None and platform.proxy is not None
-            common = dict(password=password, db=dbname, threads=threads, seconds=seconds)
-            await sysbench("oltp_read_only", port=info.port, user=role, command="prepare", **common)  # type: ignore[arg-type]
-            rows = []
-            for test in ("oltp_point_select", "oltp_read_only"):
-                direct = await sysbench(test, port=info.port, user=role, **common)  # type: ignore[arg-type]
-                pooled = await sysbench(
-                    test, port=platform.proxy.port, user=f"{ep}-pooler.{role}", **common
-                )  # type: ignore[arg-type]
-                metrics = platform.proxy.pools[ep].metrics()
-                rows.append((test, direct, pooled, metrics["backends_peak"]))
-                for _, _, err in (direct, pooled):
-                    if err:
-                        print(err)
-        finally:
-            await platform.stop()
-            platform.close()
+        await platform.lifecycle.start(ep)
+        info = await platform.driver.inspect(ep)
+        assert info.port is not None and platform.proxy is not None
+        common = dict(password=b.password, db=b.database, threads=threads, seconds=seconds)
+        await sysbench("oltp_read_only", port=info.port, user=b.role, command="prepare", **common)  # type: ignore[arg-type]
+        rows = []
+        for test in ("oltp_point_select", "oltp_read_only"):
+            direct = await sysbench(test, port=info.port, user=b.role, **common)  # type: ignore[arg-type]
+            pooled = await sysbench(test, port=b.proxy_port, user=f"{ep}-pooler.{b.role}", **common)  # type: ignore[arg-type]
+            metrics = platform.proxy.pools[ep].metrics()
+            rows.append((test, direct, pooled, metrics["backends_peak"]))
+            for _, _, err in (direct, pooled):
+                if err:
+                    print(err)
 
     print(
         f"\nsysbench, {threads} client threads, {seconds}s, 1 CU compute: direct = {threads} "

@@ -13,15 +13,11 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import sysbench
+from _common import bench_platform, sysbench
 
 from selkie.compute.local import free_port
-from selkie.config import load_settings
-from selkie.control.bootstrap import local_principal
-from selkie.server import Platform
 
 
 async def start_haproxy(work: Path, backend_port: int) -> tuple[asyncio.subprocess.Process, int]:
@@ -48,45 +44,21 @@ async def main(seconds: int, rounds: int, threads: int) -> None:
     for tool in ("sysbench", "haproxy"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise SystemExit(f"{tool} is missing: run `make bench-deps`")
-    with tempfile.TemporaryDirectory(prefix="selkie-bench-") as tmp:
-        settings = load_settings(
-            environ={
-                "SELKIE_DATA_DIR": tmp,
-                "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
-                "SELKIE_COMPUTE_CGROUPS": "0",
-                "SELKIE_LOG_LEVEL": "warning",
-            }
-        )
-        platform = Platform.open(settings)
-        await platform.start(proxy=True)
-        haproxy = None
+    async with bench_platform(
+        autoscaling_limit_min_cu=1, autoscaling_limit_max_cu=1, suspend_timeout_seconds=-1
+    ) as b:
+        platform, ep, role = b.platform, b.endpoint_id, b.role
+        await platform.lifecycle.start(ep)
+        info = await platform.driver.inspect(ep)
+        assert info.port is not None
+        haproxy, haproxy_port = await start_haproxy(Path(platform.settings.data_dir), info.port)
         try:
-            who = local_principal(platform.control)
-            created = await asyncio.to_thread(
-                platform.control.projects.create,
-                who,
-                name="bench",
-                default_endpoint_settings={
-                    "autoscaling_limit_min_cu": 1,
-                    "autoscaling_limit_max_cu": 1,
-                    "suspend_timeout_seconds": -1,
-                },
-            )
-            ep = created.endpoints[0].id
-            role, password = created.roles[0].name, created.roles[0].password or ""
-            dbname = created.databases[0].name
-            await platform.lifecycle.start(ep)
-            info = await platform.driver.inspect(ep)
-            assert info.port is not None and platform.proxy is not None
-            haproxy, haproxy_port = await start_haproxy(Path(tmp), info.port)
             targets = {
                 "direct": (info.port, role),
                 "haproxy": (haproxy_port, role),
-                "selkie": (platform.proxy.port, f"{ep}.{role}"),
+                "selkie": (b.proxy_port, f"{ep}.{role}"),
             }
-            common = dict(
-                host="127.0.0.1", password=password, db=dbname, threads=threads, seconds=seconds
-            )
+            common = dict(password=b.password, db=b.database, threads=threads, seconds=seconds)
             await sysbench("oltp_read_only", port=info.port, user=role, command="prepare", **common)  # type: ignore[arg-type]
             results: dict[tuple[str, str], list[float]] = {}
             for test in ("oltp_point_select", "oltp_read_only"):
@@ -97,11 +69,8 @@ async def main(seconds: int, rounds: int, threads: int) -> None:
                             raise SystemExit(f"sysbench {test} via {name} failed:\n{err}")
                         results.setdefault((test, name), []).append(qps)
         finally:
-            if haproxy is not None:
-                haproxy.terminate()
-                await haproxy.wait()
-            await platform.stop()
-            platform.close()
+            haproxy.terminate()
+            await haproxy.wait()
 
     print(
         f"\nsysbench, {threads} threads, {seconds}s x {rounds} interleaved rounds, "
