@@ -13,7 +13,7 @@ import pytest
 
 from selkie.control.bootstrap import local_principal
 from tests.proxy.conftest import Db
-from tests.proxy.test_clients import pymysql_conn
+from tests.proxy.test_clients import mariadb_cli, pymysql_conn
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -117,28 +117,8 @@ async def test_wake_timeout_is_a_server_error_with_08S01(db: Db) -> None:
     proxy.config = dataclasses.replace(proxy.config, wake_timeout=0.001)
     await db.platform.lifecycle.suspend(db.endpoint_id)
 
-    def cli() -> str:
-        return subprocess.run(
-            [
-                "mariadb",
-                "-h",
-                "127.0.0.1",
-                "-P",
-                str(db.port),
-                "-u",
-                db.user,
-                f"-p{db.password}",
-                "--ssl=0",
-                "-e",
-                "SELECT 1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        ).stderr
-
-    assert "ERROR 1159 (08S01)" in await asyncio.to_thread(cli)
+    out = await asyncio.to_thread(mariadb_cli, db, "SELECT 1", "--ssl=0")
+    assert "ERROR 1159 (08S01)" in out.stderr
 
 
 async def test_require_tls(db: Db) -> None:
@@ -198,29 +178,11 @@ async def test_activity_and_bytes_are_counted_and_reported(db: Db) -> None:
 
 
 async def test_cleartext_password_only_over_tls(db: Db) -> None:
+    env = {"LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN": "1", "PATH": "/usr/bin:/bin"}
+
     def cli(*tls: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                "mariadb",
-                "-h",
-                "127.0.0.1",
-                "-P",
-                str(db.port),
-                "-u",
-                db.user,
-                f"-p{db.password}",
-                "--default-auth=mysql_clear_password",
-                *tls,
-                "--batch",
-                "--skip-column-names",
-                "-e",
-                "SELECT CURRENT_USER()",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env={"LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN": "1", "PATH": "/usr/bin:/bin"},
+        return mariadb_cli(
+            db, "SELECT CURRENT_USER()", "--default-auth=mysql_clear_password", *tls, env=env
         )
 
     proxy = db.platform.proxy

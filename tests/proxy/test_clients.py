@@ -46,7 +46,10 @@ def one(conn, sql: str, args=None):  # type: ignore[no-untyped-def]
 # --- the mariadb command-line client ---------------------------------------------------------
 
 
-def mariadb_cli(db: Db, sql: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def mariadb_cli(
+    db: Db, sql: str, *extra: str, password: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The mariadb command-line client through the proxy, as the project's owner."""
     binary = shutil.which("mariadb")
     if binary is None:
         need_service("mariadb CLI", "not installed")
@@ -60,7 +63,7 @@ def mariadb_cli(db: Db, sql: str, *extra: str) -> subprocess.CompletedProcess[st
             str(db.port),
             "-u",
             db.user,
-            f"-p{db.password}",
+            f"-p{db.password if password is None else password}",
             "--batch",
             "--skip-column-names",
             *extra,
@@ -72,6 +75,7 @@ def mariadb_cli(db: Db, sql: str, *extra: str) -> subprocess.CompletedProcess[st
         text=True,
         timeout=60,
         check=False,
+        env=env,
     )
 
 
@@ -93,28 +97,7 @@ async def test_mariadb_cli_plain_and_tls(db: Db) -> None:
 
 
 async def test_mariadb_cli_wrong_password(db: Db) -> None:
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                "mariadb",
-                "-h",
-                "127.0.0.1",
-                "-P",
-                str(db.port),
-                "-u",
-                db.user,
-                "-pnope",
-                "--ssl=0",
-                "-e",
-                "SELECT 1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    out = await asyncio.to_thread(run)
+    out = await asyncio.to_thread(mariadb_cli, db, "SELECT 1", "--ssl=0", password="nope")
     assert out.returncode == 1
     assert "ERROR 1045 (28000)" in out.stderr
 
