@@ -56,6 +56,9 @@ def test_up_cli_and_curl_and_restart(env: dict[str, str], tmp_path: Path) -> Non
             == f"mysql://{eps[0]['id']}.selkiedb_owner@127.0.0.1:{env['SELKIE_PROXY_LISTEN'].rsplit(':', 1)[1]}/selkiedb"
         )
 
+        used = json.loads(run(env, "usage", pid, "-o", "json").stdout)
+        assert used["project_id"] == pid and used["active_time_seconds"] == 0
+
         # curl, as a user would.
         curl = subprocess.run(
             [

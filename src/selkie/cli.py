@@ -251,6 +251,21 @@ def endpoints_suspend(
     )
 
 
+# --- usage --------------------------------------------------------------------------------
+
+
+@app.command("usage")
+def usage(project_id: str, config: ConfigOpt = None, output: OutputOpt = Output.table) -> None:
+    """Compute usage of a project this month (active seconds and CU-seconds)."""
+    with _client(config) as c:
+        body = c.get(f"/v1/projects/{project_id}/usage")
+    _emit(
+        body,
+        output,
+        ["project_id", "period_start", "active_time_seconds", "compute_time_seconds"],
+    )
+
+
 # --- connection strings ---------------------------------------------------------------------
 
 

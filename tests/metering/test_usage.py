@@ -114,6 +114,13 @@ async def test_consumption_api_shape_and_validation(platform: Platform, who: Pri
     assert len(project["consumption"]) in (3, 4)
     total = sum(c["active_time_seconds"] for c in project["consumption"])
     assert 0.2 < total < 30  # the open interval counts up to now
+    month = api.get(f"/v1/projects/{created.project.id}/usage").json()
+    assert month["project_id"] == created.project.id
+    assert 0.2 < month["active_time_seconds"] < 30
+    assert (
+        month["compute_time_seconds"] == round(month["active_time_seconds"] * 0.25, 3)
+        or abs(month["compute_time_seconds"] - month["active_time_seconds"] * 0.25) < 0.01
+    )
     bad = api.get("/v1/consumption_history/projects", params={**params, "granularity": "weekly"})
     assert bad.status_code == 422
     backwards = api.get("/v1/consumption_history/projects", params={**params, "to": params["from"]})

@@ -322,3 +322,11 @@ class ProjectConsumption(BaseModel):
 
 class ConsumptionResponse(BaseModel):
     projects: list[ProjectConsumption]
+
+
+class ProjectUsageResponse(BaseModel):
+    project_id: str
+    period_start: datetime
+    period_end: datetime
+    active_time_seconds: float
+    compute_time_seconds: float

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -87,6 +87,25 @@ def update_project(
 def delete_project(ctl: Ctl, who: Who, project_id: ProjectId) -> schemas.ProjectDeletedResponse:
     project, ops = ctl.projects.delete(who, project_id)
     return schemas.ProjectDeletedResponse(project=project, operations=ops)
+
+
+@router.get("/{project_id}/usage", response_model=schemas.ProjectUsageResponse)
+def project_usage(ctl: Ctl, who: Who, project_id: ProjectId) -> schemas.ProjectUsageResponse:
+    """Compute usage of the current calendar month (UTC) so far."""
+    ctl.projects.get(who, project_id)  # 404 unless the caller may see it
+    now = datetime.now(UTC)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    ((_, periods),) = ctl.consumption.history(
+        who, start=start, end=end, granularity="monthly", project_ids=[project_id]
+    )
+    return schemas.ProjectUsageResponse(
+        project_id=project_id,
+        period_start=start,
+        period_end=end,
+        active_time_seconds=sum(p.active_time_seconds for p in periods),
+        compute_time_seconds=sum(p.compute_time_seconds for p in periods),
+    )
 
 
 @router.get("/{project_id}/connection_uri", response_model=schemas.ConnectionUriResponse)
