@@ -21,7 +21,7 @@ from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from selkie.controlplane import Activity, Backend, ControlPlane
+from selkie.controlplane import Access, Activity, Backend, ControlPlane
 from selkie.errors import Conflict, NotFound, QuotaExceeded, SelkieError, StateConflict
 from selkie.proxy import auth
 from selkie.proxy.packets import (
@@ -285,12 +285,12 @@ class ProxyServer:
         seq = (seq + 1) & 0xFF
         try:
             t0 = time.perf_counter()
-            target, stage1, seq = await self._authenticate(
+            target, access, stage1, seq = await self._authenticate(
                 stream, response, seq, scramble, tls=tls, sni=sni, client_ip=client_ip
             )
             t1 = time.perf_counter()
             if target.pooled:
-                await self._pooled(stream, response, target, stage1, seq, tls=tls)
+                await self._pooled(stream, response, target, access, stage1, seq, tls=tls)
                 return
             backend = await self._wake(target)
             t2 = time.perf_counter()
@@ -349,14 +349,14 @@ class ProxyServer:
         stream: PacketStream,
         response: HandshakeResponse41,
         target: Route,
+        access: Access,
         stage1: bytes,
         seq: int,
         *,
         tls: bool,
     ) -> None:
         """A `-pooler` connection: the session borrows backends from the endpoint's pool."""
-        access = await self.control.get_access(target.endpoint_id, target.role)
-        if access is None or not access.pooler_enabled:
+        if not access.pooler_enabled:
             raise _Refused(
                 ErrorCode.ACCESS_DENIED,
                 f"the pooler is not enabled for endpoint {target.endpoint_id}; enable it with "
@@ -461,7 +461,7 @@ class ProxyServer:
         tls: bool,
         sni: str | None,
         client_ip: str,
-    ) -> tuple[Route, bytes, int]:
+    ) -> tuple[Route, Access, bytes, int]:
         target = route(response.user, sni, self.config.domain)
         if target is None:
             raise _Refused(
@@ -507,7 +507,7 @@ class ProxyServer:
                 f"project of endpoint {target.endpoint_id} requires TLS; connect with SSL",
             )
         self.logins[f"ok:{plugin}"] += 1
-        return target, stage1, seq
+        return target, access, stage1, seq
 
     async def _wake(self, target: Route) -> Backend:
         try:
