@@ -9,18 +9,91 @@ environment variables. A field ``foo_bar`` is ``foo_bar = …`` in the file and
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from selkie.errors import ConfigError
 
 ENV_PREFIX = "SELKIE_"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """A price list: what a unit costs beyond what the plan includes each month.
+
+    GB means GiB (2**30 bytes); a GB-month is one GiB stored for a whole calendar month.
+    """
+
+    name: str
+    currency: str = "USD"
+    price_per_cu_hour: Decimal = Decimal("0")
+    price_per_gb_month: Decimal = Decimal("0")
+    price_per_gb_transfer: Decimal = Decimal("0")
+    price_per_gb_written: Decimal = Decimal("0")
+    included_cu_hours: Decimal = Decimal("0")
+    included_gb_months: Decimal = Decimal("0")
+    included_gb_transfer: Decimal = Decimal("0")
+    included_gb_written: Decimal = Decimal("0")
+
+
+# Used when the configuration names no plans. Example prices: configure your own.
+DEFAULT_PLANS = {
+    "default": Plan(
+        name="default",
+        price_per_cu_hour=Decimal("0.16"),
+        price_per_gb_month=Decimal("0.35"),
+        price_per_gb_transfer=Decimal("0.09"),
+        included_cu_hours=Decimal("5"),
+        included_gb_months=Decimal("0.5"),
+        included_gb_transfer=Decimal("5"),
+    )
+}
+
+
+def parse_plans(name: str, raw: Any) -> dict[str, Plan]:
+    """Plans from a TOML table (``[plans.NAME]``) or a JSON object (environment)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"setting {name}: not a JSON object: {exc}") from exc
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"setting {name}: needs at least one plan, as a table of tables")
+    fields = {f.name for f in dataclasses.fields(Plan)} - {"name"}
+    plans = {}
+    for plan_name, values in raw.items():
+        where = f"setting {name}: plan {plan_name!r}"
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where} is not a table")
+        unknown = set(values) - fields
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        parsed: dict[str, Any] = {}
+        for key, value in values.items():
+            if key == "currency":
+                if not isinstance(value, str) or not value:
+                    raise ConfigError(f"{where}: currency must be a code such as USD")
+                parsed[key] = value
+                continue
+            try:
+                if isinstance(value, bool):
+                    raise InvalidOperation
+                number = Decimal(str(value))
+            except InvalidOperation as exc:
+                raise ConfigError(f"{where}: {key} must be a number") from exc
+            if not number.is_finite() or number < 0:
+                raise ConfigError(f"{where}: {key} must be a non-negative number")
+            parsed[key] = number
+        plans[str(plan_name)] = Plan(name=str(plan_name), **parsed)
+    return plans
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +126,12 @@ class Settings:
     compute_cgroups: bool = True
     compute_start_timeout: float = 60.0
     compute_stop_timeout: float = 30.0
+    # Metering: how often storage and written data are sampled (seconds).
+    metering_interval: float = 60.0
+    # Billing: price lists by name ([plans.NAME] tables), and the plan of projects that
+    # name none.
+    plans: dict[str, Plan] = field(default_factory=lambda: dict(DEFAULT_PLANS))
+    default_plan: str = "default"
     # Client side (CLI, scripts).
     api_url: str = ""
     api_key: str = ""
@@ -94,6 +173,8 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 def _coerce(name: str, raw: Any, annotation: Any) -> Any:
     """Convert a file or environment value to the field's declared type."""
+    if name.lower().endswith("plans"):
+        return parse_plans(name, raw)
     target = annotation
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -171,6 +252,13 @@ def load_settings(
     settings = Settings(**values)
     split_listen(settings.api_listen)
     split_listen(settings.proxy_listen)
+    if settings.default_plan not in settings.plans:
+        raise ConfigError(
+            f"default_plan {settings.default_plan!r} is not one of the plans: "
+            + ", ".join(sorted(settings.plans))
+        )
+    if settings.metering_interval <= 0:
+        raise ConfigError("metering_interval must be positive")
     return settings
 
 
@@ -179,8 +267,10 @@ def settings_table() -> list[tuple[str, str, str]]:
     rows = []
     for f in dataclasses.fields(Settings):
         default = f.default if f.default is not dataclasses.MISSING else ""
+        if f.name == "plans":
+            default = "(a built-in example plan, 'default')"
         rows.append((f"{ENV_PREFIX}{f.name.upper()}", str(default), f.name))
     return rows
 
 
-__all__ = ["Settings", "load_settings", "settings_table", "split_listen"]
+__all__ = ["Plan", "Settings", "load_settings", "settings_table", "split_listen"]

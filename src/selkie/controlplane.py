@@ -48,6 +48,10 @@ class Activity:
     bytes_to_clients: int
     bytes_from_clients: int
     statements: int
+    # The reporting proxy (unique per process) and when it started: the byte counts are
+    # cumulative since then, so a report counted twice or lost changes no bill.
+    source: str = ""
+    source_started: datetime | None = None
 
 
 class ControlPlane(ABC):

@@ -260,8 +260,10 @@ class ProjectSettings:
     # Quotas; None means unlimited.
     max_active_endpoints: int | None = None
     max_cu: float | None = None
-    compute_time_limit_seconds: int | None = None
+    compute_time_limit_seconds: int | None = None  # CU-seconds per calendar month
     storage_limit_bytes: int | None = None
+    # The billing plan (one configured in `plans`); None: the configured default plan.
+    plan: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

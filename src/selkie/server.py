@@ -28,6 +28,7 @@ from selkie.control.lifecycle import Lifecycle
 from selkie.control.reconciler import reconcile
 from selkie.control.runner import OperationsRunner
 from selkie.control.scheduler import Scheduler
+from selkie.metering.meter import Meter
 from selkie.metering.prometheus import Sources, render
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
@@ -48,6 +49,7 @@ class Platform:
     runner: OperationsRunner
     access: LocalControlPlane
     scheduler: Scheduler
+    meter: Meter
     proxy: ProxyServer | None = None
 
     @classmethod
@@ -73,6 +75,12 @@ class Platform:
         access = LocalControlPlane(
             store=store, lifecycle=lifecycle, pooler_max_backends=settings.pooler_max_backends
         )
+        meter = Meter(store=store, lifecycle=lifecycle, interval=settings.metering_interval)
+        scheduler = Scheduler(
+            store=store, lifecycle=lifecycle, reported=access.last_active, on_tick=meter.tick
+        )
+        meter.on_compute_query = scheduler.discount
+        lifecycle.before_stop = meter.sample_written
         return cls(
             settings=settings,
             store=store,
@@ -82,7 +90,8 @@ class Platform:
             lifecycle=lifecycle,
             runner=OperationsRunner(store=store, lifecycle=lifecycle),
             access=access,
-            scheduler=Scheduler(store=store, lifecycle=lifecycle, reported=access.last_active),
+            scheduler=scheduler,
+            meter=meter,
         )
 
     async def start(self, *, proxy: bool = False) -> None:

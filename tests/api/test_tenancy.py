@@ -5,6 +5,7 @@ nothing is changed."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -86,6 +87,7 @@ def victim(other_tenant: Tenant) -> dict[str, str]:
         "operation_id": ops[0]["id"],
         "key_id": str(key["id"]),
         "org_id": other_tenant.org_id,
+        "period": datetime.now(UTC).strftime("%Y-%m"),
     }
 
 

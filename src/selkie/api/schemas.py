@@ -7,6 +7,7 @@ default. Responses embed the frozen snapshots from :mod:`selkie.model` directly.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
@@ -43,6 +44,7 @@ class ProjectSettingsIn(Request):
     max_cu: CU | None = None
     compute_time_limit_seconds: Annotated[StrictInt, Field(ge=0)] | None = None
     storage_limit_bytes: Annotated[StrictInt, Field(ge=0)] | None = None
+    plan: NameStr | None = None
 
 
 class BranchSpecIn(Request):
@@ -313,6 +315,9 @@ class ConsumptionPeriod(BaseModel):
     timeframe_end: datetime
     active_time_seconds: float
     compute_time_seconds: float
+    written_data_bytes: int
+    data_transfer_bytes: int
+    data_storage_bytes_hour: float
 
 
 class ProjectConsumption(BaseModel):
@@ -324,9 +329,49 @@ class ConsumptionResponse(BaseModel):
     projects: list[ProjectConsumption]
 
 
+class QuotaOut(BaseModel):
+    compute_time_limit_seconds: int | None
+    storage_limit_bytes: int | None
+    # Why computes may not run now (the proxy refuses wakes with this); empty when they may.
+    exceeded: list[str]
+
+
 class ProjectUsageResponse(BaseModel):
     project_id: str
+    plan: str
     period_start: datetime
     period_end: datetime
     active_time_seconds: float
     compute_time_seconds: float
+    written_data_bytes: int
+    data_transfer_bytes: int
+    data_storage_bytes_hour: float
+    storage_bytes: int
+    quota: QuotaOut
+
+
+class LineItemOut(BaseModel):
+    item: str
+    description: str
+    unit: str
+    quantity: Decimal
+    included: Decimal
+    billable: Decimal
+    unit_price: Decimal
+    amount: Decimal
+
+
+class InvoiceOut(BaseModel):
+    project_id: str
+    plan: str
+    currency: str
+    period: str
+    period_start: datetime
+    period_end: datetime
+    status: str
+    line_items: list[LineItemOut]
+    total: Decimal
+
+
+class InvoiceResponse(BaseModel):
+    invoice: InvoiceOut

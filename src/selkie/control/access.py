@@ -11,9 +11,14 @@ from sqlalchemy import select
 
 from selkie.control.lifecycle import Lifecycle
 from selkie.controlplane import Access, Activity, Backend, ControlPlane
+from selkie.metering import counters
 from selkie.model import EndpointState, PoolerMode, utcnow
 from selkie.store import Store, convert
 from selkie.store.tables import EndpointRow, ProjectRow, RoleRow
+
+# Seconds between stores of one endpoint's transfer count while its sessions are open (a
+# crash of the control plane loses at most this much of it).
+TRANSFER_FLUSH = 10.0
 
 
 class LocalControlPlane(ControlPlane):
@@ -41,6 +46,9 @@ class LocalControlPlane(ControlPlane):
         self.woken: dict[str, datetime] = {}
         # The latest activity per endpoint, as proxies reported it (the scheduler reads it).
         self.activity: dict[str, Activity] = {}
+        # What of each proxy's byte counts is stored, and when it was.
+        self._transfer_seen: dict[tuple[str, str], int] = {}
+        self._transfer_at: dict[tuple[str, str], float] = {}
 
     def pool_size(self, cu: float) -> int:
         """Backends per endpoint: configured, or 40 per CU (at least 10)."""
@@ -105,7 +113,8 @@ class LocalControlPlane(ControlPlane):
         info = await self.lifecycle.driver.inspect(endpoint_id)
         return Backend(endpoint_id=endpoint_id, host=info.host, port=info.port, socket=info.socket)
 
-    def _record(self, items: list[Activity]) -> None:
+    def _record(self, items: list[Activity], transfer: list[Activity]) -> None:
+        now = utcnow()
         with self.store.write() as s:
             for item in items:
                 if item.last_active is None:
@@ -115,16 +124,41 @@ class LocalControlPlane(ControlPlane):
                     row.last_active is None or row.last_active < item.last_active
                 ):
                     row.last_active = item.last_active
+            for item in transfer:
+                row = s.get(EndpointRow, item.endpoint_id)
+                if row is None or item.source_started is None:
+                    continue
+                counters.count_reading(
+                    s,
+                    key=f"transfer:{item.source}:{item.endpoint_id}",
+                    reading=item.bytes_to_clients,
+                    run=item.source_started,
+                    project_id=row.project_id,
+                    subject_id=item.endpoint_id,
+                    metric=counters.TRANSFER,
+                    at=now,
+                )
 
     async def report_activity(self, activity: list[Activity]) -> None:
-        changed = []
+        changed, transfer = [], []
+        now = time.monotonic()
         for item in activity:
             before = self.activity.get(item.endpoint_id)
             self.activity[item.endpoint_id] = item
             if before is None or before.last_active != item.last_active:
                 changed.append(item)
-        if changed:
-            await asyncio.to_thread(self._record, changed)
+            # Bytes sent are stored at most every TRANSFER_FLUSH seconds per endpoint while
+            # sessions are open, and as soon as the last one closes.
+            key = (item.source, item.endpoint_id)
+            due = item.sessions == 0 or now - self._transfer_at.get(key, 0.0) >= TRANSFER_FLUSH
+            if item.source and due and self._transfer_seen.get(key) != item.bytes_to_clients:
+                transfer.append(item)
+        if changed or transfer:
+            await asyncio.to_thread(self._record, changed, transfer)
+            for item in transfer:
+                key = (item.source, item.endpoint_id)
+                self._transfer_seen[key] = item.bytes_to_clients
+                self._transfer_at[key] = now
 
     def last_active(self, endpoint_id: str) -> datetime | None:
         item = self.activity.get(endpoint_id)

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ from selkie.errors import (
     SelkieError,
     StateConflict,
 )
+from selkie.metering.usage import quota_exceeded
 from selkie.model import EndpointState, utcnow
 from selkie.storage.base import ParentState, StorageDriver
 from selkie.storage.local import LocalStorage
@@ -62,6 +63,8 @@ T = TypeVar("T")
 RUNNING = (EndpointState.STARTING, EndpointState.ACTIVE)
 # In a datadir: the digest of the roles and databases last applied to it.
 SYNC_MARKER = "selkie-accounts.digest"
+# Seconds a suspend waits for before_stop (the meter's last reading) before stopping anyway.
+BEFORE_STOP_TIMEOUT = 2.0
 
 
 def stop_usage(ep: EndpointRow, at: datetime) -> Usage:
@@ -130,6 +133,9 @@ class Lifecycle:
         # Endpoints this process made active and has not begun to stop: lets a wake of a
         # running endpoint return without touching the store.
         self._active: set[str] = set()
+        # Run just before a running compute is stopped on purpose (the meter's last reading
+        # of what it wrote); bounded in time, and its failure never blocks the stop.
+        self.before_stop: Callable[[str], Awaitable[object]] | None = None
         driver.on_unexpected_exit(self.on_compute_exit)
 
     def storage_for(self, settings: model.ProjectSettings) -> StorageDriver:
@@ -225,6 +231,9 @@ class Lifecycle:
                     f"project {target.project.id} already has {active} active endpoints "
                     f"(limit {settings.max_active_endpoints})"
                 )
+        problems = quota_exceeded(self.store, target.project.id, settings, self.clock())
+        if problems:
+            raise QuotaExceeded(problems[0])
 
     # --- start -----------------------------------------------------------------------------
 
@@ -483,6 +492,11 @@ class Lifecycle:
                 )
                 if gen is None:
                     continue
+                if self.before_stop is not None and state is EndpointState.ACTIVE:
+                    try:
+                        await asyncio.wait_for(self.before_stop(ep.id), BEFORE_STOP_TIMEOUT)
+                    except Exception as exc:
+                        log.warning("before stopping %s: %r", ep.id, exc)
                 try:
                     await self.driver.stop(ep.id, timeout=self.stop_timeout)
                     await self._db(

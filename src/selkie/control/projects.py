@@ -22,7 +22,15 @@ from selkie.control.rules import (
     validate_project_settings,
 )
 from selkie.errors import Conflict, InvalidInput, NotFound
-from selkie.metering.usage import PeriodUsage
+from selkie.metering import billing
+from selkie.metering.billing import Invoice
+from selkie.metering.usage import (
+    PeriodUsage,
+    month_usage,
+    quota_exceeded,
+    storage_bytes,
+    usage_between,
+)
 from selkie.model import (
     BranchState,
     EndpointState,
@@ -88,7 +96,7 @@ class ProjectService(ServiceBase):
                 f"region_id {region_id!r} is not served here; use {self.settings.region_id!r}"
             )
         ep_settings = validate_endpoint_settings(default_endpoint_settings or {})
-        proj_settings = validate_project_settings(settings or {})
+        proj_settings = validate_project_settings(settings or {}, plans=self.settings.plans)
         spec = branch or BranchSpec()
         branch_name = model.validate_name("branch", spec.name or DEFAULT_BRANCH)
         role_name = model.validate_role_name(spec.role_name or DEFAULT_ROLE)
@@ -220,7 +228,9 @@ class ProjectService(ServiceBase):
                     )
                 )
             if settings is not None:
-                row.settings = settings_dict(validate_project_settings(settings, current.settings))
+                row.settings = settings_dict(
+                    validate_project_settings(settings, current.settings, plans=self.settings.plans)
+                )
             row.updated_at = utcnow()
             s.flush()
             return self.project_model(row)
@@ -493,6 +503,17 @@ class ConnectionService(ServiceBase):
             )
 
 
+@dataclass(frozen=True, kw_only=True)
+class CurrentUsage:
+    project_id: str
+    plan: str
+    usage: PeriodUsage
+    storage_bytes: int
+    compute_time_limit_seconds: int | None
+    storage_limit_bytes: int | None
+    quota_exceeded: builtins.list[str]
+
+
 class ConsumptionService(ServiceBase):
     def history(
         self,
@@ -504,8 +525,6 @@ class ConsumptionService(ServiceBase):
         project_ids: builtins.list[str] | None = None,
     ) -> builtins.list[tuple[str, builtins.list[PeriodUsage]]]:
         """Compute usage per project and period, from the usage events (no compute woken)."""
-        from selkie.metering.usage import intervals, load_events, per_period
-
         if start.tzinfo is None or end.tzinfo is None:
             raise InvalidInput("'from' and 'to' need a timezone (e.g. 2026-11-28T00:00:00Z)")
         with self.store.read() as s:
@@ -515,10 +534,37 @@ class ConsumptionService(ServiceBase):
             if project_ids:
                 stmt = stmt.where(ProjectRow.id.in_(project_ids))
             ids = builtins.list(s.execute(stmt.order_by(ProjectRow.id)).scalars())
+        usage = usage_between(self.store, ids, start, end, granularity, utcnow())
+        return [(pid, usage[pid]) for pid in ids]
+
+    def current(self, who: Principal, project_id: str) -> CurrentUsage:
+        """The project's usage this calendar month so far, its storage now, and whether its
+        quotas allow computes to run."""
+        with self.store.read() as s:
+            settings = convert.project_settings(self.project_row(s, who, project_id).settings)
         now = utcnow()
-        events = load_events(self.store, ids, min(end, now))
-        spans = intervals(events, min(end, now))
-        return [
-            (pid, per_period([i for i in spans if i.project_id == pid], start, end, granularity))
-            for pid in ids
-        ]
+        return CurrentUsage(
+            project_id=project_id,
+            plan=settings.plan or self.settings.default_plan,
+            usage=month_usage(self.store, project_id, now),
+            storage_bytes=storage_bytes(self.store, project_id),
+            compute_time_limit_seconds=settings.compute_time_limit_seconds,
+            storage_limit_bytes=settings.storage_limit_bytes,
+            quota_exceeded=quota_exceeded(self.store, project_id, settings, now),
+        )
+
+    def invoice(self, who: Principal, project_id: str, period: str) -> Invoice:
+        """The project's invoice for a calendar month (``YYYY-MM``), priced by its plan."""
+        start, end = billing.parse_period(period)
+        with self.store.read() as s:
+            project = self.project_row(s, who, project_id)
+            settings = convert.project_settings(project.settings)
+        now = utcnow()
+        if start > now:
+            raise InvalidInput(f"period {period} has not begun")
+        plan_name = settings.plan or self.settings.default_plan
+        plan = self.settings.plans.get(plan_name)
+        if plan is None:
+            raise InvalidInput(f"project {project_id} names plan {plan_name!r}, not configured")
+        ((usage,),) = usage_between(self.store, [project_id], start, end, "monthly", now).values()
+        return billing.invoice(project_id, plan, period, usage, now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy.orm import object_session
@@ -31,7 +32,10 @@ def validate_endpoint_settings(
 
 
 def validate_project_settings(
-    data: dict[str, Any], base: model.ProjectSettings | None = None
+    data: dict[str, Any],
+    base: model.ProjectSettings | None = None,
+    *,
+    plans: Collection[str] | None = None,
 ) -> model.ProjectSettings:
     base = base or model.ProjectSettings()
     unknown = set(data) - {f.name for f in dataclasses.fields(model.ProjectSettings)}
@@ -68,6 +72,10 @@ def validate_project_settings(
             raise InvalidInput(f"{name} must be a non-negative integer")
     if merged.max_cu is not None:
         model.validate_cu("max_cu", merged.max_cu)
+    if merged.plan is not None and plans is not None and merged.plan not in plans:
+        raise InvalidInput(
+            f"plan {merged.plan!r} is not configured; plans: {', '.join(sorted(plans))}"
+        )
     return merged
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -121,6 +121,7 @@ class Scheduler:
         clock: Callable[[], datetime] = utcnow,
         tick: float = TICK_SECONDS,
         on_suspend: Callable[[str], None] | None = None,
+        on_tick: Callable[[datetime], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
@@ -129,6 +130,8 @@ class Scheduler:
         self.tick = tick
         self.leader = LeaderLock(store)
         self.on_suspend = on_suspend
+        # More work for the leader on each tick (the meter).
+        self.on_tick = on_tick
         self._questions: dict[str, int] = {}
         self._last_heartbeat: datetime | None = None
         self._task: asyncio.Task[None] | None = None
@@ -188,6 +191,11 @@ class Scheduler:
             return "statements that bypassed the proxy"
         return None
 
+    def discount(self, endpoint_id: str, statements: int) -> None:
+        """Statements the control plane itself ran on a compute: not client activity."""
+        if endpoint_id in self._questions:
+            self._questions[endpoint_id] += statements
+
     def _heartbeat(self, endpoint_ids: list[str], when: datetime) -> None:
         with self.store.write() as s:
             for row in s.execute(
@@ -233,4 +241,6 @@ class Scheduler:
             self._questions.pop(endpoint_id, None)
             self.suspended.append(endpoint_id)
             done.append(endpoint_id)
+        if self.on_tick is not None:
+            await self.on_tick(now)
         return done

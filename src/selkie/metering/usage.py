@@ -1,8 +1,11 @@
-"""Compute usage from usage events: active intervals per endpoint, summed per period.
+"""Usage per period: compute from the usage events, transfer, written data and storage
+from the hourly counters (:mod:`selkie.metering.counters`).
 
-Pure functions over the events (start/stop pairs in generation order), so aggregating again
-gives the same numbers: nothing is stored by aggregation, nothing can count twice. An
-interval still open is counted up to ``now``.
+Compute time is exact to the second: active intervals per endpoint (start/stop pairs in
+generation order), an interval still open counted up to ``now``. The counters have hour
+resolution: an hour's count belongs to the period its start lies in. Everything here is a
+pure function of what is stored, so aggregating again gives the same numbers: nothing is
+stored by aggregation, nothing can count twice.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from selkie.errors import InvalidInput
+from selkie.metering.counters import STORAGE, TRANSFER, WRITTEN
+from selkie.model import ProjectSettings
 from selkie.store import Store
-from selkie.store.tables import UsageEventRow
+from selkie.store.tables import BranchRow, MeterMarkRow, UsageEventRow, UsageHourRow
 
 GRANULARITIES = ("hourly", "daily", "monthly")
 
@@ -40,11 +45,25 @@ class Interval:
 
 
 @dataclass(frozen=True)
+class Hour:
+    """One hourly counter row."""
+
+    project_id: str
+    subject_id: str
+    metric: str
+    hour: datetime
+    value: int
+
+
+@dataclass(frozen=True)
 class PeriodUsage:
     timeframe_start: datetime
     timeframe_end: datetime
     active_time_seconds: float
     compute_time_seconds: float  # CU-seconds
+    written_data_bytes: int = 0
+    data_transfer_bytes: int = 0
+    data_storage_bytes_hour: float = 0.0
 
 
 def intervals(events: Iterable[Event], now: datetime) -> list[Interval]:
@@ -81,7 +100,7 @@ def period_starts(start: datetime, end: datetime, granularity: str) -> list[date
         elif granularity == "daily":
             nxt = cur + timedelta(days=1)
         else:
-            nxt = (cur.replace(day=28) + timedelta(days=4)).replace(day=1)
+            nxt = next_month(cur)
         if nxt >= end:
             return out
         out.append(nxt)
@@ -90,10 +109,15 @@ def period_starts(start: datetime, end: datetime, granularity: str) -> list[date
 
 
 def per_period(
-    spans: list[Interval], start: datetime, end: datetime, granularity: str
+    spans: list[Interval],
+    start: datetime,
+    end: datetime,
+    granularity: str,
+    hours: Iterable[Hour] = (),
 ) -> list[PeriodUsage]:
     starts = period_starts(start, end, granularity)
     bounds = [*starts[1:], end]
+    hour_rows = list(hours)
     out = []
     for lo, hi in zip(starts, bounds, strict=True):
         lo_c, hi_c = max(lo, start), min(hi, end)
@@ -103,15 +127,130 @@ def per_period(
             if overlap > 0:
                 active += overlap
                 compute += overlap * iv.cu
-        out.append(PeriodUsage(lo, hi, round(active, 3), round(compute, 3)))
+        sums = {TRANSFER: 0, WRITTEN: 0, STORAGE: 0}
+        for h in hour_rows:
+            if lo_c <= h.hour < hi_c and h.metric in sums:
+                sums[h.metric] += h.value
+        out.append(
+            PeriodUsage(
+                lo,
+                hi,
+                round(active, 3),
+                round(compute, 3),
+                written_data_bytes=sums[WRITTEN],
+                data_transfer_bytes=sums[TRANSFER],
+                data_storage_bytes_hour=round(sums[STORAGE] / 3600, 3),
+            )
+        )
     return out
 
 
-def load_events(store: Store, project_ids: list[str], until: datetime) -> list[Event]:
+def load_events(
+    store: Store, project_ids: list[str], until: datetime, since: datetime | None = None
+) -> list[Event]:
+    """The events up to ``until``; with ``since``, those after it plus each endpoint's
+    last event before it (the start of an interval that spans ``since``)."""
     with store.read() as s:
-        rows = s.execute(
+        stmt = (
             select(UsageEventRow)
             .where(UsageEventRow.project_id.in_(project_ids))
             .where(UsageEventRow.at <= until)
-        ).scalars()
+        )
+        if since is not None:
+            last_before = (
+                select(func.max(UsageEventRow.id))
+                .where(UsageEventRow.project_id.in_(project_ids))
+                .where(UsageEventRow.at < since)
+                .group_by(UsageEventRow.endpoint_id)
+            )
+            stmt = stmt.where((UsageEventRow.at >= since) | UsageEventRow.id.in_(last_before))
+        rows = s.execute(stmt).scalars()
         return [Event(r.endpoint_id, r.project_id, r.kind, r.at, r.cu, r.generation) for r in rows]
+
+
+def load_hours(store: Store, project_ids: list[str], start: datetime, end: datetime) -> list[Hour]:
+    """The hourly counters whose hour starts in [start, end)."""
+    with store.read() as s:
+        rows = s.execute(
+            select(UsageHourRow)
+            .where(UsageHourRow.project_id.in_(project_ids))
+            .where(UsageHourRow.hour >= start.replace(minute=0, second=0, microsecond=0))
+            .where(UsageHourRow.hour < end)
+        ).scalars()
+        return [Hour(r.project_id, r.subject_id, r.metric, r.hour, r.value) for r in rows]
+
+
+def month_start(at: datetime) -> datetime:
+    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(at: datetime) -> datetime:
+    return (month_start(at).replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def usage_between(
+    store: Store,
+    project_ids: list[str],
+    start: datetime,
+    end: datetime,
+    granularity: str,
+    now: datetime,
+) -> dict[str, list[PeriodUsage]]:
+    """Usage per project and period for [start, end), counted up to ``now``."""
+    until = min(end, now)
+    spans = intervals(load_events(store, project_ids, until, since=start), until)
+    hours = load_hours(store, project_ids, start, end)
+    return {
+        pid: per_period(
+            [i for i in spans if i.project_id == pid],
+            start,
+            end,
+            granularity,
+            [h for h in hours if h.project_id == pid],
+        )
+        for pid in project_ids
+    }
+
+
+def month_usage(store: Store, project_id: str, now: datetime) -> PeriodUsage:
+    """The project's usage in the calendar month (UTC) of ``now``, up to ``now``."""
+    start = month_start(now)
+    ((period,),) = usage_between(
+        store, [project_id], start, next_month(now), "monthly", now
+    ).values()
+    return period
+
+
+def storage_bytes(store: Store, project_id: str) -> int:
+    """What the project's live branches occupied when last sampled."""
+    with store.read() as s:
+        total = s.execute(
+            select(func.coalesce(func.sum(MeterMarkRow.value), 0))
+            .join(BranchRow, MeterMarkRow.key == "storage:" + BranchRow.id)
+            .where(BranchRow.project_id == project_id)
+            .where(BranchRow.deleted_at.is_(None))
+        ).scalar_one()
+        return int(total)
+
+
+def quota_exceeded(
+    store: Store, project_id: str, settings: ProjectSettings, now: datetime
+) -> list[str]:
+    """Why the project may not run computes now (empty when it may)."""
+    problems = []
+    if settings.compute_time_limit_seconds is not None:
+        used = month_usage(store, project_id, now).compute_time_seconds
+        if used >= settings.compute_time_limit_seconds:
+            problems.append(
+                f"project {project_id} has used its compute time for {now:%B %Y}: "
+                f"{used:.0f} of {settings.compute_time_limit_seconds} CU-seconds "
+                "(compute_time_limit_seconds)"
+            )
+    if settings.storage_limit_bytes is not None:
+        size = storage_bytes(store, project_id)
+        if size > settings.storage_limit_bytes:
+            problems.append(
+                f"project {project_id} stores {size} bytes, over its limit of "
+                f"{settings.storage_limit_bytes} bytes (storage_limit_bytes)"
+            )
+    return problems

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import secrets
 import socket
 import ssl
 import threading
@@ -152,6 +153,9 @@ class ProxyServer:
         # Where the last login per endpoint spent its time (ms): auth, wake, backend login.
         self.last_timings: dict[str, dict[str, float]] = {}
         self._ids = itertools.count(1)
+        # Who reports this proxy's counters, which are cumulative from `started`.
+        self.source = f"proxy-{secrets.token_hex(8)}"
+        self.started = datetime.now(UTC)
         self._server: asyncio.Server | None = None
         self._reporter: asyncio.Task[None] | None = None
         self._relays: set[ThreadedRelay] = set()
@@ -222,6 +226,8 @@ class ProxyServer:
                     bytes_to_clients=to_c,
                     bytes_from_clients=from_c,
                     statements=stmts,
+                    source=self.source,
+                    source_started=self.started,
                 )
             )
         return out

@@ -48,8 +48,9 @@ class StorageDriver(ABC):
         """Remove the branch's data. Idempotent."""
 
     @abstractmethod
-    async def branch_size(self, branch_id: str) -> int:
-        """Bytes the branch occupies (for storage metering)."""
+    async def branch_size(self, branch_id: str) -> int | None:
+        """Bytes the branch occupies (for storage metering); None when this driver cannot
+        tell (the data lives in a page server that meters it)."""
 
     @abstractmethod
     def branch_exists(self, branch_id: str) -> bool:

@@ -169,5 +169,5 @@ class LocalStorage(StorageDriver):
         await asyncio.to_thread(shutil.rmtree, self.datadir(branch_id), True)
         self._branch_locks.pop(branch_id, None)
 
-    async def branch_size(self, branch_id: str) -> int:
+    async def branch_size(self, branch_id: str) -> int | None:
         return await asyncio.to_thread(_dir_size, self.datadir(branch_id))

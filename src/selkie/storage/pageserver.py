@@ -89,5 +89,5 @@ class PageServerStorage(StorageDriver):
     async def delete_branch(self, branch_id: str) -> None:
         return None
 
-    async def branch_size(self, branch_id: str) -> int:
-        return 0
+    async def branch_size(self, branch_id: str) -> int | None:
+        return None

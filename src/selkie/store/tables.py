@@ -207,6 +207,36 @@ class UsageEventRow(Base):
     generation: Mapped[int] = mapped_column(BigInteger)
 
 
+class UsageHourRow(Base):
+    """Metered quantities summed per hour: ``transfer`` (bytes sent to clients, per
+    endpoint), ``written`` (bytes the compute wrote to its redo log, per endpoint) and
+    ``storage`` (byte-seconds, per branch). Writers add to the hour's row (an upsert), each
+    addition committed together with the :class:`MeterMarkRow` that says what has been
+    counted, so nothing is added twice."""
+
+    __tablename__ = "usage_hours"
+    __table_args__ = (
+        UniqueConstraint("subject_id", "metric", "hour", name="uq_usage_hours_subject_metric"),
+        Index("ix_usage_hours_project_hour", "project_id", "hour"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[str] = mapped_column(String(64))  # endpoint or branch id
+    metric: Mapped[str] = mapped_column(String(16))
+    hour: Mapped[datetime] = mapped_column(UTCDateTime)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class MeterMarkRow(Base):
+    """How far a meter has counted: a proxy's cumulative bytes for an endpoint, a compute
+    run's redo-log counter, a branch's last sampled size and when."""
+
+    __tablename__ = "meter_marks"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class MetaRow(Base):
     """Small key/value facts about this installation (e.g. the default organization)."""
 

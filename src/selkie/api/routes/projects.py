@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import csv
+import io
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query, Response
 
 from selkie.api import schemas
 from selkie.api.deps import Ctl, Cursor, Limit, ProjectId, Who
@@ -91,20 +93,52 @@ def delete_project(ctl: Ctl, who: Who, project_id: ProjectId) -> schemas.Project
 
 @router.get("/{project_id}/usage", response_model=schemas.ProjectUsageResponse)
 def project_usage(ctl: Ctl, who: Who, project_id: ProjectId) -> schemas.ProjectUsageResponse:
-    """Compute usage of the current calendar month (UTC) so far."""
-    ctl.projects.get(who, project_id)  # 404 unless the caller may see it
-    now = datetime.now(UTC)
-    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-    ((_, periods),) = ctl.consumption.history(
-        who, start=start, end=end, granularity="monthly", project_ids=[project_id]
-    )
+    """Usage of the current calendar month (UTC) so far, storage now, and the project's
+    quotas: ``quota.exceeded`` says why computes may not start (empty when they may)."""
+    cur = ctl.consumption.current(who, project_id)
+    u = cur.usage
     return schemas.ProjectUsageResponse(
         project_id=project_id,
-        period_start=start,
-        period_end=end,
-        active_time_seconds=sum(p.active_time_seconds for p in periods),
-        compute_time_seconds=sum(p.compute_time_seconds for p in periods),
+        plan=cur.plan,
+        period_start=u.timeframe_start,
+        period_end=u.timeframe_end,
+        active_time_seconds=u.active_time_seconds,
+        compute_time_seconds=u.compute_time_seconds,
+        written_data_bytes=u.written_data_bytes,
+        data_transfer_bytes=u.data_transfer_bytes,
+        data_storage_bytes_hour=u.data_storage_bytes_hour,
+        storage_bytes=cur.storage_bytes,
+        quota=schemas.QuotaOut(
+            compute_time_limit_seconds=cur.compute_time_limit_seconds,
+            storage_limit_bytes=cur.storage_limit_bytes,
+            exceeded=cur.quota_exceeded,
+        ),
+    )
+
+
+@router.get("/{project_id}/invoices/{period}", response_model=schemas.InvoiceResponse)
+def project_invoice(
+    ctl: Ctl,
+    who: Who,
+    project_id: ProjectId,
+    period: Annotated[str, Path(pattern=r"^\d{4}-\d{2}$", examples=["2026-11"])],
+) -> schemas.InvoiceResponse:
+    """The invoice for a calendar month (``YYYY-MM``, UTC), priced by the project's plan:
+    one line each for compute, storage, data transfer and written data. Amounts are decimal
+    strings; ``status`` is ``open`` while the month runs."""
+    inv = ctl.consumption.invoice(who, project_id, period)
+    return schemas.InvoiceResponse(
+        invoice=schemas.InvoiceOut(
+            project_id=inv.project_id,
+            plan=inv.plan,
+            currency=inv.currency,
+            period=inv.period,
+            period_start=inv.period_start,
+            period_end=inv.period_end,
+            status=inv.status,
+            line_items=[schemas.LineItemOut(**x.__dict__) for x in inv.line_items],
+            total=inv.total,
+        )
     )
 
 
@@ -138,7 +172,23 @@ def connection_uri(
 consumption_router = APIRouter(prefix="/v1/consumption_history", tags=["consumption"])
 
 
-@consumption_router.get("/projects", response_model=schemas.ConsumptionResponse)
+CSV_COLUMNS = (
+    "project_id",
+    "timeframe_start",
+    "timeframe_end",
+    "active_time_seconds",
+    "compute_time_seconds",
+    "written_data_bytes",
+    "data_transfer_bytes",
+    "data_storage_bytes_hour",
+)
+
+
+@consumption_router.get(
+    "/projects",
+    response_model=schemas.ConsumptionResponse,
+    responses={200: {"content": {"text/csv": {}}}},
+)
 def consumption_history(
     ctl: Ctl,
     who: Who,
@@ -146,12 +196,34 @@ def consumption_history(
     to: Annotated[datetime, Query()],
     granularity: Annotated[str, Query(pattern="^(hourly|daily|monthly)$")] = "daily",
     project_ids: Annotated[list[str] | None, Query(max_length=100)] = None,
-) -> schemas.ConsumptionResponse:
-    """Compute usage per project and period (active seconds, and CU-seconds), from the
-    usage events written with every state transition. Never wakes a compute."""
+    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+) -> Any:
+    """Usage per project and period: active seconds and CU-seconds from the usage events
+    written with every state transition (exact to the second); written data, data
+    transfer and storage byte-hours from hourly counters. Never wakes a compute.
+    ``format=csv`` gives one row per project and period."""
     rows = ctl.consumption.history(
         who, start=from_, end=to, granularity=granularity, project_ids=project_ids
     )
+    if format == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for pid, periods in rows:
+            for p in periods:
+                writer.writerow(
+                    [
+                        pid,
+                        p.timeframe_start.isoformat(),
+                        p.timeframe_end.isoformat(),
+                        *(getattr(p, c) for c in CSV_COLUMNS[3:]),
+                    ]
+                )
+        return Response(
+            out.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="consumption.csv"'},
+        )
     return schemas.ConsumptionResponse(
         projects=[
             schemas.ProjectConsumption(

@@ -1,0 +1,221 @@
+"""The meter: samples what only the computes and the disks know, and enforces quotas.
+
+Every ``interval`` (the scheduler's leader runs it) it
+- reads each active compute's ``Innodb_os_log_written`` (redo bytes since the compute
+  started) and counts its growth as written data; a suspend takes a last reading just
+  before the compute stops, so only a compute that dies unasked loses up to an interval;
+- measures each branch's storage and bills its previous size for the time since the last
+  sample (byte-seconds per hour); a deleted branch is billed up to its deletion;
+- suspends the active endpoints of projects over their compute-time quota (the next wake
+  is then refused with the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+
+from selkie import model
+from selkie.control.lifecycle import Lifecycle
+from selkie.metering import counters
+from selkie.metering.usage import quota_exceeded
+from selkie.model import EndpointState, utcnow
+from selkie.store import Store, convert
+from selkie.store.tables import BranchRow, EndpointRow, MeterMarkRow, ProjectRow
+
+log = logging.getLogger(__name__)
+
+WRITTEN_PROBE = (
+    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    "WHERE VARIABLE_NAME = 'INNODB_OS_LOG_WRITTEN'",
+)
+
+
+@dataclass(frozen=True)
+class _Running:
+    endpoint_id: str
+    project_id: str
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class _Branch:
+    branch_id: str
+    project_id: str
+    created_at: datetime
+    deleted_at: datetime | None
+    settings: model.ProjectSettings
+
+
+class Meter:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        lifecycle: Lifecycle,
+        interval: float = 60.0,
+        clock: Callable[[], datetime] = utcnow,
+        on_compute_query: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.lifecycle = lifecycle
+        self.interval = interval
+        self.clock = clock
+        # Told how many statements the meter ran on a compute (the scheduler discounts
+        # them when it looks for statements that bypassed the proxy).
+        self.on_compute_query = on_compute_query
+        self._last: datetime | None = None
+        self.quota_suspended: list[str] = []
+
+    async def tick(self, now: datetime) -> None:
+        """Sample and enforce, if an interval has passed since the last time."""
+        if self._last is not None and (now - self._last).total_seconds() < self.interval:
+            return
+        self._last = now
+        await self.sample_all_written()
+        await self.sample_storage(now)
+        await self.enforce_quotas(now)
+
+    # --- written data ----------------------------------------------------------------------
+
+    def _running(self, endpoint_ids: list[str] | None = None) -> list[_Running]:
+        with self.store.read() as s:
+            stmt = select(EndpointRow).where(
+                EndpointRow.current_state.in_(
+                    [EndpointState.ACTIVE.value, EndpointState.SUSPENDING.value]
+                )
+            )
+            if endpoint_ids is not None:
+                stmt = stmt.where(EndpointRow.id.in_(endpoint_ids))
+            return [
+                _Running(r.id, r.project_id, r.started_at)
+                for r in s.execute(stmt).scalars()
+                if r.started_at is not None
+            ]
+
+    async def sample_written(self, endpoint_id: str) -> int:
+        """Count the compute's redo bytes written since the last reading; returns them.
+        Never raises: a compute that cannot be asked is sampled next time."""
+        try:
+            (run,) = await asyncio.to_thread(self._running, [endpoint_id])
+        except ValueError:
+            return 0
+        try:
+            ((row,),) = await self.lifecycle.driver.execute(endpoint_id, WRITTEN_PROBE)
+            reading = int(row[0])
+        except Exception as exc:
+            log.debug("cannot read written data of %s: %s", endpoint_id, exc)
+            return 0
+        finally:
+            if self.on_compute_query is not None:
+                self.on_compute_query(endpoint_id, len(WRITTEN_PROBE))
+
+        def count() -> int:
+            with self.store.write() as s:
+                return counters.count_reading(
+                    s,
+                    key=f"written:{endpoint_id}",
+                    reading=reading,
+                    run=run.started_at,
+                    project_id=run.project_id,
+                    subject_id=endpoint_id,
+                    metric=counters.WRITTEN,
+                    at=self.clock(),
+                )
+
+        return await asyncio.to_thread(count)
+
+    async def sample_all_written(self) -> None:
+        running = await asyncio.to_thread(self._running)
+        for r in running:
+            if (await self.lifecycle.driver.inspect(r.endpoint_id)).running:
+                await self.sample_written(r.endpoint_id)
+
+    # --- storage ---------------------------------------------------------------------------
+
+    def _branches(self) -> list[_Branch]:
+        """Live branches, and deleted ones still holding a storage mark."""
+        with self.store.read() as s:
+            marked = select(MeterMarkRow.key).where(MeterMarkRow.key == "storage:" + BranchRow.id)
+            rows = s.execute(
+                select(BranchRow, ProjectRow.settings)
+                .join(ProjectRow, ProjectRow.id == BranchRow.project_id)
+                .where(BranchRow.deleted_at.is_(None) | marked.exists())
+            ).all()
+            return [
+                _Branch(
+                    b.id,
+                    b.project_id,
+                    b.created_at,
+                    b.deleted_at,
+                    convert.project_settings(settings),
+                )
+                for b, settings in rows
+            ]
+
+    async def sample_storage(self, now: datetime) -> None:
+        for b in await asyncio.to_thread(self._branches):
+            size: int | None = None
+            if b.deleted_at is None:
+                try:
+                    size = await self.lifecycle.storage_for(b.settings).branch_size(b.branch_id)
+                except Exception as exc:
+                    log.warning("cannot measure branch %s: %s", b.branch_id, exc)
+                    continue
+                if size is None:
+                    continue  # storage kept elsewhere (a page server) and not measured here
+            at = now if b.deleted_at is None else min(now, b.deleted_at)
+
+            def count(b: _Branch = b, size: int | None = size, at: datetime = at) -> None:
+                with self.store.write() as s:
+                    counters.count_storage(
+                        s,
+                        branch_id=b.branch_id,
+                        project_id=b.project_id,
+                        size=size,
+                        at=at,
+                        since=b.created_at,
+                    )
+
+            await asyncio.to_thread(count)
+
+    # --- quotas ----------------------------------------------------------------------------
+
+    def _over_quota(self, now: datetime) -> dict[str, list[str]]:
+        """Active endpoints of projects over their compute-time quota, with the reason."""
+        with self.store.read() as s:
+            rows = s.execute(
+                select(EndpointRow.id, ProjectRow.id, ProjectRow.settings)
+                .join(ProjectRow, ProjectRow.id == EndpointRow.project_id)
+                .where(EndpointRow.current_state == EndpointState.ACTIVE.value)
+            ).all()
+        by_project: dict[str, list[str]] = {}
+        limited: dict[str, model.ProjectSettings] = {}
+        for endpoint_id, project_id, raw in rows:
+            settings = convert.project_settings(raw)
+            if settings.compute_time_limit_seconds is not None:
+                by_project.setdefault(project_id, []).append(endpoint_id)
+                limited[project_id] = model.ProjectSettings(
+                    compute_time_limit_seconds=settings.compute_time_limit_seconds
+                )
+        out = {}
+        for project_id, endpoints in by_project.items():
+            problems = quota_exceeded(self.store, project_id, limited[project_id], now)
+            for endpoint_id in endpoints if problems else []:
+                out[endpoint_id] = problems
+        return out
+
+    async def enforce_quotas(self, now: datetime) -> None:
+        for endpoint_id, problems in (await asyncio.to_thread(self._over_quota, now)).items():
+            log.warning("suspending %s: %s", endpoint_id, problems[0])
+            try:
+                await self.lifecycle.suspend(endpoint_id)
+            except Exception as exc:
+                log.error("could not suspend %s over quota: %s", endpoint_id, exc)
+                continue
+            self.quota_suspended.append(endpoint_id)
