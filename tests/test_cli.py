@@ -58,6 +58,14 @@ def test_up_cli_and_curl_and_restart(env: dict[str, str], tmp_path: Path) -> Non
 
         used = json.loads(run(env, "usage", pid, "-o", "json").stdout)
         assert used["project_id"] == pid and used["active_time_seconds"] == 0
+        assert used["plan"] == "default" and used["quota"]["exceeded"] == []
+        table = run(env, "usage", pid).stdout
+        assert "compute time" in table and "storage now" in table
+        bill = json.loads(run(env, "invoice", pid, "-o", "json").stdout)
+        assert bill["status"] == "open" and bill["total"] == "0.00"
+        assert "total" in run(env, "invoice", pid).stdout
+        bad = run(env, "invoice", pid, "2026-13", check=False)
+        assert bad.returncode != 0 and "2026-13" in bad.stderr
 
         # curl, as a user would.
         curl = subprocess.run(

@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -256,14 +257,79 @@ def endpoints_suspend(
 
 @app.command("usage")
 def usage(project_id: str, config: ConfigOpt = None, output: OutputOpt = Output.table) -> None:
-    """Compute usage of a project this month (active seconds and CU-seconds)."""
+    """A project's usage this calendar month (UTC) so far, storage now, and its quotas."""
     with _client(config) as c:
         body = c.get(f"/v1/projects/{project_id}/usage")
-    _emit(
-        body,
-        output,
-        ["project_id", "period_start", "active_time_seconds", "compute_time_seconds"],
+    if output is Output.json:
+        _emit(body, output)
+        return
+    quota = body["quota"]
+    rows = [
+        ("active time", f"{body['active_time_seconds']:,.1f} s", ""),
+        (
+            "compute time",
+            f"{body['compute_time_seconds']:,.1f} CU-s",
+            _limit(quota["compute_time_limit_seconds"], "CU-s"),
+        ),
+        ("written data", f"{body['written_data_bytes']:,} B", ""),
+        ("data transfer", f"{body['data_transfer_bytes']:,} B", ""),
+        ("storage", f"{body['data_storage_bytes_hour']:,.1f} B-h", ""),
+        ("storage now", f"{body['storage_bytes']:,} B", _limit(quota["storage_limit_bytes"], "B")),
+    ]
+    table = Table(
+        "",
+        "used",
+        "limit",
+        title=f"{project_id}: {body['period_start'][:10]} to now (plan {body['plan']})",
     )
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    for why in quota["exceeded"]:
+        out.print(f"[red]quota exceeded:[/red] {why}")
+
+
+def _limit(value: int | None, unit: str) -> str:
+    return "" if value is None else f"{value:,} {unit}"
+
+
+@app.command("invoice")
+def invoice(
+    project_id: str,
+    period: Annotated[
+        str | None, typer.Argument(help="Month as YYYY-MM (default: this month)")
+    ] = None,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """A project's invoice for a calendar month, priced by its plan."""
+    period = period or datetime.now(UTC).strftime("%Y-%m")
+    with _client(config) as c:
+        body = c.get(f"/v1/projects/{project_id}/invoices/{period}")["invoice"]
+    if output is Output.json:
+        _emit(body, output)
+        return
+    cur = body["currency"]
+    table = Table(
+        "item",
+        "quantity",
+        "included",
+        "billable",
+        "unit price",
+        f"amount ({cur})",
+        title=f"{project_id} {body['period']} (plan {body['plan']}, {body['status']})",
+    )
+    for x in body["line_items"]:
+        table.add_row(
+            x["description"],
+            f"{x['quantity']} {x['unit']}",
+            x["included"],
+            x["billable"],
+            x["unit_price"],
+            x["amount"],
+        )
+    table.add_row("total", "", "", "", "", body["total"])
+    out.print(table)
 
 
 # --- connection strings ---------------------------------------------------------------------

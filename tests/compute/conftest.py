@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from selkie.control.bootstrap import local_principal
 from selkie.model import Principal
 from selkie.server import Platform
 from tests.conftest import need_service, seed_template
+from tests.helpers import free_port
 
 
 def require_mariadb() -> None:
@@ -21,20 +23,31 @@ def require_mariadb() -> None:
             need_service("MariaDB server binaries", f"{binary} not found (make setup installs it)")
 
 
-@pytest.fixture
-async def platform(tmp_path: Path, template_datadir: Path) -> AsyncIterator[Platform]:
+@asynccontextmanager
+async def open_platform(
+    tmp_path: Path, template_datadir: Path, *, proxy: bool = False, **env: str
+) -> AsyncIterator[Platform]:
+    """A whole in-process platform on its own data dir (and proxy port); ``env`` adds
+    SELKIE_* settings."""
     require_mariadb()
     seed_template(template_datadir, tmp_path / "data")
-    settings = load_settings(
-        environ={"SELKIE_DATA_DIR": str(tmp_path / "data"), "SELKIE_COMPUTE_STOP_TIMEOUT": "20"}
-    )
-    p = Platform.open(settings)
-    await p.start()
+    environ = {"SELKIE_DATA_DIR": str(tmp_path / "data"), "SELKIE_COMPUTE_STOP_TIMEOUT": "20"}
+    if proxy:
+        environ["SELKIE_PROXY_LISTEN"] = f"127.0.0.1:{free_port()}"
+    environ.update({f"SELKIE_{k.upper()}": v for k, v in env.items()})
+    p = Platform.open(load_settings(environ=environ))
+    await p.start(proxy=proxy)
     try:
         yield p
     finally:
         await p.stop()
         p.close()
+
+
+@pytest.fixture
+async def platform(tmp_path: Path, template_datadir: Path) -> AsyncIterator[Platform]:
+    async with open_platform(tmp_path, template_datadir) as p:
+        yield p
 
 
 @pytest.fixture

@@ -9,33 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from selkie.config import load_settings
 from selkie.control import Created
 from selkie.control.bootstrap import local_principal
 from selkie.server import Platform
-from tests.compute.conftest import require_mariadb
-from tests.conftest import seed_template
-from tests.helpers import free_port
+from tests.compute.conftest import open_platform
 
 
 @pytest.fixture
 async def platform(tmp_path: Path, template_datadir: Path) -> AsyncIterator[Platform]:
-    require_mariadb()
-    seed_template(template_datadir, tmp_path / "data")
-    settings = load_settings(
-        environ={
-            "SELKIE_DATA_DIR": str(tmp_path / "data"),
-            "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
-            "SELKIE_COMPUTE_STOP_TIMEOUT": "20",
-        }
-    )
-    p = Platform.open(settings)
-    await p.start(proxy=True)
-    try:
+    async with open_platform(tmp_path, template_datadir, proxy=True) as p:
         yield p
-    finally:
-        await p.stop()
-        p.close()
 
 
 @dataclass

@@ -35,13 +35,18 @@ async def test_metrics_parse_and_count_what_happened(db: Db) -> None:
     api = TestClient(create_app(p.control, prometheus=p.prometheus))
     assert api.get("/metrics").status_code == 401
     assert api.get("/metrics", headers={"Authorization": f"Bearer {plain_key}"}).status_code == 403
-    r = api.get("/metrics", headers={"Authorization": f"Bearer {admin_key}"})
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    project = (("project_id", db.created.project.id),)
+    transfer = ("selkie_usage_data_transfer_bytes_total", project)
+    for _ in range(50):  # the proxy's next activity report stores the bytes sent
+        r = api.get("/metrics", headers={"Authorization": f"Bearer {admin_key}"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for family in text_string_to_metric_families(r.text):
+            for s in family.samples:
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        if transfer in samples:
+            break
+        await asyncio.sleep(0.1)
     ep = (("endpoint_id", db.endpoint_id),)
     assert samples[("selkie_endpoints", (("state", "suspended"),))] == 1
     assert samples[("selkie_compute_starts_total", ep)] == 1
@@ -52,4 +57,7 @@ async def test_metrics_parse_and_count_what_happened(db: Db) -> None:
     assert samples[("selkie_proxy_statements_total", ep)] >= 1
     assert samples[("selkie_proxy_sessions", ep)] == 0
     assert samples[("selkie_proxy_auth_failures_total", ())] == 1
+    to_client = samples[("selkie_proxy_bytes_total", (("direction", "to_client"), *ep))]
+    assert samples[transfer] == to_client  # billed as relayed
+    assert samples[("selkie_usage_written_data_bytes_total", project)] > 0  # read at suspend
     assert samples[("selkie_proxy_logins_total", (("outcome", "ok:mysql_native_password"),))] == 1

@@ -16,7 +16,8 @@ from selkie.control.rules import (
     validate_endpoint_type,
     validate_pooler_mode,
 )
-from selkie.errors import Conflict, InvalidInput
+from selkie.errors import Conflict, InvalidInput, QuotaExceeded
+from selkie.metering.usage import quota_exceeded
 from selkie.model import EndpointState, OperationAction, Principal
 from selkie.store import Page, Store, convert
 from selkie.store.tables import EndpointRow
@@ -152,6 +153,13 @@ class EndpointService(ServiceBase):
             OperationAction.RESTART_COMPUTE: EndpointState.ACTIVE,
             OperationAction.SUSPEND_COMPUTE: EndpointState.SUSPENDED,
         }[action]
+        if target is EndpointState.ACTIVE:
+            # Refused here, with the reason, rather than by the operation later.
+            with self.store.read() as s:
+                settings = convert.project_settings(self.project_row(s, who, project_id).settings)
+            problems = quota_exceeded(self.store, project_id, settings, model.utcnow())
+            if problems:
+                raise QuotaExceeded(problems[0])
         with self.store.write() as s:
             row = self.endpoint_row(s, who, project_id, endpoint_id)
             if row.disabled and target is EndpointState.ACTIVE:

@@ -18,9 +18,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from selkie.metering.counters import STORAGE, TRANSFER, WRITTEN
 from selkie.model import EndpointState
 from selkie.store import Store
-from selkie.store.tables import EndpointRow
+from selkie.store.tables import BranchRow, EndpointRow, MeterMarkRow, UsageHourRow
 
 RESUME_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -64,6 +65,7 @@ class PlatformCollector(Collector):
         for state in EndpointState:
             states.add_metric([state.value], float(counts.get(state.value, 0)))
         yield states
+        yield from self._usage()
 
         starts = CounterMetricFamily(
             "selkie_compute_starts", "Compute starts", labels=["endpoint_id"]
@@ -123,6 +125,49 @@ class PlatformCollector(Collector):
             for what, value in pool.metrics().items():
                 pooler.add_metric([endpoint_id, what], float(value))
         yield pooler
+
+    def _usage(self) -> Iterator[Metric]:
+        """Metered totals per project, from the hourly counters, and storage now."""
+        with self.sources.store.read() as s:
+            totals = s.execute(
+                select(UsageHourRow.project_id, UsageHourRow.metric, func.sum(UsageHourRow.value))
+                .group_by(UsageHourRow.project_id, UsageHourRow.metric)
+                .order_by(UsageHourRow.project_id)
+            ).all()
+            sizes = s.execute(
+                select(BranchRow.project_id, func.sum(MeterMarkRow.value))
+                .join(BranchRow, MeterMarkRow.key == "storage:" + BranchRow.id)
+                .where(BranchRow.deleted_at.is_(None))
+                .group_by(BranchRow.project_id)
+                .order_by(BranchRow.project_id)
+            ).all()
+        families = {
+            TRANSFER: CounterMetricFamily(
+                "selkie_usage_data_transfer_bytes",
+                "Bytes sent to clients, as billed",
+                labels=["project_id"],
+            ),
+            WRITTEN: CounterMetricFamily(
+                "selkie_usage_written_data_bytes",
+                "Bytes computes wrote to their redo logs, as billed",
+                labels=["project_id"],
+            ),
+            STORAGE: CounterMetricFamily(
+                "selkie_usage_storage_byte_seconds",
+                "Storage occupied over time, as billed",
+                labels=["project_id"],
+            ),
+        }
+        for project_id, metric, total in totals:
+            if metric in families:
+                families[metric].add_metric([project_id], float(total))
+        yield from families.values()
+        storage = GaugeMetricFamily(
+            "selkie_storage_bytes", "Bytes the project's branches occupy", labels=["project_id"]
+        )
+        for project_id, size in sizes:
+            storage.add_metric([project_id], float(size or 0))
+        yield storage
 
 
 def render(sources: Sources) -> bytes:
