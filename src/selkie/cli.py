@@ -113,8 +113,32 @@ def up(config: ConfigOpt = None) -> None:
 
 
 @app.command()
+def api(config: ConfigOpt = None) -> None:
+    """Run an API replica: REST API, operations runner, scheduler (one leader among the
+    replicas on a PostgreSQL store) and, with SELKIE_INTERNAL_TOKEN, the internal routes
+    that `selkie proxy` replicas use. No proxy; computes keep running when it stops."""
+    import logging
+
+    from selkie.server import serve
+
+    settings = _settings(config)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    def ready(_: object) -> None:
+        print(f"Selkie API replica on {settings.effective_api_url}", flush=True)
+
+    with _failures(), suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings, proxy=False, on_ready=ready))
+
+
+@app.command()
 def proxy(config: ConfigOpt = None) -> None:
-    """Run the MySQL-protocol proxy alone (with an in-process control plane). Ctrl-C stops."""
+    """Run the MySQL-protocol proxy alone. With SELKIE_INTERNAL_TOKEN and SELKIE_API_URL
+    (comma-separated for several), a replica asking `selkie api` replicas; otherwise with
+    an in-process control plane on the state store. Ctrl-C stops."""
     import logging
 
     from selkie.server import serve_proxy

@@ -132,7 +132,10 @@ class Settings:
     # name none.
     plans: dict[str, Plan] = field(default_factory=lambda: dict(DEFAULT_PLANS))
     default_plan: str = "default"
-    # Client side (CLI, scripts).
+    # Shared secret of the internal routes (proxy replicas -> API replicas). Empty: those
+    # routes are off, and `selkie proxy` runs its own in-process control plane.
+    internal_token: str = ""
+    # Client side (CLI, scripts, proxy replicas). Proxy replicas take several, comma-separated.
     api_url: str = ""
     api_key: str = ""
 
@@ -143,9 +146,14 @@ class Settings:
         return f"sqlite:///{(self.data_dir / 'selkie.db').resolve()}"
 
     @property
+    def api_urls(self) -> list[str]:
+        urls = [u.strip().rstrip("/") for u in self.api_url.split(",") if u.strip()]
+        return urls or [self.effective_api_url]
+
+    @property
     def effective_api_url(self) -> str:
         if self.api_url:
-            return self.api_url.rstrip("/")
+            return self.api_url.split(",")[0].strip().rstrip("/")
         host, port = split_listen(self.api_listen)
         if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a listen address, not a bind
             host = "127.0.0.1"

@@ -14,6 +14,7 @@ import shlex
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import uvicorn
 
@@ -28,14 +29,37 @@ from selkie.control.lifecycle import Lifecycle
 from selkie.control.reconciler import reconcile
 from selkie.control.runner import OperationsRunner
 from selkie.control.scheduler import Scheduler
+from selkie.controlplane import ControlPlane
 from selkie.metering.meter import Meter
 from selkie.metering.prometheus import Sources, render
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
+from selkie.remote import HttpControlPlane
 from selkie.storage.local import LocalStorage
 from selkie.store import Store
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LeaderWork:
+    """What the scheduler's leader does besides suspending: metering, and (when control
+    planes share the store) settling what a control plane that died left half-done."""
+
+    store: Store
+    lifecycle: Lifecycle
+    meter: Meter
+    reconcile_every: float = 30.0
+    _last_reconcile: datetime | None = None
+
+    async def tick(self, now: datetime) -> None:
+        await self.meter.tick(now)
+        if self.store.engine.dialect.name != "postgresql":
+            return  # one control plane per SQLite store: it reconciled when it started
+        last = self._last_reconcile
+        if last is None or (now - last).total_seconds() >= self.reconcile_every:
+            self._last_reconcile = now
+            await reconcile(self.store, self.lifecycle, shared=True)
 
 
 @dataclass
@@ -76,8 +100,9 @@ class Platform:
             store=store, lifecycle=lifecycle, pooler_max_backends=settings.pooler_max_backends
         )
         meter = Meter(store=store, lifecycle=lifecycle, interval=settings.metering_interval)
+        leader = LeaderWork(store=store, lifecycle=lifecycle, meter=meter)
         scheduler = Scheduler(
-            store=store, lifecycle=lifecycle, reported=access.last_active, on_tick=meter.tick
+            store=store, lifecycle=lifecycle, reported=access.last_active, on_tick=leader.tick
         )
         meter.on_compute_query = scheduler.discount
         lifecycle.before_stop = meter.sample_written
@@ -105,26 +130,7 @@ class Platform:
             await self.start_proxy()
 
     async def start_proxy(self) -> ProxyServer:
-        settings = self.settings
-        host, port = split_listen(settings.proxy_listen)
-        tls, _ = await asyncio.to_thread(
-            server_context,
-            cert=settings.proxy_tls_cert,
-            key=settings.proxy_tls_key,
-            data_dir=settings.data_dir,
-            domain=settings.proxy_domain,
-        )
-        self.proxy = ProxyServer(
-            self.access,
-            ProxyConfig(
-                listen_host=host,
-                listen_port=port,
-                domain=settings.proxy_domain,
-                tls=tls,
-                wake_timeout=settings.proxy_wake_timeout,
-                pool_wait_timeout=settings.pooler_wait_timeout,
-            ),
-        )
+        self.proxy = await make_proxy(self.settings, self.access)
         await self.proxy.start()
         return self.proxy
 
@@ -157,6 +163,29 @@ class Platform:
     def pool_metrics(self, endpoint_id: str) -> dict[str, int]:
         pool = self.proxy.pools.get(endpoint_id) if self.proxy is not None else None
         return pool.metrics() if pool is not None else {}
+
+
+async def make_proxy(settings: Settings, control: ControlPlane) -> ProxyServer:
+    """The proxy as configured (TLS made on first start), in front of ``control``."""
+    host, port = split_listen(settings.proxy_listen)
+    tls, _ = await asyncio.to_thread(
+        server_context,
+        cert=settings.proxy_tls_cert,
+        key=settings.proxy_tls_key,
+        data_dir=settings.data_dir,
+        domain=settings.proxy_domain,
+    )
+    return ProxyServer(
+        control,
+        ProxyConfig(
+            listen_host=host,
+            listen_port=port,
+            domain=settings.proxy_domain,
+            tls=tls,
+            wake_timeout=settings.proxy_wake_timeout,
+            pool_wait_timeout=settings.pooler_wait_timeout,
+        ),
+    )
 
 
 class _Server(uvicorn.Server):
@@ -216,21 +245,34 @@ def banner(settings: Settings, first: FirstStart) -> str:
 
 
 async def serve(
-    settings: Settings, *, on_ready: Callable[[FirstStart], None] | None = None
+    settings: Settings,
+    *,
+    proxy: bool = True,
+    on_ready: Callable[[FirstStart], None] | None = None,
 ) -> None:
-    """Run the API, the proxy and the operations runner until stopped; then suspend every
-    compute and exit."""
+    """Run the API, the operations runner and the scheduler (and the proxy, unless
+    ``proxy`` is false: `selkie api`) until stopped; then, in embedded mode, suspend every
+    compute and exit. An API replica leaves computes running for the others."""
     platform = await asyncio.to_thread(Platform.open, settings)
     try:
-        await platform.start(proxy=True)
+        await platform.start(proxy=proxy)
         try:
-            first = await asyncio.to_thread(first_start, platform.control)
+            # Embedded: a first key and a demo project. API replicas: keys are made with
+            # `selkie api-keys create` against the shared store.
+            first = (
+                await asyncio.to_thread(first_start, platform.control)
+                if proxy
+                else FirstStart(api_key=None, demo=None)
+            )
             host, port = split_listen(settings.api_listen)
             config = uvicorn.Config(
                 create_app(
                     platform.control,
                     pool_metrics=platform.pool_metrics,
                     prometheus=platform.prometheus,
+                    control_plane=platform.access,
+                    internal_token=settings.internal_token,
+                    leader=lambda: platform.scheduler.leader.held,
                 ),
                 host=host,
                 port=port,
@@ -246,18 +288,34 @@ async def serve(
             if not server.started:
                 raise SystemExit(f"selkie: the API could not listen on {settings.api_listen}")
         finally:
-            await platform.stop()
+            await platform.stop(suspend_computes=proxy)
     finally:
         platform.close()
 
 
 async def serve_proxy(settings: Settings) -> None:
-    """`selkie proxy`: the proxy with an in-process control plane on the same state store
-    (no REST API). Separate proxy replicas against `selkie api` come with scale-out."""
+    """`selkie proxy`. With ``internal_token`` and ``api_url`` set, a proxy replica that
+    asks `selkie api` replicas over HTTP (no state store here); otherwise the proxy with an
+    in-process control plane on the state store."""
+    stopping = asyncio.Event()
+    if settings.internal_token and settings.api_url:
+        control = HttpControlPlane(
+            settings.api_urls,
+            settings.internal_token,
+            wake_timeout=settings.proxy_wake_timeout + 5,
+        )
+        server = await make_proxy(settings, control)
+        await server.start()
+        stop_on_signals(stopping.set)
+        try:
+            await stopping.wait()
+        finally:
+            await server.stop()
+            await control.close()
+        return
     platform = await asyncio.to_thread(Platform.open, settings)
     try:
         await platform.start(proxy=True)
-        stopping = asyncio.Event()
         stop_on_signals(stopping.set)
         try:
             await stopping.wait()

@@ -11,8 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from selkie import __version__
 from selkie.api import errors, schemas
 from selkie.api.deps import Who
-from selkie.api.routes import branches, endpoints, keys, operations, projects, roles
+from selkie.api.routes import branches, endpoints, internal, keys, operations, projects, roles
 from selkie.control import Control
+from selkie.controlplane import ControlPlane
 from selkie.errors import Forbidden
 
 
@@ -21,6 +22,9 @@ def create_app(
     *,
     pool_metrics: Callable[[str], dict[str, int]] | None = None,
     prometheus: Callable[[], bytes] | None = None,
+    control_plane: ControlPlane | None = None,
+    internal_token: str = "",
+    leader: Callable[[], bool] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Selkie API",
@@ -39,11 +43,16 @@ def create_app(
     app.state.control = control
     # The in-process proxy's pool metrics per endpoint, when there is one.
     app.state.pool_metrics = pool_metrics
+    # The ControlPlane that internal routes serve to proxy replicas (with the token).
+    app.state.control_plane = control_plane
+    app.state.internal_token = internal_token
     errors.install(app)
 
     @app.get("/healthz", response_model=schemas.Health, tags=["health"])
     def healthz() -> schemas.Health:
-        return schemas.Health(status="ok", version=__version__)
+        return schemas.Health(
+            status="ok", version=__version__, leader=leader() if leader is not None else None
+        )
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics(who: Who) -> PlainTextResponse:
@@ -56,4 +65,5 @@ def create_app(
     for module in (projects, branches, endpoints, roles, operations, keys):
         app.include_router(module.router)
     app.include_router(projects.consumption_router)
+    app.include_router(internal.router)
     return app

@@ -308,6 +308,8 @@ class OrganizationsResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
+    # Whether this process leads the scheduler (None: it runs none).
+    leader: bool | None = None
 
 
 class ConsumptionPeriod(BaseModel):

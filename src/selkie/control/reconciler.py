@@ -11,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
 from selkie.compute.base import ComputeInfo
 from selkie.control.lifecycle import Lifecycle
-from selkie.control.runner import requeue_interrupted
+from selkie.control.runner import STALE_AFTER, requeue_interrupted
 from selkie.model import EndpointState, utcnow
 from selkie.store import Store, Usage
 from selkie.store.tables import EndpointRow
 
 log = logging.getLogger(__name__)
+# Beyond a start's own timeout, how long a transition may look in flight before another
+# control plane settles it.
+SHARED_GRACE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Recorded:
     cu: float = 0.0
     # When a control plane last saw the compute running (a heartbeat), for usage.
     last_seen_alive: datetime | None = None
+    updated_at: datetime | None = None
 
 
 @dataclass
@@ -47,10 +51,30 @@ class Plan:
     settle: list[str] = field(default_factory=list)
 
 
-def plan(recorded: list[Recorded], observed: list[ComputeInfo]) -> Plan:
-    """Decide, without side effects, what to do about each endpoint and compute."""
-    by_id = {r.endpoint_id: r for r in recorded}
-    running = {c.endpoint_id for c in observed if c.running}
+def plan(
+    recorded: list[Recorded],
+    observed: list[ComputeInfo],
+    *,
+    now: datetime | None = None,
+    grace: timedelta | None = None,
+) -> Plan:
+    """Decide, without side effects, what to do about each endpoint and compute.
+
+    With ``grace`` (several control planes share the store), an endpoint caught starting or
+    suspending less than ``grace`` ago is left alone: a live control plane may be doing it.
+    """
+
+    def in_flight(rec: Recorded) -> bool:
+        return (
+            grace is not None
+            and rec.state in (EndpointState.STARTING, EndpointState.SUSPENDING)
+            and rec.updated_at is not None
+            and rec.updated_at > (now or utcnow()) - grace
+        )
+
+    by_id = {r.endpoint_id: r for r in recorded if not in_flight(r)}
+    skip = {r.endpoint_id for r in recorded if in_flight(r)}
+    running = {c.endpoint_id for c in observed if c.running} - skip
     out = Plan()
     for endpoint_id in sorted(running):
         rec = by_id.get(endpoint_id)
@@ -63,7 +87,7 @@ def plan(recorded: list[Recorded], observed: list[ComputeInfo]) -> Plan:
             out.stop.append((endpoint_id, EndpointState.SUSPENDED))
         else:
             out.stop.append((endpoint_id, None))
-    for rec in recorded:
+    for rec in by_id.values():
         if rec.endpoint_id in running:
             continue
         if rec.state is EndpointState.ACTIVE:
@@ -83,6 +107,7 @@ def _recorded(store: Store) -> list[Recorded]:
                 r.project_id,
                 r.autoscaling_limit_max_cu,
                 r.last_seen_alive or r.started_at,
+                r.updated_at,
             )
             for r in s.execute(select(EndpointRow)).scalars()
         ]
@@ -113,11 +138,18 @@ def _set_state(store: Store, rec: Recorded, new: EndpointState, reason: str | No
         )
 
 
-async def reconcile(store: Store, lifecycle: Lifecycle) -> Plan:
-    requeued = await asyncio.to_thread(requeue_interrupted, store)
+async def reconcile(store: Store, lifecycle: Lifecycle, *, shared: bool | None = None) -> Plan:
+    """Make the store and the computes agree. ``shared`` (default: on PostgreSQL) means
+    other control planes may be at work: only their stale leftovers are touched."""
+    if shared is None:
+        shared = store.engine.dialect.name == "postgresql"
+    grace = timedelta(seconds=lifecycle.start_timeout) + SHARED_GRACE if shared else None
+    requeued = await asyncio.to_thread(
+        requeue_interrupted, store, stale_after=STALE_AFTER if shared else None
+    )
     recorded = await asyncio.to_thread(_recorded, store)
     observed = await lifecycle.driver.list_computes()
-    todo = plan(recorded, observed)
+    todo = plan(recorded, observed, now=utcnow(), grace=grace)
     by_id = {r.endpoint_id: r for r in recorded}
     for endpoint_id in todo.adopt:
         await lifecycle.driver.adopt(endpoint_id)
@@ -137,6 +169,8 @@ async def reconcile(store: Store, lifecycle: Lifecycle) -> Plan:
         await asyncio.to_thread(
             _set_state, store, by_id[endpoint_id], EndpointState.SUSPENDED, None
         )
+    if not any((todo.adopt, todo.stop, todo.fail, todo.settle, requeued)):
+        return todo
     log.info(
         "reconciled: %d adopted, %d stopped, %d failed, %d settled, %d operations requeued",
         len(todo.adopt),

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 MAX_CONCURRENCY = 8
+# A running operation's updated_at is touched this often by the control plane running it;
+# one untouched for STALE_AFTER belongs to a control plane that died, and is run again.
+HEARTBEAT_SECONDS = 5.0
+STALE_AFTER = timedelta(seconds=20)
 
 
 class OperationsRunner:
@@ -56,6 +60,8 @@ class OperationsRunner:
         self._slots = asyncio.Semaphore(MAX_CONCURRENCY)
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._mine: set[str] = set()  # ids of the operations this process is running
+        self._last_heartbeat = 0.0
 
     # --- lifecycle of the runner -----------------------------------------------------------
 
@@ -81,6 +87,9 @@ class OperationsRunner:
         while True:
             self._wakeup.clear()
             try:
+                if time.monotonic() - self._last_heartbeat >= HEARTBEAT_SECONDS:
+                    self._last_heartbeat = time.monotonic()
+                    await asyncio.to_thread(self._heartbeat)
                 await self.run_once()
             except SelkieError as exc:
                 log.error("operations runner: %s", exc.message)
@@ -88,6 +97,25 @@ class OperationsRunner:
                 log.exception("operations runner pass failed; going on")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
+
+    def _heartbeat(self) -> None:
+        """Show the operations this process runs as alive; run again those of a control
+        plane that stopped showing its own."""
+        now = self.clock()
+        mine = list(self._mine)
+        with self.store.write() as s:
+            if mine:
+                s.execute(
+                    update(OperationRow)
+                    .where(OperationRow.id.in_(mine))
+                    .where(OperationRow.status == OperationStatus.RUNNING.value)
+                    .values(updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+        requeued = requeue_interrupted(self.store, stale_after=STALE_AFTER, now=now, keep=mine)
+        if requeued:
+            log.warning("requeued %d operations of a control plane that stopped", requeued)
+            self.kick()
 
     async def wait_idle(self, timeout: float = 60.0) -> None:
         """Until nothing is queued or running (for tests and benchmarks)."""
@@ -160,6 +188,7 @@ class OperationsRunner:
         for op in ops:
             key = op.endpoint_id or op.branch_id or op.project_id
             self._busy.add(key)
+            self._mine.add(op.id)
             task = spawn(self._execute(op, key), name=f"op-{op.id}")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -184,6 +213,7 @@ class OperationsRunner:
             await asyncio.to_thread(self._finished, op.id, started)
         finally:
             self._busy.discard(key)
+            self._mine.discard(op.id)
             self.kick()
 
     async def _dispatch(self, op: model.Operation) -> None:
@@ -280,16 +310,27 @@ class OperationsRunner:
                 row.error = why
 
 
-def requeue_interrupted(store: Store) -> int:
+def requeue_interrupted(
+    store: Store,
+    *,
+    stale_after: timedelta | None = None,
+    now: datetime | None = None,
+    keep: Collection[str] = (),
+) -> int:
     """Operations left ``running`` by a control plane that died go back to the queue (their
-    actions are idempotent, so running them again finishes them). Returns how many."""
+    actions are idempotent, so running them again finishes them). With ``stale_after``,
+    only those whose control plane has not shown them alive for that long (others may be
+    running elsewhere); ``keep`` are this process's own. Returns how many."""
     with store.write() as s:
+        stmt = update(OperationRow).where(OperationRow.status == OperationStatus.RUNNING.value)
+        if stale_after is not None:
+            stmt = stmt.where(OperationRow.updated_at < (now or utcnow()) - stale_after)
+        if keep:
+            stmt = stmt.where(OperationRow.id.not_in(list(keep)))
         result = s.execute(
-            update(OperationRow)
-            .where(OperationRow.status == OperationStatus.RUNNING.value)
-            .values(
+            stmt.values(
                 status=OperationStatus.SCHEDULING.value,
-                error="interrupted by a control-plane restart; retried",
+                error="interrupted by a control plane that stopped; retried",
                 retry_at=None,
             )
             .returning(OperationRow.id)

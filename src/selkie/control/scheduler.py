@@ -87,8 +87,13 @@ class LeaderLock:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._conn: Any = None
+        self.held = False  # as of the last try
 
     def try_acquire(self) -> bool:
+        self.held = self._try()
+        return self.held
+
+    def _try(self) -> bool:
         if self.store.dialect != "postgresql":
             return True
         try:
@@ -105,6 +110,7 @@ class LeaderLock:
             return False
 
     def release(self) -> None:
+        self.held = False
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
