@@ -24,22 +24,36 @@ def free_port() -> int:
 
 
 @contextmanager
-def selkie_up(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def selkie_process(
+    command: str,
+    env: dict[str, str],
+    log: Path,
+    *,
+    health_url: str | None = None,
+    port: int | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `selkie COMMAND` until it answers on ``health_url`` (or accepts on ``port``);
+    stop it with SIGINT afterwards, if it still runs."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen([*SELKIE, "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = env["SELKIE_API_URL"]
+        proc = subprocess.Popen([*SELKIE, command], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"selkie up exited {proc.returncode}:\n{log.read_text()}")
+                raise AssertionError(
+                    f"selkie {command} exited {proc.returncode}:\n{log.read_text()}"
+                )
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                if health_url is not None:
+                    if httpx.get(health_url, timeout=1).status_code == 200:
+                        break
+                elif port is not None:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                     break
-            except httpx.TransportError:
+            except (httpx.TransportError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"selkie up did not answer:\n{log.read_text()}")
+                raise AssertionError(f"selkie {command} did not answer:\n{log.read_text()}")
             time.sleep(0.1)
         yield proc
     finally:
@@ -50,6 +64,12 @@ def selkie_up(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def selkie_up(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with selkie_process("up", env, log, health_url=f"{env['SELKIE_API_URL']}/healthz") as proc:
+        yield proc
 
 
 def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

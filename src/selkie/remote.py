@@ -61,6 +61,7 @@ class HttpControlPlane(ControlPlane):
         timeout: float = 10.0,
         wake_timeout: float = 120.0,
         cache_ttl: float = 1.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not urls or not token:
             raise ValueError("an HTTP control plane needs API URLs and the internal token")
@@ -70,6 +71,7 @@ class HttpControlPlane(ControlPlane):
         self.wake_timeout = wake_timeout
         self.cache_ttl = cache_ttl
         self._preferred = 0
+        self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._cache: dict[tuple[str, str], tuple[float, Access]] = {}
         self._waking: dict[str, asyncio.Task[Backend]] = {}
@@ -80,6 +82,7 @@ class HttpControlPlane(ControlPlane):
             self._client = httpx.AsyncClient(
                 headers={"Authorization": f"Bearer {self.token}"},
                 limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                transport=self._transport,
             )
         return self._client
 
@@ -116,9 +119,11 @@ class HttpControlPlane(ControlPlane):
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < self.cache_ttl:
             return hit[1]
+        if not (_segment(endpoint_id) and _segment(role)):
+            return None  # no endpoint or role is named so; do not let it rewrite the path
         try:
             r = await self._request(
-                "GET", f"/internal/v1/endpoints/{endpoint_id}/roles/{role}/access"
+                "GET", f"/internal/v1/endpoints/{_q(endpoint_id)}/roles/{_q(role)}/access"
             )
         except NotFound:
             return None
@@ -144,6 +149,8 @@ class HttpControlPlane(ControlPlane):
         return await asyncio.shield(task)
 
     async def _wake(self, endpoint_id: str) -> Backend:
+        if not _segment(endpoint_id):
+            raise NotFound(f"endpoint {endpoint_id} not found")
         r = await self._request(
             "POST", f"/internal/v1/endpoints/{_q(endpoint_id)}/wake", timeout=self.wake_timeout
         )
@@ -163,6 +170,10 @@ class HttpControlPlane(ControlPlane):
             "/internal/v1/activity",
             json={"activity": [_activity(a) for a in activity]},
         )
+
+
+def _segment(part: str) -> bool:
+    return bool(part) and "/" not in part and part not in (".", "..")
 
 
 def _q(part: str) -> str:

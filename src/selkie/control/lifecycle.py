@@ -100,6 +100,10 @@ class _Target:
     databases: list[DatabaseSpec]
 
 
+class _LostRace(Exception):
+    """A compare-and-set found the endpoint changed by someone else."""
+
+
 class Lifecycle:
     def __init__(
         self,
@@ -282,7 +286,12 @@ class Lifecycle:
                     # starting/suspending by another control plane: wait for it to settle.
                     await asyncio.sleep(0.02)
                     continue
-                return await self._start(target)
+                try:
+                    return await self._start(target)
+                except _LostRace:
+                    # Another control plane changed it first (it is starting it, most
+                    # likely): look again and wait for that to settle.
+                    await asyncio.sleep(0.02)
             raise ComputeError(f"endpoint {endpoint_id} did not settle in time; try again")
 
     async def _start(self, target: _Target) -> model.Endpoint:
@@ -298,7 +307,7 @@ class Lifecycle:
             pending_state=EndpointState.ACTIVE.value,
         )
         if gen is None:
-            raise StateConflict(f"endpoint {ep.id} changed while starting; try again")
+            raise _LostRace(ep.id)
         self.start_counts[ep.id] = self.start_counts.get(ep.id, 0) + 1
         timings: dict[str, float] = {}
         try:
