@@ -119,7 +119,15 @@ class Settings:
     # client waits for one.
     pooler_max_backends: int = 0
     pooler_wait_timeout: float = 30.0
-    # Computes.
+    # Computes: "local" (mariadbd processes on this machine) or "kubernetes".
+    compute_driver: str = "local"
+    # Kubernetes driver: namespace (default: the pod's own, else "default"), images, and
+    # the claims made per branch.
+    kubernetes_namespace: str = ""
+    kubernetes_image: str = "mariadb:11.4"
+    kubernetes_pageserver_image: str = ""
+    kubernetes_storage_class: str = ""
+    kubernetes_storage_size: str = "10Gi"
     mariadbd: str = ""  # default: mariadbd on PATH, else /usr/sbin/mariadbd
     pageserver_mariadbd: str = ""  # the patched server for pageserver storage
     compute_bind_address: str = "127.0.0.1"
@@ -264,6 +272,10 @@ def load_settings(
         raise ConfigError(
             f"default_plan {settings.default_plan!r} is not one of the plans: "
             + ", ".join(sorted(settings.plans))
+        )
+    if settings.compute_driver not in ("local", "kubernetes"):
+        raise ConfigError(
+            f"compute_driver must be 'local' or 'kubernetes', not {settings.compute_driver!r}"
         )
     if settings.metering_interval <= 0:
         raise ConfigError("metering_interval must be positive")

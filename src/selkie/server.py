@@ -15,10 +15,12 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import uvicorn
 
 from selkie.api.app import create_app
+from selkie.compute.base import ComputeDriver
 from selkie.compute.cgroups import Cgroups
 from selkie.compute.local import LocalDriver
 from selkie.config import Settings, split_listen
@@ -35,10 +37,47 @@ from selkie.metering.prometheus import Sources, render
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
 from selkie.remote import HttpControlPlane
+from selkie.storage.base import StorageDriver
 from selkie.storage.local import LocalStorage
 from selkie.store import Store
+from selkie.store.tables import BranchRow
 
 log = logging.getLogger(__name__)
+
+
+def _computes(settings: Settings, store: Store) -> tuple[ComputeDriver, StorageDriver]:
+    """The compute driver and branch storage the settings ask for."""
+    if settings.compute_driver == "kubernetes":
+        from selkie.compute.kubernetes import KubernetesDriver, KubernetesStorage, KubeSettings
+
+        namespace = settings.kubernetes_namespace
+        if not namespace:
+            own = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            namespace = own.read_text().strip() if own.exists() else "default"
+        driver = KubernetesDriver(
+            KubeSettings(
+                namespace=namespace,
+                image=settings.kubernetes_image,
+                pageserver_image=settings.kubernetes_pageserver_image,
+                storage_class=settings.kubernetes_storage_class,
+                storage_size=settings.kubernetes_storage_size,
+                stop_grace_seconds=max(1, int(settings.compute_stop_timeout)),
+            )
+        )
+
+        def project_of(branch_id: str) -> str:
+            with store.read() as s:
+                row = s.get(BranchRow, branch_id)
+                return row.project_id if row is not None else ""
+
+        return driver, KubernetesStorage(driver, project_of=project_of)
+    local = LocalDriver(
+        data_dir=settings.data_dir,
+        mariadbd=settings.mariadbd,
+        bind_address=settings.compute_bind_address,
+        cgroups=Cgroups(enabled=settings.compute_cgroups),
+    )
+    return local, LocalStorage(data_dir=settings.data_dir)
 
 
 @dataclass
@@ -67,8 +106,8 @@ class Platform:
     settings: Settings
     store: Store
     control: Control
-    driver: LocalDriver
-    storage: LocalStorage
+    driver: ComputeDriver
+    storage: StorageDriver
     lifecycle: Lifecycle
     runner: OperationsRunner
     access: LocalControlPlane
@@ -81,13 +120,7 @@ class Platform:
         """Build every part (blocking: migrations run here). Nothing runs until start()."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.effective_database_url)
-        driver = LocalDriver(
-            data_dir=settings.data_dir,
-            mariadbd=settings.mariadbd,
-            bind_address=settings.compute_bind_address,
-            cgroups=Cgroups(enabled=settings.compute_cgroups),
-        )
-        storage = LocalStorage(data_dir=settings.data_dir)
+        driver, storage = _computes(settings, store)
         lifecycle = Lifecycle(
             store=store,
             settings=settings,
@@ -122,7 +155,8 @@ class Platform:
     async def start(self, *, proxy: bool = False) -> None:
         """Reconcile recorded state with the computes found running, then run operations
         (and the proxy, when asked)."""
-        await self.storage.ensure_template()
+        if isinstance(self.storage, LocalStorage):
+            await self.storage.ensure_template()
         await reconcile(self.store, self.lifecycle)
         self.runner.start()
         self.scheduler.start()

@@ -56,6 +56,10 @@ class ComputeDriver(ABC):
     """Runs computes. Every method is idempotent and safe to call concurrently for different
     endpoints; callers serialize calls for one endpoint (the operations runner does)."""
 
+    # Whether computes' datadirs are on this machine (the control plane may keep small
+    # notes beside the data, such as the digest of the accounts last applied).
+    local_datadirs = True
+
     def __init__(self) -> None:
         self._exit_callbacks: list[ExitCallback] = []
 

@@ -57,19 +57,20 @@ def render_config(
     socket: Path,
     port: int,
     pid_file: Path,
-    error_log: Path,
+    error_log: Path | None,
     bind_address: str = "127.0.0.1",
     run_as_root: bool = False,
     extra: Mapping[str, str] | None = None,
 ) -> str:
-    """The compute's my.cnf, tuned for a fast start and a fast clean shutdown."""
+    """The compute's my.cnf, tuned for a fast start and a fast clean shutdown. Without an
+    ``error_log`` the server logs to stderr (a container's log)."""
     options: dict[str, str | None] = {
         "datadir": str(datadir),
         "socket": str(socket),
         "port": str(port),
         "bind-address": bind_address,
         "pid-file": str(pid_file),
-        "log-error": str(error_log),
+        "log-error": str(error_log) if error_log is not None else None,
         # Fast start: no DNS, no performance schema, a small redo log.
         "skip-name-resolve": None,
         "performance_schema": "OFF",
@@ -93,6 +94,8 @@ def render_config(
         "local_infile": "ON",
         "skip-symbolic-links": None,
     }
+    if error_log is None:
+        del options["log-error"]
     if run_as_root:
         # mariadbd refuses to run as root unless told to; Selkie's own user owns the files.
         options["user"] = "root"

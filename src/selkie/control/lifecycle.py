@@ -52,7 +52,6 @@ from selkie.errors import (
 from selkie.metering.usage import quota_exceeded
 from selkie.model import EndpointState, utcnow
 from selkie.storage.base import ParentState, StorageDriver
-from selkie.storage.local import LocalStorage
 from selkie.storage.pageserver import PageServerStorage
 from selkie.store import Store, Usage, convert
 from selkie.store.tables import BranchRow, DatabaseRow, EndpointRow, ProjectRow, RoleRow
@@ -111,7 +110,7 @@ class Lifecycle:
         store: Store,
         settings: Settings,
         driver: ComputeDriver,
-        local_storage: LocalStorage,
+        local_storage: StorageDriver,
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
@@ -332,7 +331,7 @@ class Lifecycle:
                 timeout=self.start_timeout,
             )
             t2 = time.perf_counter()
-            datadir = storage.compute_datadir(target.branch.id, ep.id)
+            datadir = self._marker_dir(storage, target.branch.id, ep.id)
             await self._sync_accounts(ep.id, target.roles, target.databases, datadir=datadir)
             t3 = time.perf_counter()
         except BaseException as exc:
@@ -394,7 +393,7 @@ class Lifecycle:
         """Make the branch's data if it is not there yet (a copy of its parent, or of the
         template for a project's first branch); marks the branch ready."""
         storage = self.storage_for(project.settings)
-        if not storage.branch_exists(branch.id):
+        if not await asyncio.to_thread(storage.branch_exists, branch.id):
             parent = None
             if branch.parent_id is not None:
                 parent = ParentState(
@@ -427,6 +426,12 @@ class Lifecycle:
             if info.running and info.socket is not None:
                 return info.socket
         return None
+
+    def _marker_dir(self, storage: StorageDriver, branch_id: str, endpoint_id: str) -> Path | None:
+        """Where the accounts digest is kept: the datadir, when this machine holds it."""
+        if not self.driver.local_datadirs:
+            return None
+        return storage.compute_datadir(branch_id, endpoint_id)
 
     async def _sync_accounts(
         self,
@@ -467,8 +472,9 @@ class Lifecycle:
             if not (await self.driver.inspect(endpoint_id)).running:
                 return False
             storage = self.storage_for(target.project.settings)
-            datadir = storage.compute_datadir(target.branch.id, endpoint_id)
-            (datadir / SYNC_MARKER).unlink(missing_ok=True)
+            datadir = self._marker_dir(storage, target.branch.id, endpoint_id)
+            if datadir is not None:
+                (datadir / SYNC_MARKER).unlink(missing_ok=True)
             await self._sync_accounts(endpoint_id, target.roles, target.databases, datadir=datadir)
             return True
 

@@ -76,11 +76,12 @@ class PageServerStorage(StorageDriver):
         self, branch_id: str, endpoint_id: str, settings: ProjectSettings
     ) -> dict[str, str]:
         await self.ping(settings)
-        scratch = self.compute_datadir(branch_id, endpoint_id)
-        if not (scratch / "mysql").is_dir():
-            from selkie.storage.local import LocalStorage
+        from selkie.storage.local import LocalStorage
 
-            assert isinstance(self.template, LocalStorage)
+        scratch = self.compute_datadir(branch_id, endpoint_id)
+        # Local computes get a scratch copy of the template; a Kubernetes compute's image
+        # makes its own in the pod's empty volume.
+        if isinstance(self.template, LocalStorage) and not (scratch / "mysql").is_dir():
             source = await self.template.ensure_template()
             await asyncio.to_thread(shutil.rmtree, scratch, True)
             await asyncio.to_thread(shutil.copytree, source, scratch, symlinks=True)
