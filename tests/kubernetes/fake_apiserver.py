@@ -80,7 +80,11 @@ def _matches(obj: dict[str, Any], selector: str | None) -> bool:
 
 
 class FakeApiServer:
-    def __init__(self, *, ready_after: float = 0.2, terminate_after: float = 0.1) -> None:
+    def __init__(
+        self, *, ready_after: float = 0.2, terminate_after: float = 0.1, kubelet: Any = None
+    ) -> None:
+        # With a kubelet (tests/kubernetes/kubelet.py), pods run real servers.
+        self.kubelet = kubelet
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}  # (plural, name) -> object
         self.version = 100
         self.pod_events: list[tuple[int, str, dict[str, Any]]] = []
@@ -331,9 +335,33 @@ class FakeApiServer:
             ]
             await self._pod_event("MODIFIED", pod)
             return
+        ip = self.pod_ip
+        if self.kubelet is not None:
+            try:
+                ip = await self.kubelet.run(pod, self.objects)
+            except Exception as exc:
+                image = "crash"
+                pod["spec"]["containers"][0]["image"] = image
+                pod["status"]["containerStatuses"] = [
+                    {
+                        "name": "mariadb",
+                        "ready": False,
+                        "restartCount": 1,
+                        "image": image,
+                        "imageID": "",
+                        "state": {
+                            "waiting": {"reason": "CrashLoopBackOff", "message": str(exc)[-500:]}
+                        },
+                    }
+                ]
+                await self._pod_event("MODIFIED", pod)
+                return
+            if ("pods", pod["metadata"]["name"]) not in self.objects:
+                await self.kubelet.terminate(pod["metadata"]["name"])
+                return
         pod["status"] = {
             "phase": "Running",
-            "podIP": self.pod_ip,
+            "podIP": ip,
             "conditions": [{"type": "Ready", "status": "True"}],
         }
         await self._pod_event("MODIFIED", pod)
@@ -353,6 +381,8 @@ class FakeApiServer:
         )
 
     async def _remove_pod(self, name: str) -> None:
+        if self.kubelet is not None:
+            await self.kubelet.terminate(name)
         pod = self.objects.pop(("pods", name), None)
         if pod is not None:
             await self._pod_event("DELETED", pod)
