@@ -124,6 +124,8 @@ class Settings:
     # Kubernetes driver: namespace (default: the pod's own, else "default"), images, and
     # the claims made per branch.
     kubernetes_namespace: str = ""
+    # A kubeconfig file; empty: the pod's service account (in cluster), else ~/.kube/config.
+    kubernetes_kubeconfig: str = ""
     kubernetes_image: str = "mariadb:11.4"
     kubernetes_pageserver_image: str = ""
     kubernetes_storage_class: str = ""

@@ -57,6 +57,7 @@ def _computes(settings: Settings, store: Store) -> tuple[ComputeDriver, StorageD
         driver = KubernetesDriver(
             KubeSettings(
                 namespace=namespace,
+                kubeconfig=settings.kubernetes_kubeconfig,
                 image=settings.kubernetes_image,
                 pageserver_image=settings.kubernetes_pageserver_image,
                 storage_class=settings.kubernetes_storage_class,

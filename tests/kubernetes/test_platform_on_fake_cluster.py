@@ -37,7 +37,6 @@ contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: selkie
 current-context: fake
 """
     )
-    monkeypatch.setenv("KUBECONFIG", str(config))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with fake.running():
         try:
@@ -55,6 +54,7 @@ async def test_fake_cluster_wake_write_suspend_resume(
         proxy=True,
         compute_driver="kubernetes",
         kubernetes_namespace="selkie-test",
+        kubernetes_kubeconfig=str(tmp_path / "kubeconfig"),
     ) as p:
         who = local_principal(p.control)
         created = await asyncio.to_thread(p.control.projects.create, who, name="on-k8s")

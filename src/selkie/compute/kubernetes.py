@@ -57,6 +57,7 @@ COMPONENT = "app.kubernetes.io/component"
 @dataclass(frozen=True, kw_only=True)
 class KubeSettings:
     namespace: str = "default"
+    kubeconfig: str = ""  # a kubeconfig file; empty: in-cluster, else the default file
     image: str = "mariadb:11.4"
     pageserver_image: str = ""
     storage_class: str = ""
@@ -296,10 +297,13 @@ class KubeApi:
         self.ks = ks
         if api_client is None:
             loader: Any = k8s_config
-            try:
-                loader.load_incluster_config()
-            except k8s_config.ConfigException:
-                loader.load_kube_config()
+            if ks.kubeconfig:
+                loader.load_kube_config(config_file=ks.kubeconfig)
+            else:
+                try:
+                    loader.load_incluster_config()
+                except k8s_config.ConfigException:
+                    loader.load_kube_config()
             api_client = k8s.ApiClient()
         self.api_client = api_client
         # Typed as Any: the client's models are generated and loosely typed.
