@@ -60,3 +60,32 @@ def test_plan_covers_every_combination() -> None:
 def test_nothing_to_do_when_they_agree() -> None:
     p = plan([rec("a", S.ACTIVE), rec("b", S.SUSPENDED)], [up("a")])
     assert (p.adopt, p.stop, p.fail, p.settle) == (["a"], [], [], [])
+
+
+def test_with_a_shared_store_recent_changes_are_left_to_their_owner() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 11, 29, 12, tzinfo=UTC)
+    grace = timedelta(seconds=90)
+
+    def at(state: S, ep: str, age: float) -> Recorded:
+        return Recorded(ep, state, 3, updated_at=now - timedelta(seconds=age))
+
+    recorded = [
+        at(S.SUSPENDED, "just-started-elsewhere", 1),  # observed up, record not yet active
+        at(S.SUSPENDED, "orphan", 600),
+        at(S.STARTING, "starting-now", 5),
+        at(S.STARTING, "stuck-starting", 600),
+        at(S.ACTIVE, "active-just-now", 2),  # observed gone: may have started after the list
+        at(S.ACTIVE, "dead", 600),
+    ]
+    observed = [up("just-started-elsewhere"), up("orphan")]
+    out = plan(recorded, observed, now=now, grace=grace)
+    assert out.stop == [("orphan", None)]
+    assert out.settle == ["stuck-starting"]
+    assert out.fail == ["dead"]
+    assert out.adopt == []
+    # Without a grace (one control plane), everything is acted on at once.
+    alone = plan(recorded, observed)
+    assert ("just-started-elsewhere", None) in alone.stop
+    assert "starting-now" in alone.settle and "active-just-now" in alone.fail

@@ -191,6 +191,10 @@ class FakeApiServer:
             return JSONResponse(obj, status_code=201)
         selector = request.query_params.get("labelSelector")
         if request.query_params.get("watch") in ("true", "True", "1"):
+            queue = self.failures.get(("WATCH", plural))
+            if queue:  # e.g. 410 Gone: the version asked for is too old
+                code = queue.pop(0)
+                return _status(code, "Expired" if code == 410 else "InternalError", "injected")
             since = int(request.query_params.get("resourceVersion") or 0)
             timeout = float(request.query_params.get("timeoutSeconds") or 30)
             return StreamingResponse(

@@ -102,6 +102,14 @@ async def test_fake_api_crash_loop_and_timeout_fail_the_start_and_scale_back(
     assert fake.get("pods", "selkie-ep-n-0") is None
 
 
+async def test_fake_api_an_expired_watch_lists_again(fake: FakeApiServer) -> None:
+    fake.fail_next("WATCH", "pods", 410)
+    driver = make_driver(fake)
+    assert (await driver.start(spec("ep-w"), timeout=10)).running
+    assert not fake.failures[("WATCH", "pods")]  # the 410 was served, and survived
+    await driver.stop("ep-w", timeout=5)
+
+
 async def test_fake_api_a_pod_that_will_not_stop_is_deleted(fake: FakeApiServer) -> None:
     driver = make_driver(fake, image="stuck:1")
     await driver.start(spec("ep-s"), timeout=10)

@@ -55,6 +55,30 @@ def test_readings_count_once(store: Store) -> None:
     assert _hours(store, counters.WRITTEN) == {T0: 150, T0 + timedelta(hours=1): 40}
 
 
+def test_a_run_is_known_to_within_the_jitter(store: Store) -> None:
+    boot = T0 + timedelta(seconds=30)
+
+    def reading(value: int, run: datetime) -> int:
+        with store.write() as s:
+            return counters.count_reading(
+                s,
+                key="written:ep-b:run-1",
+                reading=value,
+                run=run,
+                same_run_within=timedelta(seconds=2),
+                project_id="p",
+                subject_id="ep-b",
+                metric=counters.WRITTEN,
+                at=T0 + timedelta(minutes=5),
+            )
+
+    assert reading(100, boot) == 100
+    assert reading(150, boot + timedelta(seconds=1)) == 50  # now - uptime, rounded: same run
+    assert reading(140, boot - timedelta(seconds=1)) == 0  # late, same run
+    assert reading(20, boot + timedelta(seconds=40)) == 20  # the server restarted by itself
+    assert reading(170, boot) == 0  # the earlier run, too late
+
+
 def test_storage_is_billed_by_the_second_until_deletion(store: Store) -> None:
     created = T0 - timedelta(minutes=30)
 

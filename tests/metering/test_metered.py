@@ -11,11 +11,13 @@ from pathlib import Path
 import pymysql
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from selkie.api.app import create_app
 from selkie.control.bootstrap import local_principal
 from selkie.metering.usage import PeriodUsage, month_usage, storage_bytes
 from selkie.server import Platform
+from selkie.store.tables import MeterMarkRow
 from tests.compute.conftest import open_platform
 from tests.proxy.conftest import Db, db
 from tests.proxy.test_clients import pymysql_conn
@@ -180,3 +182,8 @@ async def test_a_suspend_takes_the_last_written_reading(
         await p.lifecycle.suspend(ep)
         again = month_usage(p.store, pid, datetime.now(UTC)).written_data_bytes - before
         assert written <= again < written + 1_000_000
+        # The first run's mark is forgotten once an hour has passed; the current one stays.
+        with p.store.read() as s:
+            keys = [k for k in s.execute(select(MeterMarkRow.key)).scalars() if "written" in k]
+        assert len(keys) == 2
+        assert await asyncio.to_thread(p.meter._tidy, datetime.now(UTC) + timedelta(hours=2)) == 1

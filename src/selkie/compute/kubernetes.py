@@ -272,6 +272,19 @@ def _pod_ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
+def _pod_running(pod: Any) -> bool:
+    """Its server is up, as far as the control plane is concerned: the pod is Running, has
+    an address and is not being deleted. (Ready is what a start waits for; a pod that fails
+    a probe or two under load is still running its server.)"""
+    return (
+        pod is not None
+        and pod.metadata.deletion_timestamp is None
+        and pod.status is not None
+        and pod.status.phase == "Running"
+        and bool(pod.status.pod_ip)
+    )
+
+
 def _pod_failure(pod: Any) -> str | None:
     """Why a pod will not become ready on its own (a crash loop, a bad image), or None."""
     for cs in (pod.status.container_statuses or []) if pod.status else []:
@@ -371,29 +384,44 @@ class KubeApi:
         first on a list, then on a watch from that list's resourceVersion (nothing is
         missed between the two). False on timeout. Runs in a worker thread."""
         deadline = time.monotonic() + timeout
-        try:
+
+        def listed() -> str | None:
+            """Check the current pods; the version to watch from, or None when done."""
             pods = self.core.list_namespaced_pod(self.ks.namespace, label_selector=selector)
             if any(until("LISTED", p) for p in pods.items) or until("LIST", pods.items):
+                return None
+            return str(pods.metadata.resource_version)
+
+        try:
+            version = listed()
+            if version is None:
                 return True
-            version = pods.metadata.resource_version
             w: Any = _Watch()
             while (left := deadline - time.monotonic()) > 0:
-                for event in w.stream(
-                    self.core.list_namespaced_pod,
-                    self.ks.namespace,
-                    label_selector=selector,
-                    resource_version=version,
-                    timeout_seconds=max(1, int(left)),
-                    _request_timeout=left + 5,
-                ):
-                    obj = event["object"]
-                    version = obj.metadata.resource_version or version
-                    if until(event["type"], obj):
-                        w.stop()
+                try:
+                    for event in w.stream(
+                        self.core.list_namespaced_pod,
+                        self.ks.namespace,
+                        label_selector=selector,
+                        resource_version=version,
+                        timeout_seconds=max(1, int(left)),
+                        _request_timeout=left + 5,
+                    ):
+                        obj = event["object"]
+                        version = obj.metadata.resource_version or version
+                        if until(event["type"], obj):
+                            w.stop()
+                            return True
+                        if time.monotonic() > deadline:
+                            w.stop()
+                            return False
+                except ApiException as exc:
+                    if exc.status != 410:
+                        raise
+                    # Our version is too old for the server (410 Gone): list again.
+                    version = listed()
+                    if version is None:
                         return True
-                    if time.monotonic() > deadline:
-                        w.stop()
-                        return False
             return False
         except ApiException as exc:
             raise mapped(exc, "watch pods") from exc
@@ -409,6 +437,13 @@ class KubernetesDriver(ComputeDriver):
         self._passwords: dict[str, str] = {}
 
     async def start(self, spec: ComputeSpec, *, timeout: float) -> ComputeInfo:
+        if spec.server_options:
+            # Pageserver mode has no branch claim, and so no branch storage to have made
+            # the admin Secret: make it here (an existing one is kept).
+            secret = branch_objects(
+                spec.branch_id, spec.project_id, self.ks, password=new_password(32)
+            )[0]
+            await self.api.apply(secret)
         for obj in compute_objects(spec, self.ks, replicas=1):
             await self.api.apply(obj)
         failure: list[str] = []
@@ -463,7 +498,7 @@ class KubernetesDriver(ComputeDriver):
         await asyncio.to_thread(self.api.watch_pods, selector, gone, 30)
 
     def _info(self, endpoint_id: str, pod: Any) -> ComputeInfo:
-        if not _pod_ready(pod):
+        if not _pod_running(pod):
             return ComputeInfo(endpoint_id=endpoint_id, running=False)
         return ComputeInfo(endpoint_id=endpoint_id, running=True, host=pod.status.pod_ip, port=PORT)
 
@@ -506,7 +541,7 @@ class KubernetesDriver(ComputeDriver):
         self, endpoint_id: str, statements: Sequence[str]
     ) -> list[list[tuple[Any, ...]]]:
         pod = await self.api.pod(endpoint_id)
-        if not _pod_ready(pod):
+        if not _pod_running(pod):
             raise ComputeError(f"compute {endpoint_id} is not running")
         branch_id = (pod.metadata.labels or {}).get(BRANCH_LABEL, "")
         password = await self._password(branch_id)

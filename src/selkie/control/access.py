@@ -5,20 +5,46 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import select
 
 from selkie.control.lifecycle import Lifecycle
 from selkie.controlplane import Access, Activity, Backend, ControlPlane
+from selkie.errors import Conflict
 from selkie.metering import counters
 from selkie.model import EndpointState, PoolerMode, utcnow
 from selkie.store import Store, convert
 from selkie.store.tables import EndpointRow, ProjectRow, RoleRow
 
+T = TypeVar("T")
 # Seconds between stores of one endpoint's transfer count while its sessions are open (a
 # crash of the control plane loses at most this much of it).
 TRANSFER_FLUSH = 10.0
+
+
+def _stamp(endpoint_id: str, at: datetime) -> Activity:
+    return Activity(
+        endpoint_id=endpoint_id,
+        sessions=0,
+        last_active=at,
+        bytes_to_clients=0,
+        bytes_from_clients=0,
+        statements=0,
+    )
+
+
+async def retry_conflict(fn: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    """Run ``fn`` again when it lost a write race (Conflict), up to ``attempts`` times."""
+    for attempt in range(attempts):
+        try:
+            return await fn()
+        except Conflict:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 class LocalControlPlane(ControlPlane):
@@ -48,6 +74,8 @@ class LocalControlPlane(ControlPlane):
         self.activity: dict[str, Activity] = {}
         # What of each proxy's byte counts is stored, and when it was.
         self._transfer_seen: dict[tuple[str, str], int] = {}
+        self._stored_active: dict[str, datetime | None] = {}
+        self._touched: dict[str, float] = {}
         self._transfer_at: dict[tuple[str, str], float] = {}
 
     def pool_size(self, cu: float) -> int:
@@ -109,7 +137,13 @@ class LocalControlPlane(ControlPlane):
 
             task.add_done_callback(done)
         await asyncio.shield(task)
-        self.woken[endpoint_id] = utcnow()
+        woken = self.woken[endpoint_id] = utcnow()
+        # Other control planes' schedulers see this client only through the store: note it
+        # there (at most once a second per endpoint) before the client's first statement.
+        now = time.monotonic()
+        if now - self._touched.get(endpoint_id, 0.0) >= 1.0:
+            self._touched[endpoint_id] = now
+            await asyncio.to_thread(self._record, [_stamp(endpoint_id, woken)], [])
         info = await self.lifecycle.driver.inspect(endpoint_id)
         return Backend(endpoint_id=endpoint_id, host=info.host, port=info.port, socket=info.socket)
 
@@ -143,9 +177,10 @@ class LocalControlPlane(ControlPlane):
         changed, transfer = [], []
         now = time.monotonic()
         for item in activity:
-            before = self.activity.get(item.endpoint_id)
             self.activity[item.endpoint_id] = item
-            if before is None or before.last_active != item.last_active:
+            if item.last_active is not None and item.last_active != self._stored_active.get(
+                item.endpoint_id
+            ):
                 changed.append(item)
             # Bytes sent are stored at most every TRANSFER_FLUSH seconds per endpoint while
             # sessions are open, and as soon as the last one closes.
@@ -153,12 +188,17 @@ class LocalControlPlane(ControlPlane):
             due = item.sessions == 0 or now - self._transfer_at.get(key, 0.0) >= TRANSFER_FLUSH
             if item.source and due and self._transfer_seen.get(key) != item.bytes_to_clients:
                 transfer.append(item)
-        if changed or transfer:
-            await asyncio.to_thread(self._record, changed, transfer)
-            for item in transfer:
-                key = (item.source, item.endpoint_id)
-                self._transfer_seen[key] = item.bytes_to_clients
-                self._transfer_at[key] = now
+        if not (changed or transfer):
+            return
+        # A lost race on a new mark (two reports at once) conflicts; the retry finds it.
+        await retry_conflict(lambda: asyncio.to_thread(self._record, changed, transfer))
+        # Only what was stored is remembered as stored: a failed write is tried again.
+        for item in changed:
+            self._stored_active[item.endpoint_id] = item.last_active
+        for item in transfer:
+            key = (item.source, item.endpoint_id)
+            self._transfer_seen[key] = item.bytes_to_clients
+            self._transfer_at[key] = now
 
     def last_active(self, endpoint_id: str) -> datetime | None:
         item = self.activity.get(endpoint_id)

@@ -255,7 +255,9 @@ class Lifecycle:
             # Woken by the start of whoever held the lock before us: nothing left to do.
             if endpoint_id in self._active and (await self.driver.inspect(endpoint_id)).running:
                 return None
-            deadline = time.monotonic() + self.start_timeout
+            # Long enough to wait out another control plane's whole start (branch data,
+            # the compute's own start timeout, account sync) before giving up.
+            deadline = time.monotonic() + 2 * self.start_timeout + 30
             while time.monotonic() < deadline:
                 target = await self._db(self._load, endpoint_id)
                 ep = target.endpoint

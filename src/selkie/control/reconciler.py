@@ -60,14 +60,14 @@ def plan(
 ) -> Plan:
     """Decide, without side effects, what to do about each endpoint and compute.
 
-    With ``grace`` (several control planes share the store), an endpoint caught starting or
-    suspending less than ``grace`` ago is left alone: a live control plane may be doing it.
+    With ``grace`` (several control planes share the store), an endpoint whose row changed
+    less than ``grace`` ago is left alone, whatever its state: a live control plane may be
+    starting, suspending or running it, and what was observed may predate that.
     """
 
     def in_flight(rec: Recorded) -> bool:
         return (
             grace is not None
-            and rec.state in (EndpointState.STARTING, EndpointState.SUSPENDING)
             and rec.updated_at is not None
             and rec.updated_at > (now or utcnow()) - grace
         )
@@ -147,8 +147,10 @@ async def reconcile(store: Store, lifecycle: Lifecycle, *, shared: bool | None =
     requeued = await asyncio.to_thread(
         requeue_interrupted, store, stale_after=STALE_AFTER if shared else None
     )
-    recorded = await asyncio.to_thread(_recorded, store)
+    # Computes first, then the store: a compute started in between is recorded as changed
+    # just now, and left alone, rather than observed as running with a stale record.
     observed = await lifecycle.driver.list_computes()
+    recorded = await asyncio.to_thread(_recorded, store)
     todo = plan(recorded, observed, now=utcnow(), grace=grace)
     by_id = {r.endpoint_id: r for r in recorded}
     for endpoint_id in todo.adopt:

@@ -90,12 +90,16 @@ def count_reading(
     subject_id: str,
     metric: str,
     at: datetime,
+    same_run_within: timedelta = timedelta(0),
 ) -> int:
     """Count a cumulative counter's reading (which restarts from zero with each ``run`` of
-    its source): add what it grew since the mark, move the mark; returns the increment.
-    An older reading (or run) arriving late adds nothing and does not move the mark back."""
+    its source, ``run`` being when that began, known to within ``same_run_within``): add
+    what it grew since the mark, move the mark; returns the increment. An older reading
+    (or run) arriving late adds nothing and does not move the mark back."""
     mark = get_mark(s, key)
-    if mark is not None and mark.at > run:
+    if mark is not None and abs(mark.at - run) <= same_run_within:
+        run = mark.at  # the same run
+    elif mark is not None and mark.at > run:
         return 0  # a reading of an earlier run, arriving after the next run was counted
     delta = reading if mark is None or mark.at < run else reading - mark.value
     if delta <= 0:

@@ -16,12 +16,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
 from selkie import model
+from selkie.control.access import retry_conflict
 from selkie.control.lifecycle import Lifecycle
+from selkie.errors import SelkieError
 from selkie.metering import counters
 from selkie.metering.usage import quota_exceeded
 from selkie.model import EndpointState, utcnow
@@ -29,11 +31,23 @@ from selkie.store import Store, convert
 from selkie.store.tables import BranchRow, EndpointRow, MeterMarkRow, ProjectRow
 
 log = logging.getLogger(__name__)
+# How far apart two readings of one server's start time (now - uptime, in whole seconds)
+# may be and still mean the same server run.
+BOOT_JITTER = timedelta(seconds=2)
+# How long the mark of a finished compute run is kept.
+MARK_RETENTION = timedelta(hours=1)
 
+# The redo bytes written since the server started, and when it started (so a server that
+# restarted on its own, a container restart say, is a new run counted from zero).
 WRITTEN_PROBE = (
-    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
-    "WHERE VARIABLE_NAME = 'INNODB_OS_LOG_WRITTEN'",
+    "SELECT (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    "WHERE VARIABLE_NAME = 'INNODB_OS_LOG_WRITTEN'), "
+    "UNIX_TIMESTAMP() - (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS "
+    "WHERE VARIABLE_NAME = 'UPTIME')",
 )
+# Storage is billed from a branch's creation, or from when this installation began to
+# meter storage, whichever is later (an upgrade does not bill the past).
+METERING_SINCE = "storage_metering_since"
 
 
 @dataclass(frozen=True)
@@ -70,16 +84,21 @@ class Meter:
         # them when it looks for statements that bypassed the proxy).
         self.on_compute_query = on_compute_query
         self._last: datetime | None = None
+        self._since: datetime | None = None
         self.quota_suspended: list[str] = []
 
     async def tick(self, now: datetime) -> None:
-        """Sample and enforce, if an interval has passed since the last time."""
+        """Sample and enforce, if an interval has passed since the last time. Each step
+        runs even when another fails."""
         if self._last is not None and (now - self._last).total_seconds() < self.interval:
             return
         self._last = now
-        await self.sample_all_written()
-        await self.sample_storage(now)
-        await self.enforce_quotas(now)
+        steps = (self.sample_all_written, self.sample_storage, self.enforce_quotas, self.tidy)
+        for step in steps:
+            try:
+                await step(now)
+            except Exception:
+                log.exception("meter: %s failed; going on", step.__name__)
 
     # --- written data ----------------------------------------------------------------------
 
@@ -108,6 +127,7 @@ class Meter:
         try:
             ((row,),) = await self.lifecycle.driver.execute(endpoint_id, WRITTEN_PROBE)
             reading = int(row[0])
+            booted = datetime.fromtimestamp(int(row[1]), UTC)
         except Exception as exc:
             log.debug("cannot read written data of %s: %s", endpoint_id, exc)
             return 0
@@ -119,22 +139,31 @@ class Meter:
             with self.store.write() as s:
                 return counters.count_reading(
                     s,
-                    key=f"written:{endpoint_id}",
+                    # One mark per compute start: a suspend and resume within the jitter
+                    # below are still two runs.
+                    key=f"written:{endpoint_id}:{run.started_at.isoformat()}",
                     reading=reading,
-                    run=run.started_at,
+                    run=booted,
+                    same_run_within=BOOT_JITTER,
                     project_id=run.project_id,
                     subject_id=endpoint_id,
                     metric=counters.WRITTEN,
                     at=self.clock(),
                 )
 
-        return await asyncio.to_thread(count)
+        try:
+            return await retry_conflict(lambda: asyncio.to_thread(count))
+        except SelkieError as exc:
+            log.warning("cannot count written data of %s: %s", endpoint_id, exc.message)
+            return 0
 
-    async def sample_all_written(self) -> None:
-        running = await asyncio.to_thread(self._running)
-        for r in running:
-            if (await self.lifecycle.driver.inspect(r.endpoint_id)).running:
-                await self.sample_written(r.endpoint_id)
+    async def sample_all_written(self, now: datetime | None = None) -> None:
+        for r in await asyncio.to_thread(self._running):
+            try:
+                if (await self.lifecycle.driver.inspect(r.endpoint_id)).running:
+                    await self.sample_written(r.endpoint_id)
+            except Exception as exc:
+                log.warning("meter: cannot sample %s: %r", r.endpoint_id, exc)
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -158,7 +187,18 @@ class Meter:
                 for b, settings in rows
             ]
 
+    def _metering_since(self, now: datetime) -> datetime:
+        value = self.store.get_meta(METERING_SINCE)
+        if value is None:
+            with self.store.write() as s:
+                Store.set_meta(s, METERING_SINCE, now.isoformat())
+            return now
+        return datetime.fromisoformat(value)
+
     async def sample_storage(self, now: datetime) -> None:
+        if self._since is None:
+            self._since = await retry_conflict(lambda: asyncio.to_thread(self._metering_since, now))
+        since = self._since
         for b in await asyncio.to_thread(self._branches):
             size: int | None = None
             if b.deleted_at is None:
@@ -179,10 +219,36 @@ class Meter:
                         project_id=b.project_id,
                         size=size,
                         at=at,
-                        since=b.created_at,
+                        since=max(b.created_at, since),
                     )
 
-            await asyncio.to_thread(count)
+            try:
+                await retry_conflict(lambda count=count: asyncio.to_thread(count))  # type: ignore[misc]
+            except SelkieError as exc:
+                log.warning("cannot count storage of %s: %s", b.branch_id, exc.message)
+
+    def _tidy(self, now: datetime) -> int:
+        """Forget written-data marks of compute runs that are over: the endpoint started
+        again since, or is gone, and the mark has not moved for an hour (no reading of that
+        run can still be on its way)."""
+        with self.store.write() as s:
+            marks = s.execute(
+                select(MeterMarkRow)
+                .where(MeterMarkRow.key.like("written:%"))
+                .where(MeterMarkRow.updated_at < now - MARK_RETENTION)
+            ).scalars()
+            done = 0
+            for mark in list(marks):
+                _, endpoint_id, started = mark.key.split(":", 2)
+                ep = s.get(EndpointRow, endpoint_id)
+                current = ep.started_at.isoformat() if ep and ep.started_at else None
+                if current != started or ep is None or ep.deleted_at is not None:
+                    s.delete(mark)
+                    done += 1
+            return done
+
+    async def tidy(self, now: datetime) -> None:
+        await asyncio.to_thread(self._tidy, now)
 
     # --- quotas ----------------------------------------------------------------------------
 

@@ -235,6 +235,7 @@ class MeterMarkRow(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class MetaRow(Base):
