@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pymysql
 from kubernetes.client.exceptions import ApiException
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
-from selkie.compute.mariadb import Sizing, render_config
+from selkie.compute.mariadb import Sizing, render_config, run_statements
 from selkie.errors import ComputeError, ConfigError, Conflict, InvalidInput, NotFound, SelkieError
 from selkie.model import ProjectSettings, new_password
 from selkie.storage.base import ParentState, StorageDriver
@@ -545,33 +544,15 @@ class KubernetesDriver(ComputeDriver):
             raise ComputeError(f"compute {endpoint_id} is not running")
         branch_id = (pod.metadata.labels or {}).get(BRANCH_LABEL, "")
         password = await self._password(branch_id)
-        host = pod.status.pod_ip
-
-        def run() -> list[list[tuple[Any, ...]]]:
-            try:
-                conn = pymysql.connect(
-                    host=host,
-                    port=PORT,
-                    user="root",
-                    password=password,
-                    autocommit=True,
-                    connect_timeout=10,
-                )
-            except pymysql.MySQLError as exc:
-                raise ComputeError(f"cannot reach compute {endpoint_id} as admin: {exc}") from exc
-            try:
-                with conn.cursor() as cur:
-                    results = []
-                    for stmt in statements:
-                        cur.execute(stmt)
-                        results.append(list(cur.fetchall()))
-                    return results
-            except pymysql.MySQLError as exc:
-                raise ComputeError(f"compute {endpoint_id}: {exc}") from exc
-            finally:
-                conn.close()
-
-        return await asyncio.to_thread(run)
+        return await asyncio.to_thread(
+            run_statements,
+            endpoint_id,
+            statements,
+            host=pod.status.pod_ip,
+            port=PORT,
+            user="root",
+            password=password,
+        )
 
     async def remove(self, endpoint_id: str) -> None:
         name = compute_name(endpoint_id)

@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pymysql
-
 from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
 from selkie.compute.cgroups import Cgroups
-from selkie.compute.mariadb import Sizing, render_config
+from selkie.compute.mariadb import Sizing, render_config, run_statements
 from selkie.errors import ComputeError
 
 log = logging.getLogger(__name__)
@@ -492,28 +490,13 @@ class LocalDriver(ComputeDriver):
     async def execute(
         self, endpoint_id: str, statements: Sequence[str]
     ) -> list[list[tuple[Any, ...]]]:
-        sock = self.socket_path(endpoint_id)
-
-        def run() -> list[list[tuple[Any, ...]]]:
-            try:
-                conn = pymysql.connect(
-                    unix_socket=str(sock), user=self.os_user, autocommit=True, connect_timeout=10
-                )
-            except pymysql.MySQLError as exc:
-                raise ComputeError(f"cannot reach compute {endpoint_id} as admin: {exc}") from exc
-            try:
-                results = []
-                with conn.cursor() as cur:
-                    for stmt in statements:
-                        cur.execute(stmt)
-                        results.append(list(cur.fetchall()))
-                return results
-            except pymysql.MySQLError as exc:
-                raise ComputeError(f"compute {endpoint_id}: {exc}") from exc
-            finally:
-                conn.close()
-
-        return await asyncio.to_thread(run)
+        return await asyncio.to_thread(
+            run_statements,
+            endpoint_id,
+            statements,
+            unix_socket=str(self.socket_path(endpoint_id)),
+            user=self.os_user,
+        )
 
     async def remove(self, endpoint_id: str) -> None:
         if (await self.inspect(endpoint_id)).running:

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from selkie.errors import ComputeError
 
 GIB = 1024**3
 MIB = 1024**2
@@ -104,6 +109,29 @@ def render_config(
     lines = ["# Rendered by Selkie; changes are overwritten at the next start.", "[mariadbd]"]
     lines += [key if value is None else f"{key}={value}" for key, value in options.items()]
     return "\n".join(lines) + "\n"
+
+
+def run_statements(
+    endpoint_id: str, statements: Sequence[str], **connect: Any
+) -> list[list[tuple[Any, ...]]]:
+    """Run SQL on a compute as its admin (blocking; ``connect`` says how to reach it) and
+    return each statement's rows; ComputeError when it cannot be reached or a statement
+    fails."""
+    try:
+        conn = pymysql.connect(autocommit=True, connect_timeout=10, **connect)
+    except pymysql.MySQLError as exc:
+        raise ComputeError(f"cannot reach compute {endpoint_id} as admin: {exc}") from exc
+    try:
+        results = []
+        with conn.cursor() as cur:
+            for stmt in statements:
+                cur.execute(stmt)
+                results.append(list(cur.fetchall()))
+        return results
+    except pymysql.MySQLError as exc:
+        raise ComputeError(f"compute {endpoint_id}: {exc}") from exc
+    finally:
+        conn.close()
 
 
 # --- accounts and databases -----------------------------------------------------------------
