@@ -6,7 +6,9 @@ The proxy depends on this module only. The in-process implementation lives in
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +54,33 @@ class Activity:
     # cumulative since then, so a report counted twice or lost changes no bill.
     source: str = ""
     source_started: datetime | None = None
+
+
+class AccessCache:
+    """Access per (endpoint, role) for ``ttl`` seconds: a connection storm on one endpoint
+    asks for the same role thousands of times a second. A reset password or deleted role is
+    seen within ``ttl``. Misses are not cached: probing names stays uncached work."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[tuple[str, str], tuple[float, Access]] = {}
+
+    async def get(
+        self, endpoint_id: str, role: str, fetch: Callable[[], Awaitable[Access | None]]
+    ) -> Access | None:
+        key = (endpoint_id, role)
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        access = await fetch()
+        if access is not None:
+            if len(self._entries) > self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key] = (now, access)
+        return access
 
 
 class ControlPlane(ABC):

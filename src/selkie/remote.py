@@ -10,9 +10,7 @@ of one endpoint share one request.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from selkie.controlplane import Access, Activity, Backend, ControlPlane
+from selkie.controlplane import Access, AccessCache, Activity, Backend, ControlPlane
 from selkie.errors import (
     ComputeError,
     Conflict,
@@ -33,6 +31,7 @@ from selkie.errors import (
     StoreError,
     Unauthorized,
 )
+from selkie.tasks import SharedTasks
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +68,11 @@ class HttpControlPlane(ControlPlane):
         self.token = token
         self.timeout = timeout
         self.wake_timeout = wake_timeout
-        self.cache_ttl = cache_ttl
         self._preferred = 0
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
-        self._cache: dict[tuple[str, str], tuple[float, Access]] = {}
-        self._waking: dict[str, asyncio.Task[Backend]] = {}
+        self._cache = AccessCache(cache_ttl)
+        self._waking: SharedTasks[Backend] = SharedTasks()
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -114,39 +112,21 @@ class HttpControlPlane(ControlPlane):
         raise StoreError(f"no control plane reachable ({', '.join(self.urls)}): {last!r}")
 
     async def get_access(self, endpoint_id: str, role: str) -> Access | None:
-        key = (endpoint_id, role)
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < self.cache_ttl:
-            return hit[1]
         if not (_segment(endpoint_id) and _segment(role)):
             return None  # no endpoint or role is named so; do not let it rewrite the path
+        return await self._cache.get(endpoint_id, role, lambda: self._access(endpoint_id, role))
+
+    async def _access(self, endpoint_id: str, role: str) -> Access | None:
         try:
             r = await self._request(
                 "GET", f"/internal/v1/endpoints/{_q(endpoint_id)}/roles/{_q(role)}/access"
             )
         except NotFound:
             return None
-        access = Access(**r.json())
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (now, access)
-        return access
+        return Access(**r.json())
 
     async def wake(self, endpoint_id: str) -> Backend:
-        task = self._waking.get(endpoint_id)
-        if task is None or task.done():
-            task = asyncio.ensure_future(self._wake(endpoint_id))
-            self._waking[endpoint_id] = task
-
-            def done(t: asyncio.Task[Backend]) -> None:
-                if self._waking.get(endpoint_id) is t:
-                    del self._waking[endpoint_id]
-                if not t.cancelled():
-                    t.exception()
-
-            task.add_done_callback(done)
-        return await asyncio.shield(task)
+        return await self._waking.run(endpoint_id, lambda: self._wake(endpoint_id))
 
     async def _wake(self, endpoint_id: str) -> Backend:
         if not _segment(endpoint_id):

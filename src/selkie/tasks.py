@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 _running: set[asyncio.Task[Any]] = set()
+T = TypeVar("T")
 
 
 def spawn(coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
@@ -40,3 +41,27 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
         pass
     except Exception:
         log.exception("task %s failed while being cancelled", task.get_name())
+
+
+class SharedTasks(Generic[T]):
+    """One running task per key, shared by every caller that asks while it runs (one start
+    per endpoint for a storm of wakes). A caller that gives up, by its own timeout, does
+    not cancel the task for the others."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[T]] = {}
+
+    async def run(self, key: str, factory: Callable[[], Awaitable[T]]) -> T:
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            task = asyncio.ensure_future(factory())
+            self._tasks[key] = task
+
+            def done(t: asyncio.Task[T]) -> None:
+                if self._tasks.get(key) is t:
+                    del self._tasks[key]
+                if not t.cancelled():
+                    t.exception()  # retrieved here; every waiter re-raises it
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)

@@ -12,12 +12,13 @@ from typing import TypeVar
 from sqlalchemy import select
 
 from selkie.control.lifecycle import Lifecycle
-from selkie.controlplane import Access, Activity, Backend, ControlPlane
+from selkie.controlplane import Access, AccessCache, Activity, Backend, ControlPlane
 from selkie.errors import Conflict
 from selkie.metering import counters
 from selkie.model import EndpointState, PoolerMode, utcnow
 from selkie.store import Store, convert
 from selkie.store.tables import EndpointRow, ProjectRow, RoleRow
+from selkie.tasks import SharedTasks
 
 T = TypeVar("T")
 # Seconds between stores of one endpoint's transfer count while its sessions are open (a
@@ -59,14 +60,9 @@ class LocalControlPlane(ControlPlane):
         self.store = store
         self.pooler_max_backends = pooler_max_backends
         self.lifecycle = lifecycle
-        # A connection storm on one endpoint asks for the same role thousands of times a
-        # second; a short-lived cache answers. A reset password or deleted role is seen
-        # everywhere within cache_ttl seconds.
-        self.cache_ttl = cache_ttl
-        self._cache: dict[tuple[str, str], tuple[float, Access | None]] = {}
-        # One start per endpoint, shared by every waiting client: a client that gives up
-        # (its wake timeout) does not cancel the start the others wait for.
-        self._waking: dict[str, asyncio.Task[object]] = {}
+        self._cache = AccessCache(cache_ttl)
+        # One start per endpoint, shared by every waiting client.
+        self._waking: SharedTasks[object] = SharedTasks()
         # When a client last woke or reached each endpoint: activity the scheduler must see
         # even before the client's first statement.
         self.woken: dict[str, datetime] = {}
@@ -110,33 +106,13 @@ class LocalControlPlane(ControlPlane):
             )
 
     async def get_access(self, endpoint_id: str, role: str) -> Access | None:
-        key = (endpoint_id, role)
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < self.cache_ttl:
-            return hit[1]
-        access = await asyncio.to_thread(self._access, endpoint_id, role)
-        if access is not None:  # misses are not cached: probing names stays uncached work
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (now, access)
-        return access
+        return await self._cache.get(
+            endpoint_id, role, lambda: asyncio.to_thread(self._access, endpoint_id, role)
+        )
 
     async def wake(self, endpoint_id: str) -> Backend:
         self.woken[endpoint_id] = utcnow()
-        task = self._waking.get(endpoint_id)
-        if task is None or task.done():
-            task = asyncio.ensure_future(self.lifecycle.start(endpoint_id, wake=True))
-            self._waking[endpoint_id] = task
-
-            def done(t: asyncio.Task[object]) -> None:
-                if self._waking.get(endpoint_id) is t:
-                    del self._waking[endpoint_id]
-                if not t.cancelled():
-                    t.exception()  # retrieved here; every waiter re-raises it
-
-            task.add_done_callback(done)
-        await asyncio.shield(task)
+        await self._waking.run(endpoint_id, lambda: self.lifecycle.start(endpoint_id, wake=True))
         woken = self.woken[endpoint_id] = utcnow()
         # Other control planes' schedulers see this client only through the store: note it
         # there (at most once a second per endpoint) before the client's first statement.
