@@ -7,12 +7,12 @@ default. Responses embed the frozen snapshots from :mod:`selkie.model` directly.
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from selkie import model
+from selkie.metering.billing import Invoice
 
 # Ids and names in paths: bounded and printable, so nothing odd reaches the store.
 IdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -352,28 +352,5 @@ class ProjectUsageResponse(BaseModel):
     quota: QuotaOut
 
 
-class LineItemOut(BaseModel):
-    item: str
-    description: str
-    unit: str
-    quantity: Decimal
-    included: Decimal
-    billable: Decimal
-    unit_price: Decimal
-    amount: Decimal
-
-
-class InvoiceOut(BaseModel):
-    project_id: str
-    plan: str
-    currency: str
-    period: str
-    period_start: datetime
-    period_end: datetime
-    status: str
-    line_items: list[LineItemOut]
-    total: Decimal
-
-
 class InvoiceResponse(BaseModel):
-    invoice: InvoiceOut
+    invoice: Invoice

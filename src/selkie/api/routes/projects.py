@@ -126,20 +126,7 @@ def project_invoice(
     """The invoice for a calendar month (``YYYY-MM``, UTC), priced by the project's plan:
     one line each for compute, storage, data transfer and written data. Amounts are decimal
     strings; ``status`` is ``open`` while the month runs."""
-    inv = ctl.consumption.invoice(who, project_id, period)
-    return schemas.InvoiceResponse(
-        invoice=schemas.InvoiceOut(
-            project_id=inv.project_id,
-            plan=inv.plan,
-            currency=inv.currency,
-            period=inv.period,
-            period_start=inv.period_start,
-            period_end=inv.period_end,
-            status=inv.status,
-            line_items=[schemas.LineItemOut(**x.__dict__) for x in inv.line_items],
-            total=inv.total,
-        )
-    )
+    return schemas.InvoiceResponse(invoice=ctl.consumption.invoice(who, project_id, period))
 
 
 @router.get("/{project_id}/connection_uri", response_model=schemas.ConnectionUriResponse)
