@@ -15,14 +15,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
-from selkie.store.tables import MeterMarkRow, UsageHourRow
+from selkie.store.tables import BranchRow, MeterMarkRow, UsageHourRow
 
 TRANSFER = "transfer"  # bytes the proxy sent to clients, per endpoint
 WRITTEN = "written"  # bytes a compute wrote to its redo log, per endpoint
 STORAGE = "storage"  # byte-seconds a branch occupied, per branch
 METRICS = (TRANSFER, WRITTEN, STORAGE)
+
+
+def storage_key(branch_id: str) -> str:
+    """The mark holding a branch's last sampled size (and when it was sampled)."""
+    return f"storage:{branch_id}"
+
+
+def storage_mark_of_branch() -> ColumnElement[bool]:
+    """Joins a branch to its storage mark, in SQL."""
+    return MeterMarkRow.key == "storage:" + BranchRow.id
 
 
 def hour_of(at: datetime) -> datetime:
@@ -127,7 +138,7 @@ def count_storage(
 ) -> None:
     """Bill the branch's previous size for the time since it was sampled (since ``since``,
     its creation, when never sampled), then remember ``size`` (None: the branch is gone)."""
-    key = f"storage:{branch_id}"
+    key = storage_key(branch_id)
     mark = get_mark(s, key)
     start, held = (since, size or 0) if mark is None else (mark.at, mark.value)
     if at > start and held > 0:

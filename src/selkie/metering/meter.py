@@ -25,7 +25,7 @@ from selkie.control.access import retry_conflict
 from selkie.control.lifecycle import Lifecycle
 from selkie.errors import SelkieError
 from selkie.metering import counters
-from selkie.metering.usage import quota_exceeded
+from selkie.metering.usage import compute_quota_exceeded
 from selkie.model import EndpointState, utcnow
 from selkie.store import Store, convert
 from selkie.store.tables import BranchRow, EndpointRow, MeterMarkRow, ProjectRow
@@ -48,6 +48,11 @@ WRITTEN_PROBE = (
 # Storage is billed from a branch's creation, or from when this installation began to
 # meter storage, whichever is later (an upgrade does not bill the past).
 METERING_SINCE = "storage_metering_since"
+
+
+def written_key(endpoint_id: str, started_at: datetime) -> str:
+    """The mark of one compute start's written data."""
+    return f"written:{endpoint_id}:{started_at.isoformat()}"
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,7 @@ class Meter:
                     s,
                     # One mark per compute start: a suspend and resume within the jitter
                     # below are still two runs.
-                    key=f"written:{endpoint_id}:{run.started_at.isoformat()}",
+                    key=written_key(endpoint_id, run.started_at),
                     reading=reading,
                     run=booted,
                     same_run_within=BOOT_JITTER,
@@ -170,7 +175,7 @@ class Meter:
     def _branches(self) -> list[_Branch]:
         """Live branches, and deleted ones still holding a storage mark."""
         with self.store.read() as s:
-            marked = select(MeterMarkRow.key).where(MeterMarkRow.key == "storage:" + BranchRow.id)
+            marked = select(MeterMarkRow.key).where(counters.storage_mark_of_branch())
             rows = s.execute(
                 select(BranchRow, ProjectRow.settings)
                 .join(ProjectRow, ProjectRow.id == BranchRow.project_id)
@@ -239,7 +244,7 @@ class Meter:
             ).scalars()
             done = 0
             for mark in list(marks):
-                _, endpoint_id, started = mark.key.split(":", 2)
+                _, endpoint_id, started = mark.key.split(":", 2)  # see written_key
                 ep = s.get(EndpointRow, endpoint_id)
                 current = ep.started_at.isoformat() if ep and ep.started_at else None
                 if current != started or ep is None or ep.deleted_at is not None:
@@ -252,7 +257,7 @@ class Meter:
 
     # --- quotas ----------------------------------------------------------------------------
 
-    def _over_quota(self, now: datetime) -> dict[str, list[str]]:
+    def _over_quota(self, now: datetime) -> dict[str, str]:
         """Active endpoints of projects over their compute-time quota, with the reason."""
         with self.store.read() as s:
             rows = s.execute(
@@ -261,24 +266,22 @@ class Meter:
                 .where(EndpointRow.current_state == EndpointState.ACTIVE.value)
             ).all()
         by_project: dict[str, list[str]] = {}
-        limited: dict[str, model.ProjectSettings] = {}
+        limits: dict[str, int] = {}
         for endpoint_id, project_id, raw in rows:
-            settings = convert.project_settings(raw)
-            if settings.compute_time_limit_seconds is not None:
+            limit = convert.project_settings(raw).compute_time_limit_seconds
+            if limit is not None:
                 by_project.setdefault(project_id, []).append(endpoint_id)
-                limited[project_id] = model.ProjectSettings(
-                    compute_time_limit_seconds=settings.compute_time_limit_seconds
-                )
+                limits[project_id] = limit
         out = {}
         for project_id, endpoints in by_project.items():
-            problems = quota_exceeded(self.store, project_id, limited[project_id], now)
-            for endpoint_id in endpoints if problems else []:
-                out[endpoint_id] = problems
+            why = compute_quota_exceeded(self.store, project_id, limits[project_id], now)
+            if why is not None:
+                out.update(dict.fromkeys(endpoints, why))
         return out
 
     async def enforce_quotas(self, now: datetime) -> None:
-        for endpoint_id, problems in (await asyncio.to_thread(self._over_quota, now)).items():
-            log.warning("suspending %s: %s", endpoint_id, problems[0])
+        for endpoint_id, why in (await asyncio.to_thread(self._over_quota, now)).items():
+            log.warning("suspending %s: %s", endpoint_id, why)
             try:
                 await self.lifecycle.suspend(endpoint_id)
             except Exception as exc:

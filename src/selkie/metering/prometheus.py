@@ -19,9 +19,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from selkie.metering.counters import STORAGE, TRANSFER, WRITTEN
+from selkie.metering.usage import storage_by_project
 from selkie.model import EndpointState
 from selkie.store import Store
-from selkie.store.tables import BranchRow, EndpointRow, MeterMarkRow, UsageHourRow
+from selkie.store.tables import EndpointRow, UsageHourRow
 
 RESUME_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -134,13 +135,7 @@ class PlatformCollector(Collector):
                 .group_by(UsageHourRow.project_id, UsageHourRow.metric)
                 .order_by(UsageHourRow.project_id)
             ).all()
-            sizes = s.execute(
-                select(BranchRow.project_id, func.sum(MeterMarkRow.value))
-                .join(BranchRow, MeterMarkRow.key == "storage:" + BranchRow.id)
-                .where(BranchRow.deleted_at.is_(None))
-                .group_by(BranchRow.project_id)
-                .order_by(BranchRow.project_id)
-            ).all()
+        sizes = storage_by_project(self.sources.store)
         families = {
             TRANSFER: CounterMetricFamily(
                 "selkie_usage_data_transfer_bytes",
@@ -165,8 +160,8 @@ class PlatformCollector(Collector):
         storage = GaugeMetricFamily(
             "selkie_storage_bytes", "Bytes the project's branches occupy", labels=["project_id"]
         )
-        for project_id, size in sizes:
-            storage.add_metric([project_id], float(size or 0))
+        for project_id, size in sizes.items():
+            storage.add_metric([project_id], float(size))
         yield storage
 
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 
 from selkie.errors import InvalidInput
-from selkie.metering.counters import STORAGE, TRANSFER, WRITTEN
+from selkie.metering.counters import STORAGE, TRANSFER, WRITTEN, storage_mark_of_branch
 from selkie.model import ProjectSettings
 from selkie.store import Store
 from selkie.store.tables import BranchRow, MeterMarkRow, UsageEventRow, UsageHourRow
@@ -221,16 +221,39 @@ def month_usage(store: Store, project_id: str, now: datetime) -> PeriodUsage:
     return period
 
 
-def storage_bytes(store: Store, project_id: str) -> int:
-    """What the project's live branches occupied when last sampled."""
+def storage_by_project(store: Store, project_ids: list[str] | None = None) -> dict[str, int]:
+    """What each project's live branches occupied when last sampled (all projects with a
+    sample, without ``project_ids``)."""
     with store.read() as s:
-        total = s.execute(
-            select(func.coalesce(func.sum(MeterMarkRow.value), 0))
-            .join(BranchRow, MeterMarkRow.key == "storage:" + BranchRow.id)
-            .where(BranchRow.project_id == project_id)
+        stmt = (
+            select(BranchRow.project_id, func.sum(MeterMarkRow.value))
+            .join(BranchRow, storage_mark_of_branch())
             .where(BranchRow.deleted_at.is_(None))
-        ).scalar_one()
-        return int(total)
+            .group_by(BranchRow.project_id)
+            .order_by(BranchRow.project_id)
+        )
+        if project_ids is not None:
+            stmt = stmt.where(BranchRow.project_id.in_(project_ids))
+        return {pid: int(total or 0) for pid, total in s.execute(stmt).all()}
+
+
+def storage_bytes(store: Store, project_id: str) -> int:
+    return storage_by_project(store, [project_id]).get(project_id, 0)
+
+
+def compute_quota_exceeded(
+    store: Store, project_id: str, limit: int | None, now: datetime
+) -> str | None:
+    """Why the project's compute time this month stops its computes, or None."""
+    if limit is None:
+        return None
+    used = month_usage(store, project_id, now).compute_time_seconds
+    if used < limit:
+        return None
+    return (
+        f"project {project_id} has used its compute time for {now:%B %Y}: "
+        f"{used:.0f} of {limit} CU-seconds (compute_time_limit_seconds)"
+    )
 
 
 def quota_exceeded(
@@ -238,14 +261,9 @@ def quota_exceeded(
 ) -> list[str]:
     """Why the project may not run computes now (empty when it may)."""
     problems = []
-    if settings.compute_time_limit_seconds is not None:
-        used = month_usage(store, project_id, now).compute_time_seconds
-        if used >= settings.compute_time_limit_seconds:
-            problems.append(
-                f"project {project_id} has used its compute time for {now:%B %Y}: "
-                f"{used:.0f} of {settings.compute_time_limit_seconds} CU-seconds "
-                "(compute_time_limit_seconds)"
-            )
+    compute = compute_quota_exceeded(store, project_id, settings.compute_time_limit_seconds, now)
+    if compute is not None:
+        problems.append(compute)
     if settings.storage_limit_bytes is not None:
         size = storage_bytes(store, project_id)
         if size > settings.storage_limit_bytes:
