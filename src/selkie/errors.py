@@ -77,3 +77,14 @@ class StoreError(SelkieError):
 class ComputeError(SelkieError):
     code = "compute_error"
     http_status = 502
+
+
+def error_class(code: str) -> type[SelkieError] | None:
+    """The error class with this ``code`` (for errors that crossed HTTP), or None."""
+    todo: list[type[SelkieError]] = [SelkieError]
+    while todo:
+        cls = todo.pop()
+        if cls.code == code:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None

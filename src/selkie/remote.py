@@ -19,36 +19,10 @@ from urllib.parse import quote
 import httpx
 
 from selkie.controlplane import Access, AccessCache, Activity, Backend, ControlPlane
-from selkie.errors import (
-    ComputeError,
-    Conflict,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    QuotaExceeded,
-    SelkieError,
-    StateConflict,
-    StoreError,
-    Unauthorized,
-)
+from selkie.errors import ComputeError, NotFound, SelkieError, StoreError, error_class
 from selkie.tasks import SharedTasks
 
 log = logging.getLogger(__name__)
-
-_ERRORS: dict[str, type[SelkieError]] = {
-    cls.code: cls
-    for cls in (
-        ComputeError,
-        Conflict,
-        Forbidden,
-        InvalidInput,
-        NotFound,
-        QuotaExceeded,
-        StateConflict,
-        StoreError,
-        Unauthorized,
-    )
-}
 
 
 class HttpControlPlane(ControlPlane):
@@ -184,7 +158,7 @@ def _error(response: httpx.Response) -> SelkieError:
         code, message = str(body["code"]), str(body["message"])
     except (ValueError, KeyError, TypeError):
         code, message = "", f"control plane answered HTTP {response.status_code}"
-    cls = _ERRORS.get(code)
-    if cls is None:
+    cls = error_class(code)
+    if cls is None or cls is SelkieError:
         return ComputeError(message) if response.status_code >= 500 else SelkieError(message)
     return cls(message)
