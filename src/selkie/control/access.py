@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeVar
 
 from sqlalchemy import select
 
 from selkie.control.lifecycle import Lifecycle
 from selkie.controlplane import Access, AccessCache, Activity, Backend, ControlPlane
-from selkie.errors import Conflict
 from selkie.metering import counters
 from selkie.model import EndpointState, PoolerMode, utcnow
 from selkie.store import Store, convert
+from selkie.store.store import write_in_thread
 from selkie.store.tables import EndpointRow, ProjectRow, RoleRow
 from selkie.tasks import SharedTasks
 
-T = TypeVar("T")
 # Seconds between stores of one endpoint's transfer count while its sessions are open (a
 # crash of the control plane loses at most this much of it).
 TRANSFER_FLUSH = 10.0
@@ -35,17 +32,6 @@ def _stamp(endpoint_id: str, at: datetime) -> Activity:
         bytes_from_clients=0,
         statements=0,
     )
-
-
-async def retry_conflict(fn: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
-    """Run ``fn`` again when it lost a write race (Conflict), up to ``attempts`` times."""
-    for attempt in range(attempts):
-        try:
-            return await fn()
-        except Conflict:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 class LocalControlPlane(ControlPlane):
@@ -167,7 +153,7 @@ class LocalControlPlane(ControlPlane):
         if not (changed or transfer):
             return
         # A lost race on a new mark (two reports at once) conflicts; the retry finds it.
-        await retry_conflict(lambda: asyncio.to_thread(self._record, changed, transfer))
+        await write_in_thread(self._record, changed, transfer)
         # Only what was stored is remembered as stored: a failed write is tried again.
         for item in changed:
             self._stored_active[item.endpoint_id] = item.last_active

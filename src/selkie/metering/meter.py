@@ -21,13 +21,13 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from selkie import model
-from selkie.control.access import retry_conflict
 from selkie.control.lifecycle import Lifecycle
 from selkie.errors import SelkieError
 from selkie.metering import counters
 from selkie.metering.usage import compute_quota_exceeded
 from selkie.model import EndpointState, utcnow
 from selkie.store import Store, convert
+from selkie.store.store import write_in_thread
 from selkie.store.tables import BranchRow, EndpointRow, MeterMarkRow, ProjectRow
 
 log = logging.getLogger(__name__)
@@ -140,27 +140,27 @@ class Meter:
             if self.on_compute_query is not None:
                 self.on_compute_query(endpoint_id, len(WRITTEN_PROBE))
 
-        def count() -> int:
-            with self.store.write() as s:
-                return counters.count_reading(
-                    s,
-                    # One mark per compute start: a suspend and resume within the jitter
-                    # below are still two runs.
-                    key=written_key(endpoint_id, run.started_at),
-                    reading=reading,
-                    run=booted,
-                    same_run_within=BOOT_JITTER,
-                    project_id=run.project_id,
-                    subject_id=endpoint_id,
-                    metric=counters.WRITTEN,
-                    at=self.clock(),
-                )
-
         try:
-            return await retry_conflict(lambda: asyncio.to_thread(count))
+            return await write_in_thread(self._count_written, run, reading, booted)
         except SelkieError as exc:
             log.warning("cannot count written data of %s: %s", endpoint_id, exc.message)
             return 0
+
+    def _count_written(self, run: _Running, reading: int, booted: datetime) -> int:
+        with self.store.write() as s:
+            return counters.count_reading(
+                s,
+                # One mark per compute start: a suspend and resume within the jitter below
+                # are still two runs.
+                key=written_key(run.endpoint_id, run.started_at),
+                reading=reading,
+                run=booted,
+                same_run_within=BOOT_JITTER,
+                project_id=run.project_id,
+                subject_id=run.endpoint_id,
+                metric=counters.WRITTEN,
+                at=self.clock(),
+            )
 
     async def sample_all_written(self, now: datetime | None = None) -> None:
         for r in await asyncio.to_thread(self._running):
@@ -202,7 +202,7 @@ class Meter:
 
     async def sample_storage(self, now: datetime) -> None:
         if self._since is None:
-            self._since = await retry_conflict(lambda: asyncio.to_thread(self._metering_since, now))
+            self._since = await write_in_thread(self._metering_since, now)
         since = self._since
         for b in await asyncio.to_thread(self._branches):
             size: int | None = None
@@ -215,22 +215,16 @@ class Meter:
                 if size is None:
                     continue  # storage kept elsewhere (a page server) and not measured here
             at = now if b.deleted_at is None else min(now, b.deleted_at)
-
-            def count(b: _Branch = b, size: int | None = size, at: datetime = at) -> None:
-                with self.store.write() as s:
-                    counters.count_storage(
-                        s,
-                        branch_id=b.branch_id,
-                        project_id=b.project_id,
-                        size=size,
-                        at=at,
-                        since=max(b.created_at, since),
-                    )
-
             try:
-                await retry_conflict(lambda count=count: asyncio.to_thread(count))  # type: ignore[misc]
+                await write_in_thread(self._count_storage, b, size, at, max(b.created_at, since))
             except SelkieError as exc:
                 log.warning("cannot count storage of %s: %s", b.branch_id, exc.message)
+
+    def _count_storage(self, b: _Branch, size: int | None, at: datetime, since: datetime) -> None:
+        with self.store.write() as s:
+            counters.count_storage(
+                s, branch_id=b.branch_id, project_id=b.project_id, size=size, at=at, since=since
+            )
 
     def _tidy(self, now: datetime) -> int:
         """Forget written-data marks of compute runs that are over: the endpoint started

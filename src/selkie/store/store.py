@@ -12,6 +12,7 @@ event, an operation) is written in the same transaction, so it happens exactly o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -280,6 +281,18 @@ class Store:
             session.add(MetaRow(key=key, value=value))
         else:
             row.value = value
+
+
+async def write_in_thread(fn: Callable[..., T], *args: Any, attempts: int = 3) -> T:
+    """Run a blocking store write off the event loop, again when it lost a race to another
+    writer (Conflict: two first inserts of one key, say), up to ``attempts`` times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Conflict:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _short(exc: sa_exc.DBAPIError) -> str:
