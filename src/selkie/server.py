@@ -94,8 +94,8 @@ class LeaderWork:
 
     async def tick(self, now: datetime) -> None:
         await self.meter.tick(now)
-        if self.store.engine.dialect.name != "postgresql":
-            return  # one control plane per SQLite store: it reconciled when it started
+        if not self.store.shared:
+            return  # the only control plane on its store: it reconciled when it started
         last = self._last_reconcile
         if last is None or (now - last).total_seconds() >= self.reconcile_every:
             self._last_reconcile = now

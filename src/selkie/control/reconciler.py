@@ -142,7 +142,7 @@ async def reconcile(store: Store, lifecycle: Lifecycle, *, shared: bool | None =
     """Make the store and the computes agree. ``shared`` (default: on PostgreSQL) means
     other control planes may be at work: only their stale leftovers are touched."""
     if shared is None:
-        shared = store.engine.dialect.name == "postgresql"
+        shared = store.shared
     grace = timedelta(seconds=lifecycle.start_timeout) + SHARED_GRACE if shared else None
     requeued = await asyncio.to_thread(
         requeue_interrupted, store, stale_after=STALE_AFTER if shared else None

@@ -94,7 +94,7 @@ class LeaderLock:
         return self.held
 
     def _try(self) -> bool:
-        if self.store.dialect != "postgresql":
+        if not self.store.shared:
             return True
         try:
             if self._conn is None:

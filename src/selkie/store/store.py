@@ -85,6 +85,9 @@ class Store:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
+        # Whether several control planes may work on this store at once (PostgreSQL); an
+        # SQLite store belongs to one process.
+        self.shared = self.dialect == "postgresql"
         kwargs: dict[str, Any] = {"echo": echo, "future": True}
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
