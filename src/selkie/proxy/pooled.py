@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import logging
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -352,9 +351,7 @@ class PooledSession:
                     return
                 if seq != 0 or not payload:
                     raise ProtocolError("a command must start with sequence id 0")
-                self.counters.statements += 1
-                self.counters.last_active = time.time()
-                self.counters.bytes_from_client += len(payload) + 4
+                self.counters.client_sent(len(payload) + 4, 1)
                 command = payload[0]
                 if command == Command.QUIT:
                     return

@@ -38,6 +38,13 @@ class Counters:
     statements: int = 0
     last_active: float = field(default_factory=time.time)
 
+    def client_sent(self, nbytes: int, commands: int) -> None:
+        """The client sent ``nbytes`` holding the start of ``commands`` commands."""
+        self.bytes_from_client += nbytes
+        if commands:
+            self.statements += commands
+            self.last_active = time.time()
+
 
 @dataclass(frozen=True)
 class HeldChangeUser:
@@ -188,15 +195,12 @@ class ThreadedRelay:
                 pending = b""
                 if not data:
                     return
-                counters.bytes_from_client += len(data)
                 segments, commands = scanner.feed(data)
-                if commands:
-                    counters.statements += len(commands)
-                    counters.last_active = time.time()
-                    for command in commands:
-                        if command == Command.QUIT:
-                            self._client_quit = True
-                        self.on_command(command)
+                counters.client_sent(len(data), len(commands))
+                for command in commands:
+                    if command == Command.QUIT:
+                        self._client_quit = True
+                    self.on_command(command)
                 for segment in segments:
                     if isinstance(segment, HeldChangeUser):
                         to_server, to_client = self.on_change_user(segment.payload)
@@ -279,14 +283,11 @@ async def async_relay(
         nonlocal quit_seen
         scanner = CommandScanner()
         while data := await client_reader.read(CHUNK):
-            counters.bytes_from_client += len(data)
             segments, commands = scanner.feed(data)
-            if commands:
-                counters.statements += len(commands)
-                counters.last_active = time.time()
-                for command in commands:
-                    quit_seen = quit_seen or command == Command.QUIT
-                    on_command(command)
+            counters.client_sent(len(data), len(commands))
+            for command in commands:
+                quit_seen = quit_seen or command == Command.QUIT
+                on_command(command)
             for segment in segments:
                 if isinstance(segment, HeldChangeUser):
                     rewritten = await on_change_user(segment.payload)
