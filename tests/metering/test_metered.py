@@ -62,6 +62,9 @@ async def test_transfer_written_and_storage_are_metered(db: Db) -> None:
     assert db.platform.proxy is not None
     stats = db.platform.proxy.stats[db.endpoint_id]
     # Every byte the proxy sent is stored once the session closes (within the report).
+    # The proxy sees the client's close a moment after close() returns: wait for it
+    # first, or 0 stored == 0 counted would pass before anything was counted.
+    await eventually(lambda: stats.sessions == 0 and stats.bytes_to_clients > 0)
     await eventually(lambda: usage(db).data_transfer_bytes == stats.bytes_to_clients)
     assert payload < stats.bytes_to_clients < payload + 64 * 1024
     # Written data: the compute's redo log, read by the meter while it runs.
