@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import socket
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -20,10 +22,12 @@ import pytest
 from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.proxy.pool import EndpointPool
+from selkie.proxy.stream import frame
 from selkie.server import Platform
 from tests.compute.conftest import require_mariadb
 from tests.helpers import free_port
 from tests.proxy.conftest import Db
+from tests.proxy.test_fuzz import open_raw, recv_packet, valid_response
 
 pytestmark = pytest.mark.timeout(300)
 TEMPLATE: list[Path] = []
@@ -356,11 +360,133 @@ async def test_last_insert_id_stays_correct_under_multiplexing(tmp_path: Path) -
             q(b, "INSERT INTO ai (who) VALUES ('b')")
             q(b, "INSERT INTO ai (who) VALUES ('b')")
             out = [q(a, "SELECT LAST_INSERT_ID()")[0][0], q(b, "SELECT LAST_INSERT_ID()")[0][0]]
-            a.close()
-            b.close()
+            c = conn(db)  # inserted nothing: reads 0, not the id another client made here
+            out.append(q(c, "SELECT LAST_INSERT_ID()")[0][0])
+            for x in (a, b, c):
+                x.close()
             return out
 
-        assert await asyncio.to_thread(run) == [1, 3]
+        assert await asyncio.to_thread(run) == [1, 3, 0]
+    finally:
+        await p.stop()
+        p.close()
+
+
+def raw_pooled(db: Db) -> socket.socket:
+    """A pooled session spoken to packet by packet (for what client libraries do not
+    expose: which statement id and which parameter types go out)."""
+    sock, scramble = open_raw(db)
+    user = f"{db.endpoint_id}-pooler.{db.role}"
+    sock.sendall(frame(1, valid_response(db, scramble, user=user))[0])
+    assert recv_packet(sock)[1][:1] == b"\x00"
+    return sock
+
+
+def raw_prepare(sock: socket.socket, sql: bytes) -> int:
+    sock.sendall(frame(0, b"\x16" + sql)[0])
+    ok = recv_packet(sock)[1]
+    assert ok[0] == 0, ok
+    stmt, columns, params = struct.unpack("<IHH", ok[1:9])
+    for _ in range(columns + params):  # DEPRECATE_EOF: no EOF after the definitions
+        recv_packet(sock)
+    return int(stmt)
+
+
+def raw_execute_text(sock: socket.socket, stmt: int, types: bytes | None, value: bytes) -> str:
+    """COM_STMT_EXECUTE of a one-parameter statement returning one string column; types
+    None sends new_params_bound_flag 0 (the types bound before stand)."""
+    bound = b"\x00" if types is None else b"\x01" + types
+    sock.sendall(frame(0, b"\x17" + struct.pack("<IBI", stmt, 0, 1) + b"\x00" + bound + value)[0])
+    first = recv_packet(sock)[1]
+    assert first[0] not in (0x00, 0xFF), first
+    recv_packet(sock)  # the column definition
+    row = recv_packet(sock)[1]  # 0x00, a NULL bitmap byte, then the lenenc string
+    assert row[0] == 0 and recv_packet(sock)[1][0] == 0xFE
+    return row[3 : 3 + row[2]].decode()
+
+
+async def test_statements_are_shared_by_sql_and_parameter_types_rebound(tmp_path: Path) -> None:
+    p = await pooled_platform(tmp_path, cap=1)  # every client shares one backend
+    try:
+        db = await pooled_db(p)
+
+        def prepares(c: pymysql.Connection) -> int:  # type: ignore[type-arg]
+            return int(q(c, "SHOW GLOBAL STATUS LIKE 'Com_stmt_prepare'")[0][1])
+
+        def run() -> tuple[list[str], int, int]:
+            admin = conn(db)
+            before = prepares(admin)
+            a, b = raw_pooled(db), raw_pooled(db)
+            sql = b"SELECT CAST(? AS CHAR) AS v"
+            sa, sb = raw_prepare(a, sql), raw_prepare(b, sql)
+            longlong, string = b"\x08\x00", b"\xfd\x00"
+            seen = [
+                raw_execute_text(a, sa, longlong, struct.pack("<q", 7)),
+                raw_execute_text(b, sb, string, b"\x03abc"),
+                # A relies on the types it bound; the backend's statement last had B's.
+                raw_execute_text(a, sa, None, struct.pack("<q", 8)),
+                raw_execute_text(b, sb, None, b"\x03xyz"),
+            ]
+            for _ in range(20):
+                seen.append(raw_execute_text(a, sa, None, struct.pack("<q", 9)))
+            prepared = prepares(admin) - before
+            a.close()
+            b.close()
+            admin.close()
+            return seen, prepared, pool(db).resets
+
+        seen, prepared, resets = await asyncio.to_thread(run)
+        assert seen[:4] == ["7", "abc", "8", "xyz"] and set(seen[4:]) == {"9"}
+        # Two clients' prepares and nothing more: the backend keeps the statement for both,
+        # and clients whose state matches take each other's backend without a reset.
+        assert prepared == 2
+        assert resets == 0
+    finally:
+        await p.stop()
+        p.close()
+
+
+async def test_a_stored_procedure_gets_the_backend_reset_for_the_next_client(
+    tmp_path: Path,
+) -> None:
+    p = await pooled_platform(tmp_path, cap=1)
+    try:
+        db = await pooled_db(p)
+
+        def run() -> tuple[object, int]:
+            a, b = conn(db), conn(db)
+            default = q(b, "SELECT @@sql_mode")[0][0]
+            q(a, "CREATE PROCEDURE loose() BEGIN SET SESSION sql_mode = 'ANSI'; END")
+            q(a, "CALL loose()")  # changes the session behind the proxy's back
+            seen = q(b, "SELECT @@sql_mode")[0][0]
+            a.close()
+            b.close()
+            return seen == default, pool(db).resets
+
+        assert await asyncio.to_thread(run) == (True, 1)
+    finally:
+        await p.stop()
+        p.close()
+
+
+async def test_a_failed_set_over_another_clients_value_does_not_leave_it(tmp_path: Path) -> None:
+    p = await pooled_platform(tmp_path, cap=1)
+    try:
+        db = await pooled_db(p)
+
+        def run() -> tuple[object, object]:
+            a, b = conn(db), conn(db)
+            q(a, "SET time_zone = '+02:00'")
+            # B's own SET would have replaced A's value, so no reset was needed; it fails.
+            with pytest.raises(pymysql.err.DatabaseError) as err:
+                q(b, "SET time_zone = 'No/Such_Zone'")
+            zone = q(b, "SELECT @@time_zone")[0][0]
+            mine = q(a, "SELECT @@time_zone")[0][0]
+            a.close()
+            b.close()
+            return (err.value.args[0], zone), mine
+
+        assert await asyncio.to_thread(run) == ((1298, "SYSTEM"), "+02:00")
     finally:
         await p.stop()
         p.close()

@@ -227,6 +227,7 @@ class PoolerMetrics(BaseModel):
     clients_waiting: int = 0
     pinned_sessions: int = 0
     backends_peak: int = 0
+    backend_resets: int = 0
 
 
 class PoolerResponse(BaseModel):

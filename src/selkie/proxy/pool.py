@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from selkie.proxy.stream import PacketStream
-from selkie.proxy.wire import Capability
+from selkie.proxy.wire import Capability, Command
 
 # Capabilities that change how responses are encoded: backends are shared only between
 # clients that agree on them.
@@ -39,8 +40,19 @@ class PoolKey:
     charset: int
 
 
+# Statements kept prepared per backend connection (the server's max_prepared_stmt_count,
+# 16382 by default, is shared by all its connections).
+MAX_STATEMENTS = 256
+
+
 class PoolTimeout(Exception):
     """No backend became free in time."""
+
+
+@dataclass
+class BackendStatement:
+    id: int  # the compute's statement id
+    types: bytes | None = None  # parameter types last bound on it (they stick until re-sent)
 
 
 @dataclass(eq=False)
@@ -54,9 +66,14 @@ class Backend:
     sets: dict[str, str] = field(default_factory=dict)
     last_insert_id: int | None = None
     multi_statements: bool | None = None
-    statements: dict[int, int] = field(default_factory=dict)  # client stmt id -> ours
-    types_sent: set[int] = field(default_factory=set)
+    # Statements prepared here, by SQL text, least recently used first: every client of
+    # this backend executes through them, so a statement is prepared once per backend,
+    # not once per client that lands here.
+    statements: OrderedDict[bytes, BackendStatement] = field(default_factory=OrderedDict)
     owner: object | None = None  # the client session that used it last
+    # The last owner ran something that may change session state the proxy does not track
+    # (a stored procedure): the next client gets the backend reset.
+    dirty: bool = False
 
     def alive(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
@@ -69,9 +86,30 @@ class Backend:
         """After COM_RESET_CONNECTION: the server dropped variables and statements."""
         self.sets.clear()
         self.statements.clear()
-        self.types_sent.clear()
         self.last_insert_id = None
         self.multi_statements = None
+        self.dirty = False
+
+    def statement(self, sql: bytes) -> BackendStatement | None:
+        found = self.statements.get(sql)
+        if found is not None:
+            self.statements.move_to_end(sql)
+        return found
+
+    def remember(self, sql: bytes, stmt_id: int) -> BackendStatement:
+        """Note a statement prepared here; one prepared earlier for the same SQL, and the
+        least recently used beyond the cap, are closed on the server (COM_STMT_CLOSE has no
+        response, so this costs no round trip)."""
+        old = self.statements.pop(sql, None)
+        if old is not None and old.id != stmt_id:
+            self._close_statement(old.id)
+        stmt = self.statements[sql] = BackendStatement(stmt_id)
+        while len(self.statements) > MAX_STATEMENTS:
+            self._close_statement(self.statements.popitem(last=False)[1].id)
+        return stmt
+
+    def _close_statement(self, stmt_id: int) -> None:
+        self.stream.write(0, bytes([Command.STMT_CLOSE]) + stmt_id.to_bytes(4, "little"))
 
 
 class EndpointPool:
@@ -87,6 +125,7 @@ class EndpointPool:
         self.clients = 0
         self.pinned = 0
         self.peak = 0  # most backends open at once (tests and metrics)
+        self.resets = 0  # backends reset before another client used them
 
     def metrics(self) -> dict[str, int]:
         idle = sum(len(v) for v in self._idle.values())
@@ -97,6 +136,7 @@ class EndpointPool:
             "clients_waiting": self.waiting,
             "pinned_sessions": self.pinned,
             "backends_peak": self.peak,
+            "backend_resets": self.resets,
         }
 
     async def acquire(

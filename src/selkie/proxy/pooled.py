@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from selkie.proxy.packets import (
@@ -42,6 +42,8 @@ from selkie.proxy.wire import (
 
 log = logging.getLogger(__name__)
 FLUSH_BYTES = 1 << 20
+# The owner of a backend whose session state is not known: the next user resets it.
+UNKNOWN_OWNER = object()
 
 
 @dataclass
@@ -111,6 +113,7 @@ class PooledSession:
         self.pins: set[str] = set()
         self.status = int(ServerStatus.AUTOCOMMIT)
         self._pinned_counted = False
+        self._overwriting = False  # the command runs over another client's variables
 
     # --- backends --------------------------------------------------------------------------
 
@@ -147,17 +150,25 @@ class PooledSession:
     def _may_release(self) -> bool:
         return self.transaction_mode and not self.pinned and not self.status & ServerStatus.IN_TRANS
 
-    async def _sync(self, b: Backend, *, need_last_insert_id: bool) -> Err | None:
-        """Give the backend this session's state; an ERR if the compute refused some of it."""
-        if b.owner is not None and b.owner is not self:
-            # Another client used it: wipe its session (variables, temporary tables,
-            # statements) before this one sees it.
+    async def _sync(
+        self, b: Backend, *, need_last_insert_id: bool, setting: Iterable[str] = ()
+    ) -> Err | None:
+        """Give the backend this session's state (``setting``: variables the command about
+        to run sets itself); an ERR if the compute refused some of it."""
+        st = self.state
+        foreign = b.owner is not None and b.owner is not self
+        if foreign and (b.dirty or self._needs_reset(b, setting)):
+            # Another client left state here that this session must not see and that
+            # cannot be set back one variable at a time: wipe the connection's session.
+            self.pool.resets += 1
             err = (await self._internal(b, bytes([Command.RESET_CONNECTION]))).error
             if err is not None:
                 return err
             b.forget_session()
+            foreign = False
+        # Another client's values are still here, for the command to overwrite.
+        self._overwriting = foreign and self._needs_reset(b, ())
         b.owner = self
-        st = self.state
         if st.database and st.database != b.database:
             err = (await self._internal(b, bytes([Command.INIT_DB]) + st.database.encode())).error
             if err is not None:
@@ -173,10 +184,24 @@ class PooledSession:
             option = 0 if st.multi_statements else 1
             await self._internal(b, bytes([Command.SET_OPTION]) + struct.pack("<H", option))
             b.multi_statements = st.multi_statements
-        if need_last_insert_id and st.last_insert_id and b.last_insert_id != st.last_insert_id:
-            await self._internal(b, b"\x03DO LAST_INSERT_ID(%d)" % st.last_insert_id)
+        if need_last_insert_id and (b.last_insert_id or 0) != (st.last_insert_id or 0):
+            # 0 is what a session that inserted nothing reads.
+            await self._internal(b, b"\x03DO LAST_INSERT_ID(%d)" % (st.last_insert_id or 0))
             b.last_insert_id = st.last_insert_id
         return None
+
+    def _needs_reset(self, b: Backend, setting: Iterable[str]) -> bool:
+        """Whether the backend's tracked state has something this session lacks: a variable
+        it never set (and is not setting now), a database when it has none, a
+        multi-statement option it never chose. What differs in value is set again instead.
+        State that is not tracked pins its session, and a pinned session's backend is
+        closed, never lent out."""
+        st = self.state
+        return (
+            any(var not in st.sets and var not in setting for var in b.sets)
+            or (st.database is None and b.database is not None)
+            or (st.multi_statements is None and b.multi_statements is not None)
+        )
 
     async def _internal(self, b: Backend, payload: bytes) -> Summary:
         """A command of the proxy's own; its response is read and dropped."""
@@ -335,9 +360,20 @@ class PooledSession:
         await self.reply(1, build_err(code, message))
 
     async def login(self) -> Err | None:
-        """Borrow a backend once so a bad database or a dead compute shows at connect."""
+        """Borrow a backend once so a bad database or a dead compute shows at connect. Only
+        the database is put in place: whether another client's state must be wiped is
+        decided by the first command (which often sets that state itself, as drivers'
+        ``SET NAMES`` on connect do)."""
         b = await self._acquire()
-        err = await self._sync(b, need_last_insert_id=False)
+        if b.owner is None or b.owner is self:
+            err = await self._sync(b, need_last_insert_id=False)
+        elif self.state.database and self.state.database != b.database:
+            payload = bytes([Command.INIT_DB]) + self.state.database.encode()
+            err = (await self._internal(b, payload)).error
+            if err is None:
+                b.database = self.state.database
+        else:
+            err = None
         if err is not None or self._may_release():
             await self._release()
         return err
@@ -413,12 +449,9 @@ class PooledSession:
         if command == Command.SET_OPTION and len(payload) >= 3:
             st.multi_statements = struct.unpack("<H", payload[1:3])[0] == 0
         if command == Command.STMT_CLOSE:
-            stmt = struct.unpack("<I", payload[1:5])[0]
-            st.prepared.pop(stmt, None)
-            if self.backend is not None and stmt in self.backend.statements:
-                ours = self.backend.statements.pop(stmt)
-                self.backend.stream.write(0, payload[:1] + int4(ours))
-                await self.backend.writer.drain()
+            # Only the client's id goes: the backend keeps the statement for its next user
+            # (its cache is bounded).
+            st.prepared.pop(struct.unpack("<I", payload[1:5])[0], None)
             return
         if command in (
             Command.STMT_EXECUTE,
@@ -449,6 +482,8 @@ class PooledSession:
                 self.pins.add(effect.reason)
             if effect.unpin_lock_tables:
                 self.pins.discard("LOCK TABLES")
+            if effect.untracked and self.backend is not None:
+                self.backend.dirty = True
         if command == Command.INIT_DB and summary.error is None:
             st.database = payload[1:].decode(errors="replace")
             if self.backend is not None:
@@ -457,6 +492,11 @@ class PooledSession:
             st.last_insert_id = summary.last_insert_id
             if self.backend is not None:
                 self.backend.last_insert_id = summary.last_insert_id
+        if summary.error is not None and self._overwriting and self.backend is not None:
+            # What was to replace another client's values failed: they are still there, so
+            # whoever uses this backend next gets it reset.
+            self.backend.dirty = True
+            self.backend.owner = UNKNOWN_OWNER
         if summary.warnings:
             self.pins.add("warnings")  # until read: the next command runs here too
         elif command == Command.QUERY:
@@ -468,12 +508,14 @@ class PooledSession:
         if self._may_release():
             await self._release()
 
-    async def _run(self, command: int, payload: bytes, *, effect: object = None) -> Summary | None:
+    async def _run(
+        self, command: int, payload: bytes, *, effect: Effect | None = None
+    ) -> Summary | None:
         """Run one client command on a backend with this session's state in place."""
-
-        reads_lii = isinstance(effect, Effect) and effect.reads_last_insert_id
+        reads_lii = effect is not None and effect.reads_last_insert_id
+        setting = effect.sets if effect is not None else ()
         b = await self._acquire()
-        err = await self._sync(b, need_last_insert_id=reads_lii)
+        err = await self._sync(b, need_last_insert_id=reads_lii, setting=setting)
         if err is not None:
             await self.reply(1, build_err(err.code, err.message, err.sqlstate))
             return Summary(error=err, status=self.status)
@@ -507,7 +549,7 @@ class PooledSession:
             ours = st.next_stmt_id
             st.next_stmt_id += 1
             st.prepared[ours] = Prepared(sql=payload[1:], num_params=summary.num_params)
-            b.statements[ours] = summary.stmt_id
+            b.remember(payload[1:], summary.stmt_id)
             first = bytearray(buffered[0])
             first[5:9] = int4(ours)  # frame header (4) + OK byte (1) + statement id (4)
             buffered[0] = bytes(first)
@@ -518,32 +560,31 @@ class PooledSession:
         return summary
 
     async def _bind_statement(self, b: Backend, command: int, payload: bytes) -> bytes:
-        """Map the client's statement id to this backend's, preparing it here first if it was
-        prepared elsewhere; an execute that relies on types sent to another backend gets
-        them again."""
-        st = self.state
-        stmt = struct.unpack("<I", payload[1:5])[0]
-        info = st.prepared[stmt]
-        if stmt not in b.statements:
+        """Map the client's statement id to the backend's statement for the same SQL,
+        preparing it here first if this backend has not got it; an execute that relies on
+        parameter types bound earlier gets them again where the backend's differ (another
+        client, or another backend, bound those)."""
+        info = self.state.prepared[struct.unpack("<I", payload[1:5])[0]]
+        bs = b.statement(info.sql)
+        if bs is None:
             summary = await self._internal(b, bytes([Command.STMT_PREPARE]) + info.sql)
             if summary.error is not None or summary.stmt_id is None:
                 err = summary.error or Err(code=1243, sqlstate="HY000", message="re-prepare failed")
                 await self.reply(1, build_err(err.code, err.message, err.sqlstate))
                 return b""
-            b.statements[stmt] = summary.stmt_id
-            b.types_sent.discard(stmt)
+            bs = b.remember(info.sql, summary.stmt_id)
         out = bytearray(payload)
-        out[1:5] = int4(b.statements[stmt])
+        out[1:5] = int4(bs.id)
         if command == Command.STMT_EXECUTE and info.num_params:
             flag_at = 10 + (info.num_params + 7) // 8
             if flag_at < len(out):
                 if out[flag_at] == 1:
                     info.param_types = bytes(out[flag_at + 1 : flag_at + 1 + 2 * info.num_params])
-                    b.types_sent.add(stmt)
-                elif stmt not in b.types_sent and info.param_types is not None:
+                    bs.types = info.param_types
+                elif info.param_types is not None and bs.types != info.param_types:
                     out[flag_at] = 1
                     out[flag_at + 1 : flag_at + 1] = info.param_types
-                    b.types_sent.add(stmt)
+                    bs.types = info.param_types
         return bytes(out)
 
 

@@ -85,6 +85,9 @@ class Effect:
     database: str | None = None
     # The statement reads LAST_INSERT_ID(): the tracked value must be in place first.
     reads_last_insert_id: bool = False
+    # It may change session state that is not tracked (CALL: a stored procedure can SET
+    # anything): the backend is reset before another client gets it.
+    untracked: bool = False
 
 
 def _strip(sql: str) -> str:
@@ -166,6 +169,7 @@ def classify(sql: str) -> Effect:
             reads_last_insert_id=any(e.reads_last_insert_id for e in effects),
             lock_tables=any(e.lock_tables for e in effects),
             unpin_lock_tables=any(e.unpin_lock_tables for e in effects),
+            untracked=any(e.untracked for e in effects),
         )
     reads_lii = "last_insert_id" in low
     if re.match(r"^\s*set\b", low):
@@ -192,4 +196,4 @@ def classify(sql: str) -> Effect:
     # Savepoints live inside a transaction, which holds its backend anyway (IN_TRANS).
     if re.match(r"^\s*(?:xa|handler)\b", low):
         return Effect(pin=True, reason="XA/HANDLER")
-    return Effect(reads_last_insert_id=reads_lii)
+    return Effect(reads_last_insert_id=reads_lii, untracked=bool(re.match(r"^\s*call\b", low)))
