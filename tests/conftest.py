@@ -3,9 +3,10 @@ PostgreSQL, the control plane, and API clients with keys of two organizations.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from selkie import eventloop
 from selkie.api.app import create_app
 from selkie.config import Settings, load_settings
 from selkie.control import Control
@@ -33,6 +35,15 @@ def need_service(what: str, why: str) -> None:
     if IN_CI:
         pytest.fail(message + " (CI=true: services are required)", pytrace=False)
     pytest.skip(message)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The tests run on the event loop the servers run on (SELKIE_EVENT_LOOP, default auto:
+    uvloop when installed)."""
+    choice = eventloop.resolve(os.environ.get("SELKIE_EVENT_LOOP", "auto"))
+    return {choice: eventloop.factory(choice)}
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,9 @@ store (no server needed); the other commands talk to the REST API at ``SELKIE_AP
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -99,17 +98,24 @@ def _emit(data: Any, output: Output, columns: list[str] | None = None) -> None:
 @app.command()
 def up(config: ConfigOpt = None) -> None:
     """Run the whole platform in this process (API, proxy, scheduler). Ctrl-C stops."""
-    import logging
-
     from selkie.server import banner, serve
 
     settings = _settings(config)
+    _run_server(settings, serve(settings, on_ready=lambda first: print(banner(settings, first))))
+
+
+def _run_server(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """Logging as configured, then ``main`` on the configured event loop until Ctrl-C."""
+    import logging
+
+    from selkie import eventloop
+
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with _failures(), suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, on_ready=lambda first: print(banner(settings, first))))
+        eventloop.run(main, settings.event_loop)
 
 
 @app.command()
@@ -117,21 +123,15 @@ def api(config: ConfigOpt = None) -> None:
     """Run an API replica: REST API, operations runner, scheduler (one leader among the
     replicas on a PostgreSQL store) and, with SELKIE_INTERNAL_TOKEN, the internal routes
     that `selkie proxy` replicas use. No proxy; computes keep running when it stops."""
-    import logging
 
     from selkie.server import serve
 
     settings = _settings(config)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     def ready(_: object) -> None:
         print(f"Selkie API replica on {settings.effective_api_url}", flush=True)
 
-    with _failures(), suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, proxy=False, on_ready=ready))
+    _run_server(settings, serve(settings, proxy=False, on_ready=ready))
 
 
 @app.command()
@@ -139,16 +139,10 @@ def proxy(config: ConfigOpt = None) -> None:
     """Run the MySQL-protocol proxy alone. With SELKIE_INTERNAL_TOKEN and SELKIE_API_URL
     (comma-separated for several), a replica asking `selkie api` replicas; otherwise with
     an in-process control plane on the state store. Ctrl-C stops."""
-    import logging
-
     from selkie.server import serve_proxy
 
     settings = _settings(config)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    with _failures(), suppress(KeyboardInterrupt):
-        asyncio.run(serve_proxy(settings))
+    _run_server(settings, serve_proxy(settings))
 
 
 # --- api keys -------------------------------------------------------------------------------

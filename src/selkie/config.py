@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from selkie import eventloop
 from selkie.errors import ConfigError
 
 ENV_PREFIX = "SELKIE_"
@@ -121,6 +122,8 @@ class Settings:
     pooler_wait_timeout: float = 30.0
     # Computes: "local" (mariadbd processes on this machine) or "kubernetes".
     compute_driver: str = "local"
+    # The event loop the servers run on: "auto" (uvloop when installed), "uvloop", "asyncio".
+    event_loop: str = "auto"
     # Kubernetes driver: namespace (default: the pod's own, else "default"), images, and
     # the claims made per branch.
     kubernetes_namespace: str = ""
@@ -279,6 +282,10 @@ def load_settings(
         raise ConfigError(
             f"compute_driver must be 'local' or 'kubernetes', not {settings.compute_driver!r}"
         )
+    try:
+        eventloop.resolve(settings.event_loop)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if settings.metering_interval <= 0:
         raise ConfigError("metering_interval must be positive")
     return settings

@@ -4,7 +4,9 @@ clients, and the errors a woken endpoint can give."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import ssl
 import subprocess
 import time
 
@@ -12,8 +14,11 @@ import pymysql
 import pytest
 
 from selkie.control.bootstrap import local_principal
+from selkie.proxy.stream import frame
+from selkie.proxy.wire import PROXY_CAPABILITIES, Capability
 from tests.proxy.conftest import Db
 from tests.proxy.test_clients import mariadb_cli, pymysql_conn
+from tests.proxy.test_fuzz import open_raw, valid_response
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -134,6 +139,44 @@ async def test_require_tls(db: Db) -> None:
     assert err.value.args[0] == 1045 and "requires TLS" in err.value.args[1]
     conn = await asyncio.to_thread(pymysql_conn, db, ssl_ca=str(db.cert))
     conn.close()
+
+
+async def test_a_client_hello_sent_with_the_ssl_request_is_not_lost(db: Db) -> None:
+    """SSLRequest and the TLS ClientHello in one segment: the proxy has read the hello's
+    bytes with the request and must hand them to TLS (on either event loop)."""
+
+    def run() -> bytes:
+        sock, scramble = open_raw(db)
+        ctx = ssl.create_default_context(cafile=str(db.cert))
+        ctx.check_hostname = False
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing)
+        caps = int(PROXY_CAPABILITIES | Capability.SSL)
+        ssl_request = caps.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + b"\x2d"
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        sock.sendall(frame(1, ssl_request + bytes(23))[0] + outgoing.read())
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if pending := outgoing.read():
+                    sock.sendall(pending)
+                incoming.write(sock.recv(65536))
+        tls.write(frame(2, valid_response(db, scramble))[0])
+        sock.sendall(outgoing.read())
+        reply = b""
+        while len(reply) < 5:
+            try:
+                reply += tls.read()
+            except ssl.SSLWantReadError:
+                incoming.write(sock.recv(65536))
+        sock.close()
+        return reply
+
+    reply = await asyncio.to_thread(run)
+    assert reply[3] == 3 and reply[4] == 0x00, reply  # OK, sequence 3: logged in over TLS
 
 
 async def test_disabled_endpoint_is_not_woken(db: Db) -> None:

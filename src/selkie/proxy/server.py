@@ -21,6 +21,7 @@ import time
 from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from selkie.controlplane import Access, Activity, Backend, ControlPlane
 from selkie.errors import Conflict, NotFound, QuotaExceeded, SelkieError, StateConflict
@@ -716,32 +717,42 @@ async def _start_tls(
 ) -> None:
     """Upgrade the client connection to TLS (server side).
 
-    A client sends its ClientHello right behind the SSLRequest, so asyncio may already have
-    read it into the StreamReader, where the TLS layer would never see it and the handshake
-    would hang. Such bytes are handed to the TLS protocol once it is in place.
+    A client sends its ClientHello right behind the SSLRequest, so the StreamReader may
+    already hold its first bytes, where the TLS layer would never see them and the handshake
+    would hang. Such bytes are handed to the TLS protocol once it is in place, through the
+    protocol interface only, so this works on the standard loop and on uvloop alike.
     """
     buffer: bytearray = getattr(reader, "_buffer")  # noqa: B009 - no public accessor
     early = bytes(buffer)
     buffer.clear()
+    if not early:
+        await writer.start_tls(context)
+        return
     transport = writer.transport
+    original = transport.get_protocol()
     loop = asyncio.get_running_loop()
-    if early:
 
-        def inject() -> None:
-            proto = transport.get_protocol()
-            if (
-                not isinstance(proto, asyncio.BufferedProtocol)
-                or getattr(proto, "_transport", None) is None
-            ):
-                loop.call_soon(inject)  # start_tls has not installed it yet
-                return
-            view = memoryview(early)
-            while view:
-                buf = memoryview(proto.get_buffer(len(view))).cast("B")
-                n = min(len(buf), len(view))
-                buf[:n] = view[:n]
-                proto.buffer_updated(n)
-                view = view[n:]
+    def feed(proto: Any) -> None:
+        # uvloop's TLS protocol is buffered but not an asyncio.BufferedProtocol subclass.
+        if not hasattr(proto, "get_buffer"):
+            proto.data_received(early)
+            return
+        view = memoryview(early)
+        while view:
+            buf = memoryview(proto.get_buffer(len(view))).cast("B")
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            proto.buffer_updated(n)
+            view = view[n:]
 
-        loop.call_soon(inject)
+    def inject() -> None:
+        proto = transport.get_protocol()
+        if proto is original:
+            loop.call_soon(inject)  # start_tls has not installed its protocol yet
+            return
+        # start_tls installs the TLS protocol and queues its connection_made in one step:
+        # what is queued now runs after that.
+        loop.call_soon(feed, proto)
+
+    loop.call_soon(inject)
     await writer.start_tls(context)
