@@ -4,13 +4,15 @@ dir with one project whose endpoint they measure."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from selkie import eventloop
 from selkie.compute.local import free_port
 from selkie.config import load_settings
 from selkie.control import Created
@@ -18,6 +20,17 @@ from selkie.control.bootstrap import local_principal
 from selkie.server import Platform
 
 TABLE_SIZE = 10000
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a benchmark on the event loop Selkie's servers use (SELKIE_EVENT_LOOP, default
+    auto: uvloop when installed), so the figures are those of what ships."""
+    return eventloop.run(main, os.environ.get("SELKIE_EVENT_LOOP", "auto"))
+
+
+def loop_name() -> str:
+    return eventloop.resolve(os.environ.get("SELKIE_EVENT_LOOP", "auto"))
 
 
 async def sysbench(

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import pct
+from _common import pct, run
 
 from selkie.compute.local import free_port, wait_for_handshake
 from selkie.compute.mariadb import Sizing, render_config
@@ -154,4 +154,4 @@ async def main(cycles: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cycles", type=int, default=20)
-    asyncio.run(main(parser.parse_args().cycles))
+    run(main(parser.parse_args().cycles))

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import shutil
 
-from _common import bench_platform, sysbench
+from _common import bench_platform, run, sysbench
 
 from selkie.control.bootstrap import local_principal
 
@@ -69,4 +69,4 @@ if __name__ == "__main__":
     parser.add_argument("--backends", type=int, default=20)
     parser.add_argument("--time", type=int, default=10)
     a = parser.parse_args()
-    asyncio.run(main(a.threads, a.backends, a.time))
+    run(main(a.threads, a.backends, a.time))

@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import bench_platform, sysbench
+from _common import bench_platform, run, sysbench
 
 from selkie.compute.local import free_port
 
@@ -91,4 +91,4 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     a = parser.parse_args()
-    sys.exit(asyncio.run(main(a.time, a.rounds, a.threads)))
+    sys.exit(run(main(a.time, a.rounds, a.threads)))

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import bench_platform, free_port, pct
+from _common import bench_platform, free_port, pct, run
 from resume import first_row
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -41,7 +41,7 @@ def wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-d
 
 
 def embedded(cycles: int) -> list[float]:
-    async def run() -> list[float]:
+    async def cycle() -> list[float]:
         async with bench_platform(suspend_timeout_seconds=-1) as b:
             args = (b.proxy_port, f"{b.endpoint_id}.{b.role}", b.password, b.database)
             await asyncio.to_thread(first_row, *args)
@@ -51,7 +51,7 @@ def embedded(cycles: int) -> list[float]:
                 out.append(await asyncio.to_thread(first_row, *args))
             return out
 
-    return asyncio.run(run())
+    return run(cycle())
 
 
 def replicas(cycles: int, pg_admin: str) -> list[float]:

@@ -13,7 +13,7 @@ import statistics
 import time
 
 import pymysql
-from _common import bench_platform, pct
+from _common import bench_platform, pct, run
 
 
 def first_row(port: int, user: str, password: str, db: str) -> float:
@@ -76,4 +76,4 @@ async def main(cycles: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cycles", type=int, default=50)
-    asyncio.run(main(parser.parse_args().cycles))
+    run(main(parser.parse_args().cycles))

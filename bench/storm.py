@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pymysql
-from _common import bench_platform, pct
+from _common import bench_platform, pct, run
 
 
 def storm(n: int, port: int, user: str, password: str, db: str) -> tuple[list[float], list[str]]:
@@ -107,4 +107,4 @@ if __name__ == "__main__":
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=500)
-    asyncio.run(main(parser.parse_args().clients))
+    run(main(parser.parse_args().clients))
