@@ -58,9 +58,17 @@ KNOWN_VARIABLES = frozenset(
     }
 )
 
-_COMMENTS = re.compile(r"/\*(?!!).*?\*/|(?:--\s|#)[^\n]*", re.S)
-_STRINGS = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`", re.S)
+# Quoted strings and identifiers, as "unrolled loops" (no alternation per character).
+_STRINGS = re.compile(
+    r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'|\"[^\"\\]*(?:(?:\\.|\"\")[^\"\\]*)*\"|`[^`]*`", re.S
+)
+# Strings first, so comment markers inside a literal are left alone; /*! … */ is kept (the
+# server runs it).
+_STRINGS_OR_COMMENTS = re.compile(_STRINGS.pattern + r"|/\*(?!!).*?\*/|(?:--\s|#)[^\n]*", re.S)
 _USER_VAR = re.compile(r"(?<![@\w])@(?!@)[\w.$]+|(?<![@\w])@['\"`]")
+_TEMPORARY = re.compile(r"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b")
+_LOCK_FUNCTIONS = re.compile(r"\b(?:get_lock|is_used_lock|release_lock|release_all_locks)\s*\(")
+_FOUND_ROWS = re.compile(r"\bfound_rows\s*\(")
 _SET = re.compile(r"^\s*set\s+(.*)$", re.I | re.S)
 _USE = re.compile(r"^\s*use\s+`?([\w$]+)`?\s*;?\s*$", re.I)
 _VARNAME = re.compile(
@@ -90,33 +98,49 @@ class Effect:
     untracked: bool = False
 
 
+def _keep_strings(m: re.Match[str]) -> str:
+    text = m.group()
+    return text if text[0] in "'\"`" else " "
+
+
+def _uncomment(sql: str) -> str:
+    """Comments outside literals replaced by a space."""
+    if "/*" not in sql and "--" not in sql and "#" not in sql:
+        return sql
+    return _STRINGS_OR_COMMENTS.sub(_keep_strings, sql)
+
+
 def _strip(sql: str) -> str:
     """Comments removed and string literals blanked (so keywords in data do not count)."""
-    sql = _COMMENTS.sub(" ", sql)
-    return _STRINGS.sub("''", sql)
+    return _STRINGS.sub("''", _uncomment(sql))
+
+
+# What split_top_level looks at: whole quoted strings (an unterminated one runs to the end),
+# parentheses and the separator. Matched by the regex engine, so a statement of megabytes
+# costs one pass in C and a Python step per token, not per character.
+_SPLIT_TOKENS = {
+    sep: re.compile(
+        r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'?|\"[^\"\\]*(?:(?:\\.|\"\")[^\"\\]*)*\"?|`[^`]*`?|[()"
+        + re.escape(sep)
+        + "]",
+        re.S,
+    )
+    for sep in ",;"
+}
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside quotes and parentheses."""
-    parts, depth, quote, start = [], 0, "", 0
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "'\"`":
-            quote = ch
-        elif ch == "(":
+    """Split on ``sep`` (``,`` or ``;``) outside quotes and parentheses."""
+    parts, depth, start = [], 0, 0
+    for m in _SPLIT_TOKENS[sep].finditer(text):
+        lexeme = m.group()
+        if lexeme == "(":
             depth += 1
-        elif ch == ")":
+        elif lexeme == ")":
             depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-        i += 1
+        elif lexeme == sep and depth == 0:
+            parts.append(text[start : m.start()])
+            start = m.end()
     parts.append(text[start:])
     return [p.strip() for p in parts if p.strip()]
 
@@ -148,13 +172,15 @@ def _set_effect(body_raw: str) -> Effect:
 
 def classify(sql: str) -> Effect:
     """The session effect of one COM_QUERY text (possibly several statements)."""
-    stripped = _strip(sql)
+    uncommented = _uncomment(sql)
+    stripped = _STRINGS.sub("''", uncommented)
     low = stripped.lower()
-    statements = [s for s in split_top_level(stripped, ";")]
-    raw_statements = split_top_level(_COMMENTS.sub(" ", sql), ";")
-    if len(statements) > 1:
+    # Literals are blanked in ``stripped``: a ';' left there may separate statements (the
+    # split below also knows an unterminated literal, which runs to the end).
+    parts = split_top_level(uncommented, ";") if ";" in stripped.rstrip().rstrip(";") else []
+    if len(parts) > 1:
         # Several statements in one packet: any pinning trigger anywhere pins.
-        effects = [classify(s) for s in raw_statements]
+        effects = [classify(s) for s in parts]
         pins = [e for e in effects if e.pin]
         if pins:
             return Effect(pin=True, reason=pins[0].reason)
@@ -173,25 +199,27 @@ def classify(sql: str) -> Effect:
         )
     reads_lii = "last_insert_id" in low
     if re.match(r"^\s*set\b", low):
-        m = _SET.match(_COMMENTS.sub(" ", sql))
+        m = _SET.match(uncommented)
         body = m.group(1) if m else ""
         return _set_effect(body.rstrip().rstrip(";"))
-    m = _USE.match(_COMMENTS.sub(" ", sql))
+    m = _USE.match(uncommented)
     if m:
         return Effect(database=m.group(1))
     if re.match(r"^\s*lock\s+tables?\b", low):
         return Effect(pin=True, reason="LOCK TABLES", lock_tables=True)
     if re.match(r"^\s*unlock\s+tables?\b", low):
         return Effect(unpin_lock_tables=True)
-    if _USER_VAR.search(stripped):
+    # Each search only where a plain substring test says it can match: statements of
+    # megabytes (multi-row inserts) are common, and these run on the event loop.
+    if "@" in stripped and _USER_VAR.search(stripped):
         return Effect(pin=True, reason="user variable")
-    if re.search(r"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b", low):
+    if "temporary" in low and _TEMPORARY.search(low):
         return Effect(pin=True, reason="temporary table")
     if re.match(r"^\s*(?:prepare|execute|deallocate)\s", low):
         return Effect(pin=True, reason="PREPARE")
-    if re.search(r"\b(?:get_lock|is_used_lock|release_lock|release_all_locks)\s*\(", low):
+    if "lock" in low and _LOCK_FUNCTIONS.search(low):
         return Effect(pin=True, reason="GET_LOCK")
-    if "sql_calc_found_rows" in low or re.search(r"\bfound_rows\s*\(", low):
+    if "found_rows" in low and ("sql_calc_found_rows" in low or _FOUND_ROWS.search(low)):
         return Effect(pin=True, reason="SQL_CALC_FOUND_ROWS")
     # Savepoints live inside a transaction, which holds its backend anyway (IN_TRANS).
     if re.match(r"^\s*(?:xa|handler)\b", low):
