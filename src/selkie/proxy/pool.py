@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -113,12 +113,18 @@ class Backend:
 
 
 class EndpointPool:
+    """Backends of one endpoint. A released backend goes straight to the longest-waiting
+    client of its kind (first come, first served; no wake-up that finds nothing), else to
+    the idle list. Everything here runs on the event loop between awaits, so no lock."""
+
     def __init__(self, endpoint_id: str, *, cap: int, wait_timeout: float) -> None:
         self.endpoint_id = endpoint_id
         self.cap = cap
         self.wait_timeout = wait_timeout
         self._idle: dict[PoolKey, list[Backend]] = {}
-        self._cond = asyncio.Condition()
+        # Clients waiting, oldest first. A future's result: a backend handed over (already
+        # counted in use), or None: room was made, try again.
+        self._waiters: deque[tuple[PoolKey, asyncio.Future[Backend | None]]] = deque()
         self.total = 0
         self.in_use = 0
         self.waiting = 0
@@ -147,66 +153,125 @@ class EndpointPool:
         prefer: Backend | None = None,
     ) -> Backend:
         """A backend for ``key``: ``prefer`` (the one this client used last, which needs no
-        reset) when it is idle, else any idle one, else a new one under the cap, else wait."""
+        reset) when it is idle, else any idle one, else a new one under the cap, else wait
+        for one to be handed over."""
         deadline = time.monotonic() + self.wait_timeout
-        async with self._cond:
-            while True:
-                idle = self._idle.get(key)
-                if prefer is not None and idle and prefer in idle and prefer.alive():
-                    idle.remove(prefer)
-                    self.in_use += 1
-                    return prefer
-                while idle:
-                    backend = idle.pop()
-                    if backend.alive():
-                        self.in_use += 1
-                        return backend
-                    backend.close()
-                    self.total -= 1
-                if self.total < self.cap:
-                    self.total += 1
-                    self.in_use += 1
-                    self.peak = max(self.peak, self.total)
-                    break
-                # Full: make room by closing an idle backend of another kind, if any.
-                other = next((k for k, v in self._idle.items() if v and k != key), None)
-                if other is not None:
-                    self._idle[other].pop().close()
-                    self.total -= 1
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PoolTimeout
-                self.waiting += 1
-                try:
-                    await asyncio.wait_for(self._cond.wait(), remaining)
-                except TimeoutError:
-                    raise PoolTimeout from None
-                finally:
-                    self.waiting -= 1
+        while True:
+            backend = self._take_idle(key, prefer)
+            if backend is not None:
+                return backend
+            if self.total < self.cap or self._evict_other_kind(key):
+                self.total += 1
+                self.in_use += 1
+                self.peak = max(self.peak, self.total)
+                break
+            handed = await self._wait(key, deadline)
+            if handed is not None:
+                if handed.alive():
+                    return handed
+                await self.release(handed, broken=True)
         try:
             return await connect()
         except BaseException:
-            async with self._cond:
-                self.total -= 1
-                self.in_use -= 1
-                self._cond.notify()
+            self.total -= 1
+            self.in_use -= 1
+            self._wake_first()
             raise
 
+    def _take_idle(self, key: PoolKey, prefer: Backend | None) -> Backend | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        if prefer is not None and prefer in idle and prefer.alive():
+            idle.remove(prefer)
+            self.in_use += 1
+            return prefer
+        while idle:
+            backend = idle.pop()
+            if backend.alive():
+                self.in_use += 1
+                return backend
+            backend.close()
+            self.total -= 1
+        return None
+
+    def _evict_other_kind(self, key: PoolKey) -> bool:
+        """At the cap: close an idle backend of another kind to make room, if there is one."""
+        other = next((k for k, v in self._idle.items() if v and k != key), None)
+        if other is None:
+            return False
+        self._idle[other].pop().close()
+        self.total -= 1
+        return True
+
+    async def _wait(self, key: PoolKey, deadline: float) -> Backend | None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PoolTimeout
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Backend | None] = loop.create_future()
+        entry = (key, waiter)
+        self._waiters.append(entry)
+        self.waiting += 1
+        timer = loop.call_later(remaining, _expire, waiter)
+        try:
+            return await waiter
+        except BaseException:
+            # Cancelled (the client left) just as a backend or a retry was handed over:
+            # pass it on to the next waiter rather than lose it.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                handed = waiter.result()
+                if handed is None:
+                    self._wake_first()
+                else:
+                    self.in_use -= 1
+                    self._give(handed)
+            raise
+        finally:
+            timer.cancel()
+            self.waiting -= 1
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(entry)
+
+    def _give(self, backend: Backend) -> None:
+        """A free backend (not counted in use): to the oldest waiter of its kind, else idle,
+        and a waiter of another kind is told to try again (it may close this one to make
+        room for its own)."""
+        for i, (key, waiter) in enumerate(self._waiters):
+            if key == backend.key and not waiter.done():
+                del self._waiters[i]
+                self.in_use += 1
+                waiter.set_result(backend)
+                return
+        self._idle.setdefault(backend.key, []).append(backend)
+        self._wake_first()
+
+    def _wake_first(self) -> None:
+        """Room was made (a backend closed, or idle of a kind nobody waits for): the oldest
+        waiter tries again."""
+        while self._waiters:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
     async def release(self, backend: Backend, *, broken: bool = False) -> None:
-        async with self._cond:
-            self.in_use -= 1
-            if broken or not backend.alive():
-                backend.close()
-                self.total -= 1
-            else:
-                self._idle.setdefault(backend.key, []).append(backend)
-            self._cond.notify()
+        self.in_use -= 1
+        if broken or not backend.alive():
+            backend.close()
+            self.total -= 1
+            self._wake_first()
+        else:
+            self._give(backend)
 
     async def close(self) -> None:
-        async with self._cond:
-            for backends in self._idle.values():
-                for backend in backends:
-                    backend.close()
-                    self.total -= 1
-            self._idle.clear()
+        for backends in self._idle.values():
+            for backend in backends:
+                backend.close()
+                self.total -= 1
+        self._idle.clear()
+
+
+def _expire(waiter: asyncio.Future[Backend | None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(PoolTimeout())

@@ -1,0 +1,116 @@
+"""The backend pool's queue on its own (the pooler tests run it with real computes): first
+come first served, hand-over without lost backends when a waiter times out or leaves, and
+room made for another kind of backend at the cap."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from selkie.proxy.pool import Backend, EndpointPool, PoolKey, PoolTimeout
+
+K1 = PoolKey(role="app", caps=0, charset=45)
+K2 = PoolKey(role="other", caps=0, charset=45)
+
+
+class _End:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def at_eof(self) -> bool:
+        return self.closed
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def connector(key: PoolKey, made: list[Backend]) -> Any:
+    async def connect() -> Backend:
+        end = _End()
+        backend = Backend(key=key, reader=end, writer=end, stream=None)  # type: ignore[arg-type]
+        made.append(backend)
+        return backend
+
+    return connect
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_waiters_are_served_in_order_by_hand_over() -> None:
+    pool = EndpointPool("ep", cap=1, wait_timeout=5)
+    made: list[Backend] = []
+    first = await pool.acquire(K1, connector(K1, made))
+    order: list[str] = []
+
+    async def client(name: str) -> None:
+        b = await pool.acquire(K1, connector(K1, made))
+        order.append(name)
+        await pool.release(b)
+
+    tasks = [asyncio.create_task(client(n)) for n in "BCD"]
+    await settle()
+    assert pool.waiting == 3 and pool.in_use == 1
+    await pool.release(first)
+    await asyncio.gather(*tasks)
+    assert order == ["B", "C", "D"]
+    assert len(made) == 1 and pool.total == 1 and pool.in_use == 0 and pool.waiting == 0
+    assert pool.metrics()["backends_idle"] == 1
+
+
+async def test_a_waiter_times_out_with_nothing_lost() -> None:
+    pool = EndpointPool("ep", cap=1, wait_timeout=0.05)
+    made: list[Backend] = []
+    held = await pool.acquire(K1, connector(K1, made))
+    with pytest.raises(PoolTimeout):
+        await pool.acquire(K1, connector(K1, made))
+    assert pool.waiting == 0
+    await pool.release(held)
+    assert await pool.acquire(K1, connector(K1, made)) is held
+
+
+async def test_a_waiter_that_leaves_does_not_take_the_backend_with_it() -> None:
+    pool = EndpointPool("ep", cap=1, wait_timeout=5)
+    made: list[Backend] = []
+    held = await pool.acquire(K1, connector(K1, made))
+    leaving = asyncio.create_task(pool.acquire(K1, connector(K1, made)))
+    staying = asyncio.create_task(pool.acquire(K1, connector(K1, made)))
+    await settle()
+    # The backend is handed to the first waiter in the same instant that it is cancelled.
+    await pool.release(held)
+    leaving.cancel()
+    assert await staying is held
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert pool.in_use == 1 and pool.waiting == 0 and len(made) == 1
+
+
+async def test_at_the_cap_another_kind_gets_room() -> None:
+    pool = EndpointPool("ep", cap=1, wait_timeout=5)
+    made: list[Backend] = []
+    mine = await pool.acquire(K1, connector(K1, made))
+    other = asyncio.create_task(pool.acquire(K2, connector(K2, made)))
+    await settle()
+    assert not other.done()
+    await pool.release(mine)  # idle, of a kind nobody waits for: closed to make room
+    theirs = await other
+    assert theirs.key == K2 and mine.writer.is_closing()
+    assert pool.total == 1 and pool.in_use == 1
+
+
+async def test_a_broken_backend_makes_room_for_a_new_one() -> None:
+    pool = EndpointPool("ep", cap=1, wait_timeout=5)
+    made: list[Backend] = []
+    held = await pool.acquire(K1, connector(K1, made))
+    waiting = asyncio.create_task(pool.acquire(K1, connector(K1, made)))
+    await settle()
+    await pool.release(held, broken=True)
+    fresh = await waiting
+    assert fresh is not held and len(made) == 2 and pool.total == 1
