@@ -19,11 +19,12 @@ from pathlib import Path
 
 from _common import pct, run
 
-from selkie.compute.local import free_port, wait_for_handshake
+from selkie.compute.local import LocalDriver, free_port, wait_for_handshake
 from selkie.compute.mariadb import Sizing, render_config
 from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.server import Platform
+from selkie.storage.local import LocalStorage
 
 
 async def bare_cycle(template: Path, work: Path, mariadbd: str) -> tuple[float, float]:
@@ -106,6 +107,8 @@ async def main(cycles: int) -> None:
                 await platform.lifecycle.restart(ep)
                 samples["restart"].append((time.perf_counter() - t) * 1000)
                 await platform.lifecycle.suspend(ep)
+                assert isinstance(platform.storage, LocalStorage)
+                assert isinstance(platform.driver, LocalDriver)
                 bs, bt = await bare_cycle(
                     platform.storage.template, Path(tmp), platform.driver.mariadbd
                 )

@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import bench_platform, free_port, pct, run
+from _common import bench_platform, pct, run
 from resume import first_row
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from selkie.compute.local import free_port
 
 SELKIE = [sys.executable, "-m", "selkie.cli"]
 
