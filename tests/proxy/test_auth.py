@@ -141,9 +141,14 @@ async def test_require_tls(db: Db) -> None:
     conn.close()
 
 
-async def test_a_client_hello_sent_with_the_ssl_request_is_not_lost(db: Db) -> None:
+@pytest.mark.parametrize("gap", [None, 0.0, 0.0002, 0.0005, 0.001, 0.002, 0.05])
+async def test_a_client_hello_sent_with_the_ssl_request_is_not_lost(
+    db: Db, gap: float | None
+) -> None:
     """SSLRequest and the TLS ClientHello in one segment: the proxy has read the hello's
-    bytes with the request and must hand them to TLS (on either event loop)."""
+    bytes with the request and must hand them to TLS (on either event loop), before the
+    rest of the hello when that comes ``gap`` seconds later in a segment of its own (a
+    small gap puts it in the socket before the proxy starts TLS)."""
 
     def run() -> bytes:
         sock, scramble = open_raw(db)
@@ -155,7 +160,12 @@ async def test_a_client_hello_sent_with_the_ssl_request_is_not_lost(db: Db) -> N
         ssl_request = caps.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + b"\x2d"
         with contextlib.suppress(ssl.SSLWantReadError):
             tls.do_handshake()
-        sock.sendall(frame(1, ssl_request + bytes(23))[0] + outgoing.read())
+        hello = outgoing.read()
+        cut = len(hello) if gap is None else 60
+        sock.sendall(frame(1, ssl_request + bytes(23))[0] + hello[:cut])
+        if gap is not None:
+            time.sleep(gap)
+            sock.sendall(hello[cut:])
         while True:
             try:
                 tls.do_handshake()

@@ -446,6 +446,115 @@ async def test_statements_are_shared_by_sql_and_parameter_types_rebound(tmp_path
         p.close()
 
 
+def connector_conn(db: Db, database: str):  # type: ignore[no-untyped-def]
+    return mysql.connector.connect(
+        host="127.0.0.1",
+        port=db.port,
+        user=f"{db.endpoint_id}-pooler.{db.role}",
+        password=db.password,
+        database=database,
+        use_pure=True,
+        ssl_disabled=True,
+        autocommit=True,
+    )
+
+
+async def test_shared_statements_are_per_database_and_a_prepared_set_pins(tmp_path: Path) -> None:
+    p = await pooled_platform(tmp_path, cap=1)  # every client shares one backend
+    try:
+        db = await pooled_db(p)
+        who = local_principal(p.control)
+        await asyncio.to_thread(
+            p.control.databases.create,
+            who,
+            db.created.project.id,
+            db.created.branch.id,
+            name="tenant2",
+            owner_name=db.role,
+        )
+        await p.runner.wait_idle()
+
+        def run() -> tuple[list[int], object, int]:
+            setup = conn(db)
+            q(setup, "CREATE TABLE users (id INT PRIMARY KEY)")
+            q(setup, "INSERT INTO users VALUES (1)")
+            q(setup, "CREATE TABLE tenant2.users (id INT PRIMARY KEY)")
+            q(setup, "INSERT INTO tenant2.users VALUES (1), (2), (3)")
+            setup.close()
+            a, b = connector_conn(db, db.database), connector_conn(db, "tenant2")
+            ca, cb = a.cursor(prepared=True), b.cursor(prepared=True)
+            counts = []
+            for cur in (ca, cb, ca, cb):  # the same SQL text, prepared in two databases
+                cur.execute("SELECT COUNT(*) FROM users WHERE id > ?", (0,))
+                counts.append(cur.fetchall()[0][0])
+            # A prepared SET cannot be replayed (its value is a parameter): it pins.
+            ca.execute("SET time_zone = ?", ("+03:00",))
+            pinned = pool(db).pinned
+            a.close()
+            b.close()
+            c = conn(db)
+            zone = q(c, "SELECT @@time_zone")[0][0]  # the pinned backend was not lent out
+            c.close()
+            return counts, zone, pinned
+
+        counts, zone, pinned = await asyncio.to_thread(run)
+        assert counts == [1, 3, 1, 3]
+        assert pinned == 1 and zone == "SYSTEM"
+    finally:
+        await p.stop()
+        p.close()
+
+
+async def test_statements_given_back_when_the_server_has_no_room(tmp_path: Path) -> None:
+    p = await pooled_platform(tmp_path, cap=1)
+    try:
+        db = await pooled_db(p)
+        sql = b"SELECT CAST(? AS CHAR) AS v"
+        longlong = b"\x08\x00"
+
+        def first() -> str:
+            a = raw_pooled(db)
+            got = raw_execute_text(a, raw_prepare(a, sql), longlong, struct.pack("<q", 1))
+            a.close()  # the backend keeps the statement for its next client
+            return got
+
+        def second() -> str:
+            b = raw_pooled(db)
+            other = b"SELECT CAST(? + 1 AS CHAR) AS v"  # needs a statement slot of its own
+            got = raw_execute_text(b, raw_prepare(b, other), longlong, struct.pack("<q", 1))
+            b.close()
+            return got
+
+        one = await asyncio.to_thread(first)
+        await p.driver.execute(db.endpoint_id, ["SET GLOBAL max_prepared_stmt_count = 1"])
+        two = await asyncio.to_thread(second)
+        assert (one, two) == ("1", "2")
+        assert pool(db).resets == 0  # the room came from the backend's own statements
+    finally:
+        await p.stop()
+        p.close()
+
+
+async def test_executable_comments_are_tracked_like_the_statements_inside(tmp_path: Path) -> None:
+    p = await pooled_platform(tmp_path, cap=1)
+    try:
+        db = await pooled_db(p)
+
+        def run() -> tuple[object, object]:
+            a, b = conn(db), conn(db)
+            q(a, "/*!40101 SET NAMES latin1 */")
+            theirs = q(b, "SELECT @@character_set_client")[0][0]
+            mine = q(a, "SELECT @@character_set_client")[0][0]
+            a.close()
+            b.close()
+            return theirs, mine
+
+        assert await asyncio.to_thread(run) == ("utf8mb4", "latin1")
+    finally:
+        await p.stop()
+        p.close()
+
+
 async def test_a_stored_procedure_gets_the_backend_reset_for_the_next_client(
     tmp_path: Path,
 ) -> None:

@@ -73,13 +73,46 @@ def test_tracked_sets_use_and_flags() -> None:
     assert classify("UNLOCK TABLES").unpin_lock_tables
 
 
+def test_what_the_server_runs_inside_executable_comments_counts() -> None:
+    assert classify("/*!40101 SET NAMES latin1 */").sets == {"names": "NAMES latin1"}
+    assert classify("/*!40101 SET @OLD_CS = @@character_set_client */").pin
+    assert classify("/*M!100100 SET @x = 1 */").pin
+    assert not classify("SELECT /*+ MAX_EXECUTION_TIME(1000) */ 1").pin
+
+
+def test_sets_are_split_and_only_plain_values_overwrite() -> None:
+    rails = "SET NAMES utf8mb4, @@SESSION.sql_mode = 'ANSI', @@SESSION.wait_timeout = 100"
+    effect = classify(rails)
+    assert set(effect.sets) == {"names", "sql_mode", "wait_timeout"}
+    assert effect.sets["names"] == "NAMES utf8mb4"
+    assert effect.overwrites == {"names", "sql_mode", "wait_timeout"}
+    appended = classify("SET sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
+    assert "sql_mode" in appended.sets and not appended.overwrites
+    assert classify("SET sql_mode = @saved").reason == "user variable"
+    assert not classify("SELECT 1; SET time_zone = '+00:00'").overwrites
+
+
+def test_last_insert_id_reads_and_writes() -> None:
+    assert classify("SELECT LAST_INSERT_ID()").reads_last_insert_id
+    assert classify("SELECT @@identity").reads_last_insert_id
+    assert not classify("SELECT LAST_INSERT_ID()").pin
+    assert classify("SELECT LAST_INSERT_ID(42)").reason == "LAST_INSERT_ID(expr)"
+    assert classify("CREATE TEMPORARY SEQUENCE s").reason == "temporary table"
+
+
+def test_unterminated_comments_and_literals_stay_linear() -> None:
+    # Each used to make every later position rescan to the end (seconds for 60 KB).
+    for text in ("'/*x" * 20_000, "\\'" * 20_000, "/*" * 30_000, '"' + "a;" * 30_000):
+        assert isinstance(classify(text).pin, bool)
+
+
 def test_a_semicolon_in_a_literal_does_not_split() -> None:
     assert split_top_level("SELECT ';'; SELECT 2", ";") == ["SELECT ';'", "SELECT 2"]
     parts = split_top_level("a = 'x,y', b = (1,2), c = \"q\\\"r,s\", d = `w,v`, e = 'it''s,'")
     assert parts == ["a = 'x,y'", "b = (1,2)", 'c = "q\\"r,s"', "d = `w,v`", "e = 'it''s,'"]
     assert split_top_level("SELECT 1; SELECT 'open; x", ";") == ["SELECT 1", "SELECT 'open; x"]
-    # An unterminated literal is one statement to its end (the server refuses it anyway).
-    assert classify("SELECT 'open; SET @x = 1").pin
+    # An unterminated literal runs to the end: all data, and the server refuses the text.
+    assert not classify("SELECT 'open; SET @x = 1").pin
 
 
 def test_statements_of_megabytes_are_classified_like_small_ones() -> None:

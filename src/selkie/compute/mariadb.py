@@ -91,6 +91,9 @@ def render_config(
         "max_connections": str(sizing.max_connections),
         # A connection storm must queue in the kernel, not be refused.
         "back_log": str(max(128, sizing.max_connections)),
+        # The pooler keeps up to 64 statements prepared on each of its backends (40 per CU by
+        # default, max_connections / 25), so leave room for twice that beyond the default.
+        "max_prepared_stmt_count": str(max(16382, sizing.max_connections * 6)),
         "thread_handling": "pool-of-threads",
         "thread_pool_size": str(sizing.thread_pool_size),
         "character-set-server": "utf8mb4",

@@ -40,9 +40,12 @@ class PoolKey:
     charset: int
 
 
-# Statements kept prepared per backend connection (the server's max_prepared_stmt_count,
-# 16382 by default, is shared by all its connections).
-MAX_STATEMENTS = 256
+# Statements kept prepared per backend connection. The server's max_prepared_stmt_count
+# is shared by all its connections: computes are configured with room for this many on
+# every pooled backend (compute.mariadb.render_config).
+MAX_STATEMENTS = 64
+# (database, tracked variables, SQL)
+StatementKey = tuple[str | None, frozenset[tuple[str, str]], bytes]
 
 
 class PoolTimeout(Exception):
@@ -66,10 +69,11 @@ class Backend:
     sets: dict[str, str] = field(default_factory=dict)
     last_insert_id: int | None = None
     multi_statements: bool | None = None
-    # Statements prepared here, by SQL text, least recently used first: every client of
-    # this backend executes through them, so a statement is prepared once per backend,
-    # not once per client that lands here.
-    statements: OrderedDict[bytes, BackendStatement] = field(default_factory=OrderedDict)
+    # Statements prepared here, by the session state they were prepared in (database and
+    # tracked variables: both bind a statement) and SQL text, least recently used first:
+    # clients in that state execute through them, so a statement is prepared once per
+    # backend, not once per client that lands here.
+    statements: OrderedDict[StatementKey, BackendStatement] = field(default_factory=OrderedDict)
     owner: object | None = None  # the client session that used it last
     # The last owner ran something that may change session state the proxy does not track
     # (a stored procedure): the next client gets the backend reset.
@@ -90,23 +94,40 @@ class Backend:
         self.multi_statements = None
         self.dirty = False
 
+    def _statement_key(self, sql: bytes) -> StatementKey:
+        return (self.database, frozenset(self.sets.items()), sql)
+
     def statement(self, sql: bytes) -> BackendStatement | None:
-        found = self.statements.get(sql)
+        """The statement for ``sql`` prepared here in the session state now in place."""
+        key = self._statement_key(sql)
+        found = self.statements.get(key)
         if found is not None:
-            self.statements.move_to_end(sql)
+            self.statements.move_to_end(key)
         return found
 
     def remember(self, sql: bytes, stmt_id: int) -> BackendStatement:
-        """Note a statement prepared here; one prepared earlier for the same SQL, and the
-        least recently used beyond the cap, are closed on the server (COM_STMT_CLOSE has no
-        response, so this costs no round trip)."""
-        old = self.statements.pop(sql, None)
+        """Note a statement prepared here in the state now in place; one prepared earlier
+        for the same, and the least recently used beyond the cap, are closed on the server
+        (COM_STMT_CLOSE has no response, so this costs no round trip)."""
+        key = self._statement_key(sql)
+        old = self.statements.pop(key, None)
         if old is not None and old.id != stmt_id:
             self._close_statement(old.id)
-        stmt = self.statements[sql] = BackendStatement(stmt_id)
+        stmt = self.statements[key] = BackendStatement(stmt_id)
         while len(self.statements) > MAX_STATEMENTS:
             self._close_statement(self.statements.popitem(last=False)[1].id)
         return stmt
+
+    def shrink_statements(self) -> None:
+        """Close the least recently used half of the statements kept here."""
+        for _ in range((len(self.statements) + 1) // 2):
+            self._close_statement(self.statements.popitem(last=False)[1].id)
+
+    def forget_statement(self, sql: bytes) -> None:
+        """Close the statement for ``sql`` (in the state now in place) on the server."""
+        old = self.statements.pop(self._statement_key(sql), None)
+        if old is not None:
+            self._close_statement(old.id)
 
     def _close_statement(self, stmt_id: int) -> None:
         self.stream.write(0, bytes([Command.STMT_CLOSE]) + stmt_id.to_bytes(4, "little"))

@@ -42,6 +42,7 @@ from selkie.proxy.wire import (
 
 log = logging.getLogger(__name__)
 FLUSH_BYTES = 1 << 20
+TOO_MANY_STATEMENTS = 1461  # ER_MAX_PREPARED_STMT_COUNT_REACHED
 # The owner of a backend whose session state is not known: the next user resets it.
 UNKNOWN_OWNER = object()
 
@@ -50,6 +51,9 @@ UNKNOWN_OWNER = object()
 class Prepared:
     sql: bytes
     num_params: int
+    # What executing it does to the session (a prepared SET's values are parameters, so it
+    # pins instead of being tracked).
+    effect: Effect
     param_types: bytes | None = None
 
 
@@ -114,6 +118,7 @@ class PooledSession:
         self.status = int(ServerStatus.AUTOCOMMIT)
         self._pinned_counted = False
         self._overwriting = False  # the command runs over another client's variables
+        self._long_data: set[int] = set()  # statements with long data sent, not yet executed
 
     # --- backends --------------------------------------------------------------------------
 
@@ -450,9 +455,18 @@ class PooledSession:
             st.multi_statements = struct.unpack("<H", payload[1:3])[0] == 0
         if command == Command.STMT_CLOSE:
             # Only the client's id goes: the backend keeps the statement for its next user
-            # (its cache is bounded).
-            st.prepared.pop(struct.unpack("<I", payload[1:5])[0], None)
+            # (its cache is bounded) unless long data sent for it is pending there.
+            stmt = struct.unpack("<I", payload[1:5])[0]
+            info = st.prepared.pop(stmt, None)
+            if stmt in self._long_data:
+                if self.backend is not None and info is not None:
+                    self.backend.forget_statement(info.sql)
+                    await self.backend.writer.drain()
+                self._long_data_done(stmt)
+                if self._may_release():
+                    await self._release()
             return
+        stmt = None
         if command in (
             Command.STMT_EXECUTE,
             Command.STMT_SEND_LONG_DATA,
@@ -463,27 +477,36 @@ class PooledSession:
             if stmt not in st.prepared:
                 await self.error(ErrorCode.UNKNOWN_COM_ERROR, f"Unknown prepared statement {stmt}")
                 return
-        effect = (
-            classify(payload[1:].decode(errors="replace")) if command == Command.QUERY else None
-        )
+        if command == Command.QUERY:
+            effect: Effect | None = classify(payload[1:].decode(errors="replace"))
+        elif command == Command.STMT_EXECUTE and stmt is not None:
+            effect = st.prepared[stmt].effect
+        else:
+            effect = None
         summary = await self._run(command, payload, effect=effect)
         if summary is None:
             return
         self.status = summary.status
-        if summary.error is None and effect is not None:
-            st.sets.update(effect.sets)
-            if self.backend is not None:
-                self.backend.sets.update(effect.sets)
-            if effect.database:
-                st.database = effect.database
-                if self.backend is not None:
-                    self.backend.database = effect.database
+        b = self.backend
+        if effect is not None:
+            # Pins and untracked changes count even when the command failed part-way.
             if effect.pin:
                 self.pins.add(effect.reason)
-            if effect.unpin_lock_tables:
-                self.pins.discard("LOCK TABLES")
-            if effect.untracked and self.backend is not None:
-                self.backend.dirty = True
+            if effect.untracked and b is not None:
+                b.dirty = True
+            if summary.error is None:
+                st.sets.update(effect.sets)
+                if b is not None:
+                    b.sets.update(effect.sets)
+                if effect.database:
+                    st.database = effect.database
+                    if b is not None:
+                        b.database = effect.database
+                if effect.unpin_lock_tables:
+                    self.pins.discard("LOCK TABLES")
+            elif (effect.sets or effect.database) and b is not None:
+                # Some of its SETs may have run: not for another client to inherit.
+                b.dirty = True
         if command == Command.INIT_DB and summary.error is None:
             st.database = payload[1:].decode(errors="replace")
             if self.backend is not None:
@@ -501,19 +524,26 @@ class PooledSession:
             self.pins.add("warnings")  # until read: the next command runs here too
         elif command == Command.QUERY:
             self.pins.discard("warnings")
-        if command == Command.STMT_SEND_LONG_DATA:
+        if command == Command.STMT_SEND_LONG_DATA and stmt is not None:
+            self._long_data.add(stmt)
             self.pins.add("long data")
-        elif command == Command.STMT_EXECUTE:
-            self.pins.discard("long data")
+        elif command in (Command.STMT_EXECUTE, Command.STMT_RESET) and stmt is not None:
+            self._long_data_done(stmt)
         if self._may_release():
             await self._release()
+
+    def _long_data_done(self, stmt: int) -> None:
+        """Long data for ``stmt`` was used or dropped; the pin goes with the last of it."""
+        self._long_data.discard(stmt)
+        if not self._long_data:
+            self.pins.discard("long data")
 
     async def _run(
         self, command: int, payload: bytes, *, effect: Effect | None = None
     ) -> Summary | None:
         """Run one client command on a backend with this session's state in place."""
         reads_lii = effect is not None and effect.reads_last_insert_id
-        setting = effect.sets if effect is not None else ()
+        setting = effect.overwrites if effect is not None else ()
         b = await self._acquire()
         err = await self._sync(b, need_last_insert_id=reads_lii, setting=setting)
         if err is not None:
@@ -540,15 +570,25 @@ class PooledSession:
         """COM_STMT_PREPARE: the client sees the proxy's own statement id, valid on any
         backend; the statement is prepared again wherever it runs next."""
         st = self.state
-        b.stream.write(0, payload)
-        await b.writer.drain()
-        # Hold the response back, then send it with our statement id in place of the compute's.
-        buffered: list[bytes] = []
-        summary = await self._relay(b, out=buffered.append, command=Command.STMT_PREPARE)
+        for attempt in range(2):
+            b.stream.write(0, payload)
+            await b.writer.drain()
+            # Hold the response back, then send it with our statement id in place of the
+            # compute's.
+            buffered: list[bytes] = []
+            summary = await self._relay(b, out=buffered.append, command=Command.STMT_PREPARE)
+            if attempt or summary.error is None or summary.error.code != TOO_MANY_STATEMENTS:
+                break
+            if not b.statements:
+                break
+            # The server's statements are all taken: give back half of this backend's.
+            b.shrink_statements()
         if summary.error is None and summary.stmt_id is not None:
             ours = st.next_stmt_id
             st.next_stmt_id += 1
-            st.prepared[ours] = Prepared(sql=payload[1:], num_params=summary.num_params)
+            st.prepared[ours] = Prepared(
+                sql=payload[1:], num_params=summary.num_params, effect=_prepared_effect(payload[1:])
+            )
             b.remember(payload[1:], summary.stmt_id)
             first = bytearray(buffered[0])
             first[5:9] = int4(ours)  # frame header (4) + OK byte (1) + statement id (4)
@@ -568,6 +608,14 @@ class PooledSession:
         bs = b.statement(info.sql)
         if bs is None:
             summary = await self._internal(b, bytes([Command.STMT_PREPARE]) + info.sql)
+            if (
+                summary.error is not None
+                and summary.error.code == TOO_MANY_STATEMENTS
+                and b.statements
+            ):
+                # The server's statements are all taken: give back half of this backend's.
+                b.shrink_statements()
+                summary = await self._internal(b, bytes([Command.STMT_PREPARE]) + info.sql)
             if summary.error is not None or summary.stmt_id is None:
                 err = summary.error or Err(code=1243, sqlstate="HY000", message="re-prepare failed")
                 await self.reply(1, build_err(err.code, err.message, err.sqlstate))
@@ -586,6 +634,22 @@ class PooledSession:
                     out[flag_at + 1 : flag_at + 1] = info.param_types
                     bs.types = info.param_types
         return bytes(out)
+
+
+def _prepared_effect(sql: bytes) -> Effect:
+    """What executing a prepared statement does: as the same text would, except that a SET
+    or USE cannot be tracked (its values are parameters), so it pins."""
+    effect = classify(sql.decode(errors="replace"))
+    if effect.sets or effect.database:
+        return dataclasses.replace(
+            effect,
+            pin=True,
+            reason="prepared SET",
+            sets={},
+            database=None,
+            overwrites=frozenset(),
+        )
+    return effect
 
 
 def backend_response(response: HandshakeResponse41) -> HandshakeResponse41:

@@ -745,14 +745,23 @@ async def _start_tls(
             proto.buffer_updated(n)
             view = view[n:]
 
+    settled = False
+
     def inject() -> None:
+        if settled:
+            return  # start_tls failed before it installed its protocol (the client left)
         proto = transport.get_protocol()
         if proto is original:
             loop.call_soon(inject)  # start_tls has not installed its protocol yet
             return
-        # start_tls installs the TLS protocol and queues its connection_made in one step:
-        # what is queued now runs after that.
-        loop.call_soon(feed, proto)
+        # start_tls installs the TLS protocol and queues its connection_made and the resumed
+        # reading behind this callback: these bytes go in now, before any read from the
+        # socket (uvloop delivers reads between two runs of the callback queue). The TLS
+        # protocol only buffers them until its handshake starts.
+        feed(proto)
 
     loop.call_soon(inject)
-    await writer.start_tls(context)
+    try:
+        await writer.start_tls(context)
+    finally:
+        settled = True

@@ -58,15 +58,21 @@ KNOWN_VARIABLES = frozenset(
     }
 )
 
-# Quoted strings and identifiers, as "unrolled loops" (no alternation per character).
+# Quoted strings and identifiers, as "unrolled loops" (no alternation per character); an
+# unterminated one runs to the end of the text, so no input makes the scan quadratic.
 _STRINGS = re.compile(
-    r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'|\"[^\"\\]*(?:(?:\\.|\"\")[^\"\\]*)*\"|`[^`]*`", re.S
+    r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*(?:'|\Z)"
+    r"|\"[^\"\\]*(?:(?:\\.|\"\")[^\"\\]*)*(?:\"|\Z)"
+    r"|`[^`]*(?:`|\Z)",
+    re.S,
 )
-# Strings first, so comment markers inside a literal are left alone; /*! … */ is kept (the
-# server runs it).
-_STRINGS_OR_COMMENTS = re.compile(_STRINGS.pattern + r"|/\*(?!!).*?\*/|(?:--\s|#)[^\n]*", re.S)
+# Strings first, so comment markers inside a literal are left alone.
+_STRINGS_OR_COMMENTS = re.compile(_STRINGS.pattern + r"|/\*.*?(?:\*/|\Z)|(?:--\s|#)[^\n]*", re.S)
+# /*!NNNNN … */ and /*M!NNNNN … */: the server runs what is inside.
+_EXECUTABLE = re.compile(r"/\*M?!\d*(.*?)(?:\*/|\Z)", re.S)
 _USER_VAR = re.compile(r"(?<![@\w])@(?!@)[\w.$]+|(?<![@\w])@['\"`]")
-_TEMPORARY = re.compile(r"\bcreate\s+(?:or\s+replace\s+)?temporary\s+table\b")
+_TEMPORARY = re.compile(r"\bcreate\s+(?:or\s+replace\s+)?temporary\s+(?:table|sequence)\b")
+_SETS_LAST_INSERT_ID = re.compile(r"\blast_insert_id\s*\(\s*[^\s)]")
 _LOCK_FUNCTIONS = re.compile(r"\b(?:get_lock|is_used_lock|release_lock|release_all_locks)\s*\(")
 _FOUND_ROWS = re.compile(r"\bfound_rows\s*\(")
 _SET = re.compile(r"^\s*set\s+(.*)$", re.I | re.S)
@@ -96,11 +102,17 @@ class Effect:
     # It may change session state that is not tracked (CALL: a stored procedure can SET
     # anything): the backend is reset before another client gets it.
     untracked: bool = False
+    # Variables the statement (a lone SET) gives a value that does not depend on their
+    # current one: another client's value there may stand until it runs, no reset needed.
+    overwrites: frozenset[str] = frozenset()
 
 
 def _keep_strings(m: re.Match[str]) -> str:
     text = m.group()
-    return text if text[0] in "'\"`" else " "
+    if text[0] in "'\"`":
+        return text
+    executable = _EXECUTABLE.fullmatch(text)
+    return f" {executable.group(1)} " if executable else " "
 
 
 def _uncomment(sql: str) -> str:
@@ -150,7 +162,17 @@ def _set_effect(body_raw: str) -> Effect:
     lowered = body_raw.strip().lower()
     for prefix in ("names", "character set", "charset"):
         if lowered.startswith(prefix + " ") or lowered == prefix:
-            return Effect(sets={"names": body_raw.strip()})
+            # SET NAMES x [COLLATE y][, other assignments]
+            first, *rest = split_top_level(body_raw)
+            names = Effect(sets={"names": first}, overwrites=frozenset({"names"}))
+            if not rest:
+                return names
+            others = _set_effect(", ".join(rest))
+            if others.pin:
+                return others
+            return Effect(
+                sets={**names.sets, **others.sets}, overwrites=names.overwrites | others.overwrites
+            )
     if lowered.startswith("transaction"):
         # Applies to the next transaction only: harmless to run on the backend that runs it,
         # but that is not known here, so the session is pinned.
@@ -158,16 +180,21 @@ def _set_effect(body_raw: str) -> Effect:
     if lowered.startswith(("session transaction", "local transaction")):
         return Effect(sets={"session transaction": body_raw.strip()})
     sets: dict[str, str] = {}
+    overwrites = set()
     for assignment in split_top_level(body_raw):
-        if _USER_VAR.search(_strip(assignment).split("=", 1)[0]):
+        if _USER_VAR.search(_strip(assignment)):
+            # @x = …, or a value from a user variable that another backend does not have.
             return Effect(pin=True, reason="user variable")
         m = _VARNAME.match(assignment)
         if not m or m.group(1).lower() not in KNOWN_VARIABLES:
             return Effect(pin=True, reason="unknown SET")
         if assignment.lstrip().lower().startswith("global") or "@@global." in assignment.lower():
             return Effect(pin=True, reason="unknown SET")
-        sets[m.group(1).lower()] = assignment
-    return Effect(sets=sets)
+        var = m.group(1).lower()
+        sets[var] = assignment
+        if "@@" not in _strip(assignment[m.end() :]):  # not CONCAT(@@sql_mode, …)
+            overwrites.add(var)
+    return Effect(sets=sets, overwrites=frozenset(overwrites))
 
 
 def classify(sql: str) -> Effect:
@@ -197,7 +224,8 @@ def classify(sql: str) -> Effect:
             unpin_lock_tables=any(e.unpin_lock_tables for e in effects),
             untracked=any(e.untracked for e in effects),
         )
-    reads_lii = "last_insert_id" in low
+    # LAST_INSERT_ID(), @@identity, @@last_insert_id
+    reads_lii = "last_insert_id" in low or "identity" in low
     if re.match(r"^\s*set\b", low):
         m = _SET.match(uncommented)
         body = m.group(1) if m else ""
@@ -221,6 +249,9 @@ def classify(sql: str) -> Effect:
         return Effect(pin=True, reason="GET_LOCK")
     if "found_rows" in low and ("sql_calc_found_rows" in low or _FOUND_ROWS.search(low)):
         return Effect(pin=True, reason="SQL_CALC_FOUND_ROWS")
+    if "last_insert_id" in low and _SETS_LAST_INSERT_ID.search(low):
+        # LAST_INSERT_ID(expr) sets the value no OK packet reports.
+        return Effect(pin=True, reason="LAST_INSERT_ID(expr)")
     # Savepoints live inside a transaction, which holds its backend anyway (IN_TRANS).
     if re.match(r"^\s*(?:xa|handler)\b", low):
         return Effect(pin=True, reason="XA/HANDLER")
