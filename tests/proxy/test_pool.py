@@ -505,6 +505,46 @@ async def test_shared_statements_are_per_database_and_a_prepared_set_pins(tmp_pa
         p.close()
 
 
+async def test_driver_sessions_share_a_backend_without_resets(tmp_path: Path) -> None:
+    """Drivers set NAMES (and more) on connect, a statement each: the next client's SET
+    NAMES overwrites the one, what it never set goes back with = DEFAULT, and the backend
+    keeps its prepared statements for every client."""
+    p = await pooled_platform(tmp_path, cap=1)
+    try:
+        db = await pooled_db(p)
+
+        def run() -> tuple[list[object], int, int, tuple[str, str]]:
+            admin = conn(db)
+            q(admin, "SET sql_mode = 'ANSI'")  # a value for = DEFAULT to take back
+
+            def prepares() -> int:
+                return int(q(admin, "SHOW GLOBAL STATUS LIKE 'Com_stmt_prepare'")[0][1])
+
+            before = prepares()
+            a, b = connector_conn(db, db.database), connector_conn(db, db.database)
+            ca, cb = a.cursor(prepared=True), b.cursor(prepared=True)
+            seen: list[object] = []
+            for cur, n in ((ca, 1), (cb, 2), (ca, 3), (cb, 4), (ca, 5)):
+                cur.execute("SELECT ? * 10", (n,))
+                seen.append(cur.fetchall()[0][0])
+            prepared = prepares() - before
+            ca.execute("SELECT @@sql_mode")
+            ca_mode = ca.fetchall()[0][0]
+            modes = (q(admin, "SELECT @@sql_mode")[0][0], ca_mode)  # replayed / defaulted
+            for c in (a, b):
+                c.close()
+            admin.close()
+            return seen, prepared, pool(db).resets, modes
+
+        seen, prepared, resets, (admin_mode, client_mode) = await asyncio.to_thread(run)
+        assert seen == [10, 20, 30, 40, 50]
+        assert prepared == 2 and resets == 0
+        assert "ANSI" in admin_mode.split(",") and "ANSI" not in client_mode.split(",")
+    finally:
+        await p.stop()
+        p.close()
+
+
 async def test_statements_given_back_when_the_server_has_no_room(tmp_path: Path) -> None:
     p = await pooled_platform(tmp_path, cap=1)
     try:

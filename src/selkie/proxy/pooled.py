@@ -27,7 +27,7 @@ from selkie.proxy.packets import (
 )
 from selkie.proxy.pool import Backend, EndpointPool, PoolKey, PoolTimeout
 from selkie.proxy.relay import Counters
-from selkie.proxy.sqlscan import Effect, classify
+from selkie.proxy.sqlscan import DEFAULTABLE, Effect, classify
 from selkie.proxy.stream import PacketStream
 from selkie.proxy.wire import (
     MAX_PAYLOAD,
@@ -162,6 +162,10 @@ class PooledSession:
         to run sets itself); an ERR if the compute refused some of it."""
         st = self.state
         foreign = b.owner is not None and b.owner is not self
+        if foreign and not b.dirty and not self._needs_reset(b, setting, restorable=True):
+            err = await self._restore_defaults(b, setting)
+            if err is not None:
+                return err
         if foreign and (b.dirty or self._needs_reset(b, setting)):
             # Another client left state here that this session must not see and that
             # cannot be set back one variable at a time: wipe the connection's session.
@@ -195,15 +199,40 @@ class PooledSession:
             b.last_insert_id = st.last_insert_id
         return None
 
-    def _needs_reset(self, b: Backend, setting: Iterable[str]) -> bool:
+    async def _restore_defaults(self, b: Backend, setting: Iterable[str]) -> Err | None:
+        """Variables another client set here that this session never set and that a new
+        connection takes from the server's globals: one ``SET SESSION … = DEFAULT``
+        puts them back, which is cheaper than a reset and keeps the backend's statements
+        (those prepared under the other values are keyed by them and stay apart)."""
+        lacking = [
+            var
+            for var in b.sets
+            if var not in self.state.sets and var not in setting and var in DEFAULTABLE
+        ]
+        if not lacking:
+            return None
+        text = ", ".join(f"{var} = DEFAULT" for var in lacking)
+        err = (await self._internal(b, b"\x03SET SESSION " + text.encode())).error
+        if err is None:
+            for var in lacking:
+                del b.sets[var]
+        return err
+
+    def _needs_reset(self, b: Backend, setting: Iterable[str], *, restorable: bool = False) -> bool:
         """Whether the backend's tracked state has something this session lacks: a variable
         it never set (and is not setting now), a database when it has none, a
-        multi-statement option it never chose. What differs in value is set again instead.
+        multi-statement option it never chose (``restorable``: not counting variables
+        ``_restore_defaults`` can put back). What differs in value is set again instead.
         State that is not tracked pins its session, and a pinned session's backend is
         closed, never lent out."""
         st = self.state
         return (
-            any(var not in st.sets and var not in setting for var in b.sets)
+            any(
+                var not in st.sets
+                and var not in setting
+                and not (restorable and var in DEFAULTABLE)
+                for var in b.sets
+            )
             or (st.database is None and b.database is not None)
             or (st.multi_statements is None and b.multi_statements is not None)
         )

@@ -58,6 +58,28 @@ KNOWN_VARIABLES = frozenset(
     }
 )
 
+# Tracked variables a new connection takes from the server's globals, so ``SET SESSION
+# var = DEFAULT`` gives back what a fresh session has. Not: the character set ones (from the
+# handshake), wait_timeout (interactive_timeout for interactive clients), the transaction
+# characteristics (names differ across versions), and the pseudo-variables.
+DEFAULTABLE = KNOWN_VARIABLES - {
+    "names",
+    "character set",
+    "charset",
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "character_set_database",
+    "collation_connection",
+    "wait_timeout",
+    "transaction_isolation",
+    "tx_isolation",
+    "transaction_read_only",
+    "tx_read_only",
+    "session transaction isolation level",
+    "session transaction",
+}
+
 # Quoted strings and identifiers, as "unrolled loops" (no alternation per character); an
 # unterminated one runs to the end of the text, so no input makes the scan quadratic.
 _STRINGS = re.compile(
