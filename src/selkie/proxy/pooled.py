@@ -162,10 +162,13 @@ class PooledSession:
         to run sets itself); an ERR if the compute refused some of it."""
         st = self.state
         foreign = b.owner is not None and b.owner is not self
-        if foreign and not b.dirty and not self._needs_reset(b, setting, restorable=True):
-            err = await self._restore_defaults(b, setting)
-            if err is not None:
-                return err
+        if (
+            foreign
+            and not b.dirty
+            and not self._needs_reset(b, setting, restorable=True)
+            and await self._restore_defaults(b, setting) is not None
+        ):
+            b.dirty = True  # refused: reset instead
         if foreign and (b.dirty or self._needs_reset(b, setting)):
             # Another client left state here that this session must not see and that
             # cannot be set back one variable at a time: wipe the connection's session.
