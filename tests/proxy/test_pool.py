@@ -545,6 +545,73 @@ async def test_driver_sessions_share_a_backend_without_resets(tmp_path: Path) ->
         p.close()
 
 
+async def test_a_set_built_on_the_current_value_is_kept_as_the_value_it_gave(
+    tmp_path: Path,
+) -> None:
+    p = await pooled_platform(tmp_path, cap=1)
+    try:
+        db = await pooled_db(p)
+
+        def run() -> tuple[list[str], str]:
+            a, b = conn(db), conn(db)
+            q(a, "SET sql_mode = 'ANSI_QUOTES'")
+            q(b, "SET sql_mode = CONCAT(@@sql_mode, ',NO_ZERO_DATE')")
+            q(a, "SELECT 1")  # A's mode back on the one backend
+            theirs = q(b, "SELECT @@sql_mode")[0][0].split(",")
+            mine = q(a, "SELECT @@sql_mode")[0][0]
+            a.close()
+            b.close()
+            return theirs, mine
+
+        theirs, mine = await asyncio.to_thread(run)
+        assert "NO_ZERO_DATE" in theirs and "STRICT_TRANS_TABLES" in theirs
+        assert "ANSI_QUOTES" not in theirs and mine == "ANSI_QUOTES"
+    finally:
+        await p.stop()
+        p.close()
+
+
+async def test_long_data_left_behind_does_not_reach_the_next_client(tmp_path: Path) -> None:
+    p = await pooled_platform(tmp_path, cap=1)
+    try:
+        db = await pooled_db(p)
+        sql = b"SELECT CAST(? AS CHAR) AS v"
+
+        def run() -> str:
+            b = raw_pooled(db)
+            sb = raw_prepare(b, sql)  # B will execute the backend's statement for this SQL
+            a = raw_pooled(db)
+            sa = raw_prepare(a, sql)
+            a.sendall(frame(0, b"\x18" + struct.pack("<IH", sa, 0) + b"secret")[0])
+            # A SET between long data and execute: the statement holding the data stays known.
+            a.sendall(frame(0, b"\x03SET time_zone = '+01:00'")[0])
+            assert recv_packet(a)[1][0] == 0x00
+            a.sendall(frame(0, b"\x19" + struct.pack("<I", sa))[0])  # closed, never executed
+            a.close()
+            got = raw_execute_text(b, sb, b"\xfd\x00", b"\x04mine")
+            b.close()
+            return got
+
+        assert await asyncio.to_thread(run) == "mine"
+    finally:
+        await p.stop()
+        p.close()
+
+
+async def test_server_side_cursors_are_refused_clearly(db: Db) -> None:
+    def run() -> bytes:
+        sock = raw_pooled(db)
+        stmt = raw_prepare(sock, b"SELECT 1")
+        sock.sendall(frame(0, b"\x17" + struct.pack("<IBI", stmt, 1, 1))[0])  # a read-only cursor
+        reply = recv_packet(sock)[1]
+        sock.close()
+        return reply
+
+    reply = await asyncio.to_thread(run)
+    assert reply[0] == 0xFF and struct.unpack("<H", reply[1:3])[0] == 1235
+    assert reply[3:9] == b"#42000" and b"cursors are not supported" in reply
+
+
 async def test_statements_given_back_when_the_server_has_no_room(tmp_path: Path) -> None:
     p = await pooled_platform(tmp_path, cap=1)
     try:

@@ -69,6 +69,7 @@ def test_tracked_sets_use_and_flags() -> None:
     assert multi.sets == {"autocommit": "autocommit = 0"} and multi.database == "other"
     assert multi.reads_last_insert_id and not multi.pin
     assert classify("CALL refresh()").untracked
+    assert classify("CALL refresh()").reads_last_insert_id  # a procedure may read it
     assert not classify("SELECT 'CALL x'").untracked
     assert classify("UNLOCK TABLES").unpin_lock_tables
 
@@ -102,7 +103,14 @@ def test_last_insert_id_reads_and_writes() -> None:
 
 def test_unterminated_comments_and_literals_stay_linear() -> None:
     # Each used to make every later position rescan to the end (seconds for 60 KB).
-    for text in ("'/*x" * 20_000, "\\'" * 20_000, "/*" * 30_000, '"' + "a;" * 30_000):
+    for text in (
+        "'/*x" * 20_000,
+        "\\'" * 20_000,
+        "'\\" * 100_000,  # a quote, a backslash: the literal never closes
+        '"\\' * 100_000,
+        "/*" * 30_000,
+        '"' + "a;" * 30_000,
+    ):
         assert isinstance(classify(text).pin, bool)
 
 

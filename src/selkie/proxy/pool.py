@@ -123,11 +123,13 @@ class Backend:
         for _ in range((len(self.statements) + 1) // 2):
             self._close_statement(self.statements.popitem(last=False)[1].id)
 
-    def forget_statement(self, sql: bytes) -> None:
-        """Close the statement for ``sql`` (in the state now in place) on the server."""
-        old = self.statements.pop(self._statement_key(sql), None)
-        if old is not None:
-            self._close_statement(old.id)
+    def drop_statement(self, stmt: BackendStatement) -> None:
+        """Close ``stmt`` on the server, and forget it if it is still kept here."""
+        for key, kept in self.statements.items():
+            if kept is stmt:
+                del self.statements[key]
+                break
+        self._close_statement(stmt.id)
 
     def _close_statement(self, stmt_id: int) -> None:
         self.stream.write(0, bytes([Command.STMT_CLOSE]) + stmt_id.to_bytes(4, "little"))

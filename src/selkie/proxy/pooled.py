@@ -11,6 +11,7 @@ the same state — which is also how an idle session survives its endpoint being
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import struct
@@ -25,9 +26,9 @@ from selkie.proxy.packets import (
     parse_err,
     parse_ok,
 )
-from selkie.proxy.pool import Backend, EndpointPool, PoolKey, PoolTimeout
+from selkie.proxy.pool import Backend, BackendStatement, EndpointPool, PoolKey, PoolTimeout
 from selkie.proxy.relay import Counters
-from selkie.proxy.sqlscan import DEFAULTABLE, Effect, classify
+from selkie.proxy.sqlscan import DEFAULTABLE, PSEUDO, Effect, classify
 from selkie.proxy.stream import PacketStream
 from selkie.proxy.wire import (
     MAX_PAYLOAD,
@@ -43,6 +44,7 @@ from selkie.proxy.wire import (
 log = logging.getLogger(__name__)
 FLUSH_BYTES = 1 << 20
 TOO_MANY_STATEMENTS = 1461  # ER_MAX_PREPARED_STMT_COUNT_REACHED
+CURSOR_FLAGS = 0x0F  # COM_STMT_EXECUTE: read-only, for-update, scrollable cursor types
 # The owner of a backend whose session state is not known: the next user resets it.
 UNKNOWN_OWNER = object()
 
@@ -118,7 +120,9 @@ class PooledSession:
         self.status = int(ServerStatus.AUTOCOMMIT)
         self._pinned_counted = False
         self._overwriting = False  # the command runs over another client's variables
-        self._long_data: set[int] = set()  # statements with long data sent, not yet executed
+        # Statements with long data sent and not yet executed, and the backend statement
+        # holding it (the session's backend is kept meanwhile).
+        self._long_data: dict[int, BackendStatement] = {}
 
     # --- backends --------------------------------------------------------------------------
 
@@ -468,6 +472,7 @@ class PooledSession:
             st.prepared.clear()
             st.last_insert_id = None
             self.pins.clear()
+            self._long_data.clear()
             if self.backend is not None:
                 await self._run(command, payload)
                 self.backend.forget_session()
@@ -489,11 +494,13 @@ class PooledSession:
             # Only the client's id goes: the backend keeps the statement for its next user
             # (its cache is bounded) unless long data sent for it is pending there.
             stmt = struct.unpack("<I", payload[1:5])[0]
-            info = st.prepared.pop(stmt, None)
-            if stmt in self._long_data:
-                if self.backend is not None and info is not None:
-                    self.backend.forget_statement(info.sql)
-                    await self.backend.writer.drain()
+            st.prepared.pop(stmt, None)
+            pending = self._long_data.get(stmt)
+            if pending is not None:
+                if self.backend is not None:
+                    self.backend.drop_statement(pending)  # its long data goes with it
+                    with contextlib.suppress(ConnectionError, OSError):
+                        await self.backend.writer.drain()
                 self._long_data_done(stmt)
                 if self._may_release():
                     await self._release()
@@ -508,6 +515,15 @@ class PooledSession:
             stmt = struct.unpack("<I", payload[1:5])[0]
             if stmt not in st.prepared:
                 await self.error(ErrorCode.UNKNOWN_COM_ERROR, f"Unknown prepared statement {stmt}")
+                return
+            if command == Command.STMT_FETCH or (
+                command == Command.STMT_EXECUTE and len(payload) > 5 and payload[5] & CURSOR_FLAGS
+            ):
+                await self.error(
+                    ErrorCode.NOT_SUPPORTED_YET,
+                    "server-side cursors are not supported on pooled connections; connect "
+                    "without the -pooler suffix to use them",
+                )
                 return
         if command == Command.QUERY:
             effect: Effect | None = classify(payload[1:].decode(errors="replace"))
@@ -527,9 +543,18 @@ class PooledSession:
             if effect.untracked and b is not None:
                 b.dirty = True
             if summary.error is None:
-                st.sets.update(effect.sets)
+                sets = dict(effect.sets)
+                if b is not None and (relative := set(sets) - effect.overwrites - PSEUDO):
+                    # SET x = f(@@x): replaying that text elsewhere would build on another
+                    # session's value. What it gave here is what is kept and replayed.
+                    values = await self._current_values(b, relative)
+                    if values is None:
+                        b.dirty = True  # not known: nobody else gets this backend as it is
+                    else:
+                        sets.update(values)
+                st.sets.update(sets)
                 if b is not None:
-                    b.sets.update(effect.sets)
+                    b.sets.update(sets)
                 if effect.database:
                     st.database = effect.database
                     if b is not None:
@@ -556,8 +581,10 @@ class PooledSession:
             self.pins.add("warnings")  # until read: the next command runs here too
         elif command == Command.QUERY:
             self.pins.discard("warnings")
-        if command == Command.STMT_SEND_LONG_DATA and stmt is not None:
-            self._long_data.add(stmt)
+        if command == Command.STMT_SEND_LONG_DATA and stmt is not None and b is not None:
+            bs = b.statement(st.prepared[stmt].sql)
+            if bs is not None:
+                self._long_data[stmt] = bs
             self.pins.add("long data")
         elif command in (Command.STMT_EXECUTE, Command.STMT_RESET) and stmt is not None:
             self._long_data_done(stmt)
@@ -566,9 +593,29 @@ class PooledSession:
 
     def _long_data_done(self, stmt: int) -> None:
         """Long data for ``stmt`` was used or dropped; the pin goes with the last of it."""
-        self._long_data.discard(stmt)
+        self._long_data.pop(stmt, None)
         if not self._long_data:
             self.pins.discard("long data")
+
+    async def _current_values(self, b: Backend, names: Iterable[str]) -> dict[str, str] | None:
+        """``var = 'value'`` assignments of the session values of ``names`` on ``b`` (None
+        if they cannot be read: the client has its answer already, so nothing is said)."""
+        names = sorted(names)
+        query = "SELECT " + ", ".join(f"@@SESSION.{n}" for n in names)
+        chunks: list[bytes] = []
+        try:
+            b.stream.write(0, b"\x03" + query.encode())
+            await b.writer.drain()
+            summary = await self._relay(b, out=chunks.append, command=Command.QUERY)
+            values = _first_row(b"".join(chunks), len(names), self.caps)
+        except (BackendLost, ConnectionError, OSError, ProtocolError):
+            return None
+        if summary.error is not None or values is None:
+            return None
+        return {
+            n: f"{n} = " + ("NULL" if v is None else "'" + _escape(v) + "'")
+            for n, v in zip(names, values, strict=True)
+        }
 
     async def _run(
         self, command: int, payload: bytes, *, effect: Effect | None = None
@@ -636,8 +683,10 @@ class PooledSession:
         preparing it here first if this backend has not got it; an execute that relies on
         parameter types bound earlier gets them again where the backend's differ (another
         client, or another backend, bound those)."""
-        info = self.state.prepared[struct.unpack("<I", payload[1:5])[0]]
-        bs = b.statement(info.sql)
+        stmt = struct.unpack("<I", payload[1:5])[0]
+        info = self.state.prepared[stmt]
+        # Long data went to a particular statement: that one runs, whatever the state now.
+        bs = self._long_data.get(stmt) or b.statement(info.sql)
         if bs is None:
             summary = await self._internal(b, bytes([Command.STMT_PREPARE]) + info.sql)
             if (
@@ -666,6 +715,34 @@ class PooledSession:
                     out[flag_at + 1 : flag_at + 1] = info.param_types
                     bs.types = info.param_types
         return bytes(out)
+
+
+def _escape(value: bytes) -> str:
+    text = value.decode(errors="replace")
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _first_row(data: bytes, columns: int, caps: int) -> list[bytes | None] | None:
+    """The values of the first row of a text-protocol result set (the raw bytes of the
+    whole response), None if it is not one."""
+    packets = []
+    pos = 0
+    while pos + 4 <= len(data):
+        length = int.from_bytes(data[pos : pos + 3], "little")
+        packets.append(data[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+    skip = 1 + columns + (0 if caps & Capability.DEPRECATE_EOF else 1)
+    if len(packets) <= skip or not packets[0] or packets[0][0] in (0x00, 0xFF):
+        return None
+    r = Reader(packets[skip])
+    out: list[bytes | None] = []
+    for _ in range(columns):
+        if r.data[r.pos : r.pos + 1] == b"\xfb":
+            r.int1()
+            out.append(None)
+        else:
+            out.append(r.lenenc_str())
+    return out
 
 
 def _prepared_effect(sql: bytes) -> Effect:

@@ -58,6 +58,17 @@ KNOWN_VARIABLES = frozenset(
     }
 )
 
+# Tracked names that are not server variables (forms of SET NAMES / SET SESSION TRANSACTION).
+PSEUDO = frozenset(
+    {
+        "names",
+        "character set",
+        "charset",
+        "session transaction",
+        "session transaction isolation level",
+    }
+)
+
 # Tracked variables a new connection takes from the server's globals, so ``SET SESSION
 # var = DEFAULT`` gives back what a fresh session has. Not: the character set ones (from the
 # handshake), wait_timeout (interactive_timeout for interactive clients), the transaction
@@ -83,8 +94,8 @@ DEFAULTABLE = KNOWN_VARIABLES - {
 # Quoted strings and identifiers, as "unrolled loops" (no alternation per character); an
 # unterminated one runs to the end of the text, so no input makes the scan quadratic.
 _STRINGS = re.compile(
-    r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*(?:'|\Z)"
-    r"|\"[^\"\\]*(?:(?:\\.|\"\")[^\"\\]*)*(?:\"|\Z)"
+    r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*(?:'|\\?\Z)"
+    r"|\"[^\"\\]*(?:(?:\\.|\"\")[^\"\\]*)*(?:\"|\\?\Z)"
     r"|`[^`]*(?:`|\Z)",
     re.S,
 )
@@ -277,4 +288,7 @@ def classify(sql: str) -> Effect:
     # Savepoints live inside a transaction, which holds its backend anyway (IN_TRANS).
     if re.match(r"^\s*(?:xa|handler)\b", low):
         return Effect(pin=True, reason="XA/HANDLER")
-    return Effect(reads_last_insert_id=reads_lii, untracked=bool(re.match(r"^\s*call\b", low)))
+    if re.match(r"^\s*call\b", low):
+        # A procedure can read LAST_INSERT_ID() and change anything.
+        return Effect(reads_last_insert_id=True, untracked=True)
+    return Effect(reads_last_insert_id=reads_lii)
