@@ -92,7 +92,8 @@ def render_config(
         # A connection storm must queue in the kernel, not be refused.
         "back_log": str(max(128, sizing.max_connections)),
         # The pooler keeps up to 64 statements prepared on each of its backends (40 per CU by
-        # default, max_connections / 25), so leave room for twice that beyond the default.
+        # default); room for about that many, and when the server is full anyway a backend
+        # gives back half of its statements and prepares again (proxy.pooled).
         "max_prepared_stmt_count": str(max(16382, sizing.max_connections * 6)),
         "thread_handling": "pool-of-threads",
         "thread_pool_size": str(sizing.thread_pool_size),
