@@ -598,6 +598,27 @@ async def test_long_data_left_behind_does_not_reach_the_next_client(tmp_path: Pa
         p.close()
 
 
+async def test_sets_are_replayed_in_the_order_they_ran(tmp_path: Path) -> None:
+    p = await pooled_platform(tmp_path, cap=1)
+    try:
+        db = await pooled_db(p)
+
+        def run() -> object:
+            a, b = conn(db), conn(db)
+            q(a, "SET character_set_client = latin1")
+            q(a, "SET NAMES koi8r")  # supersedes the one before
+            q(b, "SELECT 1")  # B resets the backend; A's state is replayed next
+            got = q(a, "SELECT @@character_set_client")[0][0]
+            a.close()
+            b.close()
+            return got
+
+        assert await asyncio.to_thread(run) == "koi8r"
+    finally:
+        await p.stop()
+        p.close()
+
+
 async def test_server_side_cursors_are_refused_clearly(db: Db) -> None:
     def run() -> bytes:
         sock = raw_pooled(db)

@@ -552,9 +552,9 @@ class PooledSession:
                         b.dirty = True  # not known: nobody else gets this backend as it is
                     else:
                         sets.update(values)
-                st.sets.update(sets)
+                _record_sets(st.sets, sets)
                 if b is not None:
-                    b.sets.update(sets)
+                    _record_sets(b.sets, sets)
                 if effect.database:
                     st.database = effect.database
                     if b is not None:
@@ -715,6 +715,26 @@ class PooledSession:
                     out[flag_at + 1 : flag_at + 1] = info.param_types
                     bs.types = info.param_types
         return bytes(out)
+
+
+# What SET NAMES sets, so an earlier SET of one of these is replaced by it, not replayed after.
+_NAMES_COVERS = (
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+)
+
+
+def _record_sets(tracked: dict[str, str], sets: dict[str, str]) -> None:
+    """Note ``sets`` in the order they ran: replay goes in insertion order, so a variable
+    set again moves to the end, and SET NAMES supersedes the variables it sets."""
+    for var, text in sets.items():
+        tracked.pop(var, None)
+        if var == "names":
+            for covered in _NAMES_COVERS:
+                tracked.pop(covered, None)
+        tracked[var] = text
 
 
 def _escape(value: bytes) -> str:
