@@ -114,3 +114,25 @@ async def test_a_broken_backend_makes_room_for_a_new_one() -> None:
     await pool.release(held, broken=True)
     fresh = await waiting
     assert fresh is not held and len(made) == 2 and pool.total == 1
+
+
+async def test_a_dead_backend_handed_over_is_replaced_by_its_taker() -> None:
+    pool = EndpointPool("ep", cap=1, wait_timeout=5)
+    made: list[Backend] = []
+    held = await pool.acquire(K1, connector(K1, made))
+    first = asyncio.create_task(pool.acquire(K1, connector(K1, made)))
+    await settle()
+    second = asyncio.create_task(pool.acquire(K1, connector(K1, made)))
+    await settle()
+    third = asyncio.create_task(pool.acquire(K1, connector(K1, made)))
+    await settle()
+    await pool.release(held)  # handed to the first waiter …
+    held.writer.close()  # … and dead before that waiter runs
+    fresh = await first  # it opens a new one in that slot; the second keeps waiting
+    assert fresh is not held and not second.done()
+    assert pool.total == 1 and pool.in_use == 1 and len(made) == 2
+    await pool.release(fresh)
+    assert await second is fresh  # still ahead of the third
+    assert not third.done()
+    await pool.release(fresh)
+    assert await third is fresh

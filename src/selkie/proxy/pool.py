@@ -192,7 +192,10 @@ class EndpointPool:
             if handed is not None:
                 if handed.alive():
                     return handed
-                await self.release(handed, broken=True)
+                # It died while idle or on its way (the compute went away): its slot is
+                # this client's to fill with a new one, not a prize for whoever asks next.
+                handed.close()
+                break
         try:
             return await connect()
         except BaseException:
