@@ -68,8 +68,11 @@ async def pooled_db(p: Platform, mode: str = "transaction") -> Db:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Db]:
-    p = await pooled_platform(tmp_path, cap=2)
+async def db(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Db]:
+    """A pooled endpoint with two backends, or as many as ``@pytest.mark.backends(n)`` says
+    (one: every client shares the same backend)."""
+    marker = request.node.get_closest_marker("backends")
+    p = await pooled_platform(tmp_path, cap=marker.args[0] if marker else 2)
     try:
         yield await pooled_db(p)
     finally:
@@ -348,28 +351,23 @@ async def test_prepared_statements_move_between_backends(db: Db) -> None:
     assert await asyncio.to_thread(run) == [("one",), ("two",), ("three",)]
 
 
-async def test_last_insert_id_stays_correct_under_multiplexing(tmp_path: Path) -> None:
-    p = await pooled_platform(tmp_path, cap=1)  # every client shares one backend
-    try:
-        db = await pooled_db(p)
+@pytest.mark.backends(1)
+async def test_last_insert_id_stays_correct_under_multiplexing(db: Db) -> None:
 
-        def run() -> list[int]:
-            a, b = conn(db), conn(db)
-            q(a, "CREATE TABLE ai (id INT AUTO_INCREMENT PRIMARY KEY, who CHAR(1))")
-            q(a, "INSERT INTO ai (who) VALUES ('a')")
-            q(b, "INSERT INTO ai (who) VALUES ('b')")
-            q(b, "INSERT INTO ai (who) VALUES ('b')")
-            out = [q(a, "SELECT LAST_INSERT_ID()")[0][0], q(b, "SELECT LAST_INSERT_ID()")[0][0]]
-            c = conn(db)  # inserted nothing: reads 0, not the id another client made here
-            out.append(q(c, "SELECT LAST_INSERT_ID()")[0][0])
-            for x in (a, b, c):
-                x.close()
-            return out
+    def run() -> list[int]:
+        a, b = conn(db), conn(db)
+        q(a, "CREATE TABLE ai (id INT AUTO_INCREMENT PRIMARY KEY, who CHAR(1))")
+        q(a, "INSERT INTO ai (who) VALUES ('a')")
+        q(b, "INSERT INTO ai (who) VALUES ('b')")
+        q(b, "INSERT INTO ai (who) VALUES ('b')")
+        out = [q(a, "SELECT LAST_INSERT_ID()")[0][0], q(b, "SELECT LAST_INSERT_ID()")[0][0]]
+        c = conn(db)  # inserted nothing: reads 0, not the id another client made here
+        out.append(q(c, "SELECT LAST_INSERT_ID()")[0][0])
+        for x in (a, b, c):
+            x.close()
+        return out
 
-        assert await asyncio.to_thread(run) == [1, 3, 0]
-    finally:
-        await p.stop()
-        p.close()
+    assert await asyncio.to_thread(run) == [1, 3, 0]
 
 
 def raw_pooled(db: Db) -> socket.socket:
@@ -405,45 +403,40 @@ def raw_execute_text(sock: socket.socket, stmt: int, types: bytes | None, value:
     return row[3 : 3 + row[2]].decode()
 
 
-async def test_statements_are_shared_by_sql_and_parameter_types_rebound(tmp_path: Path) -> None:
-    p = await pooled_platform(tmp_path, cap=1)  # every client shares one backend
-    try:
-        db = await pooled_db(p)
+@pytest.mark.backends(1)
+async def test_statements_are_shared_by_sql_and_parameter_types_rebound(db: Db) -> None:
 
-        def prepares(c: pymysql.Connection) -> int:  # type: ignore[type-arg]
-            return int(q(c, "SHOW GLOBAL STATUS LIKE 'Com_stmt_prepare'")[0][1])
+    def prepares(c: pymysql.Connection) -> int:  # type: ignore[type-arg]
+        return int(q(c, "SHOW GLOBAL STATUS LIKE 'Com_stmt_prepare'")[0][1])
 
-        def run() -> tuple[list[str], int, int]:
-            admin = conn(db)
-            before = prepares(admin)
-            a, b = raw_pooled(db), raw_pooled(db)
-            sql = b"SELECT CAST(? AS CHAR) AS v"
-            sa, sb = raw_prepare(a, sql), raw_prepare(b, sql)
-            longlong, string = b"\x08\x00", b"\xfd\x00"
-            seen = [
-                raw_execute_text(a, sa, longlong, struct.pack("<q", 7)),
-                raw_execute_text(b, sb, string, b"\x03abc"),
-                # A relies on the types it bound; the backend's statement last had B's.
-                raw_execute_text(a, sa, None, struct.pack("<q", 8)),
-                raw_execute_text(b, sb, None, b"\x03xyz"),
-            ]
-            for _ in range(20):
-                seen.append(raw_execute_text(a, sa, None, struct.pack("<q", 9)))
-            prepared = prepares(admin) - before
-            a.close()
-            b.close()
-            admin.close()
-            return seen, prepared, pool(db).resets
+    def run() -> tuple[list[str], int, int]:
+        admin = conn(db)
+        before = prepares(admin)
+        a, b = raw_pooled(db), raw_pooled(db)
+        sql = b"SELECT CAST(? AS CHAR) AS v"
+        sa, sb = raw_prepare(a, sql), raw_prepare(b, sql)
+        longlong, string = b"\x08\x00", b"\xfd\x00"
+        seen = [
+            raw_execute_text(a, sa, longlong, struct.pack("<q", 7)),
+            raw_execute_text(b, sb, string, b"\x03abc"),
+            # A relies on the types it bound; the backend's statement last had B's.
+            raw_execute_text(a, sa, None, struct.pack("<q", 8)),
+            raw_execute_text(b, sb, None, b"\x03xyz"),
+        ]
+        for _ in range(20):
+            seen.append(raw_execute_text(a, sa, None, struct.pack("<q", 9)))
+        prepared = prepares(admin) - before
+        a.close()
+        b.close()
+        admin.close()
+        return seen, prepared, pool(db).resets
 
-        seen, prepared, resets = await asyncio.to_thread(run)
-        assert seen[:4] == ["7", "abc", "8", "xyz"] and set(seen[4:]) == {"9"}
-        # Two clients' prepares and nothing more: the backend keeps the statement for both,
-        # and clients whose state matches take each other's backend without a reset.
-        assert prepared == 2
-        assert resets == 0
-    finally:
-        await p.stop()
-        p.close()
+    seen, prepared, resets = await asyncio.to_thread(run)
+    assert seen[:4] == ["7", "abc", "8", "xyz"] and set(seen[4:]) == {"9"}
+    # Two clients' prepares and nothing more: the backend keeps the statement for both,
+    # and clients whose state matches take each other's backend without a reset.
+    assert prepared == 2
+    assert resets == 0
 
 
 def connector_conn(db: Db, database: str):  # type: ignore[no-untyped-def]
@@ -459,164 +452,138 @@ def connector_conn(db: Db, database: str):  # type: ignore[no-untyped-def]
     )
 
 
-async def test_shared_statements_are_per_database_and_a_prepared_set_pins(tmp_path: Path) -> None:
-    p = await pooled_platform(tmp_path, cap=1)  # every client shares one backend
-    try:
-        db = await pooled_db(p)
-        who = local_principal(p.control)
-        await asyncio.to_thread(
-            p.control.databases.create,
-            who,
-            db.created.project.id,
-            db.created.branch.id,
-            name="tenant2",
-            owner_name=db.role,
-        )
-        await p.runner.wait_idle()
+@pytest.mark.backends(1)
+async def test_shared_statements_are_per_database_and_a_prepared_set_pins(db: Db) -> None:
+    p = db.platform
+    who = local_principal(p.control)
+    await asyncio.to_thread(
+        p.control.databases.create,
+        who,
+        db.created.project.id,
+        db.created.branch.id,
+        name="tenant2",
+        owner_name=db.role,
+    )
+    await p.runner.wait_idle()
 
-        def run() -> tuple[list[int], object, int]:
-            setup = conn(db)
-            q(setup, "CREATE TABLE users (id INT PRIMARY KEY)")
-            q(setup, "INSERT INTO users VALUES (1)")
-            q(setup, "CREATE TABLE tenant2.users (id INT PRIMARY KEY)")
-            q(setup, "INSERT INTO tenant2.users VALUES (1), (2), (3)")
-            setup.close()
-            a, b = connector_conn(db, db.database), connector_conn(db, "tenant2")
-            ca, cb = a.cursor(prepared=True), b.cursor(prepared=True)
-            counts = []
-            for cur in (ca, cb, ca, cb):  # the same SQL text, prepared in two databases
-                cur.execute("SELECT COUNT(*) FROM users WHERE id > ?", (0,))
-                counts.append(cur.fetchall()[0][0])
-            # A prepared SET cannot be replayed (its value is a parameter): it pins.
-            ca.execute("SET time_zone = ?", ("+03:00",))
-            pinned = pool(db).pinned
-            a.close()
-            b.close()
-            c = conn(db)
-            zone = q(c, "SELECT @@time_zone")[0][0]  # the pinned backend was not lent out
-            c.close()
-            return counts, zone, pinned
+    def run() -> tuple[list[int], object, int]:
+        setup = conn(db)
+        q(setup, "CREATE TABLE users (id INT PRIMARY KEY)")
+        q(setup, "INSERT INTO users VALUES (1)")
+        q(setup, "CREATE TABLE tenant2.users (id INT PRIMARY KEY)")
+        q(setup, "INSERT INTO tenant2.users VALUES (1), (2), (3)")
+        setup.close()
+        a, b = connector_conn(db, db.database), connector_conn(db, "tenant2")
+        ca, cb = a.cursor(prepared=True), b.cursor(prepared=True)
+        counts = []
+        for cur in (ca, cb, ca, cb):  # the same SQL text, prepared in two databases
+            cur.execute("SELECT COUNT(*) FROM users WHERE id > ?", (0,))
+            counts.append(cur.fetchall()[0][0])
+        # A prepared SET cannot be replayed (its value is a parameter): it pins.
+        ca.execute("SET time_zone = ?", ("+03:00",))
+        pinned = pool(db).pinned
+        a.close()
+        b.close()
+        c = conn(db)
+        zone = q(c, "SELECT @@time_zone")[0][0]  # the pinned backend was not lent out
+        c.close()
+        return counts, zone, pinned
 
-        counts, zone, pinned = await asyncio.to_thread(run)
-        assert counts == [1, 3, 1, 3]
-        assert pinned == 1 and zone == "SYSTEM"
-    finally:
-        await p.stop()
-        p.close()
+    counts, zone, pinned = await asyncio.to_thread(run)
+    assert counts == [1, 3, 1, 3]
+    assert pinned == 1 and zone == "SYSTEM"
 
 
-async def test_driver_sessions_share_a_backend_without_resets(tmp_path: Path) -> None:
+@pytest.mark.backends(1)
+async def test_driver_sessions_share_a_backend_without_resets(db: Db) -> None:
     """Drivers set NAMES (and more) on connect, a statement each: the next client's SET
     NAMES overwrites the one, what it never set goes back with = DEFAULT, and the backend
     keeps its prepared statements for every client."""
-    p = await pooled_platform(tmp_path, cap=1)
-    try:
-        db = await pooled_db(p)
 
-        def run() -> tuple[list[object], int, int, tuple[str, str]]:
-            admin = conn(db)
-            q(admin, "SET sql_mode = 'ANSI'")  # a value for = DEFAULT to take back
+    def run() -> tuple[list[object], int, int, tuple[str, str]]:
+        admin = conn(db)
+        q(admin, "SET sql_mode = 'ANSI'")  # a value for = DEFAULT to take back
 
-            def prepares() -> int:
-                return int(q(admin, "SHOW GLOBAL STATUS LIKE 'Com_stmt_prepare'")[0][1])
+        def prepares() -> int:
+            return int(q(admin, "SHOW GLOBAL STATUS LIKE 'Com_stmt_prepare'")[0][1])
 
-            before = prepares()
-            a, b = connector_conn(db, db.database), connector_conn(db, db.database)
-            ca, cb = a.cursor(prepared=True), b.cursor(prepared=True)
-            seen: list[object] = []
-            for cur, n in ((ca, 1), (cb, 2), (ca, 3), (cb, 4), (ca, 5)):
-                cur.execute("SELECT ? * 10", (n,))
-                seen.append(cur.fetchall()[0][0])
-            prepared = prepares() - before
-            ca.execute("SELECT @@sql_mode")
-            ca_mode = ca.fetchall()[0][0]
-            modes = (q(admin, "SELECT @@sql_mode")[0][0], ca_mode)  # replayed / defaulted
-            for c in (a, b):
-                c.close()
-            admin.close()
-            return seen, prepared, pool(db).resets, modes
+        before = prepares()
+        a, b = connector_conn(db, db.database), connector_conn(db, db.database)
+        ca, cb = a.cursor(prepared=True), b.cursor(prepared=True)
+        seen: list[object] = []
+        for cur, n in ((ca, 1), (cb, 2), (ca, 3), (cb, 4), (ca, 5)):
+            cur.execute("SELECT ? * 10", (n,))
+            seen.append(cur.fetchall()[0][0])
+        prepared = prepares() - before
+        ca.execute("SELECT @@sql_mode")
+        ca_mode = ca.fetchall()[0][0]
+        modes = (q(admin, "SELECT @@sql_mode")[0][0], ca_mode)  # replayed / defaulted
+        for c in (a, b):
+            c.close()
+        admin.close()
+        return seen, prepared, pool(db).resets, modes
 
-        seen, prepared, resets, (admin_mode, client_mode) = await asyncio.to_thread(run)
-        assert seen == [10, 20, 30, 40, 50]
-        assert prepared == 2 and resets == 0
-        assert "ANSI" in admin_mode.split(",") and "ANSI" not in client_mode.split(",")
-    finally:
-        await p.stop()
-        p.close()
+    seen, prepared, resets, (admin_mode, client_mode) = await asyncio.to_thread(run)
+    assert seen == [10, 20, 30, 40, 50]
+    assert prepared == 2 and resets == 0
+    assert "ANSI" in admin_mode.split(",") and "ANSI" not in client_mode.split(",")
 
 
-async def test_a_set_built_on_the_current_value_is_kept_as_the_value_it_gave(
-    tmp_path: Path,
-) -> None:
-    p = await pooled_platform(tmp_path, cap=1)
-    try:
-        db = await pooled_db(p)
+@pytest.mark.backends(1)
+async def test_a_set_built_on_the_current_value_is_kept_as_the_value_it_gave(db: Db) -> None:
 
-        def run() -> tuple[list[str], str]:
-            a, b = conn(db), conn(db)
-            q(a, "SET sql_mode = 'ANSI_QUOTES'")
-            q(b, "SET sql_mode = CONCAT(@@sql_mode, ',NO_ZERO_DATE')")
-            q(a, "SELECT 1")  # A's mode back on the one backend
-            theirs = q(b, "SELECT @@sql_mode")[0][0].split(",")
-            mine = q(a, "SELECT @@sql_mode")[0][0]
-            a.close()
-            b.close()
-            return theirs, mine
+    def run() -> tuple[list[str], str]:
+        a, b = conn(db), conn(db)
+        q(a, "SET sql_mode = 'ANSI_QUOTES'")
+        q(b, "SET sql_mode = CONCAT(@@sql_mode, ',NO_ZERO_DATE')")
+        q(a, "SELECT 1")  # A's mode back on the one backend
+        theirs = q(b, "SELECT @@sql_mode")[0][0].split(",")
+        mine = q(a, "SELECT @@sql_mode")[0][0]
+        a.close()
+        b.close()
+        return theirs, mine
 
-        theirs, mine = await asyncio.to_thread(run)
-        assert "NO_ZERO_DATE" in theirs and "STRICT_TRANS_TABLES" in theirs
-        assert "ANSI_QUOTES" not in theirs and mine == "ANSI_QUOTES"
-    finally:
-        await p.stop()
-        p.close()
+    theirs, mine = await asyncio.to_thread(run)
+    assert "NO_ZERO_DATE" in theirs and "STRICT_TRANS_TABLES" in theirs
+    assert "ANSI_QUOTES" not in theirs and mine == "ANSI_QUOTES"
 
 
-async def test_long_data_left_behind_does_not_reach_the_next_client(tmp_path: Path) -> None:
-    p = await pooled_platform(tmp_path, cap=1)
-    try:
-        db = await pooled_db(p)
-        sql = b"SELECT CAST(? AS CHAR) AS v"
+@pytest.mark.backends(1)
+async def test_long_data_left_behind_does_not_reach_the_next_client(db: Db) -> None:
+    sql = b"SELECT CAST(? AS CHAR) AS v"
 
-        def run() -> str:
-            b = raw_pooled(db)
-            sb = raw_prepare(b, sql)  # B will execute the backend's statement for this SQL
-            a = raw_pooled(db)
-            sa = raw_prepare(a, sql)
-            a.sendall(frame(0, b"\x18" + struct.pack("<IH", sa, 0) + b"secret")[0])
-            # A SET between long data and execute: the statement holding the data stays known.
-            a.sendall(frame(0, b"\x03SET time_zone = '+01:00'")[0])
-            assert recv_packet(a)[1][0] == 0x00
-            a.sendall(frame(0, b"\x19" + struct.pack("<I", sa))[0])  # closed, never executed
-            a.close()
-            got = raw_execute_text(b, sb, b"\xfd\x00", b"\x04mine")
-            b.close()
-            return got
+    def run() -> str:
+        b = raw_pooled(db)
+        sb = raw_prepare(b, sql)  # B will execute the backend's statement for this SQL
+        a = raw_pooled(db)
+        sa = raw_prepare(a, sql)
+        a.sendall(frame(0, b"\x18" + struct.pack("<IH", sa, 0) + b"secret")[0])
+        # A SET between long data and execute: the statement holding the data stays known.
+        a.sendall(frame(0, b"\x03SET time_zone = '+01:00'")[0])
+        assert recv_packet(a)[1][0] == 0x00
+        a.sendall(frame(0, b"\x19" + struct.pack("<I", sa))[0])  # closed, never executed
+        a.close()
+        got = raw_execute_text(b, sb, b"\xfd\x00", b"\x04mine")
+        b.close()
+        return got
 
-        assert await asyncio.to_thread(run) == "mine"
-    finally:
-        await p.stop()
-        p.close()
+    assert await asyncio.to_thread(run) == "mine"
 
 
-async def test_sets_are_replayed_in_the_order_they_ran(tmp_path: Path) -> None:
-    p = await pooled_platform(tmp_path, cap=1)
-    try:
-        db = await pooled_db(p)
+@pytest.mark.backends(1)
+async def test_sets_are_replayed_in_the_order_they_ran(db: Db) -> None:
 
-        def run() -> object:
-            a, b = conn(db), conn(db)
-            q(a, "SET character_set_client = latin1")
-            q(a, "SET NAMES koi8r")  # supersedes the one before
-            q(b, "SELECT 1")  # B resets the backend; A's state is replayed next
-            got = q(a, "SELECT @@character_set_client")[0][0]
-            a.close()
-            b.close()
-            return got
+    def run() -> object:
+        a, b = conn(db), conn(db)
+        q(a, "SET character_set_client = latin1")
+        q(a, "SET NAMES koi8r")  # supersedes the one before
+        q(b, "SELECT 1")  # B resets the backend; A's state is replayed next
+        got = q(a, "SELECT @@character_set_client")[0][0]
+        a.close()
+        b.close()
+        return got
 
-        assert await asyncio.to_thread(run) == "koi8r"
-    finally:
-        await p.stop()
-        p.close()
+    assert await asyncio.to_thread(run) == "koi8r"
 
 
 async def test_server_side_cursors_are_refused_clearly(db: Db) -> None:
@@ -633,100 +600,79 @@ async def test_server_side_cursors_are_refused_clearly(db: Db) -> None:
     assert reply[3:9] == b"#42000" and b"cursors are not supported" in reply
 
 
-async def test_statements_given_back_when_the_server_has_no_room(tmp_path: Path) -> None:
-    p = await pooled_platform(tmp_path, cap=1)
-    try:
-        db = await pooled_db(p)
-        sql = b"SELECT CAST(? AS CHAR) AS v"
-        longlong = b"\x08\x00"
+@pytest.mark.backends(1)
+async def test_statements_given_back_when_the_server_has_no_room(db: Db) -> None:
+    p = db.platform
+    sql = b"SELECT CAST(? AS CHAR) AS v"
+    longlong = b"\x08\x00"
 
-        def first() -> str:
-            a = raw_pooled(db)
-            got = raw_execute_text(a, raw_prepare(a, sql), longlong, struct.pack("<q", 1))
-            a.close()  # the backend keeps the statement for its next client
-            return got
+    def first() -> str:
+        a = raw_pooled(db)
+        got = raw_execute_text(a, raw_prepare(a, sql), longlong, struct.pack("<q", 1))
+        a.close()  # the backend keeps the statement for its next client
+        return got
 
-        def second() -> str:
-            b = raw_pooled(db)
-            other = b"SELECT CAST(? + 1 AS CHAR) AS v"  # needs a statement slot of its own
-            got = raw_execute_text(b, raw_prepare(b, other), longlong, struct.pack("<q", 1))
-            b.close()
-            return got
+    def second() -> str:
+        b = raw_pooled(db)
+        other = b"SELECT CAST(? + 1 AS CHAR) AS v"  # needs a statement slot of its own
+        got = raw_execute_text(b, raw_prepare(b, other), longlong, struct.pack("<q", 1))
+        b.close()
+        return got
 
-        one = await asyncio.to_thread(first)
-        await p.driver.execute(db.endpoint_id, ["SET GLOBAL max_prepared_stmt_count = 1"])
-        two = await asyncio.to_thread(second)
-        assert (one, two) == ("1", "2")
-        assert pool(db).resets == 0  # the room came from the backend's own statements
-    finally:
-        await p.stop()
-        p.close()
+    one = await asyncio.to_thread(first)
+    await p.driver.execute(db.endpoint_id, ["SET GLOBAL max_prepared_stmt_count = 1"])
+    two = await asyncio.to_thread(second)
+    assert (one, two) == ("1", "2")
+    assert pool(db).resets == 0  # the room came from the backend's own statements
 
 
-async def test_executable_comments_are_tracked_like_the_statements_inside(tmp_path: Path) -> None:
-    p = await pooled_platform(tmp_path, cap=1)
-    try:
-        db = await pooled_db(p)
+@pytest.mark.backends(1)
+async def test_executable_comments_are_tracked_like_the_statements_inside(db: Db) -> None:
 
-        def run() -> tuple[object, object]:
-            a, b = conn(db), conn(db)
-            q(a, "/*!40101 SET NAMES latin1 */")
-            theirs = q(b, "SELECT @@character_set_client")[0][0]
-            mine = q(a, "SELECT @@character_set_client")[0][0]
-            a.close()
-            b.close()
-            return theirs, mine
+    def run() -> tuple[object, object]:
+        a, b = conn(db), conn(db)
+        q(a, "/*!40101 SET NAMES latin1 */")
+        theirs = q(b, "SELECT @@character_set_client")[0][0]
+        mine = q(a, "SELECT @@character_set_client")[0][0]
+        a.close()
+        b.close()
+        return theirs, mine
 
-        assert await asyncio.to_thread(run) == ("utf8mb4", "latin1")
-    finally:
-        await p.stop()
-        p.close()
+    assert await asyncio.to_thread(run) == ("utf8mb4", "latin1")
 
 
-async def test_a_stored_procedure_gets_the_backend_reset_for_the_next_client(
-    tmp_path: Path,
-) -> None:
-    p = await pooled_platform(tmp_path, cap=1)
-    try:
-        db = await pooled_db(p)
+@pytest.mark.backends(1)
+async def test_a_stored_procedure_gets_the_backend_reset_for_the_next_client(db: Db) -> None:
 
-        def run() -> tuple[object, int]:
-            a, b = conn(db), conn(db)
-            default = q(b, "SELECT @@sql_mode")[0][0]
-            q(a, "CREATE PROCEDURE loose() BEGIN SET SESSION sql_mode = 'ANSI'; END")
-            q(a, "CALL loose()")  # changes the session behind the proxy's back
-            seen = q(b, "SELECT @@sql_mode")[0][0]
-            a.close()
-            b.close()
-            return seen == default, pool(db).resets
+    def run() -> tuple[object, int]:
+        a, b = conn(db), conn(db)
+        default = q(b, "SELECT @@sql_mode")[0][0]
+        q(a, "CREATE PROCEDURE loose() BEGIN SET SESSION sql_mode = 'ANSI'; END")
+        q(a, "CALL loose()")  # changes the session behind the proxy's back
+        seen = q(b, "SELECT @@sql_mode")[0][0]
+        a.close()
+        b.close()
+        return seen == default, pool(db).resets
 
-        assert await asyncio.to_thread(run) == (True, 1)
-    finally:
-        await p.stop()
-        p.close()
+    assert await asyncio.to_thread(run) == (True, 1)
 
 
-async def test_a_failed_set_over_another_clients_value_does_not_leave_it(tmp_path: Path) -> None:
-    p = await pooled_platform(tmp_path, cap=1)
-    try:
-        db = await pooled_db(p)
+@pytest.mark.backends(1)
+async def test_a_failed_set_over_another_clients_value_does_not_leave_it(db: Db) -> None:
 
-        def run() -> tuple[object, object]:
-            a, b = conn(db), conn(db)
-            q(a, "SET time_zone = '+02:00'")
-            # B's own SET would have replaced A's value, so no reset was needed; it fails.
-            with pytest.raises(pymysql.err.DatabaseError) as err:
-                q(b, "SET time_zone = 'No/Such_Zone'")
-            zone = q(b, "SELECT @@time_zone")[0][0]
-            mine = q(a, "SELECT @@time_zone")[0][0]
-            a.close()
-            b.close()
-            return (err.value.args[0], zone), mine
+    def run() -> tuple[object, object]:
+        a, b = conn(db), conn(db)
+        q(a, "SET time_zone = '+02:00'")
+        # B's own SET would have replaced A's value, so no reset was needed; it fails.
+        with pytest.raises(pymysql.err.DatabaseError) as err:
+            q(b, "SET time_zone = 'No/Such_Zone'")
+        zone = q(b, "SELECT @@time_zone")[0][0]
+        mine = q(a, "SELECT @@time_zone")[0][0]
+        a.close()
+        b.close()
+        return (err.value.args[0], zone), mine
 
-        assert await asyncio.to_thread(run) == ((1298, "SYSTEM"), "+02:00")
-    finally:
-        await p.stop()
-        p.close()
+    assert await asyncio.to_thread(run) == ((1298, "SYSTEM"), "+02:00")
 
 
 # --- the cap and the queue ----------------------------------------------------------------------
