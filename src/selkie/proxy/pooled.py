@@ -267,7 +267,6 @@ class PooledSession:
         if command in (Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA):
             return summary
         writer = self.client.writer
-        counters = self.counters
         pending = bytearray()
         pos = 0
         state = "first"
@@ -278,9 +277,7 @@ class PooledSession:
 
         def flush(upto: int) -> None:
             if out is not None and upto:
-                chunk = bytes(pending[:upto])
-                counters.bytes_to_client += len(chunk)
-                out(chunk)
+                out(bytes(pending[:upto]))
 
         while True:
             while not done and pos + 4 <= len(pending):
@@ -617,6 +614,11 @@ class PooledSession:
             for n, v in zip(names, values, strict=True)
         }
 
+    def _to_client(self, chunk: bytes) -> None:
+        """Bytes of a response for the client: counted (metered transfer) and sent."""
+        self.counters.bytes_to_client += len(chunk)
+        self.client.writer.write(chunk)
+
     async def _run(
         self, command: int, payload: bytes, *, effect: Effect | None = None
     ) -> Summary | None:
@@ -641,7 +643,7 @@ class PooledSession:
                 return Summary(status=self.status)
         b.stream.write(0, payload)
         await b.writer.drain()
-        summary = await self._relay(b, out=self.client.writer.write, command=command)
+        summary = await self._relay(b, out=self._to_client, command=command)
         await self.client.writer.drain()
         return summary
 
@@ -672,10 +674,9 @@ class PooledSession:
             first = bytearray(buffered[0])
             first[5:9] = int4(ours)  # frame header (4) + OK byte (1) + statement id (4)
             buffered[0] = bytes(first)
-        writer = self.client.writer
         for data in buffered:
-            writer.write(data)
-        await writer.drain()
+            self._to_client(data)
+        await self.client.writer.drain()
         return summary
 
     async def _bind_statement(self, b: Backend, command: int, payload: bytes) -> bytes:
