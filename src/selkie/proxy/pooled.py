@@ -185,11 +185,9 @@ class PooledSession:
         # Another client's values are still here, for the command to overwrite.
         self._overwriting = foreign and self._needs_reset(b, ())
         b.owner = self
-        if st.database and st.database != b.database:
-            err = (await self._internal(b, bytes([Command.INIT_DB]) + st.database.encode())).error
-            if err is not None:
-                return err
-            b.database = st.database
+        err = await self._put_database(b)
+        if err is not None:
+            return err
         for var, text in st.sets.items():
             if b.sets.get(var) != text:
                 err = (await self._internal(b, b"\x03SET " + text.encode())).error
@@ -204,6 +202,16 @@ class PooledSession:
             # 0 is what a session that inserted nothing reads.
             await self._internal(b, b"\x03DO LAST_INSERT_ID(%d)" % (st.last_insert_id or 0))
             b.last_insert_id = st.last_insert_id
+        return None
+
+    async def _put_database(self, b: Backend) -> Err | None:
+        """The session's database on the backend, if it has one there is not."""
+        database = self.state.database
+        if database and database != b.database:
+            err = (await self._internal(b, bytes([Command.INIT_DB]) + database.encode())).error
+            if err is not None:
+                return err
+            b.database = database
         return None
 
     async def _restore_defaults(self, b: Backend, setting: Iterable[str]) -> Err | None:
@@ -405,13 +413,8 @@ class PooledSession:
         b = await self._acquire()
         if b.owner is None or b.owner is self:
             err = await self._sync(b, need_last_insert_id=False)
-        elif self.state.database and self.state.database != b.database:
-            payload = bytes([Command.INIT_DB]) + self.state.database.encode()
-            err = (await self._internal(b, payload)).error
-            if err is None:
-                b.database = self.state.database
         else:
-            err = None
+            err = await self._put_database(b)
         if err is not None or self._may_release():
             await self._release()
         return err
@@ -651,19 +654,8 @@ class PooledSession:
         """COM_STMT_PREPARE: the client sees the proxy's own statement id, valid on any
         backend; the statement is prepared again wherever it runs next."""
         st = self.state
-        for attempt in range(2):
-            b.stream.write(0, payload)
-            await b.writer.drain()
-            # Hold the response back, then send it with our statement id in place of the
-            # compute's.
-            buffered: list[bytes] = []
-            summary = await self._relay(b, out=buffered.append, command=Command.STMT_PREPARE)
-            if attempt or summary.error is None or summary.error.code != TOO_MANY_STATEMENTS:
-                break
-            if not b.statements:
-                break
-            # The server's statements are all taken: give back half of this backend's.
-            b.shrink_statements()
+        # Hold the response back, then send it with our statement id in place of the compute's.
+        summary, buffered = await self._prepare_here(b, payload[1:])
         if summary.error is None and summary.stmt_id is not None:
             ours = st.next_stmt_id
             st.next_stmt_id += 1
@@ -679,6 +671,24 @@ class PooledSession:
         await self.client.writer.drain()
         return summary
 
+    async def _prepare_here(self, b: Backend, sql: bytes) -> tuple[Summary, list[bytes]]:
+        """COM_STMT_PREPARE of ``sql`` on ``b``: how it ended, and the response's bytes. When
+        the server has no room for another statement, the backend gives back the least
+        recently used half of its own and it is tried once more."""
+
+        async def prepare() -> tuple[Summary, list[bytes]]:
+            b.stream.write(0, bytes([Command.STMT_PREPARE]) + sql)
+            await b.writer.drain()
+            buffered: list[bytes] = []
+            summary = await self._relay(b, out=buffered.append, command=Command.STMT_PREPARE)
+            return summary, buffered
+
+        summary, buffered = await prepare()
+        if summary.error and summary.error.code == TOO_MANY_STATEMENTS and b.statements:
+            b.shrink_statements()
+            summary, buffered = await prepare()
+        return summary, buffered
+
     async def _bind_statement(self, b: Backend, command: int, payload: bytes) -> bytes:
         """Map the client's statement id to the backend's statement for the same SQL,
         preparing it here first if this backend has not got it; an execute that relies on
@@ -689,15 +699,7 @@ class PooledSession:
         # Long data went to a particular statement: that one runs, whatever the state now.
         bs = self._long_data.get(stmt) or b.statement(info.sql)
         if bs is None:
-            summary = await self._internal(b, bytes([Command.STMT_PREPARE]) + info.sql)
-            if (
-                summary.error is not None
-                and summary.error.code == TOO_MANY_STATEMENTS
-                and b.statements
-            ):
-                # The server's statements are all taken: give back half of this backend's.
-                b.shrink_statements()
-                summary = await self._internal(b, bytes([Command.STMT_PREPARE]) + info.sql)
+            summary, _ = await self._prepare_here(b, info.sql)
             if summary.error is not None or summary.stmt_id is None:
                 err = summary.error or Err(code=1243, sqlstate="HY000", message="re-prepare failed")
                 await self.reply(1, build_err(err.code, err.message, err.sqlstate))
