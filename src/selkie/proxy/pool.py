@@ -41,8 +41,9 @@ class PoolKey:
 
 
 # Statements kept prepared per backend connection. The server's max_prepared_stmt_count
-# is shared by all its connections: computes are configured with room for this many on
-# every pooled backend (compute.mariadb.render_config).
+# is shared by all its connections: computes are configured with room for about this many
+# on every pooled backend (compute.mariadb.render_config), and a backend gives back half of
+# its own when the server has no room left (proxy.pooled).
 MAX_STATEMENTS = 64
 # (database, tracked variables, SQL)
 StatementKey = tuple[str | None, frozenset[tuple[str, str]], bytes]
@@ -114,13 +115,15 @@ class Backend:
         if old is not None and old.id != stmt_id:
             self._close_statement(old.id)
         stmt = self.statements[key] = BackendStatement(stmt_id)
-        while len(self.statements) > MAX_STATEMENTS:
-            self._close_statement(self.statements.popitem(last=False)[1].id)
+        self._close_oldest(len(self.statements) - MAX_STATEMENTS)
         return stmt
 
     def shrink_statements(self) -> None:
         """Close the least recently used half of the statements kept here."""
-        for _ in range((len(self.statements) + 1) // 2):
+        self._close_oldest((len(self.statements) + 1) // 2)
+
+    def _close_oldest(self, count: int) -> None:
+        for _ in range(count):
             self._close_statement(self.statements.popitem(last=False)[1].id)
 
     def drop_statement(self, stmt: BackendStatement) -> None:
