@@ -73,23 +73,22 @@ PSEUDO = frozenset(
 # var = DEFAULT`` gives back what a fresh session has. Not: the character set ones (from the
 # handshake), wait_timeout (interactive_timeout for interactive clients), the transaction
 # characteristics (names differ across versions), and the pseudo-variables.
-DEFAULTABLE = KNOWN_VARIABLES - {
-    "names",
-    "character set",
-    "charset",
-    "character_set_client",
-    "character_set_connection",
-    "character_set_results",
-    "character_set_database",
-    "collation_connection",
-    "wait_timeout",
-    "transaction_isolation",
-    "tx_isolation",
-    "transaction_read_only",
-    "tx_read_only",
-    "session transaction isolation level",
-    "session transaction",
-}
+DEFAULTABLE = (
+    KNOWN_VARIABLES
+    - PSEUDO
+    - {
+        "character_set_client",
+        "character_set_connection",
+        "character_set_results",
+        "character_set_database",
+        "collation_connection",
+        "wait_timeout",
+        "transaction_isolation",
+        "tx_isolation",
+        "transaction_read_only",
+        "tx_read_only",
+    }
+)
 
 # Quoted strings and identifiers, as "unrolled loops" (no alternation per character); an
 # unterminated one runs to the end of the text, so no input makes the scan quadratic.
@@ -164,13 +163,7 @@ def _strip(sql: str) -> str:
 # parentheses and the separator. Matched by the regex engine, so a statement of megabytes
 # costs one pass in C and a Python step per token, not per character.
 _SPLIT_TOKENS = {
-    sep: re.compile(
-        r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'?|\"[^\"\\]*(?:(?:\\.|\"\")[^\"\\]*)*\"?|`[^`]*`?|[()"
-        + re.escape(sep)
-        + "]",
-        re.S,
-    )
-    for sep in ",;"
+    sep: re.compile(_STRINGS.pattern + r"|[()" + re.escape(sep) + "]", re.S) for sep in ",;"
 }
 
 
