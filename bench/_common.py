@@ -29,10 +29,6 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     return eventloop.run(main, os.environ.get("SELKIE_EVENT_LOOP", "auto"))
 
 
-def loop_name() -> str:
-    return eventloop.resolve(os.environ.get("SELKIE_EVENT_LOOP", "auto"))
-
-
 async def sysbench(
     test: str,
     *,

@@ -8,6 +8,7 @@ the standard library's (see docs/benchmarks.md). ``asyncio`` keeps the standard 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -15,21 +16,18 @@ T = TypeVar("T")
 CHOICES = ("auto", "uvloop", "asyncio")
 
 
-def _uvloop() -> Any | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop
+def _have_uvloop() -> bool:
+    # Looked up, not imported: every command loads the settings, which check this.
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def resolve(choice: str) -> str:
-    """The loop ``choice`` means here: ``auto`` is uvloop when it can be imported."""
+    """The loop ``choice`` means here: ``auto`` is uvloop when it is installed."""
     if choice not in CHOICES:
         raise ValueError(f"event_loop must be one of {', '.join(CHOICES)}, not {choice!r}")
     if choice == "auto":
-        return "uvloop" if _uvloop() is not None else "asyncio"
-    if choice == "uvloop" and _uvloop() is None:
+        return "uvloop" if _have_uvloop() else "asyncio"
+    if choice == "uvloop" and not _have_uvloop():
         raise ValueError("event_loop is 'uvloop' but uvloop is not installed")
     return choice
 
@@ -37,7 +35,9 @@ def resolve(choice: str) -> str:
 def factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     """A function making a new loop of the chosen kind."""
     if resolve(choice) == "uvloop":
-        return _uvloop().new_event_loop  # type: ignore[no-any-return, union-attr]
+        import uvloop
+
+        return uvloop.new_event_loop
     return asyncio.new_event_loop
 
 
