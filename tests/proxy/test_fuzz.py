@@ -78,9 +78,9 @@ def open_raw(db: Db) -> tuple[socket.socket, bytes]:
     return sock, parse_handshake_v10(greeting).scramble
 
 
-def login(db: Db) -> socket.socket:
+def login(db: Db, *, user: str | None = None) -> socket.socket:
     sock, scramble = open_raw(db)
-    sock.sendall(frame(1, valid_response(db, scramble))[0])
+    sock.sendall(frame(1, valid_response(db, scramble, user=user))[0])
     _, reply = recv_packet(sock)
     assert reply[:1] == b"\x00", reply
     return sock

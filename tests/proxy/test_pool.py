@@ -27,7 +27,7 @@ from selkie.server import Platform
 from tests.compute.conftest import require_mariadb
 from tests.helpers import free_port
 from tests.proxy.conftest import Db
-from tests.proxy.test_fuzz import open_raw, recv_packet, valid_response
+from tests.proxy.test_fuzz import login, recv_packet
 
 pytestmark = pytest.mark.timeout(300)
 TEMPLATE: list[Path] = []
@@ -373,11 +373,7 @@ async def test_last_insert_id_stays_correct_under_multiplexing(db: Db) -> None:
 def raw_pooled(db: Db) -> socket.socket:
     """A pooled session spoken to packet by packet (for what client libraries do not
     expose: which statement id and which parameter types go out)."""
-    sock, scramble = open_raw(db)
-    user = f"{db.endpoint_id}-pooler.{db.role}"
-    sock.sendall(frame(1, valid_response(db, scramble, user=user))[0])
-    assert recv_packet(sock)[1][:1] == b"\x00"
-    return sock
+    return login(db, user=f"{db.endpoint_id}-pooler.{db.role}")
 
 
 def raw_prepare(sock: socket.socket, sql: bytes) -> int:
