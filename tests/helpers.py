@@ -99,6 +99,15 @@ def first_key(log: Path) -> str:
     return line.split("SELKIE_API_KEY=", 1)[1].strip()
 
 
+def api_client(env: dict[str, str], log: Path) -> httpx.Client:
+    """An API client for a `selkie up` started with ``env``, with the key it printed."""
+    return httpx.Client(
+        base_url=env["SELKIE_API_URL"],
+        headers={"Authorization": f"Bearer {first_key(log)}"},
+        timeout=30,
+    )
+
+
 def mariadbd_processes(data_dir: Path) -> dict[str, int]:
     """Every mariadbd started with a config under this data dir, by endpoint id."""
     found = {}

@@ -10,13 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pymysql
 
 from selkie.model import EndpointState, OperationAction, Principal
 from selkie.server import Platform
 from tests.compute.test_lifecycle import platform_address, request
-from tests.helpers import first_key, mariadbd_processes, selkie_env, selkie_up
+from tests.helpers import api_client, mariadbd_processes, selkie_env, selkie_up
 
 
 async def test_kill_9_during_inserts_loses_no_acknowledged_row(
@@ -84,10 +83,7 @@ def test_kill_9_of_selkie_up_leaves_nothing_unaccounted(tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     data_dir = Path(env["SELKIE_DATA_DIR"])
     with selkie_up(env, log) as proc:
-        key = first_key(log)
-        api = httpx.Client(
-            base_url=env["SELKIE_API_URL"], headers={"Authorization": f"Bearer {key}"}, timeout=30
-        )
+        api = api_client(env, log)
         projects = [
             api.post("/v1/projects", json={"project": {"name": f"p{i}"}}).json() for i in range(4)
         ]

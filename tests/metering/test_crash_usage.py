@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import first_key, mariadbd_processes, selkie_env, selkie_up
+from tests.helpers import api_client, mariadbd_processes, selkie_env, selkie_up
 
 
 def consumption(api: httpx.Client, project_id: str) -> float:
@@ -43,10 +43,7 @@ def test_usage_survives_kill_9_of_selkie(tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     data_dir = Path(env["SELKIE_DATA_DIR"])
     with selkie_up(env, log) as proc:
-        key = first_key(log)
-        api = httpx.Client(
-            base_url=env["SELKIE_API_URL"], headers={"Authorization": f"Bearer {key}"}, timeout=30
-        )
+        api = api_client(env, log)
         kept = api.post("/v1/projects", json={"project": {"name": "kept"}}).json()
         died = api.post("/v1/projects", json={"project": {"name": "died"}}).json()
         paths = {}
@@ -66,9 +63,7 @@ def test_usage_survives_kill_9_of_selkie(tmp_path: Path) -> None:
         time.sleep(3)
 
     with selkie_up(env, log):
-        api = httpx.Client(
-            base_url=env["SELKIE_API_URL"], headers={"Authorization": f"Bearer {key}"}, timeout=30
-        )
+        api = api_client(env, log)  # the same key: the log is appended to
         # "kept": its compute survived and was adopted; the interval simply goes on.
         assert api.get(paths["kept"][2]).json()["endpoint"]["current_state"] == "active"
         api.post(f"{paths['kept'][2]}/suspend")
