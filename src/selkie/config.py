@@ -24,6 +24,14 @@ from selkie import eventloop
 from selkie.errors import ConfigError
 
 ENV_PREFIX = "SELKIE_"
+# The standard AWS variables, read for the S3 archive (first one set wins per setting).
+AWS_ENV = {
+    "s3_endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "s3_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "s3_access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "s3_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "s3_session_token": ("AWS_SESSION_TOKEN",),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +149,27 @@ class Settings:
     compute_stop_timeout: float = 30.0
     # Metering: how often storage and written data are sampled (seconds).
     metering_interval: float = 60.0
+    # Durable storage. The archive keeps every branch's history: file:///abs/path, or
+    # s3://bucket/prefix (credentials and endpoint from the AWS_* variables below); empty:
+    # <data_dir>/archive; "off": no history, no restore (a lost disk loses the data).
+    archive_url: str = ""
+    # Where the safekeeper fsyncs the log it receives before it is archived; empty:
+    # <data_dir>/safekeeper. Put it on another disk than the data dir.
+    safekeeper_dir: Path | None = None
+    # A running compute gets a new base image after this many seconds, or after this many
+    # bytes of log, whichever comes first (suspends always make one).
+    base_image_interval: float = 6 * 3600.0
+    base_image_log_bytes: int = 1 << 30
+    # How long a semi-synchronous commit (durability=sync) waits for the safekeeper before
+    # the compute falls back to asynchronous (milliseconds).
+    sync_commit_timeout_ms: int = 2000
+    # S3 settings, read from the standard AWS variables (AWS_ENDPOINT_URL_S3 or
+    # AWS_ENDPOINT_URL, AWS_REGION or AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, …).
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_session_token: str = ""
     # Billing: price lists by name ([plans.NAME] tables), and the plan of projects that
     # name none.
     plans: dict[str, Plan] = field(default_factory=lambda: dict(DEFAULT_PLANS))
@@ -157,6 +186,20 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'selkie.db').resolve()}"
+
+    @property
+    def archive_enabled(self) -> bool:
+        return self.archive_url != "off"
+
+    @property
+    def effective_archive_url(self) -> str:
+        if self.archive_url:
+            return self.archive_url
+        return f"file://{(self.data_dir / 'archive').resolve()}"
+
+    @property
+    def effective_safekeeper_dir(self) -> Path:
+        return (self.safekeeper_dir or self.data_dir / "safekeeper").resolve()
 
     @property
     def api_urls(self) -> list[str]:
@@ -261,6 +304,12 @@ def load_settings(
                 raise ConfigError(f"config file {path}: unknown setting {key!r}")
             values[key] = _coerce(key, raw, hints[key])
 
+    for name, names in AWS_ENV.items():
+        for env_name in names:
+            if env.get(env_name):
+                values[name] = env[env_name]
+                break
+
     for name in fields:
         env_name = f"{ENV_PREFIX}{name.upper()}"
         if env_name in env:
@@ -288,6 +337,15 @@ def load_settings(
         raise ConfigError(str(exc)) from None
     if settings.metering_interval <= 0:
         raise ConfigError("metering_interval must be positive")
+    if settings.archive_enabled and not settings.effective_archive_url.startswith(
+        ("file:///", "s3://")
+    ):
+        raise ConfigError(
+            f"archive_url {settings.archive_url!r} must be file:///abs/path, "
+            "s3://bucket/prefix or off"
+        )
+    if settings.base_image_interval <= 0 or settings.base_image_log_bytes <= 0:
+        raise ConfigError("base_image_interval and base_image_log_bytes must be positive")
     return settings
 
 

@@ -12,7 +12,9 @@
     │   └── StateConflict            state_conflict  409  (CAS on (state, generation) lost)
     ├── QuotaExceeded                quota_exceeded  429
     ├── StoreError                   store_error     503  (state store unreachable, …)
-    └── ComputeError                 compute_error   502  (a compute failed to start, …)
+    ├── ComputeError                 compute_error   502  (a compute failed to start, …)
+    └── ArchiveError                 archive_error   503  (object storage unreachable, …)
+        └── ObjectMissing            object_missing  503  (an object a restore needs is gone)
 """
 
 from __future__ import annotations
@@ -77,6 +79,17 @@ class StoreError(SelkieError):
 class ComputeError(SelkieError):
     code = "compute_error"
     http_status = 502
+
+
+class ArchiveError(SelkieError):
+    code = "archive_error"
+    http_status = 503
+
+
+class ObjectMissing(ArchiveError):
+    """An archive object that should exist does not (or cannot be read back intact)."""
+
+    code = "object_missing"
 
 
 def error_class(code: str) -> type[SelkieError] | None:
