@@ -55,6 +55,7 @@ class OperationAction(StrEnum):
     START_COMPUTE = "start_compute"
     SUSPEND_COMPUTE = "suspend_compute"
     RESTART_COMPUTE = "restart_compute"
+    RESTORE_BRANCH = "restore_branch"
     APPLY_CONFIG = "apply_config"
     DELETE_ENDPOINT = "delete_endpoint"
     DELETE_TIMELINE = "delete_timeline"
@@ -82,6 +83,15 @@ class OperationStatus(StrEnum):
 class StorageMode(StrEnum):
     LOCAL = "local"
     PAGESERVER = "pageserver"
+
+
+class Durability(StrEnum):
+    """When a commit is acknowledged to the client: ``async`` once the compute has it on its
+    disk (the archive follows within about a second); ``sync`` once the safekeeper has
+    fsynced it too (semi-synchronous replication)."""
+
+    ASYNC = "async"
+    SYNC = "sync"
 
 
 # --- identifiers ---------------------------------------------------------------------------
@@ -141,6 +151,7 @@ _DB_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_$]{0,63}$")
 RESERVED_ROLES = frozenset({"root", "mysql", "mariadb.sys", "selkie_admin", "public", "none"})
 RESERVED_DATABASES = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
 SUSPEND_TIMEOUT_MAX = 604800
+HISTORY_RETENTION_MAX = 30 * 86400
 CU_MIN, CU_MAX = 0.25, 8.0
 
 
@@ -264,6 +275,10 @@ class ProjectSettings:
     storage_limit_bytes: int | None = None
     # The billing plan (one configured in `plans`); None: the configured default plan.
     plan: str | None = None
+    durability: Durability = Durability.ASYNC
+    # How far back branches can be restored (Neon's name and default: one day); 0: no
+    # history beyond the latest state.
+    history_retention_seconds: int = 86400
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -292,6 +307,9 @@ class Branch:
     current_state: BranchState
     created_at: datetime
     updated_at: datetime
+    # The parent's point this branch was made from: a time, and a GTID position.
+    parent_timestamp: datetime | None = None
+    parent_lsn: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

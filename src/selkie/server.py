@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import shlex
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from selkie.api.app import create_app
+from selkie.archive import open_archive
 from selkie.compute.base import ComputeDriver
 from selkie.compute.cgroups import Cgroups
 from selkie.compute.local import LocalDriver
@@ -27,8 +29,10 @@ from selkie.config import Settings, split_listen
 from selkie.control import Control
 from selkie.control.access import LocalControlPlane
 from selkie.control.bootstrap import FirstStart, first_start
+from selkie.control.history import History
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.reconciler import reconcile
+from selkie.control.restores import Restorer
 from selkie.control.runner import OperationsRunner
 from selkie.control.scheduler import Scheduler
 from selkie.controlplane import ControlPlane
@@ -37,12 +41,38 @@ from selkie.metering.prometheus import Sources, render
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
 from selkie.remote import HttpControlPlane
+from selkie.safekeeper.service import Safekeeper
 from selkie.storage.base import StorageDriver
 from selkie.storage.local import LocalStorage
+from selkie.storage.restore import Tools
 from selkie.store import Store
 from selkie.store.tables import BranchRow
 
 log = logging.getLogger(__name__)
+
+
+def _history(settings: Settings, store: Store, storage: StorageDriver) -> History | None:
+    """Durable storage of local branches: the archive, the safekeeper, and the history
+    service over them (None with the archive off, or computes in Kubernetes)."""
+    if not settings.archive_enabled or not isinstance(storage, LocalStorage):
+        return None
+    archive = open_archive(
+        settings.effective_archive_url,
+        endpoint=settings.s3_endpoint,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+        session_token=settings.s3_session_token,
+    )
+    user = getpass.getuser()
+    return History(
+        store=store,
+        settings=settings,
+        archive=archive,
+        safekeeper=Safekeeper(root=settings.effective_safekeeper_dir, archive=archive, user=user),
+        storage=storage,
+        tools=Tools(mariadbd=settings.mariadbd, user=user),
+    )
 
 
 def _computes(settings: Settings, store: Store) -> tuple[ComputeDriver, StorageDriver]:
@@ -114,6 +144,7 @@ class Platform:
     access: LocalControlPlane
     scheduler: Scheduler
     meter: Meter
+    history: History | None = None
     proxy: ProxyServer | None = None
 
     @classmethod
@@ -122,6 +153,7 @@ class Platform:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.effective_database_url)
         driver, storage = _computes(settings, store)
+        history = _history(settings, store, storage)
         lifecycle = Lifecycle(
             store=store,
             settings=settings,
@@ -129,6 +161,7 @@ class Platform:
             local_storage=storage,
             start_timeout=settings.compute_start_timeout,
             stop_timeout=settings.compute_stop_timeout,
+            history=history,
         )
         access = LocalControlPlane(
             store=store, lifecycle=lifecycle, pooler_max_backends=settings.pooler_max_backends
@@ -147,10 +180,15 @@ class Platform:
             driver=driver,
             storage=storage,
             lifecycle=lifecycle,
-            runner=OperationsRunner(store=store, lifecycle=lifecycle),
+            runner=OperationsRunner(
+                store=store,
+                lifecycle=lifecycle,
+                restorer=Restorer(history=history, lifecycle=lifecycle) if history else None,
+            ),
             access=access,
             scheduler=scheduler,
             meter=meter,
+            history=history,
         )
 
     async def start(self, *, proxy: bool = False) -> None:
@@ -158,6 +196,8 @@ class Platform:
         (and the proxy, when asked)."""
         if isinstance(self.storage, LocalStorage):
             await self.storage.ensure_template()
+        if self.history is not None:
+            await self.history.start()
         await reconcile(self.store, self.lifecycle)
         self.runner.start()
         self.scheduler.start()
@@ -178,6 +218,8 @@ class Platform:
         await self.runner.stop()
         if suspend_computes:
             await self.lifecycle.suspend_all()
+        if self.history is not None:
+            await self.history.stop()
         await self.driver.close()
 
     def close(self) -> None:

@@ -45,6 +45,10 @@ class ProjectSettingsIn(Request):
     compute_time_limit_seconds: Annotated[StrictInt, Field(ge=0)] | None = None
     storage_limit_bytes: Annotated[StrictInt, Field(ge=0)] | None = None
     plan: NameStr | None = None
+    durability: model.Durability | None = None
+    history_retention_seconds: (
+        Annotated[StrictInt, Field(ge=0, le=model.HISTORY_RETENTION_MAX)] | None
+    ) = None
 
 
 class BranchSpecIn(Request):

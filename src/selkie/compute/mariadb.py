@@ -55,6 +55,32 @@ class Sizing:
         )
 
 
+# The binary log lives in the datadir under this name (binlog.000001, binlog.index).
+BINLOG_BASENAME = "binlog"
+# Every compute writes GTIDs of this server id in domain 0: a transaction's sequence number
+# is its position in the branch's history.
+COMPUTE_SERVER_ID = 1
+
+
+def durability_options(*, semi_sync: bool, sync_timeout_ms: int) -> dict[str, str]:
+    """What the safekeeper needs of a compute: a binary log of every change (row format,
+    GTIDs, fsynced at each commit), and with ``semi_sync`` commits that wait for the
+    safekeeper's acknowledgement (falling back to asynchronous after the timeout)."""
+    return {
+        "log_bin": BINLOG_BASENAME,
+        "binlog_format": "ROW",
+        "binlog_checksum": "CRC32",
+        "sync_binlog": "1",
+        "server_id": str(COMPUTE_SERVER_ID),
+        "gtid_strict_mode": "ON",
+        "max_binlog_size": "64M",
+        "rpl_semi_sync_master_enabled": "ON" if semi_sync else "OFF",
+        # The commit is acknowledged to the client only after the safekeeper has it.
+        "rpl_semi_sync_master_wait_point": "AFTER_SYNC",
+        "rpl_semi_sync_master_timeout": str(sync_timeout_ms),
+    }
+
+
 def render_config(
     *,
     sizing: Sizing,

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ from selkie.compute.mariadb import (
     sync_statements,
 )
 from selkie.config import Settings
+from selkie.control.history import History
 from selkie.errors import (
     ComputeError,
     Conflict,
@@ -114,8 +115,11 @@ class Lifecycle:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
+        history: History | None = None,
     ) -> None:
         self.store = store
+        # Durable storage of local branches (None: archive off, or computes elsewhere).
+        self.history = history
         self.settings = settings
         self.driver = driver
         self.local_storage = local_storage
@@ -140,6 +144,12 @@ class Lifecycle:
         # of what it wrote); bounded in time, and its failure never blocks the stop.
         self.before_stop: Callable[[str], Awaitable[object]] | None = None
         driver.on_unexpected_exit(self.on_compute_exit)
+
+    def history_for(self, settings: model.ProjectSettings) -> History | None:
+        """The history service, for a project whose branches it keeps."""
+        if settings.storage_mode is model.StorageMode.PAGESERVER:
+            return None
+        return self.history
 
     def storage_for(self, settings: model.ProjectSettings) -> StorageDriver:
         if settings.storage_mode is model.StorageMode.PAGESERVER:
@@ -317,6 +327,10 @@ class Lifecycle:
             options = await storage.prepare_compute(
                 target.branch.id, ep.id, target.project.settings
             )
+            history = self.history_for(target.project.settings)
+            if history is not None:
+                await history.before_start(target.branch.id)
+                options = {**options, **history.server_options(target.project.settings)}
             t1 = time.perf_counter()
             port_hint = int(ep.compute_address.rsplit(":", 1)[1]) if ep.compute_address else None
             info = await self.driver.start(
@@ -333,6 +347,9 @@ class Lifecycle:
                 timeout=self.start_timeout,
             )
             t2 = time.perf_counter()
+            if history is not None:
+                # Before anything writes: with durability=sync the first commit waits for it.
+                await history.attach(ep.id, target.branch.id, target.project, info.socket)
             datadir = self._marker_dir(storage, target.branch.id, ep.id)
             await self._sync_accounts(ep.id, target.roles, target.databases, datadir=datadir)
             t3 = time.perf_counter()
@@ -378,6 +395,8 @@ class Lifecycle:
 
     async def _fail_start(self, endpoint_id: str, generation: int, reason: str) -> None:
         try:
+            if self.history is not None:
+                await self.history.detach(endpoint_id)
             await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
         finally:
             await self._db(
@@ -395,7 +414,8 @@ class Lifecycle:
         """Make the branch's data if it is not there yet (a copy of its parent, or of the
         template for a project's first branch); marks the branch ready."""
         storage = self.storage_for(project.settings)
-        if not await asyncio.to_thread(storage.branch_exists, branch.id):
+
+        async def create() -> None:
             parent = None
             if branch.parent_id is not None:
                 parent = ParentState(
@@ -403,6 +423,12 @@ class Lifecycle:
                     running_socket=await self._running_socket_of_branch(branch.parent_id),
                 )
             await storage.create_branch(branch.id, parent=parent, settings=project.settings)
+
+        history = self.history_for(project.settings)
+        if history is not None:
+            await history.ensure_branch(branch, project, create=create)
+        elif not await asyncio.to_thread(storage.branch_exists, branch.id):
+            await create()
         if branch.current_state != model.BranchState.READY.value:
             await self._db(self._mark_branch_ready, branch.id)
 
@@ -487,63 +513,98 @@ class Lifecycle:
     ) -> model.Endpoint:
         """Clean shutdown of the compute; the endpoint ends ``suspended`` (or ``stopped``)."""
         async with self.lock(endpoint_id):
-            for _ in range(5):
-                target = await self._db(self._load, endpoint_id)
-                ep = target.endpoint
-                state = EndpointState(ep.current_state)
-                if state in (EndpointState.INIT, EndpointState.SUSPENDED, EndpointState.STOPPED):
-                    if state is not to and state is not EndpointState.INIT:
-                        await self._db(
-                            self._transition, ep.id, state, ep.generation, to, pending_state=None
-                        )
-                    return await self._db(self.get, endpoint_id)
-                self._active.discard(ep.id)
-                gen = await self._db(
+            return await self._suspend(endpoint_id, to=to)
+
+    @contextlib.asynccontextmanager
+    async def paused(self, endpoint_ids: list[str]) -> AsyncIterator[list[str]]:
+        """Suspend the endpoints and keep them from starting until the block ends (a wake
+        meanwhile waits for it, as for any start); yields those that were running."""
+        async with contextlib.AsyncExitStack() as stack:
+            for endpoint_id in sorted(set(endpoint_ids)):
+                await stack.enter_async_context(self.lock(endpoint_id))
+            running = []
+            for endpoint_id in sorted(set(endpoint_ids)):
+                before = await self._db(self.get, endpoint_id)
+                if before.current_state in RUNNING:
+                    running.append(endpoint_id)
+                await self._suspend(endpoint_id, to=EndpointState.SUSPENDED)
+            yield running
+
+    async def _suspend(self, endpoint_id: str, *, to: EndpointState) -> model.Endpoint:
+        for _ in range(5):
+            target = await self._db(self._load, endpoint_id)
+            ep = target.endpoint
+            state = EndpointState(ep.current_state)
+            if state in (EndpointState.INIT, EndpointState.SUSPENDED, EndpointState.STOPPED):
+                if state is not to and state is not EndpointState.INIT:
+                    await self._db(
+                        self._transition, ep.id, state, ep.generation, to, pending_state=None
+                    )
+                return await self._db(self.get, endpoint_id)
+            self._active.discard(ep.id)
+            gen = await self._db(
+                self._transition,
+                ep.id,
+                state,
+                ep.generation,
+                EndpointState.SUSPENDING,
+                usage=stop_usage(ep, self.clock()) if state is EndpointState.ACTIVE else None,
+                pending_state=to.value,
+            )
+            if gen is None:
+                continue
+            if self.before_stop is not None and state is EndpointState.ACTIVE:
+                try:
+                    await asyncio.wait_for(self.before_stop(ep.id), BEFORE_STOP_TIMEOUT)
+                except Exception as exc:
+                    log.warning("before stopping %s: %r", ep.id, exc)
+            try:
+                await self.driver.stop(ep.id, timeout=self.stop_timeout)
+                await self._after_stop(target)
+                await self._db(
                     self._transition,
                     ep.id,
-                    state,
-                    ep.generation,
                     EndpointState.SUSPENDING,
-                    usage=stop_usage(ep, self.clock()) if state is EndpointState.ACTIVE else None,
-                    pending_state=to.value,
+                    gen,
+                    to,
+                    pending_state=None,
+                    suspended_at=self.clock(),
+                    compute_address=None,
                 )
-                if gen is None:
-                    continue
-                if self.before_stop is not None and state is EndpointState.ACTIVE:
-                    try:
-                        await asyncio.wait_for(self.before_stop(ep.id), BEFORE_STOP_TIMEOUT)
-                    except Exception as exc:
-                        log.warning("before stopping %s: %r", ep.id, exc)
-                try:
-                    await self.driver.stop(ep.id, timeout=self.stop_timeout)
-                    await self._db(
-                        self._transition,
-                        ep.id,
-                        EndpointState.SUSPENDING,
-                        gen,
-                        to,
-                        pending_state=None,
-                        suspended_at=self.clock(),
-                        compute_address=None,
-                    )
-                except Exception as exc:
-                    # Never leave it "suspending": failed is startable, so the next wake or
-                    # start repairs it (the reconciler covers a crash of this process).
-                    reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
-                    await self._db(
-                        self._transition,
-                        ep.id,
-                        EndpointState.SUSPENDING,
-                        gen,
-                        EndpointState.FAILED,
-                        pending_state=None,
-                        failure_reason=f"suspend failed: {reason}"[:4000],
-                        compute_address=None,
-                    )
-                    raise
-                self.suspend_counts[ep.id] = self.suspend_counts.get(ep.id, 0) + 1
-                return await self._db(self.get, endpoint_id)
-            raise StateConflict(f"endpoint {endpoint_id} keeps changing state; try again")
+            except Exception as exc:
+                # Never leave it "suspending": failed is startable, so the next wake or
+                # start repairs it (the reconciler covers a crash of this process).
+                reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
+                await self._db(
+                    self._transition,
+                    ep.id,
+                    EndpointState.SUSPENDING,
+                    gen,
+                    EndpointState.FAILED,
+                    pending_state=None,
+                    failure_reason=f"suspend failed: {reason}"[:4000],
+                    compute_address=None,
+                )
+                raise
+            self.suspend_counts[ep.id] = self.suspend_counts.get(ep.id, 0) + 1
+            return await self._db(self.get, endpoint_id)
+        raise StateConflict(f"endpoint {endpoint_id} keeps changing state; try again")
+
+    async def _after_stop(self, target: _Target) -> None:
+        """The compute stopped cleanly: the safekeeper takes what its stream had not (a
+        failure keeps it in the compute's binary log, taken at the next start)."""
+        history = self.history_for(target.project.settings)
+        if history is None:
+            return
+        try:
+            await history.after_stop(target.endpoint.id, target.branch.id)
+        except Exception as exc:
+            log.error(
+                "suspending %s: the safekeeper could not take the end of its log (it stays "
+                "in the compute's binary log): %s",
+                target.endpoint.id,
+                exc,
+            )
 
     async def restart(self, endpoint_id: str) -> model.Endpoint | None:
         await self.suspend(endpoint_id)
@@ -553,9 +614,22 @@ class Lifecycle:
         """Stop and forget a deleted endpoint's compute (its branch data stays)."""
         self._active.discard(endpoint_id)
         async with self.lock(endpoint_id):
+            if self.history is not None:
+                await self.history.detach(endpoint_id)
             await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
             await self.driver.remove(endpoint_id)
         self._locks.pop(endpoint_id, None)
+
+    async def adopt(self, endpoint_id: str) -> None:
+        """Take over a compute found running after a restart (the safekeeper follows it
+        again from where it stands)."""
+        info = await self.driver.adopt(endpoint_id)
+        if not info.running or self.history is None:
+            return
+        target = await self._db(self._load, endpoint_id)
+        history = self.history_for(target.project.settings)
+        if history is not None:
+            await history.attach(endpoint_id, target.branch.id, target.project, info.socket)
 
     # --- health ----------------------------------------------------------------------------
 
@@ -588,6 +662,8 @@ class Lifecycle:
                 )
 
         self._active.discard(endpoint_id)
+        if self.history is not None:
+            await self.history.detach(endpoint_id)
         if await self._db(mark):
             log.warning("endpoint %s failed: %s", endpoint_id, reason.splitlines()[0])
 

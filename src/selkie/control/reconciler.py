@@ -154,7 +154,7 @@ async def reconcile(store: Store, lifecycle: Lifecycle, *, shared: bool | None =
     todo = plan(recorded, observed, now=utcnow(), grace=grace)
     by_id = {r.endpoint_id: r for r in recorded}
     for endpoint_id in todo.adopt:
-        await lifecycle.driver.adopt(endpoint_id)
+        await lifecycle.adopt(endpoint_id)
     for endpoint_id, after in todo.stop:
         await lifecycle.driver.stop(endpoint_id, timeout=lifecycle.stop_timeout)
         if after is not None:

@@ -43,7 +43,10 @@ def validate_project_settings(
         raise InvalidInput(f"unknown project settings: {', '.join(sorted(unknown))}")
     # None clears an optional setting (a quota, say) but cannot unset a required one.
     values = {
-        k: v for k, v in data.items() if v is not None or k not in ("storage_mode", "require_tls")
+        k: v
+        for k, v in data.items()
+        if v is not None
+        or k not in ("storage_mode", "require_tls", "durability", "history_retention_seconds")
     }
     if "require_tls" in values and not isinstance(values["require_tls"], bool):
         raise InvalidInput("require_tls must be true or false")
@@ -52,6 +55,22 @@ def validate_project_settings(
             values["storage_mode"] = StorageMode(values["storage_mode"])
         except ValueError as exc:
             raise InvalidInput("storage_mode must be 'local' or 'pageserver'") from exc
+    if "durability" in values:
+        try:
+            values["durability"] = model.Durability(values["durability"])
+        except ValueError as exc:
+            raise InvalidInput("durability must be 'async' or 'sync'") from exc
+    if "history_retention_seconds" in values:
+        retention = values["history_retention_seconds"]
+        if (
+            isinstance(retention, bool)
+            or not isinstance(retention, int)
+            or not 0 <= retention <= model.HISTORY_RETENTION_MAX
+        ):
+            raise InvalidInput(
+                f"history_retention_seconds must be 0..{model.HISTORY_RETENTION_MAX}; "
+                f"got {retention!r}"
+            )
     merged = dataclasses.replace(base, **values)
     if merged.page_server_port is not None and not 1 <= merged.page_server_port <= 65535:
         raise InvalidInput("page_server_port must be 1..65535")
@@ -81,7 +100,10 @@ def validate_project_settings(
 
 def settings_dict(value: model.EndpointSettings | model.ProjectSettings) -> dict[str, Any]:
     data = dataclasses.asdict(value)
-    return {k: (v.value if isinstance(v, StorageMode) else v) for k, v in data.items()}
+    return {
+        k: (v.value if isinstance(v, StorageMode | model.Durability) else v)
+        for k, v in data.items()
+    }
 
 
 def validate_endpoint_type(value: Any) -> EndpointType:

@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 
 from selkie import model
 from selkie.control.lifecycle import Lifecycle
+from selkie.control.restores import Restorer
 from selkie.errors import NotFound, SelkieError
 from selkie.model import OperationAction, OperationStatus, utcnow
 from selkie.store import Store, convert
@@ -43,6 +44,7 @@ class OperationsRunner:
         *,
         store: Store,
         lifecycle: Lifecycle,
+        restorer: Restorer | None = None,
         max_attempts: int = 5,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
@@ -50,6 +52,7 @@ class OperationsRunner:
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
+        self.restorer = restorer
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -237,6 +240,10 @@ class OperationsRunner:
             found = await asyncio.to_thread(self.branch_and_project, op.branch_id)
             if found is not None:
                 await lc.ensure_branch_data(*found)
+        elif action is OperationAction.RESTORE_BRANCH:
+            if self.restorer is None:
+                raise SelkieError("restores need the archive, which is off")
+            await self.restorer.restore_branch(op)
         elif action is OperationAction.DELETE_ENDPOINT:
             assert op.endpoint_id is not None
             await lc.destroy(op.endpoint_id)

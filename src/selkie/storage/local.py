@@ -23,6 +23,37 @@ from selkie.storage.base import ParentState, StorageDriver
 
 log = logging.getLogger(__name__)
 
+# In a datadir: the id of the timeline (line of history) its data belongs to.
+TIMELINE_MARKER = "selkie-timeline"
+BINLOG_INDEX = "binlog.index"
+# Directories beside the datadirs that a crash may leave: staged copies and restores,
+# datadirs being replaced.
+_LEFTOVERS = (".tmp-", ".restore-", ".old-")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def datadir_position(datadir: Path) -> int:
+    """The GTID sequence number (domain 0) a stopped datadir's data holds, read from its
+    binary log; 0 when it has none (blocking)."""
+    from selkie.archive.binlog import file_position
+
+    index = datadir / BINLOG_INDEX
+    if not index.exists():
+        return 0
+    names = index.read_text().split()
+    for name in reversed(names):
+        path = datadir / Path(name).name
+        if path.exists():
+            return file_position(path.read_bytes())
+    return 0
+
 
 def _find(binary: str) -> str:
     return shutil.which(binary) or f"/usr/bin/{binary}"
@@ -79,6 +110,50 @@ class LocalStorage(StorageDriver):
 
     def branch_exists(self, branch_id: str) -> bool:
         return (self.datadir(branch_id) / "mysql").is_dir()
+
+    # --- timelines: which history a datadir holds, and replacing one -------------------
+
+    def timeline_of(self, branch_id: str) -> str | None:
+        try:
+            return (self.datadir(branch_id) / TIMELINE_MARKER).read_text().strip() or None
+        except OSError:
+            return None
+
+    @staticmethod
+    def mark_timeline(datadir: Path, timeline_id: str) -> None:
+        tmp = datadir / f".{TIMELINE_MARKER}.tmp"
+        tmp.write_text(timeline_id)
+        tmp.replace(datadir / TIMELINE_MARKER)
+
+    def staging_dir(self, branch_id: str) -> Path:
+        return self.root / f"{branch_id}.restore-{secrets.token_hex(4)}"
+
+    async def swap_in(self, branch_id: str, staging: Path, *, old_to: str | None = None) -> None:
+        """Make ``staging`` the branch's datadir. The datadir it replaces becomes branch
+        ``old_to``'s (its data kept under another branch), or is removed."""
+        trash = await asyncio.to_thread(self._swap, branch_id, staging, old_to)
+        if trash is not None:
+            await asyncio.to_thread(shutil.rmtree, trash, True)
+
+    def _swap(self, branch_id: str, staging: Path, old_to: str | None) -> Path | None:
+        target = self.datadir(branch_id)
+        trash = None
+        if target.exists():
+            if old_to is not None and not self.datadir(old_to).exists():
+                target.rename(self.datadir(old_to))
+            else:
+                trash = target.with_name(f"{branch_id}.old-{secrets.token_hex(4)}")
+                target.rename(trash)
+        staging.rename(target)
+        _fsync_dir(self.root)
+        return trash
+
+    async def remove_leftovers(self) -> None:
+        """Remove what a crash left beside the datadirs (half-made copies and restores)."""
+        for path in list(self.root.iterdir()):
+            if any(marker in path.name for marker in _LEFTOVERS):
+                log.info("removing %s left by an interrupted copy or restore", path.name)
+                await asyncio.to_thread(shutil.rmtree, path, True)
 
     async def ensure_template(self) -> Path:
         """Make the template datadir once (about half a second), reuse it forever."""

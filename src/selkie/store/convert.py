@@ -43,6 +43,8 @@ def project_settings(data: dict[str, Any]) -> model.ProjectSettings:
     values = dict(data)
     if "storage_mode" in values:
         values["storage_mode"] = model.StorageMode(values["storage_mode"])
+    if "durability" in values:
+        values["durability"] = model.Durability(values["durability"])
     return model.ProjectSettings(**values)
 
 
@@ -72,6 +74,8 @@ def branch(row: BranchRow) -> model.Branch:
         current_state=model.BranchState(row.current_state),
         created_at=row.created_at,
         updated_at=row.updated_at,
+        parent_timestamp=row.parent_timestamp,
+        parent_lsn=row.parent_lsn,
     )
 
 

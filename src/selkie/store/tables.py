@@ -124,6 +124,36 @@ class BranchRow(Timestamps, Base):
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     current_state: Mapped[str] = mapped_column(String(16))
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The line of history the branch's data is on now (see TimelineRow); null until its
+    # data is made.
+    timeline_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The point of the parent the branch was made from (Neon's names): a time, and the
+    # GTID position, e.g. 0-1-1234.
+    parent_timestamp: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    parent_lsn: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class TimelineRow(Base):
+    """One line of a branch's history in the archive: a branch gets a new timeline when it
+    is created or restored. Its data began at ``start_seq`` (a GTID sequence number) at
+    ``created_at``; ``ended_at`` is set when a restore replaced it (its history stays
+    restorable within the retention window)."""
+
+    __tablename__ = "timelines"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # No foreign keys: history outlives the branches it belonged to.
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    branch_id: Mapped[str] = mapped_column(String(64), index=True)
+    start_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The last position known durable (updated at suspends), for validating restore targets.
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Where its data came from (a parent's or a restore source's timeline, at parent_seq).
+    parent_timeline_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    parent_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The timeline it replaced on its branch (a restore): the branch's history before.
+    previous_timeline_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class EndpointRow(Timestamps, Base):

@@ -1,0 +1,341 @@
+"""MariaDB binary log events: the few the safekeeper must understand, as pure functions.
+
+Every event starts with the v4 header (names as in MariaDB's replication protocol docs)::
+
+    uint<4> timestamp   uint<1> type   uint<4> server_id   uint<4> event_size
+    uint<4> log_pos (where the next event starts)   uint<2> flags
+
+and, with ``binlog_checksum=CRC32`` (the default), ends with a CRC32 of everything before
+it. The safekeeper keeps events as they came (checksums included, verified on arrival) and
+groups them into transactions: a ``GTID_EVENT`` opens one, and it ends with the event that
+commits it (an ``XID_EVENT``, a ``COMMIT``/``ROLLBACK`` query, an XA prepare, or the single
+statement of a standalone GTID group such as DDL). Computes run one GTID domain (0) and one
+server id, so a transaction's sequence number is a position in the branch's history.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+HEADER_LEN = 19
+CHECKSUM_LEN = 4
+BINLOG_MAGIC = b"\xfebin"
+# The GTID domain Selkie's computes write in; its sequence numbers are history positions.
+DOMAIN = 0
+
+
+class EventType(IntEnum):
+    QUERY = 2
+    STOP = 3
+    ROTATE = 4
+    FORMAT_DESCRIPTION = 15
+    XID = 16
+    HEARTBEAT = 27
+    XA_PREPARE = 38
+    ANNOTATE_ROWS = 160
+    BINLOG_CHECKPOINT = 161
+    GTID = 162
+    GTID_LIST = 163
+    START_ENCRYPTION = 164
+
+
+# Events that describe the log rather than carry data: never part of a transaction.
+_NOT_DATA = {
+    EventType.STOP,
+    EventType.ROTATE,
+    EventType.FORMAT_DESCRIPTION,
+    EventType.HEARTBEAT,
+    EventType.BINLOG_CHECKPOINT,
+    EventType.GTID_LIST,
+    EventType.START_ENCRYPTION,
+}
+
+GTID_FL_STANDALONE = 0x01
+GTID_FL_GROUP_COMMIT_ID = 0x02
+LOG_EVENT_ARTIFICIAL_F = 0x20
+# Checksum algorithms a FORMAT_DESCRIPTION_EVENT names.
+CHECKSUM_OFF = 0
+CHECKSUM_CRC32 = 1
+
+
+class BinlogError(Exception):
+    """A malformed, truncated or corrupt event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    timestamp: int
+    type: int
+    server_id: int
+    event_size: int
+    log_pos: int
+    flags: int
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Gtid:
+    """A MariaDB GTID ``domain-server-seq``."""
+
+    domain: int
+    server_id: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.domain}-{self.server_id}-{self.seq}"
+
+    @classmethod
+    def parse(cls, text: str) -> Gtid:
+        parts = text.strip().split("-")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"{text!r} is not a GTID such as 0-1-1234")
+        domain, server_id, seq = (int(p) for p in parts)
+        if domain >= 2**32 or server_id >= 2**32 or seq >= 2**64:
+            raise ValueError(f"{text!r} is out of range for a GTID")
+        return cls(domain, server_id, seq)
+
+
+def parse_header(event: bytes) -> Header:
+    if len(event) < HEADER_LEN:
+        raise BinlogError(f"event of {len(event)} bytes is shorter than its header")
+    ts, etype, server_id, size, log_pos, flags = struct.unpack_from("<IBIIIH", event)
+    if size != len(event):
+        raise BinlogError(f"event says it has {size} bytes but {len(event)} arrived")
+    return Header(ts, etype, server_id, size, log_pos, flags)
+
+
+def verify_checksum(event: bytes) -> None:
+    """Raise BinlogError unless the event's trailing CRC32 matches its bytes."""
+    if len(event) < HEADER_LEN + CHECKSUM_LEN:
+        raise BinlogError("event too short to carry a checksum")
+    (stored,) = struct.unpack_from("<I", event, len(event) - CHECKSUM_LEN)
+    actual = zlib.crc32(event[:-CHECKSUM_LEN]) & 0xFFFFFFFF
+    if stored != actual:
+        raise BinlogError(f"event checksum mismatch ({stored:08x} != {actual:08x})")
+
+
+def with_checksum(event_without_crc: bytes) -> bytes:
+    return event_without_crc + struct.pack("<I", zlib.crc32(event_without_crc) & 0xFFFFFFFF)
+
+
+def _body(event: bytes, checksum: bool) -> bytes:
+    return event[HEADER_LEN : len(event) - CHECKSUM_LEN if checksum else len(event)]
+
+
+def fde_checksum_alg(event: bytes) -> int:
+    """The checksum algorithm a FORMAT_DESCRIPTION_EVENT announces (the byte before its own
+    CRC32; events of servers too old to have one are unchecked)."""
+    # body: binlog_version<2> server_version<50> create_timestamp<4> header_length<1>
+    # post-header lengths (one per event type) then checksum_alg<1> and the CRC32<4>.
+    if len(event) < HEADER_LEN + 57 + CHECKSUM_LEN + 1:
+        return CHECKSUM_OFF
+    return event[-CHECKSUM_LEN - 1]
+
+
+def parse_rotate(event: bytes, *, checksum: bool) -> tuple[int, str]:
+    """A ROTATE_EVENT's (position, next binlog file name)."""
+    body = _body(event, checksum)
+    if len(body) < 8:
+        raise BinlogError("truncated ROTATE_EVENT")
+    (position,) = struct.unpack_from("<Q", body)
+    return position, body[8:].decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class GtidEvent:
+    gtid: Gtid
+    flags: int
+
+    @property
+    def standalone(self) -> bool:
+        return bool(self.flags & GTID_FL_STANDALONE)
+
+
+def parse_gtid(event: bytes, header: Header) -> GtidEvent:
+    body = event[HEADER_LEN:]
+    if len(body) < 13:
+        raise BinlogError("truncated GTID_EVENT")
+    seq, domain, flags = struct.unpack_from("<QIB", body)
+    return GtidEvent(Gtid(domain, header.server_id, seq), flags)
+
+
+def parse_gtid_list(event: bytes, *, checksum: bool) -> list[Gtid]:
+    body = _body(event, checksum)
+    if len(body) < 4:
+        raise BinlogError("truncated GTID_LIST_EVENT")
+    (count,) = struct.unpack_from("<I", body)
+    count &= 0x0FFFFFFF  # the top bits are flags
+    if len(body) < 4 + 16 * count:
+        raise BinlogError("truncated GTID_LIST_EVENT")
+    out = []
+    for i in range(count):
+        domain, server_id, seq = struct.unpack_from("<IIQ", body, 4 + 16 * i)
+        out.append(Gtid(domain, server_id, seq))
+    return out
+
+
+def query_text(event: bytes, *, checksum: bool) -> bytes:
+    """The statement of a QUERY_EVENT."""
+    body = _body(event, checksum)
+    # post-header: thread_id<4> exec_time<4> db_len<1> error_code<2> status_vars_len<2>
+    if len(body) < 13:
+        raise BinlogError("truncated QUERY_EVENT")
+    db_len = body[8]
+    (status_len,) = struct.unpack_from("<H", body, 11)
+    start = 13 + status_len + db_len + 1
+    if start > len(body):
+        raise BinlogError("truncated QUERY_EVENT")
+    return body[start:]
+
+
+def ends_group(event: bytes, header: Header, *, checksum: bool) -> bool:
+    """Whether this event (inside a non-standalone GTID group) commits the transaction."""
+    if header.type in (EventType.XID, EventType.XA_PREPARE):
+        return True
+    if header.type == EventType.QUERY:
+        text = query_text(event, checksum=checksum).strip().upper()
+        return text in (b"COMMIT", b"ROLLBACK") or text.startswith((b"XA COMMIT", b"XA ROLLBACK"))
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One committed transaction: its GTID, when its first event was written on the
+    compute (``timestamp``, seconds), when the safekeeper received its last event
+    (``received_us``), and its events, concatenated as they were sent."""
+
+    gtid: Gtid
+    timestamp: int
+    received_us: int
+    events: bytes
+
+
+class TransactionAssembler:
+    """Feeds on events in arrival order and hands out each transaction once its last event
+    has arrived. Events outside a transaction (rotations, heartbeats, lists) are ignored."""
+
+    def __init__(self, *, checksum: bool = True) -> None:
+        self.checksum = checksum
+        self._gtid: GtidEvent | None = None
+        self._timestamp = 0
+        self._parts: list[bytes] = []
+        self._statements = 0
+
+    @property
+    def open(self) -> bool:
+        return self._gtid is not None
+
+    def feed(self, event: bytes, received_us: int) -> Transaction | None:
+        header = parse_header(event)
+        if self.checksum:
+            verify_checksum(event)
+        if header.type in _NOT_DATA:
+            return None
+        if header.type == EventType.GTID:
+            if self._gtid is not None:
+                raise BinlogError(f"GTID {self._gtid.gtid} was never committed")
+            self._gtid = parse_gtid(event, header)
+            self._timestamp = header.timestamp
+            self._parts = [event]
+            self._statements = 0
+            return None
+        if self._gtid is None:
+            raise BinlogError(f"event of type {header.type} outside a transaction")
+        self._parts.append(event)
+        if header.type != EventType.ANNOTATE_ROWS:
+            self._statements += 1
+        done = (
+            self._statements == 1
+            if self._gtid.standalone
+            else ends_group(event, header, checksum=self.checksum)
+        )
+        if not done:
+            return None
+        txn = Transaction(self._gtid.gtid, self._timestamp, received_us, b"".join(self._parts))
+        self._gtid = None
+        self._parts = []
+        return txn
+
+    def reset(self) -> None:
+        """Drop a transaction cut off by a lost connection (it is sent again)."""
+        self._gtid = None
+        self._parts = []
+        self._statements = 0
+
+
+def split_events(data: bytes) -> list[bytes]:
+    """A run of concatenated events back into events."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < HEADER_LEN:
+            raise BinlogError("truncated event")
+        (size,) = struct.unpack_from("<I", data, pos + 9)
+        if size < HEADER_LEN or pos + size > len(data):
+            raise BinlogError("truncated event")
+        out.append(data[pos : pos + size])
+        pos += size
+    return out
+
+
+def read_binlog_file(data: bytes) -> tuple[bytes, list[bytes]]:
+    """A binary log file's FORMAT_DESCRIPTION_EVENT and its other events."""
+    if not data.startswith(BINLOG_MAGIC):
+        raise BinlogError("not a binary log file")
+    events = split_events(data[len(BINLOG_MAGIC) :]) if len(data) > len(BINLOG_MAGIC) else []
+    if not events or parse_header(events[0]).type != EventType.FORMAT_DESCRIPTION:
+        raise BinlogError("binary log file does not start with a FORMAT_DESCRIPTION_EVENT")
+    return events[0], events[1:]
+
+
+def rewrite_log_pos(event: bytes, log_pos: int, *, checksum: bool) -> bytes:
+    """The event with another ``log_pos`` (its checksum recomputed)."""
+    head = event[:13] + struct.pack("<I", log_pos) + event[17:]
+    return with_checksum(head[:-CHECKSUM_LEN]) if checksum else head
+
+
+def binlog_file(fde: bytes, transactions: list[bytes]) -> bytes:
+    """A binary log file (magic, FORMAT_DESCRIPTION_EVENT, the events) that
+    ``mariadb-binlog`` reads: positions are rewritten to where each event now lies."""
+    checksum = fde_checksum_alg(fde) == CHECKSUM_CRC32
+    out = [BINLOG_MAGIC]
+    pos = len(BINLOG_MAGIC)
+    for event in [fde, *(e for t in transactions for e in split_events(t))]:
+        pos += len(event)
+        out.append(rewrite_log_pos(event, pos, checksum=checksum))
+    return b"".join(out)
+
+
+def file_transactions(data: bytes, *, after_seq: int = -1) -> tuple[bytes, list[Transaction]]:
+    """A binary log file's FORMAT_DESCRIPTION_EVENT and the complete transactions in it with
+    a sequence number above ``after_seq`` (a transaction cut off at the end of the file, as
+    a crash leaves it, is not complete and not returned)."""
+    fde, events = read_binlog_file(data)
+    assembler = TransactionAssembler(checksum=fde_checksum_alg(fde) == CHECKSUM_CRC32)
+    out = []
+    for event in events:
+        txn = assembler.feed(event, 0)
+        if txn is not None and txn.gtid.seq > after_seq:
+            out.append(txn)
+    return fde, out
+
+
+def file_position(data: bytes) -> int:
+    """The sequence number of the last transaction a binary log file holds or inherits from
+    the files before it (its GTID_LIST_EVENT), in domain 0; 0 when there is none."""
+    fde, events = read_binlog_file(data)
+    checksum = fde_checksum_alg(fde) == CHECKSUM_CRC32
+    last = 0
+    for event in events:
+        header = parse_header(event)
+        if header.type == EventType.GTID_LIST:
+            for gtid in parse_gtid_list(event, checksum=checksum):
+                if gtid.domain == DOMAIN:
+                    last = max(last, gtid.seq)
+        elif header.type == EventType.GTID:
+            gtid = parse_gtid(event, header).gtid
+            if gtid.domain == DOMAIN:
+                last = max(last, gtid.seq)
+    return last

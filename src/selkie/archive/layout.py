@@ -1,0 +1,58 @@
+"""Where things live in the archive. One prefix per project, so a project's history is
+deleted (or moved, or audited) as one folder, and no project can reach another's objects::
+
+    projects/<project_id>/chunks/<sha256>                          base image content, zstd
+    projects/<project_id>/timelines/<timeline_id>/base/<seq>-<us>.json.zst   base images
+    projects/<project_id>/timelines/<timeline_id>/wal/<first>-<last>.seg.zst  log segments
+
+A timeline is one line of a branch's history: a branch gets a new one when it is created,
+restored, or rebuilt from the archive. ``seq`` is a GTID sequence number (domain 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from selkie.archive.segments import SEQ_WIDTH
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRef:
+    project_id: str
+    timeline_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{project_prefix(self.project_id)}timelines/{self.timeline_id}/"
+
+    @property
+    def wal_prefix(self) -> str:
+        return self.prefix + "wal/"
+
+    @property
+    def base_prefix(self) -> str:
+        return self.prefix + "base/"
+
+    def base_key(self, seq: int, taken_us: int) -> str:
+        return f"{self.base_prefix}{seq:0{SEQ_WIDTH}d}-{taken_us:016d}.json.zst"
+
+
+def project_prefix(project_id: str) -> str:
+    return f"projects/{project_id}/"
+
+
+def chunk_prefix(project_id: str) -> str:
+    return project_prefix(project_id) + "chunks/"
+
+
+def chunk_key(project_id: str, digest: str) -> str:
+    return chunk_prefix(project_id) + digest
+
+
+def parse_base_name(name: str) -> tuple[int, int] | None:
+    """(seq, taken_us) from a base image's object name."""
+    stem = name.removesuffix(".json.zst")
+    seq, sep, taken = stem.partition("-")
+    if not sep or not seq.isdigit() or not taken.isdigit():
+        return None
+    return int(seq), int(taken)

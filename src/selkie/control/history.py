@@ -1,0 +1,502 @@
+"""Branch history: every branch's data kept durable in the archive, and rebuilt from it.
+
+A branch's data is on a *timeline* (a line of history, :class:`TimelineRow`): the
+timeline's base images and log segments in the archive are the truth, a datadir on local
+disk is a cache of them, named by the marker file it carries. This service
+
+- makes a timeline for every new branch, with a first base image before any compute runs
+  on it, so the history is whole from its first transaction;
+- has the safekeeper follow each running compute, and after a clean stop drain what the
+  stream had not delivered and take a base image in the background (cancelled if the
+  branch starts again first: a wake never waits for it);
+- rebuilds a datadir that is missing or belongs to another timeline (a new machine, a
+  lost disk, a restore interrupted by a crash) from the newest base image and the log;
+- prunes history older than each project's ``history_retention_seconds``, keeping what a
+  restore to the window's start needs.
+
+Point-in-time branches and restores (:mod:`selkie.control.restores`) build on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+
+from selkie import model
+from selkie.archive import Archive, segments
+from selkie.archive.layout import TimelineRef, project_prefix
+from selkie.compute.mariadb import durability_options
+from selkie.config import Settings
+from selkie.control.points import Point, parse_lsn, timeline_at
+from selkie.errors import ComputeError, SelkieError
+from selkie.model import utcnow
+from selkie.safekeeper.service import Safekeeper
+from selkie.storage.images import (
+    ChunkIndex,
+    StatCache,
+    list_images,
+    make_image,
+    read_manifest,
+)
+from selkie.storage.local import LocalStorage, datadir_position
+from selkie.storage.restore import Restored, Target, Tools, restore
+from selkie.store import Store
+from selkie.store.tables import BranchRow, TimelineRow
+from selkie.tasks import cancel, spawn
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Chunks younger than this are never collected: an image being made may count on them.
+CHUNK_GRACE = timedelta(minutes=30)
+
+
+@dataclass
+class HistoryMetrics:
+    base_images: int = 0
+    base_image_bytes: int = 0
+    restores: int = 0
+    restore_seconds: list[float] = field(default_factory=list)
+    pruned_objects: int = 0
+
+
+class History:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        settings: Settings,
+        archive: Archive,
+        safekeeper: Safekeeper,
+        storage: LocalStorage,
+        tools: Tools,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.archive = archive
+        self.safekeeper = safekeeper
+        self.storage = storage
+        self.tools = tools
+        self.clock = clock
+        self.chunks = ChunkIndex()
+        self.metrics = HistoryMetrics()
+        self._images: dict[str, asyncio.Task[None]] = {}
+        self._stat_caches: dict[str, StatCache] = {}
+        # The (timeline, seq) of the last image made per branch: a suspend with nothing new
+        # since makes none.
+        self._last_image: dict[str, tuple[str, int]] = {}
+        self._branch_locks: dict[str, asyncio.Lock] = {}
+        self._endpoint_branch: dict[str, str] = {}
+
+    async def start(self) -> None:
+        await self.storage.remove_leftovers()
+        await self.safekeeper.start()
+
+    async def stop(self) -> None:
+        for task in list(self._images.values()):
+            await cancel(task)
+        await self.safekeeper.stop()
+
+    def branch_lock(self, branch_id: str) -> asyncio.Lock:
+        return self._branch_locks.setdefault(branch_id, asyncio.Lock())
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+    # --- timelines in the store (blocking) -------------------------------------------------
+
+    def timeline_row(self, timeline_id: str) -> TimelineRow | None:
+        with self.store.read() as s:
+            return s.get(TimelineRow, timeline_id)
+
+    def current_timeline(self, branch_id: str) -> TimelineRow | None:
+        with self.store.read() as s:
+            branch = s.get(BranchRow, branch_id)
+            if branch is None or branch.timeline_id is None:
+                return None
+            return s.get(TimelineRow, branch.timeline_id)
+
+    def begin_timeline(
+        self,
+        branch_id: str,
+        project_id: str,
+        *,
+        start_seq: int,
+        parent: tuple[str, int] | None = None,
+        timeline_id: str | None = None,
+        parent_lsn: str | None = None,
+        parent_timestamp: datetime | None = None,
+    ) -> TimelineRow:
+        """Record a new timeline as the branch's current one (the one it replaces ends)."""
+        now = self.clock()
+        with self.store.write() as s:
+            branch = s.get(BranchRow, branch_id)
+            if branch is None:
+                raise ComputeError(f"branch {branch_id} is gone")
+            previous = branch.timeline_id
+            if previous is not None:
+                old = s.get(TimelineRow, previous)
+                if old is not None and old.ended_at is None:
+                    old.ended_at = now
+            row = TimelineRow(
+                id=timeline_id or model.new_id("tl"),
+                project_id=project_id,
+                branch_id=branch_id,
+                start_seq=start_seq,
+                last_seq=start_seq,
+                parent_timeline_id=parent[0] if parent else None,
+                parent_seq=parent[1] if parent else None,
+                previous_timeline_id=previous,
+                created_at=now,
+            )
+            s.add(row)
+            branch.timeline_id = row.id
+            if parent_lsn is not None:
+                branch.parent_lsn = parent_lsn
+            if parent_timestamp is not None:
+                branch.parent_timestamp = parent_timestamp
+            s.flush()
+            return row
+
+    def _note_position(self, timeline_id: str, seq: int) -> None:
+        with self.store.write() as s:
+            row = s.get(TimelineRow, timeline_id)
+            if row is not None and seq > row.last_seq:
+                row.last_seq = seq
+
+    # --- compute hooks ---------------------------------------------------------------------
+
+    def server_options(self, settings: model.ProjectSettings) -> dict[str, str]:
+        return durability_options(
+            semi_sync=settings.durability is model.Durability.SYNC,
+            sync_timeout_ms=self.settings.sync_commit_timeout_ms,
+        )
+
+    async def before_start(self, branch_id: str) -> None:
+        """A compute of the branch is about to start: a base image being made of its
+        stopped datadir is abandoned (the next suspend makes one)."""
+        await cancel(self._images.pop(branch_id, None))
+
+    async def attach(
+        self, endpoint_id: str, branch_id: str, project: model.Project, socket: Any
+    ) -> None:
+        row = await self._db(self.current_timeline, branch_id)
+        if row is None or socket is None:
+            return
+        self._endpoint_branch[endpoint_id] = branch_id
+        await self.safekeeper.attach(
+            endpoint_id,
+            TimelineRef(row.project_id, row.id),
+            socket,
+            start_seq=row.start_seq,
+            semi_sync=project.settings.durability is model.Durability.SYNC,
+        )
+
+    async def detach(self, endpoint_id: str) -> None:
+        self._endpoint_branch.pop(endpoint_id, None)
+        await self.safekeeper.detach(endpoint_id)
+
+    async def after_stop(self, endpoint_id: str, branch_id: str) -> None:
+        """The compute stopped cleanly: everything in its binary log is made durable in the
+        safekeeper before this returns; a base image follows in the background."""
+        await self.detach(endpoint_id)
+        row = await self._db(self.current_timeline, branch_id)
+        if row is None:
+            return
+        ref = TimelineRef(row.project_id, row.id)
+        datadir = self.storage.datadir(branch_id)
+        last = await self.safekeeper.drain(ref, datadir)
+        await self._db(self._note_position, row.id, last)
+        if self._last_image.get(branch_id) == (row.id, last):
+            return
+        await cancel(self._images.pop(branch_id, None))
+        self._images[branch_id] = spawn(
+            self._image(branch_id, ref, last, "suspend"), name=f"image-{branch_id}"
+        )
+
+    async def _image(self, branch_id: str, ref: TimelineRef, seq: int, kind: str) -> None:
+        try:
+            await self.make_image(branch_id, ref, seq, kind=kind)
+        except asyncio.CancelledError:
+            log.info("base image of %s abandoned: the branch started again", branch_id)
+            raise
+        except SelkieError as exc:
+            log.warning(
+                "base image of %s failed (the next suspend tries again): %s", branch_id, exc
+            )
+        finally:
+            if self._images.get(branch_id) is asyncio.current_task():
+                del self._images[branch_id]
+
+    async def make_image(
+        self, branch_id: str, ref: TimelineRef, seq: int, *, kind: str, datadir: Any = None
+    ) -> None:
+        cache = self._stat_caches.setdefault(branch_id, {})
+        manifest = await make_image(
+            self.archive,
+            self.chunks,
+            ref,
+            datadir or self.storage.datadir(branch_id),
+            seq=seq,
+            kind=kind,
+            taken_us=time.time_ns() // 1000,
+            cache=cache if datadir is None else None,
+        )
+        self._last_image[branch_id] = (ref.timeline_id, seq)
+        self.metrics.base_images += 1
+        self.metrics.base_image_bytes += manifest.size
+        log.info("base image of %s at %d (%s, %d bytes)", branch_id, seq, kind, manifest.size)
+
+    async def wait_images(self) -> None:
+        """Until the base images being made are done (tests, benchmarks, shutdown)."""
+        for task in list(self._images.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # --- branch data -----------------------------------------------------------------------
+
+    async def ensure_branch(
+        self,
+        branch: BranchRow,
+        project: model.Project,
+        *,
+        create: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Make sure the branch's datadir exists and holds its current timeline: ``create``
+        makes a new branch's data (template or copy of the parent); a branch made at a past
+        point of its parent gets the parent's history at that point; a datadir of a branch
+        with history that is missing or stale is rebuilt from the archive."""
+        async with self.branch_lock(branch.id):
+            row = await self._db(self.current_timeline, branch.id)
+            exists = await asyncio.to_thread(self.storage.branch_exists, branch.id)
+            if row is None:
+                at_point = branch.parent_timestamp is not None or branch.parent_lsn is not None
+                if at_point and branch.parent_id is not None and not exists:
+                    await self.branch_from_point(branch, project)
+                    return
+                if not exists:
+                    await create()
+                await self._first_timeline(branch.id, project.id)
+                return
+            if exists and await asyncio.to_thread(self.storage.timeline_of, branch.id) == row.id:
+                return
+            await self.rebuild(branch.id, row)
+
+    async def _first_timeline(self, branch_id: str, project_id: str) -> None:
+        """A branch's data was just made: start its history with a first base image (in
+        the archive before the timeline is recorded, so a recorded timeline always has
+        one)."""
+        datadir = self.storage.datadir(branch_id)
+        seq = await asyncio.to_thread(datadir_position, datadir)
+        timeline_id = model.new_id("tl")
+        await self.make_image(branch_id, TimelineRef(project_id, timeline_id), seq, kind="initial")
+        await self._db(
+            lambda: self.begin_timeline(
+                branch_id,
+                project_id,
+                start_seq=seq,
+                timeline_id=timeline_id,
+                parent_lsn=f"0-1-{seq}" if seq else None,
+            )
+        )
+        await asyncio.to_thread(LocalStorage.mark_timeline, datadir, timeline_id)
+
+    async def restore_into(
+        self, source: TimelineRow, point: Point, staging: Path, progress: Callable[[str], None]
+    ) -> Restored:
+        """The source timeline's data at ``point``, rebuilt in ``staging``, with what this
+        safekeeper holds beyond the archive."""
+        ref = TimelineRef(source.project_id, source.id)
+        archived = await self.safekeeper.archived_position(ref)
+        tail = await self.safekeeper.local_tail(ref, archived)
+        return await restore(
+            self.archive, ref, point.target, staging, tools=self.tools, tail=tail, progress=progress
+        )
+
+    def _timeline_at(self, branch_id: str, point: Point) -> TimelineRow:
+        with self.store.read() as s:
+            return timeline_at(s, branch_id, point)
+
+    async def branch_from_point(self, branch: BranchRow, project: model.Project) -> None:
+        """Make a new branch's data from its parent's history at the branch's point."""
+        assert branch.parent_id is not None
+        seq = parse_lsn(branch.parent_lsn, "parent_lsn") if branch.parent_lsn else None
+        point = Point(at=branch.parent_timestamp, seq=seq)
+        source = await self._db(self._timeline_at, branch.parent_id, point)
+        started = time.monotonic()
+        staging = self.storage.staging_dir(branch.id)
+        timeline_id = model.new_id("tl")
+        try:
+            restored = await self.restore_into(source, point, staging, lambda _: None)
+            await self.make_image(
+                branch.id,
+                TimelineRef(project.id, timeline_id),
+                restored.seq,
+                kind="initial",
+                datadir=staging,
+            )
+            await asyncio.to_thread(LocalStorage.mark_timeline, staging, timeline_id)
+            await self._db(
+                lambda: self.begin_timeline(
+                    branch.id,
+                    project.id,
+                    start_seq=restored.seq,
+                    parent=(source.id, restored.seq),
+                    timeline_id=timeline_id,
+                    parent_lsn=f"0-1-{restored.seq}",
+                )
+            )
+            await self.storage.swap_in(branch.id, staging)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        self.forget_datadir(branch.id, timeline_id, restored.seq)
+        self.note_restore(time.monotonic() - started)
+
+    def forget_datadir(self, branch_id: str, timeline_id: str, seq: int) -> None:
+        """The branch's datadir was replaced: what was known of the old one is void."""
+        self._stat_caches.pop(branch_id, None)
+        self._last_image[branch_id] = (timeline_id, seq)
+
+    async def rebuild(self, branch_id: str, row: TimelineRow) -> None:
+        """Restore the branch's datadir from its timeline's history (everything the archive
+        and this safekeeper hold), then swap it in."""
+        ref = TimelineRef(row.project_id, row.id)
+        log.warning("rebuilding the data of branch %s from the archive", branch_id)
+        started = time.monotonic()
+        staging = self.storage.staging_dir(branch_id)
+        try:
+            archived = await self.safekeeper.archived_position(ref)
+            tail = await self.safekeeper.local_tail(ref, archived)
+            restored = await restore(
+                self.archive, ref, Target(), staging, tools=self.tools, tail=tail
+            )
+            await asyncio.to_thread(LocalStorage.mark_timeline, staging, row.id)
+            await self.storage.swap_in(branch_id, staging)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        await self._db(self._note_position, row.id, restored.seq)
+        self.forget_datadir(branch_id, row.id, restored.base_seq)
+        self.note_restore(time.monotonic() - started)
+
+    def note_restore(self, seconds: float) -> None:
+        self.metrics.restores += 1
+        self.metrics.restore_seconds.append(seconds)
+        del self.metrics.restore_seconds[:-1000]
+
+    # --- retention -------------------------------------------------------------------------
+
+    def _projects(self) -> list[tuple[str, model.ProjectSettings, bool]]:
+        from selkie.store import convert
+        from selkie.store.tables import ProjectRow
+
+        with self.store.read() as s:
+            return [
+                (p.id, convert.project_settings(p.settings), p.deleted_at is not None)
+                for p in s.execute(select(ProjectRow)).scalars()
+            ]
+
+    def _timelines_of(self, project_id: str) -> list[TimelineRow]:
+        with self.store.read() as s:
+            return list(
+                s.execute(select(TimelineRow).where(TimelineRow.project_id == project_id))
+                .scalars()
+                .all()
+            )
+
+    def _live_timeline_ids(self, project_id: str) -> set[str]:
+        with self.store.read() as s:
+            return {
+                tid
+                for tid in s.execute(
+                    select(BranchRow.timeline_id)
+                    .where(BranchRow.project_id == project_id)
+                    .where(BranchRow.deleted_at.is_(None))
+                ).scalars()
+                if tid is not None
+            }
+
+    async def prune(self, now: datetime | None = None) -> int:
+        """Delete history older than each project's retention window (keeping the newest
+        base image at or before the window's start, and the log after it), the history of
+        deleted projects and branches once their window has passed, and chunks no image
+        names. Returns the objects deleted."""
+        now = now or self.clock()
+        deleted = 0
+        for project_id, settings, gone in await self._db(self._projects):
+            window_start = now - timedelta(seconds=settings.history_retention_seconds)
+            if gone:
+                objects = await self.archive.list(project_prefix(project_id))
+                if (
+                    objects
+                    and max((o.last_modified for o in objects if o.last_modified), default=now)
+                    < window_start
+                ):
+                    await self.archive.delete([o.key for o in objects])
+                    self.chunks.forget(project_id)
+                    deleted += len(objects)
+                continue
+            live = await self._db(self._live_timeline_ids, project_id)
+            for row in await self._db(self._timelines_of, project_id):
+                ref = TimelineRef(project_id, row.id)
+                if row.id not in live and row.ended_at is not None and row.ended_at < window_start:
+                    objects = await self.archive.list(ref.prefix)
+                    await self.archive.delete([o.key for o in objects])
+                    deleted += len(objects)
+                    continue
+                deleted += await self._prune_timeline(ref, window_start)
+            deleted += await self._collect_chunks(project_id, now)
+        self.metrics.pruned_objects += deleted
+        return deleted
+
+    async def _prune_timeline(self, ref: TimelineRef, window_start: datetime) -> int:
+        images = await list_images(self.archive, ref)
+        start_us = int(window_start.timestamp() * 1_000_000)
+        older = [i for i in images if i.taken_us <= start_us]
+        if not older:
+            return 0
+        anchor = max(older, key=lambda i: (i.seq, i.taken_us))
+        doomed = [i.key for i in images if i.taken_us < anchor.taken_us and i.key != anchor.key]
+        for obj in await self.archive.list(ref.wal_prefix):
+            rng = segments.parse_object_name(obj.key.rsplit("/", 1)[1])
+            if rng is not None and rng[1] <= anchor.seq:
+                doomed.append(obj.key)
+        await self.archive.delete(doomed)
+        return len(doomed)
+
+    async def _collect_chunks(self, project_id: str, now: datetime) -> int:
+        async with self.chunks.lock(project_id):
+            referenced: set[str] = set()
+            for obj in await self.archive.list(project_prefix(project_id) + "timelines/"):
+                if "/base/" in obj.key:
+                    manifest = await read_manifest(self.archive, obj.key)
+                    for f in manifest.files:
+                        referenced.update(f.chunks)
+            prefix = project_prefix(project_id) + "chunks/"
+            doomed = [
+                o.key
+                for o in await self.archive.list(prefix)
+                if o.key[len(prefix) :] not in referenced
+                and (o.last_modified is None or o.last_modified < now - CHUNK_GRACE)
+            ]
+            await self.archive.delete(doomed)
+            self.chunks.forget(project_id, {k[len(prefix) :] for k in doomed})
+            return len(doomed)
+
+    async def project_bytes(self) -> dict[str, int]:
+        """What each project's history occupies in the archive (for metering)."""
+        sizes: dict[str, int] = {}
+        for obj in await self.archive.list("projects/"):
+            project_id = obj.key.split("/", 2)[1]
+            sizes[project_id] = sizes.get(project_id, 0) + obj.size
+        return sizes

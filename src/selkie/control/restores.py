@@ -1,0 +1,255 @@
+"""Point-in-time branches and restores, Neon's API shape.
+
+- A branch made with ``parent_timestamp`` or ``parent_lsn`` holds its parent as it was
+  then: the parent's history is restored into the new branch's datadir, which starts a
+  timeline of its own.
+- ``POST …/branches/{id}/restore`` replaces a branch's data with a source branch's (itself
+  included) as of a time or position. The new data is staged and given a first base image
+  while the branch keeps running; then its endpoints are stopped, held (a client that
+  connects meanwhile waits, as for any wake), the datadir is swapped, and the endpoints
+  that ran start again. With ``preserve_under_name`` the old data and its history become a
+  new branch of that name.
+
+Targets are checked before anything is queued: a time outside the source's history window
+(``history_retention_seconds`` back from now, and not before the branch existed) or in the
+future is a 422 naming the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from selkie import model
+from selkie.archive.layout import TimelineRef
+from selkie.control.base import ServiceBase
+from selkie.control.history import History
+from selkie.control.lifecycle import Lifecycle
+from selkie.control.points import Point, check_point, timeline_at
+from selkie.errors import Conflict, NotFound
+from selkie.model import OperationAction, Principal, utcnow
+from selkie.storage.local import LocalStorage
+from selkie.store import convert
+from selkie.store.tables import (
+    BranchRow,
+    DatabaseRow,
+    OperationRow,
+    RoleRow,
+    TimelineRow,
+)
+from selkie.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+
+class RestoreService(ServiceBase):
+    """The API side: validate and queue (no compute or archive is touched here)."""
+
+    def restore(
+        self,
+        who: Principal,
+        project_id: str,
+        branch_id: str,
+        *,
+        source_branch_id: str,
+        source_timestamp: datetime | None = None,
+        source_lsn: str | None = None,
+        preserve_under_name: str | None = None,
+    ) -> tuple[model.Branch, list[model.Operation]]:
+        from selkie.control.projects import BranchService
+
+        with self.store.write() as s:
+            project = self.project_row(s, who, project_id)
+            branch = self.branch_row(s, who, project_id, branch_id)
+            source = self.branch_row(s, who, project_id, source_branch_id)
+            point = check_point(
+                s,
+                settings_archive=self.settings.archive_enabled,
+                project=project,
+                branch=source,
+                at=source_timestamp,
+                lsn=source_lsn,
+                names=("source_timestamp", "source_lsn"),
+                now=utcnow(),
+            )
+            if source.timeline_id is None:
+                raise Conflict(f"branch {source.id} has no data yet; start it first")
+            if preserve_under_name is not None:
+                model.validate_name("branch", preserve_under_name)
+                BranchService._check_name_free(s, project_id, preserve_under_name)
+            op = self.enqueue(
+                s,
+                project_id=project_id,
+                branch_id=branch_id,
+                action=OperationAction.RESTORE_BRANCH,
+                payload={
+                    "source_branch_id": source.id,
+                    "point": point.payload(),
+                    "preserve_under_name": preserve_under_name,
+                },
+            )
+            return convert.branch(branch), [op]
+
+
+class Restorer:
+    """The operations side: restores run by the operations runner."""
+
+    def __init__(self, *, history: History, lifecycle: Lifecycle) -> None:
+        self.history = history
+        self.lifecycle = lifecycle
+        self.store = history.store
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    def _timeline_at(self, branch_id: str, point: Point) -> TimelineRow:
+        with self.store.read() as s:
+            return timeline_at(s, branch_id, point)
+
+    # --- restore of a branch ---------------------------------------------------------------
+
+    def _progress(self, op_id: str) -> Callable[[str], None]:
+        def note(step: str) -> None:
+            with self.store.write() as s:
+                row = s.get(OperationRow, op_id)
+                if row is not None:
+                    row.payload = {**(row.payload or {}), "progress": step}
+
+        def progress(step: str) -> None:
+            spawn(asyncio.to_thread(note, step), name=f"progress-{op_id}")
+
+        return progress
+
+    async def restore_branch(self, op: model.Operation) -> None:
+        assert op.branch_id is not None
+        branch_id = op.branch_id
+        payload = op.payload
+        point = Point.from_payload(payload.get("point") or {})
+        source = await self._db(self._timeline_at, payload["source_branch_id"], point)
+        storage = self.history.storage
+        staging = storage.staging_dir(branch_id)
+        timeline_id = model.new_id("tl")
+        started = time.monotonic()
+        progress = self._progress(op.id)
+        try:
+            restored = await self.history.restore_into(source, point, staging, progress)
+            progress("storing a base image of the restored data")
+            await self.history.make_image(
+                branch_id,
+                TimelineRef(op.project_id, timeline_id),
+                restored.seq,
+                kind="initial",
+                datadir=staging,
+            )
+            await asyncio.to_thread(LocalStorage.mark_timeline, staging, timeline_id)
+            progress("swapping the data in")
+            endpoint_ids = await self._db(self._endpoints_of, branch_id)
+            async with self.lifecycle.paused(endpoint_ids) as was_running:
+                await self.history.before_start(branch_id)
+                async with self.history.branch_lock(branch_id):
+                    preserved = await self._db(
+                        self._switch,
+                        branch_id,
+                        timeline_id,
+                        source.id,
+                        restored.seq,
+                        payload.get("preserve_under_name"),
+                    )
+                    await storage.swap_in(branch_id, staging, old_to=preserved)
+            self.history.forget_datadir(branch_id, timeline_id, restored.seq)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        self.history.note_restore(time.monotonic() - started)
+        for endpoint_id in was_running:
+            await self.lifecycle.start(endpoint_id)
+        progress(f"restored at 0-1-{restored.seq}")
+
+    def _endpoints_of(self, branch_id: str) -> list[str]:
+        from selkie.store.tables import EndpointRow
+
+        with self.store.read() as s:
+            return list(
+                s.execute(
+                    select(EndpointRow.id)
+                    .where(EndpointRow.branch_id == branch_id)
+                    .where(EndpointRow.current_state != model.EndpointState.DELETED.value)
+                ).scalars()
+            )
+
+    def _switch(
+        self,
+        branch_id: str,
+        timeline_id: str,
+        source_id: str,
+        seq: int,
+        preserve_under_name: str | None,
+    ) -> str | None:
+        """In one transaction: the branch moves to its new timeline; with a name, the old
+        timeline becomes a new branch's (with the branch's roles and databases). Returns
+        that branch's id."""
+        from selkie.control.projects import BranchService
+
+        now = utcnow()
+        with self.store.write() as s:
+            branch = s.get(BranchRow, branch_id)
+            if branch is None or branch.deleted_at is not None:
+                raise NotFound(f"branch {branch_id} was deleted")
+            old = branch.timeline_id
+            preserved_id = None
+            if preserve_under_name is not None and old is not None:
+                BranchService._check_name_free(s, branch.project_id, preserve_under_name)
+                preserved_id = model.new_id("br")
+                s.add(
+                    BranchRow(
+                        id=preserved_id,
+                        project_id=branch.project_id,
+                        parent_id=branch.parent_id,
+                        name=preserve_under_name,
+                        is_default=False,
+                        current_state=model.BranchState.READY.value,
+                        timeline_id=old,
+                        parent_timestamp=branch.parent_timestamp,
+                        parent_lsn=branch.parent_lsn,
+                    )
+                )
+                s.flush()
+                for r in s.execute(select(RoleRow).where(RoleRow.branch_id == branch_id)).scalars():
+                    s.add(
+                        RoleRow(
+                            branch_id=preserved_id,
+                            name=r.name,
+                            password_hash=r.password_hash,
+                            protected=r.protected,
+                        )
+                    )
+                for d in s.execute(
+                    select(DatabaseRow).where(DatabaseRow.branch_id == branch_id)
+                ).scalars():
+                    s.add(DatabaseRow(branch_id=preserved_id, name=d.name, owner_name=d.owner_name))
+            if old is not None:
+                prev = s.get(TimelineRow, old)
+                if prev is not None and preserved_id is None and prev.ended_at is None:
+                    prev.ended_at = now
+            s.add(
+                TimelineRow(
+                    id=timeline_id,
+                    project_id=branch.project_id,
+                    branch_id=branch_id,
+                    start_seq=seq,
+                    last_seq=seq,
+                    parent_timeline_id=source_id,
+                    parent_seq=seq,
+                    previous_timeline_id=old,
+                    created_at=now,
+                )
+            )
+            branch.timeline_id = timeline_id
+            branch.updated_at = now
+            return preserved_id

@@ -1,0 +1,241 @@
+"""A replica's side of MariaDB replication, on asyncio: log in, register, ask for the binlog
+from a GTID position, receive events, and acknowledge them when the compute runs
+semi-synchronous replication.
+
+The connection goes to the compute's unix socket as the OS user running Selkie (the
+server's ``unix_socket`` authentication: no password exists for it). The conversation is
+what a MariaDB replica sends (MariaDB's replication protocol docs, "Replica
+Registration")::
+
+    SET @master_binlog_checksum = @@global.binlog_checksum   -- events keep their CRC32
+    SET @mariadb_slave_capability = 4                          -- GTID-aware replica
+    SET @slave_connect_state = '0-1-1234'                      -- start after this GTID
+    SET @slave_gtid_strict_mode = 1
+    SET @rpl_semi_sync_slave = 1                               -- only for durability=sync
+    COM_REGISTER_SLAVE, COM_BINLOG_DUMP (empty file name: GTID positioning)
+
+Each event then arrives as a packet ``0x00 [0xef flag] event``; with flag 0x01 the compute
+waits for our acknowledgement (``0xef`` + next position + binlog file name) before it
+answers the client's COMMIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from selkie.archive.binlog import EventType, Gtid, parse_header, parse_rotate
+from selkie.proxy.packets import (
+    NATIVE_PLUGIN,
+    build_handshake_response,
+    is_eof,
+    is_err,
+    is_ok,
+    parse_err,
+    parse_handshake_v10,
+)
+from selkie.proxy.stream import PacketStream
+from selkie.proxy.wire import Capability, ProtocolError, int1, int2, int4, nul_str
+
+COM_QUERY = 0x03
+COM_BINLOG_DUMP = 0x12
+COM_REGISTER_SLAVE = 0x15
+SEMI_SYNC_INDICATOR = 0xEF
+SEMI_SYNC_ACK_REQ = 0x01
+# What the replica asks for: MariaDB 10 GTID events, annotations off.
+MARIADB_SLAVE_CAPABILITY = 4
+CLIENT_CAPS = (
+    Capability.LONG_PASSWORD
+    | Capability.LONG_FLAG
+    | Capability.PROTOCOL_41
+    | Capability.TRANSACTIONS
+    | Capability.SECURE_CONNECTION
+    | Capability.PLUGIN_AUTH
+)
+# The largest event accepted (max_allowed_packet of computes is 1 GiB).
+MAX_EVENT = 1 << 30
+
+
+class ReplicationError(Exception):
+    """The compute refused or broke the replication conversation."""
+
+    def __init__(self, message: str, *, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One event and whether the compute waits for an acknowledgement of it."""
+
+    event: bytes
+    ack_requested: bool
+
+
+class ReplicaConnection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stream = PacketStream(reader, writer, limit=MAX_EVENT + 16)
+        self.writer = writer
+        self.semi_sync = False
+        # Whether events end in a CRC32 (the compute's binlog_checksum, which we ask for).
+        self.checksum = True
+        # Where the compute's binlog stands, for acknowledgements.
+        self.binlog_file = ""
+        self.binlog_pos = 0
+
+    @classmethod
+    async def open(cls, socket: Path, user: str, *, timeout: float = 10.0) -> ReplicaConnection:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(str(socket), limit=1 << 20), timeout
+        )
+        conn = cls(reader, writer)
+        try:
+            await asyncio.wait_for(conn._login(user), timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _login(self, user: str) -> None:
+        _, payload = await self.stream.read()
+        greeting = parse_handshake_v10(payload)
+        caps = CLIENT_CAPS & greeting.capabilities
+        seq = await self.stream.send(
+            1,
+            build_handshake_response(
+                capabilities=caps,
+                max_packet_size=MAX_EVENT,
+                charset=greeting.charset,
+                user=user,
+                auth_response=b"",
+                database=None,
+                auth_plugin=NATIVE_PLUGIN,
+            ),
+        )
+        while True:
+            seq, reply = await self.stream.read()
+            if is_ok(reply):
+                return
+            if is_err(reply):
+                err = parse_err(reply)
+                raise ReplicationError(f"login refused: {err.message}", code=err.code)
+            if reply[:1] == b"\xfe":
+                # An auth switch (to unix_socket): the socket's credentials are the proof.
+                seq = await self.stream.send(seq + 1, b"")
+                continue
+            raise ProtocolError("unexpected packet during login")
+
+    async def query(self, sql: str) -> list[list[bytes | None]]:
+        """A text-protocol query; its rows (values as bytes), ReplicationError on ERR."""
+        await self.stream.send(0, bytes([COM_QUERY]) + sql.encode())
+        _, first = await self.stream.read()
+        if is_err(first):
+            err = parse_err(first)
+            raise ReplicationError(f"{sql}: {err.message}", code=err.code)
+        if is_ok(first):
+            return []
+        columns = first[0]
+        for _ in range(columns):
+            await self.stream.read()
+        _, eof = await self.stream.read()
+        if not is_eof(eof):
+            raise ProtocolError("expected EOF after column definitions")
+        rows: list[list[bytes | None]] = []
+        while True:
+            _, payload = await self.stream.read()
+            if is_eof(payload):
+                return rows
+            if is_err(payload):
+                err = parse_err(payload)
+                raise ReplicationError(f"{sql}: {err.message}", code=err.code)
+            rows.append(_text_row(payload, columns))
+
+    async def start_dump(self, *, after: Gtid | None, server_id: int, semi_sync: bool) -> None:
+        """Register as a replica and ask for every transaction after ``after`` (None: from
+        the start of the compute's binary log)."""
+        state = str(after) if after is not None else ""
+        await self.query("SET @master_binlog_checksum = @@global.binlog_checksum")
+        ((alg,),) = await self.query("SELECT @master_binlog_checksum")
+        self.checksum = alg is not None and alg.upper() != b"NONE"
+        await self.query(f"SET @mariadb_slave_capability = {MARIADB_SLAVE_CAPABILITY}")
+        await self.query(f"SET @slave_connect_state = '{state}'")
+        await self.query("SET @slave_gtid_strict_mode = 1")
+        await self.query("SET @slave_gtid_ignore_duplicates = 0")
+        if semi_sync:
+            await self.query("SET @rpl_semi_sync_slave = 1")
+        self.semi_sync = semi_sync
+        register = b"".join(
+            [
+                bytes([COM_REGISTER_SLAVE]),
+                int4(server_id),
+                int1(0),  # host
+                int1(0),  # user
+                int1(0),  # password
+                int2(0),  # port
+                int4(0),  # replication rank
+                int4(0),  # master id
+            ]
+        )
+        await self.stream.send(0, register)
+        _, reply = await self.stream.read()
+        if is_err(reply):
+            err = parse_err(reply)
+            raise ReplicationError(f"register refused: {err.message}", code=err.code)
+        dump = bytes([COM_BINLOG_DUMP]) + int4(4) + int2(0) + int4(server_id) + nul_str(b"")[:-1]
+        await self.stream.send(0, dump)
+
+    async def events(self) -> AsyncIterator[Received]:
+        """The events as they arrive, until the compute ends the stream (it stops)."""
+        while True:
+            _, payload = await self.stream.read()
+            if not payload:
+                raise ProtocolError("empty packet in the binlog stream")
+            if payload[0] == 0xFF:
+                err = parse_err(payload)
+                raise ReplicationError(f"binlog stream: {err.message}", code=err.code)
+            if payload[0] == 0xFE and len(payload) < 9:
+                return  # EOF: the compute is shutting down
+            if payload[0] != 0x00:
+                raise ProtocolError(f"unexpected packet 0x{payload[0]:02x} in the binlog stream")
+            ack = False
+            body = payload[1:]
+            if self.semi_sync:
+                if len(body) < 2 or body[0] != SEMI_SYNC_INDICATOR:
+                    raise ProtocolError("semi-sync header missing")
+                ack = bool(body[1] & SEMI_SYNC_ACK_REQ)
+                body = body[2:]
+            header = parse_header(body)
+            if header.type == EventType.ROTATE:
+                position, name = parse_rotate(body, checksum=self.checksum)
+                self.binlog_file, self.binlog_pos = name, position
+            elif header.log_pos:
+                self.binlog_pos = header.log_pos
+            yield Received(body, ack)
+
+    async def acknowledge(self, binlog_file: str, binlog_pos: int) -> None:
+        """Tell the compute everything up to ``binlog_pos`` of ``binlog_file`` (where the
+        event that asked for it ended) is durable here."""
+        payload = (
+            bytes([SEMI_SYNC_INDICATOR]) + struct.pack("<Q", binlog_pos) + binlog_file.encode()
+        )
+        await self.stream.send(0, payload)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _text_row(payload: bytes, columns: int) -> list[bytes | None]:
+    from selkie.proxy.wire import Reader
+
+    r = Reader(payload)
+    row: list[bytes | None] = []
+    for _ in range(columns):
+        if r.data[r.pos] == 0xFB:
+            r.pos += 1
+            row.append(None)
+        else:
+            row.append(r.lenenc_str())
+    return row

@@ -1,0 +1,232 @@
+"""The safekeeper's own durable copy of one timeline's log, before and while it is archived.
+
+Under ``<safekeeper_dir>/<timeline_id>/``::
+
+    meta.json                  project and timeline (to find the archive prefix after a restart)
+    <first>.open               the segment being appended to
+    <first>-<last>.seg         closed segments, kept until the archive holds them
+    shipped                    the last sequence number the archive holds
+
+Appends are buffered in memory and made durable by :meth:`TimelineLog.flush` (write, then
+fsync, in a thread): one fsync covers every transaction that arrived meanwhile, as a
+database's group commit does. Only after a flush has returned is a transaction durable
+here, and only then may a semi-synchronous compute be told so. At open, an ``.open`` file
+cut short by a crash is truncated to its last whole record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from selkie.archive import segments
+from selkie.archive.layout import TimelineRef
+from selkie.archive.segments import Record, SegmentError
+
+log = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 16 << 20
+# A segment that has been open this long is closed at the next flush, so a quiet endpoint's
+# log is archived as a few whole segments rather than many small pieces.
+SEGMENT_SECONDS = 600.0
+
+
+class LogGap(Exception):
+    """A transaction arrived that does not follow the last one: something is missing."""
+
+
+@dataclass(slots=True)
+class LocalSegment:
+    path: Path
+    first: int
+    last: int
+    size: int
+    closed: bool
+    opened_at: float = 0.0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TimelineLog:
+    def __init__(self, root: Path, ref: TimelineRef) -> None:
+        self.ref = ref
+        self.dir = root / ref.timeline_id
+        self.segments: list[LocalSegment] = []
+        self.fde: bytes | None = None
+        self.last_seq = 0  # durable here
+        self.shipped_seq = 0  # durable in the archive
+        self._pending: list[Record] = []
+        # (seq, received_us, bytes) of durable records the archive does not hold yet.
+        self.unshipped: deque[tuple[int, int, int]] = deque()
+        self._lock = asyncio.Lock()
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: Path, ref: TimelineRef) -> TimelineLog:
+        """Open (or create) the log on disk, recovering from a crash (blocking)."""
+        tl = cls(root, ref)
+        tl.dir.mkdir(parents=True, exist_ok=True)
+        meta = tl.dir / "meta.json"
+        if not meta.exists():
+            meta.write_text(json.dumps({"project_id": ref.project_id, "timeline": ref.timeline_id}))
+        try:
+            tl.shipped_seq = int((tl.dir / "shipped").read_text())
+        except (OSError, ValueError):
+            tl.shipped_seq = 0
+        for path in sorted(tl.dir.iterdir()):
+            if path.suffix not in (".seg", ".open"):
+                continue
+            data = path.read_bytes()
+            try:
+                fde, records, good = segments.decode(data, strict=path.suffix == ".seg")
+            except SegmentError as exc:
+                if path.suffix == ".seg":
+                    raise SegmentError(f"safekeeper segment {path}: {exc}") from exc
+                log.warning("dropping unreadable open segment %s: %s", path, exc)
+                path.unlink()
+                continue
+            if good < len(data):
+                log.warning("truncating %s to its last whole record", path)
+                with open(path, "r+b") as fh:
+                    fh.truncate(good)
+                    os.fsync(fh.fileno())
+            tl.fde = tl.fde or fde
+            if not records:
+                if path.suffix == ".open":
+                    path.unlink()
+                continue
+            seg = LocalSegment(path, records[0].seq, records[-1].seq, good, path.suffix == ".seg")
+            seg.opened_at = time.monotonic()
+            tl.segments.append(seg)
+            tl.last_seq = max(tl.last_seq, seg.last)
+            for r in records:
+                if r.seq > tl.shipped_seq:
+                    tl.unshipped.append((r.seq, r.received_us, len(r.events)))
+        tl.segments.sort(key=lambda s: s.first)
+        return tl
+
+    @staticmethod
+    def read_meta(path: Path) -> TimelineRef | None:
+        try:
+            data = json.loads((path / "meta.json").read_text())
+            return TimelineRef(str(data["project_id"]), str(data["timeline"]))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    # --- appending -------------------------------------------------------------------------
+
+    @property
+    def next_seq(self) -> int:
+        return (self._pending[-1].seq if self._pending else self.last_seq) + 1
+
+    def append(self, record: Record) -> None:
+        """Queue a transaction; durable after the next :meth:`flush`."""
+        if record.seq != self.next_seq:
+            raise LogGap(
+                f"timeline {self.ref.timeline_id}: transaction {record.seq} arrived, "
+                f"{self.next_seq} was expected"
+            )
+        self._pending.append(record)
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    async def flush(self, *, close: bool = False) -> int:
+        """Make every queued transaction durable; returns the last durable sequence number.
+        ``close`` also closes the open segment (the compute stopped)."""
+        async with self._lock:
+            records, self._pending = self._pending, []
+            if records or close:
+                await asyncio.to_thread(self._write, records, close)
+            for r in records:
+                self.unshipped.append((r.seq, r.received_us, len(r.events)))
+            if records:
+                self.last_seq = records[-1].seq
+            return self.last_seq
+
+    def _write(self, records: list[Record], close: bool) -> None:
+        seg = self.segments[-1] if self.segments and not self.segments[-1].closed else None
+        if records:
+            if self.fde is None:
+                raise SegmentError("no format description event yet: cannot start a segment")
+            data = b"".join(r.encode() for r in records)
+            created = seg is None
+            if seg is None:
+                first = records[0].seq
+                path = self.dir / f"{first:0{segments.SEQ_WIDTH}d}.open"
+                data = segments.header(self.fde) + data
+                seg = LocalSegment(path, first, first, 0, False, time.monotonic())
+                self.segments.append(seg)
+            with open(seg.path, "ab") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if created:
+                _fsync_dir(self.dir)
+            seg.size += len(data)
+            seg.last = records[-1].seq
+        if seg is not None and (
+            close
+            or seg.size >= SEGMENT_BYTES
+            or time.monotonic() - seg.opened_at >= SEGMENT_SECONDS
+        ):
+            closed = self.dir / segments.object_name(seg.first, seg.last).replace(
+                segments.OBJECT_SUFFIX, ".seg"
+            )
+            seg.path.rename(closed)
+            _fsync_dir(self.dir)
+            seg.path, seg.closed = closed, True
+
+    # --- reading and shipping --------------------------------------------------------------
+
+    async def read_after(self, after: int) -> list[tuple[LocalSegment, bytes, list[Record]]]:
+        """Per segment holding any, its durable records with a sequence number above
+        ``after`` (under the lock: a flush may not rename a segment being read)."""
+        async with self._lock:
+            return await asyncio.to_thread(self._read_after, after)
+
+    def _read_after(self, after: int) -> list[tuple[LocalSegment, bytes, list[Record]]]:
+        out = []
+        for seg in self.segments:
+            if seg.last <= after:
+                continue
+            with open(seg.path, "rb") as fh:
+                data = fh.read(seg.size)
+            fde, records, _ = segments.decode(data, strict=True)
+            out.append((seg, fde, [r for r in records if r.seq > after]))
+        return out
+
+    def mark_shipped(self, seq: int) -> None:
+        """The archive holds everything up to ``seq`` (blocking: writes the marker)."""
+        tmp = self.dir / "shipped.tmp"
+        tmp.write_text(str(seq))
+        tmp.replace(self.dir / "shipped")
+        self.shipped_seq = max(self.shipped_seq, seq)
+        while self.unshipped and self.unshipped[0][0] <= self.shipped_seq:
+            self.unshipped.popleft()
+
+    def forget(self, seg: LocalSegment) -> None:
+        """Remove a closed segment the archive holds whole (blocking)."""
+        seg.path.unlink(missing_ok=True)
+        self.segments.remove(seg)
+
+    def lag(self, now_us: int) -> tuple[float, int]:
+        """(seconds, bytes) of durable log the archive does not hold yet."""
+        if not self.unshipped:
+            return 0.0, 0
+        oldest = self.unshipped[0][1]
+        return max(0.0, (now_us - oldest) / 1e6), sum(x[2] for x in self.unshipped)

@@ -1,0 +1,317 @@
+"""Base images: a branch's datadir in the archive, stored incrementally.
+
+A file is cut into fixed 256 KiB chunks; each chunk is stored once per project under the
+SHA-256 of its bytes, zstd-compressed (``projects/<p>/chunks/<sha256>``). An image is a
+manifest naming, per file, its size, mode and chunks, with the GTID sequence number the
+data holds. Only chunks the archive does not have are uploaded, and files whose size,
+mtime and inode are those of the previous image of the same datadir are not even read, so
+an idle 1 GB branch that changed a few pages uploads a few chunks and a manifest. The
+manifest is written last: an image interrupted half-way is invisible (its chunks are
+collected as garbage later).
+
+The binary log files are not part of an image (the safekeeper has their content): a
+restored datadir gets its GTID state back from the image's sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from selkie.archive import Archive
+from selkie.archive.layout import TimelineRef, chunk_key, chunk_prefix, parse_base_name
+from selkie.errors import ArchiveError, ObjectMissing
+
+CHUNK_BYTES = 256 << 10
+MANIFEST_VERSION = 1
+UPLOADS_IN_FLIGHT = 8
+# What an image leaves out: the binary log (in the safekeeper and the archive), the
+# temporary tablespace (recreated at start), runtime files.
+_SKIP_PREFIXES = ("binlog.", "#sql", "ibtmp")
+_SKIP_SUFFIXES = (".pid", ".sock", ".err")
+
+
+def skipped(relpath: str) -> bool:
+    name = relpath.rsplit("/", 1)[-1]
+    return name.startswith(_SKIP_PREFIXES) or name.endswith(_SKIP_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    mode: int
+    chunks: list[str]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    project_id: str
+    timeline_id: str
+    seq: int
+    taken_us: int
+    kind: str  # "initial" | "suspend" | "hot"
+    files: list[FileEntry] = field(default_factory=list)
+    version: int = MANIFEST_VERSION
+
+    @property
+    def ref(self) -> TimelineRef:
+        return TimelineRef(self.project_id, self.timeline_id)
+
+    @property
+    def key(self) -> str:
+        return self.ref.base_key(self.seq, self.taken_us)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def encode(self) -> bytes:
+        return zstandard.ZstdCompressor(level=3).compress(json.dumps(asdict(self)).encode())
+
+    @classmethod
+    def decode(cls, data: bytes, key: str) -> Manifest:
+        try:
+            raw = json.loads(zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 30))
+            files = [FileEntry(**f) for f in raw.pop("files")]
+            return cls(files=files, **raw)
+        except (zstandard.ZstdError, ValueError, TypeError, KeyError) as exc:
+            raise ObjectMissing(f"archive object {key} is not a readable base image") from exc
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    key: str
+    seq: int
+    taken_us: int
+
+
+# Per datadir file: (size, mtime_ns, inode) when it was last chunked, and its chunks.
+StatCache = dict[str, tuple[tuple[int, int, int], list[str]]]
+
+
+class ChunkIndex:
+    """Which chunks a project's archive holds, listed once and kept up to date by this
+    process (images add to it, garbage collection removes from it)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, set[str]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, project_id: str) -> asyncio.Lock:
+        """Held while an image is made or chunks are collected: neither sees the other
+        half-done."""
+        return self._locks.setdefault(project_id, asyncio.Lock())
+
+    async def known(self, archive: Archive, project_id: str) -> set[str]:
+        if project_id not in self._known:
+            prefix = chunk_prefix(project_id)
+            self._known[project_id] = {o.key[len(prefix) :] for o in await archive.list(prefix)}
+        return self._known[project_id]
+
+    def forget(self, project_id: str, digests: set[str] | None = None) -> None:
+        if digests is None:
+            self._known.pop(project_id, None)
+        elif project_id in self._known:
+            self._known[project_id] -= digests
+
+
+def _walk(datadir: Path) -> list[tuple[str, os.stat_result]]:
+    out = []
+    for root, dirs, files in os.walk(datadir):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            rel = path.relative_to(datadir).as_posix()
+            if skipped(rel) or not path.is_file() or path.is_symlink():
+                continue
+            out.append((rel, path.stat()))
+    return out
+
+
+# Read at most this much of a file per step, so memory stays bounded whatever its size.
+STEP_BYTES = 64 << 20
+
+
+def _chunk_file(
+    path: Path, offset: int, known: set[str], stop: threading.Event
+) -> tuple[list[str], list[tuple[str, bytes]], bool]:
+    """The digests of a file's chunks from ``offset`` on (up to STEP_BYTES), the compressed
+    chunks among them the archive lacks, and whether the file ended (blocking)."""
+    digests: list[str] = []
+    new: list[tuple[str, bytes]] = []
+    compressor = zstandard.ZstdCompressor(level=3)
+    seen: set[str] = set()
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        for _ in range(STEP_BYTES // CHUNK_BYTES):
+            chunk = fh.read(CHUNK_BYTES)
+            if not chunk:
+                return digests, new, True
+            if stop.is_set():
+                raise asyncio.CancelledError
+            digest = hashlib.sha256(chunk).hexdigest()
+            digests.append(digest)
+            if digest not in known and digest not in seen:
+                seen.add(digest)
+                new.append((digest, compressor.compress(chunk)))
+            if len(chunk) < CHUNK_BYTES:
+                return digests, new, True
+    return digests, new, False
+
+
+async def make_image(
+    archive: Archive,
+    chunks: ChunkIndex,
+    ref: TimelineRef,
+    datadir: Path,
+    *,
+    seq: int,
+    kind: str,
+    taken_us: int,
+    cache: StatCache | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Store ``datadir`` (which must not change meanwhile) as a base image of the timeline
+    at ``seq``. ``cache`` skips reading files unchanged since the image it was filled by,
+    and is refilled. Cancelling stops at the next chunk; nothing visible is left."""
+    stop = threading.Event()
+    sem = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
+    new_cache: StatCache = {}
+    entries: list[FileEntry] = []
+    uploaded = 0
+
+    async def upload(digest: str, data: bytes) -> None:
+        nonlocal uploaded
+        async with sem:
+            await archive.put(chunk_key(ref.project_id, digest), data)
+        known.add(digest)
+        uploaded += len(data)
+        if progress is not None:
+            progress(uploaded)
+
+    async with chunks.lock(ref.project_id):
+        known = await chunks.known(archive, ref.project_id)
+        try:
+            for rel, st in await asyncio.to_thread(_walk, datadir):
+                stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+                hit = (cache or {}).get(rel)
+                if hit is not None and hit[0] == stamp and all(d in known for d in hit[1]):
+                    digests = hit[1]
+                else:
+                    digests = []
+                    ended = False
+                    while not ended:
+                        part, new, ended = await asyncio.to_thread(
+                            _chunk_file, datadir / rel, len(digests) * CHUNK_BYTES, known, stop
+                        )
+                        await asyncio.gather(*(upload(d, data) for d, data in new))
+                        digests += part
+                new_cache[rel] = (stamp, digests)
+                entries.append(FileEntry(rel, st.st_size, st.st_mode & 0o777, digests))
+        except BaseException:
+            stop.set()
+            raise
+        manifest = Manifest(
+            project_id=ref.project_id,
+            timeline_id=ref.timeline_id,
+            seq=seq,
+            taken_us=taken_us,
+            kind=kind,
+            files=entries,
+        )
+        await archive.put(manifest.key, manifest.encode())
+    if cache is not None:
+        cache.clear()
+        cache.update(new_cache)
+    return manifest
+
+
+async def list_images(archive: Archive, ref: TimelineRef) -> list[ImageRef]:
+    """The timeline's base images, oldest first."""
+    out = []
+    for obj in await archive.list(ref.base_prefix):
+        parsed = parse_base_name(obj.key.rsplit("/", 1)[1])
+        if parsed is not None:
+            out.append(ImageRef(obj.key, parsed[0], parsed[1]))
+    return sorted(out, key=lambda i: (i.seq, i.taken_us))
+
+
+async def read_manifest(archive: Archive, key: str) -> Manifest:
+    return Manifest.decode(await archive.get(key), key)
+
+
+async def materialize(
+    archive: Archive,
+    manifest: Manifest,
+    target: Path,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Write the image's files under ``target`` (an empty directory), checking every chunk
+    against its digest. A missing or corrupt chunk raises ObjectMissing naming it."""
+    sem = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
+    done = 0
+
+    async def fetch(digest: str) -> bytes:
+        key = chunk_key(manifest.project_id, digest)
+        async with sem:
+            data = await archive.get(key)
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=CHUNK_BYTES)
+        except zstandard.ZstdError as exc:
+            raise ObjectMissing(f"archive object {key} is corrupt (not zstd)") from exc
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise ObjectMissing(f"archive object {key} is corrupt (content does not match)")
+        return raw
+
+    await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+    for entry in manifest.files:
+        path = target / entry.path
+        if ".." in Path(entry.path).parts or Path(entry.path).is_absolute():
+            raise ArchiveError(f"base image {manifest.key} names an unsafe path {entry.path!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = await asyncio.to_thread(open, path, "wb")
+        try:
+            # A window of chunks in flight, written in order.
+            pending: list[asyncio.Task[bytes]] = []
+            for digest in entry.chunks:
+                pending.append(asyncio.ensure_future(fetch(digest)))
+                if len(pending) >= UPLOADS_IN_FLIGHT:
+                    data = await pending.pop(0)
+                    await asyncio.to_thread(fh.write, data)
+                    done += len(data)
+            for task in pending:
+                data = await task
+                await asyncio.to_thread(fh.write, data)
+                done += len(data)
+            await asyncio.to_thread(_sync_close, fh)
+        except BaseException:
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(OSError):
+                fh.close()
+            raise
+        if progress is not None:
+            progress(done)
+        os.chmod(path, entry.mode or 0o660)
+        if path.stat().st_size != entry.size:
+            raise ObjectMissing(f"base image {manifest.key}: {entry.path} came back truncated")
+
+
+def _sync_close(fh: object) -> None:
+    import io
+
+    assert isinstance(fh, io.BufferedWriter)
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
