@@ -117,7 +117,7 @@ def seaweedfs(weed: str, workdir: Path) -> Iterator[S3Server]:
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

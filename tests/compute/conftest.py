@@ -25,16 +25,22 @@ def require_mariadb() -> None:
 
 @asynccontextmanager
 async def open_platform(
-    tmp_path: Path, template_datadir: Path, *, proxy: bool = False, **env: str
+    tmp_path: Path,
+    template_datadir: Path,
+    *,
+    proxy: bool = False,
+    aws: dict[str, str] | None = None,
+    **env: str,
 ) -> AsyncIterator[Platform]:
     """A whole in-process platform on its own data dir (and proxy port); ``env`` adds
-    SELKIE_* settings."""
+    SELKIE_* settings, ``aws`` AWS_* variables."""
     require_mariadb()
     seed_template(template_datadir, tmp_path / "data")
     environ = {"SELKIE_DATA_DIR": str(tmp_path / "data"), "SELKIE_COMPUTE_STOP_TIMEOUT": "20"}
     if proxy:
         environ["SELKIE_PROXY_LISTEN"] = f"127.0.0.1:{free_port()}"
     environ.update({f"SELKIE_{k.upper()}": v for k, v in env.items()})
+    environ.update(aws or {})
     p = Platform.open(load_settings(environ=environ))
     await p.start(proxy=proxy)
     try:

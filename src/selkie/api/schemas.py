@@ -83,6 +83,9 @@ class ProjectUpdateRequest(Request):
 class BranchCreateIn(Request):
     name: NameStr | None = None
     parent_id: IdStr | None = None
+    # The parent as it was at a time (RFC 3339) or a GTID position (e.g. 0-1-1234).
+    parent_timestamp: datetime | None = None
+    parent_lsn: Annotated[str, Field(min_length=5, max_length=64)] | None = None
 
 
 class EndpointSpecIn(Request):
@@ -95,6 +98,17 @@ class EndpointSpecIn(Request):
 class BranchCreateRequest(Request):
     branch: BranchCreateIn = Field(default_factory=BranchCreateIn)
     endpoints: list[EndpointSpecIn] = Field(default_factory=list, max_length=1)
+
+
+class BranchRestoreRequest(Request):
+    """Replace the branch's data with ``source_branch_id``'s (the branch itself to go back
+    in time) as of ``source_timestamp`` or ``source_lsn`` (neither: its latest state).
+    ``preserve_under_name`` keeps the data being replaced as a new branch of that name."""
+
+    source_branch_id: IdStr
+    source_timestamp: datetime | None = None
+    source_lsn: Annotated[str, Field(min_length=5, max_length=64)] | None = None
+    preserve_under_name: NameStr | None = None
 
 
 class BranchUpdateIn(Request):

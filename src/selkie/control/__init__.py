@@ -15,6 +15,7 @@ from selkie.control.projects import (
     Created,
     ProjectService,
 )
+from selkie.control.restores import RestoreService
 from selkie.control.roles import DatabaseService, OperationService, RoleService
 from selkie.store import Store
 
@@ -35,6 +36,7 @@ class Control:
     operations: OperationService
     connections: ConnectionService
     consumption: ConsumptionService
+    restores: RestoreService
 
     @classmethod
     def open(cls, store: Store, settings: Settings) -> Control:
@@ -52,6 +54,7 @@ class Control:
             operations=OperationService(*args),
             connections=ConnectionService(*args),
             consumption=ConsumptionService(*args),
+            restores=RestoreService(*args),
         )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from selkie import model
 from selkie.control.base import ServiceBase
+from selkie.control.points import check_point
 from selkie.control.rules import (
     mark_endpoint_deleted,
     new_endpoint_row,
@@ -277,15 +278,32 @@ class BranchService(ServiceBase):
         *,
         name: str | None = None,
         parent_id: str | None = None,
+        parent_timestamp: datetime | None = None,
+        parent_lsn: str | None = None,
         endpoints: builtins.list[dict[str, Any]] | None = None,
     ) -> Created:
-        """A branch is a copy of its parent: its roles and databases come along."""
+        """A branch is a copy of its parent (as it is now, or at ``parent_timestamp`` /
+        ``parent_lsn``): its roles and databases come along."""
         with self.store.write() as s:
             prow = self.project_row(s, who, project_id)
             if parent_id is None:
                 parent = self._default_branch(s, project_id)
             else:
                 parent = self.branch_row(s, who, project_id, parent_id)
+            point = None
+            if parent_timestamp is not None or parent_lsn is not None:
+                point = check_point(
+                    s,
+                    settings_archive=self.settings.archive_enabled,
+                    project=prow,
+                    branch=parent,
+                    at=parent_timestamp,
+                    lsn=parent_lsn,
+                    names=("parent_timestamp", "parent_lsn"),
+                    now=utcnow(),
+                )
+                if parent.timeline_id is None:
+                    raise Conflict(f"branch {parent.id} has no data yet; start it first")
             branch_id = model.new_id("br")
             branch_name = model.validate_name("branch", name or branch_id)
             self._check_name_free(s, project_id, branch_name)
@@ -296,6 +314,8 @@ class BranchService(ServiceBase):
                 name=branch_name,
                 is_default=False,
                 current_state=BranchState.INIT.value,
+                parent_timestamp=point.at if point else None,
+                parent_lsn=parent_lsn if point and point.seq is not None else None,
             )
             s.add(brow)
             s.flush()

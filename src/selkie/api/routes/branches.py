@@ -31,6 +31,8 @@ def create_branch(
         project_id,
         name=body.branch.name,
         parent_id=body.branch.parent_id,
+        parent_timestamp=body.branch.parent_timestamp,
+        parent_lsn=body.branch.parent_lsn,
         endpoints=[e.model_dump(exclude_none=True) for e in body.endpoints],
     )
     return created_response(created)
@@ -53,6 +55,29 @@ def update_branch(
 ) -> schemas.BranchResponse:
     branch = ctl.branches.update(who, project_id, branch_id, name=body.branch.name)
     return schemas.BranchResponse(branch=branch)
+
+
+@router.post("/{branch_id}/restore", response_model=schemas.BranchOperationsResponse)
+def restore_branch(
+    ctl: Ctl,
+    who: Who,
+    project_id: ProjectId,
+    branch_id: BranchId,
+    body: schemas.BranchRestoreRequest,
+) -> schemas.BranchOperationsResponse:
+    """Point-in-time restore. Runs as an operation (its payload shows progress); the
+    branch's endpoint restarts on the restored data, and a client that connects meanwhile
+    is held until it can."""
+    branch, ops = ctl.restores.restore(
+        who,
+        project_id,
+        branch_id,
+        source_branch_id=body.source_branch_id,
+        source_timestamp=body.source_timestamp,
+        source_lsn=body.source_lsn,
+        preserve_under_name=body.preserve_under_name,
+    )
+    return schemas.BranchOperationsResponse(branch=branch, operations=ops)
 
 
 @router.delete("/{branch_id}", response_model=schemas.BranchOperationsResponse)
