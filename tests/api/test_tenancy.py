@@ -28,6 +28,10 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/projects/{project_id}/branches/{branch_id}/databases"): {
         "database": {"name": "intruder", "owner_name": "selkiedb_owner"}
     },
+    ("POST", "/v1/projects/{project_id}/branches/{branch_id}/restore"): {
+        "source_branch_id": "{branch_id}",
+        "preserve_under_name": "intruder",
+    },
     ("POST", "/v1/api_keys"): {"key_name": "intruder"},
     ("POST", "/v1/organizations"): {"organization": {"name": "intruder"}},
 }

@@ -67,6 +67,8 @@ class TimelineLog:
         self.fde: bytes | None = None
         self.last_seq = 0  # durable here
         self.shipped_seq = 0  # durable in the archive
+        # The last appended (durable, being flushed, or queued): what comes next follows it.
+        self.appended_seq = 0
         self._pending: list[Record] = []
         # (seq, received_us, bytes) of durable records the archive does not hold yet.
         self.unshipped: deque[tuple[int, int, int]] = deque()
@@ -116,6 +118,7 @@ class TimelineLog:
                 if r.seq > tl.shipped_seq:
                     tl.unshipped.append((r.seq, r.received_us, len(r.events)))
         tl.segments.sort(key=lambda s: s.first)
+        tl.appended_seq = tl.last_seq
         return tl
 
     @staticmethod
@@ -130,7 +133,15 @@ class TimelineLog:
 
     @property
     def next_seq(self) -> int:
-        return (self._pending[-1].seq if self._pending else self.last_seq) + 1
+        return self.appended_seq + 1
+
+    def start_at(self, seq: int, *, archived: bool = False) -> None:
+        """An empty log begins after ``seq`` (``archived``: the archive holds up to it)."""
+        if self.segments or self._pending:
+            raise LogGap(f"timeline {self.ref.timeline_id} already holds transactions")
+        self.last_seq = self.appended_seq = seq
+        if archived:
+            self.shipped_seq = seq
 
     def append(self, record: Record) -> None:
         """Queue a transaction; durable after the next :meth:`flush`."""
@@ -140,6 +151,7 @@ class TimelineLog:
                 f"{self.next_seq} was expected"
             )
         self._pending.append(record)
+        self.appended_seq = record.seq
 
     @property
     def has_pending(self) -> bool:

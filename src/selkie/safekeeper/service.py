@@ -162,9 +162,9 @@ class Safekeeper:
         background until :meth:`detach`."""
         await self.detach(endpoint_id)
         tl = await self.timeline(ref)
-        if not tl.segments and tl.last_seq < start_seq:
-            tl.last_seq = start_seq
-        if not tl.segments and tl.shipped_seq == 0:
+        if not tl.segments and not tl.has_pending and tl.last_seq < start_seq:
+            tl.start_at(start_seq)
+        if not tl.segments and not tl.has_pending and tl.shipped_seq == 0:
             # A log new here (this machine's safekeeper dir is new): start where the
             # archive stops, not where the timeline began.
             try:
@@ -173,7 +173,7 @@ class Safekeeper:
                 log.warning("timeline %s: %s; following from its start", ref.timeline_id, exc)
                 archived = 0
             if archived > tl.last_seq:
-                tl.last_seq = tl.shipped_seq = archived
+                tl.start_at(archived, archived=True)
         follow = _Follow(endpoint_id, ref, socket, semi_sync)
         follow.task = spawn(self._follow_forever(follow), name=f"safekeeper-{endpoint_id}")
         self._follows[endpoint_id] = follow
@@ -197,6 +197,10 @@ class Safekeeper:
                 delay = 0.05
             except asyncio.CancelledError:
                 raise
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                # The compute is not (or no longer) there: it stopped, or is restarting.
+                log.info("safekeeper: %s: %s", follow.endpoint_id, exc)
+                follow.error = f"cannot reach the compute: {exc.strerror}"
             except (
                 OSError,
                 EOFError,
