@@ -292,6 +292,7 @@ def usage(project_id: str, config: ConfigOpt = None, output: OutputOpt = Output.
         ("written data", f"{body['written_data_bytes']:,} B", ""),
         ("data transfer", f"{body['data_transfer_bytes']:,} B", ""),
         ("storage", f"{body['data_storage_bytes_hour']:,.1f} B-h", ""),
+        ("restore history", f"{body['instant_restore_bytes_hour']:,.1f} B-h", ""),
         ("storage now", f"{body['storage_bytes']:,} B", _limit(quota["storage_limit_bytes"], "B")),
     ]
     table = Table(

@@ -51,6 +51,9 @@ class Plan:
     included_gb_months: Decimal = Decimal("0")
     included_gb_transfer: Decimal = Decimal("0")
     included_gb_written: Decimal = Decimal("0")
+    # Restore history in the archive (GiB-months), billed apart as Neon bills it.
+    price_per_gb_month_instant_restore: Decimal = Decimal("0")
+    included_gb_months_instant_restore: Decimal = Decimal("0")
 
 
 # Used when the configuration names no plans. Example prices: configure your own.
@@ -63,6 +66,8 @@ DEFAULT_PLANS = {
         included_cu_hours=Decimal("5"),
         included_gb_months=Decimal("0.5"),
         included_gb_transfer=Decimal("5"),
+        price_per_gb_month_instant_restore=Decimal("0.20"),
+        included_gb_months_instant_restore=Decimal("1"),
     )
 }
 

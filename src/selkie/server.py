@@ -29,15 +29,17 @@ from selkie.config import Settings, split_listen
 from selkie.control import Control
 from selkie.control.access import LocalControlPlane
 from selkie.control.bootstrap import FirstStart, first_start
-from selkie.control.history import History
+from selkie.control.history import Durable, History
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.reconciler import reconcile
 from selkie.control.restores import Restorer
 from selkie.control.runner import OperationsRunner
 from selkie.control.scheduler import Scheduler
 from selkie.controlplane import ControlPlane
+from selkie.errors import Conflict
 from selkie.metering.meter import Meter
 from selkie.metering.prometheus import Sources, render
+from selkie.model import Durability
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
 from selkie.remote import HttpControlPlane
@@ -51,7 +53,9 @@ from selkie.store.tables import BranchRow
 log = logging.getLogger(__name__)
 
 
-def _history(settings: Settings, store: Store, storage: StorageDriver) -> History | None:
+def _history(
+    settings: Settings, store: Store, driver: ComputeDriver, storage: StorageDriver
+) -> History | None:
     """Durable storage of local branches: the archive, the safekeeper, and the history
     service over them (None with the archive off, or computes in Kubernetes)."""
     if not settings.archive_enabled or not isinstance(storage, LocalStorage):
@@ -71,6 +75,7 @@ def _history(settings: Settings, store: Store, storage: StorageDriver) -> Histor
         archive=archive,
         safekeeper=Safekeeper(root=settings.effective_safekeeper_dir, archive=archive, user=user),
         storage=storage,
+        driver=driver,
         tools=Tools(mariadbd=settings.mariadbd, user=user),
     )
 
@@ -119,11 +124,14 @@ class LeaderWork:
     store: Store
     lifecycle: Lifecycle
     meter: Meter
+    history: History | None = None
     reconcile_every: float = 30.0
     _last_reconcile: datetime | None = None
 
     async def tick(self, now: datetime) -> None:
         await self.meter.tick(now)
+        if self.history is not None:
+            await self.history.tick(now)
         if not self.store.shared:
             return  # the only control plane on its store: it reconciled when it started
         last = self._last_reconcile
@@ -153,7 +161,7 @@ class Platform:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.effective_database_url)
         driver, storage = _computes(settings, store)
-        history = _history(settings, store, storage)
+        history = _history(settings, store, driver, storage)
         lifecycle = Lifecycle(
             store=store,
             settings=settings,
@@ -166,8 +174,13 @@ class Platform:
         access = LocalControlPlane(
             store=store, lifecycle=lifecycle, pooler_max_backends=settings.pooler_max_backends
         )
-        meter = Meter(store=store, lifecycle=lifecycle, interval=settings.metering_interval)
-        leader = LeaderWork(store=store, lifecycle=lifecycle, meter=meter)
+        meter = Meter(
+            store=store,
+            lifecycle=lifecycle,
+            interval=settings.metering_interval,
+            history_sizes=history.project_bytes if history is not None else None,
+        )
+        leader = LeaderWork(store=store, lifecycle=lifecycle, meter=meter, history=history)
         scheduler = Scheduler(
             store=store, lifecycle=lifecycle, reported=access.last_active, on_tick=leader.tick
         )
@@ -234,8 +247,14 @@ class Platform:
                 start_seconds=lambda: list(lc.start_seconds),
                 suspend_counts=lambda: dict(lc.suspend_counts),
                 proxy=self.proxy,
+                history=self.history,
             )
         )
+
+    def durability(self, endpoint_id: str, durability: Durability) -> Durable:
+        if self.history is None:
+            raise Conflict("durable storage is off here (archive_url=off, or Kubernetes computes)")
+        return self.history.durable(endpoint_id, durability)
 
     def pool_metrics(self, endpoint_id: str) -> dict[str, int]:
         pool = self.proxy.pools.get(endpoint_id) if self.proxy is not None else None
@@ -346,6 +365,7 @@ async def serve(
                 create_app(
                     platform.control,
                     pool_metrics=platform.pool_metrics,
+                    durability=platform.durability,
                     prometheus=platform.prometheus,
                     control_plane=platform.access,
                     internal_token=settings.internal_token,

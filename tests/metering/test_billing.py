@@ -30,6 +30,8 @@ PLANS = {
         "price_per_gb_transfer": 0.10,
         "included_gb_transfer": 2,
         "price_per_gb_written": 0.05,
+        "price_per_gb_month_instant_restore": "0.25",
+        "included_gb_months_instant_restore": "0.5",
     },
     "free": {},
 }
@@ -81,6 +83,8 @@ def test_invoice_equals_the_hand_computed_total(api: TestClient, store: Store) -
         ("ep-a", "transfer", "2026-10-31 23:00:00", GIB // 2),
         ("ep-a", "transfer", "2026-11-01 00:00:00", 9 * GIB),  # November: not billed
         ("ep-a", "written", "2026-10-03 12:00:00", GIB + 100 * 2**20),
+        # 2 GiB of restore history all October: 2 GiB-months.
+        (pid, "history", "2026-10-07 00:00:00", 2 * GIB * 3600 * 744),
     ]
     with store.write() as s:
         for ep, kind, when, cu, gen in events:
@@ -102,6 +106,7 @@ def test_invoice_equals_the_hand_computed_total(api: TestClient, store: Store) -
     #   storage  3 GB-month, 1 incl.  ->  2 x 0.50      = 1.00
     #   transfer 7.5 GB, 2 included   -> 5.5 x 0.10     = 0.55
     #   written  1.09765625 GB        -> 1.097656 x 0.05 = 0.0548828 -> 0.05
+    #   history  2 GB-month, 0.5 incl. -> 1.5 x 0.25     = 0.375 -> 0.38 (half up)
     assert body["plan"] == "pro" and body["currency"] == "EUR" and body["status"] == "final"
     assert (body["period_start"], body["period_end"]) == (
         "2026-10-01T00:00:00Z",
@@ -113,14 +118,16 @@ def test_invoice_equals_the_hand_computed_total(api: TestClient, store: Store) -
         "storage": Decimal("3"),
         "data_transfer": Decimal("7.5"),
         "written_data": Decimal("1.097656"),
+        "instant_restore": Decimal("2"),
     }
     assert {k: Decimal(v["amount"]) for k, v in lines.items()} == {
         "compute": Decimal("2.20"),
         "storage": Decimal("1.00"),
         "data_transfer": Decimal("0.55"),
         "written_data": Decimal("0.05"),
+        "instant_restore": Decimal("0.38"),
     }
-    assert Decimal(body["total"]) == Decimal("3.80")
+    assert Decimal(body["total"]) == Decimal("4.18")
     # The same figures from the consumption history, and asking again changes nothing.
     history = api.get(
         "/v1/consumption_history/projects",
@@ -191,12 +198,12 @@ def test_csv_export(api: TestClient, store: Store) -> None:
     lines = r.text.splitlines()
     assert lines[0] == (
         "project_id,timeframe_start,timeframe_end,active_time_seconds,compute_time_seconds,"
-        "written_data_bytes,data_transfer_bytes,data_storage_bytes_hour"
+        "written_data_bytes,data_transfer_bytes,data_storage_bytes_hour,instant_restore_bytes_hour"
     )
     assert lines[1:] == [
-        f"{pid},2026-10-01T00:00:00+00:00,2026-10-01T01:00:00+00:00,3600.0,900.0,0,0,0.0",
-        f"{pid},2026-10-01T01:00:00+00:00,2026-10-01T02:00:00+00:00,1800.0,450.0,0,1234,0.0",
-        f"{pid},2026-10-01T02:00:00+00:00,2026-10-01T03:00:00+00:00,0.0,0.0,0,0,0.0",
+        f"{pid},2026-10-01T00:00:00+00:00,2026-10-01T01:00:00+00:00,3600.0,900.0,0,0,0.0,0.0",
+        f"{pid},2026-10-01T01:00:00+00:00,2026-10-01T02:00:00+00:00,1800.0,450.0,0,1234,0.0,0.0",
+        f"{pid},2026-10-01T02:00:00+00:00,2026-10-01T03:00:00+00:00,0.0,0.0,0,0,0.0,0.0",
     ]
 
 

@@ -255,6 +255,22 @@ class PoolerResponse(BaseModel):
     metrics: PoolerMetrics
 
 
+class DurabilityResponse(BaseModel):
+    """Where an endpoint's commits stand: received and fsynced by the safekeeper, and held
+    by the archive. ``sync_commit`` (durability=sync) is ``fallen_back`` while commits do
+    not wait for the safekeeper (it did not answer within the timeout)."""
+
+    endpoint_id: str
+    durability: model.Durability
+    streaming: bool
+    sync_commit: Literal["on", "fallen_back"] | None
+    lag_seconds: float
+    lag_bytes: int
+    received: str | None
+    archived: str | None
+    error: str | None
+
+
 class EndpointsResponse(BaseModel):
     endpoints: list[model.Endpoint]
     pagination: Pagination
@@ -339,6 +355,7 @@ class ConsumptionPeriod(BaseModel):
     written_data_bytes: int
     data_transfer_bytes: int
     data_storage_bytes_hour: float
+    instant_restore_bytes_hour: float
 
 
 class ProjectConsumption(BaseModel):
@@ -367,6 +384,7 @@ class ProjectUsageResponse(BaseModel):
     written_data_bytes: int
     data_transfer_bytes: int
     data_storage_bytes_hour: float
+    instant_restore_bytes_hour: float
     storage_bytes: int
     quota: QuotaOut
 

@@ -2,7 +2,7 @@
 deleted (or moved, or audited) as one folder, and no project can reach another's objects::
 
     projects/<project_id>/chunks/<sha256>                          base image content, zstd
-    projects/<project_id>/timelines/<timeline_id>/base/<seq>-<us>.json.zst   base images
+    projects/<project_id>/timelines/<timeline_id>/base/<seq>-<us>-<kind>.json.zst  base images
     projects/<project_id>/timelines/<timeline_id>/wal/<first>-<last>.seg.zst  log segments
 
 A timeline is one line of a branch's history: a branch gets a new one when it is created,
@@ -33,8 +33,8 @@ class TimelineRef:
     def base_prefix(self) -> str:
         return self.prefix + "base/"
 
-    def base_key(self, seq: int, taken_us: int) -> str:
-        return f"{self.base_prefix}{seq:0{SEQ_WIDTH}d}-{taken_us:016d}.json.zst"
+    def base_key(self, seq: int, taken_us: int, kind: str) -> str:
+        return f"{self.base_prefix}{seq:0{SEQ_WIDTH}d}-{taken_us:016d}-{kind}.json.zst"
 
 
 def project_prefix(project_id: str) -> str:
@@ -49,10 +49,9 @@ def chunk_key(project_id: str, digest: str) -> str:
     return chunk_prefix(project_id) + digest
 
 
-def parse_base_name(name: str) -> tuple[int, int] | None:
-    """(seq, taken_us) from a base image's object name."""
-    stem = name.removesuffix(".json.zst")
-    seq, sep, taken = stem.partition("-")
-    if not sep or not seq.isdigit() or not taken.isdigit():
+def parse_base_name(name: str) -> tuple[int, int, str] | None:
+    """(seq, taken_us, kind) from a base image's object name."""
+    parts = name.removesuffix(".json.zst").split("-")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
         return None
-    return int(seq), int(taken)
+    return int(parts[0]), int(parts[1]), parts[2]

@@ -35,6 +35,7 @@ from sqlalchemy import select
 from selkie import model
 from selkie.archive import Archive, segments
 from selkie.archive.layout import TimelineRef, project_prefix
+from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import durability_options
 from selkie.config import Settings
 from selkie.control.points import Point, parse_lsn, timeline_at
@@ -42,6 +43,9 @@ from selkie.errors import ComputeError, SelkieError
 from selkie.model import utcnow
 from selkie.safekeeper.service import Safekeeper
 from selkie.storage.images import (
+    HOT,
+    INITIAL,
+    SUSPEND,
     ChunkIndex,
     StatCache,
     list_images,
@@ -59,6 +63,26 @@ T = TypeVar("T")
 
 # Chunks younger than this are never collected: an image being made may count on them.
 CHUNK_GRACE = timedelta(minutes=30)
+# How often the leader prunes history past the retention windows.
+PRUNE_EVERY = timedelta(minutes=10)
+SEMI_SYNC_STATUS = "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'"
+
+
+@dataclass(frozen=True)
+class Durable:
+    """How durable an endpoint's commits are right now (``GET …/endpoints/{id}/history``)."""
+
+    endpoint_id: str
+    durability: str
+    streaming: bool
+    # sync only: "on" while commits wait for the safekeeper, "fallen_back" after a timeout
+    # made them asynchronous (until the safekeeper catches up again).
+    sync_commit: str | None
+    lag_seconds: float
+    lag_bytes: int
+    received: str | None  # the last GTID the safekeeper holds
+    archived: str | None  # the last GTID the archive holds
+    error: str | None
 
 
 @dataclass
@@ -79,6 +103,7 @@ class History:
         archive: Archive,
         safekeeper: Safekeeper,
         storage: LocalStorage,
+        driver: ComputeDriver,
         tools: Tools,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -87,6 +112,7 @@ class History:
         self.archive = archive
         self.safekeeper = safekeeper
         self.storage = storage
+        self.driver = driver
         self.tools = tools
         self.clock = clock
         self.chunks = ChunkIndex()
@@ -98,12 +124,20 @@ class History:
         self._last_image: dict[str, tuple[str, int]] = {}
         self._branch_locks: dict[str, asyncio.Lock] = {}
         self._endpoint_branch: dict[str, str] = {}
+        self._semi_sync: dict[str, str] = {}  # endpoint -> "on" | "fallen_back"
+        # Per branch: when its last image was made (monotonic) and the log bytes then.
+        self._image_mark: dict[str, tuple[float, int]] = {}
+        self._last_prune: datetime | None = None
 
     async def start(self) -> None:
         await self.storage.remove_leftovers()
         await self.safekeeper.start()
 
-    async def stop(self) -> None:
+    async def stop(self, *, image_timeout: float = 10.0) -> None:
+        """Let base images in progress finish (for a while), then stop the safekeeper (it
+        ships what it can first)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wait_images(), image_timeout)
         for task in list(self._images.values()):
             await cancel(task)
         await self.safekeeper.stop()
@@ -222,14 +256,16 @@ class History:
             return
         await cancel(self._images.pop(branch_id, None))
         self._images[branch_id] = spawn(
-            self._image(branch_id, ref, last, "suspend"), name=f"image-{branch_id}"
+            self._image(branch_id, ref, last, SUSPEND), name=f"image-{branch_id}"
         )
 
     async def _image(self, branch_id: str, ref: TimelineRef, seq: int, kind: str) -> None:
         try:
             await self.make_image(branch_id, ref, seq, kind=kind)
         except asyncio.CancelledError:
-            log.info("base image of %s abandoned: the branch started again", branch_id)
+            log.info(
+                "base image of %s abandoned (the branch started again, or Selkie stops)", branch_id
+            )
             raise
         except SelkieError as exc:
             log.warning(
@@ -254,6 +290,8 @@ class History:
             cache=cache if datadir is None else None,
         )
         self._last_image[branch_id] = (ref.timeline_id, seq)
+        tl = self.safekeeper.logs.get(ref.timeline_id)
+        self._image_mark[branch_id] = (time.monotonic(), tl.appended_bytes if tl else 0)
         self.metrics.base_images += 1
         self.metrics.base_image_bytes += manifest.size
         log.info("base image of %s at %d (%s, %d bytes)", branch_id, seq, kind, manifest.size)
@@ -262,7 +300,7 @@ class History:
         """Until the base images being made are done (tests, benchmarks, shutdown)."""
         for task in list(self._images.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await asyncio.shield(task)
 
     # --- branch data -----------------------------------------------------------------------
 
@@ -300,7 +338,7 @@ class History:
         datadir = self.storage.datadir(branch_id)
         seq = await asyncio.to_thread(datadir_position, datadir)
         timeline_id = model.new_id("tl")
-        await self.make_image(branch_id, TimelineRef(project_id, timeline_id), seq, kind="initial")
+        await self.make_image(branch_id, TimelineRef(project_id, timeline_id), seq, kind=INITIAL)
         await self._db(
             lambda: self.begin_timeline(
                 branch_id,
@@ -343,7 +381,7 @@ class History:
                 branch.id,
                 TimelineRef(project.id, timeline_id),
                 restored.seq,
-                kind="initial",
+                kind=INITIAL,
                 datadir=staging,
             )
             await asyncio.to_thread(LocalStorage.mark_timeline, staging, timeline_id)
@@ -393,6 +431,104 @@ class History:
         self.metrics.restores += 1
         self.metrics.restore_seconds.append(seconds)
         del self.metrics.restore_seconds[:-1000]
+
+    # --- periodic work (the scheduler's leader) ------------------------------------------
+
+    async def tick(self, now: datetime) -> None:
+        """Record how far each timeline is durable, sample whether sync commits still wait
+        for the safekeeper, image long-running computes, prune (every PRUNE_EVERY)."""
+        steps: list[Callable[[], Awaitable[Any]]] = [
+            self._note_positions,
+            self._sample_semi_sync,
+            self._hot_images,
+        ]
+        if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            steps.append(lambda: self.prune(now))
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("history: periodic step failed; going on")
+
+    async def _note_positions(self) -> None:
+        for st in self.safekeeper.status():
+            await self._db(self._note_position, st.timeline_id, st.last_seq)
+
+    async def _sample_semi_sync(self) -> None:
+        for st in self.safekeeper.status():
+            if st.endpoint_id is None or not st.semi_sync:
+                continue
+            try:
+                ((row,),) = await self.driver.execute(st.endpoint_id, [SEMI_SYNC_STATUS])
+            except (SelkieError, ValueError):
+                continue
+            state = "on" if str(row[1]).upper() == "ON" else "fallen_back"
+            if state != self._semi_sync.get(st.endpoint_id) and state == "fallen_back":
+                log.warning(
+                    "endpoint %s: sync commits fell back to async (the safekeeper did not "
+                    "answer in time); they wait again once it has caught up",
+                    st.endpoint_id,
+                )
+            self._semi_sync[st.endpoint_id] = state
+
+    async def _hot_images(self) -> None:
+        """A base image of each compute that ran base_image_interval seconds or wrote
+        base_image_log_bytes of log since its branch's last one (mariadb-backup, which
+        blocks commits only for a moment)."""
+        for endpoint_id, branch_id in list(self._endpoint_branch.items()):
+            row = await self._db(self.current_timeline, branch_id)
+            tl = self.safekeeper.logs.get(row.id) if row else None
+            if row is None or tl is None:
+                continue
+            at, logged = self._image_mark.setdefault(
+                branch_id, (time.monotonic(), tl.appended_bytes)
+            )
+            due = (
+                time.monotonic() - at >= self.settings.base_image_interval
+                or tl.appended_bytes - logged >= self.settings.base_image_log_bytes
+            )
+            if due:
+                await self.hot_image(endpoint_id, branch_id, TimelineRef(row.project_id, row.id))
+
+    async def hot_image(self, endpoint_id: str, branch_id: str, ref: TimelineRef) -> int:
+        """A base image of a running compute; returns its position."""
+        info = await self.driver.inspect(endpoint_id)
+        if not info.running or info.socket is None:
+            return -1
+        staging = self.storage.staging_dir(branch_id)
+        try:
+            seq = await self.storage.hot_copy(info.socket, staging)
+            await self.make_image(branch_id, ref, seq, kind=HOT, datadir=staging)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        return seq
+
+    def durable(self, endpoint_id: str, durability: model.Durability) -> Durable:
+        for st in self.safekeeper.status():
+            if st.endpoint_id == endpoint_id:
+                return Durable(
+                    endpoint_id=endpoint_id,
+                    durability=durability.value,
+                    streaming=st.streaming,
+                    sync_commit=self._semi_sync.get(endpoint_id, "on") if st.semi_sync else None,
+                    lag_seconds=round(st.lag_seconds, 3),
+                    lag_bytes=st.lag_bytes,
+                    received=f"0-1-{st.last_seq}" if st.last_seq else None,
+                    archived=f"0-1-{st.shipped_seq}" if st.shipped_seq else None,
+                    error=st.error,
+                )
+        return Durable(
+            endpoint_id=endpoint_id,
+            durability=durability.value,
+            streaming=False,
+            sync_commit=None,
+            lag_seconds=0.0,
+            lag_bytes=0,
+            received=None,
+            archived=None,
+            error=None,
+        )
 
     # --- retention -------------------------------------------------------------------------
 

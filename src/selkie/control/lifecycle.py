@@ -662,10 +662,12 @@ class Lifecycle:
                 )
 
         self._active.discard(endpoint_id)
-        if self.history is not None:
-            await self.history.detach(endpoint_id)
         if await self._db(mark):
             log.warning("endpoint %s failed: %s", endpoint_id, reason.splitlines()[0])
+        if self.history is not None:
+            # After the endpoint is marked: what the stream had is flushed (an fsync that
+            # a busy disk may make slow); the rest stays in the compute's binary log.
+            await self.history.detach(endpoint_id)
 
     async def suspend_all(self) -> None:
         """Clean shutdown of every compute this control plane runs (``selkie up`` exiting)."""

@@ -35,6 +35,7 @@ from selkie.control.lifecycle import Lifecycle
 from selkie.control.points import Point, check_point, timeline_at
 from selkie.errors import Conflict, NotFound
 from selkie.model import OperationAction, Principal, utcnow
+from selkie.storage.images import INITIAL
 from selkie.storage.local import LocalStorage
 from selkie.store import convert
 from selkie.store.tables import (
@@ -145,7 +146,7 @@ class Restorer:
                 branch_id,
                 TimelineRef(op.project_id, timeline_id),
                 restored.seq,
-                kind="initial",
+                kind=INITIAL,
                 datadir=staging,
             )
             await asyncio.to_thread(LocalStorage.mark_timeline, staging, timeline_id)

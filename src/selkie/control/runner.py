@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from selkie import model
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.restores import Restorer
-from selkie.errors import NotFound, SelkieError
+from selkie.errors import InvalidInput, NotFound, SelkieError
 from selkie.model import OperationAction, OperationStatus, utcnow
 from selkie.store import Store, convert
 from selkie.store.tables import BranchRow, OperationRow, ProjectRow
@@ -211,7 +211,10 @@ class OperationsRunner:
             message = exc.message if isinstance(exc, SelkieError) else repr(exc)
             if not isinstance(exc, SelkieError):
                 log.exception("operation %s (%s) crashed", op.id, op.action.value)
-            await asyncio.to_thread(self._failed, op, message, started)
+            # Bad input (a restore target out of reach, say) fails at once: retrying
+            # cannot make it right.
+            final = isinstance(exc, InvalidInput)
+            await asyncio.to_thread(self._failed, op, message, started, final)
         else:
             await asyncio.to_thread(self._finished, op.id, started)
         finally:
@@ -286,7 +289,9 @@ class OperationsRunner:
                 row.retry_at = None
                 row.total_duration_ms += int((time.monotonic() - started) * 1000)
 
-    def _failed(self, op: model.Operation, message: str, started: float) -> None:
+    def _failed(
+        self, op: model.Operation, message: str, started: float, final: bool = False
+    ) -> None:
         with self.store.write() as s:
             row = s.get(OperationRow, op.id)
             if row is None:
@@ -294,7 +299,7 @@ class OperationsRunner:
             row.failures_count += 1
             row.error = message[:4000]
             row.total_duration_ms += int((time.monotonic() - started) * 1000)
-            if row.failures_count >= self.max_attempts:
+            if final or row.failures_count >= self.max_attempts:
                 row.status = OperationStatus.FAILED.value
                 log.error("operation %s (%s) failed: %s", op.id, op.action.value, message)
             else:

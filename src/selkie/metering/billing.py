@@ -88,6 +88,14 @@ def invoice(project_id: str, plan: Plan, period: str, usage: PeriodUsage, now: d
             plan.price_per_gb_month,
         ),
         _line(
+            "instant_restore",
+            "Restore history in the archive (GiB-months)",
+            "GB-month",
+            Decimal(str(usage.instant_restore_bytes_hour)) / GIB / month_hours,
+            plan.included_gb_months_instant_restore,
+            plan.price_per_gb_month_instant_restore,
+        ),
+        _line(
             "data_transfer",
             "Data transfer to clients (GiB)",
             "GB",

@@ -23,12 +23,18 @@ from selkie.store.tables import BranchRow, MeterMarkRow, UsageHourRow
 TRANSFER = "transfer"  # bytes the proxy sent to clients, per endpoint
 WRITTEN = "written"  # bytes a compute wrote to its redo log, per endpoint
 STORAGE = "storage"  # byte-seconds a branch occupied, per branch
-METRICS = (TRANSFER, WRITTEN, STORAGE)
+HISTORY = "history"  # byte-seconds a project's restore history occupied in the archive
+METRICS = (TRANSFER, WRITTEN, STORAGE, HISTORY)
 
 
 def storage_key(branch_id: str) -> str:
     """The mark holding a branch's last sampled size (and when it was sampled)."""
     return f"storage:{branch_id}"
+
+
+def history_key(project_id: str) -> str:
+    """The mark holding a project's last sampled archive size."""
+    return f"history:{project_id}"
 
 
 def storage_mark_of_branch() -> ColumnElement[bool]:
@@ -138,7 +144,31 @@ def count_storage(
 ) -> None:
     """Bill the branch's previous size for the time since it was sampled (since ``since``,
     its creation, when never sampled), then remember ``size`` (None: the branch is gone)."""
-    key = storage_key(branch_id)
+    count_level(
+        s,
+        key=storage_key(branch_id),
+        subject_id=branch_id,
+        project_id=project_id,
+        metric=STORAGE,
+        size=size,
+        at=at,
+        since=since,
+    )
+
+
+def count_level(
+    s: Session,
+    *,
+    key: str,
+    subject_id: str,
+    project_id: str,
+    metric: str,
+    size: int | None,
+    at: datetime,
+    since: datetime,
+) -> None:
+    """Bill a level (bytes held) over time: its previous value for the time since it was
+    sampled (since ``since`` when never), then remember ``size`` (None: gone)."""
     mark = get_mark(s, key)
     start, held = (since, size or 0) if mark is None else (mark.at, mark.value)
     if at > start and held > 0:
@@ -146,8 +176,8 @@ def count_storage(
             add(
                 s,
                 project_id=project_id,
-                subject_id=branch_id,
-                metric=STORAGE,
+                subject_id=subject_id,
+                metric=metric,
                 hour=hour,
                 value=round(held * seconds),
             )

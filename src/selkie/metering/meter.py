@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -80,6 +80,7 @@ class Meter:
         interval: float = 60.0,
         clock: Callable[[], datetime] = utcnow,
         on_compute_query: Callable[[str, int], None] | None = None,
+        history_sizes: Callable[[], Awaitable[dict[str, int]]] | None = None,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
@@ -88,6 +89,9 @@ class Meter:
         # Told how many statements the meter ran on a compute (the scheduler discounts
         # them when it looks for statements that bypassed the proxy).
         self.on_compute_query = on_compute_query
+        # What each project's restore history occupies in the archive (None: no archive).
+        self.history_sizes = history_sizes
+        self._history_seen: set[str] = set()
         self._last: datetime | None = None
         self._since: datetime | None = None
         self.quota_suspended: list[str] = []
@@ -98,7 +102,13 @@ class Meter:
         if self._last is not None and (now - self._last).total_seconds() < self.interval:
             return
         self._last = now
-        steps = (self.sample_all_written, self.sample_storage, self.enforce_quotas, self.tidy)
+        steps = (
+            self.sample_all_written,
+            self.sample_storage,
+            self.sample_history,
+            self.enforce_quotas,
+            self.tidy,
+        )
         for step in steps:
             try:
                 await step(now)
@@ -224,6 +234,34 @@ class Meter:
         with self.store.write() as s:
             counters.count_storage(
                 s, branch_id=b.branch_id, project_id=b.project_id, size=size, at=at, since=since
+            )
+
+    async def sample_history(self, now: datetime) -> None:
+        """Bill each project's restore history (archive bytes) over time."""
+        if self.history_sizes is None:
+            return
+        if self._since is None:
+            self._since = await write_in_thread(self._metering_since, now)
+        sizes = await self.history_sizes()
+        # A project whose history is gone (pruned, deleted) is billed up to now, then ends.
+        for project_id in sorted(set(sizes) | self._history_seen):
+            size = sizes.get(project_id)
+            await write_in_thread(self._count_history, project_id, size, now, self._since)
+        self._history_seen = set(sizes)
+
+    def _count_history(
+        self, project_id: str, size: int | None, at: datetime, since: datetime
+    ) -> None:
+        with self.store.write() as s:
+            counters.count_level(
+                s,
+                key=counters.history_key(project_id),
+                subject_id=project_id,
+                project_id=project_id,
+                metric=counters.HISTORY,
+                size=size,
+                at=at,
+                since=since,
             )
 
     def _tidy(self, now: datetime) -> int:

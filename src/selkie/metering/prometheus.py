@@ -18,13 +18,14 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from selkie.metering.counters import STORAGE, TRANSFER, WRITTEN
+from selkie.metering.counters import HISTORY, STORAGE, TRANSFER, WRITTEN
 from selkie.metering.usage import storage_by_project
-from selkie.model import EndpointState
+from selkie.model import Durability, EndpointState
 from selkie.store import Store
 from selkie.store.tables import EndpointRow, UsageHourRow
 
 RESUME_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+RESTORE_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
 @dataclass
@@ -36,11 +37,14 @@ class Sources:
     start_seconds: Callable[[], list[float]]
     suspend_counts: Callable[[], dict[str, int]]
     proxy: Any = None  # selkie.proxy.server.ProxyServer, when in this process
+    history: Any = None  # selkie.control.history.History, when durable storage runs here
 
 
-def _histogram(values: list[float]) -> tuple[list[tuple[str, float]], float]:
+def _histogram(
+    values: list[float], bounds: tuple[float, ...] = RESUME_BUCKETS
+) -> tuple[list[tuple[str, float]], float]:
     buckets = []
-    for bound in RESUME_BUCKETS:
+    for bound in bounds:
         buckets.append((str(bound), float(sum(1 for v in values if v <= bound))))
     buckets.append(("+Inf", float(len(values))))
     return buckets, float(sum(values))
@@ -88,6 +92,8 @@ class PlatformCollector(Collector):
             sum_value=total,
         )
 
+        if src.history is not None:
+            yield from _history(src.history)
         proxy = src.proxy
         if proxy is None:
             return
@@ -152,6 +158,11 @@ class PlatformCollector(Collector):
                 "Storage occupied over time, as billed",
                 labels=["project_id"],
             ),
+            HISTORY: CounterMetricFamily(
+                "selkie_usage_instant_restore_byte_seconds",
+                "Restore history kept in the archive over time, as billed",
+                labels=["project_id"],
+            ),
         }
         for project_id, metric, total in totals:
             if metric in families:
@@ -163,6 +174,66 @@ class PlatformCollector(Collector):
         for project_id, size in sizes.items():
             storage.add_metric([project_id], float(size))
         yield storage
+
+
+def _history(history: Any) -> Iterator[Metric]:
+    """The safekeeper, base images and restores (selkie.control.history)."""
+    lag_s = GaugeMetricFamily(
+        "selkie_archive_lag_seconds",
+        "Age of the oldest transaction the safekeeper holds that the archive does not",
+        labels=["endpoint_id", "timeline_id"],
+    )
+    lag_b = GaugeMetricFamily(
+        "selkie_archive_lag_bytes",
+        "Log bytes the safekeeper holds that the archive does not",
+        labels=["endpoint_id", "timeline_id"],
+    )
+    streaming = GaugeMetricFamily(
+        "selkie_safekeeper_streaming",
+        "1 while the safekeeper follows the compute's binary log",
+        labels=["endpoint_id"],
+    )
+    sync = GaugeMetricFamily(
+        "selkie_sync_commit",
+        "durability=sync endpoints: 1 while commits wait for the safekeeper, 0 fallen back",
+        labels=["endpoint_id"],
+    )
+    for st in history.safekeeper.status():
+        endpoint = st.endpoint_id or ""
+        lag_s.add_metric([endpoint, st.timeline_id], st.lag_seconds)
+        lag_b.add_metric([endpoint, st.timeline_id], float(st.lag_bytes))
+        if st.endpoint_id:
+            streaming.add_metric([endpoint], 1.0 if st.streaming else 0.0)
+            if st.semi_sync:
+                on = history.durable(endpoint, Durability.SYNC).sync_commit == "on"
+                sync.add_metric([endpoint], 1.0 if on else 0.0)
+    yield from (lag_s, lag_b, streaming, sync)
+    shipped = CounterMetricFamily(
+        "selkie_archive_segments_shipped", "Log objects written to the archive"
+    )
+    shipped.add_metric([], float(history.safekeeper.segments_shipped))
+    yield shipped
+    shipped_bytes = CounterMetricFamily(
+        "selkie_archive_shipped_bytes", "Compressed log bytes written to the archive"
+    )
+    shipped_bytes.add_metric([], float(history.safekeeper.bytes_shipped))
+    yield shipped_bytes
+    m = history.metrics
+    images = CounterMetricFamily("selkie_base_images", "Base images stored")
+    images.add_metric([], float(m.base_images))
+    yield images
+    image_bytes = CounterMetricFamily(
+        "selkie_base_image_bytes", "Bytes of the datadirs stored as base images"
+    )
+    image_bytes.add_metric([], float(m.base_image_bytes))
+    yield image_bytes
+    buckets, total = _histogram(m.restore_seconds, RESTORE_BUCKETS)
+    yield HistogramMetricFamily(
+        "selkie_restore_seconds",
+        "Restores from the archive (point in time, restore, rebuild of a lost datadir)",
+        buckets=buckets,
+        sum_value=total,
+    )
 
 
 def render(sources: Sources) -> bytes:

@@ -17,7 +17,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 
 from selkie.errors import InvalidInput
-from selkie.metering.counters import STORAGE, TRANSFER, WRITTEN, storage_mark_of_branch
+from selkie.metering.counters import (
+    HISTORY,
+    STORAGE,
+    TRANSFER,
+    WRITTEN,
+    storage_mark_of_branch,
+)
 from selkie.model import ProjectSettings
 from selkie.store import Store
 from selkie.store.tables import BranchRow, MeterMarkRow, UsageEventRow, UsageHourRow
@@ -64,6 +70,8 @@ class PeriodUsage:
     written_data_bytes: int = 0
     data_transfer_bytes: int = 0
     data_storage_bytes_hour: float = 0.0
+    # Restore history kept in the archive (base images and log), Neon's "instant restore".
+    instant_restore_bytes_hour: float = 0.0
 
 
 def intervals(events: Iterable[Event], now: datetime) -> list[Interval]:
@@ -127,7 +135,7 @@ def per_period(
             if overlap > 0:
                 active += overlap
                 compute += overlap * iv.cu
-        sums = {TRANSFER: 0, WRITTEN: 0, STORAGE: 0}
+        sums = {TRANSFER: 0, WRITTEN: 0, STORAGE: 0, HISTORY: 0}
         for h in hour_rows:
             if lo_c <= h.hour < hi_c and h.metric in sums:
                 sums[h.metric] += h.value
@@ -140,6 +148,7 @@ def per_period(
                 written_data_bytes=sums[WRITTEN],
                 data_transfer_bytes=sums[TRANSFER],
                 data_storage_bytes_hour=round(sums[STORAGE] / 3600, 3),
+                instant_restore_bytes_hour=round(sums[HISTORY] / 3600, 3),
             )
         )
     return out

@@ -69,6 +69,9 @@ class TimelineLog:
         self.shipped_seq = 0  # durable in the archive
         # The last appended (durable, being flushed, or queued): what comes next follows it.
         self.appended_seq = 0
+        # Bytes of log appended since this process opened it (a base image is due after
+        # base_image_log_bytes of them).
+        self.appended_bytes = 0
         self._pending: list[Record] = []
         # (seq, received_us, bytes) of durable records the archive does not hold yet.
         self.unshipped: deque[tuple[int, int, int]] = deque()
@@ -152,6 +155,7 @@ class TimelineLog:
             )
         self._pending.append(record)
         self.appended_seq = record.seq
+        self.appended_bytes += len(record.events)
 
     @property
     def has_pending(self) -> bool:

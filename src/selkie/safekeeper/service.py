@@ -74,6 +74,7 @@ class TimelineStatus:
     lag_seconds: float
     lag_bytes: int
     streaming: bool
+    semi_sync: bool
     error: str | None
 
 
@@ -409,6 +410,7 @@ class Safekeeper:
                     lag_seconds=lag_s,
                     lag_bytes=lag_b,
                     streaming=bool(follow and follow.connected),
+                    semi_sync=bool(follow and follow.semi_sync),
                     error=follow.error if follow else None,
                 )
             )

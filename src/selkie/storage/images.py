@@ -36,7 +36,7 @@ MANIFEST_VERSION = 1
 UPLOADS_IN_FLIGHT = 8
 # What an image leaves out: the binary log (in the safekeeper and the archive), the
 # temporary tablespace (recreated at start), runtime files.
-_SKIP_PREFIXES = ("binlog.", "#sql", "ibtmp")
+_SKIP_PREFIXES = ("binlog.", "#sql", "ibtmp", "xtrabackup_", "backup-my.cnf", "mariadb_backup")
 _SKIP_SUFFIXES = (".pid", ".sock", ".err")
 
 
@@ -69,7 +69,7 @@ class Manifest:
 
     @property
     def key(self) -> str:
-        return self.ref.base_key(self.seq, self.taken_us)
+        return self.ref.base_key(self.seq, self.taken_us, self.kind)
 
     @property
     def size(self) -> int:
@@ -88,11 +88,17 @@ class Manifest:
             raise ObjectMissing(f"archive object {key} is not a readable base image") from exc
 
 
+# Kinds of base image: the data a timeline began with, a clean datadir after a suspend, a
+# hot copy of a running compute.
+INITIAL, SUSPEND, HOT = "initial", "suspend", "hot"
+
+
 @dataclass(frozen=True)
 class ImageRef:
     key: str
     seq: int
     taken_us: int
+    kind: str
 
 
 # Per datadir file: (size, mtime_ns, inode) when it was last chunked, and its chunks.
@@ -242,7 +248,7 @@ async def list_images(archive: Archive, ref: TimelineRef) -> list[ImageRef]:
     for obj in await archive.list(ref.base_prefix):
         parsed = parse_base_name(obj.key.rsplit("/", 1)[1])
         if parsed is not None:
-            out.append(ImageRef(obj.key, parsed[0], parsed[1]))
+            out.append(ImageRef(obj.key, *parsed))
     return sorted(out, key=lambda i: (i.seq, i.taken_us))
 
 

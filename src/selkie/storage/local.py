@@ -39,6 +39,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def backup_position(target: Path) -> int:
+    """The GTID sequence number (domain 0) of a mariadb-backup copy, from the binlog
+    coordinates it records (``file<TAB>position<TAB>gtid list``); 0 when none."""
+    try:
+        fields = (target / "xtrabackup_binlog_info").read_text().split("\t")
+    except OSError:
+        return 0
+    best = 0
+    for gtid in (fields[2] if len(fields) > 2 else "").strip().split(","):
+        parts = gtid.strip().split("-")
+        if len(parts) == 3 and parts[0] == "0" and parts[2].isdigit():
+            best = max(best, int(parts[2]))
+    return best
+
+
 def datadir_position(datadir: Path) -> int:
     """The GTID sequence number (domain 0) a stopped datadir's data holds, read from its
     binary log; 0 when it has none (blocking)."""
@@ -209,7 +224,7 @@ class LocalStorage(StorageDriver):
                     source = await self.ensure_template()
                     await asyncio.to_thread(shutil.copytree, source, staging, symlinks=True)
                 elif parent.running_socket is not None:
-                    await self._hot_copy(parent.running_socket, staging)
+                    await self.hot_copy(parent.running_socket, staging)
                 else:
                     source = self.datadir(parent.branch_id)
                     if not (source / "mysql").is_dir():
@@ -224,14 +239,16 @@ class LocalStorage(StorageDriver):
             finally:
                 await asyncio.to_thread(shutil.rmtree, staging, True)
 
-    async def _hot_copy(self, socket: Path, staging: Path) -> None:
-        """A consistent copy of a running server: mariadb-backup, then --prepare."""
+    async def hot_copy(self, socket: Path, staging: Path) -> int:
+        """A consistent copy of a running server: mariadb-backup, then --prepare. Returns
+        the GTID sequence number (domain 0) the copy holds, 0 when unknown."""
         user = os.environ.get("USER") or ("root" if os.geteuid() == 0 else "")
         argv = [self.backup, "--backup", f"--target-dir={staging}", f"--socket={socket}"]
         if user:
             argv.append(f"--user={user}")
         await _run(*argv)
         await _run(self.backup, "--prepare", f"--target-dir={staging}")
+        return await asyncio.to_thread(backup_position, staging)
 
     async def prepare_compute(
         self, branch_id: str, endpoint_id: str, settings: ProjectSettings

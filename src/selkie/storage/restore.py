@@ -30,6 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pymysql
@@ -46,7 +47,7 @@ from selkie.compute.mariadb import (
     render_config,
 )
 from selkie.errors import ArchiveError, ComputeError, InvalidInput, ObjectMissing
-from selkie.storage.images import ImageRef, list_images, materialize, read_manifest
+from selkie.storage.images import INITIAL, ImageRef, list_images, materialize, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,9 @@ class Tools:
 
 
 def pick_image(images: list[ImageRef], target: Target) -> ImageRef:
-    """The newest image at or before the target. A timeline's first image holds its data
-    as it began (nothing ran before it), so it serves any target inside the timeline."""
+    """The newest image at or before the target. A timeline's initial image holds its data
+    as it began (nothing ran before it), so it serves any target inside the timeline; once
+    retention has pruned it, a target before the oldest image kept is out of reach."""
     if not images:
         raise ObjectMissing("the history has no base image")
     eligible = [
@@ -106,9 +108,11 @@ def pick_image(images: list[ImageRef], target: Target) -> ImageRef:
     if eligible:
         return max(eligible, key=lambda i: (i.seq, i.taken_us))
     first = images[0]
-    if target.until_seq is not None and first.seq > target.until_seq:
+    if first.kind != INITIAL or (target.until_seq is not None and first.seq > target.until_seq):
         raise InvalidInput(
-            f"position {target.until_seq} is before the history kept (it starts at {first.seq})"
+            "the target is before the history kept (history_retention_seconds): it starts "
+            f"at 0-{COMPUTE_SERVER_ID}-{first.seq}, "
+            f"{datetime.fromtimestamp(first.taken_us / 1e6, UTC).isoformat()}"
         )
     return first
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter, Request
 
 from selkie.api import schemas
 from selkie.api.deps import Ctl, Cursor, EndpointId, Limit, ProjectId, Who
+from selkie.errors import Conflict
 from selkie.model import OperationAction
 
 router = APIRouter(prefix="/v1/projects/{project_id}/endpoints", tags=["endpoints"])
@@ -96,6 +99,22 @@ def restart_endpoint(
     ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId
 ) -> schemas.EndpointOperationsResponse:
     return _request(ctl, who, project_id, endpoint_id, OperationAction.RESTART_COMPUTE)
+
+
+@router.get("/{endpoint_id}/durability", response_model=schemas.DurabilityResponse)
+def endpoint_durability(
+    ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId, request: Request
+) -> schemas.DurabilityResponse:
+    """How durable the endpoint's commits are right now: whether the safekeeper follows its
+    compute, the last GTID it holds and the last the archive holds, the archive lag, and
+    for durability=sync whether commits still wait for the safekeeper."""
+    endpoint = ctl.endpoints.get(who, project_id, endpoint_id)
+    durability = ctl.projects.get(who, project_id).settings.durability
+    provider = request.app.state.durability
+    if provider is None:
+        raise Conflict("durable storage is not run by this process")
+    status = provider(endpoint.id, durability)
+    return schemas.DurabilityResponse(**dataclasses.asdict(status))
 
 
 @router.get("/{endpoint_id}/pooler", response_model=schemas.PoolerResponse)

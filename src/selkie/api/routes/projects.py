@@ -107,6 +107,7 @@ def project_usage(ctl: Ctl, who: Who, project_id: ProjectId) -> schemas.ProjectU
         written_data_bytes=u.written_data_bytes,
         data_transfer_bytes=u.data_transfer_bytes,
         data_storage_bytes_hour=u.data_storage_bytes_hour,
+        instant_restore_bytes_hour=u.instant_restore_bytes_hour,
         storage_bytes=cur.storage_bytes,
         quota=schemas.QuotaOut(
             compute_time_limit_seconds=cur.compute_time_limit_seconds,
@@ -168,6 +169,7 @@ CSV_COLUMNS = (
     "written_data_bytes",
     "data_transfer_bytes",
     "data_storage_bytes_hour",
+    "instant_restore_bytes_hour",
 )
 
 
