@@ -31,7 +31,7 @@ FIXTURE = Path(__file__).with_name("fixtures") / "binlog.000001"
 def test_transactions_of_a_real_binlog() -> None:
     # DDL, DDL, a row insert, an update+delete transaction, a rolled back one (not
     # logged), DDL, and a MyISAM insert (which commits with a COMMIT query).
-    fde, txns = file_transactions(FIXTURE.read_bytes())
+    _, txns = file_transactions(FIXTURE.read_bytes())
     assert [str(t.gtid) for t in txns] == [f"0-1-{i}" for i in range(1, 7)]
     assert all(t.timestamp > 1_700_000_000 for t in txns)
     assert file_position(FIXTURE.read_bytes()) == 6
@@ -52,7 +52,7 @@ def test_a_file_cut_short_keeps_only_whole_transactions() -> None:
 
 
 def test_corrupt_event_is_detected() -> None:
-    fde, events = read_binlog_file(FIXTURE.read_bytes())
+    _, events = read_binlog_file(FIXTURE.read_bytes())
     verify_checksum(events[5])
     bad = bytearray(events[5])
     bad[25] ^= 0xFF
