@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +32,21 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get(
     "SELKIE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def _dump_tasks(signum: int, frame: object) -> None:
+    """``kill -USR1 <pytest>`` prints every asyncio task's stack: where a hung test waits."""
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:
+        print("no running event loop", file=sys.stderr)
+        return
+    for task in tasks:
+        print(f"--- {task.get_name()}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+
+
+signal.signal(signal.SIGUSR1, _dump_tasks)
 
 
 def need_service(what: str, why: str) -> None:

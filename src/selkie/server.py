@@ -73,7 +73,12 @@ def _history(
         store=store,
         settings=settings,
         archive=archive,
-        safekeeper=Safekeeper(root=settings.effective_safekeeper_dir, archive=archive, user=user),
+        safekeeper=Safekeeper(
+            root=settings.effective_safekeeper_dir,
+            archive=archive,
+            user=user,
+            note_statements=driver.note_admin_statements,
+        ),
         storage=storage,
         driver=driver,
         tools=Tools(mariadbd=settings.mariadbd, user=user),
@@ -184,7 +189,6 @@ class Platform:
         scheduler = Scheduler(
             store=store, lifecycle=lifecycle, reported=access.last_active, on_tick=leader.tick
         )
-        meter.on_compute_query = scheduler.discount
         lifecycle.before_stop = meter.sample_written
         return cls(
             settings=settings,

@@ -62,6 +62,14 @@ class ComputeDriver(ABC):
 
     def __init__(self) -> None:
         self._exit_callbacks: list[ExitCallback] = []
+        # Statements the control plane ran on each compute through execute(): an activity
+        # probe tells them apart from clients' in the compute's own counters.
+        self.admin_statements: dict[str, int] = {}
+
+    def note_admin_statements(self, endpoint_id: str, statements: int) -> None:
+        """Count statements the control plane ran on a compute by other means (the
+        safekeeper's replication connection)."""
+        self.admin_statements[endpoint_id] = self.admin_statements.get(endpoint_id, 0) + statements
 
     def on_unexpected_exit(self, callback: ExitCallback) -> None:
         self._exit_callbacks.append(callback)

@@ -544,6 +544,7 @@ class KubernetesDriver(ComputeDriver):
             raise ComputeError(f"compute {endpoint_id} is not running")
         branch_id = (pod.metadata.labels or {}).get(BRANCH_LABEL, "")
         password = await self._password(branch_id)
+        self.note_admin_statements(endpoint_id, len(statements))
         return await asyncio.to_thread(
             run_statements,
             endpoint_id,

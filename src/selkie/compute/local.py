@@ -490,6 +490,7 @@ class LocalDriver(ComputeDriver):
     async def execute(
         self, endpoint_id: str, statements: Sequence[str]
     ) -> list[list[tuple[Any, ...]]]:
+        self.note_admin_statements(endpoint_id, len(statements))
         return await asyncio.to_thread(
             run_statements,
             endpoint_id,

@@ -138,7 +138,9 @@ class Scheduler:
         self.on_suspend = on_suspend
         # More work for the leader on each tick (the meter).
         self.on_tick = on_tick
-        self._questions: dict[str, int] = {}
+        # Per endpoint: the compute's Questions counter and the driver's count of the
+        # control plane's own statements, at the last probe.
+        self._questions: dict[str, tuple[int, int]] = {}
         self._last_heartbeat: datetime | None = None
         self._task: asyncio.Task[None] | None = None
         self.suspended: list[str] = []  # what this scheduler suspended (tests, metrics)
@@ -189,18 +191,14 @@ class Scheduler:
             return "open transaction"
         if int(running[0][0]):
             return "running query"
-        now_q = int(questions[0][0])
+        now = (int(questions[0][0]), self.lifecycle.driver.admin_statements.get(endpoint_id, 0))
         before = self._questions.get(endpoint_id)
-        self._questions[endpoint_id] = now_q
-        # Our own probe adds its statements; anything beyond that came from elsewhere.
-        if before is not None and now_q - before > len(PROBE):
+        self._questions[endpoint_id] = now
+        # Statements the control plane ran itself (this probe, the meter's readings, the
+        # safekeeper's checks) are counted by the driver; anything beyond came from elsewhere.
+        if before is not None and (now[0] - before[0]) - (now[1] - before[1]) > 0:
             return "statements that bypassed the proxy"
         return None
-
-    def discount(self, endpoint_id: str, statements: int) -> None:
-        """Statements the control plane itself ran on a compute: not client activity."""
-        if endpoint_id in self._questions:
-            self._questions[endpoint_id] += statements
 
     def _heartbeat(self, endpoint_ids: list[str], when: datetime) -> None:
         with self.store.write() as s:

@@ -79,16 +79,12 @@ class Meter:
         lifecycle: Lifecycle,
         interval: float = 60.0,
         clock: Callable[[], datetime] = utcnow,
-        on_compute_query: Callable[[str, int], None] | None = None,
         history_sizes: Callable[[], Awaitable[dict[str, int]]] | None = None,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
         self.interval = interval
         self.clock = clock
-        # Told how many statements the meter ran on a compute (the scheduler discounts
-        # them when it looks for statements that bypassed the proxy).
-        self.on_compute_query = on_compute_query
         # What each project's restore history occupies in the archive (None: no archive).
         self.history_sizes = history_sizes
         self._history_seen: set[str] = set()
@@ -146,9 +142,6 @@ class Meter:
         except Exception as exc:
             log.debug("cannot read written data of %s: %s", endpoint_id, exc)
             return 0
-        finally:
-            if self.on_compute_query is not None:
-                self.on_compute_query(endpoint_id, len(WRITTEN_PROBE))
 
         try:
             return await write_in_thread(self._count_written, run, reading, booted)

@@ -82,6 +82,8 @@ class ReplicaConnection:
         self.semi_sync = False
         # Whether events end in a CRC32 (the compute's binlog_checksum, which we ask for).
         self.checksum = True
+        # Commands sent (the compute counts them among its statements).
+        self.commands = 0
         # Where the compute's binlog stands, for acknowledgements.
         self.binlog_file = ""
         self.binlog_pos = 0
@@ -130,6 +132,7 @@ class ReplicaConnection:
 
     async def query(self, sql: str) -> list[list[bytes | None]]:
         """A text-protocol query; its rows (values as bytes), ReplicationError on ERR."""
+        self.commands += 1
         await self.stream.send(0, bytes([COM_QUERY]) + sql.encode())
         _, first = await self.stream.read()
         if is_err(first):
@@ -179,6 +182,7 @@ class ReplicaConnection:
                 int4(0),  # master id
             ]
         )
+        self.commands += 2  # the registration and the dump request
         await self.stream.send(0, register)
         _, reply = await self.stream.read()
         if is_err(reply):

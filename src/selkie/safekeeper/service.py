@@ -91,12 +91,15 @@ class Safekeeper:
         user: str,
         ship_interval: float = 0.2,
         clock_us: Callable[[], int] = now_us,
+        note_statements: Callable[[str, int], None] | None = None,
     ) -> None:
         self.root = root
         self.archive = archive
         self.user = user
         self.ship_interval = ship_interval
         self.clock_us = clock_us
+        # Told how many statements the safekeeper ran on a compute (not client activity).
+        self.note_statements = note_statements
         self.logs: dict[str, TimelineLog] = {}
         self._follows: dict[str, _Follow] = {}
         self._open_lock = asyncio.Lock()
@@ -233,6 +236,8 @@ class Safekeeper:
                 semi_sync=follow.semi_sync,
             )
             follow.connected, follow.error = True, None
+            if self.note_statements is not None:
+                self.note_statements(follow.endpoint_id, conn.commands)
             assembler = TransactionAssembler(checksum=conn.checksum)
             async for received in conn.events():
                 event = received.event
