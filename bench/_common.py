@@ -105,14 +105,14 @@ class Bench:
 async def bench_platform(
     *, proxy: bool = True, env: dict[str, str] | None = None, **endpoint: Any
 ) -> AsyncIterator[Bench]:
-    """A platform (cgroups off, quiet logs) and a project; ``endpoint`` are its default
-    endpoint settings (autoscaling limits, suspend timeout)."""
+    """A platform in its default configuration (cgroups on where writable; quiet logs) and
+    a project; ``env`` adds settings (a --no-cgroups column, say), ``endpoint`` are its
+    default endpoint settings (autoscaling limits, suspend timeout)."""
     with tempfile.TemporaryDirectory(prefix="selkie-bench-") as tmp:
         settings = load_settings(
             environ={
                 "SELKIE_DATA_DIR": tmp,
                 "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
-                "SELKIE_COMPUTE_CGROUPS": "0",
                 "SELKIE_LOG_LEVEL": "warning",
                 **(env or {}),
             }

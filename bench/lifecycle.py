@@ -60,7 +60,8 @@ async def bare_cycle(template: Path, work: Path, mariadbd: str) -> tuple[float, 
 
 async def main(cycles: int) -> None:
     with tempfile.TemporaryDirectory(prefix="selkie-bench-") as tmp:
-        settings = load_settings(environ={"SELKIE_DATA_DIR": tmp, "SELKIE_COMPUTE_CGROUPS": "0"})
+        # The default configuration: CPU and memory limits on where cgroups are writable.
+        settings = load_settings(environ={"SELKIE_DATA_DIR": tmp})
         platform = Platform.open(settings)
         await platform.start()
         await platform.runner.stop()  # drive the lifecycle directly, without the queue

@@ -70,7 +70,6 @@ def replicas(cycles: int, pg_admin: str) -> list[float]:
             SELKIE_DATABASE_URL=url,
             SELKIE_INTERNAL_TOKEN=secrets.token_hex(16),
             SELKIE_LOG_LEVEL="warning",
-            SELKIE_COMPUTE_CGROUPS="0",
         )
         api_env = {
             **base,

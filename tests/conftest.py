@@ -7,7 +7,6 @@ import asyncio
 import os
 import secrets
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,15 +34,17 @@ PG_ADMIN_URL = os.environ.get(
 
 
 def _dump_tasks(signum: int, frame: object) -> None:
-    """``kill -USR1 <pytest>`` prints every asyncio task's stack: where a hung test waits."""
-    try:
-        tasks = asyncio.all_tasks()
-    except RuntimeError:
-        print("no running event loop", file=sys.stderr)
-        return
-    for task in tasks:
-        print(f"--- {task.get_name()}", file=sys.stderr)
-        task.print_stack(file=sys.stderr)
+    """``kill -USR1 <pytest>`` writes every asyncio task's stack to
+    ``/tmp/selkie-tasks-<pid>.txt``: where a hung test waits."""
+    with open(f"/tmp/selkie-tasks-{os.getpid()}.txt", "w") as out:
+        try:
+            tasks = asyncio.all_tasks()
+        except RuntimeError:
+            print("no running event loop", file=out)
+            return
+        for task in tasks:
+            print(f"--- {task.get_name()}", file=out)
+            task.print_stack(file=out)
 
 
 signal.signal(signal.SIGUSR1, _dump_tasks)

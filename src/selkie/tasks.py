@@ -38,7 +38,11 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
     try:
         await task
     except asyncio.CancelledError:
-        pass
+        # The task's own cancellation ends here; one aimed at the caller (cancelled while
+        # it waits) goes on up, or the caller would carry on as if nothing had happened.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
     except Exception:
         log.exception("task %s failed while being cancelled", task.get_name())
 

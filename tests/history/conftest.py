@@ -8,16 +8,16 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-import pymysql
 import pytest
 
 from selkie.control import Created
 from selkie.control.bootstrap import local_principal
-from selkie.model import OperationStatus, Principal
+from selkie.model import OperationAction, OperationStatus, Principal
 from selkie.server import Platform
 from tests.compute.conftest import open_platform
-from tests.compute.test_lifecycle import platform_address
+from tests.compute.test_features import sql as compute_sql
 from tests.conftest import s3_options
 from tests.seaweedfs import S3Server
 
@@ -56,24 +56,15 @@ def who_d(durable: Platform) -> Principal:
 
 def sql(platform: Platform, endpoint_id: str, created: Created, *statements: str) -> list[tuple]:  # type: ignore[type-arg]
     """Run statements on the endpoint's compute as the project owner; the last one's rows."""
-    port = int(platform_address(platform, endpoint_id).rsplit(":", 1)[1])
-    conn = pymysql.connect(
-        host="127.0.0.1",
-        port=port,
-        user=created.roles[0].name,
-        password=created.roles[0].password or "",
-        database=created.databases[0].name,
-        autocommit=True,
+    owner = created.roles[0]
+    return compute_sql(
+        platform,
+        endpoint_id,
+        owner.name,
+        owner.password or "",
+        created.databases[0].name,
+        *statements,
     )
-    try:
-        rows: list[tuple] = []  # type: ignore[type-arg]
-        with conn.cursor() as cur:
-            for stmt in statements:
-                cur.execute(stmt)
-                rows = list(cur.fetchall())
-        return rows
-    finally:
-        conn.close()
 
 
 async def compute_position(platform: Platform, endpoint_id: str) -> int:
@@ -103,3 +94,39 @@ async def finished(platform: Platform, who: Principal, project_id: str, op_ids: 
     for op_id in op_ids:
         op = await asyncio.to_thread(platform.control.operations.get, who, project_id, op_id)
         assert op.status is OperationStatus.FINISHED, (op.action, op.error)
+
+
+async def start(platform: Platform, who: Principal, project_id: str, endpoint_id: str) -> None:
+    """Start the endpoint through the API's operation, and wait for it."""
+    _, ops = await asyncio.to_thread(
+        platform.control.endpoints.request,
+        who,
+        project_id,
+        endpoint_id,
+        OperationAction.START_COMPUTE,
+    )
+    await finished(platform, who, project_id, [o.id for o in ops])
+
+
+async def rows(platform: Platform, endpoint_id: str, created: Created) -> list[int]:
+    got = await asyncio.to_thread(sql, platform, endpoint_id, created, "SELECT i FROM t ORDER BY i")
+    return [r[0] for r in got]
+
+
+async def branch_at(
+    platform: Platform, who: Principal, created: Created, name: str, **point: Any
+) -> Created:
+    """A branch of the project's main branch at a point (parent_timestamp= or
+    parent_lsn=), with a running endpoint."""
+    pid = created.project.id
+    child = await asyncio.to_thread(
+        platform.control.branches.create,
+        who,
+        pid,
+        name=name,
+        endpoints=[{"type": "read_write"}],
+        **point,
+    )
+    await finished(platform, who, pid, [o.id for o in child.operations])
+    await start(platform, who, pid, child.endpoints[0].id)
+    return child

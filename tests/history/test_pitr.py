@@ -9,29 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from selkie.control import Created
 from selkie.errors import InvalidInput
-from selkie.model import OperationAction, Principal
+from selkie.model import Principal
 from selkie.server import Platform
-from tests.history.conftest import finished, sql, wait_received
+from tests.history.conftest import branch_at, finished, rows, sql, start, wait_received
 
 pytestmark = pytest.mark.slow
-
-
-async def start(platform: Platform, who: Principal, project_id: str, endpoint_id: str) -> None:
-    _, ops = await asyncio.to_thread(
-        platform.control.endpoints.request,
-        who,
-        project_id,
-        endpoint_id,
-        OperationAction.START_COMPUTE,
-    )
-    await finished(platform, who, project_id, [o.id for o in ops])
-
-
-async def rows(platform: Platform, endpoint_id: str, created: Created) -> list[int]:
-    got = await asyncio.to_thread(sql, platform, endpoint_id, created, "SELECT i FROM t ORDER BY i")
-    return [r[0] for r in got]
 
 
 async def test_branch_at_a_time_and_restore_with_preserve(
@@ -59,18 +42,9 @@ async def test_branch_at_a_time_and_restore_with_preserve(
     await wait_received(platform, ep)
 
     # A branch of main as it was at the noted time holds exactly the first rows.
-    child = await asyncio.to_thread(
-        platform.control.branches.create,
-        who,
-        pid,
-        name="before",
-        parent_timestamp=noted,
-        endpoints=[{"type": "read_write"}],
-    )
-    await finished(platform, who, pid, [o.id for o in child.operations])
+    child = await branch_at(platform, who, created, "before", parent_timestamp=noted)
     assert child.branch.parent_timestamp == noted
     child_ep = child.endpoints[0].id
-    await start(platform, who, pid, child_ep)
     assert await rows(platform, child_ep, created) == [1, 2, 3]
     branch = await asyncio.to_thread(platform.control.branches.get, who, pid, child.branch.id)
     assert branch.parent_lsn == f"0-1-{first}"
@@ -79,16 +53,7 @@ async def test_branch_at_a_time_and_restore_with_preserve(
     assert await rows(platform, ep, created) == [2, 3, 4]
 
     # A branch at a GTID position.
-    at_lsn = await asyncio.to_thread(
-        platform.control.branches.create,
-        who,
-        pid,
-        name="at-lsn",
-        parent_lsn=f"0-1-{first}",
-        endpoints=[{"type": "read_write"}],
-    )
-    await finished(platform, who, pid, [o.id for o in at_lsn.operations])
-    await start(platform, who, pid, at_lsn.endpoints[0].id)
+    at_lsn = await branch_at(platform, who, created, "at-lsn", parent_lsn=f"0-1-{first}")
     assert await rows(platform, at_lsn.endpoints[0].id, created) == [1, 2, 3]
 
     # Restore main itself to the noted time, keeping what it held as "main-old".

@@ -16,8 +16,7 @@ from selkie.model import OperationAction
 from selkie.server import Platform
 from selkie.storage.images import list_images, read_manifest
 from tests.compute.conftest import open_platform
-from tests.history.conftest import finished, sql, wait_received
-from tests.history.test_pitr import rows, start
+from tests.history.conftest import branch_at, finished, rows, sql, start, wait_received
 
 pytestmark = pytest.mark.slow
 
@@ -95,16 +94,9 @@ async def test_prune_keeps_what_the_window_start_needs(
         assert len(chunks_after) < len(chunks_before)
 
         # A branch at the window's start: the image kept there, and the log after it.
-        child = await asyncio.to_thread(
-            platform.control.branches.create,
-            who,
-            pid,
-            name="window-start",
-            parent_timestamp=window_start,
-            endpoints=[{"type": "read_write"}],
+        child = await branch_at(
+            platform, who, created, "window-start", parent_timestamp=window_start
         )
-        await finished(platform, who, pid, [o.id for o in child.operations])
-        await start(platform, who, pid, child.endpoints[0].id)
         assert await rows(platform, child.endpoints[0].id, created) == [1]
         # Before the window (here: before the first image kept), the history is gone.
         too_early = await asyncio.to_thread(

@@ -125,6 +125,7 @@ class History:
         self._branch_locks: dict[str, asyncio.Lock] = {}
         self._endpoint_branch: dict[str, str] = {}
         self._semi_sync: dict[str, str] = {}  # endpoint -> "on" | "fallen_back"
+        self._sync_endpoints: set[str] = set()  # running with durability=sync
         # Per branch: when its last image was made (monotonic) and the log bytes then.
         self._image_mark: dict[str, tuple[float, int]] = {}
         self._last_prune: datetime | None = None
@@ -229,6 +230,10 @@ class History:
         if row is None or socket is None:
             return
         self._endpoint_branch[endpoint_id] = branch_id
+        if project.settings.durability is model.Durability.SYNC:
+            self._sync_endpoints.add(endpoint_id)
+        else:
+            self._sync_endpoints.discard(endpoint_id)
         await self.safekeeper.attach(
             endpoint_id,
             TimelineRef(row.project_id, row.id),
@@ -239,6 +244,8 @@ class History:
 
     async def detach(self, endpoint_id: str) -> None:
         self._endpoint_branch.pop(endpoint_id, None)
+        self._sync_endpoints.discard(endpoint_id)
+        self._semi_sync.pop(endpoint_id, None)
         await self.safekeeper.detach(endpoint_id)
 
     async def after_stop(self, endpoint_id: str, branch_id: str) -> None:
@@ -439,7 +446,7 @@ class History:
         for the safekeeper, image long-running computes, prune (every PRUNE_EVERY)."""
         steps: list[Callable[[], Awaitable[Any]]] = [
             self._note_positions,
-            self._sample_semi_sync,
+            self.sample_semi_sync,
             self._hot_images,
         ]
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
@@ -455,22 +462,21 @@ class History:
         for st in self.safekeeper.status():
             await self._db(self._note_position, st.timeline_id, st.last_seq)
 
-    async def _sample_semi_sync(self) -> None:
-        for st in self.safekeeper.status():
-            if st.endpoint_id is None or not st.semi_sync:
-                continue
+    async def sample_semi_sync(self) -> None:
+        """Whether each durability=sync compute still waits for the safekeeper."""
+        for endpoint_id in list(self._sync_endpoints):
             try:
-                ((row,),) = await self.driver.execute(st.endpoint_id, [SEMI_SYNC_STATUS])
+                ((row,),) = await self.driver.execute(endpoint_id, [SEMI_SYNC_STATUS])
             except (SelkieError, ValueError):
                 continue
             state = "on" if str(row[1]).upper() == "ON" else "fallen_back"
-            if state != self._semi_sync.get(st.endpoint_id) and state == "fallen_back":
+            if state != self._semi_sync.get(endpoint_id) and state == "fallen_back":
                 log.warning(
                     "endpoint %s: sync commits fell back to async (the safekeeper did not "
                     "answer in time); they wait again once it has caught up",
-                    st.endpoint_id,
+                    endpoint_id,
                 )
-            self._semi_sync[st.endpoint_id] = state
+            self._semi_sync[endpoint_id] = state
 
     async def _hot_images(self) -> None:
         """A base image of each compute that ran base_image_interval seconds or wrote
@@ -505,13 +511,16 @@ class History:
         return seq
 
     def durable(self, endpoint_id: str, durability: model.Durability) -> Durable:
+        sync = (
+            self._semi_sync.get(endpoint_id, "on") if endpoint_id in self._sync_endpoints else None
+        )
         for st in self.safekeeper.status():
             if st.endpoint_id == endpoint_id:
                 return Durable(
                     endpoint_id=endpoint_id,
                     durability=durability.value,
                     streaming=st.streaming,
-                    sync_commit=self._semi_sync.get(endpoint_id, "on") if st.semi_sync else None,
+                    sync_commit=sync,
                     lag_seconds=round(st.lag_seconds, 3),
                     lag_bytes=st.lag_bytes,
                     received=f"0-1-{st.last_seq}" if st.last_seq else None,
@@ -522,7 +531,7 @@ class History:
             endpoint_id=endpoint_id,
             durability=durability.value,
             streaming=False,
-            sync_commit=None,
+            sync_commit=sync,
             lag_seconds=0.0,
             lag_bytes=0,
             received=None,

@@ -69,6 +69,8 @@ def check_point(
         raise InvalidInput(f"give {names[0]} or {names[1]}, not both")
     if not settings_archive:
         raise Conflict("point-in-time restore needs the archive, which is off (archive_url)")
+    if branch.timeline_id is None:
+        raise Conflict(f"branch {branch.id} has no data yet; start it first")
     settings = convert.project_settings(project.settings)
     if settings.storage_mode is not model.StorageMode.LOCAL:
         raise Conflict("point-in-time restore needs local storage")

@@ -302,8 +302,6 @@ class BranchService(ServiceBase):
                     names=("parent_timestamp", "parent_lsn"),
                     now=utcnow(),
                 )
-                if parent.timeline_id is None:
-                    raise Conflict(f"branch {parent.id} has no data yet; start it first")
             branch_id = model.new_id("br")
             branch_name = model.validate_name("branch", name or branch_id)
             self._check_name_free(s, project_id, branch_name)

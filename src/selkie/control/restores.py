@@ -33,7 +33,7 @@ from selkie.control.base import ServiceBase
 from selkie.control.history import History
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.points import Point, check_point, timeline_at
-from selkie.errors import Conflict, NotFound
+from selkie.errors import NotFound
 from selkie.model import OperationAction, Principal, utcnow
 from selkie.storage.images import INITIAL
 from selkie.storage.local import LocalStorage
@@ -80,8 +80,6 @@ class RestoreService(ServiceBase):
                 names=("source_timestamp", "source_lsn"),
                 now=utcnow(),
             )
-            if source.timeline_id is None:
-                raise Conflict(f"branch {source.id} has no data yet; start it first")
             if preserve_under_name is not None:
                 model.validate_name("branch", preserve_under_name)
                 BranchService._check_name_free(s, project_id, preserve_under_name)

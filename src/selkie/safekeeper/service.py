@@ -109,6 +109,9 @@ class Safekeeper:
         # Counters for /metrics.
         self.segments_shipped = 0
         self.bytes_shipped = 0
+        # Seconds from the safekeeper having a transaction to the archive holding it, for
+        # the latest transactions shipped (benchmarks, diagnostics).
+        self.archive_delays: deque[float] = deque(maxlen=100_000)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -346,6 +349,8 @@ class Safekeeper:
                     name = segments.object_name(records[0].seq, records[-1].seq)
                     await self.archive.put(tl.ref.wal_prefix + name, data)
                     await asyncio.to_thread(tl.mark_shipped, records[-1].seq)
+                    done_us = self.clock_us()
+                    self.archive_delays.extend((done_us - r.received_us) / 1e6 for r in records)
                     self.segments_shipped += 1
                     self.bytes_shipped += len(data)
                     written += 1

@@ -1,0 +1,246 @@
+"""Durable storage, measured in one run of the default configuration (cgroups on, default
+endpoint size, the local archive):
+
+1. the cost of durability: sysbench oltp_write_only straight to the compute with the
+   archive off, durability=async and durability=sync, interleaved rounds; and how long
+   commits take to reach the archive under that load (per transaction, p50/p99);
+2. base images of a ~1 GB branch: the first, and after a 1 % change (time and bytes
+   uploaded), against a plain copy of the datadir;
+3. point-in-time restore against the log replayed (~100 MB and ~1 GB);
+4. disaster recovery: the first wake of the 1 GB branch whose datadir is gone, against an
+   ordinary resume of it.
+
+    make bench-deps                      # sysbench from Debian
+    .venv/bin/python bench/archive.py [--time 10] [--rounds 2] [--gib 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from _common import Bench, bench_platform, pct, run, sysbench
+
+from selkie.archive.layout import project_prefix
+from selkie.control.bootstrap import local_principal
+from selkie.server import Platform
+
+ROW_BYTES = 1000
+ROWS_PER_TXN = 1000  # ~1 MB transactions
+
+
+async def sql(platform: Platform, endpoint_id: str, *statements: str) -> list[Any]:
+    return await platform.driver.execute(endpoint_id, list(statements))
+
+
+async def archive_bytes(platform: Platform, project_id: str) -> int:
+    assert platform.history is not None
+    return sum(o.size for o in await platform.history.archive.list(project_prefix(project_id)))
+
+
+async def write_cost(seconds: int, rounds: int, threads: int) -> None:
+    modes = {"off": {"SELKIE_ARCHIVE_URL": "off"}, "async": {}, "sync": {}}
+    results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    delays: list[float] = []
+    async with (
+        bench_platform(env=modes["off"], suspend_timeout_seconds=-1) as off,
+        bench_platform(suspend_timeout_seconds=-1) as asy,
+        bench_platform(suspend_timeout_seconds=-1) as syn,
+    ):
+        benches = {"off": off, "async": asy, "sync": syn}
+        await asyncio.to_thread(
+            syn.platform.control.projects.update,
+            local_principal(syn.platform.control),
+            syn.created.project.id,
+            settings={"durability": "sync"},
+        )
+        ports = {}
+        for name, b in benches.items():
+            await b.platform.lifecycle.start(b.endpoint_id)
+            info = await b.platform.driver.inspect(b.endpoint_id)
+            assert info.port is not None
+            ports[name] = info.port
+            await sysbench(
+                "oltp_write_only",
+                port=info.port,
+                user=b.role,
+                password=b.password,
+                db=b.database,
+                threads=threads,
+                seconds=1,
+                command="prepare",
+            )
+        for _ in range(rounds):
+            for name, b in benches.items():
+                hist = b.platform.history
+                if hist is not None:
+                    hist.safekeeper.archive_delays.clear()
+                common = dict(user=b.role, password=b.password, db=b.database, threads=threads)
+                qps, p95, err = await sysbench(
+                    "oltp_write_only",
+                    port=ports[name],
+                    seconds=seconds,
+                    **common,  # type: ignore[arg-type]
+                )
+                if err:
+                    raise SystemExit(f"sysbench ({name}) failed:\n{err}")
+                results[name].append((qps, p95))
+                if name == "async" and hist is not None:
+                    await asyncio.sleep(1.0)  # what is in flight lands
+                    delays.extend(hist.safekeeper.archive_delays)
+    print(
+        f"\n1. oltp_write_only, {threads} threads, {seconds}s x {rounds} interleaved rounds, "
+        f"default endpoint (0.25 CU), straight to the compute"
+    )
+    print(f"{'archive':<10}{'qps':>10}{'p95 ms':>10}{'qps/off':>10}")
+    base = statistics.median(q for q, _ in results["off"])
+    for name, rows in results.items():
+        q = statistics.median(r[0] for r in rows)
+        p = statistics.median(r[1] for r in rows)
+        print(f"{name:<10}{q:>10.0f}{p:>10.1f}{q / base:>10.2f}")
+    if delays:
+        print(
+            f"async: commit -> archive per transaction, {len(delays)} transactions: "
+            f"p50 {pct(delays, 50) * 1000:.0f} ms, p99 {pct(delays, 99) * 1000:.0f} ms, "
+            f"max {max(delays) * 1000:.0f} ms"
+        )
+
+
+async def load(b: Bench, gib: float) -> list[tuple[int, datetime]]:
+    """~``gib`` GiB of incompressible rows in ~1 MB transactions; (rows, time) marks."""
+    p, ep = b.platform, b.endpoint_id
+    await sql(
+        p,
+        ep,
+        f"CREATE TABLE {b.database}.big (id INT AUTO_INCREMENT PRIMARY KEY, pad VARBINARY(1000))",
+    )
+    txns = int(gib * 2**30 / (ROW_BYTES * ROWS_PER_TXN))
+    marks = []
+    for i in range(txns):
+        await sql(
+            p,
+            ep,
+            f"INSERT INTO {b.database}.big (pad) "
+            f"SELECT RANDOM_BYTES({ROW_BYTES}) FROM seq_1_to_{ROWS_PER_TXN}",
+        )
+        if i + 1 in (txns // 10, txns):
+            marks.append(((i + 1) * ROWS_PER_TXN, datetime.now(UTC)))
+    return marks
+
+
+async def branch_at(b: Bench, when: datetime) -> float:
+    p = b.platform
+    who = local_principal(p.control)
+    t0 = time.perf_counter()
+    created = await asyncio.to_thread(
+        p.control.branches.create, who, b.created.project.id, parent_timestamp=when
+    )
+    await p.runner.wait_idle(timeout=3600)
+    op = await asyncio.to_thread(
+        p.control.operations.get, who, b.created.project.id, created.operations[0].id
+    )
+    assert op.error is None, op.error
+    return time.perf_counter() - t0
+
+
+async def big_branch(gib: float) -> None:
+    async with bench_platform(
+        proxy=False,
+        suspend_timeout_seconds=-1,
+        autoscaling_limit_min_cu=2,
+        autoscaling_limit_max_cu=2,
+    ) as b:
+        p, ep, pid = b.platform, b.endpoint_id, b.created.project.id
+        assert p.history is not None
+        await p.lifecycle.start(ep)
+        t0 = time.perf_counter()
+        marks = await load(b, gib)
+        loaded = time.perf_counter() - t0
+        datadir = p.history.storage.datadir(b.created.branch.id)
+        # The log is archived before the images are measured.
+        await asyncio.sleep(2)
+        results = {}
+        for label, change in (("first", None), ("after a 1 % change", 0.01)):
+            if change is not None:
+                await p.lifecycle.start(ep)
+                rows = marks[-1][0]
+                await sql(
+                    p,
+                    ep,
+                    f"UPDATE {b.database}.big SET pad = RANDOM_BYTES({ROW_BYTES}) "
+                    f"WHERE id % {int(1 / change)} = 0 AND id <= {rows}",
+                )
+            before = await archive_bytes(p, pid)
+            await p.lifecycle.suspend(ep)
+            t1 = time.perf_counter()
+            await p.history.wait_images()
+            took = time.perf_counter() - t1
+            results[label] = (took, await archive_bytes(p, pid) - before)
+        size = sum(f.stat().st_size for f in datadir.rglob("*") if f.is_file())
+        with tempfile.TemporaryDirectory(dir=p.settings.data_dir) as tmp:
+            t2 = time.perf_counter()
+            await asyncio.to_thread(shutil.copytree, datadir, Path(tmp) / "copy")
+            copy = time.perf_counter() - t2
+        print(
+            f"\n2. base images of a {size / 2**30:.2f} GiB datadir "
+            f"(loaded in {loaded:.0f} s, {marks[-1][0]} rows of {ROW_BYTES} random bytes)"
+        )
+        print(f"{'image':<22}{'seconds':>10}{'uploaded MiB':>15}")
+        for label, (took, uploaded) in results.items():
+            print(f"{label:<22}{took:>10.2f}{uploaded / 2**20:>15.1f}")
+        print(f"{'baseline: cp -r':<22}{copy:>10.2f}{size / 2**20:>15.1f}")
+
+        print("\n3. point-in-time restore (branch at a time: newest image before it + replay)")
+        print(f"{'log replayed':<22}{'seconds':>10}")
+        for rows, when in marks:
+            took = await branch_at(b, when)
+            print(f"{f'~{rows * ROW_BYTES / 2**20:.0f} MiB':<22}{took:>10.2f}")
+
+        # 4. An ordinary resume, then the datadir lost: the first wake rebuilds it.
+        resumes = []
+        for _ in range(3):
+            t3 = time.perf_counter()
+            await p.lifecycle.start(ep)
+            resumes.append(time.perf_counter() - t3)
+            await p.lifecycle.suspend(ep)
+        await p.history.wait_images()
+        await asyncio.to_thread(shutil.rmtree, datadir)
+        t4 = time.perf_counter()
+        await p.lifecycle.start(ep)
+        dr = time.perf_counter() - t4
+        ((count,),) = (await sql(p, ep, f"SELECT COUNT(*) FROM {b.database}.big"))[0]
+        assert int(count) == marks[-1][0], count
+        print("\n4. disaster recovery: first wake with the datadir gone")
+        print(f"{'wake':<22}{'seconds':>10}")
+        print(f"{'datadir lost':<22}{dr:>10.2f}")
+        print(f"{'baseline: resume':<22}{statistics.median(resumes):>10.2f}")
+
+
+async def main(seconds: int, rounds: int, threads: int, gib: float, parts: str) -> None:
+    if not shutil.which("sysbench"):
+        raise SystemExit("sysbench is missing: run `make bench-deps`")
+    print(f"{os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    if "1" in parts:
+        await write_cost(seconds, rounds, threads)
+    if "2" in parts:
+        await big_branch(gib)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--time", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--gib", type=float, default=1.0)
+    parser.add_argument("--parts", default="12", help="1: write cost, 2: the 1 GB branch")
+    a = parser.parse_args()
+    sys.exit(run(main(a.time, a.rounds, a.threads, a.gib, a.parts)))
