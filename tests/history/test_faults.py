@@ -1,0 +1,136 @@
+"""Faults of durable storage with real computes: a corrupt archive object fails a restore
+with its name and touches nothing; what a crash leaves (staged restores, a datadir of
+another timeline) is cleaned up or rebuilt; a running compute gets hot base images."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from selkie.archive.layout import TimelineRef, chunk_prefix
+from selkie.control.bootstrap import local_principal
+from selkie.model import OperationStatus
+from selkie.storage.images import list_images
+from selkie.storage.local import LocalStorage
+from tests.compute.conftest import open_platform
+from tests.history.conftest import rows, sql, start, wait_received
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_corrupt_chunk_fails_the_restore_and_replaces_nothing(
+    tmp_path: Path, template_datadir: Path
+) -> None:
+    async with open_platform(tmp_path, template_datadir) as platform:
+        assert platform.history is not None
+        who = local_principal(platform.control)
+        created = await asyncio.to_thread(platform.control.projects.create, who, name="c")
+        pid, main, ep = created.project.id, created.branch.id, created.endpoints[0].id
+        await start(platform, who, pid, ep)
+        await asyncio.to_thread(
+            sql,
+            platform,
+            ep,
+            created,
+            "CREATE TABLE t (i INT PRIMARY KEY)",
+            "INSERT INTO t VALUES (1)",
+        )
+        await wait_received(platform, ep)
+        # Every chunk of the archive damaged: whatever image a restore picks is unusable.
+        archive_dir = tmp_path / "data" / "archive"
+        for obj in await platform.history.archive.list(chunk_prefix(pid)):
+            path = archive_dir / obj.key
+            path.write_bytes(b"\x00" + path.read_bytes()[1:])
+        _, ops = await asyncio.to_thread(
+            platform.control.restores.restore, who, pid, main, source_branch_id=main
+        )
+        await platform.runner.wait_idle(timeout=120)
+        op = await asyncio.to_thread(platform.control.operations.get, who, pid, ops[0].id)
+        assert op.status is OperationStatus.FAILED
+        assert (
+            op.error is not None
+            and "is corrupt" in op.error
+            and f"projects/{pid}/chunks/" in op.error
+        )
+        # Nothing was swapped: the branch still runs on its own data.
+        assert platform.lifecycle.get(ep).current_state.value == "active"
+        assert await rows(platform, ep, created) == [1]
+        leftovers = [p.name for p in (tmp_path / "data" / "branches").iterdir() if "." in p.name]
+        assert leftovers == []
+
+
+async def test_crash_leftovers_are_cleaned_and_stale_datadirs_rebuilt(
+    tmp_path: Path, template_datadir: Path
+) -> None:
+    async with open_platform(tmp_path, template_datadir) as platform:
+        assert platform.history is not None
+        who = local_principal(platform.control)
+        created = await asyncio.to_thread(platform.control.projects.create, who, name="crash")
+        pid, bid, ep = created.project.id, created.branch.id, created.endpoints[0].id
+        await start(platform, who, pid, ep)
+        await asyncio.to_thread(
+            sql,
+            platform,
+            ep,
+            created,
+            "CREATE TABLE t (i INT PRIMARY KEY)",
+            "INSERT INTO t VALUES (7)",
+        )
+        await wait_received(platform, ep)
+        await platform.lifecycle.suspend(ep)
+        await platform.history.wait_images()
+    branches = tmp_path / "data" / "branches"
+    # A restore that died half-way left its staging directory, and the datadir names a
+    # timeline that is not the branch's (a crash between the switch and the swap).
+    (branches / f"{bid}.restore-dead").mkdir()
+    (branches / f"{bid}.restore-dead" / "junk").write_text("x")
+    LocalStorage.mark_timeline(branches / bid, "tl-not-this-one")
+    async with open_platform(tmp_path, template_datadir) as platform:
+        assert [p.name for p in branches.iterdir() if "." in p.name] == []
+        who = local_principal(platform.control)
+        await start(platform, who, pid, ep)
+        assert await rows(platform, ep, created) == [7]
+        assert platform.history is not None
+        assert platform.history.metrics.restores == 1
+
+
+async def test_a_running_compute_gets_hot_base_images(
+    tmp_path: Path, template_datadir: Path
+) -> None:
+    async with open_platform(tmp_path, template_datadir, base_image_interval="1") as platform:
+        assert platform.history is not None
+        who = local_principal(platform.control)
+        created = await asyncio.to_thread(platform.control.projects.create, who, name="hot")
+        pid, ep = created.project.id, created.endpoints[0].id
+        await start(platform, who, pid, ep)
+        await asyncio.to_thread(
+            sql,
+            platform,
+            ep,
+            created,
+            "CREATE TABLE t (i INT PRIMARY KEY)",
+            "INSERT INTO t VALUES (1)",
+        )
+        seq = await wait_received(platform, ep)
+        (st,) = [s for s in platform.history.safekeeper.status() if s.endpoint_id == ep]
+        ref = TimelineRef(pid, st.timeline_id)
+        for _ in range(100):
+            hot = [i for i in await list_images(platform.history.archive, ref) if i.kind == "hot"]
+            if hot and hot[-1].seq >= seq:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("no hot base image was made")
+        # It is a usable image: the datadir lost, the branch comes back from it.
+        await platform.lifecycle.suspend(ep)
+        await platform.history.wait_images()
+        for image in await list_images(platform.history.archive, ref):
+            if image.kind == "suspend":
+                await platform.history.archive.delete([image.key])
+        import shutil
+
+        shutil.rmtree(tmp_path / "data" / "branches" / created.branch.id)
+        await start(platform, who, pid, ep)
+        assert await rows(platform, ep, created) == [1]
