@@ -2,7 +2,8 @@
 endpoint size, the local archive):
 
 1. the cost of durability: sysbench oltp_write_only straight to the compute with the
-   archive off, durability=async and durability=sync, interleaved rounds; and how long
+   archive off, durability=async and durability=sync, interleaved rounds, at the default
+   endpoint size (0.25 CU) and at 1 CU; and how long
    commits take to reach the archive under that load (per transaction, p50/p99);
 2. base images of a ~1 GB branch: the first, and after a 1 % change (time and bytes
    uploaded), against a plain copy of the datadir;
@@ -47,14 +48,15 @@ async def archive_bytes(platform: Platform, project_id: str) -> int:
     return sum(o.size for o in await platform.history.archive.list(project_prefix(project_id)))
 
 
-async def write_cost(seconds: int, rounds: int, threads: int) -> None:
+async def write_cost(seconds: int, rounds: int, threads: int, cu: float) -> None:
     modes = {"off": {"SELKIE_ARCHIVE_URL": "off"}, "async": {}, "sync": {}}
+    size: dict[str, Any] = {"autoscaling_limit_min_cu": cu, "autoscaling_limit_max_cu": cu}
     results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     delays: list[float] = []
     async with (
-        bench_platform(env=modes["off"], suspend_timeout_seconds=-1) as off,
-        bench_platform(suspend_timeout_seconds=-1) as asy,
-        bench_platform(suspend_timeout_seconds=-1) as syn,
+        bench_platform(env=modes["off"], suspend_timeout_seconds=-1, **size) as off,
+        bench_platform(suspend_timeout_seconds=-1, **size) as asy,
+        bench_platform(suspend_timeout_seconds=-1, **size) as syn,
     ):
         benches = {"off": off, "async": asy, "sync": syn}
         await asyncio.to_thread(
@@ -99,7 +101,7 @@ async def write_cost(seconds: int, rounds: int, threads: int) -> None:
                     delays.extend(hist.safekeeper.archive_delays)
     print(
         f"\n1. oltp_write_only, {threads} threads, {seconds}s x {rounds} interleaved rounds, "
-        f"default endpoint (0.25 CU), straight to the compute"
+        f"{cu} CU endpoint, straight to the compute"
     )
     print(f"{'archive':<10}{'qps':>10}{'p95 ms':>10}{'qps/off':>10}")
     base = statistics.median(q for q, _ in results["off"])
@@ -130,7 +132,7 @@ async def load(b: Bench, gib: float) -> list[tuple[int, datetime]]:
             p,
             ep,
             f"INSERT INTO {b.database}.big (pad) "
-            f"SELECT RANDOM_BYTES({ROW_BYTES}) FROM seq_1_to_{ROWS_PER_TXN}",
+            f"SELECT RANDOM_BYTES({ROW_BYTES}) FROM {b.database}.seq_1_to_{ROWS_PER_TXN}",
         )
         if i + 1 in (txns // 10, txns):
             marks.append(((i + 1) * ROWS_PER_TXN, datetime.now(UTC)))
@@ -169,15 +171,22 @@ async def big_branch(gib: float) -> None:
         # The log is archived before the images are measured.
         await asyncio.sleep(2)
         results = {}
-        for label, change in (("first", None), ("after a 1 % change", 0.01)):
-            if change is not None:
+        rows = marks[-1][0]
+        changes = {
+            "first": None,
+            # 1 % of the rows, side by side (an append, a batch update of recent rows).
+            "1 % of rows, together": f"id > {rows - rows // 100}",
+            # 1 MB of rows (1 in 1000), scattered over the whole table: the worst case for
+            # page-sized pieces, every chunk of the table holds a changed page.
+            "1 MB of rows, scattered": "id % 1000 = 0",
+        }
+        for label, where in changes.items():
+            if where is not None:
                 await p.lifecycle.start(ep)
-                rows = marks[-1][0]
                 await sql(
                     p,
                     ep,
-                    f"UPDATE {b.database}.big SET pad = RANDOM_BYTES({ROW_BYTES}) "
-                    f"WHERE id % {int(1 / change)} = 0 AND id <= {rows}",
+                    f"UPDATE {b.database}.big SET pad = RANDOM_BYTES({ROW_BYTES}) WHERE {where}",
                 )
             before = await archive_bytes(p, pid)
             await p.lifecycle.suspend(ep)
@@ -194,10 +203,10 @@ async def big_branch(gib: float) -> None:
             f"\n2. base images of a {size / 2**30:.2f} GiB datadir "
             f"(loaded in {loaded:.0f} s, {marks[-1][0]} rows of {ROW_BYTES} random bytes)"
         )
-        print(f"{'image':<22}{'seconds':>10}{'uploaded MiB':>15}")
+        print(f"{'image':<26}{'seconds':>10}{'uploaded MiB':>15}")
         for label, (took, uploaded) in results.items():
-            print(f"{label:<22}{took:>10.2f}{uploaded / 2**20:>15.1f}")
-        print(f"{'baseline: cp -r':<22}{copy:>10.2f}{size / 2**20:>15.1f}")
+            print(f"{label:<26}{took:>10.2f}{uploaded / 2**20:>15.1f}")
+        print(f"{'baseline: cp -r':<26}{copy:>10.2f}{size / 2**20:>15.1f}")
 
         print("\n3. point-in-time restore (branch at a time: newest image before it + replay)")
         print(f"{'log replayed':<22}{'seconds':>10}")
@@ -225,12 +234,15 @@ async def big_branch(gib: float) -> None:
         print(f"{'baseline: resume':<22}{statistics.median(resumes):>10.2f}")
 
 
-async def main(seconds: int, rounds: int, threads: int, gib: float, parts: str) -> None:
+async def main(
+    seconds: int, rounds: int, threads: int, gib: float, parts: str, cus: list[float]
+) -> None:
     if not shutil.which("sysbench"):
         raise SystemExit("sysbench is missing: run `make bench-deps`")
     print(f"{os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     if "1" in parts:
-        await write_cost(seconds, rounds, threads)
+        for cu in cus:
+            await write_cost(seconds, rounds, threads, cu)
     if "2" in parts:
         await big_branch(gib)
 
@@ -242,5 +254,8 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--parts", default="12", help="1: write cost, 2: the 1 GB branch")
+    parser.add_argument(
+        "--cu", type=float, action="append", help="endpoint sizes for part 1 (default 0.25, 1)"
+    )
     a = parser.parse_args()
-    sys.exit(run(main(a.time, a.rounds, a.threads, a.gib, a.parts)))
+    sys.exit(run(main(a.time, a.rounds, a.threads, a.gib, a.parts, a.cu or [0.25, 1.0])))

@@ -97,6 +97,19 @@ class Gtid:
         return cls(domain, server_id, seq)
 
 
+def domain_seq(gtid_list: object) -> int:
+    """The domain-0 sequence number in a GTID list as MariaDB prints one (``0-1-1234`` or
+    ``0-1-1234,5-1-7``); 0 when there is none."""
+    for text in str(gtid_list or "").split(","):
+        try:
+            gtid = Gtid.parse(text)
+        except ValueError:
+            continue
+        if gtid.domain == DOMAIN:
+            return gtid.seq
+    return 0
+
+
 def parse_header(event: bytes) -> Header:
     if len(event) < HEADER_LEN:
         raise BinlogError(f"event of {len(event)} bytes is shorter than its header")
@@ -280,14 +293,16 @@ def split_events(data: bytes) -> list[bytes]:
     return out
 
 
-def read_binlog_file(data: bytes) -> tuple[bytes, list[bytes]]:
-    """A binary log file's FORMAT_DESCRIPTION_EVENT and its other events."""
-    if not data.startswith(BINLOG_MAGIC):
+def read_binlog_file(data: bytes, *, offset: int = 0) -> tuple[bytes, list[bytes]]:
+    """A binary log file's FORMAT_DESCRIPTION_EVENT and its other events (those from byte
+    ``offset`` on, when given: where an earlier reader stopped)."""
+    if not data.startswith(BINLOG_MAGIC) or len(data) < len(BINLOG_MAGIC) + HEADER_LEN:
         raise BinlogError("not a binary log file")
-    events = split_events(data[len(BINLOG_MAGIC) :]) if len(data) > len(BINLOG_MAGIC) else []
-    if not events or parse_header(events[0]).type != EventType.FORMAT_DESCRIPTION:
+    (fde_len,) = struct.unpack_from("<I", data, len(BINLOG_MAGIC) + 9)
+    fde = data[len(BINLOG_MAGIC) : len(BINLOG_MAGIC) + fde_len]
+    if len(fde) != fde_len or parse_header(fde).type != EventType.FORMAT_DESCRIPTION:
         raise BinlogError("binary log file does not start with a FORMAT_DESCRIPTION_EVENT")
-    return events[0], events[1:]
+    return fde, split_events(data[max(offset, len(BINLOG_MAGIC) + fde_len) :])
 
 
 def rewrite_log_pos(event: bytes, log_pos: int, *, checksum: bool) -> bytes:
@@ -308,11 +323,13 @@ def binlog_file(fde: bytes, transactions: list[bytes]) -> bytes:
     return b"".join(out)
 
 
-def file_transactions(data: bytes, *, after_seq: int = -1) -> tuple[bytes, list[Transaction]]:
-    """A binary log file's FORMAT_DESCRIPTION_EVENT and the complete transactions in it with
-    a sequence number above ``after_seq`` (a transaction cut off at the end of the file, as
-    a crash leaves it, is not complete and not returned)."""
-    fde, events = read_binlog_file(data)
+def file_transactions(
+    data: bytes, *, after_seq: int = -1, offset: int = 0
+) -> tuple[bytes, list[Transaction]]:
+    """A binary log file's FORMAT_DESCRIPTION_EVENT and the complete transactions in it
+    (from byte ``offset``, which must be where a transaction begins) with a sequence number
+    above ``after_seq``."""
+    fde, events = read_binlog_file(data, offset=offset)
     assembler = TransactionAssembler(checksum=fde_checksum_alg(fde) == CHECKSUM_CRC32)
     out = []
     for event in events:

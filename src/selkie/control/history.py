@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -30,15 +31,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import select
-
 from selkie import model
-from selkie.archive import Archive, segments
-from selkie.archive.layout import TimelineRef, project_prefix
+from selkie.archive import Archive
+from selkie.archive.binlog import domain_seq
+from selkie.archive.layout import TimelineRef
 from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import durability_options
 from selkie.config import Settings
 from selkie.control.points import Point, parse_lsn, timeline_at
+from selkie.control.retention import Retention
 from selkie.errors import ComputeError, SelkieError
 from selkie.model import utcnow
 from selkie.safekeeper.service import Safekeeper
@@ -48,9 +49,7 @@ from selkie.storage.images import (
     SUSPEND,
     ChunkIndex,
     StatCache,
-    list_images,
     make_image,
-    read_manifest,
 )
 from selkie.storage.local import LocalStorage, datadir_position
 from selkie.storage.restore import Restored, Target, Tools, restore
@@ -61,11 +60,12 @@ from selkie.tasks import cancel, spawn
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Chunks younger than this are never collected: an image being made may count on them.
-CHUNK_GRACE = timedelta(minutes=30)
 # How often the leader prunes history past the retention windows.
 PRUNE_EVERY = timedelta(minutes=10)
 SEMI_SYNC_STATUS = "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'"
+
+
+_BINLOG_NAME = re.compile(r"^binlog\.\d{6,}$")
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ class History:
         self.clock = clock
         self.chunks = ChunkIndex()
         self.metrics = HistoryMetrics()
+        self.retention = Retention(store=store, archive=archive, chunks=self.chunks)
         self._images: dict[str, asyncio.Task[None]] = {}
         self._stat_caches: dict[str, StatCache] = {}
         # The (timeline, seq) of the last image made per branch: a suspend with nothing new
@@ -448,6 +449,7 @@ class History:
             self._note_positions,
             self.sample_semi_sync,
             self._hot_images,
+            self.purge_binlogs,
         ]
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
@@ -497,6 +499,30 @@ class History:
             if due:
                 await self.hot_image(endpoint_id, branch_id, TimelineRef(row.project_id, row.id))
 
+    async def purge_binlogs(self) -> None:
+        """Remove from each running compute the binary log files the archive holds whole,
+        so a long-running compute's datadir does not grow by its log."""
+        for st in self.safekeeper.status():
+            if st.endpoint_id is None or not st.streaming or st.shipped_seq == 0:
+                continue
+            try:
+                (files,) = await self.driver.execute(st.endpoint_id, ["SHOW BINARY LOGS"])
+                keep = None
+                # A file can go once the next one starts at or before what the archive holds.
+                for name, _size in files[1:]:
+                    if not _BINLOG_NAME.match(str(name)):
+                        break
+                    ((pos,),) = await self.driver.execute(
+                        st.endpoint_id, [f"SELECT BINLOG_GTID_POS('{name}', 4)"]
+                    )
+                    if domain_seq(pos[0]) > st.shipped_seq:
+                        break
+                    keep = str(name)
+                if keep is not None:
+                    await self.driver.execute(st.endpoint_id, [f"PURGE BINARY LOGS TO '{keep}'"])
+            except SelkieError as exc:
+                log.debug("cannot purge the binary log of %s: %s", st.endpoint_id, exc)
+
     async def hot_image(self, endpoint_id: str, branch_id: str, ref: TimelineRef) -> int:
         """A base image of a running compute; returns its position."""
         info = await self.driver.inspect(endpoint_id)
@@ -539,109 +565,11 @@ class History:
             error=None,
         )
 
-    # --- retention -------------------------------------------------------------------------
-
-    def _projects(self) -> list[tuple[str, model.ProjectSettings, bool]]:
-        from selkie.store import convert
-        from selkie.store.tables import ProjectRow
-
-        with self.store.read() as s:
-            return [
-                (p.id, convert.project_settings(p.settings), p.deleted_at is not None)
-                for p in s.execute(select(ProjectRow)).scalars()
-            ]
-
-    def _timelines_of(self, project_id: str) -> list[TimelineRow]:
-        with self.store.read() as s:
-            return list(
-                s.execute(select(TimelineRow).where(TimelineRow.project_id == project_id))
-                .scalars()
-                .all()
-            )
-
-    def _live_timeline_ids(self, project_id: str) -> set[str]:
-        with self.store.read() as s:
-            return {
-                tid
-                for tid in s.execute(
-                    select(BranchRow.timeline_id)
-                    .where(BranchRow.project_id == project_id)
-                    .where(BranchRow.deleted_at.is_(None))
-                ).scalars()
-                if tid is not None
-            }
-
     async def prune(self, now: datetime | None = None) -> int:
-        """Delete history older than each project's retention window (keeping the newest
-        base image at or before the window's start, and the log after it), the history of
-        deleted projects and branches once their window has passed, and chunks no image
-        names. Returns the objects deleted."""
-        now = now or self.clock()
-        deleted = 0
-        for project_id, settings, gone in await self._db(self._projects):
-            window_start = now - timedelta(seconds=settings.history_retention_seconds)
-            if gone:
-                objects = await self.archive.list(project_prefix(project_id))
-                if (
-                    objects
-                    and max((o.last_modified for o in objects if o.last_modified), default=now)
-                    < window_start
-                ):
-                    await self.archive.delete([o.key for o in objects])
-                    self.chunks.forget(project_id)
-                    deleted += len(objects)
-                continue
-            live = await self._db(self._live_timeline_ids, project_id)
-            for row in await self._db(self._timelines_of, project_id):
-                ref = TimelineRef(project_id, row.id)
-                if row.id not in live and row.ended_at is not None and row.ended_at < window_start:
-                    objects = await self.archive.list(ref.prefix)
-                    await self.archive.delete([o.key for o in objects])
-                    deleted += len(objects)
-                    continue
-                deleted += await self._prune_timeline(ref, window_start)
-            deleted += await self._collect_chunks(project_id, now)
+        """History past each project's window (see :class:`Retention`); objects deleted."""
+        deleted = await self.retention.prune(now or self.clock())
         self.metrics.pruned_objects += deleted
         return deleted
 
-    async def _prune_timeline(self, ref: TimelineRef, window_start: datetime) -> int:
-        images = await list_images(self.archive, ref)
-        start_us = int(window_start.timestamp() * 1_000_000)
-        older = [i for i in images if i.taken_us <= start_us]
-        if not older:
-            return 0
-        anchor = max(older, key=lambda i: (i.seq, i.taken_us))
-        doomed = [i.key for i in images if i.taken_us < anchor.taken_us and i.key != anchor.key]
-        for obj in await self.archive.list(ref.wal_prefix):
-            rng = segments.parse_object_name(obj.key.rsplit("/", 1)[1])
-            if rng is not None and rng[1] <= anchor.seq:
-                doomed.append(obj.key)
-        await self.archive.delete(doomed)
-        return len(doomed)
-
-    async def _collect_chunks(self, project_id: str, now: datetime) -> int:
-        async with self.chunks.lock(project_id):
-            referenced: set[str] = set()
-            for obj in await self.archive.list(project_prefix(project_id) + "timelines/"):
-                if "/base/" in obj.key:
-                    manifest = await read_manifest(self.archive, obj.key)
-                    for f in manifest.files:
-                        referenced.update(f.chunks)
-            prefix = project_prefix(project_id) + "chunks/"
-            doomed = [
-                o.key
-                for o in await self.archive.list(prefix)
-                if o.key[len(prefix) :] not in referenced
-                and (o.last_modified is None or o.last_modified < now - CHUNK_GRACE)
-            ]
-            await self.archive.delete(doomed)
-            self.chunks.forget(project_id, {k[len(prefix) :] for k in doomed})
-            return len(doomed)
-
     async def project_bytes(self) -> dict[str, int]:
-        """What each project's history occupies in the archive (for metering)."""
-        sizes: dict[str, int] = {}
-        for obj in await self.archive.list("projects/"):
-            project_id = obj.key.split("/", 2)[1]
-            sizes[project_id] = sizes.get(project_id, 0) + obj.size
-        return sizes
+        return await self.retention.project_bytes()

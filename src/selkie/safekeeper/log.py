@@ -72,6 +72,9 @@ class TimelineLog:
         # Bytes of log appended since this process opened it (a base image is due after
         # base_image_log_bytes of them).
         self.appended_bytes = 0
+        # Where in the compute's binary log the last appended transaction ended (file, byte
+        # position), when it came by the stream: a drain after a stop reads on from there.
+        self.binlog_end: tuple[str, int] | None = None
         self._pending: list[Record] = []
         # (seq, received_us, bytes) of durable records the archive does not hold yet.
         self.unshipped: deque[tuple[int, int, int]] = deque()
@@ -121,6 +124,8 @@ class TimelineLog:
                 if r.seq > tl.shipped_seq:
                     tl.unshipped.append((r.seq, r.received_us, len(r.events)))
         tl.segments.sort(key=lambda s: s.first)
+        # Everything shipped and its local segments gone: the log goes on from there.
+        tl.last_seq = max(tl.last_seq, tl.shipped_seq)
         tl.appended_seq = tl.last_seq
         return tl
 

@@ -256,6 +256,7 @@ class Safekeeper:
                 if txn.gtid.seq < tl.next_seq:
                     continue  # sent again after a reconnect: already here
                 self._append(tl, txn)
+                tl.binlog_end = (conn.binlog_file, conn.binlog_pos)
                 if received.ack_requested:
                     acks.append((txn.gtid.seq, conn.binlog_file, conn.binlog_pos))
                 wake.set()
@@ -298,7 +299,8 @@ class Safekeeper:
         sequence number of the timeline now durable here."""
         tl = await self.timeline(ref)
         after = tl.next_seq - 1
-        fde, txns = await asyncio.to_thread(_read_binlog_files, datadir, after)
+        fde, txns = await asyncio.to_thread(_read_binlog_files, datadir, after, tl.binlog_end)
+        tl.binlog_end = None
         if tl.fde is None:
             tl.fde = fde
         floor = tl.unshipped[-1][1] if tl.unshipped else 0
@@ -427,18 +429,27 @@ class Safekeeper:
         return out
 
 
-def _read_binlog_files(datadir: Path, after: int) -> tuple[bytes | None, list[Transaction]]:
-    """The complete transactions after ``after`` in a datadir's binary log files."""
+def _read_binlog_files(
+    datadir: Path, after: int, resume: tuple[str, int] | None = None
+) -> tuple[bytes | None, list[Transaction]]:
+    """The complete transactions after ``after`` in a datadir's binary log files; from
+    ``resume`` (file, position where the stream's last transaction ended) when given, so a
+    drain reads only what the stream had not delivered."""
     index = datadir / BINLOG_INDEX
     if not index.exists():
         return None, []
+    names = [Path(line).name for line in index.read_text().split()]
+    offsets = dict.fromkeys(names, 0)
+    if resume is not None and resume[0] in offsets:
+        names = names[names.index(resume[0]) :]
+        offsets[resume[0]] = resume[1]
     fde: bytes | None = None
     out: list[Transaction] = []
-    for line in index.read_text().split():
-        path = datadir / Path(line).name
+    for name in names:
+        path = datadir / name
         if not path.exists():
             continue  # purged
-        file_fde, txns = file_transactions(path.read_bytes(), after_seq=after)
+        file_fde, txns = file_transactions(path.read_bytes(), after_seq=after, offset=offsets[name])
         fde = fde or file_fde
         out.extend(txns)
     return fde, out

@@ -17,6 +17,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from selkie.archive.binlog import domain_seq, file_position
 from selkie.errors import ComputeError
 from selkie.model import ProjectSettings
 from selkie.storage.base import ParentState, StorageDriver
@@ -46,19 +47,12 @@ def backup_position(target: Path) -> int:
         fields = (target / "xtrabackup_binlog_info").read_text().split("\t")
     except OSError:
         return 0
-    best = 0
-    for gtid in (fields[2] if len(fields) > 2 else "").strip().split(","):
-        parts = gtid.strip().split("-")
-        if len(parts) == 3 and parts[0] == "0" and parts[2].isdigit():
-            best = max(best, int(parts[2]))
-    return best
+    return domain_seq(fields[2] if len(fields) > 2 else "")
 
 
 def datadir_position(datadir: Path) -> int:
     """The GTID sequence number (domain 0) a stopped datadir's data holds, read from its
     binary log; 0 when it has none (blocking)."""
-    from selkie.archive.binlog import file_position
-
     index = datadir / BINLOG_INDEX
     if not index.exists():
         return 0
