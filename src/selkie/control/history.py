@@ -62,6 +62,8 @@ T = TypeVar("T")
 
 # How often the leader prunes history past the retention windows.
 PRUNE_EVERY = timedelta(minutes=10)
+# After a failed hot base image, the next try waits this long (seconds).
+HOT_IMAGE_RETRY = 60.0
 SEMI_SYNC_STATUS = "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'"
 
 
@@ -129,6 +131,7 @@ class History:
         self._sync_endpoints: set[str] = set()  # running with durability=sync
         # Per branch: when its last image was made (monotonic) and the log bytes then.
         self._image_mark: dict[str, tuple[float, int]] = {}
+        self._image_retry_at: dict[str, float] = {}
         self._last_prune: datetime | None = None
 
     async def start(self) -> None:
@@ -496,8 +499,15 @@ class History:
                 time.monotonic() - at >= self.settings.base_image_interval
                 or tl.appended_bytes - logged >= self.settings.base_image_log_bytes
             )
-            if due:
-                await self.hot_image(endpoint_id, branch_id, TimelineRef(row.project_id, row.id))
+            if due and time.monotonic() >= self._image_retry_at.get(branch_id, 0.0):
+                try:
+                    await self.hot_image(
+                        endpoint_id, branch_id, TimelineRef(row.project_id, row.id)
+                    )
+                except SelkieError as exc:
+                    # A compute stopping meanwhile, say: try again in a while.
+                    self._image_retry_at[branch_id] = time.monotonic() + HOT_IMAGE_RETRY
+                    log.warning("hot base image of %s failed: %s", branch_id, exc.message)
 
     async def purge_binlogs(self) -> None:
         """Remove from each running compute the binary log files the archive holds whole,
