@@ -167,3 +167,47 @@ async def test_binary_log_files_the_archive_holds_are_purged(
         await platform.lifecycle.suspend(ep)
         await start(platform, who, pid, ep)
         assert await rows(platform, ep, created) == [0, 1, 2, 9]
+
+
+async def test_delta_images_store_changed_pages_and_rebuild_the_datadir_exactly(
+    tmp_path: Path, template_datadir: Path
+) -> None:
+    from selkie.storage.deltas import materialize_image
+    from selkie.storage.images import read_manifest, skipped
+
+    async with open_platform(tmp_path, template_datadir) as platform:
+        assert platform.history is not None
+        who = local_principal(platform.control)
+        created = await asyncio.to_thread(platform.control.projects.create, who, name="delta")
+        pid, ep, bid = created.project.id, created.endpoints[0].id, created.branch.id
+        await start(platform, who, pid, ep)
+        await asyncio.to_thread(
+            sql,
+            platform,
+            ep,
+            created,
+            "CREATE TABLE t (i INT PRIMARY KEY, pad VARBINARY(1000))",
+            "INSERT INTO t SELECT seq, RANDOM_BYTES(1000) FROM seq_1_to_20000",
+        )
+        for where in ("i % 500 = 0", "i > 19900"):
+            await platform.lifecycle.suspend(ep)
+            await platform.history.wait_images()
+            await start(platform, who, pid, ep)
+            await asyncio.to_thread(
+                sql, platform, ep, created, f"UPDATE t SET pad = RANDOM_BYTES(1000) WHERE {where}"
+            )
+        await platform.lifecycle.suspend(ep)
+        await platform.history.wait_images()
+        (st,) = [s for s in platform.history.safekeeper.status() if s.timeline_id]
+        images = await list_images(platform.history.archive, TimelineRef(pid, st.timeline_id))
+        newest = await read_manifest(platform.history.archive, images[-1].key)
+        # A delta of a delta: a few pages of the 20 MB table, not its chunks.
+        assert newest.parent is not None and newest.depth == 2
+        assert sum(len(d.pages) for d in newest.deltas) < 200
+        out = tmp_path / "materialized"
+        await materialize_image(platform.history.archive, newest.key, out)
+        datadir = tmp_path / "data" / "branches" / bid
+        for path in datadir.rglob("*"):
+            rel = path.relative_to(datadir).as_posix()
+            if path.is_file() and not skipped(rel):
+                assert (out / rel).read_bytes() == path.read_bytes(), rel

@@ -14,7 +14,8 @@ from selkie.control.bootstrap import local_principal
 from selkie.errors import InvalidInput
 from selkie.model import OperationAction
 from selkie.server import Platform
-from selkie.storage.images import list_images, read_manifest
+from selkie.storage import deltas
+from selkie.storage.images import Manifest, list_images, read_manifest
 from tests.compute.conftest import open_platform
 from tests.history.conftest import branch_at, finished, rows, sql, start, wait_received
 
@@ -31,8 +32,10 @@ async def suspend(platform: Platform, who, pid: str, ep: str) -> None:  # type: 
 
 
 async def test_prune_keeps_what_the_window_start_needs(
-    tmp_path: Path, template_datadir: Path
+    tmp_path: Path, template_datadir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Full images only here (deltas: see test_prune_keeps_the_images_deltas_build_on).
+    monkeypatch.setattr(deltas, "MAX_DEPTH", 1)
     async with open_platform(tmp_path, template_datadir) as platform:
         assert platform.history is not None
         history = platform.history
@@ -120,3 +123,46 @@ async def test_prune_keeps_what_the_window_start_needs(
                 pid,
                 parent_timestamp=datetime.now(UTC) - timedelta(seconds=3700),
             )
+
+
+async def test_prune_keeps_the_images_deltas_build_on(tmp_path: Path) -> None:
+    from selkie.archive import LocalArchive
+    from selkie.control.retention import Retention
+    from selkie.storage.images import ChunkIndex
+
+    archive = LocalArchive(tmp_path / "archive")
+    ref = TimelineRef("p", "tl")
+    hour = 3_600_000_000
+
+    def image(seq: int, hours: int, parent: Manifest | None) -> Manifest:
+        return Manifest(
+            project_id="p",
+            timeline_id="tl",
+            seq=seq,
+            taken_us=hours * hour,
+            kind="suspend",
+            parent=parent.key if parent else None,
+            depth=parent.depth + 1 if parent else 0,
+        )
+
+    full1 = image(1, 1, None)
+    d2 = image(2, 2, full1)
+    full3 = image(3, 3, None)
+    d4 = image(4, 4, full3)
+    d5 = image(5, 5, d4)
+    for m in (full1, d2, full3, d4, d5):
+        await archive.put(m.key, m.encode())
+        if m.parent:
+            await archive.put(m.blob_key, b"pages")
+    retention = Retention(store=None, archive=archive, chunks=ChunkIndex())  # type: ignore[arg-type]
+    # The window starts between d4 and d5: d4 is the anchor and needs full3; full1 and d2
+    # (and d2's pages) are no one's.
+    await retention._prune_timeline(ref, datetime.fromtimestamp(4.5 * 3600, UTC))
+    assert [i.seq for i in await list_images(archive, ref)] == [3, 4, 5]
+    assert d2.blob_key not in {o.key for o in await archive.list(ref.base_prefix)}
+    assert d4.blob_key in {o.key for o in await archive.list(ref.base_prefix)}
+    # Had it started between d2 and full3: d2 anchors, and needs full1.
+    for m in (full1, d2):
+        await archive.put(m.key, m.encode())
+    await retention._prune_timeline(ref, datetime.fromtimestamp(2.5 * 3600, UTC))
+    assert [i.seq for i in await list_images(archive, ref)] == [1, 2, 3, 4, 5]

@@ -51,6 +51,8 @@ def chunk_key(project_id: str, digest: str) -> str:
 
 def parse_base_name(name: str) -> tuple[int, int, str] | None:
     """(seq, taken_us, kind) from a base image's object name."""
+    if not name.endswith(".json.zst"):
+        return None
     parts = name.removesuffix(".json.zst").split("-")
     if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
         return None

@@ -43,13 +43,13 @@ from selkie.control.retention import Retention
 from selkie.errors import ComputeError, SelkieError
 from selkie.model import utcnow
 from selkie.safekeeper.service import Safekeeper
+from selkie.storage.deltas import store_image
 from selkie.storage.images import (
     HOT,
     INITIAL,
     SUSPEND,
     ChunkIndex,
-    StatCache,
-    make_image,
+    ImageCache,
 )
 from selkie.storage.local import LocalStorage, datadir_position
 from selkie.storage.restore import Restored, Target, Tools, restore
@@ -121,7 +121,7 @@ class History:
         self.metrics = HistoryMetrics()
         self.retention = Retention(store=store, archive=archive, chunks=self.chunks)
         self._images: dict[str, asyncio.Task[None]] = {}
-        self._stat_caches: dict[str, StatCache] = {}
+        self._caches: dict[str, ImageCache] = {}
         # The (timeline, seq) of the last image made per branch: a suspend with nothing new
         # since makes none.
         self._last_image: dict[str, tuple[str, int]] = {}
@@ -289,8 +289,10 @@ class History:
     async def make_image(
         self, branch_id: str, ref: TimelineRef, seq: int, *, kind: str, datadir: Any = None
     ) -> None:
-        cache = self._stat_caches.setdefault(branch_id, {})
-        manifest = await make_image(
+        # The branch's own datadir: a delta of its previous image when that is small. A
+        # staged copy (a new timeline, a hot copy): a full image.
+        cache = self._caches.setdefault(branch_id, ImageCache()) if datadir is None else None
+        manifest = await store_image(
             self.archive,
             self.chunks,
             ref,
@@ -298,14 +300,21 @@ class History:
             seq=seq,
             kind=kind,
             taken_us=time.time_ns() // 1000,
-            cache=cache if datadir is None else None,
+            cache=cache,
         )
         self._last_image[branch_id] = (ref.timeline_id, seq)
         tl = self.safekeeper.logs.get(ref.timeline_id)
         self._image_mark[branch_id] = (time.monotonic(), tl.appended_bytes if tl else 0)
         self.metrics.base_images += 1
         self.metrics.base_image_bytes += manifest.size
-        log.info("base image of %s at %d (%s, %d bytes)", branch_id, seq, kind, manifest.size)
+        log.info(
+            "base image of %s at %d (%s, %s, %d bytes)",
+            branch_id,
+            seq,
+            kind,
+            "delta" if manifest.parent else "full",
+            manifest.size,
+        )
 
     async def wait_images(self) -> None:
         """Until the base images being made are done (tests, benchmarks, shutdown)."""
@@ -414,7 +423,7 @@ class History:
 
     def forget_datadir(self, branch_id: str, timeline_id: str, seq: int) -> None:
         """The branch's datadir was replaced: what was known of the old one is void."""
-        self._stat_caches.pop(branch_id, None)
+        self._caches.pop(branch_id, None)
         self._last_image[branch_id] = (timeline_id, seq)
 
     async def rebuild(self, branch_id: str, row: TimelineRow) -> None:

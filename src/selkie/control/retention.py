@@ -19,6 +19,7 @@ from sqlalchemy import select
 from selkie import model
 from selkie.archive import Archive, segments
 from selkie.archive.layout import TimelineRef, project_prefix
+from selkie.storage.deltas import chain
 from selkie.storage.images import ChunkIndex, list_images, read_manifest
 from selkie.store import Store, convert
 from selkie.store.tables import BranchRow, ProjectRow, TimelineRow
@@ -102,7 +103,15 @@ class Retention:
         if not older:
             return 0
         anchor = max(older, key=lambda i: (i.seq, i.taken_us))
-        doomed = [i.key for i in images if i.taken_us < anchor.taken_us and i.key != anchor.key]
+        # The anchor and every later image stay, with the images their deltas build on.
+        needed: set[str] = set()
+        for image in images:
+            if image.taken_us >= anchor.taken_us and image.key not in needed:
+                needed.update(m.key for m in await chain(self.archive, image.key))
+        doomed = []
+        for image in images:
+            if image.key not in needed:
+                doomed += [image.key, image.key.removesuffix(".json.zst") + ".pages.zst"]
         for obj in await self.archive.list(ref.wal_prefix):
             rng = segments.parse_object_name(obj.key.rsplit("/", 1)[1])
             if rng is not None and rng[1] <= anchor.seq:
@@ -114,7 +123,7 @@ class Retention:
         async with self.chunks.lock(project_id):
             referenced: set[str] = set()
             for obj in await self.archive.list(project_prefix(project_id) + "timelines/"):
-                if "/base/" in obj.key:
+                if "/base/" in obj.key and obj.key.endswith(".json.zst"):
                     manifest = await read_manifest(self.archive, obj.key)
                     for f in manifest.files:
                         referenced.update(f.chunks)

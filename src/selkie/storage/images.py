@@ -54,7 +54,22 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class PageDelta:
+    """A file of a delta image: its size and mode now, and the numbers of its 16 KiB pages
+    that changed (their bytes follow one another in the image's blob)."""
+
+    path: str
+    size: int
+    mode: int
+    pages: list[int]
+
+
+@dataclass(frozen=True)
 class Manifest:
+    """A base image. A *full* image lists every file's chunks; a *delta* image names the
+    image it builds on (``parent``) and lists only the pages that changed since, stored in
+    one compressed object (``blob``)."""
+
     project_id: str
     timeline_id: str
     seq: int
@@ -62,6 +77,15 @@ class Manifest:
     kind: str  # "initial" | "suspend" | "hot"
     files: list[FileEntry] = field(default_factory=list)
     version: int = MANIFEST_VERSION
+    # The bytes of the datadir the image holds.
+    total_size: int = 0
+    # Delta images only.
+    parent: str | None = None
+    depth: int = 0
+    deltas: list[PageDelta] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    blob: str | None = None
+    blob_sha256: str | None = None
 
     @property
     def ref(self) -> TimelineRef:
@@ -73,7 +97,11 @@ class Manifest:
 
     @property
     def size(self) -> int:
-        return sum(f.size for f in self.files)
+        return self.total_size or sum(f.size for f in self.files)
+
+    @property
+    def blob_key(self) -> str:
+        return self.key.removesuffix(".json.zst") + ".pages.zst"
 
     def encode(self) -> bytes:
         return zstandard.ZstdCompressor(level=3).compress(json.dumps(asdict(self)).encode())
@@ -83,7 +111,8 @@ class Manifest:
         try:
             raw = json.loads(zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 30))
             files = [FileEntry(**f) for f in raw.pop("files")]
-            return cls(files=files, **raw)
+            deltas = [PageDelta(**d) for d in raw.pop("deltas", [])]
+            return cls(files=files, deltas=deltas, **raw)
         except (zstandard.ZstdError, ValueError, TypeError, KeyError) as exc:
             raise ObjectMissing(f"archive object {key} is not a readable base image") from exc
 
@@ -101,8 +130,23 @@ class ImageRef:
     kind: str
 
 
-# Per datadir file: (size, mtime_ns, inode) when it was last chunked, and its chunks.
-StatCache = dict[str, tuple[tuple[int, int, int], list[str]]]
+@dataclass
+class Cached:
+    """What an image learned of one datadir file: its (size, mtime_ns, inode) then, its
+    chunk digests (full images) and its 16 KiB pages' digests (16 bytes each)."""
+
+    stamp: tuple[int, int, int]
+    chunks: list[str] | None
+    pages: bytes
+
+
+@dataclass
+class ImageCache:
+    """What the last image made of a datadir holds, file by file: the next image of the same
+    datadir reads only files that changed since, and may be a delta of it."""
+
+    parent: Manifest | None = None
+    files: dict[str, Cached] = field(default_factory=dict)
 
 
 class ChunkIndex:
@@ -131,7 +175,7 @@ class ChunkIndex:
             self._known[project_id] -= digests
 
 
-def _walk(datadir: Path) -> list[tuple[str, os.stat_result]]:
+def walk_datadir(datadir: Path) -> list[tuple[str, os.stat_result]]:
     out = []
     for root, dirs, files in os.walk(datadir):
         dirs.sort()
@@ -146,14 +190,25 @@ def _walk(datadir: Path) -> list[tuple[str, os.stat_result]]:
 
 # Read at most this much of a file per step, so memory stays bounded whatever its size.
 STEP_BYTES = 64 << 20
+PAGE_BYTES = 16 << 10  # InnoDB's page: what a delta image tracks
+
+
+def page_digests(data: bytes) -> bytes:
+    """16-byte digests of each 16 KiB page of ``data`` (whose length is whole pages, or
+    the file's end)."""
+    return b"".join(
+        hashlib.blake2b(data[i : i + PAGE_BYTES], digest_size=16).digest()
+        for i in range(0, len(data), PAGE_BYTES)
+    )
 
 
 def _chunk_file(
     path: Path, offset: int, known: set[str], stop: threading.Event
-) -> tuple[list[str], list[tuple[str, bytes]], bool]:
-    """The digests of a file's chunks from ``offset`` on (up to STEP_BYTES), the compressed
-    chunks among them the archive lacks, and whether the file ended (blocking)."""
+) -> tuple[list[str], bytes, list[tuple[str, bytes]], bool]:
+    """From ``offset`` on (up to STEP_BYTES): the digests of a file's chunks and of its
+    pages, the compressed chunks the archive lacks, and whether the file ended (blocking)."""
     digests: list[str] = []
+    pages: list[bytes] = []
     new: list[tuple[str, bytes]] = []
     compressor = zstandard.ZstdCompressor(level=3)
     seen: set[str] = set()
@@ -162,17 +217,18 @@ def _chunk_file(
         for _ in range(STEP_BYTES // CHUNK_BYTES):
             chunk = fh.read(CHUNK_BYTES)
             if not chunk:
-                return digests, new, True
+                return digests, b"".join(pages), new, True
             if stop.is_set():
                 raise asyncio.CancelledError
             digest = hashlib.sha256(chunk).hexdigest()
             digests.append(digest)
+            pages.append(page_digests(chunk))
             if digest not in known and digest not in seen:
                 seen.add(digest)
                 new.append((digest, compressor.compress(chunk)))
             if len(chunk) < CHUNK_BYTES:
-                return digests, new, True
-    return digests, new, False
+                return digests, b"".join(pages), new, True
+    return digests, b"".join(pages), new, False
 
 
 async def make_image(
@@ -184,15 +240,16 @@ async def make_image(
     seq: int,
     kind: str,
     taken_us: int,
-    cache: StatCache | None = None,
+    cache: ImageCache | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Manifest:
-    """Store ``datadir`` (which must not change meanwhile) as a base image of the timeline
-    at ``seq``. ``cache`` skips reading files unchanged since the image it was filled by,
-    and is refilled. Cancelling stops at the next chunk; nothing visible is left."""
+    """Store ``datadir`` (which must not change meanwhile) as a full base image of the
+    timeline at ``seq``. ``cache`` skips reading files unchanged since the image it was
+    filled by, and is refilled. Cancelling stops at the next chunk; nothing visible is
+    left (see :mod:`selkie.storage.deltas` for images that store only changed pages)."""
     stop = threading.Event()
     sem = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
-    new_cache: StatCache = {}
+    new_files: dict[str, Cached] = {}
     entries: list[FileEntry] = []
     uploaded = 0
 
@@ -208,21 +265,28 @@ async def make_image(
     async with chunks.lock(ref.project_id):
         known = await chunks.known(archive, ref.project_id)
         try:
-            for rel, st in await asyncio.to_thread(_walk, datadir):
+            for rel, st in await asyncio.to_thread(walk_datadir, datadir):
                 stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
-                hit = (cache or {}).get(rel)
-                if hit is not None and hit[0] == stamp and all(d in known for d in hit[1]):
-                    digests = hit[1]
+                hit = cache.files.get(rel) if cache is not None else None
+                if (
+                    hit is not None
+                    and hit.stamp == stamp
+                    and hit.chunks is not None
+                    and all(d in known for d in hit.chunks)
+                ):
+                    digests, pages = hit.chunks, hit.pages
                 else:
-                    digests = []
+                    digests, parts = [], []
                     ended = False
                     while not ended:
-                        part, new, ended = await asyncio.to_thread(
+                        part, page_part, new, ended = await asyncio.to_thread(
                             _chunk_file, datadir / rel, len(digests) * CHUNK_BYTES, known, stop
                         )
                         await asyncio.gather(*(upload(d, data) for d, data in new))
                         digests += part
-                new_cache[rel] = (stamp, digests)
+                        parts.append(page_part)
+                    pages = b"".join(parts)
+                new_files[rel] = Cached(stamp, digests, pages)
                 entries.append(FileEntry(rel, st.st_size, st.st_mode & 0o777, digests))
         except BaseException:
             stop.set()
@@ -234,11 +298,11 @@ async def make_image(
             taken_us=taken_us,
             kind=kind,
             files=entries,
+            total_size=sum(e.size for e in entries),
         )
         await archive.put(manifest.key, manifest.encode())
     if cache is not None:
-        cache.clear()
-        cache.update(new_cache)
+        cache.parent, cache.files = manifest, new_files
     return manifest
 
 

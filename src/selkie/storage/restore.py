@@ -47,7 +47,8 @@ from selkie.compute.mariadb import (
     render_config,
 )
 from selkie.errors import ArchiveError, ComputeError, InvalidInput, ObjectMissing
-from selkie.storage.images import INITIAL, ImageRef, list_images, materialize, read_manifest
+from selkie.storage.deltas import materialize_image
+from selkie.storage.images import INITIAL, ImageRef, list_images
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +274,7 @@ async def restore(
     image = pick_image(await list_images(archive, ref), target)
     chain = await wal_chain(archive, ref, image.seq)
     say(f"restoring base image at {image.seq}")
-    manifest = await read_manifest(archive, image.key)
-    await materialize(archive, manifest, staging)
+    await materialize_image(archive, image.key, staging)
     seq = image.seq
     replayed = 0
     replay_file = staging.parent / f".{staging.name}.replay.bin"
