@@ -46,3 +46,23 @@ async def test_cancel_ends_a_task() -> None:
     assert task.cancelled()
     await cancel(task)  # done: nothing to do
     await cancel(None)
+
+
+async def test_cancel_sends_a_swallowed_cancellation_again() -> None:
+    rounds = 0
+
+    async def swallows_once() -> None:
+        nonlocal rounds
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                rounds += 1
+                if rounds == 1:
+                    continue  # as wait_for on Python 3.11 may, now and then
+                raise
+
+    task = spawn(swallows_once(), name="swallower")
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel(task), 5)
+    assert task.cancelled() and rounds == 2

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 _running: set[asyncio.Task[Any]] = set()
+RECANCEL_SECONDS = 0.5
 T = TypeVar("T")
 
 
@@ -31,20 +32,18 @@ def spawn(coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
 
 
 async def cancel(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a task and wait until it has finished."""
+    """Cancel a task and wait until it has finished. A cancellation the task swallowed (on
+    Python 3.11 ``asyncio.wait_for`` can, when what it waits for completes at that moment)
+    is sent again; a cancellation of the caller while it waits goes on up."""
     if task is None or task.done():
         return
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        # The task's own cancellation ends here; one aimed at the caller (cancelled while
-        # it waits) goes on up, or the caller would carry on as if nothing had happened.
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except Exception:
-        log.exception("task %s failed while being cancelled", task.get_name())
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "task %s failed while being cancelled", task.get_name(), exc_info=task.exception()
+        )
 
 
 class SharedTasks(Generic[T]):

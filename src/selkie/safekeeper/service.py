@@ -62,6 +62,7 @@ class _Follow:
     task: asyncio.Task[None] | None = None
     connected: bool = False
     error: str | None = None
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ class Safekeeper:
         follow = self._follows.pop(endpoint_id, None)
         if follow is None:
             return
+        follow.stopped = True
         await cancel(follow.task)
         tl = self.logs.get(follow.ref.timeline_id)
         if tl is not None:
@@ -198,7 +200,7 @@ class Safekeeper:
 
     async def _follow_forever(self, follow: _Follow) -> None:
         delay = 0.05
-        while True:
+        while not follow.stopped:
             try:
                 await self._follow(follow)
                 delay = 0.05
