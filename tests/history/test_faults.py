@@ -154,14 +154,12 @@ async def test_binary_log_files_the_archive_holds_are_purged(
         assert await platform.history.safekeeper.wait_archived(
             TimelineRef(pid, st.timeline_id), seq, 10
         )
-        (before,) = await platform.driver.execute(ep, ["SHOW BINARY LOGS"])
-        assert len(before) == 4
+        # (The scheduler's leader purges too, now and then: it may have begun.)
         await platform.history.purge_binlogs()
         (after,) = await platform.driver.execute(ep, ["SHOW BINARY LOGS"])
-        # Older files go; the one the safekeeper's dump thread still holds open stays until
-        # it has moved on (MariaDB does not purge a file in use).
-        names = [r[0] for r in before]
-        assert [r[0] for r in after] in (names[-1:], names[-2:])
+        # Four files were written; the older ones go; the one the safekeeper's dump thread
+        # still holds open may stay until it has moved on (MariaDB keeps a file in use).
+        assert [r[0] for r in after] in (["binlog.000004"], ["binlog.000003", "binlog.000004"])
         # A clean suspend still finds everything, and the history is whole.
         await asyncio.to_thread(sql, platform, ep, created, "INSERT INTO t VALUES (9)")
         await platform.lifecycle.suspend(ep)
