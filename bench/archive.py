@@ -31,9 +31,10 @@ from typing import Any
 
 from _common import Bench, bench_platform, pct, run, sysbench
 
-from selkie.archive.layout import project_prefix
+from selkie.archive.layout import TimelineRef, project_prefix
 from selkie.control.bootstrap import local_principal
 from selkie.server import Platform
+from selkie.storage.images import Manifest, list_images, read_manifest
 
 ROW_BYTES = 1000
 ROWS_PER_TXN = 1000  # ~1 MB transactions
@@ -139,6 +140,14 @@ async def load(b: Bench, gib: float) -> list[tuple[int, datetime]]:
     return marks
 
 
+async def newest_image(b: Bench) -> Manifest:
+    history = b.platform.history
+    assert history is not None
+    (st,) = [s for s in history.safekeeper.status() if s.project_id == b.created.project.id]
+    images = await list_images(history.archive, TimelineRef(st.project_id, st.timeline_id))
+    return await read_manifest(history.archive, images[-1].key)
+
+
 async def branch_at(b: Bench, when: datetime) -> float:
     p = b.platform
     who = local_principal(p.control)
@@ -174,11 +183,11 @@ async def big_branch(gib: float) -> None:
         rows = marks[-1][0]
         changes = {
             "first": None,
-            # 1 % of the rows, side by side (an append, a batch update of recent rows).
-            "1 % of rows, together": f"id > {rows - rows // 100}",
-            # 1 MB of rows (1 in 1000), scattered over the whole table: the worst case for
-            # page-sized pieces, every chunk of the table holds a changed page.
-            "1 MB of rows, scattered": "id % 1000 = 0",
+            # 1 % of the rows, side by side (a batch update of the newest rows).
+            "1 % of rows, together": f"1 ORDER BY id DESC LIMIT {rows // 100}",
+            # 1 MB of rows (1 in 1000), scattered over the whole table: every 256 KiB
+            # chunk of it holds a changed page.
+            "1 MB of rows, scattered": f"1 ORDER BY RAND() LIMIT {rows // 1000}",
         }
         for label, where in changes.items():
             if where is not None:
@@ -193,7 +202,9 @@ async def big_branch(gib: float) -> None:
             t1 = time.perf_counter()
             await p.history.wait_images()
             took = time.perf_counter() - t1
-            results[label] = (took, await archive_bytes(p, pid) - before)
+            newest = await newest_image(b)
+            kind = "delta" if newest.parent else "full"
+            results[label] = (took, await archive_bytes(p, pid) - before, kind)
         size = sum(f.stat().st_size for f in datadir.rglob("*") if f.is_file())
         with tempfile.TemporaryDirectory(dir=p.settings.data_dir) as tmp:
             t2 = time.perf_counter()
@@ -203,10 +214,11 @@ async def big_branch(gib: float) -> None:
             f"\n2. base images of a {size / 2**30:.2f} GiB datadir "
             f"(loaded in {loaded:.0f} s, {marks[-1][0]} rows of {ROW_BYTES} random bytes)"
         )
-        print(f"{'image':<26}{'seconds':>10}{'uploaded MiB':>15}")
-        for label, (took, uploaded) in results.items():
-            print(f"{label:<26}{took:>10.2f}{uploaded / 2**20:>15.1f}")
-        print(f"{'baseline: cp -r':<26}{copy:>10.2f}{size / 2**20:>15.1f}")
+        print(f"{'image':<26}{'kind':>7}{'seconds':>10}{'uploaded MiB':>15}")
+        for label, (took, uploaded, kind) in results.items():
+            print(f"{label:<26}{kind:>7}{took:>10.2f}{uploaded / 2**20:>15.1f}")
+        print(f"{'baseline: cp -r':<26}{'':>7}{copy:>10.2f}{size / 2**20:>15.1f}")
+        print("(uploaded: everything the archive gained, the log of the change included)")
 
         print("\n3. point-in-time restore (branch at a time: newest image before it + replay)")
         print(f"{'log replayed':<22}{'seconds':>10}")

@@ -130,3 +130,17 @@ async def branch_at(
     await finished(platform, who, pid, [o.id for o in child.operations])
     await start(platform, who, pid, child.endpoints[0].id)
     return child
+
+
+async def started_project(
+    platform: Platform, who: Principal, name: str, *statements: str, **options: Any
+) -> Created:
+    """A new project (``options``: its settings), its endpoint started, ``statements`` run
+    there as its owner and received by the safekeeper."""
+    created = await asyncio.to_thread(platform.control.projects.create, who, name=name, **options)
+    ep = created.endpoints[0].id
+    await start(platform, who, created.project.id, ep)
+    if statements:
+        await asyncio.to_thread(sql, platform, ep, created, *statements)
+        await wait_received(platform, ep)
+    return created

@@ -15,7 +15,14 @@ from selkie.model import OperationStatus
 from selkie.storage.images import list_images
 from selkie.storage.local import LocalStorage
 from tests.compute.conftest import open_platform
-from tests.history.conftest import rows, sql, start, wait_received
+from tests.history.conftest import (
+    compute_position,
+    rows,
+    sql,
+    start,
+    started_project,
+    wait_received,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +33,14 @@ async def test_a_corrupt_chunk_fails_the_restore_and_replaces_nothing(
     async with open_platform(tmp_path, template_datadir) as platform:
         assert platform.history is not None
         who = local_principal(platform.control)
-        created = await asyncio.to_thread(platform.control.projects.create, who, name="c")
-        pid, main, ep = created.project.id, created.branch.id, created.endpoints[0].id
-        await start(platform, who, pid, ep)
-        await asyncio.to_thread(
-            sql,
+        created = await started_project(
             platform,
-            ep,
-            created,
+            who,
+            "c",
             "CREATE TABLE t (i INT PRIMARY KEY)",
             "INSERT INTO t VALUES (1)",
         )
-        await wait_received(platform, ep)
+        pid, main, ep = created.project.id, created.branch.id, created.endpoints[0].id
         # Every chunk of the archive damaged: whatever image a restore picks is unusable.
         archive_dir = tmp_path / "data" / "archive"
         for obj in await platform.history.archive.list(chunk_prefix(pid)):
@@ -67,18 +70,14 @@ async def test_crash_leftovers_are_cleaned_and_stale_datadirs_rebuilt(
     async with open_platform(tmp_path, template_datadir) as platform:
         assert platform.history is not None
         who = local_principal(platform.control)
-        created = await asyncio.to_thread(platform.control.projects.create, who, name="crash")
-        pid, bid, ep = created.project.id, created.branch.id, created.endpoints[0].id
-        await start(platform, who, pid, ep)
-        await asyncio.to_thread(
-            sql,
+        created = await started_project(
             platform,
-            ep,
-            created,
+            who,
+            "crash",
             "CREATE TABLE t (i INT PRIMARY KEY)",
             "INSERT INTO t VALUES (7)",
         )
-        await wait_received(platform, ep)
+        pid, bid, ep = created.project.id, created.branch.id, created.endpoints[0].id
         await platform.lifecycle.suspend(ep)
         await platform.history.wait_images()
     branches = tmp_path / "data" / "branches"
@@ -209,3 +208,31 @@ async def test_delta_images_store_changed_pages_and_rebuild_the_datadir_exactly(
             rel = path.relative_to(datadir).as_posix()
             if path.is_file() and not skipped(rel):
                 assert (out / rel).read_bytes() == path.read_bytes(), rel
+
+
+async def test_every_clean_suspend_leaves_the_whole_log_in_the_safekeeper(
+    tmp_path: Path, template_datadir: Path
+) -> None:
+    """A suspend right after a large commit: the stream is cut mid-transaction by the
+    shutdown, so the end comes from the stopped datadir's files; either way the safekeeper
+    holds the compute's last transaction when the suspend returns."""
+    async with open_platform(tmp_path, template_datadir) as platform:
+        assert platform.history is not None
+        who = local_principal(platform.control)
+        created = await started_project(
+            platform,
+            who,
+            "suspend",
+            "CREATE TABLE t (i INT PRIMARY KEY, pad VARBINARY(1000))",
+            "INSERT INTO t SELECT seq, RANDOM_BYTES(1000) FROM seq_1_to_20000",
+        )
+        pid, ep = created.project.id, created.endpoints[0].id
+        for n in (1, 5000, 100, 5000, 20000, 5000):
+            await start(platform, who, pid, ep)
+            await asyncio.to_thread(
+                sql, platform, ep, created, f"UPDATE t SET pad = RANDOM_BYTES(1000) LIMIT {n}"
+            )
+            want = await compute_position(platform, ep)
+            await platform.lifecycle.suspend(ep)
+            (st,) = platform.history.safekeeper.status()
+            assert st.last_seq == want, (n, st)

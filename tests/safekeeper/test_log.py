@@ -120,3 +120,28 @@ async def test_an_archive_that_is_down_only_grows_the_lag(tmp_path: Path) -> Non
     sk.archive = LocalArchive(tmp_path / "a")
     await sk.ship_once()
     assert tl.shipped_seq == 1 and not tl.segments
+
+
+async def test_a_cancelled_flush_still_records_what_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flusher cancelled while its write runs in a thread (the compute stopping) must not
+    leave the write unrecorded: the transaction would be on disk but never shipped."""
+    import asyncio
+    import time
+
+    tl = TimelineLog.open(tmp_path, REF)
+    tl.fde = b"F"
+    write = tl._write
+
+    def slow_write(records: list[Record], close: bool) -> None:
+        time.sleep(0.2)
+        write(records, close)
+
+    monkeypatch.setattr(tl, "_write", slow_write)
+    tl.append(rec(1))
+    flusher = asyncio.ensure_future(tl.flush())
+    await asyncio.sleep(0.05)
+    flusher.cancel()
+    assert await tl.flush() == 1
+    assert tl.last_seq == 1 and [u[0] for u in tl.unshipped] == [1]

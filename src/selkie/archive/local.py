@@ -22,7 +22,8 @@ from selkie.errors import ArchiveError, ObjectMissing
 PART_SUFFIX = ".part"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -48,7 +49,7 @@ class LocalArchive(Archive):
                 fh.flush()
                 os.fsync(fh.fileno())
             tmp.replace(target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         finally:
             tmp.unlink(missing_ok=True)
 

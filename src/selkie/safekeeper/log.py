@@ -27,6 +27,7 @@ from pathlib import Path
 
 from selkie.archive import segments
 from selkie.archive.layout import TimelineRef
+from selkie.archive.local import fsync_dir
 from selkie.archive.segments import Record, SegmentError
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,6 @@ class LocalSegment:
     size: int
     closed: bool
     opened_at: float = 0.0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class TimelineLog:
@@ -168,7 +161,11 @@ class TimelineLog:
 
     async def flush(self, *, close: bool = False) -> int:
         """Make every queued transaction durable; returns the last durable sequence number.
-        ``close`` also closes the open segment (the compute stopped)."""
+        ``close`` also closes the open segment (the compute stopped). A caller cancelled
+        meanwhile does not cut it short: the write and what is recorded of it go together."""
+        return await asyncio.shield(self._flush(close))
+
+    async def _flush(self, close: bool) -> int:
         async with self._lock:
             records, self._pending = self._pending, []
             if records or close:
@@ -197,7 +194,7 @@ class TimelineLog:
                 fh.flush()
                 os.fsync(fh.fileno())
             if created:
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
             seg.size += len(data)
             seg.last = records[-1].seq
         if seg is not None and (
@@ -209,7 +206,7 @@ class TimelineLog:
                 segments.OBJECT_SUFFIX, ".seg"
             )
             seg.path.rename(closed)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             seg.path, seg.closed = closed, True
 
     # --- reading and shipping --------------------------------------------------------------

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from selkie.archive.binlog import domain_seq, file_position
+from selkie.archive.local import fsync_dir
 from selkie.errors import ComputeError
 from selkie.model import ProjectSettings
 from selkie.storage.base import ParentState, StorageDriver
@@ -30,14 +31,6 @@ BINLOG_INDEX = "binlog.index"
 # Directories beside the datadirs that a crash may leave: staged copies and restores,
 # datadirs being replaced.
 _LEFTOVERS = (".tmp-", ".restore-", ".old-")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def backup_position(target: Path) -> int:
@@ -154,7 +147,7 @@ class LocalStorage(StorageDriver):
                 trash = target.with_name(f"{branch_id}.old-{secrets.token_hex(4)}")
                 target.rename(trash)
         staging.rename(target)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return trash
 
     async def remove_leftovers(self) -> None:
