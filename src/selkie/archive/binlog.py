@@ -53,6 +53,7 @@ _NOT_DATA = {
     EventType.START_ENCRYPTION,
 }
 
+_NOT_DATA_VALUES = frozenset(int(t) for t in _NOT_DATA)
 GTID_FL_STANDALONE = 0x01
 GTID_FL_GROUP_COMMIT_ID = 0x02
 LOG_EVENT_ARTIFICIAL_F = 0x20
@@ -124,7 +125,7 @@ def verify_checksum(event: bytes) -> None:
     if len(event) < HEADER_LEN + CHECKSUM_LEN:
         raise BinlogError("event too short to carry a checksum")
     (stored,) = struct.unpack_from("<I", event, len(event) - CHECKSUM_LEN)
-    actual = zlib.crc32(event[:-CHECKSUM_LEN]) & 0xFFFFFFFF
+    actual = zlib.crc32(memoryview(event)[:-CHECKSUM_LEN]) & 0xFFFFFFFF
     if stored != actual:
         raise BinlogError(f"event checksum mismatch ({stored:08x} != {actual:08x})")
 
@@ -203,14 +204,10 @@ def query_text(event: bytes, *, checksum: bool) -> bytes:
     return body[start:]
 
 
-def ends_group(event: bytes, header: Header, *, checksum: bool) -> bool:
-    """Whether this event (inside a non-standalone GTID group) commits the transaction."""
-    if header.type in (EventType.XID, EventType.XA_PREPARE):
-        return True
-    if header.type == EventType.QUERY:
-        text = query_text(event, checksum=checksum).strip().upper()
-        return text in (b"COMMIT", b"ROLLBACK") or text.startswith((b"XA COMMIT", b"XA ROLLBACK"))
-    return False
+def _query_commits(event: bytes, *, checksum: bool) -> bool:
+    """Whether a QUERY_EVENT inside a non-standalone GTID group commits the transaction."""
+    text = query_text(event, checksum=checksum).strip().upper()
+    return text in (b"COMMIT", b"ROLLBACK") or text.startswith((b"XA COMMIT", b"XA ROLLBACK"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,29 +238,35 @@ class TransactionAssembler:
         return self._gtid is not None
 
     def feed(self, event: bytes, received_us: int) -> Transaction | None:
-        header = parse_header(event)
+        # The hot path of the safekeeper (every event of every compute): the type byte
+        # alone decides, the header is parsed for GTID events only.
+        if len(event) < HEADER_LEN:
+            raise BinlogError(f"event of {len(event)} bytes is shorter than its header")
+        etype = event[4]
         if self.checksum:
             verify_checksum(event)
-        if header.type in _NOT_DATA:
+        if etype in _NOT_DATA_VALUES:
             return None
-        if header.type == EventType.GTID:
+        if etype == EventType.GTID:
             if self._gtid is not None:
                 raise BinlogError(f"GTID {self._gtid.gtid} was never committed")
+            header = parse_header(event)
             self._gtid = parse_gtid(event, header)
             self._timestamp = header.timestamp
             self._parts = [event]
             self._statements = 0
             return None
         if self._gtid is None:
-            raise BinlogError(f"event of type {header.type} outside a transaction")
+            raise BinlogError(f"event of type {etype} outside a transaction")
         self._parts.append(event)
-        if header.type != EventType.ANNOTATE_ROWS:
+        if etype != EventType.ANNOTATE_ROWS:
             self._statements += 1
-        done = (
-            self._statements == 1
-            if self._gtid.standalone
-            else ends_group(event, header, checksum=self.checksum)
-        )
+        if self._gtid.standalone:
+            done = self._statements == 1
+        elif etype in (EventType.XID, EventType.XA_PREPARE):
+            done = True
+        else:
+            done = etype == EventType.QUERY and _query_commits(event, checksum=self.checksum)
         if not done:
             return None
         txn = Transaction(self._gtid.gtid, self._timestamp, received_us, b"".join(self._parts))

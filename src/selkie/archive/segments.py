@@ -68,17 +68,28 @@ def encode(fde: bytes, records: list[Record]) -> bytes:
     return header(fde) + b"".join(r.encode() for r in records)
 
 
-def decode(data: bytes, *, strict: bool = True) -> tuple[bytes, list[Record], int]:
-    """(format description event, records, bytes of whole records). With ``strict`` a
-    partial or corrupt record is an error; without, reading stops before it (a file whose
-    writer crashed mid-append)."""
+def decode_header(data: bytes) -> tuple[bytes, int]:
+    """A segment's format description event, and where its records begin."""
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
         raise SegmentError("not a log segment")
     (fde_len,) = struct.unpack_from("<I", data, len(MAGIC))
     pos = len(MAGIC) + 4 + fde_len
     if pos > len(data):
         raise SegmentError("log segment header is cut short")
-    fde = data[len(MAGIC) + 4 : pos]
+    return data[len(MAGIC) + 4 : pos], pos
+
+
+def decode(data: bytes, *, strict: bool = True) -> tuple[bytes, list[Record], int]:
+    """(format description event, records, bytes of whole records). With ``strict`` a
+    partial or corrupt record is an error; without, reading stops before it (a file whose
+    writer crashed mid-append)."""
+    fde, pos = decode_header(data)
+    records, end = decode_records(data, pos, strict=strict)
+    return fde, records, end
+
+
+def decode_records(data: bytes, pos: int, *, strict: bool = True) -> tuple[list[Record], int]:
+    """The records of ``data`` from byte ``pos`` on, and where the last whole one ends."""
     records = []
     while pos < len(data):
         problem = None
@@ -99,7 +110,7 @@ def decode(data: bytes, *, strict: bool = True) -> tuple[bytes, list[Record], in
             break
         records.append(Record(seq, received, ts, server_id, data[pos + _RECORD.size : end]))
         pos = end + _CRC.size
-    return fde, records, pos
+    return records, pos
 
 
 def compress(data: bytes) -> bytes:

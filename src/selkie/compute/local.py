@@ -497,6 +497,9 @@ class LocalDriver(ComputeDriver):
             statements,
             unix_socket=str(self.socket_path(endpoint_id)),
             user=self.os_user,
+            # A private unix socket: no TLS (PyMySQL would otherwise build an SSL context,
+            # loading the system's certificates, for every connection).
+            ssl_disabled=True,
         )
 
     async def remove(self, endpoint_id: str) -> None:

@@ -132,7 +132,8 @@ class History:
         # Per branch: when its last image was made (monotonic) and the log bytes then.
         self._image_mark: dict[str, tuple[float, int]] = {}
         self._image_retry_at: dict[str, float] = {}
-        self._last_prune: datetime | None = None
+        # When each periodic step last ran (the leader ticks twice a second).
+        self._last_run: dict[str, float] = {}
 
     async def start(self) -> None:
         await self.storage.remove_leftovers()
@@ -457,15 +458,18 @@ class History:
     async def tick(self, now: datetime) -> None:
         """Record how far each timeline is durable, sample whether sync commits still wait
         for the safekeeper, image long-running computes, prune (every PRUNE_EVERY)."""
-        steps: list[Callable[[], Awaitable[Any]]] = [
-            self._note_positions,
-            self.sample_semi_sync,
-            self._hot_images,
-            self.purge_binlogs,
+        periodic: list[tuple[str, float, Callable[[], Awaitable[Any]]]] = [
+            ("positions", 5.0, self._note_positions),
+            ("semi_sync", 2.0, self.sample_semi_sync),
+            ("hot_images", 5.0, self._hot_images),
+            ("purge", 30.0, self.purge_binlogs),
+            ("prune", PRUNE_EVERY.total_seconds(), lambda: self.prune(now)),
         ]
-        if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
-            self._last_prune = now
-            steps.append(lambda: self.prune(now))
+        steps = []
+        for name, every, step in periodic:
+            if now.timestamp() - self._last_run.get(name, 0.0) >= every:
+                self._last_run[name] = now.timestamp()
+                steps.append(step)
         for step in steps:
             try:
                 await step()

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from selkie.archive.binlog import EventType, Gtid, parse_header, parse_rotate
+from selkie.archive.binlog import HEADER_LEN, EventType, Gtid, parse_rotate
 from selkie.proxy.packets import (
     NATIVE_PLUGIN,
     build_handshake_response,
@@ -38,7 +38,7 @@ from selkie.proxy.packets import (
     parse_handshake_v10,
 )
 from selkie.proxy.stream import PacketStream
-from selkie.proxy.wire import Capability, ProtocolError, int1, int2, int4, nul_str
+from selkie.proxy.wire import MAX_PAYLOAD, Capability, ProtocolError, int1, int2, int4, nul_str
 
 COM_QUERY = 0x03
 COM_BINLOG_DUMP = 0x12
@@ -69,10 +69,11 @@ class ReplicationError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """One event and whether the compute waits for an acknowledgement of it."""
+    """One event, whether the compute waits for an acknowledgement of it, its type."""
 
     event: bytes
     ack_requested: bool
+    type: int
 
 
 class ReplicaConnection:
@@ -191,10 +192,37 @@ class ReplicaConnection:
         dump = bytes([COM_BINLOG_DUMP]) + int4(4) + int2(0) + int4(server_id) + nul_str(b"")[:-1]
         await self.stream.send(0, dump)
 
+    async def _packets(self) -> AsyncIterator[bytes]:
+        """The stream's packets, read in large pieces (a busy compute sends tens of
+        thousands of small events a second: one read and one await each would cost more
+        than everything else the safekeeper does with them)."""
+        reader = self.stream.reader
+        buf = bytearray()
+        parts: list[bytes] = []
+        while True:
+            pos = 0
+            while len(buf) - pos >= 4:
+                length = int.from_bytes(buf[pos : pos + 3], "little")
+                end = pos + 4 + length
+                if end > len(buf):
+                    break
+                payload = bytes(buf[pos + 4 : end])
+                pos = end
+                if length == MAX_PAYLOAD:
+                    parts.append(payload)  # a packet of 16 MiB or more goes on
+                    continue
+                if parts:
+                    payload, parts = b"".join([*parts, payload]), []
+                yield payload
+            del buf[:pos]
+            data = await reader.read(1 << 18)
+            if not data:
+                raise ConnectionResetError("the compute closed the binlog stream")
+            buf += data
+
     async def events(self) -> AsyncIterator[Received]:
         """The events as they arrive, until the compute ends the stream (it stops)."""
-        while True:
-            _, payload = await self.stream.read()
+        async for payload in self._packets():
             if not payload:
                 raise ProtocolError("empty packet in the binlog stream")
             if payload[0] == 0xFF:
@@ -211,13 +239,17 @@ class ReplicaConnection:
                     raise ProtocolError("semi-sync header missing")
                 ack = bool(body[1] & SEMI_SYNC_ACK_REQ)
                 body = body[2:]
-            header = parse_header(body)
-            if header.type == EventType.ROTATE:
+            if len(body) < HEADER_LEN:
+                raise ProtocolError("binlog event shorter than its header")
+            etype = body[4]
+            if etype == EventType.ROTATE:
                 position, name = parse_rotate(body, checksum=self.checksum)
                 self.binlog_file, self.binlog_pos = name, position
-            elif header.log_pos:
-                self.binlog_pos = header.log_pos
-            yield Received(body, ack)
+            else:
+                log_pos = int.from_bytes(body[13:17], "little")
+                if log_pos:
+                    self.binlog_pos = log_pos
+            yield Received(body, ack, etype)
 
     async def acknowledge(self, binlog_file: str, binlog_pos: int) -> None:
         """Tell the compute everything up to ``binlog_pos`` of ``binlog_file`` (where the

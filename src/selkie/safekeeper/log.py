@@ -50,6 +50,8 @@ class LocalSegment:
     size: int
     closed: bool
     opened_at: float = 0.0
+    # Where the records the archive does not hold yet begin (0: not known, from the start).
+    shipped_offset: int = 0
 
 
 class TimelineLog:
@@ -211,25 +213,42 @@ class TimelineLog:
 
     # --- reading and shipping --------------------------------------------------------------
 
-    async def read_after(self, after: int) -> list[tuple[LocalSegment, bytes, list[Record]]]:
+    async def read_after(
+        self, after: int, *, whole: bool = False
+    ) -> list[tuple[LocalSegment, bytes, list[Record], int]]:
         """Per segment holding any, its durable records with a sequence number above
-        ``after`` (under the lock: a flush may not rename a segment being read)."""
+        ``after``, and the byte offset where what was read ends (under the lock: a flush
+        may not rename a segment being read). Only the part of a segment past what was
+        shipped is read, unless ``whole``."""
         async with self._lock:
-            return await asyncio.to_thread(self._read_after, after)
+            return await asyncio.to_thread(self._read_after, after, whole)
 
-    def _read_after(self, after: int) -> list[tuple[LocalSegment, bytes, list[Record]]]:
+    def _read_after(
+        self, after: int, whole: bool
+    ) -> list[tuple[LocalSegment, bytes, list[Record], int]]:
         out = []
         for seg in self.segments:
             if seg.last <= after:
                 continue
             with open(seg.path, "rb") as fh:
-                data = fh.read(seg.size)
-            fde, records, _ = segments.decode(data, strict=True)
-            out.append((seg, fde, [r for r in records if r.seq > after]))
+                head = fh.read(4096)
+                fde, start = segments.decode_header(head)
+                if len(fde) + 12 > len(head):
+                    fh.seek(0)
+                    fde, start = segments.decode_header(fh.read(start))
+                start = start if whole else max(start, seg.shipped_offset)
+                end = seg.size
+                fh.seek(start)
+                data = fh.read(end - start)
+            records, _ = segments.decode_records(data, 0)
+            out.append((seg, fde, [r for r in records if r.seq > after], end))
         return out
 
-    def mark_shipped(self, seq: int) -> None:
-        """The archive holds everything up to ``seq`` (blocking: writes the marker)."""
+    def mark_shipped(self, seq: int, seg: LocalSegment | None = None, offset: int = 0) -> None:
+        """The archive holds everything up to ``seq`` (blocking: writes the marker); in
+        ``seg``, everything before byte ``offset``."""
+        if seg is not None:
+            seg.shipped_offset = max(seg.shipped_offset, offset)
         tmp = self.dir / "shipped.tmp"
         tmp.write_text(str(seq))
         tmp.replace(self.dir / "shipped")

@@ -35,7 +35,6 @@ from selkie.archive.binlog import (
     Transaction,
     TransactionAssembler,
     file_transactions,
-    parse_header,
 )
 from selkie.archive.layout import TimelineRef
 from selkie.archive.segments import Record
@@ -50,6 +49,8 @@ log = logging.getLogger(__name__)
 # The server id the safekeeper registers with (computes are server 1).
 SAFEKEEPER_SERVER_ID = 2
 COMPUTE_SERVER_ID = 1
+# durability=async: transactions that arrive within this many seconds share one fsync.
+ASYNC_BATCH = 0.01
 BINLOG_INDEX = "binlog.index"
 
 
@@ -233,7 +234,10 @@ class Safekeeper:
         conn = await ReplicaConnection.open(follow.socket, self.user)
         acks: deque[tuple[int, str, int]] = deque()
         wake = asyncio.Event()
-        flusher = spawn(self._flusher(tl, conn, wake, acks), name=f"flush-{follow.endpoint_id}")
+        flusher = spawn(
+            self._flusher(tl, conn, wake, acks, batch=0.0 if follow.semi_sync else ASYNC_BATCH),
+            name=f"flush-{follow.endpoint_id}",
+        )
         try:
             await conn.start_dump(
                 after=Gtid(DOMAIN, COMPUTE_SERVER_ID, after) if after > 0 else None,
@@ -246,7 +250,7 @@ class Safekeeper:
             assembler = TransactionAssembler(checksum=conn.checksum)
             async for received in conn.events():
                 event = received.event
-                if tl.fde is None and parse_header(event).type == EventType.FORMAT_DESCRIPTION:
+                if tl.fde is None and received.type == EventType.FORMAT_DESCRIPTION:
                     tl.fde = event
                 txn = assembler.feed(event, self.clock_us())
                 if txn is None:
@@ -282,9 +286,15 @@ class Safekeeper:
         conn: ReplicaConnection,
         wake: asyncio.Event,
         acks: deque[tuple[int, str, int]],
+        *,
+        batch: float,
     ) -> None:
         while True:
             await wake.wait()
+            if batch:
+                # No client waits for this fsync: let a few milliseconds of transactions
+                # share it (each flush costs a thread hop and an fsync).
+                await asyncio.sleep(batch)
             wake.clear()
             durable = await tl.flush()
             best = None
@@ -320,7 +330,7 @@ class Safekeeper:
         that must not miss what the archive does not hold yet)."""
         tl = await self.timeline(ref)
         fde, records = tl.fde, []
-        for _seg, seg_fde, recs in await tl.read_after(after):
+        for _seg, seg_fde, recs, _end in await tl.read_after(after, whole=True):
             fde = fde or seg_fde
             records.extend(recs)
         return (fde, records) if fde is not None and records else None
@@ -346,13 +356,13 @@ class Safekeeper:
         written = 0
         for tl in list(self.logs.values()):
             if tl.last_seq > tl.shipped_seq:
-                for _seg, fde, records in await tl.read_after(tl.shipped_seq):
+                for seg, fde, records, end in await tl.read_after(tl.shipped_seq):
                     if not records:
                         continue
                     data = segments.compress(segments.encode(fde, records))
                     name = segments.object_name(records[0].seq, records[-1].seq)
                     await self.archive.put(tl.ref.wal_prefix + name, data)
-                    await asyncio.to_thread(tl.mark_shipped, records[-1].seq)
+                    await asyncio.to_thread(tl.mark_shipped, records[-1].seq, seg, end)
                     done_us = self.clock_us()
                     self.archive_delays.extend((done_us - r.received_us) / 1e6 for r in records)
                     self.segments_shipped += 1
@@ -384,7 +394,9 @@ class Safekeeper:
                 pieces.append(obj.key)
         written = 0
         if not have_whole:
-            ((_, fde, records),) = [x for x in await tl.read_after(seg.first - 1) if x[0] is seg]
+            ((_, fde, records, _end),) = [
+                x for x in await tl.read_after(seg.first - 1, whole=True) if x[0] is seg
+            ]
             data = segments.compress(segments.encode(fde, records))
             await self.archive.put(tl.ref.wal_prefix + segments.object_name(*whole), data)
             written = 1
