@@ -49,10 +49,28 @@ async def archive_bytes(platform: Platform, project_id: str) -> int:
     return sum(o.size for o in await platform.history.archive.list(project_prefix(project_id)))
 
 
+async def caught_up(b: Bench) -> None:
+    """Until the archive holds everything the endpoint's compute has committed."""
+    history = b.platform.history
+    assert history is not None
+    ((row,),) = (await sql(b.platform, b.endpoint_id, "SELECT @@gtid_binlog_pos"))[0]
+    want = int(str(row).rsplit("-", 1)[1]) if row else 0
+    for st in history.safekeeper.status():
+        if st.endpoint_id == b.endpoint_id:
+            ref = TimelineRef(st.project_id, st.timeline_id)
+            await history.safekeeper.wait_archived(ref, want, 120)
+
+
 async def write_cost(seconds: int, rounds: int, threads: int, cu: float) -> None:
     modes = {"off": {"SELKIE_ARCHIVE_URL": "off"}, "async": {}, "sync": {}}
+    # Also the async endpoint with its safekeeper detached (the binary log alone), to tell
+    # the log's cost from the safekeeper's.
+    columns = ["off", "binlog only", "async", "sync"]
+    # A fourth column: the async endpoint with its safekeeper detached (the binary log
+    # alone), to tell the log's cost from the safekeeper's.
+    columns = ["off", "binlog only", "async", "sync"]
     size: dict[str, Any] = {"autoscaling_limit_min_cu": cu, "autoscaling_limit_max_cu": cu}
-    results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    results: dict[str, list[tuple[float, float]]] = {m: [] for m in columns}
     delays: list[float] = []
     async with (
         bench_platform(env=modes["off"], suspend_timeout_seconds=-1, **size) as off,
@@ -83,16 +101,27 @@ async def write_cost(seconds: int, rounds: int, threads: int, cu: float) -> None
                 command="prepare",
             )
         for _ in range(rounds):
-            for name, b in benches.items():
+            for name in columns:
+                b = benches["async" if name == "binlog only" else name]
                 hist = b.platform.history
                 if hist is not None:
+                    if name == "binlog only":
+                        await hist.safekeeper.detach(b.endpoint_id)
+                    elif name == "async":
+                        info = await b.platform.driver.inspect(b.endpoint_id)
+                        await hist.attach(
+                            b.endpoint_id, b.created.branch.id, b.created.project, info.socket
+                        )
+                        await caught_up(b)  # the log written meanwhile, before measuring
                     hist.safekeeper.archive_delays.clear()
-                common = dict(user=b.role, password=b.password, db=b.database, threads=threads)
                 qps, p95, err = await sysbench(
                     "oltp_write_only",
-                    port=ports[name],
+                    port=ports["async" if name == "binlog only" else name],
+                    user=b.role,
+                    password=b.password,
+                    db=b.database,
+                    threads=threads,
                     seconds=seconds,
-                    **common,  # type: ignore[arg-type]
                 )
                 if err:
                     raise SystemExit(f"sysbench ({name}) failed:\n{err}")
@@ -104,12 +133,12 @@ async def write_cost(seconds: int, rounds: int, threads: int, cu: float) -> None
         f"\n1. oltp_write_only, {threads} threads, {seconds}s x {rounds} interleaved rounds, "
         f"{cu} CU endpoint, straight to the compute"
     )
-    print(f"{'archive':<10}{'qps':>10}{'p95 ms':>10}{'qps/off':>10}")
+    print(f"{'archive':<14}{'qps':>10}{'p95 ms':>10}{'qps/off':>10}")
     base = statistics.median(q for q, _ in results["off"])
     for name, rows in results.items():
         q = statistics.median(r[0] for r in rows)
         p = statistics.median(r[1] for r in rows)
-        print(f"{name:<10}{q:>10.0f}{p:>10.1f}{q / base:>10.2f}")
+        print(f"{name:<14}{q:>10.0f}{p:>10.1f}{q / base:>10.2f}")
     if delays:
         print(
             f"async: commit -> archive per transaction, {len(delays)} transactions: "

@@ -2,7 +2,7 @@
 answered) with PyMySQL, against the same on an already active endpoint, with the time
 broken down into client auth, wake (of which mariadbd start to ready) and backend login.
 
-    .venv/bin/python bench/resume.py [--cycles 50]
+    .venv/bin/python bench/resume.py [--cycles 50] [--archive off]
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def first_row(port: int, user: str, password: str, db: str) -> float:
     return elapsed
 
 
-async def main(cycles: int) -> None:
-    async with bench_platform() as b:
+async def main(cycles: int, archive: str) -> None:
+    # --archive off: without durable storage, to see what it adds to a resume.
+    env = {"SELKIE_ARCHIVE_URL": "off"} if archive == "off" else {}
+    async with bench_platform(env=env) as b:
         platform, ep = b.platform, b.endpoint_id
         args = (b.proxy_port, f"{ep}.{b.role}", b.password, b.database)
         await asyncio.to_thread(first_row, *args)  # first start: creates the accounts
@@ -56,7 +58,7 @@ async def main(cycles: int) -> None:
 
     print(
         f"\nconnect → first row of SELECT 1 through the proxy, {cycles} cycles, PyMySQL, "
-        "0.25 CU (ms)\n"
+        f"0.25 CU, archive {archive} (ms)\n"
     )
     print(f"{'':<28}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}")
     for name, vals in (("suspended endpoint (resume)", cold), ("active endpoint", warm)):
@@ -76,4 +78,6 @@ async def main(cycles: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cycles", type=int, default=50)
-    run(main(parser.parse_args().cycles))
+    parser.add_argument("--archive", choices=["on", "off"], default="on")
+    a = parser.parse_args()
+    run(main(a.cycles, a.archive))
