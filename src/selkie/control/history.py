@@ -11,8 +11,11 @@ disk is a cache of them, named by the marker file it carries. This service
   branch starts again first: a wake never waits for it);
 - rebuilds a datadir that is missing or belongs to another timeline (a new machine, a
   lost disk, a restore interrupted by a crash) from the newest base image and the log;
-- prunes history older than each project's ``history_retention_seconds``, keeping what a
-  restore to the window's start needs.
+- on the scheduler's leader, every few seconds: records how far each timeline is durable,
+  samples whether sync commits still wait for the safekeeper, makes hot base images of
+  long-running computes, purges binary log files the archive holds; and every ten minutes
+  prunes history older than each project's ``history_retention_seconds``
+  (:mod:`selkie.control.retention`).
 
 Point-in-time branches and restores (:mod:`selkie.control.restores`) build on it.
 """
@@ -65,14 +68,12 @@ PRUNE_EVERY = timedelta(minutes=10)
 # After a failed hot base image, the next try waits this long (seconds).
 HOT_IMAGE_RETRY = 60.0
 SEMI_SYNC_STATUS = "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'"
-
-
 _BINLOG_NAME = re.compile(r"^binlog\.\d{6,}$")
 
 
 @dataclass(frozen=True)
 class Durable:
-    """How durable an endpoint's commits are right now (``GET …/endpoints/{id}/history``)."""
+    """How durable an endpoint's commits are right now (``GET …/endpoints/{id}/durability``)."""
 
     endpoint_id: str
     durability: str
@@ -229,7 +230,7 @@ class History:
         await cancel(self._images.pop(branch_id, None))
 
     async def attach(
-        self, endpoint_id: str, branch_id: str, project: model.Project, socket: Any
+        self, endpoint_id: str, branch_id: str, project: model.Project, socket: Path | None
     ) -> None:
         row = await self._db(self.current_timeline, branch_id)
         if row is None or socket is None:
@@ -288,7 +289,7 @@ class History:
                 del self._images[branch_id]
 
     async def make_image(
-        self, branch_id: str, ref: TimelineRef, seq: int, *, kind: str, datadir: Any = None
+        self, branch_id: str, ref: TimelineRef, seq: int, *, kind: str, datadir: Path | None = None
     ) -> None:
         # The branch's own datadir: a delta of its previous image when that is small. A
         # staged copy (a new timeline, a hot copy): a full image.
