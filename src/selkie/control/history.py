@@ -41,7 +41,7 @@ from selkie.archive.layout import TimelineRef
 from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import durability_options
 from selkie.config import Settings
-from selkie.control.points import Point, parse_lsn, timeline_at
+from selkie.control.points import Point, parse_lsn, switch_timeline, timeline_at
 from selkie.control.retention import Retention
 from selkie.errors import ComputeError, SelkieError
 from selkie.model import utcnow
@@ -180,29 +180,18 @@ class History:
         parent_timestamp: datetime | None = None,
     ) -> TimelineRow:
         """Record a new timeline as the branch's current one (the one it replaces ends)."""
-        now = self.clock()
         with self.store.write() as s:
             branch = s.get(BranchRow, branch_id)
             if branch is None:
                 raise ComputeError(f"branch {branch_id} is gone")
-            previous = branch.timeline_id
-            if previous is not None:
-                old = s.get(TimelineRow, previous)
-                if old is not None and old.ended_at is None:
-                    old.ended_at = now
-            row = TimelineRow(
-                id=timeline_id or model.new_id("tl"),
-                project_id=project_id,
-                branch_id=branch_id,
+            row = switch_timeline(
+                s,
+                branch,
+                timeline_id=timeline_id or model.new_id("tl"),
                 start_seq=start_seq,
-                last_seq=start_seq,
-                parent_timeline_id=parent[0] if parent else None,
-                parent_seq=parent[1] if parent else None,
-                previous_timeline_id=previous,
-                created_at=now,
+                parent=parent,
+                now=self.clock(),
             )
-            s.add(row)
-            branch.timeline_id = row.id
             if parent_lsn is not None:
                 branch.parent_lsn = parent_lsn
             if parent_timestamp is not None:

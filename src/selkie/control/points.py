@@ -122,3 +122,38 @@ def timeline_at(s: Session, branch_id: str, point: Point) -> TimelineRow:
         if prev is None:
             return row
         row = prev
+
+
+def switch_timeline(
+    s: Session,
+    branch: BranchRow,
+    *,
+    timeline_id: str,
+    start_seq: int,
+    parent: tuple[str, int] | None,
+    now: datetime,
+    end_previous: bool = True,
+) -> TimelineRow:
+    """Make a new timeline the branch's current one (in the caller's transaction). The one
+    it replaces ends, unless ``end_previous`` is false (another branch carries it on)."""
+    previous = branch.timeline_id
+    if previous is not None and end_previous:
+        old = s.get(TimelineRow, previous)
+        if old is not None and old.ended_at is None:
+            old.ended_at = now
+    row = TimelineRow(
+        id=timeline_id,
+        project_id=branch.project_id,
+        branch_id=branch.id,
+        start_seq=start_seq,
+        last_seq=start_seq,
+        parent_timeline_id=parent[0] if parent else None,
+        parent_seq=parent[1] if parent else None,
+        previous_timeline_id=previous,
+        created_at=now,
+    )
+    s.add(row)
+    branch.timeline_id = row.id
+    branch.updated_at = now
+    s.flush()
+    return row

@@ -15,6 +15,7 @@ from selkie import model
 from selkie.control.base import ServiceBase
 from selkie.control.points import check_point
 from selkie.control.rules import (
+    copy_accounts,
     mark_endpoint_deleted,
     new_endpoint_row,
     settings_dict,
@@ -317,24 +318,7 @@ class BranchService(ServiceBase):
             )
             s.add(brow)
             s.flush()
-            roles = []
-            for r in s.execute(select(RoleRow).where(RoleRow.branch_id == parent.id)).scalars():
-                copy = RoleRow(
-                    branch_id=branch_id,
-                    name=r.name,
-                    password_hash=r.password_hash,
-                    protected=r.protected,
-                )
-                s.add(copy)
-                roles.append(copy)
-            dbs = []
-            for d in s.execute(
-                select(DatabaseRow).where(DatabaseRow.branch_id == parent.id)
-            ).scalars():
-                dcopy = DatabaseRow(branch_id=branch_id, name=d.name, owner_name=d.owner_name)
-                s.add(dcopy)
-                dbs.append(dcopy)
-            s.flush()
+            roles, dbs = copy_accounts(s, parent.id, branch_id)
             ops = [
                 self.enqueue(
                     s,

@@ -32,7 +32,8 @@ from selkie.archive.layout import TimelineRef
 from selkie.control.base import ServiceBase
 from selkie.control.history import History
 from selkie.control.lifecycle import Lifecycle
-from selkie.control.points import Point, check_point, timeline_at
+from selkie.control.points import Point, check_point, switch_timeline, timeline_at
+from selkie.control.rules import copy_accounts
 from selkie.errors import NotFound
 from selkie.model import OperationAction, Principal, utcnow
 from selkie.storage.images import INITIAL
@@ -40,9 +41,7 @@ from selkie.storage.local import LocalStorage
 from selkie.store import convert
 from selkie.store.tables import (
     BranchRow,
-    DatabaseRow,
     OperationRow,
-    RoleRow,
     TimelineRow,
 )
 from selkie.tasks import spawn
@@ -219,36 +218,14 @@ class Restorer:
                     )
                 )
                 s.flush()
-                for r in s.execute(select(RoleRow).where(RoleRow.branch_id == branch_id)).scalars():
-                    s.add(
-                        RoleRow(
-                            branch_id=preserved_id,
-                            name=r.name,
-                            password_hash=r.password_hash,
-                            protected=r.protected,
-                        )
-                    )
-                for d in s.execute(
-                    select(DatabaseRow).where(DatabaseRow.branch_id == branch_id)
-                ).scalars():
-                    s.add(DatabaseRow(branch_id=preserved_id, name=d.name, owner_name=d.owner_name))
-            if old is not None:
-                prev = s.get(TimelineRow, old)
-                if prev is not None and preserved_id is None and prev.ended_at is None:
-                    prev.ended_at = now
-            s.add(
-                TimelineRow(
-                    id=timeline_id,
-                    project_id=branch.project_id,
-                    branch_id=branch_id,
-                    start_seq=seq,
-                    last_seq=seq,
-                    parent_timeline_id=source_id,
-                    parent_seq=seq,
-                    previous_timeline_id=old,
-                    created_at=now,
-                )
+                copy_accounts(s, branch_id, preserved_id)
+            switch_timeline(
+                s,
+                branch,
+                timeline_id=timeline_id,
+                start_seq=seq,
+                parent=(source_id, seq),
+                now=now,
+                end_previous=preserved_id is None,
             )
-            branch.timeline_id = timeline_id
-            branch.updated_at = now
             return preserved_id

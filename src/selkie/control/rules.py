@@ -6,12 +6,13 @@ import dataclasses
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy.orm import object_session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, object_session
 
 from selkie import model
 from selkie.errors import InvalidInput
 from selkie.model import EndpointState, EndpointType, PoolerMode, StorageMode, utcnow
-from selkie.store.tables import EndpointRow, UsageEventRow
+from selkie.store.tables import DatabaseRow, EndpointRow, RoleRow, UsageEventRow
 
 
 def validate_endpoint_settings(
@@ -168,3 +169,28 @@ def mark_endpoint_deleted(row: EndpointRow) -> None:
     row.pending_state = None
     row.generation = row.generation + 1
     row.deleted_at = utcnow()
+
+
+def copy_accounts(
+    s: Session, from_branch_id: str, to_branch_id: str
+) -> tuple[list[RoleRow], list[DatabaseRow]]:
+    """A branch's roles and databases, copied to another branch (in the caller's
+    transaction); the copies."""
+    roles = [
+        RoleRow(
+            branch_id=to_branch_id,
+            name=r.name,
+            password_hash=r.password_hash,
+            protected=r.protected,
+        )
+        for r in s.execute(select(RoleRow).where(RoleRow.branch_id == from_branch_id)).scalars()
+    ]
+    dbs = [
+        DatabaseRow(branch_id=to_branch_id, name=d.name, owner_name=d.owner_name)
+        for d in s.execute(
+            select(DatabaseRow).where(DatabaseRow.branch_id == from_branch_id)
+        ).scalars()
+    ]
+    s.add_all([*roles, *dbs])
+    s.flush()
+    return roles, dbs
