@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy bench
+	$(VENV)/bin/lint-imports
 
 test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -17,7 +17,7 @@ from selkie.compute.local import free_port
 from selkie.config import load_settings
 from selkie.control import Created
 from selkie.control.bootstrap import local_principal
-from selkie.server import Platform
+from selkie.platform import Platform
 
 TABLE_SIZE = 10000
 T = TypeVar("T")

@@ -33,7 +33,7 @@ from _common import Bench, bench_platform, pct, run, sysbench
 
 from selkie.archive.layout import TimelineRef, project_prefix
 from selkie.control.bootstrap import local_principal
-from selkie.server import Platform
+from selkie.platform import Platform
 from selkie.storage.images import Manifest, list_images, read_manifest
 
 ROW_BYTES = 1000

@@ -98,7 +98,7 @@ def _emit(data: Any, output: Output, columns: list[str] | None = None) -> None:
 @app.command()
 def up(config: ConfigOpt = None) -> None:
     """Run the whole platform in this process (API, proxy, scheduler). Ctrl-C stops."""
-    from selkie.server import banner, serve
+    from selkie.serve import banner, serve
 
     settings = _settings(config)
     _run_server(settings, serve(settings, on_ready=lambda first: print(banner(settings, first))))
@@ -124,7 +124,7 @@ def api(config: ConfigOpt = None) -> None:
     replicas on a PostgreSQL store) and, with SELKIE_INTERNAL_TOKEN, the internal routes
     that `selkie proxy` replicas use. No proxy; computes keep running when it stops."""
 
-    from selkie.server import serve
+    from selkie.serve import serve
 
     settings = _settings(config)
 
@@ -139,7 +139,7 @@ def proxy(config: ConfigOpt = None) -> None:
     """Run the MySQL-protocol proxy alone. With SELKIE_INTERNAL_TOKEN and SELKIE_API_URL
     (comma-separated for several), a replica asking `selkie api` replicas; otherwise with
     an in-process control plane on the state store. Ctrl-C stops."""
-    from selkie.server import serve_proxy
+    from selkie.serve import serve_proxy
 
     settings = _settings(config)
     _run_server(settings, serve_proxy(settings))

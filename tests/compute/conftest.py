@@ -12,7 +12,7 @@ import pytest
 from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.model import Principal
-from selkie.server import Platform
+from selkie.platform import Platform
 from tests.conftest import need_service, seed_template
 from tests.helpers import free_port
 

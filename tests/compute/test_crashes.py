@@ -13,7 +13,7 @@ from pathlib import Path
 import pymysql
 
 from selkie.model import EndpointState, OperationAction, Principal
-from selkie.server import Platform
+from selkie.platform import Platform
 from tests.compute.test_lifecycle import platform_address, request
 from tests.helpers import api_client, mariadbd_processes, selkie_env, selkie_up
 

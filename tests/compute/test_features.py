@@ -13,7 +13,7 @@ from selkie.compute.mariadb import GIB
 from selkie.control import Created
 from selkie.errors import QuotaExceeded
 from selkie.model import EndpointState, OperationAction, OperationStatus, Principal
-from selkie.server import Platform
+from selkie.platform import Platform
 from tests.compute.test_lifecycle import platform_address, request
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from selkie.control import Created
 from selkie.model import EndpointState, OperationAction, OperationStatus, Principal
-from selkie.server import Platform
+from selkie.platform import Platform
 
 
 def connect(

@@ -17,7 +17,7 @@ import pytest
 from selkie.compute.mariadb import Sizing, render_config
 from selkie.errors import ComputeError
 from selkie.model import EndpointState, ProjectSettings, StorageMode
-from selkie.server import Platform
+from selkie.platform import Platform
 from selkie.storage.pageserver import page_server_options
 from tests.helpers import free_port
 

@@ -15,7 +15,7 @@ import pytest
 from selkie.control import Created
 from selkie.control.bootstrap import local_principal
 from selkie.model import OperationAction, OperationStatus, Principal
-from selkie.server import Platform
+from selkie.platform import Platform
 from tests.compute.conftest import open_platform
 from tests.compute.test_features import sql as compute_sql
 from tests.conftest import s3_options

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from selkie.api.app import create_app
 from selkie.control.bootstrap import local_principal
-from selkie.server import Platform
+from selkie.platform import Platform
 from tests.compute.conftest import open_platform
 from tests.history.conftest import sql, start, wait_received
 

@@ -13,7 +13,7 @@ from selkie.archive.layout import TimelineRef, chunk_prefix
 from selkie.control.bootstrap import local_principal
 from selkie.errors import InvalidInput
 from selkie.model import OperationAction
-from selkie.server import Platform
+from selkie.platform import Platform
 from selkie.storage import deltas
 from selkie.storage.images import Manifest, list_images, read_manifest
 from tests.compute.conftest import open_platform

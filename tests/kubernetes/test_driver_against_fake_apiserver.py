@@ -11,10 +11,11 @@ import pytest
 
 from kubernetes import client as k8s
 from selkie.compute.base import ComputeSpec
-from selkie.compute.kubernetes import KubernetesDriver, KubernetesStorage, KubeSettings
+from selkie.compute.kubernetes import KubernetesDriver, KubeSettings
 from selkie.errors import ComputeError, ConfigError, InvalidInput
 from selkie.model import ProjectSettings
 from selkie.storage.base import ParentState
+from selkie.storage.kubernetes import KubernetesStorage
 from tests.kubernetes.fake_apiserver import FakeApiServer
 
 pytestmark = pytest.mark.timeout(60)

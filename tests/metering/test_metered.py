@@ -16,7 +16,7 @@ from sqlalchemy import select
 from selkie.api.app import create_app
 from selkie.control.bootstrap import local_principal
 from selkie.metering.usage import PeriodUsage, month_usage, storage_bytes
-from selkie.server import Platform
+from selkie.platform import Platform
 from selkie.store.tables import MeterMarkRow
 from tests.compute.conftest import open_platform
 from tests.proxy.conftest import Db, db
@@ -106,7 +106,7 @@ async def test_quotas_refuse_wakes_with_the_reason(db: Db) -> None:
     )
     conn = await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
     # 0.25 CU: four seconds of running use the CU-second; the meter then suspends it.
-    await eventually(lambda: db.endpoint_id in db.platform.meter.quota_suspended, timeout=20)
+    await eventually(lambda: db.endpoint_id in db.platform.quotas.suspended, timeout=20)
     await eventually(lambda: db.state() == "suspended")
     conn.close()
     with pytest.raises(pymysql.err.OperationalError) as err:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from selkie.metering.usage import Event, intervals, per_period
 from selkie.model import Principal
-from selkie.server import Platform
+from selkie.platform import Platform
 from selkie.store.tables import UsageEventRow
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

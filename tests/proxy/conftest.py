@@ -11,7 +11,7 @@ import pytest
 
 from selkie.control import Created
 from selkie.control.bootstrap import local_principal
-from selkie.server import Platform
+from selkie.platform import Platform
 from tests.compute.conftest import open_platform
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from selkie.model import mysql_native_hash
-from selkie.proxy import auth
-from selkie.proxy.packets import (
+from selkie.mysql.packets import (
     build_auth_switch_request,
     build_change_user,
     build_err,
@@ -26,9 +25,10 @@ from selkie.proxy.packets import (
     parse_handshake_v10,
     parse_ok,
 )
+from selkie.mysql.stream import frame
+from selkie.mysql.wire import MAX_PAYLOAD, PROXY_CAPABILITIES, Capability, ProtocolError, Reader
+from selkie.proxy import auth
 from selkie.proxy.relay import CommandScanner, HeldChangeUser
-from selkie.proxy.stream import frame
-from selkie.proxy.wire import MAX_PAYLOAD, PROXY_CAPABILITIES, Capability, ProtocolError, Reader
 
 SCRAMBLE = b"abcdefghij0123456789"
 

@@ -38,8 +38,7 @@ from kubernetes import watch as k8s_watch
 from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
 from selkie.compute.mariadb import Sizing, render_config, run_statements
 from selkie.errors import ComputeError, ConfigError, Conflict, InvalidInput, NotFound, SelkieError
-from selkie.model import ProjectSettings, new_password
-from selkie.storage.base import ParentState, StorageDriver
+from selkie.model import new_password
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -522,7 +521,11 @@ class KubernetesDriver(ComputeDriver):
         # Kubernetes supervises the pod; there is nothing to take over.
         return await self.inspect(endpoint_id)
 
-    async def _password(self, branch_id: str) -> str:
+    def forget_password(self, branch_id: str) -> None:
+        self._passwords.pop(branch_id, None)
+
+    async def password(self, branch_id: str) -> str:
+        """The branch's admin password, from its secret (cached)."""
         cached = self._passwords.get(branch_id)
         if cached is not None:
             return cached
@@ -543,7 +546,7 @@ class KubernetesDriver(ComputeDriver):
         if not _pod_running(pod):
             raise ComputeError(f"compute {endpoint_id} is not running")
         branch_id = (pod.metadata.labels or {}).get(BRANCH_LABEL, "")
-        password = await self._password(branch_id)
+        password = await self.password(branch_id)
         self.note_admin_statements(endpoint_id, len(statements))
         return await asyncio.to_thread(
             run_statements,
@@ -570,59 +573,3 @@ class KubernetesDriver(ComputeDriver):
             ).strip()
         except Exception:
             return ""
-
-
-class KubernetesStorage(StorageDriver):
-    """``local`` storage on Kubernetes: a claim per branch, cloned from its parent's."""
-
-    def __init__(self, driver: KubernetesDriver, *, project_of: Callable[[str], str]) -> None:
-        self.driver = driver
-        self.api = driver.api
-        self.ks = driver.ks
-        # Which project a branch belongs to (for labels).
-        self.project_of = project_of
-
-    async def create_branch(
-        self, branch_id: str, *, parent: ParentState | None, settings: ProjectSettings
-    ) -> None:
-        if parent is None:
-            password = new_password(32)
-        else:
-            # The clone carries the parent's datadir, and with it the parent's password.
-            password = await self.driver._password(parent.branch_id)
-        project_id = await asyncio.to_thread(self.project_of, branch_id)
-        for obj in branch_objects(
-            branch_id,
-            project_id,
-            self.ks,
-            password=password,
-            parent_id=parent.branch_id if parent else None,
-        ):
-            await self.api.apply(obj)
-
-    def compute_datadir(self, branch_id: str, endpoint_id: str) -> Path:
-        return DATADIR
-
-    async def prepare_compute(
-        self, branch_id: str, endpoint_id: str, settings: ProjectSettings
-    ) -> dict[str, str]:
-        return {}
-
-    async def delete_branch(self, branch_id: str) -> None:
-        await self.api.delete("PersistentVolumeClaim", pvc_name(branch_id))
-        await self.api.delete("Secret", secret_name(branch_id))
-        self.driver._passwords.pop(branch_id, None)
-
-    async def branch_size(self, branch_id: str) -> int | None:
-        return None  # a claim's usage is the volume plugin's to meter, not visible here
-
-    def branch_exists(self, branch_id: str) -> bool:
-        try:
-            self.api.core.read_namespaced_persistent_volume_claim(
-                pvc_name(branch_id), self.ks.namespace
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise mapped(exc, "read claim") from exc
-        return True

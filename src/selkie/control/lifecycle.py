@@ -52,8 +52,7 @@ from selkie.errors import (
 )
 from selkie.metering.usage import quota_exceeded
 from selkie.model import EndpointState, utcnow
-from selkie.storage.base import ParentState, StorageDriver
-from selkie.storage.pageserver import PageServerStorage
+from selkie.storage.base import ParentState, StorageDriver, Storages
 from selkie.store import Store, Usage, convert
 from selkie.store.tables import BranchRow, DatabaseRow, EndpointRow, ProjectRow, RoleRow
 
@@ -100,6 +99,29 @@ class _Target:
     databases: list[DatabaseSpec]
 
 
+class LifecycleMetrics:
+    """What the lifecycle tells about starts and suspends (for /metrics, benchmarks and
+    tests): counts per endpoint since this process began, recent start durations, and the
+    breakdown of each endpoint's last start."""
+
+    def __init__(self) -> None:
+        self.start_counts: dict[str, int] = {}
+        self.suspend_counts: dict[str, int] = {}
+        self.start_seconds: list[float] = []
+        self.last_start_timings: dict[str, dict[str, float]] = {}
+
+    def starting(self, endpoint_id: str) -> None:
+        self.start_counts[endpoint_id] = self.start_counts.get(endpoint_id, 0) + 1
+
+    def started(self, endpoint_id: str, timings: dict[str, float]) -> None:
+        self.last_start_timings[endpoint_id] = timings
+        self.start_seconds.append(timings["total_ms"] / 1000)
+        del self.start_seconds[:-10_000]  # bounded: the histogram needs recent starts only
+
+    def suspended(self, endpoint_id: str) -> None:
+        self.suspend_counts[endpoint_id] = self.suspend_counts.get(endpoint_id, 0) + 1
+
+
 class _LostRace(Exception):
     """A compare-and-set found the endpoint changed by someone else."""
 
@@ -111,38 +133,31 @@ class Lifecycle:
         store: Store,
         settings: Settings,
         driver: ComputeDriver,
-        local_storage: StorageDriver,
+        storages: Storages,
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         history: History | None = None,
+        before_stop: Callable[[str], Awaitable[object]] | None = None,
+        metrics: LifecycleMetrics | None = None,
     ) -> None:
         self.store = store
         # Durable storage of local branches (None: archive off, or computes elsewhere).
         self.history = history
         self.settings = settings
         self.driver = driver
-        self.local_storage = local_storage
-        self.pageserver_storage = PageServerStorage(
-            data_dir=settings.data_dir, template=local_storage
-        )
+        self.storages = storages
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
-        # Timings of the last start per endpoint, for benchmarks and the resume breakdown.
-        self.last_start_timings: dict[str, dict[str, float]] = {}
-        # Compute starts and suspends per endpoint since this process began, and how long
-        # each start took (metrics, tests).
-        self.start_counts: dict[str, int] = {}
-        self.suspend_counts: dict[str, int] = {}
-        self.start_seconds: list[float] = []
+        self.metrics = metrics or LifecycleMetrics()
         # Endpoints this process made active and has not begun to stop: lets a wake of a
         # running endpoint return without touching the store.
         self._active: set[str] = set()
         # Run just before a running compute is stopped on purpose (the meter's last reading
         # of what it wrote); bounded in time, and its failure never blocks the stop.
-        self.before_stop: Callable[[str], Awaitable[object]] | None = None
+        self.before_stop = before_stop
         driver.on_unexpected_exit(self.on_compute_exit)
 
     def history_for(self, settings: model.ProjectSettings) -> History | None:
@@ -152,9 +167,7 @@ class Lifecycle:
         return self.history
 
     def storage_for(self, settings: model.ProjectSettings) -> StorageDriver:
-        if settings.storage_mode is model.StorageMode.PAGESERVER:
-            return self.pageserver_storage
-        return self.local_storage
+        return self.storages.for_settings(settings)
 
     def _binary_for(self, settings: model.ProjectSettings) -> str | None:
         if settings.storage_mode is model.StorageMode.PAGESERVER:
@@ -319,7 +332,7 @@ class Lifecycle:
         )
         if gen is None:
             raise _LostRace(ep.id)
-        self.start_counts[ep.id] = self.start_counts.get(ep.id, 0) + 1
+        self.metrics.starting(ep.id)
         timings: dict[str, float] = {}
         try:
             storage = self.storage_for(target.project.settings)
@@ -387,9 +400,7 @@ class Lifecycle:
             sync_accounts_ms=(t3 - t2) * 1000,
             total_ms=(time.perf_counter() - t0) * 1000,
         )
-        self.last_start_timings[ep.id] = timings
-        self.start_seconds.append(timings["total_ms"] / 1000)
-        del self.start_seconds[:-10_000]  # bounded: the histogram needs recent starts only
+        self.metrics.started(ep.id, timings)
         self._active.add(ep.id)
         return await self._db(self.get, ep.id)
 
@@ -586,7 +597,7 @@ class Lifecycle:
                     compute_address=None,
                 )
                 raise
-            self.suspend_counts[ep.id] = self.suspend_counts.get(ep.id, 0) + 1
+            self.metrics.suspended(ep.id)
             return await self._db(self.get, endpoint_id)
         raise StateConflict(f"endpoint {endpoint_id} keeps changing state; try again")
 

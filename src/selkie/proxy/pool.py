@@ -15,8 +15,8 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from selkie.proxy.stream import PacketStream
-from selkie.proxy.wire import Capability, Command
+from selkie.mysql.stream import PacketStream
+from selkie.mysql.wire import Capability, Command
 
 # Capabilities that change how responses are encoded: backends are shared only between
 # clients that agree on them.

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from selkie.proxy.packets import (
+from selkie.mysql.packets import (
     Err,
     HandshakeResponse41,
     build_err,
@@ -26,11 +26,8 @@ from selkie.proxy.packets import (
     parse_err,
     parse_ok,
 )
-from selkie.proxy.pool import Backend, BackendStatement, EndpointPool, PoolKey, PoolTimeout
-from selkie.proxy.relay import Counters
-from selkie.proxy.sqlscan import DEFAULTABLE, PSEUDO, Effect, classify
-from selkie.proxy.stream import PacketStream
-from selkie.proxy.wire import (
+from selkie.mysql.stream import PacketStream
+from selkie.mysql.wire import (
     MAX_PAYLOAD,
     Capability,
     Command,
@@ -40,6 +37,9 @@ from selkie.proxy.wire import (
     ServerStatus,
     int4,
 )
+from selkie.proxy.pool import Backend, BackendStatement, EndpointPool, PoolKey, PoolTimeout
+from selkie.proxy.relay import Counters
+from selkie.proxy.sqlscan import DEFAULTABLE, PSEUDO, Effect, classify
 
 log = logging.getLogger(__name__)
 FLUSH_BYTES = 1 << 20

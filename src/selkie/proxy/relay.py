@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from selkie.proxy.wire import MAX_PAYLOAD, Command
+from selkie.mysql.wire import MAX_PAYLOAD, Command
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,7 @@ from typing import Any
 
 from selkie.controlplane import Access, Activity, Backend, ControlPlane
 from selkie.errors import Conflict, NotFound, QuotaExceeded, SelkieError, StateConflict
-from selkie.proxy import auth
-from selkie.proxy.packets import (
+from selkie.mysql.packets import (
     CLEAR_PLUGIN,
     NATIVE_PLUGIN,
     HandshakeResponse41,
@@ -39,6 +38,9 @@ from selkie.proxy.packets import (
     parse_err,
     parse_handshake_response,
 )
+from selkie.mysql.stream import PacketStream, frame
+from selkie.mysql.wire import PROXY_CAPABILITIES, Capability, ErrorCode, ProtocolError
+from selkie.proxy import auth
 from selkie.proxy.pool import FORMAT_CAPS, EndpointPool, PoolKey, PoolTimeout
 from selkie.proxy.pool import Backend as PoolBackend
 from selkie.proxy.pooled import CommandRefused, PooledSession, backend_response
@@ -54,8 +56,6 @@ from selkie.proxy.session import (
     server_name,
     sni_capture,
 )
-from selkie.proxy.stream import PacketStream, frame
-from selkie.proxy.wire import PROXY_CAPABILITIES, Capability, ErrorCode, ProtocolError
 from selkie.tasks import cancel, spawn
 
 log = logging.getLogger(__name__)

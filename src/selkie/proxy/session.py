@@ -15,8 +15,7 @@ import ssl
 from dataclasses import dataclass
 
 from selkie.controlplane import Backend
-from selkie.proxy import auth
-from selkie.proxy.packets import (
+from selkie.mysql.packets import (
     CLEAR_PLUGIN,
     NATIVE_PLUGIN,
     HandshakeResponse41,
@@ -27,8 +26,9 @@ from selkie.proxy.packets import (
     parse_auth_switch_request,
     parse_handshake_v10,
 )
-from selkie.proxy.stream import PacketStream
-from selkie.proxy.wire import PROXY_CAPABILITIES, Capability, ProtocolError
+from selkie.mysql.stream import PacketStream
+from selkie.mysql.wire import PROXY_CAPABILITIES, Capability, ProtocolError
+from selkie.proxy import auth
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selkie.archive.binlog import HEADER_LEN, EventType, Gtid, parse_rotate
-from selkie.proxy.packets import (
+from selkie.mysql.packets import (
     NATIVE_PLUGIN,
     build_handshake_response,
     is_eof,
@@ -37,8 +37,8 @@ from selkie.proxy.packets import (
     parse_err,
     parse_handshake_v10,
 )
-from selkie.proxy.stream import PacketStream
-from selkie.proxy.wire import MAX_PAYLOAD, Capability, ProtocolError, int1, int2, int4, nul_str
+from selkie.mysql.stream import PacketStream
+from selkie.mysql.wire import MAX_PAYLOAD, Capability, ProtocolError, int1, int2, int4, nul_str
 
 COM_QUERY = 0x03
 COM_BINLOG_DUMP = 0x12
@@ -264,7 +264,7 @@ class ReplicaConnection:
 
 
 def _text_row(payload: bytes, columns: int) -> list[bytes | None]:
-    from selkie.proxy.wire import Reader
+    from selkie.mysql.wire import Reader
 
     r = Reader(payload)
     row: list[bytes | None] = []

@@ -39,7 +39,7 @@ from selkie.archive.binlog import (
 from selkie.archive.layout import TimelineRef
 from selkie.archive.segments import Record
 from selkie.errors import SelkieError
-from selkie.proxy.wire import ProtocolError
+from selkie.mysql.wire import ProtocolError
 from selkie.safekeeper.client import ReplicaConnection, ReplicationError
 from selkie.safekeeper.log import LogGap, TimelineLog
 from selkie.tasks import cancel, spawn

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from selkie.model import ProjectSettings
+from selkie.model import ProjectSettings, StorageMode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,3 +55,20 @@ class StorageDriver(ABC):
     @abstractmethod
     def branch_exists(self, branch_id: str) -> bool:
         """Whether the branch's data has been made."""
+
+
+@dataclass(frozen=True)
+class Storages:
+    """The storage drivers by storage mode (a project picks one with ``storage_mode``)."""
+
+    local: StorageDriver
+    pageserver: StorageDriver | None = None
+
+    def for_settings(self, settings: ProjectSettings) -> StorageDriver:
+        if settings.storage_mode is StorageMode.PAGESERVER:
+            if self.pageserver is None:
+                from selkie.errors import ComputeError
+
+                raise ComputeError("pageserver storage is not available here")
+            return self.pageserver
+        return self.local

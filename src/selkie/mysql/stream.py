@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from selkie.proxy.wire import MAX_PAYLOAD, ProtocolError, int3
+from selkie.mysql.wire import MAX_PAYLOAD, ProtocolError, int3
 
 
 def frame(seq: int, payload: bytes) -> tuple[bytes, int]:

@@ -1,11 +1,11 @@
 """Parse and build the MySQL protocol packets the proxy speaks (payloads only; framing is in
-:mod:`selkie.proxy.stream`). Pure functions, tested with byte fixtures."""
+:mod:`selkie.mysql.stream`). Pure functions, tested with byte fixtures."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from selkie.proxy.wire import (
+from selkie.mysql.wire import (
     Capability,
     ErrorCode,
     ProtocolError,

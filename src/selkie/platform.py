@@ -1,26 +1,21 @@
-"""The whole platform in one process, on one asyncio event loop (`selkie up`).
+"""The platform's wiring: every part built and connected in this one place, by
+constructor arguments (nothing is assigned afterwards).
 
-:class:`Platform` wires the parts together: state store, control-plane services, compute
-and storage drivers, the lifecycle manager, the operations runner and the reconciler. Tests
-and benchmarks use it directly; `selkie up` adds the HTTP server around it.
+:class:`Platform` holds the state store, control-plane services, compute and storage
+drivers, the lifecycle manager, the operations runner, the scheduler, the meter, durable
+storage and (when asked) the proxy. Tests and benchmarks use it directly; :mod:`selkie.serve`
+runs it as `selkie up`, `selkie api` and `selkie proxy`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import logging
-import shlex
-import signal
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import uvicorn
-
-from selkie.api.app import create_app
 from selkie.archive import open_archive
 from selkie.compute.base import ComputeDriver
 from selkie.compute.cgroups import Cgroups
@@ -28,24 +23,24 @@ from selkie.compute.local import LocalDriver
 from selkie.config import Settings, split_listen
 from selkie.control import Control
 from selkie.control.access import LocalControlPlane
-from selkie.control.bootstrap import FirstStart, first_start
 from selkie.control.history import Durable, History
 from selkie.control.lifecycle import Lifecycle
+from selkie.control.meter import Meter
+from selkie.control.quotas import Quotas
 from selkie.control.reconciler import reconcile
 from selkie.control.restores import Restorer
 from selkie.control.runner import OperationsRunner
 from selkie.control.scheduler import Scheduler
 from selkie.controlplane import ControlPlane
 from selkie.errors import Conflict
-from selkie.metering.meter import Meter
 from selkie.metering.prometheus import Sources, render
 from selkie.model import Durability
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
-from selkie.remote import HttpControlPlane
 from selkie.safekeeper.service import Safekeeper
-from selkie.storage.base import StorageDriver
+from selkie.storage.base import StorageDriver, Storages
 from selkie.storage.local import LocalStorage
+from selkie.storage.pageserver import PageServerStorage
 from selkie.storage.restore import Tools
 from selkie.store import Store
 from selkie.store.tables import BranchRow
@@ -88,7 +83,8 @@ def _history(
 def _computes(settings: Settings, store: Store) -> tuple[ComputeDriver, StorageDriver]:
     """The compute driver and branch storage the settings ask for."""
     if settings.compute_driver == "kubernetes":
-        from selkie.compute.kubernetes import KubernetesDriver, KubernetesStorage, KubeSettings
+        from selkie.compute.kubernetes import KubernetesDriver, KubeSettings
+        from selkie.storage.kubernetes import KubernetesStorage
 
         namespace = settings.kubernetes_namespace
         if not namespace:
@@ -129,12 +125,14 @@ class LeaderWork:
     store: Store
     lifecycle: Lifecycle
     meter: Meter
+    quotas: Quotas
     history: History | None = None
     reconcile_every: float = 30.0
     _last_reconcile: datetime | None = None
 
     async def tick(self, now: datetime) -> None:
         await self.meter.tick(now)
+        await self.quotas.tick(now)
         if self.history is not None:
             await self.history.tick(now)
         if not self.store.shared:
@@ -157,6 +155,7 @@ class Platform:
     access: LocalControlPlane
     scheduler: Scheduler
     meter: Meter
+    quotas: Quotas
     history: History | None = None
     proxy: ProxyServer | None = None
 
@@ -166,30 +165,38 @@ class Platform:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.effective_database_url)
         driver, storage = _computes(settings, store)
+        storages = Storages(
+            local=storage,
+            pageserver=PageServerStorage(data_dir=settings.data_dir, template=storage),
+        )
         history = _history(settings, store, driver, storage)
+        meter = Meter(
+            store=store,
+            driver=driver,
+            storages=storages,
+            interval=settings.metering_interval,
+            history_sizes=history.project_bytes if history is not None else None,
+        )
         lifecycle = Lifecycle(
             store=store,
             settings=settings,
             driver=driver,
-            local_storage=storage,
+            storages=storages,
             start_timeout=settings.compute_start_timeout,
             stop_timeout=settings.compute_stop_timeout,
             history=history,
+            before_stop=meter.sample_written,
         )
         access = LocalControlPlane(
             store=store, lifecycle=lifecycle, pooler_max_backends=settings.pooler_max_backends
         )
-        meter = Meter(
-            store=store,
-            lifecycle=lifecycle,
-            interval=settings.metering_interval,
-            history_sizes=history.project_bytes if history is not None else None,
+        quotas = Quotas(store=store, suspend=lifecycle.suspend, interval=settings.metering_interval)
+        leader = LeaderWork(
+            store=store, lifecycle=lifecycle, meter=meter, quotas=quotas, history=history
         )
-        leader = LeaderWork(store=store, lifecycle=lifecycle, meter=meter, history=history)
         scheduler = Scheduler(
             store=store, lifecycle=lifecycle, reported=access.last_active, on_tick=leader.tick
         )
-        lifecycle.before_stop = meter.sample_written
         return cls(
             settings=settings,
             store=store,
@@ -205,6 +212,7 @@ class Platform:
             access=access,
             scheduler=scheduler,
             meter=meter,
+            quotas=quotas,
             history=history,
         )
 
@@ -247,9 +255,9 @@ class Platform:
         return render(
             Sources(
                 store=self.store,
-                start_counts=lambda: dict(lc.start_counts),
-                start_seconds=lambda: list(lc.start_seconds),
-                suspend_counts=lambda: dict(lc.suspend_counts),
+                start_counts=lambda: dict(lc.metrics.start_counts),
+                start_seconds=lambda: list(lc.metrics.start_seconds),
+                suspend_counts=lambda: dict(lc.metrics.suspend_counts),
                 proxy=self.proxy,
                 history=self.history,
             )
@@ -286,141 +294,3 @@ async def make_proxy(settings: Settings, control: ControlPlane) -> ProxyServer:
             pool_wait_timeout=settings.pooler_wait_timeout,
         ),
     )
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: it would re-raise SIGTERM once it has
-    stopped, killing the process before the computes are suspended."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def stop_on_signals(stop: Callable[[], None]) -> None:
-    """SIGINT (Ctrl-C) and SIGTERM both mean: stop cleanly, suspending every compute."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-
-
-def banner(settings: Settings, first: FirstStart) -> str:
-    api = settings.effective_api_url
-    lines = [
-        f"Selkie API on {api}  (docs: {api}/docs)",
-        f"MySQL proxy on {settings.proxy_host}:{settings.proxy_port}",
-    ]
-    if first.api_key:
-        lines += [
-            "",
-            "First start: created an API key. It is shown this once; keep it:",
-            f"  export SELKIE_API_KEY={first.api_key}",
-        ]
-    if first.demo is not None:
-        demo = first.demo
-        role = demo.roles[0]
-        db = demo.databases[0]
-        ep = demo.endpoints[0]
-        lines += [
-            "",
-            f"Created project 'demo' ({demo.project.id}); its password is shown this once.",
-            f"  connection URI: {demo.connection_uris[0].connection_uri}",
-            "  connect:        "
-            + shlex.join(
-                [
-                    "mariadb",
-                    "-h",
-                    settings.proxy_host,
-                    "-P",
-                    str(settings.proxy_port),
-                    "-u",
-                    f"{ep.id}.{role.name}",
-                    f"-p{role.password}",
-                    db.name,
-                ]
-            ),
-        ]
-    lines += ["", "Ctrl-C stops."]
-    return "\n".join(lines)
-
-
-async def serve(
-    settings: Settings,
-    *,
-    proxy: bool = True,
-    on_ready: Callable[[FirstStart], None] | None = None,
-) -> None:
-    """Run the API, the operations runner and the scheduler (and the proxy, unless
-    ``proxy`` is false: `selkie api`) until stopped; then, in embedded mode, suspend every
-    compute and exit. An API replica leaves computes running for the others."""
-    platform = await asyncio.to_thread(Platform.open, settings)
-    try:
-        await platform.start(proxy=proxy)
-        try:
-            # Embedded: a first key and a demo project. API replicas: keys are made with
-            # `selkie api-keys create` against the shared store.
-            first = (
-                await asyncio.to_thread(first_start, platform.control)
-                if proxy
-                else FirstStart(api_key=None, demo=None)
-            )
-            host, port = split_listen(settings.api_listen)
-            config = uvicorn.Config(
-                create_app(
-                    platform.control,
-                    pool_metrics=platform.pool_metrics,
-                    durability=platform.durability,
-                    prometheus=platform.prometheus,
-                    control_plane=platform.access,
-                    internal_token=settings.internal_token,
-                    leader=lambda: platform.scheduler.leader.held,
-                ),
-                host=host,
-                port=port,
-                log_level=settings.log_level,
-                access_log=False,
-                lifespan="on",
-            )
-            server = _Server(config)
-            stop_on_signals(lambda: setattr(server, "should_exit", True))
-            if on_ready is not None:
-                on_ready(first)
-            await server.serve()
-            if not server.started:
-                raise SystemExit(f"selkie: the API could not listen on {settings.api_listen}")
-        finally:
-            await platform.stop(suspend_computes=proxy)
-    finally:
-        platform.close()
-
-
-async def serve_proxy(settings: Settings) -> None:
-    """`selkie proxy`. With ``internal_token`` and ``api_url`` set, a proxy replica that
-    asks `selkie api` replicas over HTTP (no state store here); otherwise the proxy with an
-    in-process control plane on the state store."""
-    stopping = asyncio.Event()
-    if settings.internal_token and settings.api_url:
-        control = HttpControlPlane(
-            settings.api_urls,
-            settings.internal_token,
-            wake_timeout=settings.proxy_wake_timeout + 5,
-        )
-        server = await make_proxy(settings, control)
-        await server.start()
-        stop_on_signals(stopping.set)
-        try:
-            await stopping.wait()
-        finally:
-            await server.stop()
-            await control.close()
-        return
-    platform = await asyncio.to_thread(Platform.open, settings)
-    try:
-        await platform.start(proxy=True)
-        stop_on_signals(stopping.set)
-        try:
-            await stopping.wait()
-        finally:
-            await platform.stop()
-    finally:
-        platform.close()

@@ -21,11 +21,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from selkie import model
-from selkie.control.lifecycle import Lifecycle
+from selkie.compute.base import ComputeDriver
 from selkie.errors import SelkieError
 from selkie.metering import counters
-from selkie.metering.usage import compute_quota_exceeded
 from selkie.model import EndpointState, utcnow
+from selkie.storage.base import Storages
 from selkie.store import Store, convert
 from selkie.store.store import write_in_thread
 from selkie.store.tables import BranchRow, EndpointRow, MeterMarkRow, ProjectRow
@@ -76,13 +76,15 @@ class Meter:
         self,
         *,
         store: Store,
-        lifecycle: Lifecycle,
+        driver: ComputeDriver,
+        storages: Storages,
         interval: float = 60.0,
         clock: Callable[[], datetime] = utcnow,
         history_sizes: Callable[[], Awaitable[dict[str, int]]] | None = None,
     ) -> None:
         self.store = store
-        self.lifecycle = lifecycle
+        self.driver = driver
+        self.storages = storages
         self.interval = interval
         self.clock = clock
         # What each project's restore history occupies in the archive (None: no archive).
@@ -90,11 +92,10 @@ class Meter:
         self._history_seen: set[str] = set()
         self._last: datetime | None = None
         self._since: datetime | None = None
-        self.quota_suspended: list[str] = []
 
     async def tick(self, now: datetime) -> None:
-        """Sample and enforce, if an interval has passed since the last time. Each step
-        runs even when another fails."""
+        """Sample, if an interval has passed since the last time. Each step runs even when
+        another fails."""
         if self._last is not None and (now - self._last).total_seconds() < self.interval:
             return
         self._last = now
@@ -102,7 +103,6 @@ class Meter:
             self.sample_all_written,
             self.sample_storage,
             self.sample_history,
-            self.enforce_quotas,
             self.tidy,
         )
         for step in steps:
@@ -136,7 +136,7 @@ class Meter:
         except ValueError:
             return 0
         try:
-            ((row,),) = await self.lifecycle.driver.execute(endpoint_id, WRITTEN_PROBE)
+            ((row,),) = await self.driver.execute(endpoint_id, WRITTEN_PROBE)
             reading = int(row[0])
             booted = datetime.fromtimestamp(int(row[1]), UTC)
         except Exception as exc:
@@ -168,7 +168,7 @@ class Meter:
     async def sample_all_written(self, now: datetime | None = None) -> None:
         for r in await asyncio.to_thread(self._running):
             try:
-                if (await self.lifecycle.driver.inspect(r.endpoint_id)).running:
+                if (await self.driver.inspect(r.endpoint_id)).running:
                     await self.sample_written(r.endpoint_id)
             except Exception as exc:
                 log.warning("meter: cannot sample %s: %r", r.endpoint_id, exc)
@@ -211,7 +211,7 @@ class Meter:
             size: int | None = None
             if b.deleted_at is None:
                 try:
-                    size = await self.lifecycle.storage_for(b.settings).branch_size(b.branch_id)
+                    size = await self.storages.for_settings(b.settings).branch_size(b.branch_id)
                 except Exception as exc:
                     log.warning("cannot measure branch %s: %s", b.branch_id, exc)
                     continue
@@ -279,37 +279,3 @@ class Meter:
 
     async def tidy(self, now: datetime) -> None:
         await asyncio.to_thread(self._tidy, now)
-
-    # --- quotas ----------------------------------------------------------------------------
-
-    def _over_quota(self, now: datetime) -> dict[str, str]:
-        """Active endpoints of projects over their compute-time quota, with the reason."""
-        with self.store.read() as s:
-            rows = s.execute(
-                select(EndpointRow.id, ProjectRow.id, ProjectRow.settings)
-                .join(ProjectRow, ProjectRow.id == EndpointRow.project_id)
-                .where(EndpointRow.current_state == EndpointState.ACTIVE.value)
-            ).all()
-        by_project: dict[str, list[str]] = {}
-        limits: dict[str, int] = {}
-        for endpoint_id, project_id, raw in rows:
-            limit = convert.project_settings(raw).compute_time_limit_seconds
-            if limit is not None:
-                by_project.setdefault(project_id, []).append(endpoint_id)
-                limits[project_id] = limit
-        out = {}
-        for project_id, endpoints in by_project.items():
-            why = compute_quota_exceeded(self.store, project_id, limits[project_id], now)
-            if why is not None:
-                out.update(dict.fromkeys(endpoints, why))
-        return out
-
-    async def enforce_quotas(self, now: datetime) -> None:
-        for endpoint_id, why in (await asyncio.to_thread(self._over_quota, now)).items():
-            log.warning("suspending %s: %s", endpoint_id, why)
-            try:
-                await self.lifecycle.suspend(endpoint_id)
-            except Exception as exc:
-                log.error("could not suspend %s over quota: %s", endpoint_id, exc)
-                continue
-            self.quota_suspended.append(endpoint_id)

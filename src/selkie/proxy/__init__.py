@@ -1,0 +1,1 @@
+"""The MySQL-protocol proxy: auth before wake, routing, relay and pooling."""

@@ -1,0 +1,156 @@
+"""The processes: `selkie up` (the whole platform and its HTTP API on one event loop),
+`selkie api` (an API replica) and `selkie proxy` (a proxy replica)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import signal
+from collections.abc import Callable, Iterator
+
+import uvicorn
+
+from selkie.api.app import create_app
+from selkie.config import Settings, split_listen
+from selkie.control.bootstrap import FirstStart, first_start
+from selkie.platform import Platform, make_proxy
+from selkie.remote import HttpControlPlane
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: it would re-raise SIGTERM once it has
+    stopped, killing the process before the computes are suspended."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """SIGINT (Ctrl-C) and SIGTERM both mean: stop cleanly, suspending every compute."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+
+
+def banner(settings: Settings, first: FirstStart) -> str:
+    api = settings.effective_api_url
+    lines = [
+        f"Selkie API on {api}  (docs: {api}/docs)",
+        f"MySQL proxy on {settings.proxy_host}:{settings.proxy_port}",
+    ]
+    if first.api_key:
+        lines += [
+            "",
+            "First start: created an API key. It is shown this once; keep it:",
+            f"  export SELKIE_API_KEY={first.api_key}",
+        ]
+    if first.demo is not None:
+        demo = first.demo
+        role = demo.roles[0]
+        db = demo.databases[0]
+        ep = demo.endpoints[0]
+        lines += [
+            "",
+            f"Created project 'demo' ({demo.project.id}); its password is shown this once.",
+            f"  connection URI: {demo.connection_uris[0].connection_uri}",
+            "  connect:        "
+            + shlex.join(
+                [
+                    "mariadb",
+                    "-h",
+                    settings.proxy_host,
+                    "-P",
+                    str(settings.proxy_port),
+                    "-u",
+                    f"{ep.id}.{role.name}",
+                    f"-p{role.password}",
+                    db.name,
+                ]
+            ),
+        ]
+    lines += ["", "Ctrl-C stops."]
+    return "\n".join(lines)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    proxy: bool = True,
+    on_ready: Callable[[FirstStart], None] | None = None,
+) -> None:
+    """Run the API, the operations runner and the scheduler (and the proxy, unless
+    ``proxy`` is false: `selkie api`) until stopped; then, in embedded mode, suspend every
+    compute and exit. An API replica leaves computes running for the others."""
+    platform = await asyncio.to_thread(Platform.open, settings)
+    try:
+        await platform.start(proxy=proxy)
+        try:
+            # Embedded: a first key and a demo project. API replicas: keys are made with
+            # `selkie api-keys create` against the shared store.
+            first = (
+                await asyncio.to_thread(first_start, platform.control)
+                if proxy
+                else FirstStart(api_key=None, demo=None)
+            )
+            host, port = split_listen(settings.api_listen)
+            config = uvicorn.Config(
+                create_app(
+                    platform.control,
+                    pool_metrics=platform.pool_metrics,
+                    durability=platform.durability,
+                    prometheus=platform.prometheus,
+                    control_plane=platform.access,
+                    internal_token=settings.internal_token,
+                    leader=lambda: platform.scheduler.leader.held,
+                ),
+                host=host,
+                port=port,
+                log_level=settings.log_level,
+                access_log=False,
+                lifespan="on",
+            )
+            server = _Server(config)
+            stop_on_signals(lambda: setattr(server, "should_exit", True))
+            if on_ready is not None:
+                on_ready(first)
+            await server.serve()
+            if not server.started:
+                raise SystemExit(f"selkie: the API could not listen on {settings.api_listen}")
+        finally:
+            await platform.stop(suspend_computes=proxy)
+    finally:
+        platform.close()
+
+
+async def serve_proxy(settings: Settings) -> None:
+    """`selkie proxy`. With ``internal_token`` and ``api_url`` set, a proxy replica that
+    asks `selkie api` replicas over HTTP (no state store here); otherwise the proxy with an
+    in-process control plane on the state store."""
+    stopping = asyncio.Event()
+    if settings.internal_token and settings.api_url:
+        control = HttpControlPlane(
+            settings.api_urls,
+            settings.internal_token,
+            wake_timeout=settings.proxy_wake_timeout + 5,
+        )
+        server = await make_proxy(settings, control)
+        await server.start()
+        stop_on_signals(stopping.set)
+        try:
+            await stopping.wait()
+        finally:
+            await server.stop()
+            await control.close()
+        return
+    platform = await asyncio.to_thread(Platform.open, settings)
+    try:
+        await platform.start(proxy=True)
+        stop_on_signals(stopping.set)
+        try:
+            await stopping.wait()
+        finally:
+            await platform.stop()
+    finally:
+        platform.close()
