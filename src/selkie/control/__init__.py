@@ -6,17 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from selkie.config import Settings
+from selkie.control.base import Created
+from selkie.control.branches import BranchService
+from selkie.control.connections import ConnectionService
+from selkie.control.consumption import ConsumptionService
+from selkie.control.databases import DatabaseService
 from selkie.control.endpoints import EndpointService
+from selkie.control.operations import OperationService
 from selkie.control.orgs import ApiKeyService, OrganizationService
-from selkie.control.projects import (
-    BranchService,
-    ConnectionService,
-    ConsumptionService,
-    Created,
-    ProjectService,
-)
+from selkie.control.projects import ProjectService
 from selkie.control.restores import RestoreService
-from selkie.control.roles import DatabaseService, OperationService, RoleService
+from selkie.control.roles import RoleService
 from selkie.store import Store
 
 

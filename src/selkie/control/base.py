@@ -7,6 +7,7 @@ exactly as for one that does not exist, so a key cannot even learn that it exist
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +26,19 @@ from selkie.store.tables import (
     OperationRow,
     ProjectRow,
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Created:
+    """What creating a project or a branch made, Neon's compound answer."""
+
+    project: model.Project
+    branch: model.Branch
+    endpoints: list[model.Endpoint] = field(default_factory=list)
+    roles: list[model.Role] = field(default_factory=list)
+    databases: list[model.Database] = field(default_factory=list)
+    operations: list[model.Operation] = field(default_factory=list)
+    connection_uris: list[model.ConnectionUri] = field(default_factory=list)
 
 
 class ServiceBase:

@@ -63,7 +63,7 @@ class RestoreService(ServiceBase):
         source_lsn: str | None = None,
         preserve_under_name: str | None = None,
     ) -> tuple[model.Branch, list[model.Operation]]:
-        from selkie.control.projects import BranchService
+        from selkie.control.branches import BranchService
 
         with self.store.write() as s:
             project = self.project_row(s, who, project_id)
@@ -192,7 +192,7 @@ class Restorer:
         """In one transaction: the branch moves to its new timeline; with a name, the old
         timeline becomes a new branch's (with the branch's roles and databases). Returns
         that branch's id."""
-        from selkie.control.projects import BranchService
+        from selkie.control.branches import BranchService
 
         now = utcnow()
         with self.store.write() as s:

@@ -1,9 +1,5 @@
-"""Roles and databases of a branch, and the operations log.
-
-A role's password is generated here, returned once, and stored only as MariaDB's
-``mysql_native_password`` hash, which is also what computes are given
-(``IDENTIFIED BY PASSWORD '*HEX'``) and what the proxy authenticates against.
-"""
+"""Roles of a branch: created with a generated password (shown once; only its hash is
+stored), listed, deleted, their passwords reset."""
 
 from __future__ import annotations
 
@@ -15,10 +11,10 @@ from sqlalchemy.orm import Session
 
 from selkie import model
 from selkie.control.base import ServiceBase
-from selkie.errors import Conflict, InvalidInput, NotFound
+from selkie.errors import Conflict, NotFound
 from selkie.model import Principal, utcnow
-from selkie.store import Page, Store, convert
-from selkie.store.tables import DatabaseRow, OperationRow, RoleRow
+from selkie.store import convert
+from selkie.store.tables import DatabaseRow, RoleRow
 
 
 class RoleService(ServiceBase):
@@ -101,94 +97,3 @@ class RoleService(ServiceBase):
             s.flush()
             ops = self.apply_config(s, project_id, branch_id, {"alter_role": name})
             return dataclasses.replace(convert.role(row), password=password), ops
-
-
-class DatabaseService(ServiceBase):
-    def _db_row(self, s: Session, branch_id: str, name: str) -> DatabaseRow:
-        row = s.execute(
-            select(DatabaseRow)
-            .where(DatabaseRow.branch_id == branch_id)
-            .where(DatabaseRow.name == name)
-        ).scalar()
-        if row is None:
-            raise NotFound(f"database {name} not found on branch {branch_id}")
-        return row
-
-    def create(
-        self, who: Principal, project_id: str, branch_id: str, *, name: str, owner_name: str
-    ) -> tuple[model.Database, builtins.list[model.Operation]]:
-        model.validate_database_name(name)
-        with self.store.write() as s:
-            self.branch_row(s, who, project_id, branch_id)
-            owner = s.execute(
-                select(RoleRow.id)
-                .where(RoleRow.branch_id == branch_id)
-                .where(RoleRow.name == owner_name)
-            ).first()
-            if owner is None:
-                raise InvalidInput(f"owner role {owner_name!r} does not exist on this branch")
-            clash = s.execute(
-                select(DatabaseRow.id)
-                .where(DatabaseRow.branch_id == branch_id)
-                .where(DatabaseRow.name == name)
-            ).first()
-            if clash is not None:
-                raise Conflict(f"database {name} already exists on branch {branch_id}")
-            row = DatabaseRow(branch_id=branch_id, name=name, owner_name=owner_name)
-            s.add(row)
-            s.flush()
-            ops = self.apply_config(s, project_id, branch_id, {"create_database": name})
-            return convert.database(row), ops
-
-    def list(
-        self, who: Principal, project_id: str, branch_id: str
-    ) -> builtins.list[model.Database]:
-        with self.store.read() as s:
-            self.branch_row(s, who, project_id, branch_id)
-            rows = s.execute(
-                select(DatabaseRow)
-                .where(DatabaseRow.branch_id == branch_id)
-                .order_by(DatabaseRow.name)
-            ).scalars()
-            return [convert.database(r) for r in rows]
-
-    def get(self, who: Principal, project_id: str, branch_id: str, name: str) -> model.Database:
-        with self.store.read() as s:
-            self.branch_row(s, who, project_id, branch_id)
-            return convert.database(self._db_row(s, branch_id, name))
-
-    def delete(
-        self, who: Principal, project_id: str, branch_id: str, name: str
-    ) -> tuple[model.Database, builtins.list[model.Operation]]:
-        with self.store.write() as s:
-            self.branch_row(s, who, project_id, branch_id)
-            row = self._db_row(s, branch_id, name)
-            db = convert.database(row)
-            s.delete(row)
-            s.flush()
-            ops = self.apply_config(s, project_id, branch_id, {"drop_database": name})
-            return db, ops
-
-
-class OperationService(ServiceBase):
-    def list(self, who: Principal, project_id: str, *, cursor: str | None, limit: int) -> Page:
-        with self.store.read() as s:
-            self.project_row(s, who, project_id)
-            stmt = select(OperationRow).where(OperationRow.project_id == project_id)
-            page = Store.page(
-                s,
-                stmt,
-                created_col=OperationRow.created_at,
-                key_col=OperationRow.id,
-                cursor=cursor,
-                limit=limit,
-            )
-            return Page([convert.operation(r) for r in page.items], page.cursor)
-
-    def get(self, who: Principal, project_id: str, operation_id: str) -> model.Operation:
-        with self.store.read() as s:
-            self.project_row(s, who, project_id)
-            row = s.get(OperationRow, operation_id)
-            if row is None or row.project_id != project_id:
-                raise NotFound(f"operation {operation_id} not found in project {project_id}")
-            return convert.operation(row)

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Path, Query, Response
 
 from selkie.api import schemas
 from selkie.api.deps import Ctl, Cursor, Limit, ProjectId, Who
-from selkie.control.projects import BranchSpec, Created
+from selkie.control.base import Created
+from selkie.control.projects import BranchSpec
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
 

@@ -1,0 +1,219 @@
+"""Branches of a project: copies of their parent (as it is now, or at a point of its
+history), with its roles and databases."""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from selkie import model
+from selkie.control.base import Created, ServiceBase
+from selkie.control.points import check_point
+from selkie.control.rules import (
+    copy_accounts,
+    mark_endpoint_deleted,
+    new_endpoint_row,
+    validate_endpoint_settings,
+    validate_endpoint_type,
+)
+from selkie.errors import Conflict, NotFound
+from selkie.model import (
+    BranchState,
+    OperationAction,
+    Principal,
+    utcnow,
+)
+from selkie.store import Page, Store, convert
+from selkie.store.tables import (
+    BranchRow,
+)
+
+
+class BranchService(ServiceBase):
+    def create(
+        self,
+        who: Principal,
+        project_id: str,
+        *,
+        name: str | None = None,
+        parent_id: str | None = None,
+        parent_timestamp: datetime | None = None,
+        parent_lsn: str | None = None,
+        endpoints: builtins.list[dict[str, Any]] | None = None,
+    ) -> Created:
+        """A branch is a copy of its parent (as it is now, or at ``parent_timestamp`` /
+        ``parent_lsn``): its roles and databases come along."""
+        with self.store.write() as s:
+            prow = self.project_row(s, who, project_id)
+            if parent_id is None:
+                parent = self._default_branch(s, project_id)
+            else:
+                parent = self.branch_row(s, who, project_id, parent_id)
+            point = None
+            if parent_timestamp is not None or parent_lsn is not None:
+                point = check_point(
+                    s,
+                    settings_archive=self.settings.archive_enabled,
+                    project=prow,
+                    branch=parent,
+                    at=parent_timestamp,
+                    lsn=parent_lsn,
+                    names=("parent_timestamp", "parent_lsn"),
+                    now=utcnow(),
+                )
+            branch_id = model.new_id("br")
+            branch_name = model.validate_name("branch", name or branch_id)
+            self._check_name_free(s, project_id, branch_name)
+            brow = BranchRow(
+                id=branch_id,
+                project_id=project_id,
+                parent_id=parent.id,
+                name=branch_name,
+                is_default=False,
+                current_state=BranchState.INIT.value,
+                parent_timestamp=point.at if point else None,
+                parent_lsn=parent_lsn if point and point.seq is not None else None,
+            )
+            s.add(brow)
+            s.flush()
+            roles, dbs = copy_accounts(s, parent.id, branch_id)
+            ops = [
+                self.enqueue(
+                    s,
+                    project_id=project_id,
+                    branch_id=branch_id,
+                    action=OperationAction.CREATE_BRANCH,
+                    payload={"parent_id": parent.id},
+                )
+            ]
+            defaults = convert.endpoint_settings(prow.default_endpoint_settings)
+            new_endpoints = []
+            seen_rw = False
+            for spec in endpoints or []:
+                etype = validate_endpoint_type(spec.get("type", "read_write"))
+                if seen_rw:
+                    raise Conflict("a branch can have only one read_write endpoint")
+                seen_rw = True
+                erow = new_endpoint_row(
+                    project_id=project_id,
+                    branch_id=branch_id,
+                    endpoint_type=etype,
+                    settings=validate_endpoint_settings(
+                        {k: v for k, v in spec.items() if k != "type"}, defaults
+                    ),
+                )
+                s.add(erow)
+                s.flush()
+                new_endpoints.append(self.endpoint_model(erow))
+            uris = []
+            if new_endpoints and dbs:
+                owner = dbs[0].owner_name
+                uris.append(
+                    self.connection_uri(
+                        endpoint_id=new_endpoints[0].id,
+                        role=owner,
+                        database=dbs[0].name,
+                        password=None,
+                        pooled=False,
+                    )
+                )
+            return Created(
+                project=self.project_model(prow),
+                branch=convert.branch(brow),
+                endpoints=new_endpoints,
+                roles=[convert.role(r) for r in roles],
+                databases=[convert.database(d) for d in dbs],
+                operations=ops,
+                connection_uris=uris,
+            )
+
+    def list(self, who: Principal, project_id: str, *, cursor: str | None, limit: int) -> Page:
+        with self.store.read() as s:
+            self.project_row(s, who, project_id)
+            stmt = (
+                select(BranchRow)
+                .where(BranchRow.project_id == project_id)
+                .where(BranchRow.deleted_at.is_(None))
+            )
+            page = Store.page(
+                s,
+                stmt,
+                created_col=BranchRow.created_at,
+                key_col=BranchRow.id,
+                cursor=cursor,
+                limit=limit,
+            )
+            return Page([convert.branch(r) for r in page.items], page.cursor)
+
+    def get(self, who: Principal, project_id: str, branch_id: str) -> model.Branch:
+        with self.store.read() as s:
+            return convert.branch(self.branch_row(s, who, project_id, branch_id))
+
+    def update(
+        self, who: Principal, project_id: str, branch_id: str, *, name: str | None = None
+    ) -> model.Branch:
+        with self.store.write() as s:
+            row = self.branch_row(s, who, project_id, branch_id)
+            if name is not None and name != row.name:
+                model.validate_name("branch", name)
+                self._check_name_free(s, project_id, name)
+                row.name = name
+                row.updated_at = utcnow()
+            s.flush()
+            return convert.branch(row)
+
+    def delete(
+        self, who: Principal, project_id: str, branch_id: str
+    ) -> tuple[model.Branch, builtins.list[model.Operation]]:
+        with self.store.write() as s:
+            row = self.branch_row(s, who, project_id, branch_id)
+            if row.is_default:
+                raise Conflict("the default branch cannot be deleted; delete the project instead")
+            children = s.execute(
+                select(BranchRow.id)
+                .where(BranchRow.parent_id == branch_id)
+                .where(BranchRow.deleted_at.is_(None))
+            ).first()
+            if children is not None:
+                raise Conflict(f"branch {branch_id} has child branches; delete them first")
+            endpoint_ids = []
+            for erow in self.live_endpoints_of_branch(s, branch_id):
+                mark_endpoint_deleted(erow)
+                endpoint_ids.append(erow.id)
+            row.deleted_at = utcnow()
+            s.flush()
+            op = self.enqueue(
+                s,
+                project_id=project_id,
+                branch_id=branch_id,
+                action=OperationAction.DELETE_TIMELINE,
+                payload={"endpoint_ids": endpoint_ids},
+            )
+            return convert.branch(row), [op]
+
+    @staticmethod
+    def _default_branch(s: Session, project_id: str) -> BranchRow:
+        row = s.execute(
+            select(BranchRow)
+            .where(BranchRow.project_id == project_id)
+            .where(BranchRow.is_default.is_(True))
+            .where(BranchRow.deleted_at.is_(None))
+        ).scalar()
+        if row is None:
+            raise NotFound(f"project {project_id} has no default branch")
+        return row
+
+    @staticmethod
+    def _check_name_free(s: Session, project_id: str, name: str) -> None:
+        clash = s.execute(
+            select(BranchRow.id)
+            .where(BranchRow.project_id == project_id)
+            .where(BranchRow.name == name)
+            .where(BranchRow.deleted_at.is_(None))
+        ).first()
+        if clash is not None:
+            raise Conflict(f"a branch named {name!r} already exists in project {project_id}")
