@@ -94,7 +94,7 @@ async def main(cycles: int) -> None:
                 t = time.perf_counter()
                 await platform.lifecycle.start(ep)
                 samples["start"].append((time.perf_counter() - t) * 1000)
-                for key, value in platform.lifecycle.metrics.last_start_timings[ep].items():
+                for key, value in platform.start_metrics.last_start_timings[ep].items():
                     breakdown.setdefault(key, []).append(value)
                 t = time.perf_counter()
                 await platform.lifecycle.suspend(ep)
@@ -102,7 +102,7 @@ async def main(cycles: int) -> None:
                 t = time.perf_counter()
                 await platform.lifecycle.start(ep)
                 samples["resume"].append((time.perf_counter() - t) * 1000)
-                for key, value in platform.lifecycle.metrics.last_start_timings[ep].items():
+                for key, value in platform.start_metrics.last_start_timings[ep].items():
                     resume_breakdown.setdefault(key, []).append(value)
                 t = time.perf_counter()
                 await platform.lifecycle.restart(ep)

@@ -49,7 +49,7 @@ async def main(cycles: int, archive: str) -> None:
             await platform.lifecycle.suspend(ep)
             cold.append(await asyncio.to_thread(first_row, *args))
             timings = dict(platform.proxy.last_timings[ep])  # type: ignore[union-attr]
-            timings["mariadbd_start_ms"] = platform.lifecycle.metrics.last_start_timings[ep][
+            timings["mariadbd_start_ms"] = platform.start_metrics.last_start_timings[ep][
                 "mariadbd_start_ms"
             ]
             for k, v in timings.items():

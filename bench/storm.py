@@ -74,9 +74,9 @@ async def main(clients: int) -> None:
         args = (b.proxy_port, f"{ep}.{b.role}", b.password, b.database)
         await platform.lifecycle.start(ep)
         await platform.lifecycle.suspend(ep)
-        before = platform.lifecycle.metrics.start_counts[ep]
+        before = platform.start_metrics.start_counts[ep]
         cold, cold_errors = await storm_elsewhere(clients, *args)
-        starts = platform.lifecycle.metrics.start_counts[ep] - before
+        starts = platform.start_metrics.start_counts[ep] - before
         warm, warm_errors = await storm_elsewhere(clients, *args)
         info = await platform.driver.inspect(ep)
         direct, direct_errors = await storm_elsewhere(clients, info.port, b.role, *args[2:])

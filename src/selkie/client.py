@@ -24,6 +24,8 @@ _BY_CODE: dict[str, type[errors.SelkieError]] = {
         errors.QuotaExceeded,
         errors.StoreError,
         errors.ComputeError,
+        errors.StorageError,
+        errors.ArchiveError,
     )
 }
 _BY_STATUS: dict[int, type[errors.SelkieError]] = {

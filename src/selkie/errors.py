@@ -13,6 +13,7 @@
     ├── QuotaExceeded                quota_exceeded  429
     ├── StoreError                   store_error     503  (state store unreachable, …)
     ├── ComputeError                 compute_error   502  (a compute failed to start, …)
+    ├── StorageError                 storage_error   502  (a branch's data could not be made, …)
     └── ArchiveError                 archive_error   503  (object storage unreachable, …)
         └── ObjectMissing            object_missing  503  (an object a restore needs is gone)
 """
@@ -78,6 +79,11 @@ class StoreError(SelkieError):
 
 class ComputeError(SelkieError):
     code = "compute_error"
+    http_status = 502
+
+
+class StorageError(SelkieError):
+    code = "storage_error"
     http_status = 502
 
 

@@ -34,6 +34,7 @@ from selkie.control.scheduler import Scheduler
 from selkie.controlplane import ControlPlane
 from selkie.errors import Conflict
 from selkie.metering.prometheus import Sources, render
+from selkie.metering.starts import StartMetrics
 from selkie.model import Durability
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
@@ -156,6 +157,7 @@ class Platform:
     scheduler: Scheduler
     meter: Meter
     quotas: Quotas
+    start_metrics: StartMetrics
     history: History | None = None
     proxy: ProxyServer | None = None
 
@@ -177,6 +179,7 @@ class Platform:
             interval=settings.metering_interval,
             history_sizes=history.project_bytes if history is not None else None,
         )
+        start_metrics = StartMetrics()
         lifecycle = Lifecycle(
             store=store,
             settings=settings,
@@ -186,6 +189,7 @@ class Platform:
             stop_timeout=settings.compute_stop_timeout,
             history=history,
             before_stop=meter.sample_written,
+            observer=start_metrics,
         )
         access = LocalControlPlane(
             store=store, lifecycle=lifecycle, pooler_max_backends=settings.pooler_max_backends
@@ -213,6 +217,7 @@ class Platform:
             scheduler=scheduler,
             meter=meter,
             quotas=quotas,
+            start_metrics=start_metrics,
             history=history,
         )
 
@@ -251,13 +256,13 @@ class Platform:
         self.store.close()
 
     def prometheus(self) -> bytes:
-        lc = self.lifecycle
+        starts = self.start_metrics
         return render(
             Sources(
                 store=self.store,
-                start_counts=lambda: dict(lc.metrics.start_counts),
-                start_seconds=lambda: list(lc.metrics.start_seconds),
-                suspend_counts=lambda: dict(lc.metrics.suspend_counts),
+                start_counts=lambda: dict(starts.start_counts),
+                start_seconds=lambda: list(starts.start_seconds),
+                suspend_counts=lambda: dict(starts.suspend_counts),
                 proxy=self.proxy,
                 history=self.history,
             )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from selkie.compute.mariadb import Sizing, render_config
-from selkie.errors import ComputeError
+from selkie.errors import ComputeError, StorageError
 from selkie.model import EndpointState, ProjectSettings, StorageMode
 from selkie.platform import Platform
 from selkie.storage.pageserver import page_server_options
@@ -50,7 +50,7 @@ def test_options_and_rendered_config() -> None:
     assert lines[1] == "[mariadbd]"
     for key, value in options.items():
         assert f"{key}={value}" in lines
-    with pytest.raises(ComputeError, match="page_server_address"):
+    with pytest.raises(StorageError, match="page_server_address"):
         page_server_options(ProjectSettings(storage_mode=StorageMode.PAGESERVER))
 
 
@@ -88,7 +88,7 @@ async def test_no_page_server_fails_the_start_with_a_clear_error(platform: Platf
             "page_server_port": dead,
         },
     )
-    with pytest.raises(ComputeError, match=f"page server http://127.0.0.1:{dead} does not answer"):
+    with pytest.raises(StorageError, match=f"page server http://127.0.0.1:{dead} does not answer"):
         await platform.lifecycle.start(created.endpoints[0].id)
     ep = platform.lifecycle.get(created.endpoints[0].id)
     assert ep.current_state is EndpointState.FAILED

@@ -105,5 +105,5 @@ async def test_fake_cluster_wake_write_suspend_resume(
             return rows
 
         assert await asyncio.to_thread(read) == ["on a claim"]
-        assert p.lifecycle.metrics.start_counts[ep] == 2
+        assert p.start_metrics.start_counts[ep] == 2
         await p.lifecycle.suspend(ep)

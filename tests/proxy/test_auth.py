@@ -31,14 +31,14 @@ async def suspended(db: Db) -> None:
 
 async def test_wrong_password_keeps_a_suspended_endpoint_asleep(db: Db) -> None:
     await suspended(db)
-    starts = db.platform.lifecycle.metrics.start_counts[db.endpoint_id]
+    starts = db.platform.start_metrics.start_counts[db.endpoint_id]
     for password in ("wrong", "", db.password + "x"):
         with pytest.raises(pymysql.err.OperationalError) as err:
             await asyncio.to_thread(pymysql_conn, db, password=password, ssl_disabled=True)
         assert err.value.args[0] == 1045
     assert db.state() == "suspended"
     assert not (await db.platform.driver.inspect(db.endpoint_id)).running
-    assert db.platform.lifecycle.metrics.start_counts[db.endpoint_id] == starts
+    assert db.platform.start_metrics.start_counts[db.endpoint_id] == starts
 
 
 async def test_unknown_role_and_endpoint_answer_like_a_wrong_password(db: Db) -> None:
@@ -74,7 +74,7 @@ async def test_failed_logins_are_rate_limited(db: Db) -> None:
 
 async def test_200_concurrent_connects_to_a_suspended_endpoint_start_it_once(db: Db) -> None:
     await suspended(db)
-    before = db.platform.lifecycle.metrics.start_counts[db.endpoint_id]
+    before = db.platform.start_metrics.start_counts[db.endpoint_id]
 
     def client(i: int) -> int:
         conn = pymysql_conn(db, ssl_disabled=True)
@@ -91,7 +91,7 @@ async def test_200_concurrent_connects_to_a_suspended_endpoint_start_it_once(db:
     with ThreadPoolExecutor(max_workers=200) as pool:
         results = await asyncio.gather(*(loop.run_in_executor(pool, client, i) for i in range(200)))
     assert sorted(results) == list(range(200))
-    assert db.platform.lifecycle.metrics.start_counts[db.endpoint_id] == before + 1
+    assert db.platform.start_metrics.start_counts[db.endpoint_id] == before + 1
     assert db.state() == "active"
 
 

@@ -119,7 +119,7 @@ async def test_a_client_connecting_during_the_suspend_is_served(db: Db) -> None:
 
     db.platform.scheduler.on_suspend = on_suspend
     await asyncio.to_thread(client)  # wakes it; then it idles into a suspend
-    starts = db.platform.lifecycle.metrics.start_counts[db.endpoint_id]
+    starts = db.platform.start_metrics.start_counts[db.endpoint_id]
     deadline = time.monotonic() + 10
     while not threads and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
@@ -127,7 +127,7 @@ async def test_a_client_connecting_during_the_suspend_is_served(db: Db) -> None:
     await asyncio.to_thread(threads[0].join, 30)
     assert results == ["served", "served"]
     assert db.platform.scheduler.suspended == [db.endpoint_id]
-    assert db.platform.lifecycle.metrics.start_counts[db.endpoint_id] == starts + 1
+    assert db.platform.start_metrics.start_counts[db.endpoint_id] == starts + 1
 
 
 async def test_an_idle_session_gets_a_clear_error_when_its_endpoint_suspends(db: Db) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,56 +28,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
-
 from selkie import model
 from selkie.compute.base import ComputeDriver, ComputeSpec
-from selkie.compute.mariadb import (
-    INSPECT_DATABASES,
-    INSPECT_USERS,
-    DatabaseSpec,
-    RoleSpec,
-    sync_statements,
-)
+from selkie.compute.mariadb import DatabaseSpec, RoleSpec
 from selkie.config import Settings
+from selkie.control.accounts import database_specs, role_specs, sync_accounts
 from selkie.control.history import History
-from selkie.errors import (
-    ComputeError,
-    Conflict,
-    NotFound,
-    QuotaExceeded,
-    SelkieError,
-    StateConflict,
-)
+from selkie.errors import ComputeError, Conflict, QuotaExceeded, SelkieError, StateConflict
+from selkie.metering.starts import LifecycleObserver, StartMetrics
 from selkie.metering.usage import quota_exceeded
 from selkie.model import EndpointState, utcnow
 from selkie.storage.base import ParentState, StorageDriver, Storages
-from selkie.store import Store, Usage, convert
-from selkie.store.tables import BranchRow, DatabaseRow, EndpointRow, ProjectRow, RoleRow
+from selkie.store import Store, convert
+from selkie.store import endpoints as rows
+from selkie.store.endpoints import RUNNING, start_usage, stop_usage
+from selkie.store.tables import BranchRow, EndpointRow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RUNNING = (EndpointState.STARTING, EndpointState.ACTIVE)
-# In a datadir: the digest of the roles and databases last applied to it.
-SYNC_MARKER = "selkie-accounts.digest"
 # Seconds a suspend waits for before_stop (the meter's last reading) before stopping anyway.
 BEFORE_STOP_TIMEOUT = 2.0
-
-
-def stop_usage(ep: EndpointRow, at: datetime) -> Usage:
-    return Usage(kind="stop", at=at, cu=ep.autoscaling_limit_max_cu, project_id=ep.project_id)
-
-
-def accounts_digest(roles: list[RoleSpec], databases: list[DatabaseSpec]) -> str:
-    text = repr(
-        (
-            sorted((r.name, r.password_hash) for r in roles),
-            sorted((d.name, d.owner) for d in databases),
-        )
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
-
 
 STARTABLE = (
     EndpointState.INIT,
@@ -99,29 +69,6 @@ class _Target:
     databases: list[DatabaseSpec]
 
 
-class LifecycleMetrics:
-    """What the lifecycle tells about starts and suspends (for /metrics, benchmarks and
-    tests): counts per endpoint since this process began, recent start durations, and the
-    breakdown of each endpoint's last start."""
-
-    def __init__(self) -> None:
-        self.start_counts: dict[str, int] = {}
-        self.suspend_counts: dict[str, int] = {}
-        self.start_seconds: list[float] = []
-        self.last_start_timings: dict[str, dict[str, float]] = {}
-
-    def starting(self, endpoint_id: str) -> None:
-        self.start_counts[endpoint_id] = self.start_counts.get(endpoint_id, 0) + 1
-
-    def started(self, endpoint_id: str, timings: dict[str, float]) -> None:
-        self.last_start_timings[endpoint_id] = timings
-        self.start_seconds.append(timings["total_ms"] / 1000)
-        del self.start_seconds[:-10_000]  # bounded: the histogram needs recent starts only
-
-    def suspended(self, endpoint_id: str) -> None:
-        self.suspend_counts[endpoint_id] = self.suspend_counts.get(endpoint_id, 0) + 1
-
-
 class _LostRace(Exception):
     """A compare-and-set found the endpoint changed by someone else."""
 
@@ -137,9 +84,10 @@ class Lifecycle:
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
+        timer: Callable[[], float] = time.monotonic,
         history: History | None = None,
         before_stop: Callable[[str], Awaitable[object]] | None = None,
-        metrics: LifecycleMetrics | None = None,
+        observer: LifecycleObserver | None = None,
     ) -> None:
         self.store = store
         # Durable storage of local branches (None: archive off, or computes elsewhere).
@@ -149,9 +97,11 @@ class Lifecycle:
         self.storages = storages
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        # Wall time (for the store) and elapsed time (deadlines, start timings).
         self.clock = clock
+        self.timer = timer
         self._locks: dict[str, asyncio.Lock] = {}
-        self.metrics = metrics or LifecycleMetrics()
+        self.observer: LifecycleObserver = observer or StartMetrics()
         # Endpoints this process made active and has not begun to stop: lets a wake of a
         # running endpoint return without touching the store.
         self._active: set[str] = set()
@@ -184,58 +134,19 @@ class Lifecycle:
     # --- reads -----------------------------------------------------------------------------
 
     def _load(self, endpoint_id: str) -> _Target:
-        with self.store.read() as s:
-            ep = s.get(EndpointRow, endpoint_id)
-            if ep is None or ep.current_state == EndpointState.DELETED.value:
-                raise NotFound(f"endpoint {endpoint_id} not found")
-            project = s.get(ProjectRow, ep.project_id)
-            branch = s.get(BranchRow, ep.branch_id)
-            if project is None or branch is None:
-                raise NotFound(f"endpoint {endpoint_id} has no project or branch")
-            roles = [
-                RoleSpec(name=r.name, password_hash=r.password_hash)
-                for r in s.execute(select(RoleRow).where(RoleRow.branch_id == branch.id)).scalars()
-            ]
-            dbs = [
-                DatabaseSpec(name=d.name, owner=d.owner_name)
-                for d in s.execute(
-                    select(DatabaseRow).where(DatabaseRow.branch_id == branch.id)
-                ).scalars()
-            ]
-            return _Target(
-                endpoint=ep,
-                project=convert.project(project, proxy_host=self.settings.proxy_host),
-                branch=branch,
-                roles=roles,
-                databases=dbs,
-            )
+        loaded = rows.load_for_start(self.store, endpoint_id)
+        return _Target(
+            endpoint=loaded.endpoint,
+            project=convert.project(loaded.project, proxy_host=self.settings.proxy_host),
+            branch=loaded.branch,
+            roles=role_specs(loaded.roles),
+            databases=database_specs(loaded.databases),
+        )
 
     def get(self, endpoint_id: str) -> model.Endpoint:
-        with self.store.read() as s:
-            ep = s.get(EndpointRow, endpoint_id)
-            if ep is None:
-                raise NotFound(f"endpoint {endpoint_id} not found")
-            return convert.endpoint(ep, domain=self.settings.proxy_domain)
-
-    def _transition(
-        self,
-        endpoint_id: str,
-        expected: EndpointState | tuple[EndpointState, ...],
-        generation: int | None,
-        new_state: EndpointState,
-        usage: Usage | None = None,
-        **fields: Any,
-    ) -> int | None:
-        with self.store.write() as s:
-            return Store.transition_endpoint(
-                s,
-                endpoint_id,
-                expected_state=expected,
-                expected_generation=generation,
-                new_state=new_state,
-                usage=usage,
-                **fields,
-            )
+        return convert.endpoint(
+            rows.get(self.store, endpoint_id), domain=self.settings.proxy_domain
+        )
 
     def _check_quota(self, target: _Target) -> None:
         settings = target.project.settings
@@ -245,13 +156,7 @@ class Lifecycle:
                 f"endpoint size {cu} CU exceeds the project's limit of {settings.max_cu} CU"
             )
         if settings.max_active_endpoints is not None:
-            with self.store.read() as s:
-                active = s.execute(
-                    select(func.count(EndpointRow.id))
-                    .where(EndpointRow.project_id == target.project.id)
-                    .where(EndpointRow.id != target.endpoint.id)
-                    .where(EndpointRow.current_state.in_([x.value for x in RUNNING]))
-                ).scalar_one()
+            active = rows.count_running(self.store, target.project.id, besides=target.endpoint.id)
             if active >= settings.max_active_endpoints:
                 raise QuotaExceeded(
                     f"project {target.project.id} already has {active} active endpoints "
@@ -280,8 +185,8 @@ class Lifecycle:
                 return None
             # Long enough to wait out another control plane's whole start (branch data,
             # the compute's own start timeout, account sync) before giving up.
-            deadline = time.monotonic() + 2 * self.start_timeout + 30
-            while time.monotonic() < deadline:
+            deadline = self.timer() + 2 * self.start_timeout + 30
+            while self.timer() < deadline:
                 target = await self._db(self._load, endpoint_id)
                 ep = target.endpoint
                 state = EndpointState(ep.current_state)
@@ -296,7 +201,8 @@ class Lifecycle:
                         return convert.endpoint(ep, domain=self.settings.proxy_domain)
                     # Recorded active, but its process is gone: a failure we had not seen.
                     await self._db(
-                        self._transition,
+                        rows.transition,
+                        self.store,
                         endpoint_id,
                         EndpointState.ACTIVE,
                         ep.generation,
@@ -320,10 +226,11 @@ class Lifecycle:
 
     async def _start(self, target: _Target) -> model.Endpoint:
         ep = target.endpoint
-        t0 = time.perf_counter()
+        t0 = self.timer()
         await self._db(self._check_quota, target)
         gen = await self._db(
-            self._transition,
+            rows.transition,
+            self.store,
             ep.id,
             EndpointState(ep.current_state),
             ep.generation,
@@ -332,7 +239,7 @@ class Lifecycle:
         )
         if gen is None:
             raise _LostRace(ep.id)
-        self.metrics.starting(ep.id)
+        self.observer.starting(ep.id)
         timings: dict[str, float] = {}
         try:
             storage = self.storage_for(target.project.settings)
@@ -344,7 +251,7 @@ class Lifecycle:
             if history is not None:
                 await history.before_start(target.branch.id)
                 options = {**options, **history.server_options(target.project.settings)}
-            t1 = time.perf_counter()
+            t1 = self.timer()
             port_hint = int(ep.compute_address.rsplit(":", 1)[1]) if ep.compute_address else None
             info = await self.driver.start(
                 ComputeSpec(
@@ -359,13 +266,13 @@ class Lifecycle:
                 ),
                 timeout=self.start_timeout,
             )
-            t2 = time.perf_counter()
+            t2 = self.timer()
             if history is not None:
                 # Before anything writes: with durability=sync the first commit waits for it.
                 await history.attach(ep.id, target.branch.id, target.project, info.socket)
             datadir = self._marker_dir(storage, target.branch.id, ep.id)
-            await self._sync_accounts(ep.id, target.roles, target.databases, datadir=datadir)
-            t3 = time.perf_counter()
+            await sync_accounts(self.driver, ep.id, target.roles, target.databases, datadir=datadir)
+            t3 = self.timer()
         except BaseException as exc:
             reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
             await self._fail_start(ep.id, gen, reason)
@@ -374,14 +281,13 @@ class Lifecycle:
             raise ComputeError(f"starting {ep.id} failed: {reason}") from exc
         now = self.clock()
         done = await self._db(
-            self._transition,
+            rows.transition,
+            self.store,
             ep.id,
             EndpointState.STARTING,
             gen,
             EndpointState.ACTIVE,
-            usage=Usage(
-                kind="start", at=now, cu=ep.autoscaling_limit_max_cu, project_id=ep.project_id
-            ),
+            usage=start_usage(ep, now),
             pending_state=None,
             last_seen_alive=now,
             started_at=now,
@@ -398,9 +304,9 @@ class Lifecycle:
             prepare_ms=(t1 - t0) * 1000,
             mariadbd_start_ms=(t2 - t1) * 1000,
             sync_accounts_ms=(t3 - t2) * 1000,
-            total_ms=(time.perf_counter() - t0) * 1000,
+            total_ms=(self.timer() - t0) * 1000,
         )
-        self.metrics.started(ep.id, timings)
+        self.observer.started(ep.id, timings)
         self._active.add(ep.id)
         return await self._db(self.get, ep.id)
 
@@ -411,7 +317,8 @@ class Lifecycle:
             await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
         finally:
             await self._db(
-                self._transition,
+                rows.transition,
+                self.store,
                 endpoint_id,
                 EndpointState.STARTING,
                 generation,
@@ -441,26 +348,10 @@ class Lifecycle:
         elif not await asyncio.to_thread(storage.branch_exists, branch.id):
             await create()
         if branch.current_state != model.BranchState.READY.value:
-            await self._db(self._mark_branch_ready, branch.id)
-
-    def _mark_branch_ready(self, branch_id: str) -> None:
-        with self.store.write() as s:
-            row = s.get(BranchRow, branch_id)
-            if row is not None:
-                row.current_state = model.BranchState.READY.value
+            await self._db(rows.mark_branch_ready, self.store, branch.id)
 
     async def _running_socket_of_branch(self, branch_id: str) -> Any:
-        def endpoints() -> list[str]:
-            with self.store.read() as s:
-                return list(
-                    s.execute(
-                        select(EndpointRow.id)
-                        .where(EndpointRow.branch_id == branch_id)
-                        .where(EndpointRow.current_state.in_([x.value for x in RUNNING]))
-                    ).scalars()
-                )
-
-        for endpoint_id in await self._db(endpoints):
+        for endpoint_id in await self._db(rows.running_ids, self.store, branch_id=branch_id):
             info = await self.driver.inspect(endpoint_id)
             if info.running and info.socket is not None:
                 return info.socket
@@ -471,35 +362,6 @@ class Lifecycle:
         if not self.driver.local_datadirs:
             return None
         return storage.compute_datadir(branch_id, endpoint_id)
-
-    async def _sync_accounts(
-        self,
-        endpoint_id: str,
-        roles: list[RoleSpec],
-        databases: list[DatabaseSpec],
-        *,
-        datadir: Path | None = None,
-    ) -> None:
-        """Make the compute's accounts and databases match the store. On a start, skipped
-        when the datadir already holds exactly this configuration (the usual resume): the
-        digest of what was last applied is kept beside the data it describes."""
-        digest = accounts_digest(roles, databases)
-        marker = datadir / SYNC_MARKER if datadir is not None else None
-        if marker is not None:
-            with contextlib.suppress(OSError):
-                if marker.read_text() == digest:
-                    return
-        users, dbs = await self.driver.execute(endpoint_id, [INSPECT_USERS, INSPECT_DATABASES])
-        statements = sync_statements(
-            roles=roles,
-            databases=databases,
-            existing_users=[str(r[0]) for r in users],
-            existing_databases=[str(r[0]) for r in dbs],
-        )
-        if statements:
-            await self.driver.execute(endpoint_id, statements)
-        if marker is not None:
-            marker.write_text(digest)
 
     async def apply_config(self, endpoint_id: str) -> bool:
         """Make a running compute's roles and databases match the store now. False when the
@@ -512,9 +374,14 @@ class Lifecycle:
                 return False
             storage = self.storage_for(target.project.settings)
             datadir = self._marker_dir(storage, target.branch.id, endpoint_id)
-            if datadir is not None:
-                (datadir / SYNC_MARKER).unlink(missing_ok=True)
-            await self._sync_accounts(endpoint_id, target.roles, target.databases, datadir=datadir)
+            await sync_accounts(
+                self.driver,
+                endpoint_id,
+                target.roles,
+                target.databases,
+                datadir=datadir,
+                force=True,
+            )
             return True
 
     # --- suspend, stop, delete -------------------------------------------------------------
@@ -549,12 +416,19 @@ class Lifecycle:
             if state in (EndpointState.INIT, EndpointState.SUSPENDED, EndpointState.STOPPED):
                 if state is not to and state is not EndpointState.INIT:
                     await self._db(
-                        self._transition, ep.id, state, ep.generation, to, pending_state=None
+                        rows.transition,
+                        self.store,
+                        ep.id,
+                        state,
+                        ep.generation,
+                        to,
+                        pending_state=None,
                     )
                 return await self._db(self.get, endpoint_id)
             self._active.discard(ep.id)
             gen = await self._db(
-                self._transition,
+                rows.transition,
+                self.store,
                 ep.id,
                 state,
                 ep.generation,
@@ -573,7 +447,8 @@ class Lifecycle:
                 await self.driver.stop(ep.id, timeout=self.stop_timeout)
                 await self._after_stop(target)
                 await self._db(
-                    self._transition,
+                    rows.transition,
+                    self.store,
                     ep.id,
                     EndpointState.SUSPENDING,
                     gen,
@@ -587,7 +462,8 @@ class Lifecycle:
                 # start repairs it (the reconciler covers a crash of this process).
                 reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
                 await self._db(
-                    self._transition,
+                    rows.transition,
+                    self.store,
                     ep.id,
                     EndpointState.SUSPENDING,
                     gen,
@@ -597,7 +473,7 @@ class Lifecycle:
                     compute_address=None,
                 )
                 raise
-            self.metrics.suspended(ep.id)
+            self.observer.suspended(ep.id)
             return await self._db(self.get, endpoint_id)
         raise StateConflict(f"endpoint {endpoint_id} keeps changing state; try again")
 
@@ -648,32 +524,8 @@ class Lifecycle:
         """A compute died without being asked to (kill -9, OOM): mark the endpoint failed
         with the reason from its error log; the next start or wake restarts it."""
 
-        def mark() -> bool:
-            with self.store.write() as s:
-                ep = s.get(EndpointRow, endpoint_id)
-                if ep is None or ep.current_state not in (
-                    EndpointState.ACTIVE.value,
-                    EndpointState.STARTING.value,
-                ):
-                    return False
-                was_active = ep.current_state == EndpointState.ACTIVE.value
-                return (
-                    Store.transition_endpoint(
-                        s,
-                        endpoint_id,
-                        expected_state=EndpointState(ep.current_state),
-                        expected_generation=ep.generation,
-                        new_state=EndpointState.FAILED,
-                        usage=stop_usage(ep, self.clock()) if was_active else None,
-                        failure_reason=reason[:4000],
-                        compute_address=None,
-                        pending_state=None,
-                    )
-                    is not None
-                )
-
         self._active.discard(endpoint_id)
-        if await self._db(mark):
+        if await self._db(rows.fail_if_running, self.store, endpoint_id, reason, self.clock()):
             log.warning("endpoint %s failed: %s", endpoint_id, reason.splitlines()[0])
         if self.history is not None:
             # After the endpoint is marked: what the stream had is flushed (an fsync that
@@ -683,17 +535,7 @@ class Lifecycle:
     async def suspend_all(self) -> None:
         """Clean shutdown of every compute this control plane runs (``selkie up`` exiting)."""
 
-        def running() -> list[str]:
-            with self.store.read() as s:
-                return list(
-                    s.execute(
-                        select(EndpointRow.id).where(
-                            EndpointRow.current_state.in_([x.value for x in RUNNING])
-                        )
-                    ).scalars()
-                )
-
-        ids = await self._db(running)
+        ids = await self._db(rows.running_ids, self.store)
         results = await asyncio.gather(*(self.suspend(i) for i in ids), return_exceptions=True)
         for endpoint_id, result in zip(ids, results, strict=True):
             if isinstance(result, BaseException):

@@ -41,7 +41,7 @@ class StorageDriver(ABC):
         self, branch_id: str, endpoint_id: str, settings: ProjectSettings
     ) -> dict[str, str]:
         """Check the storage is reachable and return extra server options for the compute.
-        Raises ComputeError with a clear message when it is not."""
+        Raises StorageError with a clear message when it is not."""
 
     @abstractmethod
     async def delete_branch(self, branch_id: str) -> None:
@@ -67,8 +67,8 @@ class Storages:
     def for_settings(self, settings: ProjectSettings) -> StorageDriver:
         if settings.storage_mode is StorageMode.PAGESERVER:
             if self.pageserver is None:
-                from selkie.errors import ComputeError
+                from selkie.errors import StorageError
 
-                raise ComputeError("pageserver storage is not available here")
+                raise StorageError("pageserver storage is not available here")
             return self.pageserver
         return self.local

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from selkie.archive.binlog import domain_seq, file_position
 from selkie.archive.local import fsync_dir
-from selkie.errors import ComputeError
+from selkie.errors import StorageError
 from selkie.model import ProjectSettings
 from selkie.storage.base import ParentState, StorageDriver
 
@@ -62,7 +62,7 @@ def _find(binary: str) -> str:
 
 
 async def _run(*argv: str, cwd: Path | None = None) -> str:
-    """Run a tool; its combined output on success, ComputeError with it on failure."""
+    """Run a tool; its combined output on success, StorageError with it on failure."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -72,14 +72,14 @@ async def _run(*argv: str, cwd: Path | None = None) -> str:
             cwd=cwd,
         )
     except OSError as exc:
-        raise ComputeError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+        raise StorageError(f"cannot run {argv[0]}: {exc.strerror}") from exc
     out, _ = await proc.communicate()
     text = out.decode(errors="replace")
     if proc.returncode != 0:
         lines = text.strip().splitlines()
         # The lines that say what went wrong, not the tool's generic advice that follows.
         errors = [x for x in lines if "ERROR" in x or "rror:" in x] or lines[-10:]
-        raise ComputeError(
+        raise StorageError(
             f"{Path(argv[0]).name} failed ({proc.returncode}): " + "\n".join(errors[:10])
         )
     return text
@@ -188,7 +188,7 @@ class LocalStorage(StorageDriver):
                 try:
                     await _run(*argv)
                     break
-                except ComputeError:
+                except StorageError:
                     if attempt:
                         raise
                     log.warning("mariadb-install-db failed; trying once more")
@@ -215,7 +215,7 @@ class LocalStorage(StorageDriver):
                 else:
                     source = self.datadir(parent.branch_id)
                     if not (source / "mysql").is_dir():
-                        raise ComputeError(f"parent branch {parent.branch_id} has no data")
+                        raise StorageError(f"parent branch {parent.branch_id} has no data")
                     await asyncio.to_thread(shutil.copytree, source, staging, symlinks=True)
                 try:
                     staging.rename(target)
@@ -241,7 +241,7 @@ class LocalStorage(StorageDriver):
         self, branch_id: str, endpoint_id: str, settings: ProjectSettings
     ) -> dict[str, str]:
         if not self.branch_exists(branch_id):
-            raise ComputeError(f"branch {branch_id} has no data yet")
+            raise StorageError(f"branch {branch_id} has no data yet")
         return {}
 
     async def delete_branch(self, branch_id: str) -> None:

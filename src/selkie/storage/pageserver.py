@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from selkie.errors import ComputeError
+from selkie.errors import StorageError
 from selkie.model import ProjectSettings, StorageMode
 from selkie.storage.base import ParentState, StorageDriver
 
@@ -25,9 +25,9 @@ PING_PATH = "/api/v1/ping"
 def page_server_options(settings: ProjectSettings) -> dict[str, str]:
     """The server options that point a patched mariadbd at the remote storage."""
     if settings.storage_mode is not StorageMode.PAGESERVER:
-        raise ComputeError("project does not use pageserver storage")
+        raise StorageError("project does not use pageserver storage")
     if not settings.page_server_address or settings.page_server_port is None:
-        raise ComputeError("pageserver storage needs page_server_address and page_server_port")
+        raise StorageError("pageserver storage needs page_server_address and page_server_port")
     options = {
         "innodb_page_server_enabled": "ON",
         "innodb_page_server_address": settings.page_server_address,
@@ -66,9 +66,9 @@ class PageServerStorage(StorageDriver):
             async with httpx.AsyncClient(timeout=self.timeout) as client:
                 resp = await client.get(url + PING_PATH)
         except httpx.HTTPError as exc:
-            raise ComputeError(f"page server {url} does not answer: {exc!r}") from exc
+            raise StorageError(f"page server {url} does not answer: {exc!r}") from exc
         if resp.status_code != 200:
-            raise ComputeError(
+            raise StorageError(
                 f"page server {url} answered {resp.status_code} to {PING_PATH}: {resp.text[:200]}"
             )
 

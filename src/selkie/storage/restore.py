@@ -46,7 +46,7 @@ from selkie.compute.mariadb import (
     durability_options,
     render_config,
 )
-from selkie.errors import ArchiveError, ComputeError, InvalidInput, ObjectMissing
+from selkie.errors import ArchiveError, InvalidInput, ObjectMissing, StorageError
 from selkie.storage.deltas import materialize_image
 from selkie.storage.images import INITIAL, ImageRef, list_images
 
@@ -177,7 +177,7 @@ async def private_server(datadir: Path, tools: Tools) -> AsyncIterator[Path]:
             deadline = time.monotonic() + PRIVATE_START_TIMEOUT
             while not (sock.exists() and await wait_for_handshake(sock)):
                 if proc.returncode is not None or time.monotonic() > deadline:
-                    raise ComputeError(
+                    raise StorageError(
                         "the restore server did not start: " + _tail(run / "error.log")
                     )
                 await asyncio.sleep(0.01)
@@ -191,9 +191,9 @@ async def private_server(datadir: Path, tools: Tools) -> AsyncIterator[Path]:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
                     await proc.wait()
-                    raise ComputeError("the restore server did not shut down cleanly") from None
+                    raise StorageError("the restore server did not shut down cleanly") from None
             if proc.returncode not in (0, None):
-                raise ComputeError(
+                raise StorageError(
                     f"the restore server exited with status {proc.returncode}: "
                     + _tail(run / "error.log")
                 )
@@ -248,9 +248,9 @@ async def _replay(sock: Path, tools: Tools, binlog: Path) -> None:
         os.close(write_fd)
     (_, dec_err), (_, cli_err) = await asyncio.gather(decoder.communicate(), client.communicate())
     if decoder.returncode != 0:
-        raise ComputeError(f"mariadb-binlog failed: {dec_err.decode(errors='replace')[-500:]}")
+        raise StorageError(f"mariadb-binlog failed: {dec_err.decode(errors='replace')[-500:]}")
     if client.returncode != 0:
-        raise ComputeError(f"replaying the log failed: {cli_err.decode(errors='replace')[-500:]}")
+        raise StorageError(f"replaying the log failed: {cli_err.decode(errors='replace')[-500:]}")
 
 
 async def restore(
@@ -329,7 +329,7 @@ async def restore(
             ((pos,),) = await asyncio.to_thread(_sql, sock, tools.user, "SELECT @@gtid_binlog_pos")
             expected = f"0-{COMPUTE_SERVER_ID}-{seq}" if seq else ""
             if str(pos) != expected:
-                raise ComputeError(
+                raise StorageError(
                     f"the restored data is at GTID {pos or '(none)'}, expected {expected}"
                 )
     finally:

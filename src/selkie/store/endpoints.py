@@ -1,0 +1,142 @@
+"""The lifecycle's reads and writes of endpoints, one transaction each.
+
+The endpoint state machine (:mod:`selkie.control.lifecycle`) decides; these functions are
+what it asks the store. Every change of state goes through :func:`transition`, the
+compare-and-set on (state, generation) of :meth:`Store.transition_endpoint`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from selkie.errors import NotFound
+from selkie.model import BranchState, EndpointState
+from selkie.store.store import Store, Usage
+from selkie.store.tables import BranchRow, DatabaseRow, EndpointRow, ProjectRow, RoleRow
+
+# States in which an endpoint has (or is getting) a compute.
+RUNNING = (EndpointState.STARTING, EndpointState.ACTIVE)
+
+
+@dataclass(frozen=True)
+class StartRows:
+    """One endpoint with what starting it needs to know, read in one transaction."""
+
+    endpoint: EndpointRow
+    project: ProjectRow
+    branch: BranchRow
+    roles: list[RoleRow]
+    databases: list[DatabaseRow]
+
+
+def stop_usage(ep: EndpointRow, at: datetime) -> Usage:
+    """The usage event that ends an endpoint's billable time."""
+    return Usage(kind="stop", at=at, cu=ep.autoscaling_limit_max_cu, project_id=ep.project_id)
+
+
+def start_usage(ep: EndpointRow, at: datetime) -> Usage:
+    """The usage event that begins an endpoint's billable time."""
+    return Usage(kind="start", at=at, cu=ep.autoscaling_limit_max_cu, project_id=ep.project_id)
+
+
+def load_for_start(store: Store, endpoint_id: str) -> StartRows:
+    """A live endpoint, its project, branch, roles and databases. NotFound when deleted."""
+    with store.read() as s:
+        ep = s.get(EndpointRow, endpoint_id)
+        if ep is None or ep.current_state == EndpointState.DELETED.value:
+            raise NotFound(f"endpoint {endpoint_id} not found")
+        project = s.get(ProjectRow, ep.project_id)
+        branch = s.get(BranchRow, ep.branch_id)
+        if project is None or branch is None:
+            raise NotFound(f"endpoint {endpoint_id} has no project or branch")
+        roles = s.execute(select(RoleRow).where(RoleRow.branch_id == branch.id)).scalars()
+        dbs = s.execute(select(DatabaseRow).where(DatabaseRow.branch_id == branch.id)).scalars()
+        return StartRows(
+            endpoint=ep, project=project, branch=branch, roles=list(roles), databases=list(dbs)
+        )
+
+
+def get(store: Store, endpoint_id: str) -> EndpointRow:
+    """An endpoint in any state, deleted included."""
+    with store.read() as s:
+        ep = s.get(EndpointRow, endpoint_id)
+        if ep is None:
+            raise NotFound(f"endpoint {endpoint_id} not found")
+        return ep
+
+
+def transition(
+    store: Store,
+    endpoint_id: str,
+    expected: EndpointState | tuple[EndpointState, ...],
+    generation: int | None,
+    new_state: EndpointState,
+    usage: Usage | None = None,
+    **fields: Any,
+) -> int | None:
+    """The compare-and-set in a transaction of its own: the new generation, or None when
+    the endpoint was not (or no longer) in ``expected`` at ``generation``."""
+    with store.write() as s:
+        return Store.transition_endpoint(
+            s,
+            endpoint_id,
+            expected_state=expected,
+            expected_generation=generation,
+            new_state=new_state,
+            usage=usage,
+            **fields,
+        )
+
+
+def fail_if_running(store: Store, endpoint_id: str, reason: str, at: datetime) -> bool:
+    """Mark an endpoint failed if it is starting or active (its compute died); its billable
+    time ends at ``at`` if it was active. False when it was in no such state."""
+    with store.write() as s:
+        ep = s.get(EndpointRow, endpoint_id)
+        if ep is None or ep.current_state not in [x.value for x in RUNNING]:
+            return False
+        was_active = ep.current_state == EndpointState.ACTIVE.value
+        generation = Store.transition_endpoint(
+            s,
+            endpoint_id,
+            expected_state=EndpointState(ep.current_state),
+            expected_generation=ep.generation,
+            new_state=EndpointState.FAILED,
+            usage=stop_usage(ep, at) if was_active else None,
+            failure_reason=reason[:4000],
+            compute_address=None,
+            pending_state=None,
+        )
+        return generation is not None
+
+
+def count_running(store: Store, project_id: str, *, besides: str) -> int:
+    """How many of a project's endpoints other than ``besides`` are starting or active."""
+    with store.read() as s:
+        return s.execute(
+            select(func.count(EndpointRow.id))
+            .where(EndpointRow.project_id == project_id)
+            .where(EndpointRow.id != besides)
+            .where(EndpointRow.current_state.in_([x.value for x in RUNNING]))
+        ).scalar_one()
+
+
+def running_ids(store: Store, *, branch_id: str | None = None) -> list[str]:
+    """The endpoints starting or active (on one branch, when given)."""
+    stmt = select(EndpointRow.id).where(EndpointRow.current_state.in_([x.value for x in RUNNING]))
+    if branch_id is not None:
+        stmt = stmt.where(EndpointRow.branch_id == branch_id)
+    with store.read() as s:
+        return list(s.execute(stmt).scalars())
+
+
+def mark_branch_ready(store: Store, branch_id: str) -> None:
+    """The branch's data exists."""
+    with store.write() as s:
+        row = s.get(BranchRow, branch_id)
+        if row is not None:
+            row.current_state = BranchState.READY.value
