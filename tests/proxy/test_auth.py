@@ -113,13 +113,13 @@ async def test_a_client_arriving_during_suspend_is_held_and_served(db: Db) -> No
 async def test_wake_timeout_is_a_server_error_with_08S01(db: Db) -> None:
     proxy = db.platform.proxy
     assert proxy is not None
-    proxy.config = dataclasses.replace(proxy.config, wake_timeout=0.001)
+    proxy.connector.config = dataclasses.replace(proxy.connector.config, wake_timeout=0.001)
     with pytest.raises(pymysql.err.OperationalError) as err:
         await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
     code, message = err.value.args
     assert code == 1159 and "did not become ready" in message
     # The SQLSTATE reaches the client as well (mariadb CLI prints it).
-    proxy.config = dataclasses.replace(proxy.config, wake_timeout=0.001)
+    proxy.connector.config = dataclasses.replace(proxy.connector.config, wake_timeout=0.001)
     await db.platform.lifecycle.suspend(db.endpoint_id)
 
     out = await asyncio.to_thread(mariadb_cli, db, "SELECT 1", "--ssl=0")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from selkie.proxy.pool import Backend, EndpointPool, PoolKey, PoolTimeout
+from selkie.proxy.pooler.pool import Backend, EndpointPool, PoolKey, PoolTimeout
 
 K1 = PoolKey(role="app", caps=0, charset=45)
 K2 = PoolKey(role="other", caps=0, charset=45)

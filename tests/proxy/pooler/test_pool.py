@@ -23,7 +23,7 @@ from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.mysql.stream import frame
 from selkie.platform import Platform
-from selkie.proxy.pool import EndpointPool
+from selkie.proxy.pooler.pool import EndpointPool
 from tests.compute.conftest import require_mariadb
 from tests.helpers import free_port
 from tests.proxy.conftest import Db

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selkie.proxy.sqlscan import classify, split_top_level
+from selkie.proxy.pooler.sqlscan import classify, split_top_level
 
 
 @pytest.mark.parametrize(

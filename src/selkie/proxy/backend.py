@@ -1,25 +1,20 @@
-"""One client connection, from the proxy's greeting to the start of the relay.
+"""Logging in to a compute on a client's behalf.
 
-The order is the point (see ARCHITECTURE, "The proxy's auth flow"): greet with our own
-scramble, maybe upgrade to TLS, read the HandshakeResponse, find the endpoint, check the
-password against the stored hash — and only then wake the compute, log in to it with the
-recovered ``SHA1(password)``, and hand the client the compute's own OK.
+The proxy checked the client's password against the stored hash and recovered
+``SHA1(password)`` from its token; with that it answers the compute's own scramble, so the
+compute sees an ordinary native-password login of the same role.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import logging
-import ssl
 from dataclasses import dataclass
 
 from selkie.controlplane import Backend
 from selkie.mysql.packets import (
-    CLEAR_PLUGIN,
     NATIVE_PLUGIN,
     HandshakeResponse41,
-    build_auth_switch_request,
     build_handshake_response,
     is_err,
     is_ok,
@@ -27,46 +22,10 @@ from selkie.mysql.packets import (
     parse_handshake_v10,
 )
 from selkie.mysql.stream import PacketStream
-from selkie.mysql.wire import PROXY_CAPABILITIES, Capability, ProtocolError
+from selkie.mysql.wire import Capability, ProtocolError
 from selkie.proxy import auth
 
-log = logging.getLogger(__name__)
-
 HANDSHAKE_LIMIT = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Route:
-    endpoint_id: str
-    role: str
-    pooled: bool
-
-
-def route(user: str, sni: str | None, domain: str) -> Route | None:
-    """``<endpoint_id>[-pooler].<role>`` in the user name, or ``<endpoint_id>[-pooler]``
-    as the first label of the TLS server name with the plain role as the user."""
-    endpoint = None
-    role = user
-    head, dot, tail = user.partition(".")
-    if dot and head.startswith("ep-") and tail:
-        endpoint, role = head, tail
-    elif sni:
-        name = sni.lower().rstrip(".")
-        suffix = "." + domain.lower()
-        label = name[: -len(suffix)] if name.endswith(suffix) else name.split(".", 1)[0]
-        if label.startswith("ep-") and "." not in label:
-            endpoint = label
-    if endpoint is None or not role:
-        return None
-    pooled = endpoint.endswith("-pooler")
-    if pooled:
-        endpoint = endpoint[: -len("-pooler")]
-    return Route(endpoint_id=endpoint, role=role, pooled=pooled)
-
-
-def negotiated_caps(client_caps: int, tls: bool) -> int:
-    offered = PROXY_CAPABILITIES | (Capability.SSL if tls else 0)
-    return client_caps & offered
 
 
 @dataclass
@@ -154,43 +113,3 @@ async def _connect(
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.1)
-
-
-async def read_client_auth(
-    stream: PacketStream,
-    response: HandshakeResponse41,
-    seq: int,
-    scramble: bytes,
-    *,
-    tls: bool,
-) -> tuple[str, bytes, int]:
-    """The client's auth answer as (plugin, data, next seq): native tokens as they are;
-    other plugins are switched to native (cleartext is accepted over TLS only)."""
-    plugin = response.auth_plugin or NATIVE_PLUGIN
-    if not response.capabilities & Capability.PLUGIN_AUTH:
-        plugin = NATIVE_PLUGIN
-    if plugin == NATIVE_PLUGIN or (plugin == CLEAR_PLUGIN and tls):
-        return plugin, response.auth_response, seq
-    # caching_sha2_password (MySQL 8 clients), client_ed25519, cleartext without TLS, …
-    seq = await stream.send(seq, build_auth_switch_request(NATIVE_PLUGIN, scramble))
-    seq, data = await stream.read()
-    return NATIVE_PLUGIN, data, (seq + 1) & 0xFF
-
-
-SNI_ATTRIBUTE = "selkie_server_name"
-
-
-def sni_capture(context: ssl.SSLContext) -> None:
-    """Make ``context`` note each connection's SNI name on its SSL object (read back with
-    :func:`server_name`); nothing outlives the connection."""
-
-    def callback(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-        if name:
-            setattr(sslobj, SNI_ATTRIBUTE, name)
-
-    context.sni_callback = callback
-
-
-def server_name(sslobj: object) -> str | None:
-    name = getattr(sslobj, SNI_ATTRIBUTE, None)
-    return name if isinstance(name, str) else None

@@ -1,0 +1,241 @@
+"""From a client's login to a compute connection: authenticate, wake, dial.
+
+Each step answers with a value, never by raising: :class:`Authenticated` or
+:class:`Connected` to go on, :class:`Refused` (a MySQL error code and message for the
+client) to stop. The order is the point: the password is checked against the stored hash
+before anything wakes, so a wrong password or an unknown endpoint never starts a compute.
+The relay, the pooler and any other front end (SQL over HTTP) dial through the same steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+
+from selkie.controlplane import Access, Backend, ControlPlane
+from selkie.errors import Conflict, NotFound, QuotaExceeded, SelkieError, StateConflict
+from selkie.mysql.packets import (
+    CLEAR_PLUGIN,
+    NATIVE_PLUGIN,
+    HandshakeResponse41,
+    build_err,
+    parse_err,
+)
+from selkie.mysql.wire import ErrorCode, ProtocolError
+from selkie.proxy import auth
+from selkie.proxy.backend import BackendConnection, open_backend
+from selkie.proxy.handshake import Hello, Route, read_client_auth, route
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The client is answered with this error and the connection ends."""
+
+    code: int
+    message: str
+    sqlstate: str | None = None
+
+    def packet(self) -> bytes:
+        return build_err(self.code, self.message, self.sqlstate)
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """A client whose password matched the stored hash of the role it named."""
+
+    route: Route
+    access: Access
+    stage1: bytes  # SHA1(password), recovered from the client's token
+    seq: int  # the sequence id of the proxy's next packet to the client
+
+
+@dataclass(frozen=True)
+class Connected:
+    """A compute connection logged in as the client's role (its OK not yet forwarded)."""
+
+    backend: BackendConnection
+    wake_ms: float
+    login_ms: float
+
+
+class AuthFailures:
+    """A sliding window of failed logins per (endpoint as named, client address). Once a
+    key has failed, logins still being checked for it count too, so a burst of parallel
+    guesses cannot all pass the gate (a storm of good logins, with no failure, is not held
+    back)."""
+
+    MAX_KEYS = 100_000
+
+    def __init__(self, allowed: int, window: float) -> None:
+        self.allowed = allowed
+        self.window = window
+        self._seen: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        self._inflight: Counter[tuple[str, str]] = Counter()
+
+    def blocked(self, key: tuple[str, str]) -> bool:
+        times = self._seen.get(key)
+        if times:
+            cutoff = time.monotonic() - self.window
+            while times and times[0] < cutoff:
+                times.popleft()
+        failures = len(times or ())
+        return failures > 0 and failures + self._inflight[key] >= self.allowed
+
+    def begin(self, key: tuple[str, str]) -> None:
+        self._inflight[key] += 1
+
+    def end(self, key: tuple[str, str], *, failed: bool) -> None:
+        self._inflight[key] -= 1
+        if self._inflight[key] <= 0:
+            del self._inflight[key]
+        if failed:
+            self.record(key)
+
+    def record(self, key: tuple[str, str]) -> None:
+        times = self._seen.get(key)
+        if times is None:
+            times = self._seen[key] = deque()
+        self._seen.move_to_end(key)
+        times.append(time.monotonic())
+        while len(self._seen) > self.MAX_KEYS:  # bounded memory: forget the stalest
+            self._seen.popitem(last=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectConfig:
+    domain: str
+    wake_timeout: float
+    backend_timeout: float
+
+
+class Connector:
+    def __init__(
+        self,
+        control: ControlPlane,
+        config: ConnectConfig,
+        *,
+        failures: AuthFailures,
+        logins: Counter[str],
+    ) -> None:
+        self.control = control
+        self.config = config
+        self.failures = failures
+        # Login outcomes by kind ("ok:<plugin>", "switched:<plugin>", "failed", "blocked").
+        self.logins = logins
+
+    async def authenticate(self, hello: Hello) -> Authenticated | Refused:
+        """Find the endpoint and role the client named and check its password, switching
+        its auth plugin to native first when needed."""
+        response = hello.response
+        target = route(response.user, hello.sni, self.config.domain)
+        if target is None:
+            return Refused(
+                ErrorCode.ACCESS_DENIED,
+                "Access denied: name the endpoint in the user name as '<endpoint_id>.<role>', "
+                f"or connect with TLS to '<endpoint_id>.{self.config.domain}' (SNI) "
+                "with the plain role as user",
+            )
+        key = (target.endpoint_id, hello.client_ip)
+        if self.failures.blocked(key):
+            self.logins["blocked"] += 1
+            return Refused(
+                ErrorCode.HOST_BLOCKED,
+                f"Too many failed logins for this endpoint from {hello.client_ip}; try again later",
+            )
+        self.failures.begin(key)
+        failed = True
+        try:
+            plugin, answer, seq = await read_client_auth(
+                hello.stream, response, hello.seq, hello.scramble, tls=hello.tls
+            )
+            if plugin != (response.auth_plugin or NATIVE_PLUGIN):
+                self.logins[f"switched:{response.auth_plugin}"] += 1
+            access = await self.control.get_access(target.endpoint_id, target.role)
+            stage1 = None
+            if access is not None:
+                if plugin == CLEAR_PLUGIN:
+                    stage1 = auth.verify_cleartext(answer, access.password_hash)
+                else:
+                    stage1 = auth.verify_native(answer, hello.scramble, access.password_hash)
+            failed = access is None or stage1 is None
+        finally:
+            self.failures.end(key, failed=failed)
+        if access is None or stage1 is None:
+            # One answer for a wrong password, an unknown role and an unknown endpoint.
+            self.logins["failed"] += 1
+            return Refused(
+                ErrorCode.ACCESS_DENIED,
+                f"Access denied for user '{response.user}'@'{hello.client_ip}' "
+                f"(using password: {'YES' if answer else 'NO'})",
+            )
+        if access.require_tls and not hello.tls:
+            return Refused(
+                ErrorCode.ACCESS_DENIED,
+                f"project of endpoint {target.endpoint_id} requires TLS; connect with SSL",
+            )
+        self.logins[f"ok:{plugin}"] += 1
+        return Authenticated(route=target, access=access, stage1=stage1, seq=seq)
+
+    async def wake(self, endpoint_id: str) -> Backend | Refused:
+        """Where the endpoint's compute listens, starting it if it sleeps."""
+        try:
+            return await asyncio.wait_for(self.control.wake(endpoint_id), self.config.wake_timeout)
+        except TimeoutError:
+            return Refused(
+                ErrorCode.NET_READ_INTERRUPTED,
+                f"endpoint {endpoint_id} did not become ready within "
+                f"{self.config.wake_timeout:.0f}s; try again",
+            )
+        except QuotaExceeded as exc:
+            return Refused(ErrorCode.USER_LIMIT_REACHED, exc.message)
+        except StateConflict as exc:
+            return Refused(ErrorCode.NET_READ_INTERRUPTED, exc.message)
+        except (Conflict, NotFound) as exc:
+            return Refused(ErrorCode.ACCESS_DENIED, exc.message)
+        except SelkieError as exc:
+            return Refused(
+                ErrorCode.NET_READ_INTERRUPTED,
+                f"endpoint {endpoint_id} could not start: {exc.message.splitlines()[0]}",
+            )
+
+    async def dial(
+        self, login: Authenticated, response: HandshakeResponse41, capabilities: int
+    ) -> Connected | Refused:
+        """Wake the endpoint and log in to its compute as the client's role (with the
+        client's database and attributes from ``response``). A compute that went away
+        between the wake and the login (a suspend that raced this client) is woken once
+        more. The compute's own refusal of the login (an unknown database) is passed on."""
+        endpoint_id = login.route.endpoint_id
+        t0 = time.perf_counter()
+        address = await self.wake(endpoint_id)
+        t1 = time.perf_counter()
+        for attempt in range(2):
+            if isinstance(address, Refused):
+                return address
+            try:
+                conn = await open_backend(
+                    address,
+                    response=response,
+                    role=login.route.role,
+                    stage1=login.stage1,
+                    capabilities=capabilities,
+                    timeout=self.config.backend_timeout,
+                )
+                break
+            except (OSError, TimeoutError, ProtocolError) as exc:
+                if attempt == 0:
+                    address = await self.wake(endpoint_id)
+                    continue
+                return Refused(
+                    ErrorCode.NET_READ_ERROR,
+                    f"could not reach the compute of endpoint {endpoint_id}: {exc}",
+                )
+        if conn.first_reply[:1] == b"\xff":
+            conn.writer.close()
+            err = parse_err(conn.first_reply)
+            return Refused(err.code, err.message, err.sqlstate)
+        return Connected(
+            backend=conn, wake_ms=(t1 - t0) * 1000, login_ms=(time.perf_counter() - t1) * 1000
+        )

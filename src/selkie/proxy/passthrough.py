@@ -1,0 +1,212 @@
+"""The last step of a relayed session: bytes both ways until either side leaves.
+
+Plaintext sessions leave asyncio: both sockets go to a :class:`ThreadedRelay`, which splices
+the compute's answers to the client without them entering Python. TLS sessions are relayed
+on the event loop (a TLS stream cannot be spliced). Either way the client's commands are
+scanned on the way in, and ``COM_CHANGE_USER`` is rewritten: its token answers the proxy's
+scramble, and the compute needs one that answers its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from selkie.controlplane import ControlPlane
+from selkie.mysql.packets import NATIVE_PLUGIN, build_change_user, build_err, parse_change_user
+from selkie.mysql.stream import frame
+from selkie.mysql.wire import ErrorCode, ProtocolError
+from selkie.proxy import auth
+from selkie.proxy.backend import BackendConnection
+from selkie.proxy.handshake import Hello, route
+from selkie.proxy.relay import Counters, ThreadedRelay, async_relay
+
+# COM_CHANGE_USER's payload -> (to the compute, to the client).
+ChangeUser = Callable[[bytes], Coroutine[Any, Any, tuple[bytes | None, bytes | None]]]
+
+
+class Passthrough:
+    def __init__(self, control: ControlPlane, *, domain: str, backend_timeout: float) -> None:
+        self.control = control
+        self.domain = domain
+        self.backend_timeout = backend_timeout
+        self._relays: set[ThreadedRelay] = set()
+
+    def close(self) -> None:
+        """End every relayed session (the proxy is stopping)."""
+        for relay in list(self._relays):
+            relay.close()
+
+    async def run(
+        self,
+        hello: Hello,
+        conn: BackendConnection,
+        endpoint_id: str,
+        first_bytes: bytes,
+        counters: Counters,
+    ) -> None:
+        """Relay until either side closes; ``first_bytes`` (the compute's OK to the login,
+        framed for the client) go to the client first."""
+        farewell = frame(
+            0,
+            build_err(
+                ErrorCode.CONNECTION_KILLED,
+                f"Connection to endpoint {endpoint_id} closed: its compute was suspended "
+                "or stopped. Reconnect to wake it.",
+            ),
+        )[0]
+
+        async def change_user(payload: bytes) -> tuple[bytes | None, bytes | None]:
+            return await self._change_user(payload, endpoint_id, hello, conn.scramble)
+
+        if hello.tls:
+            await self._on_loop(hello, conn, first_bytes, counters, change_user, farewell)
+        else:
+            await self._in_thread(hello, conn, first_bytes, counters, change_user, farewell)
+
+    async def _on_loop(
+        self,
+        hello: Hello,
+        conn: BackendConnection,
+        first_bytes: bytes,
+        counters: Counters,
+        change_user: ChangeUser,
+        farewell: bytes,
+    ) -> None:
+        writer = hello.writer
+        writer.write(first_bytes)
+        await writer.drain()
+
+        async def on_change_user(payload: bytes) -> bytes | None:
+            to_server, to_client = await change_user(payload)
+            if to_client:
+                writer.write(to_client)
+                await writer.drain()
+            return to_server
+
+        await async_relay(
+            client_reader=hello.reader,
+            client_writer=writer,
+            server_reader=conn.reader,
+            server_writer=conn.writer,
+            counters=counters,
+            on_command=_ignore,
+            on_change_user=on_change_user,
+            farewell=farewell,
+        )
+
+    async def _in_thread(
+        self,
+        hello: Hello,
+        conn: BackendConnection,
+        first_bytes: bytes,
+        counters: Counters,
+        change_user: ChangeUser,
+        farewell: bytes,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        client_sock, client_left = _detach(hello.reader, hello.writer)
+        try:
+            server_sock, server_left = _detach(conn.reader, conn.writer)
+        except OSError:
+            client_sock.close()
+            raise
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:
+            def settle() -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            loop.call_soon_threadsafe(settle)
+
+        def change_user_blocking(payload: bytes) -> tuple[bytes | None, bytes | None]:
+            future = asyncio.run_coroutine_threadsafe(change_user(payload), loop)
+            return future.result(timeout=self.backend_timeout + 5)
+
+        relay = ThreadedRelay(
+            client=client_sock,
+            server=server_sock,
+            counters=counters,
+            on_command=_ignore,
+            on_change_user=change_user_blocking,
+            on_done=finished,
+            send_to_client=first_bytes + server_left,
+            send_to_server=client_left,
+            farewell=farewell,
+        )
+        self._relays.add(relay)
+        try:
+            relay.start()
+        except RuntimeError:  # no thread could be made: nothing owns the sockets yet
+            self._relays.discard(relay)
+            client_sock.close()
+            server_sock.close()
+            raise
+        try:
+            await asyncio.shield(done)
+        finally:
+            self._relays.discard(relay)
+            relay.close()
+
+    async def _change_user(
+        self, payload: bytes, endpoint_id: str, hello: Hello, backend_scramble: bytes
+    ) -> tuple[bytes | None, bytes | None]:
+        """Rewrite COM_CHANGE_USER for the compute: check the client's token against the
+        proxy's scramble, answer the compute's scramble. Returns (to the compute, to the
+        client); a refusal ends the session after its ERR."""
+        client_caps = hello.client_caps
+        denied = frame(1, build_err(ErrorCode.ACCESS_DENIED, "Access denied"))[0]
+        try:
+            change = parse_change_user(payload, client_caps)
+        except ProtocolError:
+            return None, denied
+        new = route(change.user, None, self.domain)
+        role = change.user
+        if new is not None:
+            if new.endpoint_id != endpoint_id:
+                msg = "COM_CHANGE_USER cannot move a session to another endpoint"
+                return None, frame(1, build_err(ErrorCode.ACCESS_DENIED, msg))[0]
+            role = new.role
+        access = await self.control.get_access(endpoint_id, role)
+        stage1 = None
+        if access is not None and (change.auth_plugin or NATIVE_PLUGIN) == NATIVE_PLUGIN:
+            stage1 = auth.verify_native(change.auth_response, hello.scramble, access.password_hash)
+        if access is None or stage1 is None:
+            msg = f"Access denied for user '{change.user}' (using password: YES)"
+            return None, frame(1, build_err(ErrorCode.ACCESS_DENIED, msg))[0]
+        rewritten = build_change_user(
+            dataclasses.replace(
+                change,
+                user=role,
+                auth_response=auth.native_token(stage1, backend_scramble),
+                auth_plugin=NATIVE_PLUGIN,
+            ),
+            client_caps,
+        )
+        return frame(0, rewritten)[0], None
+
+
+def _ignore(_: int) -> None:
+    return None
+
+
+def _detach(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[socket.socket, bytes]:
+    """Take a connection away from asyncio as a blocking socket, with any bytes asyncio had
+    already read (none in practice: the handshake is strictly request/response)."""
+    transport = writer.transport
+    transport.pause_reading()  # type: ignore[attr-defined]
+    # No public way to drain a StreamReader's buffer.
+    buffer: bytearray = getattr(reader, "_buffer")  # noqa: B009
+    leftover = bytes(buffer)
+    buffer.clear()
+    raw = transport.get_extra_info("socket")
+    fd = os.dup(raw.fileno())
+    transport.abort()  # closes asyncio's descriptor; the duplicate keeps the connection
+    return socket.socket(fileno=fd), leftover

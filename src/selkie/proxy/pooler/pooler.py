@@ -1,0 +1,105 @@
+"""Serving ``-pooler`` logins: the session borrows compute connections from its endpoint's
+pool instead of holding one of its own."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from selkie.mysql.packets import HandshakeResponse41, build_ok
+from selkie.mysql.stream import PacketStream
+from selkie.mysql.wire import ErrorCode
+from selkie.proxy.connect import Authenticated, Connector, Refused
+from selkie.proxy.handshake import Hello
+from selkie.proxy.pooler.pool import FORMAT_CAPS, Backend, EndpointPool, PoolKey, PoolTimeout
+from selkie.proxy.pooler.runner import CommandRefused
+from selkie.proxy.pooler.session import PooledSession
+from selkie.proxy.relay import Counters
+from selkie.proxy.stats import ProxyStats
+
+RELAY_LIMIT = 2**31
+
+
+class Pooler:
+    def __init__(self, connector: Connector, stats: ProxyStats, *, wait_timeout: float) -> None:
+        self.connector = connector
+        self.stats = stats
+        self.wait_timeout = wait_timeout
+        self.pools: dict[str, EndpointPool] = {}
+
+    def _pool(self, login: Authenticated) -> EndpointPool:
+        endpoint_id = login.route.endpoint_id
+        pool = self.pools.get(endpoint_id)
+        if pool is None:
+            pool = self.pools[endpoint_id] = EndpointPool(
+                endpoint_id, cap=login.access.pooler_max_backends, wait_timeout=self.wait_timeout
+            )
+        pool.cap = login.access.pooler_max_backends
+        return pool
+
+    async def serve(self, hello: Hello, login: Authenticated) -> Refused | None:
+        """Run a pooled session until the client leaves; a refusal for the client when it
+        cannot begin (the pooler is off, the endpoint cannot wake, every backend is busy)."""
+        endpoint_id = login.route.endpoint_id
+        if not login.access.pooler_enabled:
+            return Refused(
+                ErrorCode.ACCESS_DENIED,
+                f"the pooler is not enabled for endpoint {endpoint_id}; enable it with "
+                'PATCH …/endpoints/{id} {"endpoint": {"pooler_enabled": true}}',
+            )
+        pool = self._pool(login)
+        client_caps = hello.client_caps
+        key = PoolKey(
+            role=login.route.role, caps=client_caps & FORMAT_CAPS, charset=hello.response.charset
+        )
+        response = backend_response(hello.response)
+
+        async def connect() -> Backend:
+            outcome = await self.connector.dial(login, response, client_caps)
+            if isinstance(outcome, Refused):
+                raise CommandRefused(outcome.code, outcome.message, outcome.sqlstate)
+            conn = outcome.backend
+            return Backend(
+                key=key,
+                reader=conn.reader,
+                writer=conn.writer,
+                stream=PacketStream(conn.reader, conn.writer, limit=RELAY_LIMIT),
+            )
+
+        stream = hello.stream
+        stream.limit = RELAY_LIMIT
+        counters = Counters()
+        session = PooledSession(
+            client=stream,
+            pool=pool,
+            key=key,
+            connect=connect,
+            database=hello.response.database,
+            transaction_mode=login.access.pooler_transaction_mode,
+            counters=counters,
+            client_caps=client_caps,
+        )
+        try:
+            err = await session.login()
+        except CommandRefused as exc:
+            return Refused(exc.code, exc.message, exc.sqlstate)
+        except PoolTimeout:
+            return Refused(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"all {pool.cap} backend connections of endpoint {endpoint_id} are busy",
+            )
+        if err is not None:
+            return Refused(err.code, err.message, err.sqlstate)
+        await stream.send(login.seq, build_ok())
+        with self.stats.session(endpoint_id, counters):
+            pool.clients += 1
+            try:
+                await session.run()
+            finally:
+                pool.clients -= 1
+        return None
+
+
+def backend_response(response: HandshakeResponse41) -> HandshakeResponse41:
+    """The login a pooled backend makes: the client's, without its database (the session
+    state decides that per command)."""
+    return dataclasses.replace(response, database=None)

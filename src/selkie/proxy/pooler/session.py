@@ -1,0 +1,259 @@
+"""A pooled client session: commands are read whole, run on a backend borrowed from the
+endpoint's pool, and their responses parsed on the way back so the proxy knows when a
+command is over, whether a transaction is open, and what the session has become.
+
+Transaction mode returns the backend after every command that leaves no transaction open
+and no pin; session mode keeps it. Either way the session's state (database, known SET
+variables, LAST_INSERT_ID, prepared statements) is tracked, so a new backend can be given
+the same state — which is also how an idle session survives its endpoint being suspended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Awaitable, Callable
+
+from selkie.mysql.packets import Err, build_err, build_ok
+from selkie.mysql.wire import Command, ErrorCode, ProtocolError, ServerStatus
+from selkie.proxy.pooler.pool import PoolTimeout
+from selkie.proxy.pooler.response import Summary
+from selkie.proxy.pooler.runner import (
+    STATEMENT_COMMANDS,
+    BackendLost,
+    CommandRefused,
+    CommandRunner,
+)
+from selkie.proxy.pooler.sqlscan import PSEUDO, Effect, classify
+from selkie.proxy.pooler.state import record_sets
+
+CURSOR_FLAGS = 0x0F  # COM_STMT_EXECUTE: read-only, for-update, scrollable cursor types
+# The owner of a backend whose session state is not known: the next user resets it.
+UNKNOWN_OWNER = object()
+
+
+class PooledSession(CommandRunner):
+    async def login(self) -> Err | None:
+        """Borrow a backend once so a bad database or a dead compute shows at connect. Only
+        the database is put in place: whether another client's state must be wiped is
+        decided by the first command (which often sets that state itself, as drivers'
+        ``SET NAMES`` on connect do)."""
+        b = await self._acquire()
+        if b.owner is None or b.owner is self:
+            err = await self._sync(b, need_last_insert_id=False)
+        else:
+            err = await self._put_database(b)
+        if err is not None or self._may_release():
+            await self._release()
+        return err
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    seq, payload = await self.client.read()
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    return
+                if seq != 0 or not payload:
+                    raise ProtocolError("a command must start with sequence id 0")
+                self.counters.client_sent(len(payload) + 4, 1)
+                command = payload[0]
+                if command == Command.QUIT:
+                    return
+                try:
+                    await self._command(command, payload)
+                except CommandRefused as exc:
+                    await self.reply(1, build_err(exc.code, exc.message, exc.sqlstate))
+                except PoolTimeout:
+                    await self.error(
+                        ErrorCode.TOO_MANY_CONNECTIONS,
+                        f"all {self.pool.cap} backend connections of endpoint "
+                        f"{self.pool.endpoint_id} are busy; waited {self.pool.wait_timeout:.0f}s",
+                    )
+                except BackendLost as exc:
+                    await self._release(broken=True)
+                    lost_state = self.pinned or bool(self.status & ServerStatus.IN_TRANS)
+                    await self.error(
+                        ErrorCode.CONNECTION_KILLED,
+                        f"lost the connection to endpoint {self.pool.endpoint_id}'s compute "
+                        f"({exc}); reconnect",
+                    )
+                    if lost_state:
+                        return
+                self._update_pin_metric()
+        finally:
+            # A client gone in the middle of a transaction or with a pinned session leaves
+            # state nobody can use: close that backend (the server rolls back) rather than
+            # lend it out.
+            dirty = self.pinned or bool(self.status & ServerStatus.IN_TRANS)
+            await self._release(broken=dirty)
+            if self._pinned_counted:
+                self.pool.pinned -= 1
+
+    async def _command(self, command: int, payload: bytes) -> None:
+        """One client command: answered here, or run on a backend and its outcome noted."""
+        local = _ANSWERED_HERE.get(command)
+        if local is not None:
+            await local(self, payload)
+            return
+        if command == Command.SET_OPTION and len(payload) >= 3:
+            self.state.multi_statements = struct.unpack("<H", payload[1:3])[0] == 0
+        stmt = None
+        if command in STATEMENT_COMMANDS:
+            stmt = struct.unpack("<I", payload[1:5])[0]
+            if not await self._statement_usable(command, payload, stmt):
+                return
+        if command == Command.QUERY:
+            effect: Effect | None = classify(payload[1:].decode(errors="replace"))
+        elif command == Command.STMT_EXECUTE and stmt is not None:
+            effect = self.state.prepared[stmt].effect
+        else:
+            effect = None
+        summary = await self._run(command, payload, effect=effect)
+        self.status = summary.status
+        if effect is not None:
+            await self._note_effect(effect, summary)
+        self._note_outcome(command, payload, stmt, summary)
+        if self._may_release():
+            await self._release()
+
+    # --- commands answered without running them as they are ---------------------------------
+
+    async def _ping(self, _: bytes) -> None:
+        await self.reply(1, build_ok(status=self.status))
+
+    async def _reset_connection(self, payload: bytes) -> None:
+        st = self.state
+        st.sets.clear()
+        st.prepared.clear()
+        st.last_insert_id = None
+        self.pins.clear()
+        self._long_data.clear()
+        if self.backend is None:
+            await self.reply(1, build_ok())
+            return
+        await self._run(Command.RESET_CONNECTION, payload)
+        self.backend.forget_session()
+        self.status = int(ServerStatus.AUTOCOMMIT)
+        await self._release()
+
+    async def _change_user(self, _: bytes) -> None:
+        await self.error(
+            ErrorCode.UNKNOWN_COM_ERROR,
+            "COM_CHANGE_USER is not supported on pooled connections; connect as the other "
+            "role instead",
+        )
+
+    async def _stmt_close(self, payload: bytes) -> None:
+        """Only the client's id goes: the backend keeps the statement for its next user
+        (its cache is bounded) unless long data sent for it is pending there."""
+        stmt = struct.unpack("<I", payload[1:5])[0]
+        self.state.prepared.pop(stmt, None)
+        pending = self._long_data.get(stmt)
+        if pending is None:
+            return
+        if self.backend is not None:
+            self.backend.drop_statement(pending)  # its long data goes with it
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.backend.writer.drain()
+        self._long_data_done(stmt)
+        if self._may_release():
+            await self._release()
+
+    async def _statement_usable(self, command: int, payload: bytes, stmt: int) -> bool:
+        """Whether a command on prepared statement ``stmt`` can run (the client told why
+        not, when not)."""
+        if stmt not in self.state.prepared:
+            await self.error(ErrorCode.UNKNOWN_COM_ERROR, f"Unknown prepared statement {stmt}")
+            return False
+        if command == Command.STMT_FETCH or (
+            command == Command.STMT_EXECUTE and len(payload) > 5 and payload[5] & CURSOR_FLAGS
+        ):
+            await self.error(
+                ErrorCode.NOT_SUPPORTED_YET,
+                "server-side cursors are not supported on pooled connections; connect "
+                "without the -pooler suffix to use them",
+            )
+            return False
+        return True
+
+    # --- what a command left ----------------------------------------------------------------
+
+    async def _note_effect(self, effect: Effect, summary: Summary) -> None:
+        """What a statement did to the session, as its text said (SET, USE, a pin)."""
+        st, b = self.state, self.backend
+        # Pins and untracked changes count even when the command failed part-way.
+        if effect.pin:
+            self.pins.add(effect.reason)
+        if effect.untracked and b is not None:
+            b.dirty = True
+        if summary.error is not None:
+            if (effect.sets or effect.database) and b is not None:
+                # Some of its SETs may have run: not for another client to inherit.
+                b.dirty = True
+            return
+        sets = dict(effect.sets)
+        if b is not None and (relative := set(sets) - effect.overwrites - PSEUDO):
+            # SET x = f(@@x): replaying that text elsewhere would build on another
+            # session's value. What it gave here is what is kept and replayed.
+            values = await self._current_values(b, relative)
+            if values is None:
+                b.dirty = True  # not known: nobody else gets this backend as it is
+            else:
+                sets.update(values)
+        record_sets(st.sets, sets)
+        if b is not None:
+            record_sets(b.sets, sets)
+        if effect.database:
+            st.database = effect.database
+            if b is not None:
+                b.database = effect.database
+        if effect.unpin_lock_tables:
+            self.pins.discard("LOCK TABLES")
+
+    def _note_outcome(
+        self, command: int, payload: bytes, stmt: int | None, summary: Summary
+    ) -> None:
+        """What any command's response left: a database, LAST_INSERT_ID, warnings to read,
+        long data waiting for its execute."""
+        st, b = self.state, self.backend
+        if command == Command.INIT_DB and summary.error is None:
+            st.database = payload[1:].decode(errors="replace")
+            if self.backend is not None:
+                self.backend.database = st.database
+        if summary.last_insert_id:
+            st.last_insert_id = summary.last_insert_id
+            if self.backend is not None:
+                self.backend.last_insert_id = summary.last_insert_id
+        if summary.error is not None and self._overwriting and self.backend is not None:
+            # What was to replace another client's values failed: they are still there, so
+            # whoever uses this backend next gets it reset.
+            self.backend.dirty = True
+            self.backend.owner = UNKNOWN_OWNER
+        if summary.warnings:
+            self.pins.add("warnings")  # until read: the next command runs here too
+        elif command == Command.QUERY:
+            self.pins.discard("warnings")
+        if command == Command.STMT_SEND_LONG_DATA and stmt is not None and b is not None:
+            bs = b.statement(st.prepared[stmt].sql)
+            if bs is not None:
+                self._long_data[stmt] = bs
+            self.pins.add("long data")
+        elif command in (Command.STMT_EXECUTE, Command.STMT_RESET) and stmt is not None:
+            self._long_data_done(stmt)
+
+    def _long_data_done(self, stmt: int) -> None:
+        """Long data for ``stmt`` was used or dropped; the pin goes with the last of it."""
+        self._long_data.pop(stmt, None)
+        if not self._long_data:
+            self.pins.discard("long data")
+
+
+# Commands the session answers (or rewrites) itself.
+_ANSWERED_HERE: dict[int, Callable[[PooledSession, bytes], Awaitable[None]]] = {
+    Command.PING: PooledSession._ping,
+    Command.RESET_CONNECTION: PooledSession._reset_connection,
+    Command.CHANGE_USER: PooledSession._change_user,
+    Command.STMT_CLOSE: PooledSession._stmt_close,
+}
