@@ -135,9 +135,10 @@ def test_prepare_reads_parameters_and_columns(deprecate_eof: bool) -> None:
         parts.append(eof())
     data = packets(*parts)
     reader = ResponseReader(Command.STMT_PREPARE, deprecate_eof=deprecate_eof, status=2)
-    assert reader.feed(data[:-1])[1] is Event.NEED_DATA
+    head_out, event = reader.feed(data[:-1])
+    assert event is Event.NEED_DATA
     out, event = reader.feed(data[-1:])
-    assert event is Event.DONE
+    assert event is Event.DONE and head_out + out == data
     assert (reader.summary.stmt_id, reader.summary.num_params) == (7, 2)
 
 
