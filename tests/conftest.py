@@ -7,7 +7,7 @@ import asyncio
 import os
 import secrets
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from selkie.config import Settings, load_settings
 from selkie.control import Control
 from selkie.control.bootstrap import local_principal
 from selkie.model import Principal
+from selkie.platform import Platform
 from selkie.store import Store
 from tests.seaweedfs import ACCESS_KEY, REGION, SECRET_KEY, S3Server, find_weed, seaweedfs
 
@@ -215,3 +216,19 @@ def other_tenant(control: Control, admin: Principal) -> Tenant:
 @pytest.fixture
 def anonymous(control: Control) -> TestClient:
     return TestClient(create_app(control), raise_server_exceptions=False)
+
+
+# --- a whole platform with real computes ---------------------------------------------
+
+
+@pytest.fixture
+async def platform(tmp_path: Path, template_datadir: Path) -> AsyncIterator[Platform]:
+    from tests.platforms import open_platform  # it builds on this module's helpers
+
+    async with open_platform(tmp_path, template_datadir) as p:
+        yield p
+
+
+@pytest.fixture
+def who(platform: Platform) -> Principal:
+    return local_principal(platform.control)

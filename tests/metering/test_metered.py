@@ -18,7 +18,7 @@ from selkie.control.bootstrap import local_principal
 from selkie.metering.usage import PeriodUsage, month_usage, storage_bytes
 from selkie.platform import Platform
 from selkie.store.tables import MeterMarkRow
-from tests.compute.conftest import open_platform
+from tests.platforms import open_platform
 from tests.proxy.conftest import Db, db
 from tests.proxy.test_clients import pymysql_conn
 

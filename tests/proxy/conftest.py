@@ -12,7 +12,7 @@ import pytest
 from selkie.control import Created
 from selkie.control.bootstrap import local_principal
 from selkie.platform import Platform
-from tests.compute.conftest import open_platform
+from tests.platforms import open_platform
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from selkie.control.bootstrap import local_principal
 from selkie.mysql.stream import frame
 from selkie.platform import Platform
 from selkie.proxy.pooler.pool import EndpointPool
-from tests.compute.conftest import require_mariadb
 from tests.helpers import free_port
+from tests.platforms import require_mariadb
 from tests.proxy.conftest import Db
 from tests.proxy.test_fuzz import login, recv_packet
 

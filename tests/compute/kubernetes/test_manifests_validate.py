@@ -14,7 +14,7 @@ from selkie.compute.base import ComputeSpec
 from selkie.compute.kubernetes import KubeSettings, branch_objects, compute_objects
 
 VERSION = "1.30"
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes"
 
 
 def validate(obj: dict[str, Any]) -> None:

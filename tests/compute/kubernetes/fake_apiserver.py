@@ -83,7 +83,7 @@ class FakeApiServer:
     def __init__(
         self, *, ready_after: float = 0.2, terminate_after: float = 0.1, kubelet: Any = None
     ) -> None:
-        # With a kubelet (tests/kubernetes/kubelet.py), pods run real servers.
+        # With a kubelet (tests/compute/kubernetes/kubelet.py), pods run real servers.
         self.kubelet = kubelet
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}  # (plural, name) -> object
         self.version = 100

@@ -14,8 +14,8 @@ import pymysql
 
 from selkie.model import EndpointState, OperationAction, Principal
 from selkie.platform import Platform
-from tests.compute.test_lifecycle import platform_address, request
 from tests.helpers import api_client, mariadbd_processes, selkie_env, selkie_up
+from tests.platforms import platform_address, request
 
 
 async def test_kill_9_during_inserts_loses_no_acknowledged_row(

@@ -13,9 +13,9 @@ import pymysql
 import pytest
 
 from selkie.control.bootstrap import local_principal
-from tests.compute.conftest import open_platform, require_mariadb
-from tests.kubernetes.fake_apiserver import FakeApiServer
-from tests.kubernetes.kubelet import Kubelet
+from tests.compute.kubernetes.fake_apiserver import FakeApiServer
+from tests.compute.kubernetes.kubelet import Kubelet
+from tests.platforms import open_platform, require_mariadb
 
 pytestmark = pytest.mark.timeout(120)
 

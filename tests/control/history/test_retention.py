@@ -16,8 +16,8 @@ from selkie.model import OperationAction
 from selkie.platform import Platform
 from selkie.storage import deltas
 from selkie.storage.images import Manifest, list_images, read_manifest
-from tests.compute.conftest import open_platform
-from tests.history.conftest import branch_at, finished, rows, sql, start, wait_received
+from tests.control.history.conftest import branch_at, finished, rows, sql, start, wait_received
+from tests.platforms import open_platform
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,7 @@ from selkie.control.bootstrap import local_principal
 from selkie.model import OperationStatus
 from selkie.storage.images import list_images
 from selkie.storage.local import LocalStorage
-from tests.compute.conftest import open_platform
-from tests.history.conftest import (
+from tests.control.history.conftest import (
     compute_position,
     rows,
     sql,
@@ -23,6 +22,7 @@ from tests.history.conftest import (
     started_project,
     wait_received,
 )
+from tests.platforms import open_platform
 
 pytestmark = pytest.mark.slow
 

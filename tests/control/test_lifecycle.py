@@ -10,8 +10,9 @@ import pymysql
 import pytest
 
 from selkie.control import Created
-from selkie.model import EndpointState, OperationAction, OperationStatus, Principal
+from selkie.model import EndpointState, OperationAction, Principal
 from selkie.platform import Platform
+from tests.platforms import platform_address, request
 
 
 def connect(
@@ -32,27 +33,6 @@ def connect(
         database=database or created.databases[0].name,
         autocommit=True,
     )
-
-
-def platform_address(platform: Platform, endpoint_id: str) -> str:
-    from selkie.store.tables import EndpointRow
-
-    with platform.store.read() as s:
-        row = s.get(EndpointRow, endpoint_id)
-        assert row is not None and row.compute_address
-        return row.compute_address
-
-
-async def request(platform: Platform, who: Principal, created: Created, action: OperationAction):  # type: ignore[no-untyped-def]
-    ep, ops = await asyncio.to_thread(
-        platform.control.endpoints.request, who, created.project.id, created.endpoints[0].id, action
-    )
-    await platform.runner.wait_idle()
-    op = await asyncio.to_thread(
-        platform.control.operations.get, who, created.project.id, ops[0].id
-    )
-    assert op.status is OperationStatus.FINISHED, op.error
-    return platform.lifecycle.get(ep.id)
 
 
 async def test_start_use_suspend_start_keeps_data(platform: Platform, who: Principal) -> None:

@@ -12,7 +12,7 @@ import pytest
 from selkie.errors import InvalidInput
 from selkie.model import Principal
 from selkie.platform import Platform
-from tests.history.conftest import branch_at, finished, rows, sql, start, wait_received
+from tests.control.history.conftest import branch_at, finished, rows, sql, start, wait_received
 
 pytestmark = pytest.mark.slow
 

@@ -8,15 +8,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from kubernetes import client as k8s
+
 from selkie.compute.base import ComputeSpec
 from selkie.compute.kubernetes import KubernetesDriver, KubeSettings
 from selkie.errors import ComputeError, ConfigError, InvalidInput
 from selkie.model import ProjectSettings
 from selkie.storage.base import ParentState
 from selkie.storage.kubernetes import KubernetesStorage
-from tests.kubernetes.fake_apiserver import FakeApiServer
+from tests.compute.kubernetes.fake_apiserver import FakeApiServer
 
 pytestmark = pytest.mark.timeout(60)
 NS = "selkie-test"

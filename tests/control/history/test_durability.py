@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from selkie.api.app import create_app
 from selkie.control.bootstrap import local_principal
 from selkie.platform import Platform
-from tests.compute.conftest import open_platform
-from tests.history.conftest import sql, start, wait_received
+from tests.control.history.conftest import sql, start, wait_received
+from tests.platforms import open_platform
 
 pytestmark = pytest.mark.slow
 

@@ -14,35 +14,7 @@ from selkie.control import Created
 from selkie.errors import QuotaExceeded
 from selkie.model import EndpointState, OperationAction, OperationStatus, Principal
 from selkie.platform import Platform
-from tests.compute.test_lifecycle import platform_address, request
-
-
-def sql(
-    platform: Platform,
-    endpoint_id: str,
-    user: str,
-    password: str,
-    database: str | None,
-    *statements: str,
-) -> list[tuple]:  # type: ignore[type-arg]
-    port = int(platform_address(platform, endpoint_id).rsplit(":", 1)[1])
-    conn = pymysql.connect(
-        host="127.0.0.1",
-        port=port,
-        user=user,
-        password=password,
-        database=database,
-        autocommit=True,
-    )
-    try:
-        rows: list[tuple] = []  # type: ignore[type-arg]
-        with conn.cursor() as cur:
-            for stmt in statements:
-                cur.execute(stmt)
-                rows = list(cur.fetchall())
-        return rows
-    finally:
-        conn.close()
+from tests.platforms import request, sql
 
 
 async def started(platform: Platform, who: Principal, name: str) -> Created:

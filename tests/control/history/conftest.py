@@ -16,9 +16,9 @@ from selkie.control import Created
 from selkie.control.bootstrap import local_principal
 from selkie.model import OperationAction, OperationStatus, Principal
 from selkie.platform import Platform
-from tests.compute.conftest import open_platform
-from tests.compute.test_features import sql as compute_sql
 from tests.conftest import s3_options
+from tests.platforms import open_platform
+from tests.platforms import sql as compute_sql
 from tests.seaweedfs import S3Server
 
 
