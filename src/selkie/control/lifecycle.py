@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from selkie import model
-from selkie.compute.base import ComputeDriver, ComputeSpec
+from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
 from selkie.compute.mariadb import DatabaseSpec, RoleSpec
 from selkie.config import Settings
 from selkie.control.accounts import database_specs, role_specs, sync_accounts
@@ -240,39 +240,8 @@ class Lifecycle:
         if gen is None:
             raise _LostRace(ep.id)
         self.observer.starting(ep.id)
-        timings: dict[str, float] = {}
         try:
-            storage = self.storage_for(target.project.settings)
-            await self.ensure_branch_data(target.branch, target.project)
-            options = await storage.prepare_compute(
-                target.branch.id, ep.id, target.project.settings
-            )
-            history = self.history_for(target.project.settings)
-            if history is not None:
-                await history.before_start(target.branch.id)
-                options = {**options, **history.server_options(target.project.settings)}
-            t1 = self.timer()
-            port_hint = int(ep.compute_address.rsplit(":", 1)[1]) if ep.compute_address else None
-            info = await self.driver.start(
-                ComputeSpec(
-                    endpoint_id=ep.id,
-                    project_id=ep.project_id,
-                    branch_id=ep.branch_id,
-                    cu=ep.autoscaling_limit_max_cu,
-                    datadir=storage.compute_datadir(target.branch.id, ep.id),
-                    server_options=options,
-                    port_hint=port_hint,
-                    binary=self._binary_for(target.project.settings),
-                ),
-                timeout=self.start_timeout,
-            )
-            t2 = self.timer()
-            if history is not None:
-                # Before anything writes: with durability=sync the first commit waits for it.
-                await history.attach(ep.id, target.branch.id, target.project, info.socket)
-            datadir = self._marker_dir(storage, target.branch.id, ep.id)
-            await sync_accounts(self.driver, ep.id, target.roles, target.databases, datadir=datadir)
-            t3 = self.timer()
+            info, timings = await self._bring_up(target)
         except BaseException as exc:
             reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
             await self._fail_start(ep.id, gen, reason)
@@ -300,15 +269,51 @@ class Lifecycle:
             # compute running that the store does not account for.
             await self.driver.stop(ep.id, timeout=self.stop_timeout)
             raise StateConflict(f"endpoint {ep.id} changed while starting")
-        timings.update(
-            prepare_ms=(t1 - t0) * 1000,
-            mariadbd_start_ms=(t2 - t1) * 1000,
-            sync_accounts_ms=(t3 - t2) * 1000,
-            total_ms=(self.timer() - t0) * 1000,
-        )
+        timings["total_ms"] = (self.timer() - t0) * 1000
         self.observer.started(ep.id, timings)
         self._active.add(ep.id)
         return await self._db(self.get, ep.id)
+
+    async def _bring_up(self, target: _Target) -> tuple[ComputeInfo, dict[str, float]]:
+        """The compute of a starting endpoint: its branch's data in place, the server
+        started, the safekeeper following it, its accounts matching the store. Returns it
+        with the milliseconds each phase took."""
+        ep, settings = target.endpoint, target.project.settings
+        t0 = self.timer()
+        storage = self.storage_for(settings)
+        await self.ensure_branch_data(target.branch, target.project)
+        options = await storage.prepare_compute(target.branch.id, ep.id, settings)
+        history = self.history_for(settings)
+        if history is not None:
+            await history.before_start(target.branch.id)
+            options = {**options, **history.server_options(settings)}
+        t1 = self.timer()
+        port_hint = int(ep.compute_address.rsplit(":", 1)[1]) if ep.compute_address else None
+        info = await self.driver.start(
+            ComputeSpec(
+                endpoint_id=ep.id,
+                project_id=ep.project_id,
+                branch_id=ep.branch_id,
+                cu=ep.autoscaling_limit_max_cu,
+                datadir=storage.compute_datadir(target.branch.id, ep.id),
+                server_options=options,
+                port_hint=port_hint,
+                binary=self._binary_for(settings),
+            ),
+            timeout=self.start_timeout,
+        )
+        t2 = self.timer()
+        if history is not None:
+            # Before anything writes: with durability=sync the first commit waits for it.
+            await history.attach(ep.id, target.branch.id, target.project, info.socket)
+        datadir = self._marker_dir(storage, target.branch.id, ep.id)
+        await sync_accounts(self.driver, ep.id, target.roles, target.databases, datadir=datadir)
+        t3 = self.timer()
+        return info, {
+            "prepare_ms": (t1 - t0) * 1000,
+            "mariadbd_start_ms": (t2 - t1) * 1000,
+            "sync_accounts_ms": (t3 - t2) * 1000,
+        }
 
     async def _fail_start(self, endpoint_id: str, generation: int, reason: str) -> None:
         try:
@@ -438,44 +443,52 @@ class Lifecycle:
             )
             if gen is None:
                 continue
-            if self.before_stop is not None and state is EndpointState.ACTIVE:
-                try:
-                    await asyncio.wait_for(self.before_stop(ep.id), BEFORE_STOP_TIMEOUT)
-                except Exception as exc:
-                    log.warning("before stopping %s: %r", ep.id, exc)
-            try:
-                await self.driver.stop(ep.id, timeout=self.stop_timeout)
-                await self._after_stop(target)
-                await self._db(
-                    rows.transition,
-                    self.store,
-                    ep.id,
-                    EndpointState.SUSPENDING,
-                    gen,
-                    to,
-                    pending_state=None,
-                    suspended_at=self.clock(),
-                    compute_address=None,
-                )
-            except Exception as exc:
-                # Never leave it "suspending": failed is startable, so the next wake or
-                # start repairs it (the reconciler covers a crash of this process).
-                reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
-                await self._db(
-                    rows.transition,
-                    self.store,
-                    ep.id,
-                    EndpointState.SUSPENDING,
-                    gen,
-                    EndpointState.FAILED,
-                    pending_state=None,
-                    failure_reason=f"suspend failed: {reason}"[:4000],
-                    compute_address=None,
-                )
-                raise
+            await self._stop_compute(target, gen, was=state, to=to)
             self.observer.suspended(ep.id)
             return await self._db(self.get, endpoint_id)
         raise StateConflict(f"endpoint {endpoint_id} keeps changing state; try again")
+
+    async def _stop_compute(
+        self, target: _Target, generation: int, *, was: EndpointState, to: EndpointState
+    ) -> None:
+        """Stop a suspending endpoint's compute and settle it in ``to`` (failed, when the
+        stop fails: never left suspending)."""
+        ep = target.endpoint
+        if self.before_stop is not None and was is EndpointState.ACTIVE:
+            try:
+                await asyncio.wait_for(self.before_stop(ep.id), BEFORE_STOP_TIMEOUT)
+            except Exception as exc:
+                log.warning("before stopping %s: %r", ep.id, exc)
+        try:
+            await self.driver.stop(ep.id, timeout=self.stop_timeout)
+            await self._after_stop(target)
+            await self._db(
+                rows.transition,
+                self.store,
+                ep.id,
+                EndpointState.SUSPENDING,
+                generation,
+                to,
+                pending_state=None,
+                suspended_at=self.clock(),
+                compute_address=None,
+            )
+        except Exception as exc:
+            # Failed is startable, so the next wake or start repairs it (the reconciler
+            # covers a crash of this process).
+            reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
+            await self._db(
+                rows.transition,
+                self.store,
+                ep.id,
+                EndpointState.SUSPENDING,
+                generation,
+                EndpointState.FAILED,
+                pending_state=None,
+                failure_reason=f"suspend failed: {reason}"[:4000],
+                compute_address=None,
+            )
+            raise
 
     async def _after_stop(self, target: _Target) -> None:
         """The compute stopped cleanly: the safekeeper takes what its stream had not (a
