@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from selkie.config import Settings
+from selkie.control.api_keys import ApiKeyService
 from selkie.control.base import Created
 from selkie.control.branches import BranchService
 from selkie.control.connections import ConnectionService
@@ -13,7 +14,7 @@ from selkie.control.consumption import ConsumptionService
 from selkie.control.databases import DatabaseService
 from selkie.control.endpoints import EndpointService
 from selkie.control.operations import OperationService
-from selkie.control.orgs import ApiKeyService, OrganizationService
+from selkie.control.orgs import OrganizationService
 from selkie.control.projects import ProjectService
 from selkie.control.restores import RestoreService
 from selkie.control.roles import RoleService
