@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from selkie import model
 from selkie.control.base import Created, ServiceBase
-from selkie.control.points import check_point
+from selkie.control.points import Point, check_point
 from selkie.control.rules import (
     copy_accounts,
     mark_endpoint_deleted,
@@ -28,9 +28,7 @@ from selkie.model import (
     utcnow,
 )
 from selkie.store import Page, Store, convert
-from selkie.store.tables import (
-    BranchRow,
-)
+from selkie.store.tables import BranchRow, ProjectRow
 
 
 class BranchService(ServiceBase):
@@ -55,16 +53,7 @@ class BranchService(ServiceBase):
                 parent = self.branch_row(s, who, project_id, parent_id)
             point = None
             if parent_timestamp is not None or parent_lsn is not None:
-                point = check_point(
-                    s,
-                    settings_archive=self.settings.archive_enabled,
-                    project=prow,
-                    branch=parent,
-                    at=parent_timestamp,
-                    lsn=parent_lsn,
-                    names=("parent_timestamp", "parent_lsn"),
-                    now=utcnow(),
-                )
+                point = self._parent_point(s, prow, parent, parent_timestamp, parent_lsn)
             branch_id = model.new_id("br")
             branch_name = model.validate_name("branch", name or branch_id)
             self._check_name_free(s, project_id, branch_name)
@@ -90,25 +79,7 @@ class BranchService(ServiceBase):
                     payload={"parent_id": parent.id},
                 )
             ]
-            defaults = convert.endpoint_settings(prow.default_endpoint_settings)
-            new_endpoints = []
-            seen_rw = False
-            for spec in endpoints or []:
-                etype = validate_endpoint_type(spec.get("type", "read_write"))
-                if seen_rw:
-                    raise Conflict("a branch can have only one read_write endpoint")
-                seen_rw = True
-                erow = new_endpoint_row(
-                    project_id=project_id,
-                    branch_id=branch_id,
-                    endpoint_type=etype,
-                    settings=validate_endpoint_settings(
-                        {k: v for k, v in spec.items() if k != "type"}, defaults
-                    ),
-                )
-                s.add(erow)
-                s.flush()
-                new_endpoints.append(self.endpoint_model(erow))
+            new_endpoints = self._add_endpoints(s, prow, branch_id, endpoints or [])
             uris = []
             if new_endpoints and dbs:
                 owner = dbs[0].owner_name
@@ -130,6 +101,56 @@ class BranchService(ServiceBase):
                 operations=ops,
                 connection_uris=uris,
             )
+
+    def _parent_point(
+        self,
+        s: Session,
+        prow: ProjectRow,
+        parent: BranchRow,
+        at: datetime | None,
+        lsn: str | None,
+    ) -> Point:
+        """The point of the parent's history a branch starts from, checked against the
+        retention window."""
+        return check_point(
+            s,
+            settings_archive=self.settings.archive_enabled,
+            project=prow,
+            branch=parent,
+            at=at,
+            lsn=lsn,
+            names=("parent_timestamp", "parent_lsn"),
+            now=utcnow(),
+        )
+
+    def _add_endpoints(
+        self,
+        s: Session,
+        prow: ProjectRow,
+        branch_id: str,
+        specs: builtins.list[dict[str, Any]],
+    ) -> builtins.list[model.Endpoint]:
+        """The endpoints a new branch is created with (at most one read_write)."""
+        defaults = convert.endpoint_settings(prow.default_endpoint_settings)
+        new_endpoints = []
+        seen_rw = False
+        for spec in specs:
+            etype = validate_endpoint_type(spec.get("type", "read_write"))
+            if seen_rw:
+                raise Conflict("a branch can have only one read_write endpoint")
+            seen_rw = True
+            erow = new_endpoint_row(
+                project_id=prow.id,
+                branch_id=branch_id,
+                endpoint_type=etype,
+                settings=validate_endpoint_settings(
+                    {k: v for k, v in spec.items() if k != "type"}, defaults
+                ),
+            )
+            s.add(erow)
+            s.flush()
+            new_endpoints.append(self.endpoint_model(erow))
+        return new_endpoints
 
     def list(self, who: Principal, project_id: str, *, cursor: str | None, limit: int) -> Page:
         with self.store.read() as s:

@@ -73,10 +73,7 @@ class ProjectService(ServiceBase):
             )
         ep_settings = validate_endpoint_settings(default_endpoint_settings or {})
         proj_settings = validate_project_settings(settings or {}, plans=self.settings.plans)
-        spec = branch or BranchSpec()
-        branch_name = model.validate_name("branch", spec.name or DEFAULT_BRANCH)
-        role_name = model.validate_role_name(spec.role_name or DEFAULT_ROLE)
-        db_name = model.validate_database_name(spec.database_name or DEFAULT_DATABASE)
+        branch_name, role_name, db_name = _first_branch_names(branch or BranchSpec())
         password = model.new_password()
         project_id = model.new_id()
         model.validate_name("project", name or project_id)
@@ -243,3 +240,12 @@ class ProjectService(ServiceBase):
                 payload={"endpoint_ids": endpoint_ids, "branch_ids": branch_ids},
             )
             return self.project_model(row), [op]
+
+
+def _first_branch_names(spec: BranchSpec) -> tuple[str, str, str]:
+    """The names of a new project's branch, owner role and database, checked."""
+    return (
+        model.validate_name("branch", spec.name or DEFAULT_BRANCH),
+        model.validate_role_name(spec.role_name or DEFAULT_ROLE),
+        model.validate_database_name(spec.database_name or DEFAULT_DATABASE),
+    )

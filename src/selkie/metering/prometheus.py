@@ -72,6 +72,15 @@ class PlatformCollector(Collector):
         yield states
         yield from self._usage()
 
+        yield from self._starts()
+        if src.history is not None:
+            yield from _history(src.history)
+        if src.proxy is not None:
+            yield from _proxy(src.proxy)
+
+    def _starts(self) -> Iterator[Metric]:
+        """Compute starts and suspends, and how long starts took."""
+        src = self.sources
         starts = CounterMetricFamily(
             "selkie_compute_starts", "Compute starts", labels=["endpoint_id"]
         )
@@ -91,47 +100,6 @@ class PlatformCollector(Collector):
             buckets=buckets,
             sum_value=total,
         )
-
-        if src.history is not None:
-            yield from _history(src.history)
-        proxy = src.proxy
-        if proxy is None:
-            return
-        sessions = GaugeMetricFamily(
-            "selkie_proxy_sessions", "Client sessions open", labels=["endpoint_id"]
-        )
-        transfer = CounterMetricFamily(
-            "selkie_proxy_bytes", "Bytes relayed", labels=["endpoint_id", "direction"]
-        )
-        statements = CounterMetricFamily(
-            "selkie_proxy_statements", "Commands relayed", labels=["endpoint_id"]
-        )
-        for a in proxy.activity():
-            sessions.add_metric([a.endpoint_id], float(a.sessions))
-            transfer.add_metric([a.endpoint_id, "to_client"], float(a.bytes_to_clients))
-            transfer.add_metric([a.endpoint_id, "from_client"], float(a.bytes_from_clients))
-            statements.add_metric([a.endpoint_id], float(a.statements))
-        yield sessions
-        yield transfer
-        yield statements
-        logins = CounterMetricFamily(
-            "selkie_proxy_logins", "Client logins by outcome", labels=["outcome"]
-        )
-        for outcome, n in sorted(proxy.logins.items()):
-            logins.add_metric([outcome], float(n))
-        yield logins
-        failures = CounterMetricFamily(
-            "selkie_proxy_auth_failures", "Failed client logins (wrong password, unknown role)"
-        )
-        failures.add_metric([], float(proxy.logins.get("failed", 0)))
-        yield failures
-        pooler = GaugeMetricFamily(
-            "selkie_pooler", "Pooler state per endpoint", labels=["endpoint_id", "what"]
-        )
-        for endpoint_id, pool in proxy.pools.items():
-            for what, value in pool.metrics().items():
-                pooler.add_metric([endpoint_id, what], float(value))
-        yield pooler
 
     def _usage(self) -> Iterator[Metric]:
         """Metered totals per project, from the hourly counters, and storage now."""
@@ -240,3 +208,42 @@ def render(sources: Sources) -> bytes:
     registry = CollectorRegistry()
     registry.register(PlatformCollector(sources))
     return bytes(generate_latest(registry))
+
+
+def _proxy(proxy: Any) -> Iterator[Metric]:
+    """Sessions, bytes and commands per endpoint, logins, and the pools."""
+    sessions = GaugeMetricFamily(
+        "selkie_proxy_sessions", "Client sessions open", labels=["endpoint_id"]
+    )
+    transfer = CounterMetricFamily(
+        "selkie_proxy_bytes", "Bytes relayed", labels=["endpoint_id", "direction"]
+    )
+    statements = CounterMetricFamily(
+        "selkie_proxy_statements", "Commands relayed", labels=["endpoint_id"]
+    )
+    for a in proxy.activity():
+        sessions.add_metric([a.endpoint_id], float(a.sessions))
+        transfer.add_metric([a.endpoint_id, "to_client"], float(a.bytes_to_clients))
+        transfer.add_metric([a.endpoint_id, "from_client"], float(a.bytes_from_clients))
+        statements.add_metric([a.endpoint_id], float(a.statements))
+    yield sessions
+    yield transfer
+    yield statements
+    logins = CounterMetricFamily(
+        "selkie_proxy_logins", "Client logins by outcome", labels=["outcome"]
+    )
+    for outcome, n in sorted(proxy.logins.items()):
+        logins.add_metric([outcome], float(n))
+    yield logins
+    failures = CounterMetricFamily(
+        "selkie_proxy_auth_failures", "Failed client logins (wrong password, unknown role)"
+    )
+    failures.add_metric([], float(proxy.logins.get("failed", 0)))
+    yield failures
+    pooler = GaugeMetricFamily(
+        "selkie_pooler", "Pooler state per endpoint", labels=["endpoint_id", "what"]
+    )
+    for endpoint_id, pool in proxy.pools.items():
+        for what, value in pool.metrics().items():
+            pooler.add_metric([endpoint_id, what], float(value))
+    yield pooler
