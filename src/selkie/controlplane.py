@@ -1,7 +1,7 @@
 """The ControlPlane interface: everything the proxy may ask of the control plane.
 
 The proxy depends on this module only. The in-process implementation lives in
-:mod:`selkie.control.access`; an HTTP one lets proxies run as separate replicas.
+:mod:`selkie.control.local_plane`; an HTTP one lets proxies run as separate replicas.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ from selkie.compute.cgroups import Cgroups
 from selkie.compute.local import LocalDriver
 from selkie.config import Settings, split_listen
 from selkie.control import Control
-from selkie.control.access import LocalControlPlane
 from selkie.control.history import Durable, History
 from selkie.control.lifecycle import Lifecycle
+from selkie.control.local_plane import LocalControlPlane
 from selkie.control.meter import Meter
 from selkie.control.quotas import Quotas
 from selkie.control.reconciler import reconcile

@@ -39,7 +39,7 @@ from selkie.metering.starts import LifecycleObserver, StartMetrics
 from selkie.metering.usage import quota_exceeded
 from selkie.model import EndpointState, utcnow
 from selkie.storage.base import ParentState, StorageDriver, Storages
-from selkie.store import Store, convert
+from selkie.store import Store, Usage, convert
 from selkie.store import endpoints as rows
 from selkie.store.endpoints import RUNNING, start_usage, stop_usage
 from selkie.store.tables import BranchRow, EndpointRow
@@ -131,6 +131,27 @@ class Lifecycle:
         """Store calls are blocking: they run in the default thread pool, off the loop."""
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def _transition(
+        self,
+        endpoint_id: str,
+        expected: EndpointState | tuple[EndpointState, ...],
+        generation: int | None,
+        new_state: EndpointState,
+        usage: Usage | None = None,
+        **fields: Any,
+    ) -> int | None:
+        """The compare-and-set (:func:`selkie.store.endpoints.transition`), off the loop."""
+        return await self._db(
+            rows.transition,
+            self.store,
+            endpoint_id,
+            expected,
+            generation,
+            new_state,
+            usage,
+            **fields,
+        )
+
     # --- reads -----------------------------------------------------------------------------
 
     def _load(self, endpoint_id: str) -> _Target:
@@ -200,9 +221,7 @@ class Lifecycle:
                         self._active.add(endpoint_id)
                         return convert.endpoint(ep, domain=self.settings.proxy_domain)
                     # Recorded active, but its process is gone: a failure we had not seen.
-                    await self._db(
-                        rows.transition,
-                        self.store,
+                    await self._transition(
                         endpoint_id,
                         EndpointState.ACTIVE,
                         ep.generation,
@@ -228,9 +247,7 @@ class Lifecycle:
         ep = target.endpoint
         t0 = self.timer()
         await self._db(self._check_quota, target)
-        gen = await self._db(
-            rows.transition,
-            self.store,
+        gen = await self._transition(
             ep.id,
             EndpointState(ep.current_state),
             ep.generation,
@@ -249,9 +266,7 @@ class Lifecycle:
                 raise
             raise ComputeError(f"starting {ep.id} failed: {reason}") from exc
         now = self.clock()
-        done = await self._db(
-            rows.transition,
-            self.store,
+        done = await self._transition(
             ep.id,
             EndpointState.STARTING,
             gen,
@@ -321,9 +336,7 @@ class Lifecycle:
                 await self.history.detach(endpoint_id)
             await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
         finally:
-            await self._db(
-                rows.transition,
-                self.store,
+            await self._transition(
                 endpoint_id,
                 EndpointState.STARTING,
                 generation,
@@ -420,9 +433,7 @@ class Lifecycle:
             state = EndpointState(ep.current_state)
             if state in (EndpointState.INIT, EndpointState.SUSPENDED, EndpointState.STOPPED):
                 if state is not to and state is not EndpointState.INIT:
-                    await self._db(
-                        rows.transition,
-                        self.store,
+                    await self._transition(
                         ep.id,
                         state,
                         ep.generation,
@@ -431,9 +442,7 @@ class Lifecycle:
                     )
                 return await self._db(self.get, endpoint_id)
             self._active.discard(ep.id)
-            gen = await self._db(
-                rows.transition,
-                self.store,
+            gen = await self._transition(
                 ep.id,
                 state,
                 ep.generation,
@@ -462,9 +471,7 @@ class Lifecycle:
         try:
             await self.driver.stop(ep.id, timeout=self.stop_timeout)
             await self._after_stop(target)
-            await self._db(
-                rows.transition,
-                self.store,
+            await self._transition(
                 ep.id,
                 EndpointState.SUSPENDING,
                 generation,
@@ -477,9 +484,7 @@ class Lifecycle:
             # Failed is startable, so the next wake or start repairs it (the reconciler
             # covers a crash of this process).
             reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
-            await self._db(
-                rows.transition,
-                self.store,
+            await self._transition(
                 ep.id,
                 EndpointState.SUSPENDING,
                 generation,

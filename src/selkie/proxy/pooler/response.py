@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from selkie.mysql.packets import Err, parse_err, parse_ok
 from selkie.mysql.wire import MAX_PAYLOAD, Command, Reader, ServerStatus
 
+# As a plain int: a flag test on the enum costs more than the rest of a small response.
+MORE_RESULTS = int(ServerStatus.MORE_RESULTS_EXISTS)
 # Commands the server does not answer.
 NO_RESPONSE = frozenset({Command.STMT_CLOSE, Command.STMT_SEND_LONG_DATA})
 
@@ -58,6 +60,18 @@ class Summary:
 
 
 class ResponseReader:
+    __slots__ = (
+        "_continued",
+        "_pending",
+        "_pos",
+        "_remaining",
+        "_sections",
+        "command",
+        "deprecate_eof",
+        "phase",
+        "summary",
+    )
+
     def __init__(self, command: int, *, deprecate_eof: bool, status: int) -> None:
         """``status`` is the session's status before the command (what a response that
         carries none leaves)."""
@@ -90,21 +104,28 @@ class ResponseReader:
 
     def _parse(self) -> Event:
         pending = self._pending
-        while self._pos + 4 <= len(pending):
-            start = self._pos
-            length = int.from_bytes(pending[start : start + 3], "little")
-            end = start + 4 + length
-            if end > len(pending):
-                break
-            self._pos = end
-            was_continued, self._continued = self._continued, length == MAX_PAYLOAD
-            if was_continued:
-                continue
-            head = pending[start + 4] if length else -1
-            event = self._packet(head, length)
-            if event is not None:
-                return event
-        return Event.NEED_DATA
+        size = len(pending)
+        pos = self._pos
+        continued = self._continued
+        try:
+            while pos + 4 <= size:
+                length = pending[pos] | pending[pos + 1] << 8 | pending[pos + 2] << 16
+                end = pos + 4 + length
+                if end > size:
+                    break
+                was_continued, continued = continued, length == MAX_PAYLOAD
+                head = pending[pos + 4] if length else -1
+                pos = end
+                if was_continued or (0 <= head < 0xFE and self.phase is Phase.ROWS):
+                    continue  # the rest of a 16 MiB packet, or a row: passed on unread
+                self._pos = pos
+                event = self._packet(head, length)
+                if event is not None:
+                    return event
+            return Event.NEED_DATA
+        finally:
+            self._pos = pos
+            self._continued = continued
 
     def _payload(self, length: int) -> bytes:
         """The payload of the packet just looked at (copied only when needed: most rows
@@ -157,7 +178,7 @@ class ResponseReader:
             summary.status, summary.warnings = ok.status, ok.warnings
             if ok.last_insert_id:
                 summary.last_insert_id = ok.last_insert_id
-            return None if ok.status & ServerStatus.MORE_RESULTS_EXISTS else self._done()
+            return None if ok.status & MORE_RESULTS else self._done()
         if head == 0xFB and command == Command.QUERY:
             return Event.LOCAL_INFILE
         if command == Command.FIELD_LIST:
@@ -184,7 +205,7 @@ class ResponseReader:
             summary.status, summary.warnings = ok.status, ok.warnings
         elif len(payload) >= 5:
             summary.warnings, summary.status = struct.unpack("<HH", payload[1:5])
-        if rows and summary.status & ServerStatus.MORE_RESULTS_EXISTS:
+        if rows and summary.status & MORE_RESULTS:
             self.phase = Phase.FIRST
             return None
         return self._done()
