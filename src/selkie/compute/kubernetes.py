@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kubernetes.client.exceptions import ApiException
-
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+
 from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
 from selkie.compute.mariadb import Sizing, render_config, run_statements
 from selkie.errors import ComputeError, ConfigError, Conflict, InvalidInput, NotFound, SelkieError
