@@ -3,23 +3,55 @@ dir with one project whose endpoint they measure."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
+import shutil
+import signal
 import tempfile
+import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from selkie import eventloop
-from selkie.compute.local import free_port
+from selkie.compute.cgroups import Cgroups
+from selkie.compute.local import free_port, wait_for_handshake
+from selkie.compute.mariadb import Sizing, render_config
 from selkie.config import load_settings
 from selkie.control import Created
 from selkie.control.bootstrap import local_principal
 from selkie.platform import Platform
 
 TABLE_SIZE = 10000
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that turn a default off, for a second column beside the default one."""
+    parser.add_argument("--no-cgroups", action="store_true", help="computes without limits")
+    parser.add_argument("--no-boost", action="store_true", help="starts inside the CPU quota")
+
+
+def config_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {}
+    if args.no_cgroups:
+        env["SELKIE_COMPUTE_CGROUPS"] = "0"
+    if args.no_boost:
+        env["SELKIE_COMPUTE_STARTUP_BOOST"] = "0"
+    return env
+
+
+def describe(env: dict[str, str]) -> str:
+    """The configuration a run measured, as its heading says it."""
+    cgroups = env.get("SELKIE_COMPUTE_CGROUPS") != "0" and Cgroups(enabled=True).mode != "off"
+    boost = env.get("SELKIE_COMPUTE_STARTUP_BOOST") != "0"
+    on = {True: "on", False: "off"}
+    return f"cgroups {on[cgroups]}, startup boost {on[boost and cgroups]}"
+
+
 T = TypeVar("T")
 
 
@@ -131,3 +163,34 @@ async def bench_platform(
         finally:
             await platform.stop()
             platform.close()
+
+
+async def bare_cycle(template: Path, work: Path, mariadbd: str) -> tuple[float, float]:
+    """Start a plain mariadbd on a datadir copy until it greets, then SIGTERM it."""
+    datadir = work / "bare"
+    if not datadir.exists():
+        shutil.copytree(template, datadir)
+    sock = work / "bare.sock"
+    cnf = work / "bare.cnf"
+    cnf.write_text(
+        render_config(
+            sizing=Sizing.for_cu(0.25),
+            datadir=datadir,
+            socket=sock,
+            port=free_port(),
+            pid_file=work / "bare.pid",
+            error_log=work / "bare.err",
+            run_as_root=os.geteuid() == 0,
+        )
+    )
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        mariadbd, f"--defaults-file={cnf}", start_new_session=True
+    )
+    while not (sock.exists() and await wait_for_handshake(sock)):
+        await asyncio.sleep(0.002)
+    started = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    await proc.wait()
+    return started * 1000, (time.perf_counter() - t1) * 1000

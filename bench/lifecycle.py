@@ -9,59 +9,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import signal
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _common import pct, run
+from _common import add_config_flags, bare_cycle, config_env, describe, pct, run
 
-from selkie.compute.local import LocalDriver, free_port, wait_for_handshake
-from selkie.compute.mariadb import Sizing, render_config
+from selkie.compute.local import LocalDriver
 from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.platform import Platform
 from selkie.storage.local import LocalStorage
 
 
-async def bare_cycle(template: Path, work: Path, mariadbd: str) -> tuple[float, float]:
-    """Start a plain mariadbd on a datadir copy until it greets, then SIGTERM it."""
-    datadir = work / "bare"
-    if not datadir.exists():
-        shutil.copytree(template, datadir)
-    sock = work / "bare.sock"
-    cnf = work / "bare.cnf"
-    cnf.write_text(
-        render_config(
-            sizing=Sizing.for_cu(0.25),
-            datadir=datadir,
-            socket=sock,
-            port=free_port(),
-            pid_file=work / "bare.pid",
-            error_log=work / "bare.err",
-            run_as_root=os.geteuid() == 0,
-        )
-    )
-    t0 = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(
-        mariadbd, f"--defaults-file={cnf}", start_new_session=True
-    )
-    while not (sock.exists() and await wait_for_handshake(sock)):
-        await asyncio.sleep(0.002)
-    started = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    proc.send_signal(signal.SIGTERM)
-    await proc.wait()
-    return started * 1000, (time.perf_counter() - t1) * 1000
-
-
-async def main(cycles: int) -> None:
+async def main(cycles: int, env: dict[str, str]) -> None:
     with tempfile.TemporaryDirectory(prefix="selkie-bench-") as tmp:
-        # The default configuration: CPU and memory limits on where cgroups are writable.
-        settings = load_settings(environ={"SELKIE_DATA_DIR": tmp})
+        # The default configuration: CPU and memory limits on where cgroups are writable,
+        # the startup boost on (flags turn either off, for a second column).
+        settings = load_settings(environ={"SELKIE_DATA_DIR": tmp, **env})
         platform = Platform.open(settings)
         await platform.start()
         await platform.runner.stop()  # drive the lifecycle directly, without the queue
@@ -125,7 +91,10 @@ async def main(cycles: int) -> None:
         "restart": "bare_start",
         "suspend": "bare_stop",
     }
-    print(f"\nlifecycle over {cycles} cycles (ms; 0.25 CU; bare = mariadbd by hand, same run)\n")
+    print(
+        f"\nlifecycle over {cycles} cycles (ms; 0.25 CU; {describe(env)}; "
+        "bare = mariadbd by hand, same run)\n"
+    )
     print(f"{'operation':<16}{'p50':>9}{'p95':>9}{'max':>9}   {'baseline p50':>13}{'ratio':>8}")
     for name in (
         "create_project",
@@ -158,4 +127,6 @@ async def main(cycles: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cycles", type=int, default=20)
-    run(main(parser.parse_args().cycles))
+    add_config_flags(parser)
+    args = parser.parse_args()
+    run(main(args.cycles, config_env(args)))

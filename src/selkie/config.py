@@ -150,6 +150,14 @@ class Settings:
     pageserver_mariadbd: str = ""  # the patched server for pageserver storage
     compute_bind_address: str = "127.0.0.1"
     compute_cgroups: bool = True
+    # A starting compute runs without its CPU limit until it is ready (docs/compute.md).
+    compute_startup_boost: bool = True
+    # Autoscaling (endpoints whose min CU is below their max): how often each compute's
+    # load is read (seconds), how long it must want more before it grows, and how long less
+    # before it shrinks.
+    autoscale_interval: float = 1.0
+    autoscale_up_seconds: float = 2.0
+    autoscale_down_seconds: float = 60.0
     compute_start_timeout: float = 60.0
     compute_stop_timeout: float = 30.0
     # Metering: how often storage and written data are sampled (seconds).

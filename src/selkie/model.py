@@ -60,6 +60,8 @@ class OperationAction(StrEnum):
     DELETE_ENDPOINT = "delete_endpoint"
     DELETE_TIMELINE = "delete_timeline"
     DELETE_PROJECT = "delete_project"
+    # Written by the autoscaler when it resizes a compute (never queued).
+    AUTOSCALE = "autoscale"
 
 
 class OperationStatus(StrEnum):
@@ -324,6 +326,8 @@ class Endpoint:
     generation: int
     autoscaling_limit_min_cu: float
     autoscaling_limit_max_cu: float
+    # The size of its running compute now (None while suspended).
+    current_cu: float | None
     suspend_timeout_seconds: int
     pooler_enabled: bool
     pooler_mode: PoolerMode

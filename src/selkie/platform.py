@@ -22,6 +22,7 @@ from selkie.compute.cgroups import Cgroups
 from selkie.compute.local import LocalDriver
 from selkie.config import Settings, split_listen
 from selkie.control import Control
+from selkie.control.autoscaler import Autoscaler
 from selkie.control.history import Durable, History
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.local_plane import LocalControlPlane
@@ -158,6 +159,7 @@ class Platform:
     meter: Meter
     quotas: Quotas
     start_metrics: StartMetrics
+    autoscaler: Autoscaler
     history: History | None = None
     proxy: ProxyServer | None = None
 
@@ -218,6 +220,14 @@ class Platform:
             meter=meter,
             quotas=quotas,
             start_metrics=start_metrics,
+            autoscaler=Autoscaler(
+                store=store,
+                lifecycle=lifecycle,
+                driver=driver,
+                interval=settings.autoscale_interval,
+                up_seconds=settings.autoscale_up_seconds,
+                down_seconds=settings.autoscale_down_seconds,
+            ),
             history=history,
         )
 
@@ -231,6 +241,7 @@ class Platform:
         await reconcile(self.store, self.lifecycle)
         self.runner.start()
         self.scheduler.start()
+        self.autoscaler.start()
         if proxy:
             await self.start_proxy()
 
@@ -245,6 +256,7 @@ class Platform:
         if self.proxy is not None:
             await self.proxy.stop()
         await self.scheduler.stop()
+        await self.autoscaler.stop()
         await self.runner.stop()
         if suspend_computes:
             await self.lifecycle.suspend_all()

@@ -48,6 +48,24 @@ def test_intervals_and_periods_exact() -> None:
     assert (day.active_time_seconds, day.compute_time_seconds) == (180.0, 180.0)
 
 
+def test_resizes_bill_each_stretch_at_its_size() -> None:
+    # 0.25 CU for 60 s, then 2 CU for 10 s: 35 CU-s in 70 s of activity.
+    events = [
+        ev("start", 0, 1, cu=0.25),
+        ev("resize", 60, 1, cu=2),
+        ev("stop", 70, 2, cu=2),
+    ]
+    spans = intervals(events, now=T0 + timedelta(seconds=100))
+    assert [(s.cu, (s.end - s.start).total_seconds()) for s in spans] == [(0.25, 60), (2, 10)]
+    (day,) = per_period(spans, T0, T0 + timedelta(days=1), "daily")
+    assert (day.active_time_seconds, day.compute_time_seconds) == (70.0, 35.0)
+    # Still running: the open stretch runs at the last size until now.
+    (day,) = per_period(
+        intervals(events[:2], now=T0 + timedelta(seconds=70)), T0, T0 + timedelta(days=1), "daily"
+    )
+    assert day.compute_time_seconds == 35.0
+
+
 async def test_measured_active_periods(platform: Platform, who: Principal) -> None:
     created = await asyncio.to_thread(
         platform.control.projects.create,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selkie.errors import ComputeError
+
 
 @dataclass(frozen=True, kw_only=True)
 class ComputeSpec:
@@ -30,6 +32,9 @@ class ComputeSpec:
     port_hint: int | None = None
     # A different server binary (the patched one, for pageserver storage); None: default.
     binary: str | None = None
+    # Start without the CPU limit of ``cu`` (memory limits stay): the control plane calls
+    # end_boost() once the compute is ready and its accounts are synced.
+    boost: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +51,20 @@ class ComputeInfo:
     @property
     def address(self) -> str | None:
         return f"{self.host}:{self.port}" if self.host and self.port else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComputeLoad:
+    """One reading of what a running compute uses, for the autoscaler. Counters only grow
+    while the compute runs: the autoscaler takes rates between two readings."""
+
+    cu: float  # the size it runs at now
+    cpu_seconds: float  # CPU used since it started (all its threads)
+    memory_bytes: int  # its own memory (not the page cache)
+    throttled_periods: int  # scheduler periods in which it used its whole CPU quota
+    pool_reads: int  # buffer pool misses that went to disk (Innodb_buffer_pool_reads)
+    pool_pages_data: int  # pages of the buffer pool holding data
+    pool_pages_total: int  # pages of the buffer pool
 
 
 # Called when a compute exits without being asked to: (endpoint_id, reason).
@@ -115,6 +134,24 @@ class ComputeDriver(ABC):
     @abstractmethod
     def error_log_tail(self, endpoint_id: str, *, lines: int = 15) -> str:
         """The last lines of the compute's own error log, for failure reasons."""
+
+    # Whether resize() changes a running compute's size without a restart.
+    supports_resize = False
+
+    async def end_boost(self, endpoint_id: str) -> None:
+        """Give a compute started with ``boost`` its CPU limit. A no-op where there is no
+        boost (or no such compute)."""
+
+    async def resize(self, endpoint_id: str, cu: float) -> None:
+        """Change a running compute's size live: CPU and memory limits, buffer pool,
+        threads. Raises ComputeError and leaves the compute at its old size when a step
+        fails; never restarts it."""
+        raise ComputeError("this compute driver does not resize computes while they run")
+
+    async def load(self, endpoint_id: str) -> ComputeLoad | None:
+        """What the compute uses now; None where the driver cannot tell (or it is not
+        running)."""
+        return None
 
     async def close(self) -> None:
         """Stop supervising (computes keep running; the reconciler adopts them later)."""

@@ -1,12 +1,17 @@
 """Per-compute CPU and memory limits through cgroups (v2, or the v1 controllers the host
 mounts). Best effort by design: where the hierarchy is not writable (an unprivileged
-container, say) Selkie logs one warning and runs computes without limits."""
+container, say) Selkie logs one warning and runs computes without limits.
+
+Limits change live (autoscaling, the startup boost): the CPU quota takes effect at the next
+scheduler period; a lower memory limit is written only after the caller has made the
+compute give the memory back (the kernel would otherwise reclaim or kill)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,33 @@ def _own_path(controller: str) -> str:
     return ""
 
 
+def cpu_quota_us(cu: float) -> int:
+    """Microseconds of CPU per period for a size (1 CU = one core)."""
+    return max(1000, int(cu * CPU_PERIOD_US))
+
+
+@dataclass(frozen=True)
+class CgroupUsage:
+    """One reading of a compute's group: CPU used since it was made, and its memory."""
+
+    cpu_seconds: float
+    # Anonymous memory (the server's own allocations: buffer pool, connections), without
+    # the page cache the kernel can drop at will.
+    memory_bytes: int
+    # Periods in which the group used all its quota (cgroup's own counter).
+    throttled_periods: int
+
+
+def _stat(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = int(value)
+    return out
+
+
 class Cgroups:
     """Creates ``selkie/<endpoint_id>`` groups beside this process's own cgroup."""
 
@@ -45,64 +77,109 @@ class Cgroups:
             return "v1"
         return "off"
 
-    def _dirs(self, endpoint_id: str) -> list[tuple[str, Path]]:
+    def _dirs(self, endpoint_id: str) -> dict[str, Path]:
+        """The group's directory per controller ('' for v2's one directory)."""
         if self.mode == "v2":
-            base = self.root / _own_path("")
-            return [("", base / "selkie" / endpoint_id)]
+            return {"": self.root / _own_path("") / "selkie" / endpoint_id}
         if self.mode == "v1":
-            return [
-                (c, self.root / c / _own_path(c) / "selkie" / endpoint_id)
-                for c in ("cpu", "memory")
-            ]
-        return []
+            controllers = ["cpu", "memory"]
+            if (self.root / "cpuacct").is_dir():
+                controllers.append("cpuacct")
+            return {c: self.root / c / _own_path(c) / "selkie" / endpoint_id for c in controllers}
+        return {}
 
     def _warn(self, why: str) -> None:
         if not self._warned:
             log.warning("compute CPU/memory limits are off: %s", why)
             self._warned = True
 
-    def apply(self, endpoint_id: str, pid: int, *, cu: float, memory_bytes: int) -> bool:
-        """Put ``pid`` into the endpoint's group with limits from its size. False if the host
-        does not let us (logged once)."""
+    def apply(
+        self, endpoint_id: str, pid: int, *, cu: float, memory_bytes: int, boost: bool = False
+    ) -> bool:
+        """Put ``pid`` into the endpoint's group with limits from its size (with ``boost``,
+        no CPU limit yet: :meth:`set_cpu` sets it). False if the host does not let us
+        (logged once)."""
         if self.mode == "off":
             self._warn("no cgroup hierarchy found" if self.enabled else "disabled by settings")
             return False
-        quota = max(1000, int(cu * CPU_PERIOD_US))
         try:
-            for controller, path in self._dirs(endpoint_id):
+            for controller, path in self._dirs(endpoint_id).items():
                 path.mkdir(parents=True, exist_ok=True)
                 if self.mode == "v2":
-                    parent = path.parent
-                    (parent / "cgroup.subtree_control").write_text("+cpu +memory")
-                    (path / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
-                    (path / "memory.max").write_text(str(memory_bytes))
+                    (path.parent / "cgroup.subtree_control").write_text("+cpu +memory")
                 elif controller == "cpu":
                     (path / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-                    (path / "cpu.cfs_quota_us").write_text(str(quota))
-                else:
-                    (path / "memory.limit_in_bytes").write_text(str(memory_bytes))
+            self._write_cpu(endpoint_id, None if boost else cu)
+            self.set_memory(endpoint_id, memory_bytes)
+            for path in self._dirs(endpoint_id).values():
                 (path / "cgroup.procs").write_text(str(pid))
         except OSError as exc:
             self._warn(f"{exc.filename}: {exc.strerror}")
             return False
         return True
 
+    def _write_cpu(self, endpoint_id: str, cu: float | None) -> None:
+        dirs = self._dirs(endpoint_id)
+        if self.mode == "v2":
+            quota = "max" if cu is None else str(cpu_quota_us(cu))
+            (dirs[""] / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+        elif self.mode == "v1":
+            quota = "-1" if cu is None else str(cpu_quota_us(cu))
+            (dirs["cpu"] / "cpu.cfs_quota_us").write_text(quota)
+
+    def set_cpu(self, endpoint_id: str, cu: float | None) -> None:
+        """The group's CPU quota for ``cu`` (None: unlimited). Raises OSError."""
+        self._write_cpu(endpoint_id, cu)
+
+    def set_memory(self, endpoint_id: str, memory_bytes: int) -> None:
+        """The group's memory limit. Raises OSError (v1 says EBUSY when the group holds
+        more than the new limit and the kernel cannot reclaim it)."""
+        dirs = self._dirs(endpoint_id)
+        if self.mode == "v2":
+            (dirs[""] / "memory.max").write_text(str(memory_bytes))
+        elif self.mode == "v1":
+            (dirs["memory"] / "memory.limit_in_bytes").write_text(str(memory_bytes))
+
+    def usage(self, endpoint_id: str) -> CgroupUsage | None:
+        """The group's CPU and memory now; None where there is no group to read."""
+        dirs = self._dirs(endpoint_id)
+        try:
+            if self.mode == "v2":
+                cpu = _stat(dirs[""] / "cpu.stat")
+                memory = _stat(dirs[""] / "memory.stat")
+                return CgroupUsage(
+                    cpu_seconds=cpu["usage_usec"] / 1e6,
+                    memory_bytes=memory.get("anon", 0),
+                    throttled_periods=cpu.get("nr_throttled", 0),
+                )
+            if self.mode == "v1" and "cpuacct" in dirs:
+                used_ns = int((dirs["cpuacct"] / "cpuacct.usage").read_text())
+                memory = _stat(dirs["memory"] / "memory.stat")
+                return CgroupUsage(
+                    cpu_seconds=used_ns / 1e9,
+                    memory_bytes=memory.get("rss", 0),
+                    throttled_periods=_stat(dirs["cpu"] / "cpu.stat").get("nr_throttled", 0),
+                )
+        except (OSError, KeyError, ValueError):
+            return None
+        return None
+
     def remove(self, endpoint_id: str) -> None:
-        for _, path in self._dirs(endpoint_id):
+        for path in self._dirs(endpoint_id).values():
             # Fails harmlessly if it never existed or still holds a process.
             with contextlib.suppress(OSError):
                 os.rmdir(path)
 
     def limits(self, endpoint_id: str) -> dict[str, str]:
         """The limits in force, as the kernel reports them (for tests and diagnostics)."""
+        names = {
+            "": ["cpu.max", "memory.max"],
+            "cpu": ["cpu.cfs_quota_us"],
+            "memory": ["memory.limit_in_bytes"],
+        }
         found: dict[str, str] = {}
-        for controller, path in self._dirs(endpoint_id):
-            names = (
-                ["cpu.max", "memory.max"]
-                if self.mode == "v2"
-                else (["cpu.cfs_quota_us"] if controller == "cpu" else ["memory.limit_in_bytes"])
-            )
-            for name in names:
+        for controller, path in self._dirs(endpoint_id).items():
+            for name in names.get(controller, []):
                 with contextlib.suppress(OSError):
                     found[name] = (path / name).read_text().strip()
         return found

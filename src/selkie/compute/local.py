@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
+from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeLoad, ComputeSpec
 from selkie.compute.cgroups import Cgroups
+from selkie.compute.live import LiveSizing
 from selkie.compute.mariadb import Sizing, render_config, run_statements
+from selkie.compute.procs import is_zombie, proc_cmdline, proc_start_time
 from selkie.errors import ComputeError
 
 log = logging.getLogger(__name__)
@@ -47,30 +49,6 @@ def find_mariadbd(configured: str = "") -> str:
     if configured:
         return configured
     return shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-
-
-def proc_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if there is no such pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22; the command name (field 2) may contain spaces, so split after it.
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def proc_cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -114,6 +92,8 @@ class _Supervised:
     port: int
     socket: Path
     process: asyncio.subprocess.Process | None = None  # None when adopted
+    cu: float = 0.0  # the size it runs at (0: unknown, a record from an older version)
+    boosted: bool = False  # started without its CPU limit, which end_boost() sets
     stopping: bool = False
     watcher: asyncio.Task[None] | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -192,6 +172,8 @@ class LocalDriver(ComputeDriver):
                     "start_time": sup.start_time,
                     "port": sup.port,
                     "socket": str(sup.socket),
+                    "cu": sup.cu,
+                    "boosted": sup.boosted,
                 }
             )
         )
@@ -217,6 +199,8 @@ class LocalDriver(ComputeDriver):
             start_time=int(rec["start_time"]),
             port=int(rec["port"]),
             socket=Path(rec["socket"]),
+            cu=float(rec.get("cu", 0.0)),
+            boosted=bool(rec.get("boosted", False)),
         )
 
     def _scan_proc(self) -> dict[str, int]:
@@ -319,9 +303,12 @@ class LocalDriver(ComputeDriver):
             port=port,
             socket=sock,
             process=process,
+            cu=spec.cu,
+        )
+        sup.boosted = spec.boost and self.cgroups.apply(
+            ep, process.pid, cu=spec.cu, memory_bytes=sizing.memory_bytes, boost=spec.boost
         )
         self._write_record(sup)
-        self.cgroups.apply(ep, process.pid, cu=spec.cu, memory_bytes=sizing.memory_bytes)
         try:
             await self._wait_ready(sup, deadline=started + timeout)
         except BaseException:
@@ -468,6 +455,48 @@ class LocalDriver(ComputeDriver):
         else:
             while self._is_ours(sup.pid, sup.endpoint_id, sup.start_time or None):
                 await asyncio.sleep(0.01)
+
+    # --- live size -------------------------------------------------------------------------
+
+    supports_resize = True
+
+    @property
+    def live(self) -> LiveSizing:
+        return LiveSizing(self.cgroups, self.execute)
+
+    def _running(self, endpoint_id: str) -> _Supervised:
+        sup = self._procs.get(endpoint_id)
+        if sup is None or sup.exited.is_set():
+            raise ComputeError(f"compute {endpoint_id} is not running")
+        return sup
+
+    async def end_boost(self, endpoint_id: str) -> None:
+        async with self._lock(endpoint_id):
+            sup = self._procs.get(endpoint_id)
+            if sup is None or not sup.boosted:
+                return
+            try:
+                self.cgroups.set_cpu(endpoint_id, sup.cu)
+            except OSError as exc:
+                raise ComputeError(f"cannot set the CPU limit: {exc.strerror}") from exc
+            sup.boosted = False
+            self._write_record(sup)
+
+    async def resize(self, endpoint_id: str, cu: float) -> None:
+        async with self._lock(endpoint_id):
+            sup = self._running(endpoint_id)
+            if sup.cu == cu:
+                return
+            await self.live.resize(endpoint_id, sup.cu or cu, cu, boosted=sup.boosted, pid=sup.pid)
+            sup.cu = cu
+            self._write_record(sup)
+            log.info("compute %s resized to %s CU", endpoint_id, cu)
+
+    async def load(self, endpoint_id: str) -> ComputeLoad | None:
+        sup = self._procs.get(endpoint_id)
+        if sup is None or sup.exited.is_set():
+            return None
+        return await self.live.load(endpoint_id, sup.pid, sup.cu)
 
     # --- observation -----------------------------------------------------------------------
 

@@ -271,7 +271,8 @@ class Lifecycle:
             EndpointState.STARTING,
             gen,
             EndpointState.ACTIVE,
-            usage=start_usage(ep, now),
+            usage=start_usage(ep, now, ep.autoscaling_limit_min_cu),
+            current_cu=ep.autoscaling_limit_min_cu,
             pending_state=None,
             last_seen_alive=now,
             started_at=now,
@@ -309,11 +310,13 @@ class Lifecycle:
                 endpoint_id=ep.id,
                 project_id=ep.project_id,
                 branch_id=ep.branch_id,
-                cu=ep.autoscaling_limit_max_cu,
+                # An autoscaled compute starts small; the autoscaler grows it under load.
+                cu=ep.autoscaling_limit_min_cu,
                 datadir=storage.compute_datadir(target.branch.id, ep.id),
                 server_options=options,
                 port_hint=port_hint,
                 binary=self._binary_for(settings),
+                boost=self.settings.compute_startup_boost,
             ),
             timeout=self.start_timeout,
         )
@@ -323,12 +326,21 @@ class Lifecycle:
             await history.attach(ep.id, target.branch.id, target.project, info.socket)
         datadir = self._marker_dir(storage, target.branch.id, ep.id)
         await sync_accounts(self.driver, ep.id, target.roles, target.databases, datadir=datadir)
+        await self._end_boost(ep.id)
         t3 = self.timer()
         return info, {
             "prepare_ms": (t1 - t0) * 1000,
             "mariadbd_start_ms": (t2 - t1) * 1000,
             "sync_accounts_ms": (t3 - t2) * 1000,
         }
+
+    async def _end_boost(self, endpoint_id: str) -> None:
+        """The compute is ready: it gets its CPU limit. A failure leaves it running
+        unlimited for now (the autoscaler's next pass tries again), never fails the start."""
+        try:
+            await self.driver.end_boost(endpoint_id)
+        except ComputeError as exc:
+            log.warning("compute %s keeps its startup boost for now: %s", endpoint_id, exc)
 
     async def _fail_start(self, endpoint_id: str, generation: int, reason: str) -> None:
         try:

@@ -166,6 +166,7 @@ def mark_endpoint_deleted(row: EndpointRow) -> None:
             )
         )
     row.current_state = EndpointState.DELETED.value
+    row.current_cu = None
     row.pending_state = None
     row.generation = row.generation + 1
     row.deleted_at = utcnow()

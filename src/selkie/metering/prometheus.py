@@ -70,6 +70,7 @@ class PlatformCollector(Collector):
         for state in EndpointState:
             states.add_metric([state.value], float(counts.get(state.value, 0)))
         yield states
+        yield self._sizes()
         yield from self._usage()
 
         yield from self._starts()
@@ -77,6 +78,23 @@ class PlatformCollector(Collector):
             yield from _history(src.history)
         if src.proxy is not None:
             yield from _proxy(src.proxy)
+
+    def _sizes(self) -> Metric:
+        """The size of each running compute now (autoscaling moves it)."""
+        sizes = GaugeMetricFamily(
+            "selkie_endpoint_cu",
+            "Size of the endpoint's running compute in CU",
+            labels=["endpoint_id", "project_id"],
+        )
+        with self.sources.store.read() as s:
+            running = s.execute(
+                select(EndpointRow.id, EndpointRow.project_id, EndpointRow.current_cu)
+                .where(EndpointRow.current_cu.is_not(None))
+                .order_by(EndpointRow.id)
+            ).all()
+        for endpoint_id, project_id, cu in running:
+            sizes.add_metric([endpoint_id, project_id], float(cu or 0.0))
+        return sizes
 
     def _starts(self) -> Iterator[Metric]:
         """Compute starts and suspends, and how long starts took."""

@@ -75,11 +75,16 @@ class PeriodUsage:
 
 
 def intervals(events: Iterable[Event], now: datetime) -> list[Interval]:
-    """Pair each endpoint's starts with the stops that follow them."""
+    """Pair each endpoint's starts with the stops that follow them; a resize ends one
+    interval and begins the next at its new size."""
     out = []
     open_: dict[str, Event] = {}
     for e in sorted(events, key=lambda e: (e.endpoint_id, e.generation, e.at)):
         if e.kind == "start":
+            open_[e.endpoint_id] = e
+        elif e.kind == "resize" and e.endpoint_id in open_:
+            s = open_.pop(e.endpoint_id)
+            out.append(Interval(e.endpoint_id, e.project_id, s.at, max(s.at, e.at), s.cu))
             open_[e.endpoint_id] = e
         elif e.kind == "stop" and e.endpoint_id in open_:
             s = open_.pop(e.endpoint_id)

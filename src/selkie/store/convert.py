@@ -91,6 +91,7 @@ def endpoint(row: EndpointRow, *, domain: str) -> model.Endpoint:
         generation=row.generation,
         autoscaling_limit_min_cu=row.autoscaling_limit_min_cu,
         autoscaling_limit_max_cu=row.autoscaling_limit_max_cu,
+        current_cu=row.current_cu,
         suspend_timeout_seconds=row.suspend_timeout_seconds,
         pooler_enabled=row.pooler_enabled,
         pooler_mode=model.PoolerMode(row.pooler_mode),

@@ -11,12 +11,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from selkie.errors import NotFound
-from selkie.model import BranchState, EndpointState
+from selkie.model import BranchState, EndpointState, OperationAction, OperationStatus, new_id
 from selkie.store.store import Store, Usage
-from selkie.store.tables import BranchRow, DatabaseRow, EndpointRow, ProjectRow, RoleRow
+from selkie.store.tables import (
+    BranchRow,
+    DatabaseRow,
+    EndpointRow,
+    OperationRow,
+    ProjectRow,
+    RoleRow,
+    UsageEventRow,
+)
 
 # States in which an endpoint has (or is getting) a compute.
 RUNNING = (EndpointState.STARTING, EndpointState.ACTIVE)
@@ -38,9 +46,14 @@ def stop_usage(ep: EndpointRow, at: datetime) -> Usage:
     return Usage(kind="stop", at=at, cu=ep.autoscaling_limit_max_cu, project_id=ep.project_id)
 
 
-def start_usage(ep: EndpointRow, at: datetime) -> Usage:
-    """The usage event that begins an endpoint's billable time."""
-    return Usage(kind="start", at=at, cu=ep.autoscaling_limit_max_cu, project_id=ep.project_id)
+def start_usage(ep: EndpointRow, at: datetime, cu: float) -> Usage:
+    """The usage event that begins an endpoint's billable time, at the size it starts at."""
+    return Usage(kind="start", at=at, cu=cu, project_id=ep.project_id)
+
+
+def resize_usage(ep: EndpointRow, at: datetime, cu: float) -> Usage:
+    """The usage event of a running compute changing size: billed at ``cu`` from ``at``."""
+    return Usage(kind="resize", at=at, cu=cu, project_id=ep.project_id)
 
 
 def load_for_start(store: Store, endpoint_id: str) -> StartRows:
@@ -140,3 +153,87 @@ def mark_branch_ready(store: Store, branch_id: str) -> None:
         row = s.get(BranchRow, branch_id)
         if row is not None:
             row.current_state = BranchState.READY.value
+
+
+@dataclass(frozen=True)
+class Sized:
+    """An active endpoint as the autoscaler sees it."""
+
+    id: str
+    project_id: str
+    generation: int
+    min_cu: float
+    max_cu: float
+    current_cu: float
+
+
+def active_sizes(store: Store) -> list[Sized]:
+    """Active endpoints with a compute whose size is known."""
+    with store.read() as s:
+        rows = s.execute(
+            select(EndpointRow)
+            .where(EndpointRow.current_state == EndpointState.ACTIVE.value)
+            .where(EndpointRow.current_cu.is_not(None))
+        ).scalars()
+        return [
+            Sized(
+                id=r.id,
+                project_id=r.project_id,
+                generation=r.generation,
+                min_cu=r.autoscaling_limit_min_cu,
+                max_cu=r.autoscaling_limit_max_cu,
+                current_cu=float(r.current_cu or 0.0),
+            )
+            for r in rows
+        ]
+
+
+def record_resize(store: Store, ep: Sized, cu: float, at: datetime, why: str) -> bool:
+    """A compute now runs at ``cu``: its endpoint says so, it is billed so from ``at``, and
+    an ``autoscale`` operation tells when and why. False (nothing written) when the
+    endpoint is no longer active at the generation the autoscaler read."""
+    with store.write() as s:
+        result = s.execute(
+            update(EndpointRow)
+            .where(EndpointRow.id == ep.id)
+            .where(EndpointRow.current_state == EndpointState.ACTIVE.value)
+            .where(EndpointRow.generation == ep.generation)
+            .values(current_cu=cu)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        # The same generation as the start it follows: intervals order by (generation, at).
+        s.add(
+            UsageEventRow(
+                endpoint_id=ep.id,
+                project_id=ep.project_id,
+                kind="resize",
+                at=at,
+                cu=cu,
+                generation=ep.generation,
+            )
+        )
+        s.add(_autoscale_operation(ep, cu, why, error=None))
+        return True
+
+
+def record_resize_failure(store: Store, ep: Sized, cu: float, why: str, error: str) -> None:
+    """A resize that did not happen: a failed ``autoscale`` operation with the reason (the
+    compute runs on at its old size; the autoscaler tries again)."""
+    with store.write() as s:
+        s.add(_autoscale_operation(ep, cu, why, error=error))
+
+
+def _autoscale_operation(ep: Sized, cu: float, why: str, *, error: str | None) -> OperationRow:
+    return OperationRow(
+        id=new_id("op"),
+        project_id=ep.project_id,
+        endpoint_id=ep.id,
+        action=OperationAction.AUTOSCALE.value,
+        status=(OperationStatus.FAILED if error else OperationStatus.FINISHED).value,
+        error=error,
+        failures_count=1 if error else 0,
+        total_duration_ms=0,
+        payload={"from_cu": ep.current_cu, "to_cu": cu, "reason": why},
+    )

@@ -44,8 +44,8 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 @dataclass(frozen=True)
 class Usage:
-    """A usage event to write with a transition: the compute became billable ("start") or
-    stopped being so ("stop") at ``at``."""
+    """A usage event to write with a transition: the compute became billable ("start"),
+    changed size ("resize") or stopped being billable ("stop") at ``at``, at ``cu``."""
 
     kind: str
     at: datetime
@@ -218,6 +218,8 @@ class Store:
             "current_state": new_state.value,
             "generation": EndpointRow.generation + 1,
             "updated_at": utcnow(),
+            # Only a running compute has a size.
+            **({} if new_state is EndpointState.ACTIVE else {"current_cu": None}),
             **fields,
         }
         result = session.execute(

@@ -168,6 +168,9 @@ class EndpointRow(Timestamps, Base):
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     autoscaling_limit_min_cu: Mapped[float] = mapped_column(Float)
     autoscaling_limit_max_cu: Mapped[float] = mapped_column(Float)
+    # The size its compute runs at now (autoscaling moves it between the limits); null
+    # while no compute runs.
+    current_cu: Mapped[float | None] = mapped_column(Float, nullable=True)
     suspend_timeout_seconds: Mapped[int] = mapped_column(Integer)
     pooler_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     pooler_mode: Mapped[str] = mapped_column(String(16))
@@ -231,7 +234,8 @@ class UsageEventRow(Base):
     # No foreign keys: usage outlives the endpoints it bills.
     endpoint_id: Mapped[str] = mapped_column(String(64))
     project_id: Mapped[str] = mapped_column(String(64), index=True)
-    kind: Mapped[str] = mapped_column(String(8))  # "start" | "stop"
+    # "start" | "stop" | "resize" (the compute runs on at ``cu`` from ``at``)
+    kind: Mapped[str] = mapped_column(String(8))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     cu: Mapped[float] = mapped_column(Float)
     generation: Mapped[int] = mapped_column(BigInteger)

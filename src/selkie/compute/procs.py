@@ -1,0 +1,48 @@
+"""What /proc tells about a process: whether a pid is still the one we started, and what it
+uses (where there is no cgroup to ask)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from selkie.compute.cgroups import CgroupUsage
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if there is no such pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may contain spaces, so split after it.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def process_usage(pid: int) -> CgroupUsage | None:
+    """CPU and resident memory of one process, where there is no cgroup to read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return CgroupUsage(
+        cpu_seconds=(int(fields[11]) + int(fields[12])) / ticks,
+        memory_bytes=rss_pages * os.sysconf("SC_PAGE_SIZE"),
+        throttled_periods=0,
+    )
