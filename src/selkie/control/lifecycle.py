@@ -271,8 +271,8 @@ class Lifecycle:
             EndpointState.STARTING,
             gen,
             EndpointState.ACTIVE,
-            usage=start_usage(ep, now, ep.autoscaling_limit_min_cu),
-            current_cu=ep.autoscaling_limit_min_cu,
+            usage=start_usage(ep, now, self._start_cu(ep)),
+            current_cu=self._start_cu(ep),
             pending_state=None,
             last_seen_alive=now,
             started_at=now,
@@ -310,8 +310,7 @@ class Lifecycle:
                 endpoint_id=ep.id,
                 project_id=ep.project_id,
                 branch_id=ep.branch_id,
-                # An autoscaled compute starts small; the autoscaler grows it under load.
-                cu=ep.autoscaling_limit_min_cu,
+                cu=self._start_cu(ep),
                 datadir=storage.compute_datadir(target.branch.id, ep.id),
                 server_options=options,
                 port_hint=port_hint,
@@ -333,6 +332,13 @@ class Lifecycle:
             "mariadbd_start_ms": (t2 - t1) * 1000,
             "sync_accounts_ms": (t3 - t2) * 1000,
         }
+
+    def _start_cu(self, ep: EndpointRow) -> float:
+        """An autoscaled compute starts small and the autoscaler grows it under load;
+        where the driver cannot resize a running compute, it runs at its max."""
+        if self.driver.supports_resize:
+            return ep.autoscaling_limit_min_cu
+        return ep.autoscaling_limit_max_cu
 
     async def _end_boost(self, endpoint_id: str) -> None:
         """The compute is ready: it gets its CPU limit. A failure leaves it running
