@@ -129,10 +129,24 @@ class Settings:
     proxy_tls_cert: str = ""  # PEM; empty: selkie up makes a self-signed pair in the data dir
     proxy_tls_key: str = ""
     proxy_wake_timeout: float = 30.0
+    # The largest request body the API reads (bytes; larger: 413 before parsing).
+    api_max_body_bytes: int = 1 << 20
+    # Everything before a client is authenticated (TLS, handshake, auth switch) must end
+    # within this many seconds; at most this many connections may be in that phase, in all
+    # and from one address (beyond: ERR 1040 and close).
+    proxy_handshake_timeout: float = 10.0
+    proxy_max_preauth: int = 1000
+    proxy_max_preauth_per_address: int = 64
+    # The proxy sits behind a load balancer that sends HAProxy's PROXY protocol header (v1 or
+    # v2) with the real client address; every connection must then start with one.
+    proxy_protocol: bool = False
     # Pooler: backend connections per endpoint (0: 40 per CU, at least 10), and how long a
     # client waits for one.
     pooler_max_backends: int = 0
     pooler_wait_timeout: float = 30.0
+    # The largest command a pooled client may send (bytes; larger: ERR 1153). Commands are
+    # read whole before a backend is borrowed, so this bounds one pooled session's memory.
+    pooler_max_packet: int = 64 * 2**20
     # Computes: "local" (mariadbd processes on this machine) or "kubernetes".
     compute_driver: str = "local"
     # The event loop the servers run on: "auto" (uvloop when installed), "uvloop", "asyncio".
@@ -150,6 +164,9 @@ class Settings:
     pageserver_mariadbd: str = ""  # the patched server for pageserver storage
     compute_bind_address: str = "127.0.0.1"
     compute_cgroups: bool = True
+    # Hosts a project's page server and safekeeper may be on (comma-separated; empty: any
+    # host name or IP address). Only admins set these addresses either way.
+    storage_allowed_hosts: list[str] = field(default_factory=list)
     # A starting compute runs without its CPU limit until it is ready (docs/compute.md).
     compute_startup_boost: bool = True
     # Autoscaling (endpoints whose min CU is below their max): how often each compute's
@@ -254,6 +271,10 @@ def _coerce(name: str, raw: Any, annotation: Any) -> Any:
         return parse_plans(name, raw)
     target = annotation
     origin = typing.get_origin(annotation)
+    if origin is list:
+        # A TOML array, or comma-separated in the environment.
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        return [str(item).strip() for item in items if str(item).strip()]
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if raw is None or raw == "":

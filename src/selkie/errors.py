@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 
 class SelkieError(Exception):
     """Base of every error Selkie raises on purpose."""
@@ -107,3 +109,14 @@ def error_class(code: str) -> type[SelkieError] | None:
             return cls
         todo.extend(cls.__subclasses__())
     return None
+
+
+def public_message(exc: BaseException) -> str:
+    """What a tenant may read about a failure: a SelkieError's own message; for anything
+    else (a bug, a library's error) no repr, no paths, no remote bodies — the caller logs
+    the exception for the operator."""
+    if isinstance(exc, SelkieError):
+        return exc.message
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"internal error ({type(exc).__name__}); the operator's log has the details"

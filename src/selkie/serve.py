@@ -104,6 +104,7 @@ async def serve(
                     control_plane=platform.access,
                     internal_token=settings.internal_token,
                     leader=lambda: platform.scheduler.leader.held,
+                    max_body_bytes=settings.api_max_body_bytes,
                 ),
                 host=host,
                 port=port,

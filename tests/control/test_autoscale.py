@@ -77,7 +77,9 @@ def test_up_fast_down_slowly_within_the_limits() -> None:
     quiet = [(t, 0.25) for t in range(1, 61)]
     assert run(quiet[:30], 2, 30) is None  # down waits for the whole window
     assert run(quiet, 2, 60) == (0.25, "why for 60 s")
-    assert run([*quiet[:-1], (60, 1)], 2, 60) == (1, "why for 60 s")  # the most asked
+    assert run([*quiet[:-1], (60, 1)], 2, 60) == (1, "why for 60 s")  # the most asked lately
+    # An ending load early in the window does not hold the size up for another window.
+    assert run([(1, 1.5), *quiet[1:]], 2, 60) == (0.25, "why for 60 s")
     assert run([], 4, 0) == (2, "outside the endpoint's limits")
 
 

@@ -51,7 +51,8 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def api(store: Store, settings: Settings) -> Iterator[TestClient]:
     control = Control.open(store, settings)
-    _, key = control.api_keys.create(local_principal(control), name="billing")
+    # The operator's key: plans are the operator's to set.
+    _, key = control.api_keys.create(local_principal(control), name="billing", admin=True)
     with TestClient(create_app(control), headers={"Authorization": f"Bearer {key}"}) as client:
         yield client
 

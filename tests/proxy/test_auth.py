@@ -55,21 +55,38 @@ async def test_unknown_role_and_endpoint_answer_like_a_wrong_password(db: Db) ->
     assert db.state() == "init"
 
 
-async def test_failed_logins_are_rate_limited(db: Db) -> None:
+async def test_failed_logins_slow_down_and_never_lock_out(db: Db) -> None:
     proxy = db.platform.proxy
     assert proxy is not None
     proxy.failures.allowed = 3
-    for _ in range(3):
+    proxy.failures.FIRST_DELAY = 0.2
+
+    async def wrong(password: str = "wrong", user: str | None = None) -> float:
+        t0 = time.monotonic()
         with pytest.raises(pymysql.err.OperationalError) as err:
-            await asyncio.to_thread(pymysql_conn, db, password="wrong", ssl_disabled=True)
+            await asyncio.to_thread(
+                pymysql_conn, db, password=password, user=user or db.user, ssl_disabled=True
+            )
         assert err.value.args[0] == 1045
-    # Now even the right password is refused from this address for a while.
-    with pytest.raises(pymysql.err.OperationalError) as err:
-        await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
-    assert err.value.args[0] == 1129
-    proxy.failures.window = 0.0
+        return time.monotonic() - t0
+
+    fast = [await wrong() for _ in range(3)]
+    slow = [await wrong() for _ in range(3)]  # 0.2, 0.4, 0.8 s
+    assert max(fast) < 0.2 and slow[0] >= 0.2 and slow[2] >= 0.8, (fast, slow)
+    assert proxy.logins["delayed"] == 3
+    # The right password is answered at once: a guesser locks nobody out.
+    t0 = time.monotonic()
     conn = await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
     conn.close()
+    assert time.monotonic() - t0 < 0.2 + 5  # no delay but a possible wake
+    # A role's budget counts failures from every address.
+    proxy.failures.allowed = 1000
+    proxy.failures.role_budget = 6
+    assert await wrong() >= 0.2
+    # Made-up names share one key per address: they never evict a real one's count.
+    for i in range(20):
+        await wrong(user=f"ep-made-up-{i}.nobody")
+    assert len([k for k in proxy.failures._seen if k[1] == "?"]) == 1
 
 
 async def test_200_concurrent_connects_to_a_suspended_endpoint_start_it_once(db: Db) -> None:

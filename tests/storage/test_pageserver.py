@@ -88,7 +88,7 @@ async def test_no_page_server_fails_the_start_with_a_clear_error(platform: Platf
             "page_server_port": dead,
         },
     )
-    with pytest.raises(StorageError, match=f"page server http://127.0.0.1:{dead} does not answer"):
+    with pytest.raises(StorageError, match=f"page server 127.0.0.1:{dead} does not answer"):
         await platform.lifecycle.start(created.endpoints[0].id)
     ep = platform.lifecycle.get(created.endpoints[0].id)
     assert ep.current_state is EndpointState.FAILED

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from selkie import __version__
 from selkie.api import errors, schemas
 from selkie.api.deps import Who
+from selkie.api.limits import DEFAULT_MAX_BODY, BodyLimit
 from selkie.api.routes import branches, endpoints, internal, keys, operations, projects, roles
 from selkie.control import Control
 from selkie.control.history import Durable
@@ -28,6 +29,7 @@ def create_app(
     control_plane: ControlPlane | None = None,
     internal_token: str = "",
     leader: Callable[[], bool] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
     app = FastAPI(
         title="Selkie API",
@@ -52,6 +54,7 @@ def create_app(
     app.state.control_plane = control_plane
     app.state.internal_token = internal_token
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.get("/healthz", response_model=schemas.Health, tags=["health"])
     def healthz() -> schemas.Health:

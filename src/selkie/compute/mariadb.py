@@ -136,6 +136,10 @@ def render_config(
         options["user"] = "root"
     for key, value in (extra or {}).items():
         options[key] = value
+    for name, setting in options.items():
+        # One option per line: a newline in a value would write an option of its own.
+        if any(ord(c) < 32 or ord(c) == 127 for c in f"{name}{setting or ''}"):
+            raise ComputeError(f"server option {name!r} holds a control character; not written")
     lines = ["# Rendered by Selkie; changes are overwritten at the next start.", "[mariadbd]"]
     lines += [key if value is None else f"{key}={value}" for key, value in options.items()]
     return "\n".join(lines) + "\n"

@@ -6,8 +6,8 @@ turns two readings into the size the compute wants (:func:`wanted`): enough CPU 
 most 90 % busy, memory besides the buffer pool at most 75 % of what the size gives it, and a
 bigger cache when the pool is full and still reading from disk. :func:`decide` grows a
 compute when every reading of the last ``up_seconds`` wanted more (up fast), and shrinks
-it when every reading of the last ``down_seconds`` wanted less (down slowly); never above
-max nor below min. A resize is written with its usage event (billing follows the size)
+it when every reading of the last ``down_seconds`` wanted less (down slowly), to what the
+last quarter of them wanted; never above max nor below min. A resize is written with its usage event (billing follows the size)
 and an ``autoscale`` operation saying why; one that fails leaves the compute at its old
 size, with the reason in a failed ``autoscale`` operation, and is tried again later.
 """
@@ -106,7 +106,10 @@ def decide(
     if now - since >= down_seconds:
         recent = [w for w in wants if w.at > now - down_seconds]
         if recent and all(w.cu < current for w in recent):
-            target = max(max(w.cu for w in recent), min_cu)
+            # To what the last quarter of the window asked for: the readings of a load
+            # that was ending when the window began do not hold the size up for another.
+            latest = [w for w in recent if w.at > now - down_seconds / 4] or recent[-1:]
+            target = max(max(w.cu for w in latest), min_cu)
             if target < current:
                 return target, f"{recent[-1].why} for {down_seconds:.0f} s"
     return None

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from selkie import model
 from selkie.config import Settings
-from selkie.errors import NotFound
+from selkie.errors import NotFound, QuotaExceeded
 from selkie.model import OperationAction, OperationStatus, Principal
 from selkie.store import Store, convert
 from selkie.store.store import QUEUED_KEY
@@ -26,6 +26,9 @@ from selkie.store.tables import (
     OperationRow,
     ProjectRow,
 )
+
+# Operations one project may have waiting in the queue at once.
+MAX_QUEUED_PER_PROJECT = 100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,7 +106,38 @@ class ServiceBase:
         endpoint_id: str | None = None,
         payload: dict[str, Any] | None = None,
     ) -> model.Operation:
-        """Queue an operation in the caller's transaction; the runner executes it later."""
+        """Queue an operation in the caller's transaction; the runner executes it later.
+
+        When the last operation waiting for the same object is the same request (action,
+        payload; not yet started), it is that operation: a client repeating a start or a
+        suspend adds nothing to the queue, and the order of different requests is kept. A
+        project may have at most ``MAX_QUEUED_PER_PROJECT`` operations waiting
+        (QuotaExceeded, 429, beyond), so one tenant cannot fill the queue that every
+        tenant's operations go through."""
+        waiting = s.execute(
+            select(OperationRow)
+            .where(OperationRow.project_id == project_id)
+            .where(OperationRow.status == OperationStatus.SCHEDULING.value)
+            .order_by(OperationRow.created_at, OperationRow.id)
+        ).scalars()
+        queued = 0
+        last: OperationRow | None = None
+        for existing in waiting:
+            queued += 1
+            if existing.branch_id == branch_id and existing.endpoint_id == endpoint_id:
+                last = existing
+        if (
+            last is not None
+            and last.action == action.value
+            and (last.payload or {}) == (payload or {})
+            and last.failures_count == 0
+        ):
+            return convert.operation(last)
+        if queued >= MAX_QUEUED_PER_PROJECT:
+            raise QuotaExceeded(
+                f"project {project_id} has {queued} operations waiting (limit "
+                f"{MAX_QUEUED_PER_PROJECT}); wait for them to finish"
+            )
         row = OperationRow(
             id=model.new_id("op"),
             project_id=project_id,

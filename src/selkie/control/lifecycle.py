@@ -34,7 +34,14 @@ from selkie.compute.mariadb import DatabaseSpec, RoleSpec
 from selkie.config import Settings
 from selkie.control.accounts import database_specs, role_specs, sync_accounts
 from selkie.control.history import History
-from selkie.errors import ComputeError, Conflict, QuotaExceeded, SelkieError, StateConflict
+from selkie.errors import (
+    ComputeError,
+    Conflict,
+    QuotaExceeded,
+    SelkieError,
+    StateConflict,
+    public_message,
+)
 from selkie.metering.starts import LifecycleObserver, StartMetrics
 from selkie.metering.usage import quota_exceeded
 from selkie.model import EndpointState, utcnow
@@ -260,7 +267,9 @@ class Lifecycle:
         try:
             info, timings = await self._bring_up(target)
         except BaseException as exc:
-            reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
+            reason = public_message(exc)
+            if not isinstance(exc, SelkieError | asyncio.CancelledError):
+                log.exception("starting %s failed", ep.id)
             await self._fail_start(ep.id, gen, reason)
             if isinstance(exc, SelkieError | asyncio.CancelledError):
                 raise
@@ -501,7 +510,9 @@ class Lifecycle:
         except Exception as exc:
             # Failed is startable, so the next wake or start repairs it (the reconciler
             # covers a crash of this process).
-            reason = exc.message if isinstance(exc, SelkieError) else repr(exc)
+            reason = public_message(exc)
+            if not isinstance(exc, SelkieError):
+                log.exception("suspending %s failed", ep.id)
             await self._transition(
                 ep.id,
                 EndpointState.SUSPENDING,

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from selkie import model
 from selkie.control.base import Created, ServiceBase
+from selkie.control.operator_settings import check_addresses, check_operator_settings
 from selkie.control.rules import (
     mark_endpoint_deleted,
     new_endpoint_row,
@@ -72,7 +73,9 @@ class ProjectService(ServiceBase):
                 f"region_id {region_id!r} is not served here; use {self.settings.region_id!r}"
             )
         ep_settings = validate_endpoint_settings(default_endpoint_settings or {})
+        check_operator_settings(who, settings or {}, None)
         proj_settings = validate_project_settings(settings or {}, plans=self.settings.plans)
+        check_addresses(proj_settings, self.settings.storage_allowed_hosts)
         branch_name, role_name, db_name = _first_branch_names(branch or BranchSpec())
         password = model.new_password()
         project_id = model.new_id()
@@ -201,9 +204,12 @@ class ProjectService(ServiceBase):
                     )
                 )
             if settings is not None:
-                row.settings = settings_dict(
-                    validate_project_settings(settings, current.settings, plans=self.settings.plans)
+                check_operator_settings(who, settings, current.settings)
+                merged = validate_project_settings(
+                    settings, current.settings, plans=self.settings.plans
                 )
+                check_addresses(merged, self.settings.storage_allowed_hosts)
+                row.settings = settings_dict(merged)
             row.updated_at = utcnow()
             s.flush()
             return self.project_model(row)

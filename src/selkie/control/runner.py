@@ -17,12 +17,12 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from selkie import model
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.restores import Restorer
-from selkie.errors import InvalidInput, NotFound, SelkieError
+from selkie.errors import InvalidInput, NotFound, SelkieError, public_message
 from selkie.model import OperationAction, OperationStatus, utcnow
 from selkie.store import Store, convert
 from selkie.store.tables import BranchRow, OperationRow, ProjectRow
@@ -159,18 +159,29 @@ class OperationsRunner:
                 select(OperationRow).where(OperationRow.status == OperationStatus.RUNNING.value)
             ).scalars():
                 blocked.add(self._key(running))
+            # Only the oldest waiting operation of each endpoint (or branch) can run next:
+            # taking those, oldest first, is fair whatever one tenant has queued.
+            key = func.coalesce(
+                OperationRow.endpoint_id, OperationRow.branch_id, OperationRow.project_id
+            )
+            order = func.row_number().over(
+                partition_by=key, order_by=(OperationRow.created_at, OperationRow.id)
+            )
+            heads = (
+                select(OperationRow.id, order.label("n"))
+                .where(OperationRow.status == OperationStatus.SCHEDULING.value)
+                .subquery()
+            )
             rows = s.execute(
                 select(OperationRow)
-                .where(OperationRow.status == OperationStatus.SCHEDULING.value)
+                .join(heads, heads.c.id == OperationRow.id)
+                .where(heads.c.n == 1)
                 .order_by(OperationRow.created_at, OperationRow.id)
                 .limit(200)
             ).scalars()
             for row in rows:
-                key = self._key(row)
-                if key in blocked:
+                if self._key(row) in blocked:
                     continue
-                # Later operations of the same key wait for this one, even if it is not due.
-                blocked.add(key)
                 if row.retry_at is not None and row.retry_at > now:
                     continue
                 won = s.execute(
@@ -208,7 +219,7 @@ class OperationsRunner:
             await asyncio.to_thread(self._requeue, op.id, "cancelled by shutdown")
             raise
         except Exception as exc:
-            message = exc.message if isinstance(exc, SelkieError) else repr(exc)
+            message = public_message(exc)
             if not isinstance(exc, SelkieError):
                 log.exception("operation %s (%s) crashed", op.id, op.action.value)
             # Bad input (a restore target out of reach, say) fails at once: retrying

@@ -34,6 +34,9 @@ from selkie.tasks import cancel, spawn
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
+# How late activity may reach the scheduler: the proxies' report interval (1 s), a tick,
+# and room for a report's trip from a proxy replica.
+ACTIVITY_LAG = timedelta(seconds=2)
 # How often running computes are noted alive in the store.
 HEARTBEAT = timedelta(seconds=5)
 _LEADER_KEY = 0x5E1C1E + 1
@@ -55,15 +58,21 @@ def idle_since(c: Candidate, reported: datetime | None) -> datetime | None:
 
 
 def due(
-    candidates: Iterable[Candidate], reported: Mapping[str, datetime | None], now: datetime
+    candidates: Iterable[Candidate],
+    reported: Mapping[str, datetime | None],
+    now: datetime,
+    lag: timedelta = timedelta(0),
 ) -> list[str]:
-    """The endpoints whose idle time has reached their timeout (a pure decision)."""
+    """The endpoints whose idle time has reached their timeout (a pure decision). ``lag``
+    is how late activity may reach the scheduler (proxies report once a second): an
+    endpoint is due only when it has been idle for its timeout plus that, so a session that
+    ran a statement less than the timeout ago is never suspended, whatever the timeout."""
     out = []
     for c in candidates:
         if c.suspend_timeout_seconds < 0:
             continue
         since = idle_since(c, reported.get(c.endpoint_id))
-        if since is None or now - since >= timedelta(seconds=c.suspend_timeout_seconds):
+        if since is None or now - since >= timedelta(seconds=c.suspend_timeout_seconds) + lag:
             out.append(c.endpoint_id)
     return out
 
@@ -224,7 +233,7 @@ class Scheduler:
             self._last_heartbeat = now
         reported = {c.endpoint_id: self.reported(c.endpoint_id) for c in candidates}
         done = []
-        for endpoint_id in due(candidates, reported, now):
+        for endpoint_id in due(candidates, reported, now, ACTIVITY_LAG):
             try:
                 reason = await self.busy_on_compute(endpoint_id)
             except Exception as exc:

@@ -258,6 +258,19 @@ def _proxy(proxy: Any) -> Iterator[Metric]:
     )
     failures.add_metric([], float(proxy.logins.get("failed", 0)))
     yield failures
+    waiting = GaugeMetricFamily(
+        "selkie_proxy_preauth_connections", "Connections not yet authenticated"
+    )
+    waiting.add_metric([], float(proxy.admission.waiting))
+    yield waiting
+    refused = CounterMetricFamily(
+        "selkie_proxy_preauth_refused",
+        "Connections refused before authentication, by the cap that refused them",
+        labels=["cap"],
+    )
+    for cap in ("total", "address"):
+        refused.add_metric([cap], float(proxy.admission.refused.get(cap, 0)))
+    yield refused
     pooler = GaugeMetricFamily(
         "selkie_pooler", "Pooler state per endpoint", labels=["endpoint_id", "what"]
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from selkie.mysql.wire import MAX_PAYLOAD, ProtocolError, int3
+from selkie.mysql.wire import MAX_PAYLOAD, PacketTooLarge, ProtocolError, int3
 
 
 def frame(seq: int, payload: bytes) -> tuple[bytes, int]:
@@ -47,7 +47,7 @@ class PacketStream:
                 first_seq = header[3]
             total += length
             if total > self.limit:
-                raise ProtocolError(f"packet larger than {self.limit} bytes")
+                raise PacketTooLarge(self.limit, header[3])
             try:
                 parts.append(await self.reader.readexactly(length))
             except asyncio.IncompleteReadError as exc:

@@ -14,6 +14,15 @@ class ProtocolError(Exception):
     """A malformed or truncated packet: the connection it came from is closed."""
 
 
+class PacketTooLarge(ProtocolError):
+    """A packet over the reader's limit (nothing past the limit was read into memory)."""
+
+    def __init__(self, limit: int, seq: int) -> None:
+        super().__init__(f"packet larger than {limit} bytes")
+        self.limit = limit
+        self.seq = seq  # the sequence id of the part that went over
+
+
 class Capability(IntFlag):
     LONG_PASSWORD = 1
     FOUND_ROWS = 1 << 1
@@ -131,6 +140,7 @@ class ErrorCode(IntEnum):
     NOT_SUPPORTED_AUTH_MODE = 1251
     NOT_SUPPORTED_YET = 1235
     SERVER_SHUTDOWN = 1053
+    NET_PACKET_TOO_LARGE = 1153
 
     @property
     def sqlstate(self) -> str:
@@ -143,6 +153,7 @@ _SQLSTATE = {
     ErrorCode.HOST_BLOCKED: "HY000",
     ErrorCode.TOO_MANY_CONNECTIONS: "08004",
     ErrorCode.NET_PACKETS_OUT_OF_ORDER: "08S01",
+    ErrorCode.NET_PACKET_TOO_LARGE: "08S01",
     ErrorCode.NET_READ_ERROR: "08S01",
     ErrorCode.NET_READ_INTERRUPTED: "08S01",
     ErrorCode.USER_LIMIT_REACHED: "42000",

@@ -61,44 +61,60 @@ class Connected:
 
 
 class AuthFailures:
-    """A sliding window of failed logins per (endpoint as named, client address). Once a
-    key has failed, logins still being checked for it count too, so a burst of parallel
-    guesses cannot all pass the gate (a storm of good logins, with no failure, is not held
-    back)."""
+    """Failed logins in a sliding window, and how long the next failed answer waits.
+
+    Never a lockout: the right password is answered at once whatever failed before, so a
+    guesser behind the same load balancer as everyone else locks nobody out. Wrong answers
+    slow down instead: after ``allowed`` failures for one endpoint from one address in the
+    window, each wrong answer waits twice as long as the one before (up to ``max_delay``), and
+    the same after ``role_budget`` failures for one role from anywhere. A guesser holds a
+    connection for every guess, and connections before authentication are capped per
+    address and in all (admission), so guessing runs at a few a second at most.
+
+    Keys are (endpoint, address) and (endpoint, role) for endpoints and roles that exist;
+    failures for names that do not exist share one key per address, so spraying made-up
+    names neither grows the table nor evicts a real key's count.
+    """
 
     MAX_KEYS = 100_000
+    FIRST_DELAY = 0.1
 
-    def __init__(self, allowed: int, window: float) -> None:
+    def __init__(
+        self, allowed: int, window: float, *, role_budget: int = 100, max_delay: float = 5.0
+    ) -> None:
         self.allowed = allowed
         self.window = window
-        self._seen: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
-        self._inflight: Counter[tuple[str, str]] = Counter()
+        self.role_budget = role_budget
+        self.max_delay = max_delay
+        self._seen: OrderedDict[tuple[str, ...], deque[float]] = OrderedDict()
 
-    def blocked(self, key: tuple[str, str]) -> bool:
+    def count(self, key: tuple[str, ...]) -> int:
         times = self._seen.get(key)
-        if times:
-            cutoff = time.monotonic() - self.window
-            while times and times[0] < cutoff:
-                times.popleft()
-        failures = len(times or ())
-        return failures > 0 and failures + self._inflight[key] >= self.allowed
+        if not times:
+            return 0
+        cutoff = time.monotonic() - self.window
+        while times and times[0] < cutoff:
+            times.popleft()
+        return len(times)
 
-    def begin(self, key: tuple[str, str]) -> None:
-        self._inflight[key] += 1
+    def delay(self, *keys: tuple[str, ...]) -> float:
+        """Seconds the next failed answer for these keys waits."""
+        over = max(
+            self.count(key) - (self.role_budget if key[0] == "role" else self.allowed)
+            for key in keys
+        )
+        if over < 0:
+            return 0.0
+        return min(self.max_delay, self.FIRST_DELAY * float(2 ** min(over, 16)))
 
-    def end(self, key: tuple[str, str], *, failed: bool) -> None:
-        self._inflight[key] -= 1
-        if self._inflight[key] <= 0:
-            del self._inflight[key]
-        if failed:
-            self.record(key)
-
-    def record(self, key: tuple[str, str]) -> None:
-        times = self._seen.get(key)
-        if times is None:
-            times = self._seen[key] = deque()
-        self._seen.move_to_end(key)
-        times.append(time.monotonic())
+    def record(self, *keys: tuple[str, ...]) -> None:
+        now = time.monotonic()
+        for key in keys:
+            times = self._seen.get(key)
+            if times is None:
+                times = self._seen[key] = deque()
+            self._seen.move_to_end(key)
+            times.append(now)
         while len(self._seen) > self.MAX_KEYS:  # bounded memory: forget the stalest
             self._seen.popitem(last=False)
 
@@ -122,7 +138,7 @@ class Connector:
         self.control = control
         self.config = config
         self.failures = failures
-        # Login outcomes by kind ("ok:<plugin>", "switched:<plugin>", "failed", "blocked").
+        # Login outcomes by kind ("ok:<plugin>", "switched:<plugin>", "failed", "delayed").
         self.logins = logins
 
     async def authenticate(self, hello: Hello) -> Authenticated | Refused:
@@ -137,34 +153,31 @@ class Connector:
                 f"or connect with TLS to '<endpoint_id>.{self.config.domain}' (SNI) "
                 "with the plain role as user",
             )
-        key = (target.endpoint_id, hello.client_ip)
-        if self.failures.blocked(key):
-            self.logins["blocked"] += 1
-            return Refused(
-                ErrorCode.HOST_BLOCKED,
-                f"Too many failed logins for this endpoint from {hello.client_ip}; try again later",
-            )
-        self.failures.begin(key)
-        failed = True
-        try:
-            plugin, answer, seq = await read_client_auth(
-                hello.stream, response, hello.seq, hello.scramble, tls=hello.tls
-            )
-            if plugin != (response.auth_plugin or NATIVE_PLUGIN):
-                self.logins[f"switched:{response.auth_plugin}"] += 1
-            access = await self.control.get_access(target.endpoint_id, target.role)
-            stage1 = None
-            if access is not None:
-                if plugin == CLEAR_PLUGIN:
-                    stage1 = auth.verify_cleartext(answer, access.password_hash)
-                else:
-                    stage1 = auth.verify_native(answer, hello.scramble, access.password_hash)
-            failed = access is None or stage1 is None
-        finally:
-            self.failures.end(key, failed=failed)
+        plugin, answer, seq = await read_client_auth(
+            hello.stream, response, hello.seq, hello.scramble, tls=hello.tls
+        )
+        if plugin != (response.auth_plugin or NATIVE_PLUGIN):
+            self.logins[f"switched:{response.auth_plugin}"] += 1
+        access = await self.control.get_access(target.endpoint_id, target.role)
+        stage1 = None
+        if access is not None:
+            if plugin == CLEAR_PLUGIN:
+                stage1 = auth.verify_cleartext(answer, access.password_hash)
+            else:
+                stage1 = auth.verify_native(answer, hello.scramble, access.password_hash)
         if access is None or stage1 is None:
-            # One answer for a wrong password, an unknown role and an unknown endpoint.
+            # One answer for a wrong password, an unknown role and an unknown endpoint,
+            # slower after many failures (see AuthFailures).
             self.logins["failed"] += 1
+            known = target.endpoint_id if access is not None else "?"
+            keys = [("address", known, hello.client_ip)]
+            if access is not None:
+                keys.append(("role", target.endpoint_id, target.role))
+            wait = self.failures.delay(*keys)
+            self.failures.record(*keys)
+            if wait:
+                self.logins["delayed"] += 1
+                await asyncio.sleep(wait)
             return Refused(
                 ErrorCode.ACCESS_DENIED,
                 f"Access denied for user '{response.user}'@'{hello.client_ip}' "

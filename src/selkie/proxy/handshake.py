@@ -60,11 +60,10 @@ async def handshake(
     server_version: str,
     tls: ssl.SSLContext | None,
     timeout: float,
+    client_ip: str,
 ) -> Hello:
     """Greet, upgrade to TLS if asked, and read the client's HandshakeResponse (each step
     within ``timeout``). Raises ProtocolError on a client that does not speak MySQL."""
-    peer = writer.get_extra_info("peername")
-    client_ip = str(peer[0]) if isinstance(peer, tuple) else "local"
     scramble = auth.new_scramble()
     stream = PacketStream(reader, writer, limit=HANDSHAKE_LIMIT)
     caps = PROXY_CAPABILITIES | (Capability.SSL if tls else 0)

@@ -57,7 +57,11 @@ class CommandScanner:
     """Finds command boundaries in the client → server byte stream without buffering it.
 
     A packet with sequence id 0 that does not continue a 16 MiB split starts a command; its
-    first payload byte is the command. ``feed`` returns the segments to forward, in order
+    first payload byte is the command. One that follows a packet with sequence id 255 does
+    not: sequence ids wrap only inside one exchange, in practice the file a client sends for
+    ``LOAD DATA LOCAL INFILE`` (its data packets count on from 2 and pass 255 every 256
+    packets; a data packet must never be taken for a command, least of all for a
+    COM_CHANGE_USER). ``feed`` returns the segments to forward, in order
     (bytes, or a :class:`HeldChangeUser` for the caller to rewrite), and the commands seen.
     """
 
@@ -65,6 +69,7 @@ class CommandScanner:
         self._header = bytearray()
         self._remaining = 0
         self._continued = False
+        self._last_seq = -1
         self._pending_header: bytes | None = None
         self._held: bytearray | None = None
 
@@ -109,8 +114,9 @@ class CommandScanner:
             header = bytes(self._header)
             self._header.clear()
             length = int.from_bytes(header[:3], "little")
-            starts_command = header[3] == 0 and not self._continued
+            starts_command = header[3] == 0 and not self._continued and self._last_seq != 255
             self._continued = length == MAX_PAYLOAD
+            self._last_seq = header[3]
             self._remaining = length
             if starts_command and length:
                 self._pending_header = header  # until its command byte is seen

@@ -28,11 +28,13 @@ from selkie.controlplane import Activity, ControlPlane
 from selkie.errors import SelkieError
 from selkie.mysql.stream import frame
 from selkie.mysql.wire import ProtocolError
+from selkie.proxy.admission import TOO_MANY, Admission
 from selkie.proxy.connect import AuthFailures, ConnectConfig, Connector, Refused
 from selkie.proxy.handshake import Hello, handshake, sni_capture
 from selkie.proxy.passthrough import Passthrough
 from selkie.proxy.pooler.pool import EndpointPool
 from selkie.proxy.pooler.pooler import Pooler
+from selkie.proxy.proxyproto import read_proxy_header
 from selkie.proxy.stats import ProxyStats
 from selkie.tasks import cancel, spawn
 
@@ -48,7 +50,13 @@ class ProxyConfig:
     domain: str = "selkie.localhost"
     tls: ssl.SSLContext | None = None
     wake_timeout: float = 30.0
+    # One deadline for everything before a client is authenticated (TLS included).
     handshake_timeout: float = 10.0
+    # Connections allowed in that phase at once: in all, and from one address.
+    max_preauth: int = 1000
+    max_preauth_per_address: int = 64
+    # Connections come through a load balancer that sends the PROXY protocol header.
+    proxy_protocol: bool = False
     backend_timeout: float = 10.0
     # Failed logins allowed per (endpoint as named, client address) in the window.
     auth_failures_allowed: int = 10
@@ -56,6 +64,7 @@ class ProxyConfig:
     report_interval: float = 1.0
     server_version: str = SERVER_VERSION
     pool_wait_timeout: float = 30.0
+    pool_max_packet: int = 64 * 2**20
 
 
 class ProxyServer:
@@ -63,8 +72,11 @@ class ProxyServer:
         self.control = control
         self.config = config
         self.stats = ProxyStats()
+        self.admission = Admission(
+            total=config.max_preauth, per_address=config.max_preauth_per_address
+        )
         self.failures = AuthFailures(config.auth_failures_allowed, config.auth_failure_window)
-        # Login outcomes by kind ("ok:<plugin>", "switched:<plugin>", "failed", "blocked").
+        # Login outcomes by kind ("ok:<plugin>", "switched:<plugin>", "failed", "delayed").
         self.logins: Counter[str] = Counter()
         self.connector = Connector(
             control,
@@ -79,7 +91,12 @@ class ProxyServer:
         self.passthrough = Passthrough(
             control, domain=config.domain, backend_timeout=config.backend_timeout
         )
-        self.pooler = Pooler(self.connector, self.stats, wait_timeout=config.pool_wait_timeout)
+        self.pooler = Pooler(
+            self.connector,
+            self.stats,
+            wait_timeout=config.pool_wait_timeout,
+            max_packet=config.pool_max_packet,
+        )
         # Where the last login per endpoint spent its time (ms): auth, wake, backend login.
         self.last_timings: dict[str, dict[str, float]] = {}
         self._ids = itertools.count(1)
@@ -167,16 +184,34 @@ class ProxyServer:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One client connection through the steps, each answering with what comes next."""
-        hello = await handshake(
-            reader,
-            writer,
-            connection_id=next(self._ids),
-            server_version=self.config.server_version,
-            tls=self.config.tls,
-            timeout=self.config.handshake_timeout,
-        )
-        t0 = time.perf_counter()
-        login = await self.connector.authenticate(hello)
+        peer = writer.get_extra_info("peername")
+        client_ip = str(peer[0]) if isinstance(peer, tuple) else "local"
+        # Behind a load balancer the address is known once its PROXY header is read.
+        counted: str | None = None if self.config.proxy_protocol else client_ip
+        if not self.admission.enter(counted):
+            writer.write(frame(0, TOO_MANY)[0])
+            return
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                if counted is None:
+                    client_ip = await read_proxy_header(reader, client_ip)
+                    if not self.admission.identify(client_ip):
+                        writer.write(frame(0, TOO_MANY)[0])
+                        return
+                    counted = client_ip
+                hello = await handshake(
+                    reader,
+                    writer,
+                    connection_id=next(self._ids),
+                    server_version=self.config.server_version,
+                    tls=self.config.tls,
+                    timeout=self.config.handshake_timeout,
+                    client_ip=client_ip,
+                )
+                t0 = time.perf_counter()
+                login = await self.connector.authenticate(hello)
+        finally:
+            self.admission.leave(counted)
         if isinstance(login, Refused):
             return await self._refuse(hello, hello.seq, login)
         auth_ms = (time.perf_counter() - t0) * 1000

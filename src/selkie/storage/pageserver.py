@@ -10,6 +10,7 @@ compute whose page server does not answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from selkie.errors import StorageError
 from selkie.model import ProjectSettings, StorageMode
 from selkie.storage.base import ParentState, StorageDriver
 
+log = logging.getLogger(__name__)
 PING_PATH = "/api/v1/ping"
 
 
@@ -61,16 +63,17 @@ class PageServerStorage(StorageDriver):
 
     async def ping(self, settings: ProjectSettings) -> None:
         options = page_server_options(settings)
-        url = f"http://{options['innodb_page_server_address']}:{options['innodb_page_server_port']}"
+        where = f"{options['innodb_page_server_address']}:{options['innodb_page_server_port']}"
+        # What goes wrong is logged here; the error (shown to the tenant) says only that.
         try:
             async with httpx.AsyncClient(timeout=self.timeout) as client:
-                resp = await client.get(url + PING_PATH)
+                resp = await client.get(f"http://{where}{PING_PATH}")
         except httpx.HTTPError as exc:
-            raise StorageError(f"page server {url} does not answer: {exc!r}") from exc
+            log.warning("page server %s does not answer: %r", where, exc)
+            raise StorageError(f"page server {where} does not answer") from None
         if resp.status_code != 200:
-            raise StorageError(
-                f"page server {url} answered {resp.status_code} to {PING_PATH}: {resp.text[:200]}"
-            )
+            log.warning("page server %s answered %d: %.200s", where, resp.status_code, resp.text)
+            raise StorageError(f"page server {where} answered HTTP {resp.status_code} to a ping")
 
     async def prepare_compute(
         self, branch_id: str, endpoint_id: str, settings: ProjectSettings

@@ -17,13 +17,24 @@ from selkie.proxy.relay import Counters
 from selkie.proxy.stats import ProxyStats
 
 RELAY_LIMIT = 2**31
+DEFAULT_MAX_PACKET = 64 * 2**20
 
 
 class Pooler:
-    def __init__(self, connector: Connector, stats: ProxyStats, *, wait_timeout: float) -> None:
+    def __init__(
+        self,
+        connector: Connector,
+        stats: ProxyStats,
+        *,
+        wait_timeout: float,
+        max_packet: int = DEFAULT_MAX_PACKET,
+    ) -> None:
         self.connector = connector
         self.stats = stats
         self.wait_timeout = wait_timeout
+        # The largest command a pooled client may send: commands are read whole before a
+        # backend is borrowed, so this bounds what one session holds (ERR 1153 beyond).
+        self.max_packet = max_packet
         self.pools: dict[str, EndpointPool] = {}
 
     def _pool(self, login: Authenticated) -> EndpointPool:
@@ -66,7 +77,7 @@ class Pooler:
             )
 
         stream = hello.stream
-        stream.limit = RELAY_LIMIT
+        stream.limit = self.max_packet
         counters = Counters()
         session = PooledSession(
             client=stream,

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Awaitable, Callable
 
 from selkie.mysql.packets import Err, build_err, build_ok
-from selkie.mysql.wire import Command, ErrorCode, ProtocolError, ServerStatus
+from selkie.mysql.wire import Command, ErrorCode, PacketTooLarge, ProtocolError, ServerStatus
 from selkie.proxy.pooler.pool import PoolTimeout
 from selkie.proxy.pooler.response import Summary
 from selkie.proxy.pooler.runner import (
@@ -54,6 +54,17 @@ class PooledSession(CommandRunner):
                 try:
                     seq, payload = await self.client.read()
                 except (ConnectionError, asyncio.IncompleteReadError):
+                    return
+                except PacketTooLarge as exc:
+                    self.client.write(
+                        (exc.seq + 1) & 0xFF,
+                        build_err(
+                            ErrorCode.NET_PACKET_TOO_LARGE,
+                            f"Got a packet bigger than the pooler's limit ({exc.limit} "
+                            "bytes); send it over a session (non-pooled) connection",
+                        ),
+                    )
+                    await self.client.writer.drain()
                     return
                 if seq != 0 or not payload:
                     raise ProtocolError("a command must start with sequence id 0")
