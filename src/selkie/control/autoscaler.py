@@ -7,9 +7,10 @@ most 90 % busy, memory besides the buffer pool at most 75 % of what the size giv
 bigger cache when the pool is full and still reading from disk. :func:`decide` grows a
 compute when every reading of the last ``up_seconds`` wanted more (up fast), and shrinks
 it when every reading of the last ``down_seconds`` wanted less (down slowly), to what the
-last quarter of them wanted; never above max nor below min. A resize is written with its usage event (billing follows the size)
-and an ``autoscale`` operation saying why; one that fails leaves the compute at its old
-size, with the reason in a failed ``autoscale`` operation, and is tried again later.
+last quarter of them wanted; never above max nor below min. A resize is written with its
+usage event (billing follows the size) and an ``autoscale`` operation saying why; one that
+fails leaves the compute at its old size, with the reason in a failed ``autoscale``
+operation, and is tried again later.
 """
 
 from __future__ import annotations
