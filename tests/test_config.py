@@ -58,6 +58,22 @@ def test_bad_files_are_clear_errors(tmp_path: Path, content: str, message: str) 
         load_settings(config_file=cfg, environ={})
 
 
+def test_internal_tokens_must_be_long_and_not_the_example() -> None:
+    for token in ("short", "CHANGE-ME-to-a-long-random-string-of-many-chars"):
+        with pytest.raises(ConfigError, match="at least 32"):
+            load_settings(environ={"SELKIE_INTERNAL_TOKEN": token})
+    good = "f" * 64
+    assert load_settings(environ={"SELKIE_INTERNAL_TOKEN": good}).internal_token == good
+
+
+def test_lists_come_from_commas_or_toml_arrays(tmp_path: Path) -> None:
+    s = load_settings(environ={"SELKIE_STORAGE_ALLOWED_HOSTS": "ps.internal, 10.0.0.1,"})
+    assert s.storage_allowed_hosts == ["ps.internal", "10.0.0.1"]
+    cfg = tmp_path / "hosts.toml"
+    cfg.write_text('storage_allowed_hosts = ["a.internal"]\n')
+    assert load_settings(config_file=cfg, environ={}).storage_allowed_hosts == ["a.internal"]
+
+
 def test_missing_file_and_bad_listen(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(config_file=tmp_path / "missing.toml", environ={})

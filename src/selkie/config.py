@@ -24,6 +24,7 @@ from selkie import eventloop
 from selkie.errors import ConfigError
 
 ENV_PREFIX = "SELKIE_"
+INTERNAL_TOKEN_MIN = 32
 # The standard AWS variables, read for the S3 archive (first one set wins per setting).
 AWS_ENV = {
     "s3_endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
@@ -131,6 +132,13 @@ class Settings:
     proxy_wake_timeout: float = 30.0
     # The largest request body the API reads (bytes; larger: 413 before parsing).
     api_max_body_bytes: int = 1 << 20
+    # Requests a second per API key (bursts of twice that); beyond: 429 with Retry-After.
+    api_rate_limit: float = 50.0
+    # Live objects one organization may have (0: no limit); beyond: 429 naming the limit.
+    org_max_projects: int = 100
+    org_max_branches: int = 1000
+    org_max_endpoints: int = 200
+    org_max_api_keys: int = 100
     # Everything before a client is authenticated (TLS, handshake, auth switch) must end
     # within this many seconds; at most this many connections may be in that phase, in all
     # and from one address (beyond: ERR 1040 and close).
@@ -140,6 +148,8 @@ class Settings:
     # The proxy sits behind a load balancer that sends HAProxy's PROXY protocol header (v1 or
     # v2) with the real client address; every connection must then start with one.
     proxy_protocol: bool = False
+    # Where the proxy listens beyond loopback, logins must use TLS unless this is set.
+    proxy_allow_plaintext: bool = False
     # Pooler: backend connections per endpoint (0: 40 per CU, at least 10), and how long a
     # client waits for one.
     pooler_max_backends: int = 0
@@ -371,6 +381,13 @@ def load_settings(
         raise ConfigError(str(exc)) from None
     if settings.metering_interval <= 0:
         raise ConfigError("metering_interval must be positive")
+    token = settings.internal_token
+    if token and (len(token) < INTERNAL_TOKEN_MIN or "CHANGE-ME" in token):
+        # It carries role hashes between replicas: a guessable one gives them away.
+        raise ConfigError(
+            f"internal_token must be a random string of at least {INTERNAL_TOKEN_MIN} "
+            "characters (not the example from deploy/), e.g. from `openssl rand -hex 32`"
+        )
     if settings.archive_enabled and not settings.effective_archive_url.startswith(
         ("file:///", "s3://")
     ):

@@ -59,13 +59,16 @@ class Activity:
 class AccessCache:
     """Access per (endpoint, role) for ``ttl`` seconds: a connection storm on one endpoint
     asks for the same role thousands of times a second. A reset password or deleted role is
-    seen within ``ttl``. Misses are not cached: probing names stays uncached work."""
+    seen within ``ttl``, a new one too. Misses are cached as well, apart (so probing made-up
+    names costs the store one look-up per name a second, answers as fast as a hit, and never
+    evicts the entries of real roles)."""
 
     MAX_ENTRIES = 10_000
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._entries: dict[tuple[str, str], tuple[float, Access]] = {}
+        self._misses: dict[tuple[str, str], float] = {}
 
     async def get(
         self, endpoint_id: str, role: str, fetch: Callable[[], Awaitable[Access | None]]
@@ -75,11 +78,19 @@ class AccessCache:
         hit = self._entries.get(key)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
+        missed = self._misses.get(key)
+        if missed is not None and now - missed < self.ttl:
+            return None
         access = await fetch()
         if access is not None:
             if len(self._entries) > self.MAX_ENTRIES:
                 self._entries.clear()
             self._entries[key] = (now, access)
+            self._misses.pop(key, None)
+        else:
+            if len(self._misses) > self.MAX_ENTRIES:
+                self._misses.clear()
+            self._misses[key] = now
         return access
 
 

@@ -74,6 +74,16 @@ class QuotaExceeded(SelkieError):
     http_status = 429
 
 
+class RateLimited(QuotaExceeded):
+    """Too many requests from one API key: try again after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StoreError(SelkieError):
     code = "store_error"
     http_status = 503

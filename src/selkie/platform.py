@@ -10,8 +10,12 @@ runs it as `selkie up`, `selkie api` and `selkie proxy`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import getpass
+import ipaddress
 import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +37,7 @@ from selkie.control.restores import Restorer
 from selkie.control.runner import OperationsRunner
 from selkie.control.scheduler import Scheduler
 from selkie.controlplane import ControlPlane
-from selkie.errors import Conflict
+from selkie.errors import ConfigError, Conflict
 from selkie.metering.prometheus import Sources, render
 from selkie.metering.starts import StartMetrics
 from selkie.model import Durability
@@ -119,6 +123,30 @@ def _computes(settings: Settings, store: Store) -> tuple[ComputeDriver, StorageD
     return local, LocalStorage(data_dir=settings.data_dir)
 
 
+def claim_data_dir(settings: Settings) -> int | None:
+    """Make the data dir (0700: it holds datadirs, keys and the state store) and, where
+    the state store is the SQLite file inside it, lock it: a second process on the same
+    data dir would run the same computes twice. Returns the lock's descriptor."""
+    data_dir = settings.data_dir
+    if not data_dir.exists():
+        data_dir.mkdir(mode=0o700, parents=True)
+    if settings.database_url:
+        return None  # a shared store: control planes coordinate through it
+    fd = os.open(data_dir / "selkie.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(
+            f"data dir {data_dir} is in use by Selkie process {holder}; stop it first, or "
+            "use another SELKIE_DATA_DIR"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 @dataclass
 class LeaderWork:
     """What the scheduler's leader does besides suspending: metering, and (when control
@@ -162,12 +190,17 @@ class Platform:
     autoscaler: Autoscaler
     history: History | None = None
     proxy: ProxyServer | None = None
+    # The data dir's lock (a file descriptor), held while this platform is open.
+    lock: int | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Platform:
         """Build every part (blocking: migrations run here). Nothing runs until start()."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = claim_data_dir(settings)
         store = Store(settings.effective_database_url)
+        if store.url.startswith("sqlite"):
+            with contextlib.suppress(OSError):
+                (settings.data_dir / "selkie.db").chmod(0o600)
         driver, storage = _computes(settings, store)
         storages = Storages(
             local=storage,
@@ -220,6 +253,7 @@ class Platform:
             meter=meter,
             quotas=quotas,
             start_metrics=start_metrics,
+            lock=lock,
             autoscaler=Autoscaler(
                 store=store,
                 lifecycle=lifecycle,
@@ -266,6 +300,9 @@ class Platform:
 
     def close(self) -> None:
         self.store.close()
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
 
     def prometheus(self) -> bytes:
         starts = self.start_metrics
@@ -288,6 +325,16 @@ class Platform:
     def pool_metrics(self, endpoint_id: str) -> dict[str, int]:
         pool = self.proxy.pools.get(endpoint_id) if self.proxy is not None else None
         return pool.metrics() if pool is not None else {}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def make_proxy(settings: Settings, control: ControlPlane) -> ProxyServer:
@@ -314,5 +361,6 @@ async def make_proxy(settings: Settings, control: ControlPlane) -> ProxyServer:
             max_preauth=settings.proxy_max_preauth,
             max_preauth_per_address=settings.proxy_max_preauth_per_address,
             proxy_protocol=settings.proxy_protocol,
+            require_tls=not settings.proxy_allow_plaintext and not is_loopback(host),
         ),
     )

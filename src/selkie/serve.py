@@ -105,6 +105,7 @@ async def serve(
                     internal_token=settings.internal_token,
                     leader=lambda: platform.scheduler.leader.held,
                     max_body_bytes=settings.api_max_body_bytes,
+                    rate_limit=settings.api_rate_limit,
                 ),
                 host=host,
                 port=port,

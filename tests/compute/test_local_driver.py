@@ -77,9 +77,13 @@ def test_sync_statements_are_exact_and_escape_grants() -> None:
     stmts = sync_statements(
         roles=[RoleSpec(name="app_owner", password_hash="*" + "A" * 40)],
         databases=[DatabaseSpec(name="my_db", owner="app_owner")],
-        existing_users=["root", "old_role", "app_owner"],
-        existing_databases=["mysql", "sys", "gone_db", "my_db"],
+        existing_users=["root", "old_role", "unknown_user", "app_owner"],
+        existing_databases=["mysql", "sys", "gone_db", "unknown_db", "my_db"],
+        dropped_users=["old_role", "root"],
+        dropped_databases=["gone_db", "mysql"],
     )
+    # Only what was deleted through the API is dropped (never a system name); names the
+    # store does not know are left alone.
     assert stmts == [
         "DROP USER IF EXISTS 'old_role'@'%'",
         "CREATE USER IF NOT EXISTS 'app_owner'@'%' IDENTIFIED BY PASSWORD '*" + "A" * 40 + "'",

@@ -6,9 +6,11 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
-from selkie.metering.usage import Event, intervals, per_period
+from selkie.errors import InvalidInput
+from selkie.metering.usage import MAX_PERIODS, Event, intervals, per_period, period_starts
 from selkie.model import Principal
 from selkie.platform import Platform
 from selkie.store.tables import UsageEventRow
@@ -143,3 +145,19 @@ async def test_consumption_api_shape_and_validation(platform: Platform, who: Pri
     assert bad.status_code == 422
     backwards = api.get("/v1/consumption_history/projects", params={**params, "to": params["from"]})
     assert backwards.status_code == 422
+
+
+def test_ranges_are_capped_per_granularity() -> None:
+    assert len(period_starts(T0, T0 + timedelta(days=31), "hourly")) == MAX_PERIODS["hourly"]
+    with pytest.raises(InvalidInput, match="at most 744 hourly periods"):
+        period_starts(T0, T0 + timedelta(days=32), "hourly")
+    with pytest.raises(InvalidInput, match="at most 120 monthly"):
+        period_starts(T0, T0 + timedelta(days=3700), "monthly")
+    # The cost follows the rows: a year of daily periods over many spans is quick, exact.
+    spans = intervals(
+        [ev("start", i * 7200, 2 * i + 1) for i in range(2000)]
+        + [ev("stop", i * 7200 + 60, 2 * i + 2) for i in range(2000)],
+        now=T0 + timedelta(days=400),
+    )
+    days = per_period(spans, T0, T0 + timedelta(days=365), "daily")
+    assert sum(d.active_time_seconds for d in days) == 2000 * 60

@@ -158,6 +158,42 @@ async def test_require_tls(db: Db) -> None:
     conn.close()
 
 
+async def test_tls_is_required_by_default_beyond_loopback(db: Db) -> None:
+    from selkie.config import load_settings
+    from selkie.platform import is_loopback, make_proxy
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
+    settings = load_settings(
+        environ={
+            "SELKIE_DATA_DIR": str(db.platform.settings.data_dir),
+            "SELKIE_PROXY_LISTEN": "0.0.0.0:0",
+        }
+    )
+    public = await make_proxy(settings, db.platform.access)
+    assert public.config.require_tls
+    opted_out = load_settings(
+        environ={**settings_env(settings), "SELKIE_PROXY_ALLOW_PLAINTEXT": "true"}
+    )
+    assert not (await make_proxy(opted_out, db.platform.access)).config.require_tls
+    # What a proxy that requires TLS answers (this one listens on loopback).
+    proxy = db.platform.proxy
+    assert proxy is not None
+    proxy.connector.config = dataclasses.replace(proxy.connector.config, require_tls=True)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
+    assert err.value.args[0] == 1045 and "TLS only" in err.value.args[1]
+    conn = await asyncio.to_thread(pymysql_conn, db, ssl_ca=str(db.cert))
+    conn.close()
+
+
+def settings_env(settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {
+        "SELKIE_DATA_DIR": str(settings.data_dir),
+        "SELKIE_PROXY_LISTEN": settings.proxy_listen,
+    }
+
+
 @pytest.mark.parametrize("gap", [None, 0.0, 0.0002, 0.0005, 0.001, 0.002, 0.05])
 async def test_a_client_hello_sent_with_the_ssl_request_is_not_lost(
     db: Db, gap: float | None

@@ -12,6 +12,7 @@ from selkie import __version__
 from selkie.api import errors, schemas
 from selkie.api.deps import Who
 from selkie.api.limits import DEFAULT_MAX_BODY, BodyLimit
+from selkie.api.ratelimit import RateLimiter
 from selkie.api.routes import branches, endpoints, internal, keys, operations, projects, roles
 from selkie.control import Control
 from selkie.control.history import Durable
@@ -30,6 +31,7 @@ def create_app(
     internal_token: str = "",
     leader: Callable[[], bool] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
+    rate_limit: float = 0.0,
 ) -> FastAPI:
     app = FastAPI(
         title="Selkie API",
@@ -53,6 +55,8 @@ def create_app(
     # The ControlPlane that internal routes serve to proxy replicas (with the token).
     app.state.control_plane = control_plane
     app.state.internal_token = internal_token
+    # Requests a second per API key (0: no limit).
+    app.state.rate_limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from selkie.api.ratelimit import RateLimiter
 from selkie.control import Control
 from selkie.errors import Unauthorized
 from selkie.model import Principal
@@ -29,7 +30,11 @@ def principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing API key: send Authorization: Bearer <key>")
     ctl: Control = request.app.state.control
-    return ctl.api_keys.authenticate(credentials.credentials)
+    who = ctl.api_keys.authenticate(credentials.credentials)
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        limiter.take(who.key_id)
+    return who
 
 
 Ctl = Annotated[Control, Depends(control)]

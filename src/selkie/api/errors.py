@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from selkie.errors import SelkieError, Unauthorized
+from selkie.errors import RateLimited, SelkieError, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(SelkieError)
     async def _selkie(_: Request, exc: SelkieError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         if exc.http_status >= 500:
             log.error("request failed: %s: %s", exc.code, exc.message)
         return JSONResponse(

@@ -217,12 +217,15 @@ def sync_statements(
     databases: Iterable[DatabaseSpec],
     existing_users: Iterable[str],
     existing_databases: Iterable[str],
+    dropped_users: Iterable[str] = (),
+    dropped_databases: Iterable[str] = (),
 ) -> list[str]:
-    """SQL that makes the compute's roles and databases exactly those of the store.
+    """SQL that makes the compute's roles and databases those of the store.
 
-    The store is the source of truth: every database on a compute was made through the API
-    (roles only get privileges on databases they own), so one missing from the store was
-    deleted through the API while the compute was down. Idempotent: running it twice is the
+    What the store has is created (and passwords reset); what the store recorded as
+    deleted through the API (``dropped_*``) is dropped. A user or database the store does
+    not know is left alone: a store restored from an older backup, or one that lost a row,
+    must never make Selkie delete a customer's data. Idempotent: running it twice is the
     same as once.
     """
     roles = list(roles)
@@ -230,14 +233,16 @@ def sync_statements(
     wanted_users = {r.name for r in roles}
     wanted_dbs = {d.name for d in databases}
     stmts: list[str] = []
-    for user in sorted(set(existing_users) - wanted_users - SYSTEM_USERS):
+    for user in sorted(set(existing_users) & set(dropped_users) - wanted_users - SYSTEM_USERS):
         if _ROLE_RE.match(user):
             stmts.append(f"DROP USER IF EXISTS {quote_user(user)}")
     for role in roles:
         who, secret = quote_user(role.name), check_hash(role.password_hash)
         stmts.append(f"CREATE USER IF NOT EXISTS {who} IDENTIFIED BY PASSWORD '{secret}'")
         stmts.append(f"ALTER USER {who} IDENTIFIED BY PASSWORD '{secret}'")
-    for db in sorted(set(existing_databases) - wanted_dbs - SYSTEM_DATABASES):
+    for db in sorted(
+        set(existing_databases) & set(dropped_databases) - wanted_dbs - SYSTEM_DATABASES
+    ):
         if _DB_RE.match(db):
             stmts.append(f"DROP DATABASE IF EXISTS {quote_db(db)}")
     for spec in databases:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from selkie.compute.base import ComputeDriver
@@ -20,17 +21,36 @@ from selkie.compute.mariadb import (
     RoleSpec,
     sync_statements,
 )
-from selkie.store.tables import DatabaseRow, RoleRow
+from selkie.store.tables import DatabaseRow, DroppedNameRow, RoleRow
 
 # In a datadir: the digest of the roles and databases last applied to it.
 SYNC_MARKER = "selkie-accounts.digest"
 
 
-def accounts_digest(roles: list[RoleSpec], databases: list[DatabaseSpec]) -> str:
+@dataclass(frozen=True)
+class Dropped:
+    """Names deleted through the API: the only ones sync drops from a compute."""
+
+    roles: frozenset[str] = frozenset()
+    databases: frozenset[str] = frozenset()
+
+
+def dropped_names(rows: list[DroppedNameRow]) -> Dropped:
+    return Dropped(
+        roles=frozenset(r.name for r in rows if r.kind == "role"),
+        databases=frozenset(r.name for r in rows if r.kind == "database"),
+    )
+
+
+def accounts_digest(
+    roles: list[RoleSpec], databases: list[DatabaseSpec], dropped: Dropped = Dropped()
+) -> str:
     text = repr(
         (
             sorted((r.name, r.password_hash) for r in roles),
             sorted((d.name, d.owner) for d in databases),
+            sorted(dropped.roles),
+            sorted(dropped.databases),
         )
     )
     return hashlib.sha256(text.encode()).hexdigest()
@@ -52,10 +72,12 @@ async def sync_accounts(
     *,
     datadir: Path | None = None,
     force: bool = False,
+    dropped: Dropped = Dropped(),
 ) -> None:
-    """Make the compute's accounts and databases match ``roles`` and ``databases``; skipped
-    when ``datadir`` holds the digest of exactly these (unless ``force``)."""
-    digest = accounts_digest(roles, databases)
+    """Make the compute's accounts and databases match ``roles`` and ``databases`` (and
+    drop what ``dropped`` names); skipped when ``datadir`` holds the digest of exactly these
+    (unless ``force``)."""
+    digest = accounts_digest(roles, databases, dropped)
     marker = datadir / SYNC_MARKER if datadir is not None else None
     if marker is not None:
         if force:
@@ -69,6 +91,8 @@ async def sync_accounts(
         databases=databases,
         existing_users=[str(r[0]) for r in users],
         existing_databases=[str(r[0]) for r in dbs],
+        dropped_users=dropped.roles,
+        dropped_databases=dropped.databases,
     )
     if statements:
         await driver.execute(endpoint_id, statements)

@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from selkie import model
-from selkie.control.base import ServiceBase
+from selkie.control.base import ServiceBase, check_org_limit
 from selkie.errors import Forbidden, NotFound, Unauthorized
 from selkie.model import Principal, utcnow
 from selkie.store import Page, Store, convert
@@ -37,6 +37,7 @@ class ApiKeyService(ServiceBase):
         with self.store.write() as s:
             if s.get(OrganizationRow, target_org) is None:
                 raise NotFound(f"organization {target_org} not found")
+            check_org_limit(s, self.settings, target_org, "api_keys")
             row = ApiKeyRow(
                 org_id=target_org, name=name, key_hash=model.hash_api_key(secret), admin=admin
             )
@@ -48,7 +49,9 @@ class ApiKeyService(ServiceBase):
         with self.store.read() as s:
             stmt = select(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None))
             if not who.admin:
-                stmt = stmt.where(ApiKeyRow.org_id == who.org_id)
+                # An ordinary key sees its organization's ordinary keys; admin keys are the
+                # operator's.
+                stmt = stmt.where(ApiKeyRow.org_id == who.org_id).where(ApiKeyRow.admin.is_(False))
             page = Store.page(
                 s,
                 stmt,
@@ -62,7 +65,12 @@ class ApiKeyService(ServiceBase):
     def revoke(self, who: Principal, key_id: int) -> model.ApiKey:
         with self.store.write() as s:
             row = s.get(ApiKeyRow, key_id)
-            if row is None or row.revoked_at is not None or not who.sees(row.org_id):
+            if (
+                row is None
+                or row.revoked_at is not None
+                or not who.sees(row.org_id)
+                or (row.admin and not who.admin)
+            ):
                 raise NotFound(f"API key {key_id} not found")
             row.revoked_at = utcnow()
             s.flush()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from selkie import model
@@ -21,6 +21,7 @@ from selkie.model import OperationAction, OperationStatus, Principal
 from selkie.store import Store, convert
 from selkie.store.store import QUEUED_KEY
 from selkie.store.tables import (
+    ApiKeyRow,
     BranchRow,
     EndpointRow,
     OperationRow,
@@ -201,4 +202,38 @@ class ServiceBase:
                 endpoint_id=endpoint_id,
                 pooled=pooled,
             ),
+        )
+
+
+def check_org_limit(s: Session, settings: Settings, org_id: str, kind: str) -> None:
+    """QuotaExceeded (429, the limit named) when an organization already has as many live
+    ``kind`` objects (projects, branches, endpoints, api_keys) as the operator allows."""
+    limit = getattr(settings, f"org_max_{kind}")
+    if not limit:
+        return
+    if kind == "projects":
+        stmt = select(func.count(ProjectRow.id)).where(ProjectRow.org_id == org_id)
+        stmt = stmt.where(ProjectRow.deleted_at.is_(None))
+    elif kind == "branches":
+        stmt = (
+            select(func.count(BranchRow.id))
+            .join(ProjectRow, ProjectRow.id == BranchRow.project_id)
+            .where(ProjectRow.org_id == org_id)
+            .where(BranchRow.deleted_at.is_(None))
+        )
+    elif kind == "endpoints":
+        stmt = (
+            select(func.count(EndpointRow.id))
+            .join(ProjectRow, ProjectRow.id == EndpointRow.project_id)
+            .where(ProjectRow.org_id == org_id)
+            .where(EndpointRow.current_state != model.EndpointState.DELETED.value)
+        )
+    else:
+        stmt = select(func.count(ApiKeyRow.id)).where(ApiKeyRow.org_id == org_id)
+        stmt = stmt.where(ApiKeyRow.revoked_at.is_(None))
+    count = s.execute(stmt).scalar_one()
+    if count >= limit:
+        raise QuotaExceeded(
+            f"organization {org_id} has {count} {kind.replace('_', ' ')} (limit {limit}, "
+            f"set by the operator as org_max_{kind})"
         )

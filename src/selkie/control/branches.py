@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from selkie import model
-from selkie.control.base import Created, ServiceBase
+from selkie.control.base import Created, ServiceBase, check_org_limit
 from selkie.control.points import Point, check_point
 from selkie.control.rules import (
     copy_accounts,
@@ -47,6 +47,7 @@ class BranchService(ServiceBase):
         ``parent_lsn``): its roles and databases come along."""
         with self.store.write() as s:
             prow = self.project_row(s, who, project_id)
+            check_org_limit(s, self.settings, prow.org_id, "branches")
             if parent_id is None:
                 parent = self._default_branch(s, project_id)
             else:

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from selkie import model
 from selkie.control.base import ServiceBase
+from selkie.control.rules import mark_dropped
 from selkie.errors import Conflict, InvalidInput, NotFound
 from selkie.model import Principal
 from selkie.store import convert
@@ -48,6 +49,7 @@ class DatabaseService(ServiceBase):
                 raise Conflict(f"database {name} already exists on branch {branch_id}")
             row = DatabaseRow(branch_id=branch_id, name=name, owner_name=owner_name)
             s.add(row)
+            mark_dropped(s, branch_id, "database", name, dropped=False)
             s.flush()
             ops = self.apply_config(s, project_id, branch_id, {"create_database": name})
             return convert.database(row), ops
@@ -77,6 +79,7 @@ class DatabaseService(ServiceBase):
             row = self._db_row(s, branch_id, name)
             db = convert.database(row)
             s.delete(row)
+            mark_dropped(s, branch_id, "database", name, dropped=True)
             s.flush()
             ops = self.apply_config(s, project_id, branch_id, {"drop_database": name})
             return db, ops

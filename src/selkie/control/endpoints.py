@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from selkie import model
-from selkie.control.base import ServiceBase
+from selkie.control.base import ServiceBase, check_org_limit
 from selkie.control.rules import (
     mark_endpoint_deleted,
     new_endpoint_row,
@@ -49,6 +49,7 @@ class EndpointService(ServiceBase):
         with self.store.write() as s:
             prow = self.project_row(s, who, project_id)
             self.branch_row(s, who, project_id, branch_id)
+            check_org_limit(s, self.settings, prow.org_id, "endpoints")
             if any(e.type == etype.value for e in self.live_endpoints_of_branch(s, branch_id)):
                 raise Conflict(f"branch {branch_id} already has a {etype.value} endpoint")
             defaults = convert.endpoint_settings(prow.default_endpoint_settings)

@@ -25,14 +25,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 from selkie import model
 from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
 from selkie.compute.mariadb import DatabaseSpec, RoleSpec
 from selkie.config import Settings
-from selkie.control.accounts import database_specs, role_specs, sync_accounts
+from selkie.control.accounts import (
+    Dropped,
+    database_specs,
+    dropped_names,
+    role_specs,
+    sync_accounts,
+)
 from selkie.control.history import History
 from selkie.errors import (
     ComputeError,
@@ -74,6 +79,7 @@ class _Target:
     branch: BranchRow
     roles: list[RoleSpec]
     databases: list[DatabaseSpec]
+    dropped: Dropped
 
 
 class _LostRace(Exception):
@@ -169,6 +175,7 @@ class Lifecycle:
             branch=loaded.branch,
             roles=role_specs(loaded.roles),
             databases=database_specs(loaded.databases),
+            dropped=dropped_names(loaded.dropped),
         )
 
     def get(self, endpoint_id: str) -> model.Endpoint:
@@ -332,8 +339,7 @@ class Lifecycle:
         if history is not None:
             # Before anything writes: with durability=sync the first commit waits for it.
             await history.attach(ep.id, target.branch.id, target.project, info.socket)
-        datadir = self._marker_dir(storage, target.branch.id, ep.id)
-        await sync_accounts(self.driver, ep.id, target.roles, target.databases, datadir=datadir)
+        await self._sync_accounts(target, force=False)
         await self._end_boost(ep.id)
         t3 = self.timer()
         return info, {
@@ -402,11 +408,23 @@ class Lifecycle:
                 return info.socket
         return None
 
-    def _marker_dir(self, storage: StorageDriver, branch_id: str, endpoint_id: str) -> Path | None:
-        """Where the accounts digest is kept: the datadir, when this machine holds it."""
-        if not self.driver.local_datadirs:
-            return None
-        return storage.compute_datadir(branch_id, endpoint_id)
+    async def _sync_accounts(self, target: _Target, *, force: bool) -> None:
+        """The compute's roles and databases made to match the store; the digest of what
+        was applied is kept in the datadir when this machine holds it."""
+        ep = target.endpoint
+        datadir = None
+        if self.driver.local_datadirs:
+            storage = self.storage_for(target.project.settings)
+            datadir = storage.compute_datadir(target.branch.id, ep.id)
+        await sync_accounts(
+            self.driver,
+            ep.id,
+            target.roles,
+            target.databases,
+            datadir=datadir,
+            force=force,
+            dropped=target.dropped,
+        )
 
     async def apply_config(self, endpoint_id: str) -> bool:
         """Make a running compute's roles and databases match the store now. False when the
@@ -417,16 +435,7 @@ class Lifecycle:
                 return False
             if not (await self.driver.inspect(endpoint_id)).running:
                 return False
-            storage = self.storage_for(target.project.settings)
-            datadir = self._marker_dir(storage, target.branch.id, endpoint_id)
-            await sync_accounts(
-                self.driver,
-                endpoint_id,
-                target.roles,
-                target.databases,
-                datadir=datadir,
-                force=True,
-            )
+            await self._sync_accounts(target, force=True)
             return True
 
     # --- suspend, stop, delete -------------------------------------------------------------

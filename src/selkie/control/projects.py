@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from selkie import model
-from selkie.control.base import Created, ServiceBase
+from selkie.control.base import Created, ServiceBase, check_org_limit
 from selkie.control.operator_settings import check_addresses, check_operator_settings
 from selkie.control.rules import (
     mark_endpoint_deleted,
@@ -84,6 +84,7 @@ class ProjectService(ServiceBase):
         with self.store.write() as s:
             if s.get(OrganizationRow, target_org) is None:
                 raise NotFound(f"organization {target_org} not found")
+            check_org_limit(s, self.settings, target_org, "projects")
             prow = ProjectRow(
                 id=project_id,
                 org_id=target_org,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from selkie import model
 from selkie.control.base import ServiceBase
+from selkie.control.rules import mark_dropped
 from selkie.errors import Conflict, NotFound
 from selkie.model import Principal, utcnow
 from selkie.store import convert
@@ -45,6 +46,7 @@ class RoleService(ServiceBase):
                 protected=False,
             )
             s.add(row)
+            mark_dropped(s, branch_id, "role", name, dropped=False)
             s.flush()
             ops = self.apply_config(s, project_id, branch_id, {"create_role": name})
             return dataclasses.replace(convert.role(row), password=password), ops
@@ -82,6 +84,7 @@ class RoleService(ServiceBase):
                 )
             role = convert.role(row)
             s.delete(row)
+            mark_dropped(s, branch_id, "role", name, dropped=True)
             s.flush()
             return role, self.apply_config(s, project_id, branch_id, {"drop_role": name})
 

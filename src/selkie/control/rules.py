@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, object_session
 from selkie import model
 from selkie.errors import InvalidInput
 from selkie.model import EndpointState, EndpointType, PoolerMode, StorageMode, utcnow
-from selkie.store.tables import DatabaseRow, EndpointRow, RoleRow, UsageEventRow
+from selkie.store.tables import DatabaseRow, DroppedNameRow, EndpointRow, RoleRow, UsageEventRow
 
 
 def validate_endpoint_settings(
@@ -192,6 +192,27 @@ def copy_accounts(
             select(DatabaseRow).where(DatabaseRow.branch_id == from_branch_id)
         ).scalars()
     ]
-    s.add_all([*roles, *dbs])
+    dropped = [
+        DroppedNameRow(branch_id=to_branch_id, kind=d.kind, name=d.name)
+        for d in s.execute(
+            select(DroppedNameRow).where(DroppedNameRow.branch_id == from_branch_id)
+        ).scalars()
+    ]
+    s.add_all([*roles, *dbs, *dropped])
     s.flush()
     return roles, dbs
+
+
+def mark_dropped(s: Session, branch_id: str, kind: str, name: str, *, dropped: bool) -> None:
+    """Record that a role or database was deleted through the API (``dropped``), or that
+    one of that name exists again; only recorded names are ever dropped from a compute."""
+    row = s.execute(
+        select(DroppedNameRow)
+        .where(DroppedNameRow.branch_id == branch_id)
+        .where(DroppedNameRow.kind == kind)
+        .where(DroppedNameRow.name == name)
+    ).scalar_one_or_none()
+    if dropped and row is None:
+        s.add(DroppedNameRow(branch_id=branch_id, kind=kind, name=name))
+    elif not dropped and row is not None:
+        s.delete(row)

@@ -10,6 +10,7 @@ stored by aggregation, nothing can count twice.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,9 @@ from selkie.store import Store
 from selkie.store.tables import BranchRow, MeterMarkRow, UsageEventRow, UsageHourRow
 
 GRANULARITIES = ("hourly", "daily", "monthly")
+# The most periods one question may ask for, per granularity (Neon's limits are of this
+# order): an hourly month, a daily year and more, ten years by month.
+MAX_PERIODS = {"hourly": 24 * 31, "daily": 366 * 2, "monthly": 120}
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,11 @@ def period_starts(start: datetime, end: datetime, granularity: str) -> list[date
         if nxt >= end:
             return out
         out.append(nxt)
-        if len(out) > 10_000:
-            raise InvalidInput("too many periods; use a coarser granularity")
+        if len(out) > MAX_PERIODS[granularity]:
+            raise InvalidInput(
+                f"at most {MAX_PERIODS[granularity]} {granularity} periods per question; "
+                "ask for a shorter range or a coarser granularity"
+            )
 
 
 def per_period(
@@ -130,30 +137,37 @@ def per_period(
 ) -> list[PeriodUsage]:
     starts = period_starts(start, end, granularity)
     bounds = [*starts[1:], end]
-    hour_rows = list(hours)
-    out = []
-    for lo, hi in zip(starts, bounds, strict=True):
-        lo_c, hi_c = max(lo, start), min(hi, end)
-        active = compute = 0.0
-        for iv in spans:
+    clipped = [(max(lo, start), min(hi, end)) for lo, hi in zip(starts, bounds, strict=True)]
+    active = [0.0] * len(starts)
+    compute = [0.0] * len(starts)
+    # Each span and each hour visits only the periods it falls in: the cost is that of the
+    # rows, not rows times the periods.
+    for iv in spans:
+        i = max(0, bisect.bisect_right(starts, iv.start) - 1)
+        while i < len(clipped) and clipped[i][0] < iv.end:
+            lo_c, hi_c = clipped[i]
             overlap = (min(iv.end, hi_c) - max(iv.start, lo_c)).total_seconds()
             if overlap > 0:
-                active += overlap
-                compute += overlap * iv.cu
-        sums = {TRANSFER: 0, WRITTEN: 0, STORAGE: 0, HISTORY: 0}
-        for h in hour_rows:
-            if lo_c <= h.hour < hi_c and h.metric in sums:
-                sums[h.metric] += h.value
+                active[i] += overlap
+                compute[i] += overlap * iv.cu
+            i += 1
+    sums = [{TRANSFER: 0, WRITTEN: 0, STORAGE: 0, HISTORY: 0} for _ in starts]
+    for h in hours:
+        i = bisect.bisect_right(starts, h.hour) - 1
+        if i >= 0 and clipped[i][0] <= h.hour < clipped[i][1] and h.metric in sums[i]:
+            sums[i][h.metric] += h.value
+    out = []
+    for i, (lo, hi) in enumerate(zip(starts, bounds, strict=True)):
         out.append(
             PeriodUsage(
                 lo,
                 hi,
-                round(active, 3),
-                round(compute, 3),
-                written_data_bytes=sums[WRITTEN],
-                data_transfer_bytes=sums[TRANSFER],
-                data_storage_bytes_hour=round(sums[STORAGE] / 3600, 3),
-                instant_restore_bytes_hour=round(sums[HISTORY] / 3600, 3),
+                round(active[i], 3),
+                round(compute[i], 3),
+                written_data_bytes=sums[i][WRITTEN],
+                data_transfer_bytes=sums[i][TRANSFER],
+                data_storage_bytes_hour=round(sums[i][STORAGE] / 3600, 3),
+                instant_restore_bytes_hour=round(sums[i][HISTORY] / 3600, 3),
             )
         )
     return out

@@ -124,6 +124,8 @@ class ConnectConfig:
     domain: str
     wake_timeout: float
     backend_timeout: float
+    # Every login must come over TLS (the default when the proxy listens beyond loopback).
+    require_tls: bool = False
 
 
 class Connector:
@@ -187,6 +189,11 @@ class Connector:
             return Refused(
                 ErrorCode.ACCESS_DENIED,
                 f"project of endpoint {target.endpoint_id} requires TLS; connect with SSL",
+            )
+        if self.config.require_tls and not hello.tls:
+            return Refused(
+                ErrorCode.ACCESS_DENIED,
+                "this proxy accepts logins over TLS only; connect with SSL",
             )
         self.logins[f"ok:{plugin}"] += 1
         return Authenticated(route=target, access=access, stage1=stage1, seq=seq)

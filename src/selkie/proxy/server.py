@@ -57,6 +57,8 @@ class ProxyConfig:
     max_preauth_per_address: int = 64
     # Connections come through a load balancer that sends the PROXY protocol header.
     proxy_protocol: bool = False
+    # Refuse logins without TLS (on by default where the proxy listens beyond loopback).
+    require_tls: bool = False
     backend_timeout: float = 10.0
     # Failed logins allowed per (endpoint as named, client address) in the window.
     auth_failures_allowed: int = 10
@@ -84,6 +86,7 @@ class ProxyServer:
                 domain=config.domain,
                 wake_timeout=config.wake_timeout,
                 backend_timeout=config.backend_timeout,
+                require_tls=config.require_tls,
             ),
             failures=self.failures,
             logins=self.logins,

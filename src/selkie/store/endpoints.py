@@ -19,6 +19,7 @@ from selkie.store.store import Store, Usage
 from selkie.store.tables import (
     BranchRow,
     DatabaseRow,
+    DroppedNameRow,
     EndpointRow,
     OperationRow,
     ProjectRow,
@@ -39,6 +40,8 @@ class StartRows:
     branch: BranchRow
     roles: list[RoleRow]
     databases: list[DatabaseRow]
+    # Roles and databases deleted through the API (the only names sync may drop).
+    dropped: list[DroppedNameRow]
 
 
 def stop_usage(ep: EndpointRow, at: datetime) -> Usage:
@@ -68,8 +71,16 @@ def load_for_start(store: Store, endpoint_id: str) -> StartRows:
             raise NotFound(f"endpoint {endpoint_id} has no project or branch")
         roles = s.execute(select(RoleRow).where(RoleRow.branch_id == branch.id)).scalars()
         dbs = s.execute(select(DatabaseRow).where(DatabaseRow.branch_id == branch.id)).scalars()
+        dropped = s.execute(
+            select(DroppedNameRow).where(DroppedNameRow.branch_id == branch.id)
+        ).scalars()
         return StartRows(
-            endpoint=ep, project=project, branch=branch, roles=list(roles), databases=list(dbs)
+            endpoint=ep,
+            project=project,
+            branch=branch,
+            roles=list(roles),
+            databases=list(dbs),
+            dropped=list(dropped),
         )
 
 

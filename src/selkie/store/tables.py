@@ -207,6 +207,21 @@ class DatabaseRow(Timestamps, Base):
     owner_name: Mapped[str] = mapped_column(String(32))
 
 
+class DroppedNameRow(Base):
+    """A role or database deleted through the API: the one thing account sync may drop
+    from a compute (a name the store simply does not know is never dropped)."""
+
+    __tablename__ = "dropped_names"
+    __table_args__ = (
+        UniqueConstraint("branch_id", "kind", "name", name="uq_dropped_names_branch_kind_name"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    branch_id: Mapped[str] = mapped_column(ForeignKey("branches.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "role" | "database"
+    name: Mapped[str] = mapped_column(String(64))
+    dropped_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class OperationRow(Timestamps, Base):
     __tablename__ = "operations"
     __table_args__ = (Index("ix_operations_status_retry", "status", "retry_at"),)
