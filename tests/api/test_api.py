@@ -23,6 +23,7 @@ def _project(t: Tenant, **spec: Any) -> dict[str, Any]:
 def test_healthz_needs_no_key(anonymous) -> None:  # type: ignore[no-untyped-def]
     r = anonymous.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert "version" not in r.json()
     assert anonymous.get("/openapi.json").status_code == 200
     assert anonymous.get("/docs").status_code == 200
 

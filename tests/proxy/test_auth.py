@@ -257,6 +257,26 @@ async def test_disabled_endpoint_is_not_woken(db: Db) -> None:
     assert db.state() == "init"
 
 
+async def test_a_running_endpoint_once_disabled_takes_no_new_clients(db: Db) -> None:
+    conn = await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
+    conn.close()
+    assert db.state() == "active"
+    await db.platform.runner.stop()  # its suspend stays queued: the compute keeps running
+    who = local_principal(db.platform.control)
+    await asyncio.to_thread(
+        db.platform.control.endpoints.update,
+        who,
+        db.created.project.id,
+        db.endpoint_id,
+        {"disabled": True},
+    )
+    await asyncio.sleep(1.1)  # the proxy's access cache
+    assert db.state() == "active"
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
+    assert err.value.args[0] == 1045 and "disabled" in err.value.args[1]
+
+
 async def test_activity_and_bytes_are_counted_and_reported(db: Db) -> None:
     def run() -> None:
         conn = pymysql_conn(db, ssl_disabled=True)

@@ -305,9 +305,15 @@ async def test_change_user_with_a_wrong_password_is_refused(db: Db) -> None:
         finally:
             cnx.close()
 
+    proxy = db.platform.proxy
+    assert proxy is not None
+    before = proxy.logins["failed"]
     with pytest.raises(mysql.connector.Error) as err:
         await asyncio.to_thread(run)
     assert err.value.errno == 1045
+    # Counted, and paced, like any failed login.
+    assert proxy.logins["failed"] == before + 1
+    assert proxy.failures.count(("role", db.endpoint_id, db.role)) == 1
 
 
 async def test_connector_caching_sha2_client_is_switched_to_native(db: Db) -> None:

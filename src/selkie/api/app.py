@@ -62,9 +62,7 @@ def create_app(
 
     @app.get("/healthz", response_model=schemas.Health, tags=["health"])
     def healthz() -> schemas.Health:
-        return schemas.Health(
-            status="ok", version=__version__, leader=leader() if leader is not None else None
-        )
+        return schemas.Health(status="ok", leader=leader() if leader is not None else None)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics(who: Who) -> PlainTextResponse:

@@ -341,8 +341,9 @@ class OrganizationsResponse(BaseModel):
 
 
 class Health(BaseModel):
+    """Up or not. No version: an unauthenticated caller need not learn what to attack."""
+
     status: Literal["ok"]
-    version: str
     # Whether this process leads the scheduler (None: it runs none).
     leader: bool | None = None
 

@@ -107,6 +107,18 @@ class AuthFailures:
             return 0.0
         return min(self.max_delay, self.FIRST_DELAY * float(2 ** min(over, 16)))
 
+    async def failed(self, address: str, endpoint_id: str | None, role: str | None) -> bool:
+        """Count a failed login (``endpoint_id`` None: a name that does not exist) and wait
+        before its answer as long as the failures so far say; True when it waited."""
+        keys = [("address", endpoint_id or "?", address)]
+        if endpoint_id is not None and role is not None:
+            keys.append(("role", endpoint_id, role))
+        wait = self.delay(*keys)
+        self.record(*keys)
+        if wait:
+            await asyncio.sleep(wait)
+        return wait > 0
+
     def record(self, *keys: tuple[str, ...]) -> None:
         now = time.monotonic()
         for key in keys:
@@ -171,20 +183,18 @@ class Connector:
             # One answer for a wrong password, an unknown role and an unknown endpoint,
             # slower after many failures (see AuthFailures).
             self.logins["failed"] += 1
-            known = target.endpoint_id if access is not None else "?"
-            keys = [("address", known, hello.client_ip)]
-            if access is not None:
-                keys.append(("role", target.endpoint_id, target.role))
-            wait = self.failures.delay(*keys)
-            self.failures.record(*keys)
-            if wait:
+            known = target.endpoint_id if access is not None else None
+            if await self.failures.failed(hello.client_ip, known, target.role):
                 self.logins["delayed"] += 1
-                await asyncio.sleep(wait)
             return Refused(
                 ErrorCode.ACCESS_DENIED,
                 f"Access denied for user '{response.user}'@'{hello.client_ip}' "
                 f"(using password: {'YES' if answer else 'NO'})",
             )
+        if access.disabled:
+            # Refused before any wake, also while a disabled endpoint's compute still runs
+            # (its suspend is queued): nothing new reaches it.
+            return Refused(ErrorCode.ACCESS_DENIED, f"endpoint {target.endpoint_id} is disabled")
         if access.require_tls and not hello.tls:
             return Refused(
                 ErrorCode.ACCESS_DENIED,

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -22,6 +23,7 @@ from selkie.mysql.stream import frame
 from selkie.mysql.wire import ErrorCode, ProtocolError
 from selkie.proxy import auth
 from selkie.proxy.backend import BackendConnection
+from selkie.proxy.connect import AuthFailures
 from selkie.proxy.handshake import Hello, route
 from selkie.proxy.relay import Counters, ThreadedRelay, async_relay
 
@@ -30,10 +32,21 @@ ChangeUser = Callable[[bytes], Coroutine[Any, Any, tuple[bytes | None, bytes | N
 
 
 class Passthrough:
-    def __init__(self, control: ControlPlane, *, domain: str, backend_timeout: float) -> None:
+    def __init__(
+        self,
+        control: ControlPlane,
+        *,
+        domain: str,
+        backend_timeout: float,
+        failures: AuthFailures | None = None,
+        logins: Counter[str] | None = None,
+    ) -> None:
         self.control = control
         self.domain = domain
         self.backend_timeout = backend_timeout
+        # A failed COM_CHANGE_USER is a failed login like any other: counted and paced.
+        self.failures = failures or AuthFailures(10, 60.0)
+        self.logins: Counter[str] = logins if logins is not None else Counter()
         self._relays: set[ThreadedRelay] = set()
 
     def close(self) -> None:
@@ -177,6 +190,10 @@ class Passthrough:
         if access is not None and (change.auth_plugin or NATIVE_PLUGIN) == NATIVE_PLUGIN:
             stage1 = auth.verify_native(change.auth_response, hello.scramble, access.password_hash)
         if access is None or stage1 is None:
+            self.logins["failed"] += 1
+            known = endpoint_id if access is not None else None
+            if await self.failures.failed(hello.client_ip, known, role):
+                self.logins["delayed"] += 1
             msg = f"Access denied for user '{change.user}' (using password: YES)"
             return None, frame(1, build_err(ErrorCode.ACCESS_DENIED, msg))[0]
         rewritten = build_change_user(

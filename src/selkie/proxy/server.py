@@ -92,7 +92,11 @@ class ProxyServer:
             logins=self.logins,
         )
         self.passthrough = Passthrough(
-            control, domain=config.domain, backend_timeout=config.backend_timeout
+            control,
+            domain=config.domain,
+            backend_timeout=config.backend_timeout,
+            failures=self.failures,
+            logins=self.logins,
         )
         self.pooler = Pooler(
             self.connector,
