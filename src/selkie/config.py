@@ -217,6 +217,9 @@ class Settings:
     # Shared secret of the internal routes (proxy replicas -> API replicas). Empty: those
     # routes are off, and `selkie proxy` runs its own in-process control plane.
     internal_token: str = ""
+    # Where `selkie api` serves the internal routes (what proxy replicas ask), apart from
+    # the public API: a private address. Empty: on the public listener (with a warning).
+    internal_listen: str = ""
     # Client side (CLI, scripts, proxy replicas). Proxy replicas take several, comma-separated.
     api_url: str = ""
     api_key: str = ""
@@ -366,6 +369,8 @@ def load_settings(
     settings = Settings(**values)
     split_listen(settings.api_listen)
     split_listen(settings.proxy_listen)
+    if settings.internal_listen:
+        split_listen(settings.internal_listen)
     if settings.default_plan not in settings.plans:
         raise ConfigError(
             f"default_plan {settings.default_plan!r} is not one of the plans: "

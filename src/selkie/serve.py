@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shlex
 import signal
 from collections.abc import Callable, Iterator
 
 import uvicorn
 
-from selkie.api.app import create_app
+from selkie.api.app import create_app, create_internal_app
 from selkie.config import Settings, split_listen
 from selkie.control.bootstrap import FirstStart, first_start
 from selkie.platform import Platform, make_proxy
 from selkie.remote import HttpControlPlane
+
+log = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):
@@ -106,6 +109,8 @@ async def serve(
                     leader=lambda: platform.scheduler.leader.held,
                     max_body_bytes=settings.api_max_body_bytes,
                     rate_limit=settings.api_rate_limit,
+                    # With a listener of their own, the internal routes are not public.
+                    internal_routes=not settings.internal_listen,
                 ),
                 host=host,
                 port=port,
@@ -113,13 +118,43 @@ async def serve(
                 access_log=False,
                 lifespan="on",
             )
-            server = _Server(config)
-            stop_on_signals(lambda: setattr(server, "should_exit", True))
+            servers = [(_Server(config), settings.api_listen)]
+            if settings.internal_listen:
+                ihost, iport = split_listen(settings.internal_listen)
+                internal = create_internal_app(platform.access, settings.internal_token)
+                servers.append(
+                    (
+                        _Server(
+                            uvicorn.Config(
+                                internal,
+                                host=ihost,
+                                port=iport,
+                                log_level=settings.log_level,
+                                access_log=False,
+                                lifespan="off",
+                            )
+                        ),
+                        settings.internal_listen,
+                    )
+                )
+            elif settings.internal_token:
+                log.warning(
+                    "internal routes are served on the public listener %s; set "
+                    "SELKIE_INTERNAL_LISTEN to a private address to keep them apart",
+                    settings.api_listen,
+                )
+
+            def stop() -> None:
+                for server, _ in servers:
+                    server.should_exit = True
+
+            stop_on_signals(stop)
             if on_ready is not None:
                 on_ready(first)
-            await server.serve()
-            if not server.started:
-                raise SystemExit(f"selkie: the API could not listen on {settings.api_listen}")
+            await asyncio.gather(*(server.serve() for server, _ in servers))
+            for server, listen in servers:
+                if not server.started:
+                    raise SystemExit(f"selkie: could not listen on {listen}")
         finally:
             await platform.stop(suspend_computes=proxy)
     finally:

@@ -77,7 +77,12 @@ def test_sync_statements_are_exact_and_escape_grants() -> None:
     stmts = sync_statements(
         roles=[RoleSpec(name="app_owner", password_hash="*" + "A" * 40)],
         databases=[DatabaseSpec(name="my_db", owner="app_owner")],
-        existing_users=["root", "old_role", "unknown_user", "app_owner"],
+        existing_users=[
+            ("root", "localhost"),
+            ("old_role", "%"),
+            ("unknown_user", "%"),
+            ("app_owner", "%"),
+        ],
         existing_databases=["mysql", "sys", "gone_db", "unknown_db", "my_db"],
         dropped_users=["old_role", "root"],
         dropped_databases=["gone_db", "mysql"],
@@ -92,3 +97,24 @@ def test_sync_statements_are_exact_and_escape_grants() -> None:
         "CREATE DATABASE IF NOT EXISTS `my_db`",
         "GRANT ALL PRIVILEGES ON `my\\_db`.* TO 'app_owner'@'%' WITH GRANT OPTION",
     ]
+
+
+def test_role_accounts_exist_only_for_the_proxys_hosts() -> None:
+    owner = RoleSpec(name="app_owner", password_hash="*" + "B" * 40)
+    stmts = sync_statements(
+        roles=[owner],
+        databases=[DatabaseSpec(name="db", owner="app_owner")],
+        # A datadir from before: the role's account at any host, and a stranger's.
+        existing_users=[("app_owner", "%"), ("app_owner", "localhost"), ("someone", "%")],
+        existing_databases=["db"],
+        hosts=("localhost", "127.0.0.1", "::1"),
+    )
+    assert stmts[0] == "DROP USER IF EXISTS 'app_owner'@'%'"
+    assert not any("someone" in s for s in stmts)  # unknown to the store: left alone
+    creates = [s for s in stmts if s.startswith("CREATE USER")]
+    assert [c.split(" IDENTIFIED")[0] for c in creates] == [
+        "CREATE USER IF NOT EXISTS 'app_owner'@'localhost'",
+        "CREATE USER IF NOT EXISTS 'app_owner'@'127.0.0.1'",
+        "CREATE USER IF NOT EXISTS 'app_owner'@'::1'",
+    ]
+    assert sum(s.startswith("GRANT ALL") for s in stmts) == 3

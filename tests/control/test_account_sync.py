@@ -59,3 +59,13 @@ async def test_a_stale_store_deletes_nothing(platform: Platform, who: Principal)
     await platform.lifecycle.start(ep)
     users, dbs = await names(platform, ep)
     assert "gone_db" in dbs and "gone_role" in users
+
+
+async def test_role_accounts_only_for_the_proxys_hosts(platform: Platform, who: Principal) -> None:
+    created = await started(platform, who, "hosts")
+    ep, role = created.endpoints[0].id, created.roles[0].name
+    (rows,) = await platform.driver.execute(
+        ep, [f"SELECT Host FROM mysql.user WHERE User = '{role}' ORDER BY Host"]
+    )
+    # Computes listen on loopback: the role logs in from this machine only (the proxy).
+    assert sorted(str(r[0]) for r in rows) == ["127.0.0.1", "::1", "localhost"]

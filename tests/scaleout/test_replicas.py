@@ -62,6 +62,9 @@ def test_two_apis_two_proxies_one_postgresql(
     )
     ports = {"api1": free_port(), "api2": free_port(), "proxy1": free_port(), "proxy2": free_port()}
     apis = {n: f"http://127.0.0.1:{ports[n]}" for n in ("api1", "api2")}
+    # The internal routes (what proxies ask) on listeners of their own.
+    internal_ports = {"api1": free_port(), "api2": free_port()}
+    internals = {n: f"http://127.0.0.1:{p}" for n, p in internal_ports.items()}
     engine = create_engine(pg_url)
 
     def api_env(name: str) -> dict[str, str]:
@@ -69,6 +72,7 @@ def test_two_apis_two_proxies_one_postgresql(
             **base,
             "SELKIE_DATA_DIR": str(data),  # one machine: the replicas share the computes' dir
             "SELKIE_API_LISTEN": f"127.0.0.1:{ports[name]}",
+            "SELKIE_INTERNAL_LISTEN": f"127.0.0.1:{internal_ports[name]}",
             "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
         }
 
@@ -79,7 +83,9 @@ def test_two_apis_two_proxies_one_postgresql(
             "SELKIE_PROXY_LISTEN": f"127.0.0.1:{ports[name]}",
             # Each proxy prefers a different API replica, and fails over to the other.
             "SELKIE_API_URL": ",".join(
-                [apis["api1"], apis["api2"]] if name == "proxy1" else [apis["api2"], apis["api1"]]
+                [internals["api1"], internals["api2"]]
+                if name == "proxy1"
+                else [internals["api2"], internals["api1"]]
             ),
         }
 
@@ -102,6 +108,12 @@ def test_two_apis_two_proxies_one_postgresql(
             lambda: [os.kill(pid, signal.SIGKILL) for pid in mariadbd_processes(data).values()]
         )
         wait_for(lambda: len(leader_of(apis)) == 1, 15, "one scheduler leader")
+        # The internal routes are on the internal listener only.
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        path = "/internal/v1/endpoints/ep-x/roles/r/access"
+        assert httpx.get(apis["api1"] + path, headers=auth).status_code == 404
+        assert httpx.get(internals["api1"] + path, headers=auth).status_code in (200, 404)
+        assert httpx.get(internals["api1"] + path).status_code == 401
 
         key = run(api_env("api1"), "api-keys", "create", "--name", "t", "--admin").stdout.strip()
         api = httpx.Client(

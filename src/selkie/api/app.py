@@ -32,6 +32,7 @@ def create_app(
     leader: Callable[[], bool] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
     rate_limit: float = 0.0,
+    internal_routes: bool = True,
 ) -> FastAPI:
     app = FastAPI(
         title="Selkie API",
@@ -75,5 +76,23 @@ def create_app(
     for module in (projects, branches, endpoints, roles, operations, keys):
         app.include_router(module.router)
     app.include_router(projects.consumption_router)
+    if internal_routes:
+        app.include_router(internal.router)
+    return app
+
+
+def create_internal_app(control_plane: ControlPlane, internal_token: str) -> FastAPI:
+    """The internal routes alone (what proxy replicas ask the control plane), for a
+    listener of their own on a private address."""
+    app = FastAPI(title="Selkie internal API", openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.control_plane = control_plane
+    app.state.internal_token = internal_token
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=DEFAULT_MAX_BODY)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
     app.include_router(internal.router)
     return app

@@ -78,6 +78,8 @@ class ComputeDriver(ABC):
     # Whether computes' datadirs are on this machine (the control plane may keep small
     # notes beside the data, such as the digest of the accounts last applied).
     local_datadirs = True
+    # Hosts role accounts are made for: where the proxy connects to computes from.
+    account_hosts: tuple[str, ...] = ("%",)
 
     def __init__(self) -> None:
         self._exit_callbacks: list[ExitCallback] = []

@@ -33,7 +33,7 @@ from typing import Any
 from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeLoad, ComputeSpec
 from selkie.compute.cgroups import Cgroups
 from selkie.compute.live import LiveSizing
-from selkie.compute.mariadb import Sizing, render_config, run_statements
+from selkie.compute.mariadb import LOOPBACK_HOSTS, Sizing, render_config, run_statements
 from selkie.compute.procs import is_zombie, proc_cmdline, proc_start_time
 from selkie.errors import ComputeError
 
@@ -113,6 +113,10 @@ class LocalDriver(ComputeDriver):
         self.root.mkdir(parents=True, exist_ok=True)
         self.mariadbd = find_mariadbd(mariadbd)
         self.bind_address = bind_address
+        # On loopback only this machine's proxy reaches a compute: accounts for it alone
+        # (a local user who finds the port cannot try passwords around the proxy's pacing).
+        if bind_address in LOOPBACK_HOSTS or bind_address.startswith("127."):
+            self.account_hosts = LOOPBACK_HOSTS
         self.cgroups = cgroups or Cgroups(enabled=False)
         self.socket_dir = self._socket_dir(data_dir.resolve())
         self.os_user = getpass.getuser()

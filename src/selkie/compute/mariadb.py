@@ -171,10 +171,19 @@ def run_statements(
 # --- accounts and databases -----------------------------------------------------------------
 
 
-def quote_user(name: str) -> str:
+_HOST_RE = re.compile(r"^(%|[A-Za-z0-9.:_-]{1,255})$")
+# Where role accounts may log in from: anywhere, where the proxy's address is not known (a
+# pod network); computes on loopback take only this machine's connections.
+ANY_HOST = ("%",)
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def quote_user(name: str, host: str = "%") -> str:
     if not _ROLE_RE.match(name):
         raise ValueError(f"unsafe role name {name!r}")
-    return f"'{name}'@'%'"
+    if not _HOST_RE.match(host):
+        raise ValueError(f"unsafe account host {host!r}")
+    return f"'{name}'@'{host}'"
 
 
 def quote_db(name: str) -> str:
@@ -207,7 +216,7 @@ class DatabaseSpec:
 
 
 # What sync_statements needs to know about the compute as it is.
-INSPECT_USERS = "SELECT User FROM mysql.user WHERE Host = '%'"
+INSPECT_USERS = "SELECT User, Host FROM mysql.user"
 INSPECT_DATABASES = "SHOW DATABASES"
 
 
@@ -215,31 +224,39 @@ def sync_statements(
     *,
     roles: Iterable[RoleSpec],
     databases: Iterable[DatabaseSpec],
-    existing_users: Iterable[str],
+    existing_users: Iterable[tuple[str, str]],
     existing_databases: Iterable[str],
     dropped_users: Iterable[str] = (),
     dropped_databases: Iterable[str] = (),
+    hosts: Sequence[str] = ANY_HOST,
 ) -> list[str]:
     """SQL that makes the compute's roles and databases those of the store.
 
-    What the store has is created (and passwords reset); what the store recorded as
-    deleted through the API (``dropped_*``) is dropped. A user or database the store does
-    not know is left alone: a store restored from an older backup, or one that lost a row,
-    must never make Selkie delete a customer's data. Idempotent: running it twice is the
-    same as once.
+    What the store has is created (and passwords reset), as an account for each of
+    ``hosts`` (where the proxy connects from); a role's account at any other host is
+    dropped, so a compute reached around the proxy takes no role's password. What the store
+    recorded as deleted through the API (``dropped_*``) is dropped. A user or database the
+    store does not know is left alone: a store restored from an older backup, or one that
+    lost a row, must never make Selkie delete a customer's data. ``existing_users`` are
+    (user, host) pairs. Idempotent: running it twice is the same as once.
     """
     roles = list(roles)
     databases = list(databases)
     wanted_users = {r.name for r in roles}
     wanted_dbs = {d.name for d in databases}
     stmts: list[str] = []
-    for user in sorted(set(existing_users) & set(dropped_users) - wanted_users - SYSTEM_USERS):
-        if _ROLE_RE.match(user):
-            stmts.append(f"DROP USER IF EXISTS {quote_user(user)}")
+    dropped = set(dropped_users) - wanted_users
+    for user, host in sorted(set(existing_users)):
+        if user in SYSTEM_USERS or not _ROLE_RE.match(user) or not _HOST_RE.match(host):
+            continue
+        if user in dropped or (user in wanted_users and host not in hosts):
+            stmts.append(f"DROP USER IF EXISTS {quote_user(user, host)}")
     for role in roles:
-        who, secret = quote_user(role.name), check_hash(role.password_hash)
-        stmts.append(f"CREATE USER IF NOT EXISTS {who} IDENTIFIED BY PASSWORD '{secret}'")
-        stmts.append(f"ALTER USER {who} IDENTIFIED BY PASSWORD '{secret}'")
+        secret = check_hash(role.password_hash)
+        for host in hosts:
+            who = quote_user(role.name, host)
+            stmts.append(f"CREATE USER IF NOT EXISTS {who} IDENTIFIED BY PASSWORD '{secret}'")
+            stmts.append(f"ALTER USER {who} IDENTIFIED BY PASSWORD '{secret}'")
     for db in sorted(
         set(existing_databases) & set(dropped_databases) - wanted_dbs - SYSTEM_DATABASES
     ):
@@ -248,8 +265,9 @@ def sync_statements(
     for spec in databases:
         stmts.append(f"CREATE DATABASE IF NOT EXISTS {quote_db(spec.name)}")
         if spec.owner in wanted_users:
-            stmts.append(
-                f"GRANT ALL PRIVILEGES ON {grant_db_pattern(spec.name)}.* "
-                f"TO {quote_user(spec.owner)} WITH GRANT OPTION"
-            )
+            for host in hosts:
+                stmts.append(
+                    f"GRANT ALL PRIVILEGES ON {grant_db_pattern(spec.name)}.* "
+                    f"TO {quote_user(spec.owner, host)} WITH GRANT OPTION"
+                )
     return stmts

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import (
+    ANY_HOST,
     INSPECT_DATABASES,
     INSPECT_USERS,
     DatabaseSpec,
@@ -43,7 +45,10 @@ def dropped_names(rows: list[DroppedNameRow]) -> Dropped:
 
 
 def accounts_digest(
-    roles: list[RoleSpec], databases: list[DatabaseSpec], dropped: Dropped = Dropped()
+    roles: list[RoleSpec],
+    databases: list[DatabaseSpec],
+    dropped: Dropped = Dropped(),
+    hosts: Sequence[str] = ANY_HOST,
 ) -> str:
     text = repr(
         (
@@ -51,6 +56,7 @@ def accounts_digest(
             sorted((d.name, d.owner) for d in databases),
             sorted(dropped.roles),
             sorted(dropped.databases),
+            list(hosts),
         )
     )
     return hashlib.sha256(text.encode()).hexdigest()
@@ -77,7 +83,7 @@ async def sync_accounts(
     """Make the compute's accounts and databases match ``roles`` and ``databases`` (and
     drop what ``dropped`` names); skipped when ``datadir`` holds the digest of exactly these
     (unless ``force``)."""
-    digest = accounts_digest(roles, databases, dropped)
+    digest = accounts_digest(roles, databases, dropped, driver.account_hosts)
     marker = datadir / SYNC_MARKER if datadir is not None else None
     if marker is not None:
         if force:
@@ -89,10 +95,11 @@ async def sync_accounts(
     statements = sync_statements(
         roles=roles,
         databases=databases,
-        existing_users=[str(r[0]) for r in users],
+        existing_users=[(str(r[0]), str(r[1])) for r in users],
         existing_databases=[str(r[0]) for r in dbs],
         dropped_users=dropped.roles,
         dropped_databases=dropped.databases,
+        hosts=driver.account_hosts,
     )
     if statements:
         await driver.execute(endpoint_id, statements)

@@ -141,6 +141,7 @@ class ErrorCode(IntEnum):
     NOT_SUPPORTED_YET = 1235
     SERVER_SHUTDOWN = 1053
     NET_PACKET_TOO_LARGE = 1153
+    MALFORMED_PACKET = 1835
 
     @property
     def sqlstate(self) -> str:
@@ -154,6 +155,7 @@ _SQLSTATE = {
     ErrorCode.TOO_MANY_CONNECTIONS: "08004",
     ErrorCode.NET_PACKETS_OUT_OF_ORDER: "08S01",
     ErrorCode.NET_PACKET_TOO_LARGE: "08S01",
+    ErrorCode.MALFORMED_PACKET: "HY000",
     ErrorCode.NET_READ_ERROR: "08S01",
     ErrorCode.NET_READ_INTERRUPTED: "08S01",
     ErrorCode.USER_LIMIT_REACHED: "42000",

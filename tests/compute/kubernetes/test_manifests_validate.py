@@ -59,6 +59,7 @@ def test_deploy_manifests_validate_and_keep_rbac_in_the_namespace() -> None:
         "Deployment",
         "Namespace",
         "NetworkPolicy",
+        "NetworkPolicy",  # the API's internal port: proxies only
         "Role",
         "RoleBinding",
         "Secret",

@@ -63,3 +63,23 @@ async def test_a_command_over_the_limit_is_refused_and_nothing_else(db: Db) -> N
     assert (seq, err.code, err.sqlstate) == (1, 1153, "08S01")
     assert "256" in err.message or "262144" in err.message
     assert await asyncio.to_thread(small_query, db) == b"\x0242"
+
+
+def short_statement(db: Db, payload: bytes) -> tuple[int, bytes]:
+    sock = raw_pooled(db)
+    try:
+        sock.sendall(frame(0, payload)[0])
+        return recv_packet(sock)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("payload", [b"\x17", b"\x17\x01\x00", b"\x19\x01", b"\x1a"])
+async def test_a_short_statement_command_ends_its_session_quietly(
+    db: Db, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    seq, answer = await asyncio.to_thread(short_statement, db, payload)
+    err = parse_err(answer)
+    assert (seq, err.code, err.sqlstate) == (1, 1835, "HY000")
+    assert "crashed" not in caplog.text and "Traceback" not in caplog.text
+    assert await asyncio.to_thread(small_query, db) == b"\x0242"

@@ -28,6 +28,8 @@ from selkie.proxy.pooler.runner import (
 from selkie.proxy.pooler.sqlscan import PSEUDO, Effect, classify
 from selkie.proxy.pooler.state import record_sets
 
+# Commands whose payload starts with a 4-byte statement id.
+WITH_STATEMENT_ID = STATEMENT_COMMANDS | {Command.STMT_CLOSE}
 CURSOR_FLAGS = 0x0F  # COM_STMT_EXECUTE: read-only, for-update, scrollable cursor types
 # The owner of a backend whose session state is not known: the next user resets it.
 UNKNOWN_OWNER = object()
@@ -71,6 +73,14 @@ class PooledSession(CommandRunner):
                 self.counters.client_sent(len(payload) + 4, 1)
                 command = payload[0]
                 if command == Command.QUIT:
+                    return
+                if command in WITH_STATEMENT_ID and len(payload) < 5:
+                    # A statement command too short to name its statement: this session
+                    # ends with an answer, and nothing else is disturbed (nor logged).
+                    await self.reply(
+                        1,
+                        build_err(ErrorCode.MALFORMED_PACKET, "Malformed communication packet"),
+                    )
                     return
                 try:
                     await self._command(command, payload)
