@@ -174,6 +174,9 @@ class Settings:
     pageserver_mariadbd: str = ""  # the patched server for pageserver storage
     compute_bind_address: str = "127.0.0.1"
     compute_cgroups: bool = True
+    # When Selkie runs as root, local computes run as this unprivileged OS user (empty:
+    # as root); see docs/security.md.
+    compute_os_user: str = "mysql"
     # Hosts a project's page server and safekeeper may be on (comma-separated; empty: any
     # host name or IP address). Only admins set these addresses either way.
     storage_allowed_hosts: list[str] = field(default_factory=list)

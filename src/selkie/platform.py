@@ -119,6 +119,7 @@ def _computes(settings: Settings, store: Store) -> tuple[ComputeDriver, StorageD
         mariadbd=settings.mariadbd,
         bind_address=settings.compute_bind_address,
         cgroups=Cgroups(enabled=settings.compute_cgroups),
+        os_user=settings.compute_os_user,
     )
     return local, LocalStorage(data_dir=settings.data_dir)
 

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import signal
-import socket as socketlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,9 +31,16 @@ from typing import Any
 
 from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeLoad, ComputeSpec
 from selkie.compute.cgroups import Cgroups
+from selkie.compute.identity import choose
 from selkie.compute.live import LiveSizing
 from selkie.compute.mariadb import LOOPBACK_HOSTS, Sizing, render_config, run_statements
-from selkie.compute.procs import is_zombie, proc_cmdline, proc_start_time
+from selkie.compute.procs import (
+    free_port,
+    is_zombie,
+    port_is_free,
+    proc_cmdline,
+    proc_start_time,
+)
 from selkie.errors import ComputeError
 
 log = logging.getLogger(__name__)
@@ -49,22 +55,6 @@ def find_mariadbd(configured: str = "") -> str:
     if configured:
         return configured
     return shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socketlib.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socketlib.socket() as s:
-        s.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 async def wait_for_handshake(socket_path: Path) -> bool:
@@ -107,6 +97,7 @@ class LocalDriver(ComputeDriver):
         mariadbd: str = "",
         bind_address: str = "127.0.0.1",
         cgroups: Cgroups | None = None,
+        os_user: str = "",
     ) -> None:
         super().__init__()
         self.root = (data_dir / "computes").resolve()
@@ -121,6 +112,10 @@ class LocalDriver(ComputeDriver):
         self.socket_dir = self._socket_dir(data_dir.resolve())
         self.os_user = getpass.getuser()
         self.run_as_root = os.geteuid() == 0
+        # The unprivileged user computes run as when Selkie is root (None: as Selkie).
+        self.identity = choose(data_dir, os_user)
+        if self.identity is not None:
+            self.identity.hand_over(self.socket_dir)
         self._procs: dict[str, _Supervised] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -271,6 +266,9 @@ class LocalDriver(ComputeDriver):
         sizing = Sizing.for_cu(spec.cu)
         tmpdir = run_dir / "tmp"
         tmpdir.mkdir(exist_ok=True)
+        if self.identity is not None:
+            # Copies, restores and backups are made as root: the compute gets its files.
+            await asyncio.to_thread(self.identity.hand_over, spec.datadir, run_dir)
         self._cnf_path(ep).write_text(
             render_config(
                 sizing=sizing,
@@ -281,6 +279,7 @@ class LocalDriver(ComputeDriver):
                 error_log=self.error_log(ep),
                 bind_address=self.bind_address,
                 run_as_root=self.run_as_root,
+                os_user=self.identity.name if self.identity is not None else None,
                 extra={"tmpdir": str(tmpdir), **spec.server_options},
             )
         )

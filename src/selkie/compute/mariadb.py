@@ -91,6 +91,7 @@ def render_config(
     error_log: Path | None,
     bind_address: str = "127.0.0.1",
     run_as_root: bool = False,
+    os_user: str | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> str:
     """The compute's my.cnf, tuned for a fast start and a fast clean shutdown. Without an
@@ -131,7 +132,10 @@ def render_config(
     }
     if error_log is None:
         del options["log-error"]
-    if run_as_root:
+    if os_user:
+        # Started as root, the server switches to this user once it has its port.
+        options["user"] = os_user
+    elif run_as_root:
         # mariadbd refuses to run as root unless told to; Selkie's own user owns the files.
         options["user"] = "root"
     for key, value in (extra or {}).items():

@@ -4,6 +4,7 @@ uses (where there is no cgroup to ask)."""
 from __future__ import annotations
 
 import os
+import socket as socketlib
 from pathlib import Path
 
 from selkie.compute.cgroups import CgroupUsage
@@ -46,3 +47,19 @@ def process_usage(pid: int) -> CgroupUsage | None:
         memory_bytes=rss_pages * os.sysconf("SC_PAGE_SIZE"),
         throttled_periods=0,
     )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socketlib.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socketlib.socket() as s:
+        s.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

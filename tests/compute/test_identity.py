@@ -1,0 +1,97 @@
+"""Local computes run as an unprivileged OS user when Selkie is root: the server's process
+is that user's, its files are handed to it, and everything works as before (clients, the
+control plane's admin access, suspend and resume). Where that user cannot reach the data
+dir, computes run as root and Selkie says why."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from selkie.compute.identity import choose
+from selkie.config import load_settings
+from selkie.control.bootstrap import local_principal
+from selkie.platform import Platform
+from tests.conftest import need_service, seed_template
+from tests.platforms import require_mariadb, sql
+
+
+def mysql_user() -> pwd.struct_passwd:
+    if os.geteuid() != 0:
+        need_service("root", "running computes as another OS user needs root")
+    try:
+        return pwd.getpwnam("mysql")
+    except KeyError:
+        need_service("the mysql OS user", "MariaDB's server package makes it")
+        raise
+
+
+@pytest.fixture
+def open_data_dir() -> Iterator[Path]:
+    """A data dir whose every parent lets others pass (under /tmp)."""
+    top = Path(tempfile.mkdtemp(prefix="selkie-osuser-", dir="/tmp"))
+    top.chmod(0o711)
+    try:
+        yield top / "data"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError("no Uid line")
+
+
+async def test_computes_run_as_the_unprivileged_user(
+    open_data_dir: Path, template_datadir: Path
+) -> None:
+    require_mariadb()
+    mysql = mysql_user()
+    seed_template(template_datadir, open_data_dir)
+    platform = Platform.open(load_settings(environ={"SELKIE_DATA_DIR": str(open_data_dir)}))
+    await platform.start()
+    try:
+        who = local_principal(platform.control)
+        created = await asyncio.to_thread(platform.control.projects.create, who, name="nobody")
+        ep, role = created.endpoints[0].id, created.roles[0]
+        await platform.lifecycle.start(ep)
+        info = await platform.driver.inspect(ep)
+        assert info.pid is not None and uid_of(info.pid) == mysql.pw_uid
+        datadir = next((open_data_dir / "branches").iterdir())
+        assert datadir.stat().st_uid == mysql.pw_uid
+        # Clients and the control plane's own access work as before.
+        rows = await asyncio.to_thread(
+            sql, platform, ep, role.name, role.password or "", None, "SELECT 1"
+        )
+        assert rows == [(1,)]
+        await platform.lifecycle.suspend(ep)
+        await platform.lifecycle.start(ep)
+        (rows,) = await platform.driver.execute(ep, ["SELECT CURRENT_USER()"])
+        assert rows[0][0].startswith("root@")
+    finally:
+        await platform.stop()
+        platform.close()
+
+
+def test_a_data_dir_it_cannot_reach_keeps_computes_as_root(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mysql_user()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "data").mkdir()
+    with caplog.at_level(logging.WARNING):
+        assert choose(private / "data", "mysql") is None
+    assert "cannot pass through" in caplog.text and str(private) in caplog.text
+    assert choose(private / "data", "") is None
+    assert choose(private / "data", "no-such-user-here") is None
