@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 from selkie import eventloop
 from selkie.compute.cgroups import Cgroups
-from selkie.compute.local import free_port, wait_for_handshake
+from selkie.compute.local import wait_for_handshake
 from selkie.compute.mariadb import Sizing, render_config
+from selkie.compute.procs import free_port
 from selkie.config import load_settings
 from selkie.control import Created
 from selkie.control.bootstrap import local_principal

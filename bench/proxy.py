@@ -17,7 +17,7 @@ from pathlib import Path
 
 from _common import bench_platform, run, sysbench
 
-from selkie.compute.local import free_port
+from selkie.compute.procs import free_port
 
 
 async def start_haproxy(work: Path, backend_port: int) -> tuple[asyncio.subprocess.Process, int]:

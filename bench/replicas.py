@@ -25,7 +25,7 @@ from resume import first_row
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from selkie.compute.local import free_port
+from selkie.compute.procs import free_port
 
 SELKIE = [sys.executable, "-m", "selkie.cli"]
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from selkie.compute.local import LocalDriver, proc_start_time
+from selkie.compute.local import LocalDriver
 from selkie.compute.mariadb import (
     GIB,
     MIB,
@@ -18,6 +18,7 @@ from selkie.compute.mariadb import (
     render_config,
     sync_statements,
 )
+from selkie.compute.procs import proc_start_time
 
 
 def test_a_recycled_pid_is_not_mistaken_for_a_compute(tmp_path: Path) -> None:
