@@ -63,7 +63,9 @@ async def test_roles_and_databases_apply_at_once_on_a_running_compute(
         sql, platform, ep, owner.name, owner.password or "", None, "SHOW DATABASES"
     )
     assert "shop" not in {r[0] for r in dbs}
-    users = await platform.driver.execute(ep, ["SELECT User FROM mysql.user WHERE Host='%'"])
+    users = await platform.driver.execute(
+        ep, ["SELECT User FROM mysql.user WHERE Host = '127.0.0.1'"]
+    )
     assert {r[0] for r in users[0]} == {owner.name}
 
 

@@ -242,7 +242,7 @@ async def test_a_client_hello_sent_with_the_ssl_request_is_not_lost(
     assert reply[3] == 3 and reply[4] == 0x00, reply  # OK, sequence 3: logged in over TLS
 
 
-async def test_disabled_endpoint_is_not_woken(db: Db) -> None:
+async def disable(db: Db) -> None:
     who = local_principal(db.platform.control)
     await asyncio.to_thread(
         db.platform.control.endpoints.update,
@@ -251,6 +251,10 @@ async def test_disabled_endpoint_is_not_woken(db: Db) -> None:
         db.endpoint_id,
         {"disabled": True},
     )
+
+
+async def test_disabled_endpoint_is_not_woken(db: Db) -> None:
+    await disable(db)
     with pytest.raises(pymysql.err.OperationalError) as err:
         await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
     assert err.value.args[0] == 1045 and "disabled" in err.value.args[1]
@@ -262,14 +266,7 @@ async def test_a_running_endpoint_once_disabled_takes_no_new_clients(db: Db) -> 
     conn.close()
     assert db.state() == "active"
     await db.platform.runner.stop()  # its suspend stays queued: the compute keeps running
-    who = local_principal(db.platform.control)
-    await asyncio.to_thread(
-        db.platform.control.endpoints.update,
-        who,
-        db.created.project.id,
-        db.endpoint_id,
-        {"disabled": True},
-    )
+    await disable(db)
     await asyncio.sleep(1.1)  # the proxy's access cache
     assert db.state() == "active"
     with pytest.raises(pymysql.err.OperationalError) as err:

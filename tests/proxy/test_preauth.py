@@ -31,22 +31,27 @@ async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return header[3], await reader.readexactly(length)
 
 
+def wrong_login(db: Db, plugin: str = "mysql_native_password") -> bytes:
+    """A HandshakeResponse for the endpoint's role with a wrong token, framed."""
+    hello = build_handshake_response(
+        capabilities=Capability.PROTOCOL_41,
+        max_packet_size=1 << 24,
+        charset=45,
+        user=db.user,
+        auth_response=b"\x01" * 20,
+        database=None,
+        auth_plugin=plugin,
+    )
+    return frame(1, hello)[0]
+
+
 async def test_an_unanswered_auth_switch_is_cut_at_the_deadline(db: Db) -> None:
     proxy = db.platform.proxy
     assert proxy is not None
     proxy.config = dataclasses.replace(proxy.config, handshake_timeout=1.0)
     reader, writer = await asyncio.open_connection("127.0.0.1", db.port)
     await read_packet(reader)  # the greeting
-    hello = build_handshake_response(
-        capabilities=Capability.PROTOCOL_41,
-        max_packet_size=1 << 24,
-        charset=45,
-        user=db.user,
-        auth_response=b"\x01" * 32,
-        database=None,
-        auth_plugin="caching_sha2_password",
-    )
-    writer.write(frame(1, hello)[0])
+    writer.write(wrong_login(db, plugin="caching_sha2_password"))
     t0 = time.monotonic()
     _, switch = await read_packet(reader)
     assert parse_auth_switch_request(switch)[0] == "mysql_native_password"
@@ -110,15 +115,7 @@ async def denied_as(db: Db, header: bytes) -> str:
     reader, writer = await asyncio.open_connection("127.0.0.1", db.port)
     writer.write(header)
     await read_packet(reader)
-    hello = build_handshake_response(
-        capabilities=Capability.PROTOCOL_41,
-        max_packet_size=1 << 24,
-        charset=45,
-        user=db.user,
-        auth_response=b"\x01" * 20,
-        database=None,
-    )
-    writer.write(frame(1, hello)[0])
+    writer.write(wrong_login(db))
     _, payload = await read_packet(reader)
     writer.close()
     return parse_err(payload).message
