@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the MariaDB server, client and backup binaries (and the client headers the
-# test clients build against) are installed.
+# test clients build against, and xfsprogs for the copy-on-write tests) are installed.
 # Installs them with apt-get when they are missing and we are root; otherwise says what to do.
 set -euo pipefail
 
@@ -14,6 +14,8 @@ have mariadb-backup || missing+=(mariadb-backup)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 { command -v mariadb_config >/dev/null 2>&1 || pkg-config --exists libmariadb 2>/dev/null; } \
   || missing+=(libmariadb-dev)
+# mkfs.xfs: the tests make an XFS image with reflink (copy-on-write branches).
+have mkfs.xfs || missing+=(xfsprogs)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -51,7 +51,7 @@ async def test_start_use_suspend_start_keeps_data(platform: Platform, who: Princ
             cur.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')")
             cur.execute("SELECT CURRENT_USER(), @@port")
             user, _port = cur.fetchone()
-            assert user == f"{created.roles[0].name}@%"
+            assert user == f"{created.roles[0].name}@127.0.0.1"  # TCP, this machine only
         conn.close()
 
     await asyncio.to_thread(write)

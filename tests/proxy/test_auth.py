@@ -312,7 +312,7 @@ async def test_cleartext_password_only_over_tls(db: Db) -> None:
     assert proxy is not None
     over_tls = await asyncio.to_thread(cli, "--ssl", f"--ssl-ca={db.cert}")
     assert over_tls.returncode == 0, over_tls.stderr
-    assert over_tls.stdout.strip() == f"{db.role}@%"
+    assert over_tls.stdout.strip() == f"{db.role}@localhost"
     assert proxy.logins["ok:mysql_clear_password"] == 1
     # Without TLS the proxy does not take a cleartext password: it switches the client to
     # mysql_native_password, which this client then uses.

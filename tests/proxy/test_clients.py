@@ -84,7 +84,7 @@ async def test_mariadb_cli_plain_and_tls(db: Db) -> None:
         mariadb_cli, db, "SELECT CONCAT('hello ', CURRENT_USER())", "--ssl=0"
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == f"hello {db.role}@%"
+    assert out.stdout.strip() == f"hello {db.role}@localhost"
     out = await asyncio.to_thread(
         mariadb_cli, db, "SHOW STATUS LIKE 'Ssl_cipher'", "--ssl", f"--ssl-ca={db.cert}"
     )
@@ -129,7 +129,7 @@ async def test_pymysql_tls_sni_with_plain_role(db: Db, monkeypatch: pytest.Monke
         finally:
             conn.close()
 
-    assert await asyncio.to_thread(run) == (f"{db.role}@%",)
+    assert await asyncio.to_thread(run) == (f"{db.role}@localhost",)
 
 
 async def test_pymysql_without_tls_and_naming_no_endpoint(db: Db) -> None:
@@ -293,8 +293,8 @@ async def test_connector_change_user_and_reset_connection(db: Db) -> None:
             cnx.close()
 
     after, plain, marker, user = await asyncio.to_thread(run)
-    assert after == "second@%" and plain == "second@%"
-    assert marker is None and user == "second@%"
+    assert after == "second@localhost" and plain == "second@localhost"
+    assert marker is None and user == "second@localhost"
 
 
 async def test_change_user_with_a_wrong_password_is_refused(db: Db) -> None:
@@ -326,7 +326,7 @@ async def test_connector_caching_sha2_client_is_switched_to_native(db: Db) -> No
         finally:
             cnx.close()
 
-    assert await asyncio.to_thread(run) == (f"{db.role}@%",)
+    assert await asyncio.to_thread(run) == (f"{db.role}@localhost",)
 
 
 # --- SQLAlchemy --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,13 @@ class ComputeDriver(ABC):
 
     # Whether resize() changes a running compute's size without a restart.
     supports_resize = False
+    # Whether paused() can hold a running compute still (for copy-on-write branching).
+    supports_pause = False
+
+    def paused(self, endpoint_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold a running compute still for the block: every thread stopped, nothing new
+        written (its files are then a crash-consistent image)."""
+        raise ComputeError("this compute driver cannot pause computes")
 
     async def end_boost(self, endpoint_id: str) -> None:
         """Give a compute started with ``boost`` its CPU limit. A no-op where there is no

@@ -24,7 +24,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from selkie.compute.live import LiveSizing
 from selkie.compute.mariadb import LOOPBACK_HOSTS, Sizing, render_config, run_statements
 from selkie.compute.procs import (
     free_port,
+    held_still,
     is_zombie,
     port_is_free,
     proc_cmdline,
@@ -118,6 +119,8 @@ class LocalDriver(ComputeDriver):
             self.identity.hand_over(self.socket_dir)
         self._procs: dict[str, _Supervised] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # How long each compute was last held still by paused() (ms), for benchmarks.
+        self.last_pause_ms: dict[str, float] = {}
 
     @staticmethod
     def _socket_dir(data_dir: Path) -> Path:
@@ -462,6 +465,16 @@ class LocalDriver(ComputeDriver):
     # --- live size -------------------------------------------------------------------------
 
     supports_resize = True
+    supports_pause = True
+
+    @contextlib.asynccontextmanager
+    async def paused(self, endpoint_id: str) -> AsyncIterator[None]:
+        t0 = time.monotonic()
+        try:
+            async with held_still(self._running(endpoint_id).pid):
+                yield
+        finally:
+            self.last_pause_ms[endpoint_id] = (time.monotonic() - t0) * 1000
 
     @property
     def live(self) -> LiveSizing:

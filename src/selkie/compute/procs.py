@@ -3,11 +3,17 @@ uses (where there is no cgroup to ask)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import socket as socketlib
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from selkie.compute.cgroups import CgroupUsage
+from selkie.errors import ComputeError
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -63,3 +69,36 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (SIGSTOP delivered)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def held_still(pid: int, timeout: float = 5.0) -> AsyncIterator[None]:
+    """SIGSTOP a process (all its threads), wait until the kernel says every thread has
+    stopped, and SIGCONT it after the block, whatever happens in it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + timeout
+        while not is_stopped(pid):
+            if time.monotonic() > deadline:
+                raise ComputeError(f"process {pid} did not stop in {timeout:.0f}s")
+            await asyncio.sleep(0.0005)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)

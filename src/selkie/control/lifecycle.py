@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from selkie import model
@@ -387,10 +388,19 @@ class Lifecycle:
         async def create() -> None:
             parent = None
             if branch.parent_id is not None:
-                parent = ParentState(
-                    branch_id=branch.parent_id,
-                    running_socket=await self._running_socket_of_branch(branch.parent_id),
-                )
+                running = await self._running_of_branch(branch.parent_id)
+                parent = ParentState(branch_id=branch.parent_id)
+                if running is not None:
+                    endpoint_id, socket = running
+                    parent = ParentState(
+                        branch_id=branch.parent_id,
+                        running_socket=socket,
+                        paused=(
+                            (lambda: self.driver.paused(endpoint_id))
+                            if self.driver.supports_pause
+                            else None
+                        ),
+                    )
             await storage.create_branch(branch.id, parent=parent, settings=project.settings)
 
         history = self.history_for(project.settings)
@@ -401,11 +411,12 @@ class Lifecycle:
         if branch.current_state != model.BranchState.READY.value:
             await self._db(rows.mark_branch_ready, self.store, branch.id)
 
-    async def _running_socket_of_branch(self, branch_id: str) -> Any:
+    async def _running_of_branch(self, branch_id: str) -> tuple[str, Path] | None:
+        """A running compute of the branch, and its socket."""
         for endpoint_id in await self._db(rows.running_ids, self.store, branch_id=branch_id):
             info = await self.driver.inspect(endpoint_id)
             if info.running and info.socket is not None:
-                return info.socket
+                return endpoint_id, info.socket
         return None
 
     async def _sync_accounts(self, target: _Target, *, force: bool) -> None:

@@ -9,6 +9,8 @@ project's ``storage_mode`` and never looks inside a datadir itself.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +20,13 @@ from selkie.model import ProjectSettings, StorageMode
 @dataclass(frozen=True, kw_only=True)
 class ParentState:
     """The branch a new branch copies, and whether its compute is running (then the copy
-    must be a hot backup, not a file copy)."""
+    must be a hot backup, or clones taken while ``paused`` holds the server still)."""
 
     branch_id: str
     running_socket: Path | None = None
+    # Holds the parent's server still (every thread stopped, no I/O submitted) for the
+    # block: the files then are a crash-consistent image, as after a power cut.
+    paused: Callable[[], AbstractAsyncContextManager[None]] | None = None
 
 
 class StorageDriver(ABC):
