@@ -312,6 +312,10 @@ class Branch:
     # The parent's point this branch was made from: a time, and a GTID position.
     parent_timestamp: datetime | None = None
     parent_lsn: str | None = None
+    # Cannot be deleted or restored over while set.
+    protected: bool = False
+    # Bytes of its data as last measured (None: not measured yet).
+    logical_size: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

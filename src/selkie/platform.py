@@ -36,6 +36,7 @@ from selkie.control.reconciler import reconcile
 from selkie.control.restores import Restorer
 from selkie.control.runner import OperationsRunner
 from selkie.control.scheduler import Scheduler
+from selkie.control.schema_diff import schema_text, unified
 from selkie.controlplane import ControlPlane
 from selkie.errors import ConfigError, Conflict
 from selkie.metering.prometheus import Sources, render
@@ -49,6 +50,7 @@ from selkie.storage.local import LocalStorage
 from selkie.storage.pageserver import PageServerStorage
 from selkie.storage.restore import Tools
 from selkie.store import Store
+from selkie.store import endpoints as rows
 from selkie.store.tables import BranchRow
 
 log = logging.getLogger(__name__)
@@ -322,6 +324,17 @@ class Platform:
         if self.history is None:
             raise Conflict("durable storage is off here (archive_url=off, or Kubernetes computes)")
         return self.history.durable(endpoint_id, durability)
+
+    async def compare_schema(self, base_branch_id: str, branch_id: str, database: str) -> str:
+        """The unified diff of a database's schema on two branches (their endpoints woken)."""
+        texts = []
+        for bid in (base_branch_id, branch_id):
+            endpoint_ids = await asyncio.to_thread(rows.endpoint_ids_of_branch, self.store, bid)
+            if not endpoint_ids:
+                raise Conflict(f"branch {bid} has no endpoint to read its schema from")
+            await self.lifecycle.start(endpoint_ids[0], wake=True)
+            texts.append(await schema_text(self.driver, endpoint_ids[0], database))
+        return unified(texts[0], texts[1], base_name=base_branch_id, branch_name=branch_id)
 
     def pool_metrics(self, endpoint_id: str) -> dict[str, int]:
         pool = self.proxy.pools.get(endpoint_id) if self.proxy is not None else None

@@ -111,6 +111,7 @@ async def serve(
                     rate_limit=settings.api_rate_limit,
                     # With a listener of their own, the internal routes are not public.
                     internal_routes=not settings.internal_listen,
+                    compare_schema=platform.compare_schema,
                 ),
                 host=host,
                 port=port,

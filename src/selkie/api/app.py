@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -33,6 +33,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     rate_limit: float = 0.0,
     internal_routes: bool = True,
+    compare_schema: Callable[[str, str, str], Awaitable[str]] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Selkie API",
@@ -56,6 +57,8 @@ def create_app(
     # The ControlPlane that internal routes serve to proxy replicas (with the token).
     app.state.control_plane = control_plane
     app.state.internal_token = internal_token
+    # Where computes run in this process: the diff of two branches' schemas.
+    app.state.compare_schema = compare_schema
     # Requests a second per API key (0: no limit).
     app.state.rate_limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
     errors.install(app)

@@ -113,6 +113,7 @@ class BranchRestoreRequest(Request):
 
 class BranchUpdateIn(Request):
     name: NameStr | None = None
+    protected: StrictBool | None = None
 
 
 class BranchUpdateRequest(Request):
@@ -392,3 +393,9 @@ class ProjectUsageResponse(BaseModel):
 
 class InvoiceResponse(BaseModel):
     invoice: Invoice
+
+
+class SchemaDiffResponse(BaseModel):
+    """A unified diff of two branches' schemas (empty: the same)."""
+
+    diff: str

@@ -176,7 +176,13 @@ class BranchService(ServiceBase):
             return convert.branch(self.branch_row(s, who, project_id, branch_id))
 
     def update(
-        self, who: Principal, project_id: str, branch_id: str, *, name: str | None = None
+        self,
+        who: Principal,
+        project_id: str,
+        branch_id: str,
+        *,
+        name: str | None = None,
+        protected: bool | None = None,
     ) -> model.Branch:
         with self.store.write() as s:
             row = self.branch_row(s, who, project_id, branch_id)
@@ -184,8 +190,25 @@ class BranchService(ServiceBase):
                 model.validate_name("branch", name)
                 self._check_name_free(s, project_id, name)
                 row.name = name
-                row.updated_at = utcnow()
+            if protected is not None:
+                row.protected = protected
+            row.updated_at = utcnow()
             s.flush()
+            return convert.branch(row)
+
+    def set_as_default(self, who: Principal, project_id: str, branch_id: str) -> model.Branch:
+        """Make the branch the project's default (the one new branches come from, and that
+        cannot be deleted); the previous default becomes an ordinary branch."""
+        with self.store.write() as s:
+            row = self.branch_row(s, who, project_id, branch_id)
+            if not row.is_default:
+                previous = self._default_branch(s, project_id)
+                previous.is_default = False
+                previous.updated_at = utcnow()
+                s.flush()  # one default at a time, for the unique index
+                row.is_default = True
+                row.updated_at = utcnow()
+                s.flush()
             return convert.branch(row)
 
     def delete(
@@ -195,13 +218,20 @@ class BranchService(ServiceBase):
             row = self.branch_row(s, who, project_id, branch_id)
             if row.is_default:
                 raise Conflict("the default branch cannot be deleted; delete the project instead")
-            children = s.execute(
-                select(BranchRow.id)
-                .where(BranchRow.parent_id == branch_id)
-                .where(BranchRow.deleted_at.is_(None))
-            ).first()
-            if children is not None:
-                raise Conflict(f"branch {branch_id} has child branches; delete them first")
+            if row.protected:
+                raise Conflict(f"branch {branch_id} is protected; unprotect it first")
+            children = sorted(
+                s.execute(
+                    select(BranchRow.id)
+                    .where(BranchRow.parent_id == branch_id)
+                    .where(BranchRow.deleted_at.is_(None))
+                ).scalars()
+            )
+            if children:
+                raise Conflict(
+                    f"branch {branch_id} has child branches ({', '.join(children)}); "
+                    "delete them first"
+                )
             endpoint_ids = []
             for erow in self.live_endpoints_of_branch(s, branch_id):
                 mark_endpoint_deleted(erow)

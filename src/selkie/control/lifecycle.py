@@ -409,7 +409,8 @@ class Lifecycle:
         elif not await asyncio.to_thread(storage.branch_exists, branch.id):
             await create()
         if branch.current_state != model.BranchState.READY.value:
-            await self._db(rows.mark_branch_ready, self.store, branch.id)
+            size = await storage.branch_size(branch.id)
+            await self._db(rows.mark_branch_ready, self.store, branch.id, size)
 
     async def _running_of_branch(self, branch_id: str) -> tuple[str, Path] | None:
         """A running compute of the branch, and its socket."""

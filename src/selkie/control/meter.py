@@ -228,6 +228,9 @@ class Meter:
             counters.count_storage(
                 s, branch_id=b.branch_id, project_id=b.project_id, size=size, at=at, since=since
             )
+            row = s.get(BranchRow, b.branch_id)
+            if row is not None and size is not None:
+                row.logical_size = size  # the branch object's logical_size
 
     async def sample_history(self, now: datetime) -> None:
         """Bill each project's restore history (archive bytes) over time."""

@@ -34,7 +34,7 @@ from selkie.control.history import History
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.points import Point, check_point, switch_timeline, timeline_at
 from selkie.control.rules import copy_accounts
-from selkie.errors import NotFound
+from selkie.errors import Conflict, NotFound
 from selkie.model import OperationAction, Principal, utcnow
 from selkie.storage.images import INITIAL
 from selkie.storage.local import LocalStorage
@@ -68,6 +68,8 @@ class RestoreService(ServiceBase):
         with self.store.write() as s:
             project = self.project_row(s, who, project_id)
             branch = self.branch_row(s, who, project_id, branch_id)
+            if branch.protected:
+                raise Conflict(f"branch {branch_id} is protected; unprotect it to restore over it")
             source = self.branch_row(s, who, project_id, source_branch_id)
             point = check_point(
                 s,

@@ -76,6 +76,8 @@ def branch(row: BranchRow) -> model.Branch:
         updated_at=row.updated_at,
         parent_timestamp=row.parent_timestamp,
         parent_lsn=row.parent_lsn,
+        protected=bool(row.protected),
+        logical_size=row.logical_size,
     )
 
 

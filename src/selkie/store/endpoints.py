@@ -158,12 +158,14 @@ def running_ids(store: Store, *, branch_id: str | None = None) -> list[str]:
         return list(s.execute(stmt).scalars())
 
 
-def mark_branch_ready(store: Store, branch_id: str) -> None:
-    """The branch's data exists."""
+def mark_branch_ready(store: Store, branch_id: str, size: int | None = None) -> None:
+    """The branch's data exists (``size`` bytes of it, when measured)."""
     with store.write() as s:
         row = s.get(BranchRow, branch_id)
         if row is not None:
             row.current_state = BranchState.READY.value
+            if size is not None:
+                row.logical_size = size
 
 
 @dataclass(frozen=True)
@@ -248,3 +250,16 @@ def _autoscale_operation(ep: Sized, cu: float, why: str, *, error: str | None) -
         total_duration_ms=0,
         payload={"from_cu": ep.current_cu, "to_cu": cu, "reason": why},
     )
+
+
+def endpoint_ids_of_branch(store: Store, branch_id: str) -> list[str]:
+    """The branch's live endpoints, oldest first."""
+    with store.read() as s:
+        return list(
+            s.execute(
+                select(EndpointRow.id)
+                .where(EndpointRow.branch_id == branch_id)
+                .where(EndpointRow.current_state != EndpointState.DELETED.value)
+                .order_by(EndpointRow.created_at)
+            ).scalars()
+        )

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -122,6 +123,10 @@ class BranchRow(Timestamps, Base):
     parent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     name: Mapped[str] = mapped_column(String(64))
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Cannot be deleted or restored over while set.
+    protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Bytes of its data as last measured (the meter's storage sample).
+    logical_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     current_state: Mapped[str] = mapped_column(String(16))
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The line of history the branch's data is on now (see TimelineRow); null until its

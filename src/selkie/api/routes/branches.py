@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 
 from selkie.api import schemas
-from selkie.api.deps import BranchId, Ctl, Cursor, Limit, ProjectId, Who
+from selkie.api.deps import (
+    ID_PATTERN,
+    NAME_PATTERN,
+    BranchId,
+    Ctl,
+    Cursor,
+    Limit,
+    ProjectId,
+    Who,
+)
 from selkie.api.routes.projects import created_response
+from selkie.errors import Conflict
 
 router = APIRouter(prefix="/v1/projects/{project_id}/branches", tags=["branches"])
 
@@ -53,8 +66,38 @@ def update_branch(
     branch_id: BranchId,
     body: schemas.BranchUpdateRequest,
 ) -> schemas.BranchResponse:
-    branch = ctl.branches.update(who, project_id, branch_id, name=body.branch.name)
+    branch = ctl.branches.update(
+        who, project_id, branch_id, name=body.branch.name, protected=body.branch.protected
+    )
     return schemas.BranchResponse(branch=branch)
+
+
+@router.get("/{branch_id}/compare_schema", response_model=schemas.SchemaDiffResponse)
+async def compare_schema(
+    ctl: Ctl,
+    who: Who,
+    project_id: ProjectId,
+    branch_id: BranchId,
+    request: Request,
+    base_branch_id: Annotated[str, Query(min_length=1, max_length=64, pattern=ID_PATTERN)],
+    db_name: Annotated[str, Query(min_length=1, max_length=64, pattern=NAME_PATTERN)],
+) -> schemas.SchemaDiffResponse:
+    """A unified diff of ``db_name``'s schema on ``base_branch_id`` and this branch (tables,
+    views, routines, triggers as SHOW CREATE prints them). Wakes both branches' endpoints."""
+    for bid in (branch_id, base_branch_id):
+        await asyncio.to_thread(ctl.branches.get, who, project_id, bid)  # scoped: 404
+    compare = request.app.state.compare_schema
+    if compare is None:
+        raise Conflict("schemas are compared where computes are run (selkie up, selkie api)")
+    return schemas.SchemaDiffResponse(diff=await compare(base_branch_id, branch_id, db_name))
+
+
+@router.post("/{branch_id}/set_as_default", response_model=schemas.BranchResponse)
+def set_as_default(
+    ctl: Ctl, who: Who, project_id: ProjectId, branch_id: BranchId
+) -> schemas.BranchResponse:
+    """Make this the project's default branch."""
+    return schemas.BranchResponse(branch=ctl.branches.set_as_default(who, project_id, branch_id))
 
 
 @router.post("/{branch_id}/restore", response_model=schemas.BranchOperationsResponse)
