@@ -144,3 +144,35 @@ def test_api_keys_create_for_an_org_and_admin(env: dict[str, str]) -> None:
     bad = run(env, "api-keys", "create", "--name", "x", "--org", "org-nope", check=False)
     assert bad.returncode == 1 and "not found" in bad.stderr
     assert admin_key.startswith("selkie_")
+
+
+def test_branches_from_the_cli(env: dict[str, str], tmp_path: Path) -> None:
+    log = tmp_path / "up.log"
+    with selkie_up(env, log) as proc:
+        env["SELKIE_API_KEY"] = first_key(log)
+        pid = json.loads(run(env, "projects", "list", "-o", "json").stdout)[0]["id"]
+        main = json.loads(run(env, "branches", "list", pid, "-o", "json").stdout)[0]
+        assert main["default"] is True and main["parent_id"] is None
+        made = json.loads(run(env, "branches", "create", pid, "--name", "dev", "-o", "json").stdout)
+        dev = made["branch"]["id"]
+        assert made["branch"]["parent_id"] == main["id"] and len(made["endpoints"]) == 1
+        assert "dev" in run(env, "branches", "list", pid).stdout
+        renamed = json.loads(
+            run(env, "branches", "rename", pid, dev, "feature", "-o", "json").stdout
+        )
+        assert renamed["name"] == "feature"
+        assert json.loads(run(env, "branches", "protect", pid, dev, "-o", "json").stdout)[
+            "protected"
+        ]
+        refused = run(env, "branches", "delete", pid, dev, check=False)
+        assert refused.returncode == 1 and "protected" in refused.stderr
+        run(env, "branches", "protect", pid, dev, "--off")
+        diff = run(env, "branches", "schema-diff", pid, dev, "--base", main["id"], "-d", "selkiedb")
+        assert diff.stdout.strip() == "(no difference)"
+        reset = json.loads(run(env, "branches", "reset", pid, dev, "-o", "json").stdout)
+        assert reset["id"] == dev
+        assert json.loads(run(env, "branches", "get", pid, dev, "-o", "json").stdout)["id"] == dev
+        default = json.loads(run(env, "branches", "set-default", pid, dev, "-o", "json").stdout)
+        assert default["default"] is True
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0

@@ -28,9 +28,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Serverless M
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (local store, no server needed).")
 projects_app = typer.Typer(no_args_is_help=True, help="Projects.")
 endpoints_app = typer.Typer(no_args_is_help=True, help="Endpoints (computes).")
+branches_app = typer.Typer(no_args_is_help=True, help="Branches: copies of a branch, at once.")
 app.add_typer(keys_app, name="api-keys")
 app.add_typer(projects_app, name="projects")
 app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(branches_app, name="branches")
 
 # Piped output is not cut at 80 columns: ids are long and scripts read the tables too.
 out = Console(width=None if sys.stdout.isatty() else 240)
@@ -270,6 +272,188 @@ def endpoints_suspend(
         output,
         ENDPOINT_COLUMNS,
     )
+
+
+# --- branches -------------------------------------------------------------------------------
+
+BRANCH_COLUMNS = [
+    "id",
+    "name",
+    "parent_id",
+    "default",
+    "protected",
+    "current_state",
+    "logical_size",
+    "parent_timestamp",
+    "parent_lsn",
+    "created_at",
+]
+Project = Annotated[str, typer.Argument(help="Project id")]
+Branch = Annotated[str, typer.Argument(help="Branch id")]
+
+
+def _branches(project_id: str) -> str:
+    return f"/v1/projects/{project_id}/branches"
+
+
+@branches_app.command("list")
+def branches_list(
+    project_id: Project, config: ConfigOpt = None, output: OutputOpt = Output.table
+) -> None:
+    with _client(config) as c:
+        _emit(c.list_all(_branches(project_id), "branches"), output, BRANCH_COLUMNS)
+
+
+@branches_app.command("create")
+def branches_create(
+    project_id: Project,
+    name: Annotated[str | None, typer.Option("--name", help="Branch name")] = None,
+    parent: Annotated[str | None, typer.Option("--parent", help="Parent branch id")] = None,
+    timestamp: Annotated[
+        str | None, typer.Option("--timestamp", help="The parent as of this time (RFC 3339)")
+    ] = None,
+    lsn: Annotated[str | None, typer.Option("--lsn", help="…or this GTID (0-1-N)")] = None,
+    endpoint: Annotated[bool, typer.Option(help="With a read-write endpoint")] = True,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """A new branch: a copy of its parent (the default branch unless --parent), now or at a
+    point in its history."""
+    spec = {"name": name, "parent_id": parent, "parent_timestamp": timestamp, "parent_lsn": lsn}
+    body: dict[str, Any] = {"branch": {k: v for k, v in spec.items() if v is not None}}
+    if endpoint:
+        body["endpoints"] = [{"type": "read_write"}]
+    with _client(config) as c:
+        created = c.post(_branches(project_id), body)
+    _emit(created if output is Output.json else created["branch"], output, BRANCH_COLUMNS)
+
+
+@branches_app.command("get")
+def branches_get(
+    project_id: Project,
+    branch_id: Branch,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    with _client(config) as c:
+        _emit(c.get(f"{_branches(project_id)}/{branch_id}")["branch"], output, BRANCH_COLUMNS)
+
+
+@branches_app.command("rename")
+def branches_rename(
+    project_id: Project,
+    branch_id: Branch,
+    name: Annotated[str, typer.Argument(help="New name")],
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    with _client(config) as c:
+        body = c.patch(f"{_branches(project_id)}/{branch_id}", {"branch": {"name": name}})
+    _emit(body["branch"], output, BRANCH_COLUMNS)
+
+
+@branches_app.command("protect")
+def branches_protect(
+    project_id: Project,
+    branch_id: Branch,
+    off: Annotated[bool, typer.Option("--off", help="Unprotect")] = False,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Protect a branch from deletion and restores (--off: allow them again)."""
+    with _client(config) as c:
+        body = c.patch(f"{_branches(project_id)}/{branch_id}", {"branch": {"protected": not off}})
+    _emit(body["branch"], output, BRANCH_COLUMNS)
+
+
+@branches_app.command("delete")
+def branches_delete(
+    project_id: Project,
+    branch_id: Branch,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    with _client(config) as c:
+        _emit(c.delete(f"{_branches(project_id)}/{branch_id}")["branch"], output, BRANCH_COLUMNS)
+
+
+@branches_app.command("restore")
+def branches_restore(
+    project_id: Project,
+    branch_id: Branch,
+    source: Annotated[str, typer.Option("--source", help="Branch whose data to take")],
+    timestamp: Annotated[str | None, typer.Option("--timestamp", help="As of (RFC 3339)")] = None,
+    lsn: Annotated[str | None, typer.Option("--lsn", help="As of this GTID")] = None,
+    preserve_under_name: Annotated[
+        str | None, typer.Option("--preserve-under-name", help="Keep the replaced data")
+    ] = None,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Replace the branch's data with --source's (itself: go back in time)."""
+    spec = {
+        "source_branch_id": source,
+        "source_timestamp": timestamp,
+        "source_lsn": lsn,
+        "preserve_under_name": preserve_under_name,
+    }
+    with _client(config) as c:
+        body = c.post(
+            f"{_branches(project_id)}/{branch_id}/restore",
+            {k: v for k, v in spec.items() if v is not None},
+        )
+    _emit(body["branch"], output, BRANCH_COLUMNS)
+
+
+@branches_app.command("reset")
+def branches_reset(
+    project_id: Project,
+    branch_id: Branch,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Reset a branch to its parent's latest state (its own changes are dropped)."""
+    with _client(config) as c:
+        parent = c.get(f"{_branches(project_id)}/{branch_id}")["branch"]["parent_id"]
+        if not parent:
+            err.print("[red]error:[/red] the branch has no parent to reset from")
+            raise typer.Exit(1)
+        body = c.post(f"{_branches(project_id)}/{branch_id}/restore", {"source_branch_id": parent})
+    _emit(body["branch"], output, BRANCH_COLUMNS)
+
+
+@branches_app.command("set-default")
+def branches_set_default(
+    project_id: Project,
+    branch_id: Branch,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    with _client(config) as c:
+        body = c.post(f"{_branches(project_id)}/{branch_id}/set_as_default")
+    _emit(body["branch"], output, BRANCH_COLUMNS)
+
+
+@branches_app.command("schema-diff")
+def branches_schema_diff(
+    project_id: Project,
+    branch_id: Branch,
+    base: Annotated[str, typer.Option("--base", help="Branch to compare with")],
+    database: Annotated[str, typer.Option("--database", "-d", help="Database name")],
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """The schema of DATABASE on --base and on BRANCH as a unified diff (both woken)."""
+    with _client(config) as c:
+        body = c.get(
+            f"{_branches(project_id)}/{branch_id}/compare_schema",
+            base_branch_id=base,
+            db_name=database,
+        )
+    if output is Output.json:
+        _emit(body, output)
+    else:
+        sys.stdout.write(body["diff"] or "(no difference)\n")
 
 
 # --- usage --------------------------------------------------------------------------------
