@@ -77,6 +77,14 @@ async def test_a_branch_shares_its_parents_blocks_and_diverges(platform: Platfor
         assert shared > 200 * BLOB * 0.9, shared  # the child holds no copy of its own
     else:
         assert shared == 0
+    # Billed storage: a fresh branch costs what it does not share with its parent.
+    full = await platform.storage.branch_size(child.branch.id)
+    billed = await platform.storage.billed_size(child.branch.id, has_parent=True)
+    assert full is not None and billed is not None and full > 200 * BLOB
+    if cloning:
+        assert billed < full * 0.2, (billed, full)
+    else:
+        assert billed == full
     # Both sides change independently.
     cep = child.endpoints[0].id
     await start(platform, who, pid, cep)

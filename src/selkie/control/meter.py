@@ -66,6 +66,7 @@ class _Running:
 class _Branch:
     branch_id: str
     project_id: str
+    parent_id: str | None
     created_at: datetime
     deleted_at: datetime | None
     settings: model.ProjectSettings
@@ -188,6 +189,7 @@ class Meter:
                 _Branch(
                     b.id,
                     b.project_id,
+                    b.parent_id,
                     b.created_at,
                     b.deleted_at,
                     convert.project_settings(settings),
@@ -209,9 +211,14 @@ class Meter:
         since = self._since
         for b in await asyncio.to_thread(self._branches):
             size: int | None = None
+            logical: int | None = None
             if b.deleted_at is None:
+                storage = self.storages.for_settings(b.settings)
                 try:
-                    size = await self.storages.for_settings(b.settings).branch_size(b.branch_id)
+                    logical = await storage.branch_size(b.branch_id)
+                    size = await storage.billed_size(
+                        b.branch_id, has_parent=b.parent_id is not None
+                    )
                 except Exception as exc:
                     log.warning("cannot measure branch %s: %s", b.branch_id, exc)
                     continue
@@ -219,18 +226,22 @@ class Meter:
                     continue  # storage kept elsewhere (a page server) and not measured here
             at = now if b.deleted_at is None else min(now, b.deleted_at)
             try:
-                await write_in_thread(self._count_storage, b, size, at, max(b.created_at, since))
+                await write_in_thread(
+                    self._count_storage, b, size, logical, at, max(b.created_at, since)
+                )
             except SelkieError as exc:
                 log.warning("cannot count storage of %s: %s", b.branch_id, exc.message)
 
-    def _count_storage(self, b: _Branch, size: int | None, at: datetime, since: datetime) -> None:
+    def _count_storage(
+        self, b: _Branch, size: int | None, logical: int | None, at: datetime, since: datetime
+    ) -> None:
         with self.store.write() as s:
             counters.count_storage(
                 s, branch_id=b.branch_id, project_id=b.project_id, size=size, at=at, since=since
             )
             row = s.get(BranchRow, b.branch_id)
-            if row is not None and size is not None:
-                row.logical_size = size  # the branch object's logical_size
+            if row is not None and logical is not None:
+                row.logical_size = logical  # the branch object's logical_size
 
     async def sample_history(self, now: datetime) -> None:
         """Bill each project's restore history (archive bytes) over time."""

@@ -57,6 +57,11 @@ class StorageDriver(ABC):
         """Bytes the branch occupies (for storage metering); None when this driver cannot
         tell (the data lives in a page server that meters it)."""
 
+    async def billed_size(self, branch_id: str, *, has_parent: bool) -> int | None:
+        """Bytes the branch is billed for: what it occupies, less what it still shares
+        with other branches when it is a branch of one (its parent pays for those)."""
+        return await self.branch_size(branch_id)
+
     @abstractmethod
     def branch_exists(self, branch_id: str) -> bool:
         """Whether the branch's data has been made."""

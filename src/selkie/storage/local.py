@@ -22,7 +22,7 @@ from selkie.archive.local import fsync_dir
 from selkie.errors import StorageError
 from selkie.model import ProjectSettings
 from selkie.storage.base import ParentState, StorageDriver
-from selkie.storage.clone import can_clone, copy_tree
+from selkie.storage.clone import can_clone, copy_tree, shared_bytes
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,18 @@ async def _run(*argv: str, cwd: Path | None = None) -> str:
     return text
 
 
-def _dir_size(path: Path) -> int:
+def _dir_size(path: Path, *, unshared: bool = False) -> int:
+    """Bytes the files under ``path`` occupy; with ``unshared``, less the extents they
+    share with other files (clones)."""
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
+            file = os.path.join(root, name)
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                size = os.lstat(file).st_blocks * 512
+                if unshared:
+                    size = max(0, size - shared_bytes(Path(file)))
+                total += size
     return total
 
 
@@ -264,3 +270,8 @@ class LocalStorage(StorageDriver):
 
     async def branch_size(self, branch_id: str) -> int | None:
         return await asyncio.to_thread(_dir_size, self.datadir(branch_id))
+
+    async def billed_size(self, branch_id: str, *, has_parent: bool) -> int | None:
+        if not has_parent or not await asyncio.to_thread(can_clone, self.root):
+            return await self.branch_size(branch_id)
+        return await asyncio.to_thread(_dir_size, self.datadir(branch_id), unshared=True)
