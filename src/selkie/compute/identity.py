@@ -55,10 +55,7 @@ def choose(data_dir: Path, name: str) -> ComputeUser | None:
         return None
     user = ComputeUser(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
     data_dir = data_dir.resolve()
-    # The data dir itself is Selkie's: it lets others pass, never list (0711).
-    if data_dir.stat().st_uid == os.geteuid():
-        data_dir.chmod(data_dir.stat().st_mode & 0o7700 | 0o011)
-    for directory in [data_dir, *data_dir.parents]:
+    for directory in data_dir.parents:
         if not user.can_pass(directory):
             log.warning(
                 "computes run as root: OS user %s cannot pass through %s (it needs search "
@@ -67,4 +64,10 @@ def choose(data_dir: Path, name: str) -> ComputeUser | None:
                 directory,
             )
             return None
+    # The data dir itself is Selkie's: it lets others pass, never list (0711).
+    if data_dir.stat().st_uid == os.geteuid():
+        data_dir.chmod(data_dir.stat().st_mode & 0o7700 | 0o011)
+    if not user.can_pass(data_dir):
+        log.warning("computes run as root: OS user %s cannot pass through %s", name, data_dir)
+        return None
     return user
