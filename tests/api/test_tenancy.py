@@ -41,6 +41,10 @@ QUERIES: dict[str, dict[str, str]] = {
         "to": "2030-01-01T00:00:00Z",
         "granularity": "monthly",
     },
+    "/v1/projects/{project_id}/branches/{branch_id}/compare_schema": {
+        "base_branch_id": "br-any",
+        "db_name": "selkiedb",
+    },
     "/v1/projects/{project_id}/connection_uri": {
         "role_name": "selkiedb_owner",
         "database_name": "selkiedb",
