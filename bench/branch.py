@@ -106,6 +106,10 @@ async def one(platform: Platform, created: Created, name: str, active: bool) -> 
         await asyncio.sleep(2)
     else:
         await platform.lifecycle.suspend(ep)
+        # A parent suspended a while ago: its suspend image (background) is done.
+        history = platform.history
+        while history is not None and created.branch.id in history._images:
+            await asyncio.sleep(0.1)
     t0 = time.perf_counter()
     child = await asyncio.to_thread(
         platform.control.branches.create, who, pid, name=name, endpoints=[{"type": "read_write"}]

@@ -53,6 +53,7 @@ from selkie.storage.images import (
     SUSPEND,
     ChunkIndex,
     ImageCache,
+    inherited,
 )
 from selkie.storage.local import LocalStorage, datadir_position
 from selkie.storage.restore import Restored, Target, Tools, restore
@@ -336,6 +337,12 @@ class History:
                     return
                 if not exists:
                     await create()
+                    parent_cache = self._caches.get(branch.parent_id or "")
+                    if parent_cache is not None:
+                        # A copy of the parent: its first image reads only what changed.
+                        self._caches[branch.id] = await asyncio.to_thread(
+                            inherited, parent_cache, self.storage.datadir(branch.id)
+                        )
                 await self._first_timeline(branch.id, project.id)
                 return
             if exists and await asyncio.to_thread(self.storage.timeline_of, branch.id) == row.id:

@@ -149,6 +149,22 @@ class ImageCache:
     files: dict[str, Cached] = field(default_factory=dict)
 
 
+def inherited(cache: ImageCache, datadir: Path) -> ImageCache:
+    """What a copy of a datadir (a new branch cloned or copied from it) can take from the
+    source's cache: files whose size and modification time are the source's when it was
+    imaged (copies keep them) are known by their digests and not read again; everything
+    else is read. No parent manifest: a new timeline's first image is a full one."""
+    files: dict[str, Cached] = {}
+    for rel, hit in cache.files.items():
+        try:
+            st = (datadir / rel).stat()
+        except OSError:
+            continue
+        if (st.st_size, st.st_mtime_ns) == hit.stamp[:2]:
+            files[rel] = Cached((st.st_size, st.st_mtime_ns, st.st_ino), hit.chunks, hit.pages)
+    return ImageCache(parent=None, files=files)
+
+
 class ChunkIndex:
     """Which chunks a project's archive holds, listed once and kept up to date by this
     process (images add to it, garbage collection removes from it)."""
