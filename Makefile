@@ -6,7 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint setup mariadb clean bench-deps
 
-setup: mariadb $(STAMP)
+setup: mariadb $(STAMP) tests/js/node_modules/.installed
+
+# The JavaScript clients the tests drive (npm's @planetscale/database), from the lock file.
+tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # System packages come first: a dev dependency (mysqlclient) builds against MariaDB headers.
 $(STAMP): pyproject.toml | mariadb
@@ -33,7 +38,7 @@ test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .selkie .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .selkie .pytest_cache .mypy_cache .ruff_cache tests/js/node_modules
 
 # Benchmark tools (not needed by make test).
 bench-deps:

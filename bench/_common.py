@@ -146,6 +146,7 @@ async def bench_platform(
             environ={
                 "SELKIE_DATA_DIR": tmp,
                 "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
+                "SELKIE_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
                 "SELKIE_LOG_LEVEL": "warning",
                 **(env or {}),
             }

@@ -88,6 +88,7 @@ def selkie_env(tmp_path: Path) -> dict[str, str]:
         SELKIE_DATA_DIR=str(tmp_path / "data"),
         SELKIE_API_LISTEN=f"127.0.0.1:{port}",
         SELKIE_PROXY_LISTEN=f"127.0.0.1:{free_port()}",
+        SELKIE_HTTP_LISTEN=f"127.0.0.1:{free_port()}",
         SELKIE_API_URL=f"http://127.0.0.1:{port}",
         COLUMNS="200",
     )

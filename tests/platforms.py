@@ -40,6 +40,7 @@ async def open_platform(
     environ = {"SELKIE_DATA_DIR": str(tmp_path / "data"), "SELKIE_COMPUTE_STOP_TIMEOUT": "20"}
     if proxy:
         environ["SELKIE_PROXY_LISTEN"] = f"127.0.0.1:{free_port()}"
+        environ["SELKIE_HTTP_LISTEN"] = f"127.0.0.1:{free_port()}"
     environ.update({f"SELKIE_{k.upper()}": v for k, v in env.items()})
     environ.update(aws or {})
     p = Platform.open(load_settings(environ=environ))

@@ -148,6 +148,9 @@ class Settings:
     # The proxy sits behind a load balancer that sends HAProxy's PROXY protocol header (v1 or
     # v2) with the real client address; every connection must then start with one.
     proxy_protocol: bool = False
+    # SQL over HTTP (PlanetScale's database-js protocol): where the proxy listens for it
+    # (plain HTTP on loopback, HTTPS with the proxy's certificate elsewhere); empty: off.
+    http_listen: str = "127.0.0.1:8081"
     # Where the proxy listens beyond loopback, logins must use TLS unless this is set.
     proxy_allow_plaintext: bool = False
     # Pooler: backend connections per endpoint (0: 40 per CU, at least 10), and how long a

@@ -341,6 +341,13 @@ class Platform:
         return pool.metrics() if pool is not None else {}
 
 
+def tls_key_path(settings: Settings, cert_path: Path) -> Path:
+    """The key beside the proxy's certificate (configured, or the self-signed pair)."""
+    if settings.proxy_tls_key:
+        return Path(settings.proxy_tls_key)
+    return cert_path.with_name("proxy-key.pem")
+
+
 def is_loopback(host: str) -> bool:
     """Whether a listen address is reachable from this machine only."""
     if host == "localhost":
@@ -354,7 +361,7 @@ def is_loopback(host: str) -> bool:
 async def make_proxy(settings: Settings, control: ControlPlane) -> ProxyServer:
     """The proxy as configured (TLS made on first start), in front of ``control``."""
     host, port = split_listen(settings.proxy_listen)
-    tls, _ = await asyncio.to_thread(
+    tls, cert_path = await asyncio.to_thread(
         server_context,
         cert=settings.proxy_tls_cert,
         key=settings.proxy_tls_key,
@@ -376,5 +383,10 @@ async def make_proxy(settings: Settings, control: ControlPlane) -> ProxyServer:
             max_preauth_per_address=settings.proxy_max_preauth_per_address,
             proxy_protocol=settings.proxy_protocol,
             require_tls=not settings.proxy_allow_plaintext and not is_loopback(host),
+            http_listen=split_listen(settings.http_listen) if settings.http_listen else None,
+            # HTTPS with the proxy's certificate beyond loopback; plain HTTP on loopback.
+            http_tls_files=None
+            if not settings.http_listen or is_loopback(split_listen(settings.http_listen)[0])
+            else (str(cert_path), str(tls_key_path(settings, cert_path))),
         ),
     )

@@ -43,6 +43,8 @@ def banner(settings: Settings, first: FirstStart) -> str:
         f"Selkie API on {api}  (docs: {api}/docs)",
         f"MySQL proxy on {settings.proxy_host}:{settings.proxy_port}",
     ]
+    if settings.http_listen:
+        lines.append(f"SQL over HTTP (database-js) on {settings.http_listen}")
     if first.api_key:
         lines += [
             "",

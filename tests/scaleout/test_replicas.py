@@ -74,6 +74,7 @@ def test_two_apis_two_proxies_one_postgresql(
             "SELKIE_API_LISTEN": f"127.0.0.1:{ports[name]}",
             "SELKIE_INTERNAL_LISTEN": f"127.0.0.1:{internal_ports[name]}",
             "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
+            "SELKIE_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
         }
 
     def proxy_env(name: str) -> dict[str, str]:
@@ -81,6 +82,7 @@ def test_two_apis_two_proxies_one_postgresql(
             **base,
             "SELKIE_DATA_DIR": str(tmp_path / name),
             "SELKIE_PROXY_LISTEN": f"127.0.0.1:{ports[name]}",
+            "SELKIE_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
             # Each proxy prefers a different API replica, and fails over to the other.
             "SELKIE_API_URL": ",".join(
                 [internals["api1"], internals["api2"]]

@@ -14,13 +14,13 @@ from typing import Any
 import pymysql
 
 from selkie.errors import ComputeError
+from selkie.mysql.wire import SYSTEM_DATABASES
 
 GIB = 1024**3
 MIB = 1024**2
 CU_MEMORY = 4 * GIB
 # One size for every datadir: changing it makes the server rebuild its redo log at start.
 REDO_LOG_SIZE = "32M"
-SYSTEM_DATABASES = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
 # Accounts that belong to the server or to Selkie, never synced away.
 SYSTEM_USERS = frozenset({"root", "mariadb.sys", "mysql", "PUBLIC"})
 

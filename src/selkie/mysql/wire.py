@@ -9,6 +9,9 @@ from __future__ import annotations
 import struct
 from enum import IntEnum, IntFlag
 
+# The server's own databases (never a user's).
+SYSTEM_DATABASES = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+
 
 class ProtocolError(Exception):
     """A malformed or truncated packet: the connection it came from is closed."""

@@ -31,6 +31,7 @@ from selkie.mysql.wire import ProtocolError
 from selkie.proxy.admission import TOO_MANY, Admission
 from selkie.proxy.connect import AuthFailures, ConnectConfig, Connector, Refused
 from selkie.proxy.handshake import Hello, handshake, sni_capture
+from selkie.proxy.http.server import HttpFront
 from selkie.proxy.passthrough import Passthrough
 from selkie.proxy.pooler.pool import EndpointPool
 from selkie.proxy.pooler.pooler import Pooler
@@ -59,6 +60,10 @@ class ProxyConfig:
     proxy_protocol: bool = False
     # Refuse logins without TLS (on by default where the proxy listens beyond loopback).
     require_tls: bool = False
+    # SQL over HTTP (database-js): where to listen (None: not at all), and the TLS
+    # certificate and key files it serves (None: plain HTTP).
+    http_listen: tuple[str, int] | None = None
+    http_tls_files: tuple[str, str] | None = None
     backend_timeout: float = 10.0
     # Failed logins allowed per (endpoint as named, client address) in the window.
     auth_failures_allowed: int = 10
@@ -98,6 +103,17 @@ class ProxyServer:
             failures=self.failures,
             logins=self.logins,
         )
+        self.http = (
+            HttpFront(
+                self.connector,
+                self.stats,
+                host=config.http_listen[0],
+                port=config.http_listen[1],
+                ssl_files=config.http_tls_files,
+            )
+            if config.http_listen is not None
+            else None
+        )
         self.pooler = Pooler(
             self.connector,
             self.stats,
@@ -135,8 +151,12 @@ class ProxyServer:
         )
         self._reporter = spawn(self._report_loop(), name="proxy-activity")
         log.info("proxy listening on %s:%d", self.config.listen_host, self.port)
+        if self.http is not None:
+            await self.http.start()
 
     async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
         if self._server is not None:
             self._server.close()
         await cancel(self._reporter)

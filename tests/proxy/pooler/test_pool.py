@@ -44,6 +44,7 @@ async def pooled_platform(tmp_path: Path, cap: int) -> Platform:
         environ={
             "SELKIE_DATA_DIR": str(tmp_path / "data"),
             "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
+            "SELKIE_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
             "SELKIE_POOLER_MAX_BACKENDS": str(cap),
             "SELKIE_POOLER_WAIT_TIMEOUT": "20",
         }

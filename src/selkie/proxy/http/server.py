@@ -1,0 +1,323 @@
+"""The proxy's HTTP listener: PlanetScale's database-js protocol
+(``POST /psdb.v1alpha1.Database/Execute`` and ``/CreateSession``) over the same endpoints,
+roles and passwords as the MySQL listener.
+
+A request names its endpoint and role in HTTP Basic auth (``<endpoint_id>.<role>``, as the
+MySQL user name; ``-pooler`` accepted) with the role's password, checked against the stored
+hash before anything wakes, with the proxy's failure pacing. The statement runs on a compute
+connection logged in as that role (waking the endpoint, the request held meanwhile); while
+it leaves a transaction open the connection stays with the session (see ``sessions``).
+Bytes and statements are counted per endpoint as for MySQL sessions (activity, metering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import re
+import socket
+import time
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as HttpRoute
+
+from selkie.mysql.packets import HandshakeResponse41
+from selkie.mysql.stream import PacketStream
+from selkie.mysql.wire import (
+    PROXY_CAPABILITIES,
+    SYSTEM_DATABASES,
+    Capability,
+    ProtocolError,
+)
+from selkie.proxy import auth
+from selkie.proxy.connect import Authenticated, Connector, Refused
+from selkie.proxy.handshake import route
+from selkie.proxy.http import psdb
+from selkie.proxy.http.resultset import Outcome, ResultTooLarge, run_query
+from selkie.proxy.http.sessions import Pinned, Sessions
+from selkie.proxy.stats import ProxyStats
+from selkie.tasks import cancel, spawn
+
+log = logging.getLogger(__name__)
+
+UTF8MB4 = 45
+MAX_BODY = 10 << 20
+# What an HTTP session asks of the compute: an ordinary client's capabilities (no
+# CLIENT_NO_SCHEMA, which makes the server refuse db.table names; no LOCAL INFILE; rows
+# affected as changed, not matched).
+HTTP_CAPABILITIES = int(
+    PROXY_CAPABILITIES
+    & ~(
+        Capability.NO_SCHEMA
+        | Capability.ODBC
+        | Capability.LOCAL_FILES
+        | Capability.FOUND_ROWS
+        | Capability.INTERACTIVE
+    )
+)
+_USE = re.compile(r"^\s*use\s+`?([A-Za-z0-9_$]{1,64})`?\s*;?\s*$", re.IGNORECASE)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class HttpFront:
+    def __init__(
+        self,
+        connector: Connector,
+        stats: ProxyStats,
+        *,
+        host: str,
+        port: int,
+        ssl_files: tuple[str, str] | None = None,
+        statement_timeout: float = 300.0,
+        max_body: int = MAX_BODY,
+    ) -> None:
+        self.connector = connector
+        self.stats = stats
+        self.host, self.port_wanted = host, port
+        self.ssl_files = ssl_files
+        self.statement_timeout = statement_timeout
+        self.max_body = max_body
+        self.sessions = Sessions()
+        self.app = Starlette(
+            routes=[
+                HttpRoute("/psdb.v1alpha1.Database/Execute", self.execute, methods=["POST"]),
+                HttpRoute(
+                    "/psdb.v1alpha1.Database/CreateSession", self.create_session, methods=["POST"]
+                ),
+            ]
+        )
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.servers
+        return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self.port_wanted,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ssl_certfile=self.ssl_files[0] if self.ssl_files else None,
+            ssl_keyfile=self.ssl_files[1] if self.ssl_files else None,
+        )
+        # Bound here: a port in use is an OSError for the caller, not uvicorn's exit.
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, self.port_wanted), family=family, backlog=1024)
+        server = _QuietServer(config)
+        self._server = server
+        self._task = spawn(server.serve(sockets=[sock]), name="http-front")
+        while not server.started:
+            if self._task.done():
+                sock.close()
+                raise OSError(f"the HTTP listener did not start on {self.host}:{self.port_wanted}")
+            await asyncio.sleep(0.01)
+        self._reaper = spawn(self._reap(), name="http-sessions")
+        log.info("SQL over HTTP on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        await cancel(self._reaper)
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 5)
+        self.sessions.close()
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            self.sessions.reap()
+
+    # --- requests ----------------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > self.max_body:
+                raise HttpError(413, "payload_too_large", f"body over {self.max_body} bytes")
+        try:
+            body = json.loads(data or b"{}")
+        except ValueError as exc:
+            raise HttpError(400, "invalid_argument", "the body is not JSON") from exc
+        if not isinstance(body, dict):
+            raise HttpError(400, "invalid_argument", "the body must be a JSON object")
+        return body
+
+    async def _login(self, request: Request) -> tuple[Authenticated, str]:
+        """The endpoint and role of a request's Basic auth, its password checked."""
+        header = request.headers.get("authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        try:
+            user, sep, password = base64.b64decode(encoded).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            sep = ""
+        if scheme.lower() != "basic" or not sep:
+            raise HttpError(401, "unauthenticated", "HTTP Basic auth with <endpoint_id>.<role>")
+        target = route(user, None, self.connector.config.domain)
+        client = request.client.host if request.client else "local"
+        access = None
+        if target is not None:
+            access = await self.connector.control.get_access(target.endpoint_id, target.role)
+        stage1 = auth.verify_cleartext(password.encode(), access.password_hash) if access else None
+        if target is None or access is None or stage1 is None:
+            self.connector.logins["failed"] += 1
+            known = target.endpoint_id if access is not None and target is not None else None
+            await self.connector.failures.failed(client, known, target.role if target else None)
+            raise HttpError(401, "unauthenticated", f"Access denied for user '{user}'")
+        if access.disabled:
+            raise HttpError(403, "permission_denied", f"endpoint {target.endpoint_id} is disabled")
+        if (
+            access.require_tls or self.connector.config.require_tls
+        ) and request.url.scheme != "https":
+            raise HttpError(403, "permission_denied", "this endpoint accepts TLS connections only")
+        self.connector.logins["ok:http"] += 1
+        return Authenticated(route=target, access=access, stage1=stage1, seq=0), user
+
+    async def _connect(self, login: Authenticated, database: str | None) -> Pinned:
+        response = HandshakeResponse41(
+            capabilities=HTTP_CAPABILITIES,
+            max_packet_size=1 << 24,
+            charset=UTF8MB4,
+            user=login.route.role,
+            auth_response=b"",
+            database=database,
+            auth_plugin=None,
+        )
+        dialled = await self.connector.dial(login, response, HTTP_CAPABILITIES)
+        if isinstance(dialled, Refused):
+            status = 503 if dialled.code in (1159, 1158, 1040) else 400
+            raise HttpError(status, str(dialled.code), dialled.message)
+        conn = dialled.backend
+        stream = PacketStream(conn.reader, conn.writer, limit=1 << 30)
+        return Pinned(conn, stream, login.route.endpoint_id, "", 0.0)
+
+    async def _default_database(self, conn: Pinned) -> str | None:
+        """A session starts in the role's database (database-js names none): the first
+        one it may use besides the server's own."""
+        listed = await run_query(
+            conn.stream,
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME",
+            timeout=self.statement_timeout,
+            deprecate_eof=conn.deprecate_eof,
+        )
+        names = sorted(str(r[0], "utf-8") for r in listed.rows if r and r[0] is not None)
+        mine = [n for n in names if n not in SYSTEM_DATABASES]
+        if not mine:
+            return None
+        await run_query(
+            conn.stream,
+            f"USE `{mine[0]}`",
+            timeout=self.statement_timeout,
+            deprecate_eof=conn.deprecate_eof,
+        )
+        return mine[0]
+
+    async def create_session(self, request: Request) -> Response:
+        try:
+            _, user = await self._login(request)
+            await self._body(request)
+        except HttpError as exc:
+            return _error(exc)
+        return JSONResponse({"session": self.sessions.encode(user, None, None)})
+
+    async def execute(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            login, user = await self._login(request)
+            body = await self._body(request)
+            query = body.get("query")
+            if not isinstance(query, str) or not query.strip():
+                raise HttpError(400, "invalid_argument", "query must be a non-empty string")
+            session = self.sessions.decode(body.get("session"), user) or {}
+            database = session.get("db") or None
+            held = self.sessions.take(session.get("pin"), user)
+            conn = held or await self._connect(login, database)
+            conn.user = user
+            try:
+                if database is None and held is None:
+                    database = await self._default_database(conn)
+                outcome = await run_query(
+                    conn.stream,
+                    query,
+                    timeout=self.statement_timeout,
+                    deprecate_eof=conn.deprecate_eof,
+                )
+                used = _USE.match(query)
+                if used and outcome.error is None:
+                    database = used.group(1)
+            except (OSError, ProtocolError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                conn.close()
+                raise HttpError(503, "unavailable", f"lost the compute connection: {exc}") from exc
+            except ResultTooLarge as exc:
+                conn.close()
+                raise HttpError(413, "resource_exhausted", str(exc)) from exc
+            pin = None
+            if outcome.in_transaction:
+                pin = self.sessions.pin(conn, session.get("pin"))
+            else:
+                conn.close()
+        except HttpError as exc:
+            return _error(exc)
+        return self._answer(login, user, database, pin, outcome, len(query), started)
+
+    def _answer(
+        self,
+        login: Authenticated,
+        user: str,
+        database: str | None,
+        pin: str | None,
+        outcome: Outcome,
+        sent: int,
+        started: float,
+    ) -> Response:
+        payload: dict[str, Any] = {
+            "session": self.sessions.encode(user, database, pin),
+            "timing": time.perf_counter() - started,
+        }
+        if outcome.error is not None:
+            code, sqlstate, message = outcome.error
+            payload["error"] = psdb.error(code, message, sqlstate)
+            status = 400
+        else:
+            payload["result"] = psdb.result(outcome)
+            status = 200
+        body = json.dumps(payload).encode()
+        with self.stats.session(login.route.endpoint_id) as counters:
+            counters.client_sent(sent, 1)
+            counters.bytes_to_client += len(body)
+        return Response(body, status_code=status, media_type="application/json")
+
+
+def _error(exc: HttpError) -> Response:
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return JSONResponse(
+        {"error": psdb.error(exc.code, exc.message)}, status_code=exc.status, headers=headers
+    )
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn inside the proxy: the process's own signal handling stays in charge."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
