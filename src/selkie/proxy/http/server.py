@@ -40,7 +40,7 @@ from selkie.mysql.wire import (
 from selkie.proxy import auth
 from selkie.proxy.connect import Authenticated, Connector, Refused
 from selkie.proxy.handshake import route
-from selkie.proxy.http import psdb
+from selkie.proxy.http import neon, psdb
 from selkie.proxy.http.resultset import Outcome, ResultTooLarge, run_query
 from selkie.proxy.http.sessions import Pinned, Sessions
 from selkie.proxy.stats import ProxyStats
@@ -97,6 +97,7 @@ class HttpFront:
                 HttpRoute(
                     "/psdb.v1alpha1.Database/CreateSession", self.create_session, methods=["POST"]
                 ),
+                HttpRoute("/sql", self.sql, methods=["POST"]),
             ]
         )
         self._server: uvicorn.Server | None = None
@@ -149,7 +150,7 @@ class HttpFront:
 
     # --- requests ----------------------------------------------------------------------------
 
-    async def _body(self, request: Request) -> dict[str, Any]:
+    async def body(self, request: Request) -> dict[str, Any]:
         data = bytearray()
         async for chunk in request.stream():
             data += chunk
@@ -163,9 +164,9 @@ class HttpFront:
             raise HttpError(400, "invalid_argument", "the body must be a JSON object")
         return body
 
-    async def _login(self, request: Request) -> tuple[Authenticated, str]:
+    async def login(self, header: str | None, request: Request) -> tuple[Authenticated, str]:
         """The endpoint and role of a request's Basic auth, its password checked."""
-        header = request.headers.get("authorization", "")
+        header = header or ""
         scheme, _, encoded = header.partition(" ")
         try:
             user, sep, password = base64.b64decode(encoded).decode().partition(":")
@@ -193,7 +194,7 @@ class HttpFront:
         self.connector.logins["ok:http"] += 1
         return Authenticated(route=target, access=access, stage1=stage1, seq=0), user
 
-    async def _connect(self, login: Authenticated, database: str | None) -> Pinned:
+    async def connect(self, login: Authenticated, database: str | None) -> Pinned:
         response = HandshakeResponse41(
             capabilities=HTTP_CAPABILITIES,
             max_packet_size=1 << 24,
@@ -211,7 +212,7 @@ class HttpFront:
         stream = PacketStream(conn.reader, conn.writer, limit=1 << 30)
         return Pinned(conn, stream, login.route.endpoint_id, "", 0.0)
 
-    async def _default_database(self, conn: Pinned) -> str | None:
+    async def default_database(self, conn: Pinned) -> str | None:
         """A session starts in the role's database (database-js names none): the first
         one it may use besides the server's own."""
         listed = await run_query(
@@ -232,30 +233,33 @@ class HttpFront:
         )
         return mine[0]
 
+    async def sql(self, request: Request) -> Response:
+        return await neon.sql(self, request)
+
     async def create_session(self, request: Request) -> Response:
         try:
-            _, user = await self._login(request)
-            await self._body(request)
+            _, user = await self.login(request.headers.get("authorization"), request)
+            await self.body(request)
         except HttpError as exc:
-            return _error(exc)
+            return error_response(exc)
         return JSONResponse({"session": self.sessions.encode(user, None, None)})
 
     async def execute(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
-            login, user = await self._login(request)
-            body = await self._body(request)
+            login, user = await self.login(request.headers.get("authorization"), request)
+            body = await self.body(request)
             query = body.get("query")
             if not isinstance(query, str) or not query.strip():
                 raise HttpError(400, "invalid_argument", "query must be a non-empty string")
             session = self.sessions.decode(body.get("session"), user) or {}
             database = session.get("db") or None
             held = self.sessions.take(session.get("pin"), user)
-            conn = held or await self._connect(login, database)
+            conn = held or await self.connect(login, database)
             conn.user = user
             try:
                 if database is None and held is None:
-                    database = await self._default_database(conn)
+                    database = await self.default_database(conn)
                 outcome = await run_query(
                     conn.stream,
                     query,
@@ -277,7 +281,7 @@ class HttpFront:
             else:
                 conn.close()
         except HttpError as exc:
-            return _error(exc)
+            return error_response(exc)
         return self._answer(login, user, database, pin, outcome, len(query), started)
 
     def _answer(
@@ -301,14 +305,19 @@ class HttpFront:
         else:
             payload["result"] = psdb.result(outcome)
             status = 200
-        body = json.dumps(payload).encode()
+        return self.counted(login, json.dumps(payload).encode(), status, sent, 1)
+
+    def counted(
+        self, login: Authenticated, body: bytes, status: int, sent: int, statements: int
+    ) -> Response:
+        """The answer, its bytes and statements counted for the endpoint (activity, metering)."""
         with self.stats.session(login.route.endpoint_id) as counters:
-            counters.client_sent(sent, 1)
+            counters.client_sent(sent, statements)
             counters.bytes_to_client += len(body)
         return Response(body, status_code=status, media_type="application/json")
 
 
-def _error(exc: HttpError) -> Response:
+def error_response(exc: HttpError) -> Response:
     headers = {"Retry-After": "1"} if exc.status == 503 else None
     return JSONResponse(
         {"error": psdb.error(exc.code, exc.message)}, status_code=exc.status, headers=headers

@@ -100,6 +100,7 @@ _STRINGS = re.compile(
 )
 # Strings first, so comment markers inside a literal are left alone.
 _STRINGS_OR_COMMENTS = re.compile(_STRINGS.pattern + r"|/\*.*?(?:\*/|\Z)|(?:--\s|#)[^\n]*", re.S)
+STRINGS_OR_COMMENTS = _STRINGS_OR_COMMENTS
 # /*!NNNNN … */ and /*M!NNNNN … */: the server runs what is inside.
 _EXECUTABLE = re.compile(r"/\*M?!\d*(.*?)(?:\*/|\Z)", re.S)
 _USER_VAR = re.compile(r"(?<![@\w])@(?!@)[\w.$]+|(?<![@\w])@['\"`]")
