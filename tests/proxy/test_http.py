@@ -125,3 +125,29 @@ async def test_a_suspended_endpoint_wakes_and_a_wrong_password_wakes_nothing(db:
         )
     assert r.status_code == 401 and "Access denied" in r.json()["error"]["message"]
     assert db.state() == "suspended"
+
+
+def drizzle(db: Db) -> dict[str, Any]:
+    if not (JS / "node_modules" / "drizzle-orm").is_dir():
+        need_service("drizzle-orm", "make setup installs it (npm ci in tests/js)")
+    done = subprocess.run(
+        ["node", str(JS / "drizzle.mjs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SELKIE_HTTP_URL": url(db)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+async def test_drizzle_orm_through_its_planetscale_driver(db: Db) -> None:
+    node_client()
+    got = await asyncio.to_thread(drizzle, db)
+    assert got["all"] == [
+        {"id": 1, "name": "seal", "price": "9.99"},
+        {"id": 2, "name": "selkie", "price": "12.50"},
+    ]
+    assert got["one"] == [{"name": "selkie"}]
