@@ -100,3 +100,19 @@ async def test_parameters_modes_and_batches(db: Db) -> None:
             headers={"Selkie-Connection-String": f"mysql://{db.user}:wrong@localhost/"},
         )
         assert r.status_code == 401
+
+
+async def test_requests_reuse_reset_connections(db: Db) -> None:
+    async with client(db) as c:
+        # The first request finds the role's database (its connection logged in without one
+        # is not kept); later ones log in there and are kept.
+        await c.post("/sql", json={"query": "SELECT 1"})
+        r = await c.post("/sql", json={"query": "SET @leak = 'secret'"})
+        assert r.status_code == 200
+        assert db.platform.proxy is not None and db.platform.proxy.http is not None
+        front = db.platform.proxy.http
+        assert front.idle.count() == 1  # kept for the next request
+        r = await c.post("/sql", json={"query": "SELECT @leak AS v, DATABASE() AS d"})
+        # The same connection, reset: nothing of the last request's session is left.
+        assert r.json()["rows"] == [{"v": None, "d": db.database}]
+        assert front.idle.count() == 1

@@ -100,11 +100,13 @@ async def sql(front: HttpFront, request: Request) -> Response:
             raise HttpError(400, "invalid_argument", str(exc)) from exc
         conn = await front.connect(login, database)
         try:
-            if database is None:
+            if (database or conn.database) is None:
                 await front.default_database(conn)
             results, failed = await _run(front, conn, statements, batch)
-        finally:
+        except BaseException:
             conn.close()
+            raise
+        await front.release(login, conn)
     except HttpError as exc:
         return error_response(exc)
     array_mode = request.headers.get("selkie-array-mode", "").lower() == "true"

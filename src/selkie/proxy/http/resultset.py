@@ -132,3 +132,11 @@ async def _drain_more(stream: PacketStream, status: int, deprecate_eof: bool) ->
     while status & ServerStatus.MORE_RESULTS_EXISTS:
         more = await _read(stream, deprecate_eof)
         status = more.status
+
+
+async def reset(stream: PacketStream, *, timeout: float) -> bool:
+    """COM_RESET_CONNECTION: the session back as it was at login (variables, temporary
+    tables, the database, an open transaction rolled back). True when the server agreed."""
+    await stream.send(0, bytes([Command.RESET_CONNECTION]))
+    _, reply = await asyncio.wait_for(stream.read(), timeout)
+    return reply[:1] == b"\x00"

@@ -41,8 +41,8 @@ from selkie.proxy import auth
 from selkie.proxy.connect import Authenticated, Connector, Refused
 from selkie.proxy.handshake import route
 from selkie.proxy.http import neon, psdb
-from selkie.proxy.http.resultset import Outcome, ResultTooLarge, run_query
-from selkie.proxy.http.sessions import Pinned, Sessions
+from selkie.proxy.http.resultset import Outcome, ResultTooLarge, reset, run_query
+from selkie.proxy.http.sessions import Idle, Pinned, Sessions
 from selkie.proxy.stats import ProxyStats
 from selkie.tasks import cancel, spawn
 
@@ -91,6 +91,9 @@ class HttpFront:
         self.statement_timeout = statement_timeout
         self.max_body = max_body
         self.sessions = Sessions()
+        self.idle = Idle()
+        # The database a role's sessions start in, once found (endpoint, role) -> name.
+        self.defaults: dict[tuple[str, str], str] = {}
         self.app = Starlette(
             routes=[
                 HttpRoute("/psdb.v1alpha1.Database/Execute", self.execute, methods=["POST"]),
@@ -142,11 +145,13 @@ class HttpFront:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 5)
         self.sessions.close()
+        self.idle.close()
 
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(1)
             self.sessions.reap()
+            self.idle.reap()
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -195,6 +200,14 @@ class HttpFront:
         return Authenticated(route=target, access=access, stage1=stage1, seq=0), user
 
     async def connect(self, login: Authenticated, database: str | None) -> Pinned:
+        """A compute connection for the request: an idle one of the same role and database,
+        else a new login (in the role's default database when known)."""
+        target = login.route
+        database = database or self.defaults.get((target.endpoint_id, target.role))
+        if database is not None:
+            idle = self.idle.get((target.endpoint_id, target.role, database))
+            if idle is not None:
+                return idle
         response = HandshakeResponse41(
             capabilities=HTTP_CAPABILITIES,
             max_packet_size=1 << 24,
@@ -210,7 +223,24 @@ class HttpFront:
             raise HttpError(status, str(dialled.code), dialled.message)
         conn = dialled.backend
         stream = PacketStream(conn.reader, conn.writer, limit=1 << 30)
-        return Pinned(conn, stream, login.route.endpoint_id, "", 0.0)
+        return Pinned(
+            conn, stream, target.endpoint_id, "", 0.0, database=database, role=target.role
+        )
+
+    async def release(self, login: Authenticated, conn: Pinned) -> None:
+        """A connection whose request is done: reset and kept for the next one (closed when
+        it has no database of its own, or the reset fails)."""
+        if conn.database is None:
+            conn.close()
+            return
+        try:
+            if not await reset(conn.stream, timeout=5):
+                conn.close()
+                return
+        except (OSError, ProtocolError, asyncio.IncompleteReadError, TimeoutError):
+            conn.close()
+            return
+        self.idle.put((login.route.endpoint_id, login.route.role, conn.database), conn)
 
     async def default_database(self, conn: Pinned) -> str | None:
         """A session starts in the role's database (database-js names none): the first
@@ -225,6 +255,7 @@ class HttpFront:
         mine = [n for n in names if n not in SYSTEM_DATABASES]
         if not mine:
             return None
+        self.defaults[(conn.endpoint_id, conn.role)] = mine[0]
         await run_query(
             conn.stream,
             f"USE `{mine[0]}`",
@@ -257,6 +288,7 @@ class HttpFront:
             held = self.sessions.take(session.get("pin"), user)
             conn = held or await self.connect(login, database)
             conn.user = user
+            database = database or conn.database
             try:
                 if database is None and held is None:
                     database = await self.default_database(conn)
@@ -279,7 +311,7 @@ class HttpFront:
             if outcome.in_transaction:
                 pin = self.sessions.pin(conn, session.get("pin"))
             else:
-                conn.close()
+                await self.release(login, conn)
         except HttpError as exc:
             return error_response(exc)
         return self._answer(login, user, database, pin, outcome, len(query), started)

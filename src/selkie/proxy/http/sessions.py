@@ -36,6 +36,9 @@ class Pinned:
     user: str
     expires: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The database it logged in with (where COM_RESET_CONNECTION brings it back).
+    database: str | None = None
+    role: str = ""
 
     @property
     def deprecate_eof(self) -> bool:
@@ -102,3 +105,55 @@ class Sessions:
         for pinned in self.pinned.values():
             pinned.close()
         self.pinned.clear()
+
+
+Key = tuple[str, str, str]  # endpoint, role, database
+
+
+class Idle:
+    """Compute connections kept between requests, per endpoint, role and database: a
+    request that leaves no transaction open gives its connection back (reset to its login
+    state first), and the next request of that role takes it instead of logging in again.
+    At most ``per_key`` wait per key, none longer than ``ttl`` seconds."""
+
+    def __init__(self, *, per_key: int = 16, ttl: float = 30.0) -> None:
+        self.per_key = per_key
+        self.ttl = ttl
+        self._idle: dict[Key, list[tuple[float, Pinned]]] = {}
+
+    def get(self, key: Key) -> Pinned | None:
+        waiting = self._idle.get(key)
+        while waiting:
+            since, conn = waiting.pop()
+            if time.monotonic() - since < self.ttl:
+                return conn
+            conn.close()
+        return None
+
+    def put(self, key: Key, conn: Pinned) -> None:
+        waiting = self._idle.setdefault(key, [])
+        if len(waiting) >= self.per_key:
+            conn.close()
+            return
+        waiting.append((time.monotonic(), conn))
+
+    def reap(self) -> None:
+        now = time.monotonic()
+        for key, waiting in list(self._idle.items()):
+            keep = [(t, c) for t, c in waiting if now - t < self.ttl]
+            for t, c in waiting:
+                if now - t >= self.ttl:
+                    c.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+
+    def close(self) -> None:
+        for waiting in self._idle.values():
+            for _, conn in waiting:
+                conn.close()
+        self._idle.clear()
+
+    def count(self) -> int:
+        return sum(len(w) for w in self._idle.values())
