@@ -45,3 +45,4 @@ bench-deps:
 	@command -v sysbench >/dev/null && command -v haproxy >/dev/null || \
 	  (DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sysbench haproxy)
+	cd bench/js && npm ci --no-audit --no-fund --loglevel=error

@@ -198,7 +198,15 @@ class OperationsRunner:
 
     async def run_once(self) -> int:
         """Claim what can run now and start it; returns how many were started."""
-        ops = await asyncio.to_thread(self._claim)
+        claim = asyncio.ensure_future(asyncio.to_thread(self._claim))
+        try:
+            ops = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # Stopped mid-claim: the claim's thread finishes anyway; what it took goes back
+            # to the queue rather than sitting "running" with no one to run it.
+            for op in await claim:
+                await asyncio.to_thread(self._requeue, op.id, "the runner stopped")
+            raise
         for op in ops:
             key = op.endpoint_id or op.branch_id or op.project_id
             self._busy.add(key)
