@@ -3,7 +3,7 @@
 (mysql2), and straight to the compute (mysql2), all from node (bench/js, one runtime for
 every protocol). Prints requests/s, p50 and p99, and the ratios to the proxy.
 
-    make bench-deps && .venv/bin/python bench/http.py [--seconds 10] [--cu 1]
+    make bench-deps && .venv/bin/python bench/sql_http.py [--seconds 10] [--cu 1]
 """
 
 from __future__ import annotations
