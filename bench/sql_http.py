@@ -46,7 +46,7 @@ async def main(seconds: float, cu: float) -> None:
             ep,
             [
                 f"CREATE TABLE {b.database}.pt (id INT PRIMARY KEY, v VARCHAR(32))",
-                f"INSERT INTO {b.database}.pt SELECT seq, MD5(seq) FROM seq_1_to_1000",
+                f"INSERT INTO {b.database}.pt SELECT seq, MD5(seq) FROM {b.database}.seq_1_to_1000",
             ],
         )
         user, password = f"{ep}.{b.role}", quote(b.password, safe="")
