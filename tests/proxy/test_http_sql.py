@@ -116,3 +116,27 @@ async def test_requests_reuse_reset_connections(db: Db) -> None:
         # The same connection, reset: nothing of the last request's session is left.
         assert r.json()["rows"] == [{"v": None, "d": db.database}]
         assert front.idle.count() == 1
+
+
+def test_which_statements_leave_nothing_behind() -> None:
+    from selkie.proxy.http.server import leaves_nothing
+
+    for read in (
+        "SELECT id FROM t WHERE id = 1",
+        "show tables",
+        " select '@;' ",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+    ):
+        assert leaves_nothing(read), read
+    for stateful in (
+        "SELECT 1 INTO @x",
+        "SELECT @x := 1",
+        "SET @x = 1",
+        "USE other",
+        "INSERT INTO t VALUES (1)",
+        "SELECT LAST_INSERT_ID()",
+        "SELECT GET_LOCK('a', 1)",
+        "SELECT 1; SET @x = 2",
+        "LOCK TABLES t READ",
+    ):
+        assert not leaves_nothing(stateful), stateful

@@ -43,6 +43,7 @@ from selkie.proxy.handshake import route
 from selkie.proxy.http import neon, psdb
 from selkie.proxy.http.resultset import Outcome, ResultTooLarge, reset, run_query
 from selkie.proxy.http.sessions import Idle, Pinned, Sessions
+from selkie.proxy.pooler.sqlscan import STRINGS_OR_COMMENTS, classify
 from selkie.proxy.stats import ProxyStats
 from selkie.tasks import cancel, spawn
 
@@ -227,14 +228,15 @@ class HttpFront:
             conn, stream, target.endpoint_id, "", 0.0, database=database, role=target.role
         )
 
-    async def release(self, login: Authenticated, conn: Pinned) -> None:
-        """A connection whose request is done: reset and kept for the next one (closed when
-        it has no database of its own, or the reset fails)."""
+    async def release(self, login: Authenticated, conn: Pinned, *, clean: bool = False) -> None:
+        """A connection whose request is done: reset (unless its statement left nothing
+        behind) and kept for the next one (closed when it has no database of its own, or
+        the reset fails)."""
         if conn.database is None:
             conn.close()
             return
         try:
-            if not await reset(conn.stream, timeout=5):
+            if not clean and not await reset(conn.stream, timeout=5):
                 conn.close()
                 return
         except (OSError, ProtocolError, asyncio.IncompleteReadError, TimeoutError):
@@ -311,7 +313,8 @@ class HttpFront:
             if outcome.in_transaction:
                 pin = self.sessions.pin(conn, session.get("pin"))
             else:
-                await self.release(login, conn)
+                clean = database == conn.database and leaves_nothing(query)
+                await self.release(login, conn, clean=clean)
         except HttpError as exc:
             return error_response(exc)
         return self._answer(login, user, database, pin, outcome, len(query), started)
@@ -347,6 +350,27 @@ class HttpFront:
             counters.client_sent(sent, statements)
             counters.bytes_to_client += len(body)
         return Response(body, status_code=status, media_type="application/json")
+
+
+_READS = ("select", "show", "explain", "describe", "desc", "with")
+
+
+def leaves_nothing(query: str) -> bool:
+    """A statement that leaves no session state behind (a plain read: no variables, no
+    USE, no locks, nothing the pooler would pin for): its connection needs no reset."""
+    stripped = STRINGS_OR_COMMENTS.sub("''", query).strip().lower()
+    if not stripped.startswith(_READS) or "@" in stripped or ";" in stripped.rstrip(";"):
+        return False
+    effect = classify(query)
+    return not (
+        effect.pin
+        or effect.sets
+        or effect.database
+        or effect.lock_tables
+        or effect.unpin_lock_tables
+        or effect.untracked
+        or effect.reads_last_insert_id
+    )
 
 
 def error_response(exc: HttpError) -> Response:
