@@ -39,8 +39,13 @@ def url(db: Db, password: str | None = None) -> str:
 
 
 def drive(db: Db, scenario: str) -> dict[str, Any]:
+    return node(db, "psdb.mjs", scenario)
+
+
+def node(db: Db, script: str, *args: str) -> dict[str, Any]:
+    """Run one of tests/js's scripts against the endpoint; what it printed, as JSON."""
     done = subprocess.run(
-        ["node", str(JS / "psdb.mjs"), scenario],
+        ["node", str(JS / script), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -130,17 +135,7 @@ async def test_a_suspended_endpoint_wakes_and_a_wrong_password_wakes_nothing(db:
 def drizzle(db: Db) -> dict[str, Any]:
     if not (JS / "node_modules" / "drizzle-orm").is_dir():
         need_service("drizzle-orm", "make setup installs it (npm ci in tests/js)")
-    done = subprocess.run(
-        ["node", str(JS / "drizzle.mjs")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "SELKIE_HTTP_URL": url(db)},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+    return node(db, "drizzle.mjs")
 
 
 async def test_drizzle_orm_through_its_planetscale_driver(db: Db) -> None:
