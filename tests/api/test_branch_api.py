@@ -10,7 +10,7 @@ import asyncio
 from selkie.control.bootstrap import local_principal
 from selkie.platform import Platform
 from tests.conftest import Tenant
-from tests.control.history.conftest import finished, sql, start
+from tests.control.history.conftest import finished, sql, start, started_project
 
 
 def test_protected_default_and_children(tenant: Tenant) -> None:
@@ -72,17 +72,14 @@ def test_compare_schema_route_is_scoped(tenant: Tenant, other_tenant: Tenant) ->
 
 async def test_schema_diff_of_two_branches(platform: Platform) -> None:
     who = local_principal(platform.control)
-    created = await asyncio.to_thread(platform.control.projects.create, who, name="schemas")
-    pid, ep = created.project.id, created.endpoints[0].id
-    await start(platform, who, pid, ep)
-    await asyncio.to_thread(
-        sql,
+    created = await started_project(
         platform,
-        ep,
-        created,
+        who,
+        "schemas",
         "CREATE TABLE t1 (id INT PRIMARY KEY)",
         "INSERT INTO t1 VALUES (1)",
     )
+    pid = created.project.id
     child = await asyncio.to_thread(
         platform.control.branches.create, who, pid, name="next", endpoints=[{"type": "read_write"}]
     )

@@ -17,7 +17,13 @@ from selkie.control.bootstrap import local_principal
 from selkie.platform import Platform
 from selkie.storage.clone import can_clone, shared_bytes
 from selkie.storage.local import backup_position
-from tests.control.history.conftest import compute_position, finished, sql, start
+from tests.control.history.conftest import (
+    compute_position,
+    finished,
+    sql,
+    start,
+    started_project,
+)
 from tests.platforms import open_platform
 from tests.storage.xfs import xfs_dir  # noqa: F401 - the session fixture
 
@@ -54,17 +60,14 @@ def datadir(platform: Platform, branch_id: str) -> Path:
 
 async def test_a_branch_shares_its_parents_blocks_and_diverges(platform: Platform) -> None:
     who = local_principal(platform.control)
-    created = await asyncio.to_thread(platform.control.projects.create, who, name="cow")
-    pid, ep = created.project.id, created.endpoints[0].id
-    await start(platform, who, pid, ep)
-    await asyncio.to_thread(
-        sql,
+    created = await started_project(
         platform,
-        ep,
-        created,
+        who,
+        "cow",
         "CREATE TABLE big (i INT PRIMARY KEY, b LONGBLOB)",
         *[f"INSERT INTO big VALUES ({i}, REPEAT('x', {BLOB}))" for i in range(200)],
     )
+    pid, ep = created.project.id, created.endpoints[0].id
     await platform.lifecycle.suspend(ep)
     child = await branch(platform, created, "child")
     parent_ibd = datadir(platform, created.branch.id) / "selkiedb" / "big.ibd"
