@@ -121,6 +121,7 @@ class HttpFront:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            http="httptools",
             ssl_certfile=self.ssl_files[0] if self.ssl_files else None,
             ssl_keyfile=self.ssl_files[1] if self.ssl_files else None,
         )
