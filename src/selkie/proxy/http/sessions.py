@@ -116,7 +116,7 @@ class Idle:
     state first), and the next request of that role takes it instead of logging in again.
     At most ``per_key`` wait per key, none longer than ``ttl`` seconds."""
 
-    def __init__(self, *, per_key: int = 16, ttl: float = 30.0) -> None:
+    def __init__(self, *, per_key: int = 64, ttl: float = 30.0) -> None:
         self.per_key = per_key
         self.ttl = ttl
         self._idle: dict[Key, list[tuple[float, Pinned]]] = {}
