@@ -140,3 +140,10 @@ def test_which_statements_leave_nothing_behind() -> None:
         "LOCK TABLES t READ",
     ):
         assert not leaves_nothing(stateful), stateful
+
+
+async def test_other_routes_and_methods(db: Db) -> None:
+    async with client(db) as c:
+        assert (await c.post("/nowhere", json={})).status_code == 404
+        r = await c.get("/sql")
+        assert r.status_code == 405 and "POST" in r.json()["error"]["message"]

@@ -21,13 +21,12 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route as HttpRoute
 
 from selkie.mysql.packets import HandshakeResponse41
 from selkie.mysql.stream import PacketStream
@@ -95,18 +94,33 @@ class HttpFront:
         self.idle = Idle()
         # The database a role's sessions start in, once found (endpoint, role) -> name.
         self.defaults: dict[tuple[str, str], str] = {}
-        self.app = Starlette(
-            routes=[
-                HttpRoute("/psdb.v1alpha1.Database/Execute", self.execute, methods=["POST"]),
-                HttpRoute(
-                    "/psdb.v1alpha1.Database/CreateSession", self.create_session, methods=["POST"]
-                ),
-                HttpRoute("/sql", self.sql, methods=["POST"]),
-            ]
-        )
+        # Three routes, so no router and no middleware: a dict of handlers (the ASGI stack's
+        # layers were ~40 % of the proxy's time per request).
+        self.routes: dict[str, Callable[[Request], Awaitable[Response]]] = {
+            "/psdb.v1alpha1.Database/Execute": self.execute,
+            "/psdb.v1alpha1.Database/CreateSession": self.create_session,
+            "/sql": self.sql,
+        }
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The ASGI application: POST to one of ``routes``."""
+        if scope["type"] != "http":
+            return
+        handler = self.routes.get(scope["path"])
+        if handler is None:
+            response: Response = error_response(HttpError(404, "not_found", "no such route"))
+        elif scope["method"] != "POST":
+            response = error_response(HttpError(405, "invalid_argument", "use POST"))
+        else:
+            try:
+                response = await handler(Request(scope, receive))
+            except Exception:
+                log.exception("SQL over HTTP request failed")
+                response = error_response(HttpError(500, "internal", "internal error"))
+        await response(scope, receive, send)
 
     @property
     def port(self) -> int:
@@ -122,6 +136,7 @@ class HttpFront:
             access_log=False,
             lifespan="off",
             http="httptools",
+            interface="asgi3",
             ssl_certfile=self.ssl_files[0] if self.ssl_files else None,
             ssl_keyfile=self.ssl_files[1] if self.ssl_files else None,
         )
