@@ -144,7 +144,7 @@ class Settings:
     # and from one address (beyond: ERR 1040 and close).
     proxy_handshake_timeout: float = 10.0
     proxy_max_preauth: int = 1000
-    proxy_max_preauth_per_address: int = 64
+    proxy_max_preauth_per_address: int = 256
     # The proxy sits behind a load balancer that sends HAProxy's PROXY protocol header (v1 or
     # v2) with the real client address; every connection must then start with one.
     proxy_protocol: bool = False

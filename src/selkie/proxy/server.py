@@ -55,7 +55,7 @@ class ProxyConfig:
     handshake_timeout: float = 10.0
     # Connections allowed in that phase at once: in all, and from one address.
     max_preauth: int = 1000
-    max_preauth_per_address: int = 64
+    max_preauth_per_address: int = 256
     # Connections come through a load balancer that sends the PROXY protocol header.
     proxy_protocol: bool = False
     # Refuse logins without TLS (on by default where the proxy listens beyond loopback).
