@@ -182,31 +182,43 @@ class Connector:
         if access is None or stage1 is None:
             # One answer for a wrong password, an unknown role and an unknown endpoint,
             # slower after many failures (see AuthFailures).
-            self.logins["failed"] += 1
-            known = target.endpoint_id if access is not None else None
-            if await self.failures.failed(hello.client_ip, known, target.role):
-                self.logins["delayed"] += 1
+            await self.failed_login(hello.client_ip, target, access)
             return Refused(
                 ErrorCode.ACCESS_DENIED,
                 f"Access denied for user '{response.user}'@'{hello.client_ip}' "
                 f"(using password: {'YES' if answer else 'NO'})",
             )
+        refused = self.admitted(target, access, tls=hello.tls)
+        if refused is not None:
+            return refused
+        self.logins[f"ok:{plugin}"] += 1
+        return Authenticated(route=target, access=access, stage1=stage1, seq=seq)
+
+    async def failed_login(self, address: str, target: Route | None, access: Access | None) -> None:
+        """A wrong password, an unknown role or an unknown endpoint (any protocol): counted,
+        and its answer paced by the failures before it."""
+        self.logins["failed"] += 1
+        known = target.endpoint_id if target is not None and access is not None else None
+        if await self.failures.failed(address, known, target.role if target else None):
+            self.logins["delayed"] += 1
+
+    def admitted(self, target: Route, access: Access, *, tls: bool) -> Refused | None:
+        """Why a client whose password matched may not go on (None: it may)."""
         if access.disabled:
             # Refused before any wake, also while a disabled endpoint's compute still runs
             # (its suspend is queued): nothing new reaches it.
             return Refused(ErrorCode.ACCESS_DENIED, f"endpoint {target.endpoint_id} is disabled")
-        if access.require_tls and not hello.tls:
+        if access.require_tls and not tls:
             return Refused(
                 ErrorCode.ACCESS_DENIED,
                 f"project of endpoint {target.endpoint_id} requires TLS; connect with SSL",
             )
-        if self.config.require_tls and not hello.tls:
+        if self.config.require_tls and not tls:
             return Refused(
                 ErrorCode.ACCESS_DENIED,
                 "this proxy accepts logins over TLS only; connect with SSL",
             )
-        self.logins[f"ok:{plugin}"] += 1
-        return Authenticated(route=target, access=access, stage1=stage1, seq=seq)
+        return None
 
     async def wake(self, endpoint_id: str) -> Backend | Refused:
         """Where the endpoint's compute listens, starting it if it sleeps."""

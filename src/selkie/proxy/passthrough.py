@@ -13,19 +13,20 @@ import asyncio
 import dataclasses
 import os
 import socket
-from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from selkie.controlplane import ControlPlane
+from selkie.controlplane import Access, ControlPlane
 from selkie.mysql.packets import NATIVE_PLUGIN, build_change_user, build_err, parse_change_user
 from selkie.mysql.stream import frame
 from selkie.mysql.wire import ErrorCode, ProtocolError
 from selkie.proxy import auth
 from selkie.proxy.backend import BackendConnection
-from selkie.proxy.connect import AuthFailures
-from selkie.proxy.handshake import Hello, route
+from selkie.proxy.handshake import Hello, Route, route
 from selkie.proxy.relay import Counters, ThreadedRelay, async_relay
+
+# (client address, the endpoint and role it named, their access if they exist)
+FailedLogin = Callable[[str, Route | None, Access | None], Awaitable[None]]
 
 # COM_CHANGE_USER's payload -> (to the compute, to the client).
 ChangeUser = Callable[[bytes], Coroutine[Any, Any, tuple[bytes | None, bytes | None]]]
@@ -38,15 +39,14 @@ class Passthrough:
         *,
         domain: str,
         backend_timeout: float,
-        failures: AuthFailures | None = None,
-        logins: Counter[str] | None = None,
+        failed_login: FailedLogin,
     ) -> None:
         self.control = control
         self.domain = domain
         self.backend_timeout = backend_timeout
-        # A failed COM_CHANGE_USER is a failed login like any other: counted and paced.
-        self.failures = failures or AuthFailures(10, 60.0)
-        self.logins: Counter[str] = logins if logins is not None else Counter()
+        # A failed COM_CHANGE_USER is a failed login like any other: counted and paced
+        # (Connector.failed_login).
+        self.failed_login = failed_login
         self._relays: set[ThreadedRelay] = set()
 
     def close(self) -> None:
@@ -190,10 +190,7 @@ class Passthrough:
         if access is not None and (change.auth_plugin or NATIVE_PLUGIN) == NATIVE_PLUGIN:
             stage1 = auth.verify_native(change.auth_response, hello.scramble, access.password_hash)
         if access is None or stage1 is None:
-            self.logins["failed"] += 1
-            known = endpoint_id if access is not None else None
-            if await self.failures.failed(hello.client_ip, known, role):
-                self.logins["delayed"] += 1
+            await self.failed_login(hello.client_ip, Route(endpoint_id, role, False), access)
             msg = f"Access denied for user '{change.user}' (using password: YES)"
             return None, frame(1, build_err(ErrorCode.ACCESS_DENIED, msg))[0]
         rewritten = build_change_user(

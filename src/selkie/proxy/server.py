@@ -100,8 +100,7 @@ class ProxyServer:
             control,
             domain=config.domain,
             backend_timeout=config.backend_timeout,
-            failures=self.failures,
-            logins=self.logins,
+            failed_login=self.connector.failed_login,
         )
         self.http = (
             HttpFront(

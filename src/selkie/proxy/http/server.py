@@ -203,16 +203,11 @@ class HttpFront:
             access = await self.connector.control.get_access(target.endpoint_id, target.role)
         stage1 = auth.verify_cleartext(password.encode(), access.password_hash) if access else None
         if target is None or access is None or stage1 is None:
-            self.connector.logins["failed"] += 1
-            known = target.endpoint_id if access is not None and target is not None else None
-            await self.connector.failures.failed(client, known, target.role if target else None)
+            await self.connector.failed_login(client, target, access)
             raise HttpError(401, "unauthenticated", f"Access denied for user '{user}'")
-        if access.disabled:
-            raise HttpError(403, "permission_denied", f"endpoint {target.endpoint_id} is disabled")
-        if (
-            access.require_tls or self.connector.config.require_tls
-        ) and request.url.scheme != "https":
-            raise HttpError(403, "permission_denied", "this endpoint accepts TLS connections only")
+        refused = self.connector.admitted(target, access, tls=request.url.scheme == "https")
+        if refused is not None:
+            raise HttpError(403, "permission_denied", refused.message)
         self.connector.logins["ok:http"] += 1
         return Authenticated(route=target, access=access, stage1=stage1, seq=0), user
 
