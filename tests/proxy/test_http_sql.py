@@ -4,12 +4,17 @@ half-way leaves nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.proxy.conftest import Db
+from tests.proxy.pooler.test_pool import pooled_db, pooled_platform
+
+EXECUTE = "/psdb.v1alpha1.Database/Execute"
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -102,20 +107,66 @@ async def test_parameters_modes_and_batches(db: Db) -> None:
         assert r.status_code == 401
 
 
-async def test_requests_reuse_reset_connections(db: Db) -> None:
+async def test_requests_share_the_pool_and_leave_nothing_behind(db: Db) -> None:
     async with client(db) as c:
-        # The first request finds the role's database (its connection logged in without one
-        # is not kept); later ones log in there and are kept.
         await c.post("/sql", json={"query": "SELECT 1"})
         r = await c.post("/sql", json={"query": "SET @leak = 'secret'"})
         assert r.status_code == 200
-        assert db.platform.proxy is not None and db.platform.proxy.http is not None
-        front = db.platform.proxy.http
-        assert front.idle.count() == 1  # kept for the next request
+        assert db.platform.proxy is not None
+        pool = db.platform.proxy.pools[db.endpoint_id]
+        assert (pool.total, pool.in_use, pool.resets) == (1, 0, 1)  # kept, reset
         r = await c.post("/sql", json={"query": "SELECT @leak AS v, DATABASE() AS d"})
-        # The same connection, reset: nothing of the last request's session is left.
+        # The same backend: nothing of the last request's session is left, its database is.
         assert r.json()["rows"] == [{"v": None, "d": db.database}]
-        assert front.idle.count() == 1
+        assert (pool.total, pool.resets) == (1, 2)  # reading a variable: reset after
+        r = await c.post(
+            "/sql", json={"query": "SELECT COUNT(*) AS n FROM information_schema.TABLES"}
+        )
+        assert r.status_code == 200
+        assert (pool.total, pool.resets) == (1, 2)  # a plain read needs no reset
+
+
+async def test_many_callers_share_few_backends_and_a_full_pool_answers_429(
+    tmp_path: Path,
+) -> None:
+    p = await pooled_platform(tmp_path, cap=2)
+    try:
+        db = await pooled_db(p)
+        async with client(db) as c:
+            replies = await asyncio.gather(
+                *(
+                    c.post("/sql", json={"query": f"SELECT {i} AS n, SLEEP(0.05)"})
+                    for i in range(32)
+                )
+            )
+            assert [r.json()["rows"][0]["n"] for r in replies] == list(range(32))
+            assert p.proxy is not None
+            pool = p.proxy.pools[db.endpoint_id]
+            assert pool.peak == 2  # 32 callers, two compute connections
+            # Two interactive transactions hold both backends: the next caller waits, then
+            # is told to come back later.
+            pool.wait_timeout = 0.5
+            sessions = []
+            for _ in range(2):
+                r = await c.post(EXECUTE, json={"query": "BEGIN", "session": None})
+                assert r.status_code == 200, r.text
+                sessions.append(r.json()["session"])
+            assert pool.pinned == 2
+            busy = await c.post("/sql", json={"query": "SELECT 1"})
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+            assert "busy" in busy.json()["error"]["message"]
+            r = await c.post(EXECUTE, json={"query": "COMMIT", "session": sessions[0]})
+            assert r.status_code == 200 and pool.pinned == 1
+            assert (await c.post("/sql", json={"query": "SELECT 1"})).status_code == 200
+            # The other one is abandoned: at its TTL the backend is closed (rolled back).
+            assert p.proxy.http is not None
+            for held in p.proxy.http.sessions.pinned.values():
+                held.expires = 0
+            assert await p.proxy.http.sessions.reap() == 1
+            assert pool.pinned == 0 and pool.in_use == 0
+    finally:
+        await p.stop()
+        p.close()
 
 
 def test_which_statements_leave_nothing_behind() -> None:

@@ -102,22 +102,23 @@ class ProxyServer:
             backend_timeout=config.backend_timeout,
             failed_login=self.connector.failed_login,
         )
+        self.pooler = Pooler(
+            self.connector,
+            self.stats,
+            wait_timeout=config.pool_wait_timeout,
+            max_packet=config.pool_max_packet,
+        )
         self.http = (
             HttpFront(
                 self.connector,
                 self.stats,
+                self.pooler,
                 host=config.http_listen[0],
                 port=config.http_listen[1],
                 ssl_files=config.http_tls_files,
             )
             if config.http_listen is not None
             else None
-        )
-        self.pooler = Pooler(
-            self.connector,
-            self.stats,
-            wait_timeout=config.pool_wait_timeout,
-            max_packet=config.pool_max_packet,
         )
         # Where the last login per endpoint spent its time (ms): auth, wake, backend login.
         self.last_timings: dict[str, dict[str, float]] = {}

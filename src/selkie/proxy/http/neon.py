@@ -18,6 +18,7 @@ from starlette.responses import Response
 from selkie.proxy.http import psdb
 from selkie.proxy.http.binding import BindError, bind
 from selkie.proxy.http.resultset import Column, Outcome, run_query
+from selkie.proxy.http.sessions import Pinned
 
 if TYPE_CHECKING:
     from selkie.proxy.http.server import HttpFront
@@ -88,7 +89,7 @@ def _statements(body: dict[str, Any]) -> tuple[list[str], bool]:
 
 
 async def sql(front: HttpFront, request: Request) -> Response:
-    from selkie.proxy.http.server import HttpError, error_response
+    from selkie.proxy.http.server import HttpError, error_response, leaves_nothing
 
     try:
         authorization, database = basic_from_connection_string(request)
@@ -99,14 +100,9 @@ async def sql(front: HttpFront, request: Request) -> Response:
         except BindError as exc:
             raise HttpError(400, "invalid_argument", str(exc)) from exc
         conn = await front.connect(login, database)
-        try:
-            if (database or conn.database) is None:
-                await front.default_database(conn)
+        async with front.failing(conn):
             results, failed = await _run(front, conn, statements, batch)
-        except BaseException:
-            conn.close()
-            raise
-        await front.release(login, conn)
+        await front.release(conn, clean=all(leaves_nothing(s) for s in statements))
     except HttpError as exc:
         return error_response(exc)
     array_mode = request.headers.get("selkie-array-mode", "").lower() == "true"
@@ -123,7 +119,7 @@ async def sql(front: HttpFront, request: Request) -> Response:
 
 
 async def _run(
-    front: HttpFront, conn: Any, statements: list[str], batch: bool
+    front: HttpFront, conn: Pinned, statements: list[str], batch: bool
 ) -> tuple[list[Outcome], tuple[int, str, str] | None]:
     async def one(statement: str) -> Outcome:
         return await run_query(

@@ -21,7 +21,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -41,7 +41,10 @@ from selkie.proxy.connect import Authenticated, Connector, Refused
 from selkie.proxy.handshake import route
 from selkie.proxy.http import neon, psdb
 from selkie.proxy.http.resultset import Outcome, ResultTooLarge, reset, run_query
-from selkie.proxy.http.sessions import Idle, Pinned, Sessions
+from selkie.proxy.http.sessions import Pinned, Sessions
+from selkie.proxy.pooler.pool import FORMAT_CAPS, Backend, PoolKey, PoolTimeout
+from selkie.proxy.pooler.pooler import Pooler
+from selkie.proxy.pooler.runner import CommandRefused
 from selkie.proxy.pooler.sqlscan import STRINGS_OR_COMMENTS, classify
 from selkie.proxy.stats import ProxyStats
 from selkie.tasks import cancel, spawn
@@ -63,6 +66,7 @@ HTTP_CAPABILITIES = int(
         | Capability.INTERACTIVE
     )
 )
+
 _USE = re.compile(r"^\s*use\s+`?([A-Za-z0-9_$]{1,64})`?\s*;?\s*$", re.IGNORECASE)
 
 
@@ -77,6 +81,7 @@ class HttpFront:
         self,
         connector: Connector,
         stats: ProxyStats,
+        pooler: Pooler,
         *,
         host: str,
         port: int,
@@ -90,8 +95,8 @@ class HttpFront:
         self.ssl_files = ssl_files
         self.statement_timeout = statement_timeout
         self.max_body = max_body
+        self.pooler = pooler
         self.sessions = Sessions()
-        self.idle = Idle()
         # The database a role's sessions start in, once found (endpoint, role) -> name.
         self.defaults: dict[tuple[str, str], str] = {}
         # Three routes, so no router and no middleware: a dict of handlers (the ASGI stack's
@@ -161,14 +166,12 @@ class HttpFront:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 5)
-        self.sessions.close()
-        self.idle.close()
+        await self.sessions.close()
 
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(1)
-            self.sessions.reap()
-            self.idle.reap()
+            await self.sessions.reap()
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -212,69 +215,122 @@ class HttpFront:
         return Authenticated(route=target, access=access, stage1=stage1, seq=0), user
 
     async def connect(self, login: Authenticated, database: str | None) -> Pinned:
-        """A compute connection for the request: an idle one of the same role and database,
-        else a new login (in the role's default database when known)."""
+        """A backend of the endpoint's pool for the request (the pooler's cap and queue:
+        many HTTP callers share few compute connections), in ``database``, else the role's
+        default database."""
         target = login.route
-        database = database or self.defaults.get((target.endpoint_id, target.role))
-        if database is not None:
-            idle = self.idle.get((target.endpoint_id, target.role, database))
-            if idle is not None:
-                return idle
-        response = HandshakeResponse41(
-            capabilities=HTTP_CAPABILITIES,
-            max_packet_size=1 << 24,
-            charset=UTF8MB4,
-            user=login.route.role,
-            auth_response=b"",
-            database=database,
-            auth_plugin=None,
-        )
-        dialled = await self.connector.dial(login, response, HTTP_CAPABILITIES)
-        if isinstance(dialled, Refused):
-            status = 503 if dialled.code in (1159, 1158, 1040) else 400
-            raise HttpError(status, str(dialled.code), dialled.message)
-        conn = dialled.backend
-        stream = PacketStream(conn.reader, conn.writer, limit=1 << 30)
-        return Pinned(
-            conn, stream, target.endpoint_id, "", 0.0, database=database, role=target.role
-        )
+        pool = self.pooler.pool_for(login)
+        key = PoolKey(role=target.role, caps=HTTP_CAPABILITIES & FORMAT_CAPS, charset=UTF8MB4)
 
-    async def release(self, login: Authenticated, conn: Pinned, *, clean: bool = False) -> None:
-        """A connection whose request is done: reset (unless its statement left nothing
-        behind) and kept for the next one (closed when it has no database of its own, or
-        the reset fails)."""
-        if conn.database is None:
-            conn.close()
-            return
+        async def dial() -> Backend:
+            response = HandshakeResponse41(
+                capabilities=HTTP_CAPABILITIES,
+                max_packet_size=1 << 24,
+                charset=UTF8MB4,
+                user=target.role,
+                auth_response=b"",
+                database=None,  # put per request
+                auth_plugin=None,
+            )
+            dialled = await self.connector.dial(login, response, HTTP_CAPABILITIES)
+            if isinstance(dialled, Refused):
+                raise CommandRefused(dialled.code, dialled.message, dialled.sqlstate)
+            conn = dialled.backend
+            stream = PacketStream(conn.reader, conn.writer, limit=1 << 30)
+            return Backend(key=key, reader=conn.reader, writer=conn.writer, stream=stream)
+
         try:
-            if not clean and not await reset(conn.stream, timeout=5):
-                conn.close()
-                return
-        except (OSError, ProtocolError, asyncio.IncompleteReadError, TimeoutError):
-            conn.close()
-            return
-        self.idle.put((login.route.endpoint_id, login.route.role, conn.database), conn)
+            backend = await pool.acquire(key, dial)
+        except CommandRefused as exc:
+            status = 503 if exc.code in (1159, 1158, 1040) else 400
+            raise HttpError(status, str(exc.code), exc.message) from exc
+        except PoolTimeout as exc:
+            raise HttpError(
+                429,
+                "resource_exhausted",
+                f"all {pool.cap} backend connections of endpoint {target.endpoint_id} are "
+                "busy; retry later",
+            ) from exc
+        held = Pinned(backend, pool)
+        try:
+            if backend.dirty:
+                await self._reset(held)
+            database = database or self.defaults.get((target.endpoint_id, target.role))
+            if database is None:
+                await self.default_database(held)
+            elif database != backend.database:
+                outcome = await run_query(
+                    held.stream,
+                    f"USE `{database.replace('`', '``')}`",
+                    timeout=self.statement_timeout,
+                    deprecate_eof=held.deprecate_eof,
+                )
+                if outcome.error is not None:
+                    await held.give_back()
+                    code, _, message = outcome.error
+                    raise HttpError(400, str(code), message)
+                backend.database = database
+        except (OSError, ProtocolError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            await held.give_back(broken=True)
+            raise HttpError(503, "unavailable", "lost the compute connection") from exc
+        return held
 
-    async def default_database(self, conn: Pinned) -> str | None:
+    @contextlib.asynccontextmanager
+    async def failing(self, held: Pinned) -> AsyncIterator[None]:
+        """Statements on ``held``: if they fail short of an answer, the backend is closed
+        (its slot freed) and the caller gets 503 (connection lost) or 413 (too large)."""
+        try:
+            yield
+        except (OSError, ProtocolError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            await held.give_back(broken=True)
+            raise HttpError(503, "unavailable", "lost the compute connection") from exc
+        except ResultTooLarge as exc:
+            await held.give_back(broken=True)
+            raise HttpError(413, "resource_exhausted", str(exc)) from exc
+        except BaseException:
+            await held.give_back(broken=True)
+            raise
+
+    async def _reset(self, held: Pinned) -> None:
+        """COM_RESET_CONNECTION (the current database stays); a refusal breaks the backend."""
+        if not await reset(held.stream, timeout=5):
+            raise OSError("the compute refused COM_RESET_CONNECTION")
+        held.backend.forget_session()
+        held.pool.resets += 1
+
+    async def release(self, held: Pinned, *, clean: bool = False) -> None:
+        """A backend whose request is done, back to the pool: reset first unless its
+        statements left nothing behind (a plain read); broken if the reset fails."""
+        try:
+            if not clean:
+                await self._reset(held)
+        except (OSError, ProtocolError, asyncio.IncompleteReadError, TimeoutError):
+            await held.give_back(broken=True)
+            return
+        await held.give_back()
+
+    async def default_database(self, held: Pinned) -> str | None:
         """A session starts in the role's database (database-js names none): the first
         one it may use besides the server's own."""
         listed = await run_query(
-            conn.stream,
+            held.stream,
             "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME",
             timeout=self.statement_timeout,
-            deprecate_eof=conn.deprecate_eof,
+            deprecate_eof=held.deprecate_eof,
         )
         names = sorted(str(r[0], "utf-8") for r in listed.rows if r and r[0] is not None)
         mine = [n for n in names if n not in SYSTEM_DATABASES]
         if not mine:
             return None
-        self.defaults[(conn.endpoint_id, conn.role)] = mine[0]
-        await run_query(
-            conn.stream,
-            f"USE `{mine[0]}`",
-            timeout=self.statement_timeout,
-            deprecate_eof=conn.deprecate_eof,
-        )
+        self.defaults[(held.endpoint_id, held.role)] = mine[0]
+        if held.backend.database != mine[0]:
+            await run_query(
+                held.stream,
+                f"USE `{mine[0]}`",
+                timeout=self.statement_timeout,
+                deprecate_eof=held.deprecate_eof,
+            )
+            held.backend.database = mine[0]
         return mine[0]
 
     async def sql(self, request: Request) -> Response:
@@ -297,35 +353,25 @@ class HttpFront:
             if not isinstance(query, str) or not query.strip():
                 raise HttpError(400, "invalid_argument", "query must be a non-empty string")
             session = self.sessions.decode(body.get("session"), user) or {}
-            database = session.get("db") or None
             held = self.sessions.take(session.get("pin"), user)
-            conn = held or await self.connect(login, database)
+            conn = held or await self.connect(login, session.get("db") or None)
             conn.user = user
-            database = database or conn.database
-            try:
-                if database is None and held is None:
-                    database = await self.default_database(conn)
+            async with self.failing(conn):
                 outcome = await run_query(
                     conn.stream,
                     query,
                     timeout=self.statement_timeout,
                     deprecate_eof=conn.deprecate_eof,
                 )
-                used = _USE.match(query)
-                if used and outcome.error is None:
-                    database = used.group(1)
-            except (OSError, ProtocolError, asyncio.IncompleteReadError, TimeoutError) as exc:
-                conn.close()
-                raise HttpError(503, "unavailable", f"lost the compute connection: {exc}") from exc
-            except ResultTooLarge as exc:
-                conn.close()
-                raise HttpError(413, "resource_exhausted", str(exc)) from exc
+            used = _USE.match(query)
+            if used and outcome.error is None:
+                conn.backend.database = used.group(1)
+            database = conn.backend.database
             pin = None
             if outcome.in_transaction:
                 pin = self.sessions.pin(conn, session.get("pin"))
             else:
-                clean = database == conn.database and leaves_nothing(query)
-                await self.release(login, conn, clean=clean)
+                await self.release(conn, clean=bool(used) or leaves_nothing(query))
         except HttpError as exc:
             return error_response(exc)
         return self._answer(login, user, database, pin, outcome, len(query), started)
@@ -385,7 +431,7 @@ def leaves_nothing(query: str) -> bool:
 
 
 def error_response(exc: HttpError) -> Response:
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
     return JSONResponse(
         {"error": psdb.error(exc.code, exc.message)}, status_code=exc.status, headers=headers
     )

@@ -1,52 +1,56 @@
 """database-js sessions: an opaque token the client sends back with each request, signed
 (HMAC-SHA256 with a key of this proxy process) and with a TTL, saying whose session it is
 and which database it uses. While a transaction is open (``BEGIN`` … ``COMMIT``) the token
-also names the compute connection it holds (pinned here), so an interactive transaction
-spans requests; a pinned connection unused for its TTL is closed (the compute rolls the
-transaction back)."""
+also names the pooled backend it holds (pinned here, out of its endpoint's pool), so an
+interactive transaction spans requests; a backend pinned and unused for its TTL is closed
+(the compute rolls the transaction back) and its slot in the pool freed."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import Capability
-from selkie.proxy.backend import BackendConnection
+from selkie.proxy.pooler.pool import Backend, EndpointPool
 
 TTL = 60.0
 
 
 @dataclass
 class Pinned:
-    """A compute connection held for a session's open transaction."""
+    """A pooled backend borrowed for a request, or held for a session's open transaction."""
 
-    conn: BackendConnection
-    stream: PacketStream
-    endpoint_id: str
-    user: str
-    expires: float
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # The database it logged in with (where COM_RESET_CONNECTION brings it back).
-    database: str | None = None
-    role: str = ""
+    backend: Backend
+    pool: EndpointPool
+    user: str = ""
+    expires: float = 0.0
+
+    @property
+    def stream(self) -> PacketStream:
+        return self.backend.stream
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.pool.endpoint_id
+
+    @property
+    def role(self) -> str:
+        return self.backend.key.role
 
     @property
     def deprecate_eof(self) -> bool:
-        return bool(self.conn.capabilities & Capability.DEPRECATE_EOF)
+        return bool(self.backend.key.caps & Capability.DEPRECATE_EOF)
 
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.writer.close()
+    async def give_back(self, *, broken: bool = False) -> None:
+        await self.pool.release(self.backend, broken=broken)
 
 
 class Sessions:
@@ -80,6 +84,9 @@ class Sessions:
         return data
 
     def pin(self, pinned: Pinned, pin: str | None = None) -> str:
+        """Hold ``pinned`` for the session (its transaction is open) until its TTL."""
+        if pin not in self.pinned:
+            pinned.pool.pinned += 1
         pin = pin or secrets.token_hex(12)
         pinned.expires = time.monotonic() + self.ttl
         self.pinned[pin] = pinned
@@ -87,73 +94,26 @@ class Sessions:
 
     def take(self, pin: str | None, user: str) -> Pinned | None:
         """The connection pinned for this session (it leaves the table until pinned again)."""
-        found = self.pinned.pop(pin, None) if pin else None
-        if found is not None and found.user != user:
-            self.pinned[str(pin)] = found
+        found = self.pinned.get(pin) if pin else None
+        if found is None or found.user != user:
             return None
+        del self.pinned[str(pin)]
+        found.pool.pinned -= 1
         return found
 
-    def reap(self) -> int:
-        """Close connections held past their TTL (their transactions roll back)."""
+    async def reap(self) -> int:
+        """Close backends held past their TTL (their transactions roll back)."""
         now = time.monotonic()
         stale = [pin for pin, p in self.pinned.items() if p.expires < now]
         for pin in stale:
-            self.pinned.pop(pin).close()
+            await self._drop(pin)
         return len(stale)
 
-    def close(self) -> None:
-        for pinned in self.pinned.values():
-            pinned.close()
-        self.pinned.clear()
+    async def close(self) -> None:
+        for pin in list(self.pinned):
+            await self._drop(pin)
 
-
-Key = tuple[str, str, str]  # endpoint, role, database
-
-
-class Idle:
-    """Compute connections kept between requests, per endpoint, role and database: a
-    request that leaves no transaction open gives its connection back (reset to its login
-    state first), and the next request of that role takes it instead of logging in again.
-    At most ``per_key`` wait per key, none longer than ``ttl`` seconds."""
-
-    def __init__(self, *, per_key: int = 64, ttl: float = 30.0) -> None:
-        self.per_key = per_key
-        self.ttl = ttl
-        self._idle: dict[Key, list[tuple[float, Pinned]]] = {}
-
-    def get(self, key: Key) -> Pinned | None:
-        waiting = self._idle.get(key)
-        while waiting:
-            since, conn = waiting.pop()
-            if time.monotonic() - since < self.ttl:
-                return conn
-            conn.close()
-        return None
-
-    def put(self, key: Key, conn: Pinned) -> None:
-        waiting = self._idle.setdefault(key, [])
-        if len(waiting) >= self.per_key:
-            conn.close()
-            return
-        waiting.append((time.monotonic(), conn))
-
-    def reap(self) -> None:
-        now = time.monotonic()
-        for key, waiting in list(self._idle.items()):
-            keep = [(t, c) for t, c in waiting if now - t < self.ttl]
-            for t, c in waiting:
-                if now - t >= self.ttl:
-                    c.close()
-            if keep:
-                self._idle[key] = keep
-            else:
-                del self._idle[key]
-
-    def close(self) -> None:
-        for waiting in self._idle.values():
-            for _, conn in waiting:
-                conn.close()
-        self._idle.clear()
-
-    def count(self) -> int:
-        return sum(len(w) for w in self._idle.values())
+    async def _drop(self, pin: str) -> None:
+        pinned = self.pinned.pop(pin)
+        pinned.pool.pinned -= 1
+        await pinned.give_back(broken=True)

@@ -37,7 +37,7 @@ class Pooler:
         self.max_packet = max_packet
         self.pools: dict[str, EndpointPool] = {}
 
-    def _pool(self, login: Authenticated) -> EndpointPool:
+    def pool_for(self, login: Authenticated) -> EndpointPool:
         endpoint_id = login.route.endpoint_id
         pool = self.pools.get(endpoint_id)
         if pool is None:
@@ -57,7 +57,7 @@ class Pooler:
                 f"the pooler is not enabled for endpoint {endpoint_id}; enable it with "
                 'PATCH …/endpoints/{id} {"endpoint": {"pooler_enabled": true}}',
             )
-        pool = self._pool(login)
+        pool = self.pool_for(login)
         client_caps = hello.client_caps
         key = PoolKey(
             role=login.route.role, caps=client_caps & FORMAT_CAPS, charset=hello.response.charset
