@@ -198,3 +198,26 @@ async def test_other_routes_and_methods(db: Db) -> None:
         assert (await c.post("/nowhere", json={})).status_code == 404
         r = await c.get("/sql")
         assert r.status_code == 405 and "POST" in r.json()["error"]["message"]
+
+
+async def test_accepted_http_connections_have_nagle_off() -> None:
+    # With Nagle on, each response waited for the client's delayed ACK (~40 ms).
+    import socket
+
+    from selkie.proxy.http.server import listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+    seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted = transport.get_extra_info("socket")
+            seen.set_result(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        assert await asyncio.wait_for(seen, 5) != 0
+        writer.close()
+    finally:
+        server.close()

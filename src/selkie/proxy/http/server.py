@@ -146,8 +146,7 @@ class HttpFront:
             ssl_keyfile=self.ssl_files[1] if self.ssl_files else None,
         )
         # Bound here: a port in use is an OSError for the caller, not uvicorn's exit.
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.create_server((self.host, self.port_wanted), family=family, backlog=1024)
+        sock = listening_socket(self.host, self.port_wanted)
         server = _QuietServer(config)
         self._server = server
         self._task = spawn(server.serve(sockets=[sock]), name="http-front")
@@ -428,6 +427,22 @@ def leaves_nothing(query: str) -> bool:
         or effect.untracked
         or effect.reads_last_insert_id
     )
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP listener. Its protocol is IPPROTO_TCP, not 0: asyncio turns Nagle off
+    (TCP_NODELAY) only on accepted sockets whose protocol says TCP, and with Nagle on every
+    response waits for the client's delayed ACK (~40 ms; 700 requests/s at any concurrency)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def error_response(exc: HttpError) -> Response:
