@@ -1,5 +1,6 @@
 """SQL over HTTP against the MySQL protocol, in one run: a point select in a loop from 1 and
-32 concurrent callers, through database-js over HTTP (keep-alive), through the MySQL proxy
+32 concurrent callers, through database-js over HTTP (keep-alive), the same requests from
+node:http (a lighter client: database-js's fetch is the limit on two cores), through the MySQL proxy
 (mysql2), and straight to the compute (mysql2), all from node (bench/js, one runtime for
 every protocol). Prints requests/s, p50 and p99, and the ratios to the proxy.
 
@@ -53,6 +54,10 @@ async def main(seconds: float, cu: float) -> None:
         urls = {
             "http (database-js)": (
                 "http",
+                f"http://{quote(user, safe='')}:{password}@127.0.0.1:{platform.proxy.http.port}",
+            ),
+            "http (node:http)": (
+                "http-raw",
                 f"http://{quote(user, safe='')}:{password}@127.0.0.1:{platform.proxy.http.port}",
             ),
             "mysql via proxy": (
