@@ -285,6 +285,14 @@ def test_branches_usage_invoice_and_keys(cli: Cli) -> None:
     cli.ok("branches", "protect", bid, "--off")
     # The older form, project first, still works.
     assert cli.json("branches", "get", pid, bid)["id"] == bid
+    diff = cli.json("branches", "schema-diff", bid, "--base", main, "-d", "selkiedb")
+    assert diff == {"diff": ""}
+    reset = cli.json("branches", "reset", bid)
+    assert reset["id"] == bid and reset["parent_id"] == main
+    restored = cli.json("branches", "restore", bid, "--source", main)
+    assert restored["id"] == bid
+    assert cli.json("branches", "set-default", bid)["default"] is True
+    assert cli.json("branches", "set-default", main)["default"] is True
     assert cli.json("branches", "delete", bid)["id"] == bid
 
     used = cli.json("usage")
