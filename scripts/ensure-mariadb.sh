@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the MariaDB server, client and backup binaries (and the client headers the
-# test clients build against, and xfsprogs for the copy-on-write tests) are installed.
+# test clients build against, xfsprogs for the copy-on-write tests, and Debian's headless
+# Chromium with its driver for the console's browser tests) are installed.
 # Installs them with apt-get when they are missing and we are root; otherwise says what to do.
 set -euo pipefail
 
@@ -16,6 +17,9 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
   || missing+=(libmariadb-dev)
 # mkfs.xfs: the tests make an XFS image with reflink (copy-on-write branches).
 have mkfs.xfs || missing+=(xfsprogs)
+# The console's tests drive a real browser: Debian's Chromium and chromedriver.
+have chromium || missing+=(chromium)
+have chromedriver || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -151,6 +151,8 @@ class Settings:
     # SQL over HTTP (PlanetScale's database-js protocol): where the proxy listens for it
     # (plain HTTP on loopback, HTTPS with the proxy's certificate elsewhere); empty: off.
     http_listen: str = "127.0.0.1:8081"
+    # The web console at /console on the API listener (sign-in with an API key).
+    console: bool = True
     # Where the proxy listens beyond loopback, logins must use TLS unless this is set.
     proxy_allow_plaintext: bool = False
     # Pooler: backend connections per endpoint (0: 40 per CU, at least 10), and how long a

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 
 from selkie.api.app import create_app, create_internal_app
+from selkie.api.console import ConsoleSettings
 from selkie.config import Settings, split_listen
 from selkie.control.bootstrap import FirstStart, first_start
 from selkie.platform import Platform, make_proxy
@@ -37,6 +38,27 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, stop)
 
 
+def console_settings(settings: Settings, platform: Platform) -> ConsoleSettings:
+    """What the console needs of this process: where its SQL editor sends statements (the
+    in-process proxy's SQL-over-HTTP listener, else the configured one)."""
+    front = platform.proxy.http if platform.proxy is not None else None
+    sql_url = None
+    if front is not None:
+        scheme = "https" if front.ssl_files else "http"
+        host = "127.0.0.1" if front.host in ("0.0.0.0", "") else front.host  # noqa: S104
+        host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+        sql_url = f"{scheme}://{host}:{front.port}"
+    elif settings.http_listen:
+        host, port = split_listen(settings.http_listen)
+        sql_url = f"http://{host}:{port}"
+    return ConsoleSettings(
+        sql_url=sql_url,
+        proxy_host=settings.proxy_host,
+        proxy_port=settings.proxy_port,
+        secure_cookies=settings.effective_api_url.startswith("https://"),
+    )
+
+
 def banner(settings: Settings, first: FirstStart) -> str:
     api = settings.effective_api_url
     lines = [
@@ -45,6 +67,8 @@ def banner(settings: Settings, first: FirstStart) -> str:
     ]
     if settings.http_listen:
         lines.append(f"SQL over HTTP (database-js) on {settings.http_listen}")
+    if settings.console:
+        lines.append(f"Console on {api}/console  (sign in with an API key)")
     if first.api_key:
         lines += [
             "",
@@ -114,6 +138,8 @@ async def serve(
                     # With a listener of their own, the internal routes are not public.
                     internal_routes=not settings.internal_listen,
                     compare_schema=platform.compare_schema,
+                    console=console_settings(settings, platform) if settings.console else None,
+                    recent_starts=platform.start_metrics.recent_starts,
                 ),
                 host=host,
                 port=port,

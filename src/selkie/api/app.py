@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -10,6 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from selkie import __version__
 from selkie.api import errors, schemas
+from selkie.api.console import Console, ConsoleSettings
+from selkie.api.console import install as install_console
 from selkie.api.deps import Who
 from selkie.api.limits import DEFAULT_MAX_BODY, BodyLimit
 from selkie.api.ratelimit import RateLimiter
@@ -34,6 +37,8 @@ def create_app(
     rate_limit: float = 0.0,
     internal_routes: bool = True,
     compare_schema: Callable[[str, str, str], Awaitable[str]] | None = None,
+    console: ConsoleSettings | None = None,
+    recent_starts: Callable[[str], list[tuple[datetime, float]]] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Selkie API",
@@ -81,6 +86,11 @@ def create_app(
     app.include_router(projects.consumption_router)
     if internal_routes:
         app.include_router(internal.router)
+    if console is not None:
+        install_console(
+            app,
+            Console(control, console, pool_metrics=pool_metrics, recent_starts=recent_starts),
+        )
     return app
 
 

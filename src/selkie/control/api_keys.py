@@ -94,6 +94,15 @@ class ApiKeyService(ServiceBase):
                     fresh.last_used_at = utcnow()
         return principal
 
+    def principal(self, key_id: int) -> Principal:
+        """The principal of a key authenticated earlier (a console session), as long as
+        the key is still valid; Unauthorized once it is revoked or gone."""
+        with self.store.read() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None or row.revoked_at is not None:
+                raise Unauthorized("the API key of this session was revoked")
+            return Principal(key_id=row.id, org_id=row.org_id, admin=row.admin)
+
     def count(self) -> int:
         with self.store.read() as s:
             return int(s.execute(select(func.count(ApiKeyRow.id))).scalar_one())

@@ -1,0 +1,59 @@
+"""The SQL editor's statements, run through Selkie's SQL over HTTP (the proxy's ``/sql``):
+the same path as any client, so the endpoint wakes, the role's password is checked and the
+statement is metered. The password comes with the form and is not kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+TIMEOUT = 60.0
+MAX_ROWS = 1000
+
+
+@dataclass
+class SqlResult:
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)
+    row_count: int = 0
+    truncated: bool = False
+    error: str | None = None
+
+
+async def run_sql(sql_url: str | None, form: dict[str, str]) -> SqlResult:
+    if not sql_url:
+        return SqlResult(error="SQL over HTTP is not enabled on this platform (SELKIE_HTTP_LISTEN)")
+    query = form.get("query", "").strip()
+    if not query:
+        return SqlResult(error="write a statement first")
+    user = quote(f"{form.get('endpoint_id', '')}.{form.get('role', '')}", safe="")
+    password = quote(form.get("password", ""), safe="")
+    database = quote(form.get("database", ""), safe="")
+    headers = {
+        "Selkie-Connection-String": f"mysql://{user}:{password}@localhost/{database}",
+        "Selkie-Array-Mode": "true",
+    }
+    body: dict[str, Any] = {"query": query}
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT, verify=False) as client:  # noqa: S501 - our own proxy, by address
+            reply = await client.post(f"{sql_url}/sql", json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return SqlResult(error=f"could not reach SQL over HTTP: {type(exc).__name__}")
+    try:
+        answer = reply.json()
+    except ValueError:
+        return SqlResult(error=f"SQL over HTTP answered {reply.status_code}")
+    if reply.status_code != 200:
+        error = answer.get("error", answer) if isinstance(answer, dict) else {}
+        message = error.get("message") if isinstance(error, dict) else None
+        return SqlResult(error=str(message or f"HTTP {reply.status_code}"))
+    rows = answer.get("rows", [])
+    return SqlResult(
+        columns=[f["name"] for f in answer.get("fields", [])],
+        rows=rows[:MAX_ROWS],
+        row_count=int(answer.get("rowCount") or 0),
+        truncated=len(rows) > MAX_ROWS,
+    )

@@ -1,0 +1,250 @@
+"""The console in a real browser: Debian's headless Chromium driven by Selenium against a
+real `selkie up` (computes, proxy, SQL over HTTP). Sign-in, the project list, a new branch,
+an endpoint's state changing without a reload, the SQL editor waking the endpoint and
+returning rows, a form post without its CSRF token refused, another organization's project
+a 404, sign-out. Screenshots of the main pages are saved and checked not to be blank."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import api_client, first_key, run, selkie_env, selkie_up
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def _need_browser() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium")
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the console tests need {missing} (make setup installs them)")
+        pytest.skip(f"no headless browser here: {missing}")
+
+
+@dataclass
+class Up:
+    url: str
+    key: str
+    password: str
+    user: str
+    project_id: str
+    shots: Path
+    api: httpx.Client
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    _need_browser()
+    tmp = tmp_path_factory.mktemp("console")
+    env = selkie_env(tmp)
+    log = tmp / "selkie.log"
+    with selkie_up(env, log):
+        text = log.read_text()
+        connect = re.search(r"-u (\S+) -p(\S+)", text)
+        assert connect is not None, text
+        api = api_client(env, log)
+        project_id = api.get("/v1/projects").json()["projects"][0]["id"]
+        shots = tmp / "screenshots"
+        shots.mkdir()
+        yield Up(
+            url=env["SELKIE_API_URL"],
+            key=first_key(log),
+            password=connect.group(2),
+            user=connect.group(1),
+            project_id=project_id,
+            shots=shots,
+            api=api,
+            env=env,
+        )
+        api.close()
+
+
+@pytest.fixture(scope="module")
+def browser(up: Up) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1280,1000")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, predicate, timeout: float = 30):  # type: ignore[no-untyped-def]
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+
+
+def _text(driver, css: str) -> str:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+
+
+def _click(driver, css: str) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, css).click()
+
+
+def _type(driver, css: str, value: str) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    field = driver.find_element(By.CSS_SELECTOR, css)
+    field.clear()
+    field.send_keys(value)
+
+
+def _shot(driver, up: Up, name: str) -> None:  # type: ignore[no-untyped-def]
+    path = up.shots / f"{name}.png"
+    driver.save_screenshot(str(path))
+    assert not_blank(path.read_bytes()), f"{name}: the screenshot is blank"
+
+
+def not_blank(png: bytes) -> bool:
+    """More than a handful of distinct pixel bytes in the PNG's image data (a blank page is
+    one color)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, data = 8, b""
+    while pos < len(png):
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        kind = png[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            data += png[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    return len(set(zlib.decompress(data))) > 16
+
+
+def _sign_in(driver, up: Up, key: str) -> None:  # type: ignore[no-untyped-def]
+    driver.get(f"{up.url}/console/sign-in")
+    _type(driver, "#key", key)
+    _click(driver, "#sign-in button")
+
+
+def test_sign_in_projects_branch_state_and_sql(browser, up: Up) -> None:  # type: ignore[no-untyped-def]
+    d = browser
+    d.get(f"{up.url}/console")
+    assert d.current_url.endswith("/console/sign-in")  # no session yet
+    _sign_in(d, up, "not-a-key")
+    assert "not valid" in _text(d, "#error")
+    _shot(d, up, "sign-in")
+    _sign_in(d, up, up.key)
+    _wait(d, lambda d: d.current_url.endswith("/console/projects"))
+    assert "demo" in _text(d, "#projects")
+    cookie = next(c for c in d.get_cookies() if c["name"] == "selkie_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert up.key not in str(d.get_cookies())  # the key itself is never in the browser
+    _shot(d, up, "projects")
+
+    # The project: its branch tree; a new branch appears under its parent.
+    d.get(f"{up.url}/console/projects/{up.project_id}")
+    _type(d, "#branch-name", "feature")
+    _click(d, "#new-branch button")
+    _wait(d, lambda d: "feature" in _text(d, "#branches"))
+    assert (
+        d.find_element("css selector", '[data-branch="feature"]')
+        .get_attribute("class")
+        .endswith("depth-1")
+    )
+    _shot(d, up, "project")
+
+    # Suspend the demo endpoint: the state changes on the page without a reload.
+    endpoint_id = up.user.split(".")[0]
+    _click(d, f"#start-{endpoint_id}")
+    _wait(d, lambda d: "active" in _text(d, f"#state-{endpoint_id}"), 60)
+    _click(d, f"#suspend-{endpoint_id}")
+    d.execute_script("window.notReloaded = true")
+    _wait(d, lambda d: "suspended" in _text(d, f"#state-{endpoint_id}"), 60)
+    assert d.execute_script("return window.notReloaded") is True
+
+    # The SQL editor wakes it and shows rows.
+    d.get(f"{up.url}/console/projects/{up.project_id}/sql")
+    _type(d, "#password", up.password)
+    _type(d, "#query", "SELECT 1 + 1 AS two, 'seal 🦭' AS animal")
+    _click(d, "#run")
+    _wait(d, lambda d: "seal" in d.page_source, 60)
+    assert [c.text for c in d.find_elements("css selector", "#result th")] == ["two", "animal"]
+    assert [c.text for c in d.find_elements("css selector", "#result td")] == ["2", "seal 🦭"]
+    _shot(d, up, "sql")
+    # A wrong password is the proxy's error, shown, and nothing else.
+    _type(d, "#password", "wrong")
+    _click(d, "#run")
+    _wait(d, lambda d: "Access denied" in _text(d, "#sql-error"))
+
+    # The endpoint page and the usage page render (wakes, chart, invoice).
+    d.get(f"{up.url}/console/projects/{up.project_id}/endpoints/{endpoint_id}")
+    assert "ms" in _text(d, "#wakes")
+    _shot(d, up, "endpoint")
+    d.get(f"{up.url}/console/projects/{up.project_id}/usage")
+    assert d.find_elements("css selector", "#usage-chart svg")
+    assert _text(d, "#total")
+    _shot(d, up, "usage")
+
+
+def test_a_form_without_its_csrf_token_is_refused(browser, up: Up) -> None:  # type: ignore[no-untyped-def]
+    d = browser
+    _sign_in(d, up, up.key)
+    _wait(d, lambda d: d.current_url.endswith("/console/projects"))
+    status = d.execute_script(
+        "return fetch('/console/projects', {method: 'POST', body: new URLSearchParams("
+        "{name: 'forged'})}).then(r => r.status)"
+    )
+    assert status == 403
+    names = [p["name"] for p in up.api.get("/v1/projects").json()["projects"]]
+    assert "forged" not in names
+
+
+def test_another_organizations_project_is_not_found(browser, up: Up) -> None:  # type: ignore[no-untyped-def]
+    admin = run(up.env, "api-keys", "create", "--name", "operator", "--admin").stdout.strip()
+    headers = {"Authorization": f"Bearer {admin}"}
+    org = up.api.post(
+        "/v1/organizations", json={"organization": {"name": "rival"}}, headers=headers
+    )
+    assert org.status_code == 201, org.text
+    org_id = org.json()["organization"]["id"]
+    key = up.api.post("/v1/api_keys", json={"key_name": "rival", "org_id": org_id}, headers=headers)
+    assert key.status_code == 201, key.text
+    d = browser
+    d.delete_all_cookies()
+    _sign_in(d, up, key.json()["key"])
+    _wait(d, lambda d: d.current_url.endswith("/console/projects"))
+    assert "demo" not in _text(d, "#projects")
+    response = httpx.get(
+        f"{up.url}/console/projects/{up.project_id}",
+        cookies={c["name"]: c["value"] for c in d.get_cookies()},
+    )
+    assert response.status_code == 404
+    d.get(f"{up.url}/console/projects/{up.project_id}")
+    assert "not found" in _text(d, "#error").lower()
+    # Signing out ends the session: the pages ask to sign in again.
+    d.get(f"{up.url}/console/projects")
+    _click(d, "#sign-out")
+    _wait(d, lambda d: d.current_url.endswith("/console/sign-in"))
+    d.get(f"{up.url}/console/projects")
+    assert d.current_url.endswith("/console/sign-in")
