@@ -17,6 +17,8 @@ from selkie.cli.common import (
     client,
     emit,
     fail,
+    finish,
+    object_path,
     project_id,
     split_ids,
     wait,
@@ -47,8 +49,8 @@ IdsArg = Annotated[
 ]
 
 
-def _path(pid: str, branch_id: str = "") -> str:
-    return f"/v1/projects/{pid}/branches" + (f"/{branch_id}" if branch_id else "")
+def _path(pid: str, item_id: str = "") -> str:
+    return object_path(pid, "branches", item_id)
 
 
 def _finish(
@@ -61,10 +63,17 @@ def _finish(
     timeout: float,
     output: Output,
 ) -> None:
-    branch = body["branch"]
-    if wait(c, pid, body["operations"], what, no_wait=no_wait, timeout=timeout):
-        branch = c.get(_path(pid, branch["id"]))["branch"]
-    emit(branch, output, COLUMNS)
+    finish(
+        c,
+        pid,
+        body,
+        ("branch", "branches"),
+        what,
+        no_wait=no_wait,
+        timeout=timeout,
+        output=output,
+        columns=COLUMNS,
+    )
 
 
 @app.command("list")

@@ -253,3 +253,29 @@ def wait(
                     )
                 time.sleep(0.2)
     return True
+
+
+def object_path(pid: str, plural: str, item_id: str = "") -> str:
+    """``/v1/projects/{pid}/{plural}[/{item_id}]``."""
+    return f"/v1/projects/{pid}/{plural}" + (f"/{item_id}" if item_id else "")
+
+
+def finish(
+    c: SelkieClient,
+    pid: str,
+    body: dict[str, Any],
+    kind: tuple[str, str],
+    what: str,
+    *,
+    no_wait: bool,
+    timeout: float,
+    output: Output,
+    columns: list[str],
+) -> None:
+    """Wait for an answer's operations, then print its object as it is now; ``kind`` is
+    its key in the answer and its path's plural, e.g. ``("branch", "branches")``."""
+    key, plural = kind
+    item = body[key]
+    if wait(c, pid, body["operations"], what, no_wait=no_wait, timeout=timeout):
+        item = c.get(object_path(pid, plural, item["id"]))[key]
+    emit(item, output, columns)

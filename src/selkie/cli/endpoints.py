@@ -18,6 +18,8 @@ from selkie.cli.common import (
     TimeoutOpt,
     client,
     emit,
+    finish,
+    object_path,
     project_id,
     resolve_branch,
     split_ids,
@@ -72,8 +74,8 @@ PoolerOpt = Annotated[
 PoolerModeOpt = Annotated[PoolerMode | None, typer.Option("--pooler-mode", help="Pooling mode")]
 
 
-def _path(pid: str, endpoint_id: str = "") -> str:
-    return f"/v1/projects/{pid}/endpoints" + (f"/{endpoint_id}" if endpoint_id else "")
+def _path(pid: str, item_id: str = "") -> str:
+    return object_path(pid, "endpoints", item_id)
 
 
 def _finish(
@@ -86,11 +88,17 @@ def _finish(
     timeout: float,
     output: Output,
 ) -> None:
-    """Wait for the answer's operations, then print the endpoint as it is now."""
-    endpoint = body["endpoint"]
-    if wait(c, pid, body["operations"], what, no_wait=no_wait, timeout=timeout):
-        endpoint = c.get(_path(pid, endpoint["id"]))["endpoint"]
-    emit(endpoint, output, COLUMNS)
+    finish(
+        c,
+        pid,
+        body,
+        ("endpoint", "endpoints"),
+        what,
+        no_wait=no_wait,
+        timeout=timeout,
+        output=output,
+        columns=COLUMNS,
+    )
 
 
 @app.command("list")
