@@ -74,6 +74,27 @@ class CommandScanner:
         self._held: bytearray | None = None
 
     def feed(self, data: bytes) -> tuple[list[bytes | HeldChangeUser], list[int]]:
+        # The usual case, first: nothing half-read, and ``data`` is exactly one whole packet
+        # (a client sends a command and waits). It is passed on as it is, without copying.
+        n = len(data)
+        if (
+            n >= 4
+            and not self._header
+            and not self._remaining
+            and self._pending_header is None
+            and self._held is None
+        ):
+            length = data[0] | data[1] << 8 | data[2] << 16
+            if length + 4 == n:
+                seq = data[3]
+                starts = seq == 0 and not self._continued and self._last_seq != 255
+                if not (starts and length and data[4] == Command.CHANGE_USER):
+                    self._continued = length == MAX_PAYLOAD
+                    self._last_seq = seq
+                    return [data], [data[4]] if starts and length else []
+        return self._feed(data)
+
+    def _feed(self, data: bytes) -> tuple[list[bytes | HeldChangeUser], list[int]]:
         segments: list[bytes | HeldChangeUser] = []
         commands: list[int] = []
         buf = bytearray()
