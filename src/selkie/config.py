@@ -194,6 +194,13 @@ class Settings:
     autoscale_up_seconds: float = 2.0
     autoscale_down_seconds: float = 60.0
     compute_start_timeout: float = 60.0
+    # Warm suspend (docs/compute.md): an idle local compute is first frozen (cgroup freezer:
+    # no CPU, memory kept, resumes in about a millisecond), and stopped cold after this many
+    # more seconds; 0: every suspend is cold, as on Kubernetes.
+    warm_suspend_seconds: float = 900.0
+    # ...or earlier, least recently active first, while frozen computes hold more memory
+    # than this many bytes together (0: no budget).
+    warm_suspend_memory: int = 4 * 2**30
     compute_stop_timeout: float = 30.0
     # Metering: how often storage and written data are sampled (seconds).
     metering_interval: float = 60.0
@@ -408,6 +415,8 @@ def load_settings(
             f"archive_url {settings.archive_url!r} must be file:///abs/path, "
             "s3://bucket/prefix or off"
         )
+    if settings.warm_suspend_seconds < 0 or settings.warm_suspend_memory < 0:
+        raise ConfigError("warm_suspend_seconds and warm_suspend_memory must not be negative")
     if settings.base_image_interval <= 0 or settings.base_image_log_bytes <= 0:
         raise ConfigError("base_image_interval and base_image_log_bytes must be positive")
     return settings

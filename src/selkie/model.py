@@ -34,6 +34,14 @@ class EndpointState(StrEnum):
     DELETED = "deleted"
 
 
+class SuspendTier(StrEnum):
+    """How a suspended endpoint sleeps: ``warm`` frozen with its memory (resumes in about a
+    millisecond), ``cold`` stopped (resumes with a server start)."""
+
+    WARM = "warm"
+    COLD = "cold"
+
+
 class EndpointType(StrEnum):
     READ_WRITE = "read_write"
     READ_ONLY = "read_only"
@@ -342,6 +350,8 @@ class Endpoint:
     failure_reason: str | None
     created_at: datetime
     updated_at: datetime
+    # While suspended: warm (frozen) or cold (stopped); None otherwise.
+    suspend_tier: SuspendTier | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

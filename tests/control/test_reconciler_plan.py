@@ -47,7 +47,7 @@ def test_plan_covers_every_combination() -> None:
         [
             ("starting-up", S.SUSPENDED),
             ("suspending-up", S.SUSPENDED),
-            ("suspended-up", None),
+            ("suspended-up", S.SUSPENDED),  # a warm one's frozen compute: recorded cold
             ("deleted-up", None),
             ("failed-up", None),
             ("unknown-up", None),
@@ -81,11 +81,11 @@ def test_with_a_shared_store_recent_changes_are_left_to_their_owner() -> None:
     ]
     observed = [up("just-started-elsewhere"), up("orphan")]
     out = plan(recorded, observed, now=now, grace=grace)
-    assert out.stop == [("orphan", None)]
+    assert out.stop == [("orphan", S.SUSPENDED)]
     assert out.settle == ["stuck-starting"]
     assert out.fail == ["dead"]
     assert out.adopt == []
     # Without a grace (one control plane), everything is acted on at once.
     alone = plan(recorded, observed)
-    assert ("just-started-elsewhere", None) in alone.stop
+    assert ("just-started-elsewhere", S.SUSPENDED) in alone.stop
     assert "starting-now" in alone.settle and "active-just-now" in alone.fail

@@ -37,6 +37,7 @@ async def wait_state(db: Db, state: str, timeout: float) -> float:
 
 
 async def test_idle_endpoint_is_suspended_soon_after_its_timeout(db: Db) -> None:
+    db.platform.lifecycle.warm_seconds = 0  # cold: its compute stops (warm: test_warm_suspend)
     await with_timeout(db, 1)
 
     def work() -> float:
@@ -133,6 +134,7 @@ async def test_a_client_connecting_during_the_suspend_is_served(db: Db) -> None:
 
 
 async def test_an_idle_session_gets_a_clear_error_when_its_endpoint_suspends(db: Db) -> None:
+    db.platform.lifecycle.warm_seconds = 0  # a cold suspend ends sessions; a warm one keeps them
     await with_timeout(db, 1)
 
     def open_idle() -> MySQLdb.Connection:

@@ -84,6 +84,7 @@ class ComputeDriver(ABC):
 
     def __init__(self) -> None:
         self._exit_callbacks: list[ExitCallback] = []
+        self._waiting_callbacks: list[Callable[[str], None]] = []
         # Statements the control plane ran on each compute through execute(): an activity
         # probe tells them apart from clients' in the compute's own counters.
         self.admin_statements: dict[str, int] = {}
@@ -147,6 +148,35 @@ class ComputeDriver(ABC):
         """Hold a running compute still for the block: every thread stopped, nothing new
         written (its files are then a crash-consistent image)."""
         raise ComputeError("this compute driver cannot pause computes")
+
+    # Whether freeze() can hold a compute still without stopping it (warm suspend).
+    supports_freeze = False
+
+    async def freeze(self, endpoint_id: str) -> None:
+        """Warm suspend: make the running compute give back what is cheap to rebuild (its
+        buffer pool), then freeze it: no CPU, its memory and connections kept. While frozen,
+        execute() refuses at once (ComputeError) rather than wait. Raises ComputeError and
+        leaves it running when it cannot be frozen."""
+        raise ComputeError("this compute driver cannot freeze computes")
+
+    async def thaw(self, endpoint_id: str, *, cu: float) -> ComputeInfo | None:
+        """Let a frozen compute run again at size ``cu`` (its buffer pool grows back in the
+        background) and return it; None when there is no such compute to thaw (it was never
+        frozen here, or died): the caller starts it instead."""
+        return None
+
+    def is_frozen(self, endpoint_id: str) -> bool:
+        return False
+
+    def memory(self, endpoint_id: str) -> int | None:
+        """The memory a compute holds now (bytes), where the driver can tell."""
+        return None
+
+    def on_client_waiting(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(endpoint_id)`` (on the event loop) when a client is waiting on a
+        frozen compute: a new connection, or a statement sent on a session that was open
+        when it froze. Once per freeze."""
+        self._waiting_callbacks.append(callback)
 
     async def end_boost(self, endpoint_id: str) -> None:
         """Give a compute started with ``boost`` its CPU limit. A no-op where there is no

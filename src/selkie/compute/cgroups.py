@@ -1,6 +1,7 @@
 """Per-compute CPU and memory limits through cgroups (v2, or the v1 controllers the host
-mounts). Best effort by design: where the hierarchy is not writable (an unprivileged
-container, say) Selkie logs one warning and runs computes without limits.
+mounts), and the freezer that holds a warm-suspended compute still. Best effort by design:
+where the hierarchy is not writable (an unprivileged container, say) Selkie logs one warning
+and runs computes without limits; without a freezer, suspends are cold.
 
 Limits change live (autoscaling, the startup boost): the CPU quota takes effect at the next
 scheduler period; a lower memory limit is written only after the caller has made the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +87,8 @@ class Cgroups:
             controllers = ["cpu", "memory"]
             if (self.root / "cpuacct").is_dir():
                 controllers.append("cpuacct")
+            if (self.root / "freezer").is_dir():
+                controllers.append("freezer")
             return {c: self.root / c / _own_path(c) / "selkie" / endpoint_id for c in controllers}
         return {}
 
@@ -111,11 +115,19 @@ class Cgroups:
                     (path / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
             self._write_cpu(endpoint_id, None if boost else cu)
             self.set_memory(endpoint_id, memory_bytes)
-            for path in self._dirs(endpoint_id).values():
-                (path / "cgroup.procs").write_text(str(pid))
+            for controller, path in self._dirs(endpoint_id).items():
+                if controller != "freezer":
+                    (path / "cgroup.procs").write_text(str(pid))
         except OSError as exc:
             self._warn(f"{exc.filename}: {exc.strerror}")
             return False
+        freezer = self._dirs(endpoint_id).get("freezer")
+        if freezer is not None:
+            try:
+                (freezer / "cgroup.procs").write_text(str(pid))
+            except OSError as exc:
+                # Limits work; only warm suspend is off for this compute (it suspends cold).
+                log.warning("compute %s cannot be frozen: %s", endpoint_id, exc.strerror)
         return True
 
     def _write_cpu(self, endpoint_id: str, cu: float | None) -> None:
@@ -163,6 +175,86 @@ class Cgroups:
         except (OSError, KeyError, ValueError):
             return None
         return None
+
+    # --- the freezer (warm suspend) --------------------------------------------------------
+
+    @property
+    def can_freeze(self) -> bool:
+        """Whether computes can be frozen here (v2's cgroup.freeze, or v1's freezer)."""
+        return self.mode == "v2" or (self.mode == "v1" and (self.root / "freezer").is_dir())
+
+    def _freeze_file(self, endpoint_id: str) -> Path | None:
+        dirs = self._dirs(endpoint_id)
+        if self.mode == "v2":
+            return dirs[""] / "cgroup.freeze"
+        if "freezer" in dirs:
+            return dirs["freezer"] / "freezer.state"
+        return None
+
+    def holds(self, endpoint_id: str, pid: int) -> bool:
+        """Whether ``pid`` is in the endpoint's freezable group (so freeze() reaches it)."""
+        path = self._freeze_file(endpoint_id)
+        if path is None:
+            return False
+        try:
+            procs = (path.parent / "cgroup.procs").read_text().split()
+        except OSError:
+            return False
+        return str(pid) in procs
+
+    def is_frozen(self, endpoint_id: str) -> bool:
+        """Whether the group is frozen, or on its way there (the kernel's word)."""
+        path = self._freeze_file(endpoint_id)
+        try:
+            if path is None:
+                return False
+            if self.mode == "v2":
+                return path.read_text().strip() == "1"
+            return path.read_text().strip() in ("FROZEN", "FREEZING")
+        except OSError:
+            return False
+
+    def _settled(self, path: Path) -> bool:
+        if self.mode == "v2":
+            return "frozen 1" in (path.parent / "cgroup.events").read_text()
+        return path.read_text().strip() == "FROZEN"
+
+    def freeze(self, endpoint_id: str, *, timeout: float = 5.0) -> None:
+        """Freeze every task of the group and return once the kernel says all are frozen
+        (they use no CPU; their memory stays). Raises OSError; thaws again on a timeout."""
+        path = self._freeze_file(endpoint_id)
+        if path is None:
+            raise OSError(f"no freezer for {endpoint_id}")
+        path.write_text("1" if self.mode == "v2" else "FROZEN")
+        deadline = time.monotonic() + timeout
+        while not self._settled(path):
+            if time.monotonic() > deadline:
+                self.thaw(endpoint_id)
+                raise OSError(f"compute {endpoint_id} did not freeze in {timeout:.0f}s")
+            # v1 retries tasks that were busy in the kernel only when asked again.
+            if self.mode == "v1":
+                path.write_text("FROZEN")
+            time.sleep(0.0005)
+
+    def thaw(self, endpoint_id: str) -> bool:
+        """Let the group run again; True if it was frozen. Idempotent."""
+        path = self._freeze_file(endpoint_id)
+        if path is None or not self.is_frozen(endpoint_id):
+            return False
+        path.write_text("0" if self.mode == "v2" else "THAWED")
+        return True
+
+    def frozen_groups(self) -> list[str]:
+        """Endpoint ids whose group is frozen (for the reconciler after a crash)."""
+        probe = self._dirs("x")
+        base = probe.get("") if self.mode == "v2" else probe.get("freezer")
+        if base is None:
+            return []
+        try:
+            names = [p.name for p in base.parent.iterdir() if p.is_dir()]
+        except OSError:
+            return []
+        return sorted(n for n in names if self.is_frozen(n))
 
     def remove(self, endpoint_id: str) -> None:
         for path in self._dirs(endpoint_id).values():

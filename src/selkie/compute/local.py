@@ -35,44 +35,28 @@ from selkie.compute.identity import choose
 from selkie.compute.live import LiveSizing
 from selkie.compute.mariadb import LOOPBACK_HOSTS, Sizing, render_config, run_statements
 from selkie.compute.procs import (
+    find_mariadbd,
     free_port,
     held_still,
     is_zombie,
+    log_since,
+    log_size,
+    log_tail,
     port_is_free,
     proc_cmdline,
     proc_start_time,
+    process_usage,
+    wait_for_handshake,
 )
+from selkie.compute.warm import WARM_POOL_BYTES, InputWatch, grow_pool, shrink_pool
 from selkie.errors import ComputeError
+from selkie.tasks import cancel as cancel_task
+from selkie.tasks import spawn
 
 log = logging.getLogger(__name__)
 
-_NOISE = ("Could not increase number of max_open_files", "proxies_priv")
 _POLL_INTERVAL = 0.5
 _SOCKET_PATH_MAX = 100
-
-
-def find_mariadbd(configured: str = "") -> str:
-    """The server binary: the configured path, else PATH, else /usr/sbin/mariadbd."""
-    if configured:
-        return configured
-    return shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-
-
-async def wait_for_handshake(socket_path: Path) -> bool:
-    """True once the server on ``socket_path`` sends its Handshake v10 (it is ready)."""
-    try:
-        reader, writer = await asyncio.open_unix_connection(str(socket_path))
-    except OSError:
-        return False
-    try:
-        header = await asyncio.wait_for(reader.readexactly(5), timeout=2)
-        return header[4] == 10  # protocol version 10; an ERR packet starts with 0xff
-    except (OSError, asyncio.IncompleteReadError, TimeoutError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
 
 
 @dataclass
@@ -121,6 +105,10 @@ class LocalDriver(ComputeDriver):
         self._locks: dict[str, asyncio.Lock] = {}
         # How long each compute was last held still by paused() (ms), for benchmarks.
         self.last_pause_ms: dict[str, float] = {}
+        # Computes this driver froze (warm suspend) and has not thawed.
+        self._frozen: set[str] = set()
+        self._growing: dict[str, asyncio.Task[None]] = {}
+        self._watches: dict[str, InputWatch] = {}
 
     @staticmethod
     def _socket_dir(data_dir: Path) -> Path:
@@ -377,6 +365,9 @@ class LocalDriver(ComputeDriver):
         sup.exited.set()
         if self._procs.get(sup.endpoint_id) is sup:
             del self._procs[sup.endpoint_id]
+            # Our copies of its sockets would keep its clients' connections open.
+            self._unwatch(sup.endpoint_id)
+            self._frozen.discard(sup.endpoint_id)
         if sup.stopping:
             return
         status = f"status {code}" if code is not None else "an unknown status"
@@ -397,6 +388,8 @@ class LocalDriver(ComputeDriver):
                 sup = self._recorded_alive(endpoint_id)
                 if sup is None:
                     return ComputeInfo(endpoint_id=endpoint_id, running=False)
+                # Adopted computes are active ones: none may stay frozen.
+                self.cgroups.thaw(endpoint_id)
                 self._supervise(sup)
             return self._info(sup, endpoint_id)
 
@@ -420,6 +413,10 @@ class LocalDriver(ComputeDriver):
                 )
             sup.stopping = True
             started = time.monotonic()
+            # A frozen process takes no signal until thawed (a v1 freezer holds even SIGKILL).
+            self._unwatch(endpoint_id)
+            self._frozen.discard(endpoint_id)
+            self.cgroups.thaw(endpoint_id)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(sup.pid, signal.SIGTERM)
             if not await self._wait_gone(sup, timeout):
@@ -471,6 +468,9 @@ class LocalDriver(ComputeDriver):
     async def paused(self, endpoint_id: str) -> AsyncIterator[None]:
         t0 = time.monotonic()
         try:
+            if endpoint_id in self._frozen:
+                yield  # frozen: already still
+                return
             async with held_still(self._running(endpoint_id).pid):
                 yield
         finally:
@@ -510,9 +510,87 @@ class LocalDriver(ComputeDriver):
 
     async def load(self, endpoint_id: str) -> ComputeLoad | None:
         sup = self._procs.get(endpoint_id)
-        if sup is None or sup.exited.is_set():
+        if sup is None or sup.exited.is_set() or endpoint_id in self._frozen:
             return None
         return await self.live.load(endpoint_id, sup.pid, sup.cu)
+
+    # --- warm suspend ----------------------------------------------------------------------
+
+    @property
+    def supports_freeze(self) -> bool:  # type: ignore[override]
+        return self.cgroups.can_freeze
+
+    async def freeze(self, endpoint_id: str) -> None:
+        async with self._lock(endpoint_id):
+            sup = self._running(endpoint_id)
+            if endpoint_id in self._frozen:
+                return
+            if not self.cgroups.holds(endpoint_id, sup.pid):
+                raise ComputeError(f"compute {endpoint_id} is not in a freezable cgroup")
+            await cancel_task(self._growing.pop(endpoint_id, None))
+            await shrink_pool(self.execute, endpoint_id, to_bytes=WARM_POOL_BYTES)
+            try:
+                await asyncio.to_thread(self.cgroups.freeze, endpoint_id)
+            except OSError as exc:
+                raise ComputeError(f"cannot freeze compute {endpoint_id}: {exc}") from exc
+            self._frozen.add(endpoint_id)
+            self._watch_input(endpoint_id, sup.pid)
+            log.info("compute %s frozen", endpoint_id)
+
+    async def thaw(self, endpoint_id: str, *, cu: float) -> ComputeInfo | None:
+        async with self._lock(endpoint_id):
+            sup = self._procs.get(endpoint_id)
+            if sup is None or sup.exited.is_set():
+                self._frozen.discard(endpoint_id)
+                return None
+            self._unwatch(endpoint_id)
+            self.cgroups.thaw(endpoint_id)
+            self._frozen.discard(endpoint_id)
+            if cu != sup.cu:
+                with contextlib.suppress(OSError):
+                    self.cgroups.set_memory(endpoint_id, Sizing.for_cu(cu).memory_bytes)
+                    self.cgroups.set_cpu(endpoint_id, cu)
+                sup.cu = cu
+                self._write_record(sup)
+            self._growing[endpoint_id] = spawn(
+                grow_pool(self.execute, endpoint_id, to_bytes=Sizing.for_cu(cu).buffer_pool_bytes),
+                name=f"grow-pool-{endpoint_id}",
+            )
+            return self._info(sup, endpoint_id)
+
+    def is_frozen(self, endpoint_id: str) -> bool:
+        return endpoint_id in self._frozen
+
+    def memory(self, endpoint_id: str) -> int | None:
+        usage = self.cgroups.usage(endpoint_id)
+        if usage is None:
+            sup = self._procs.get(endpoint_id)
+            usage = process_usage(sup.pid) if sup is not None else None
+        return usage.memory_bytes if usage is not None else None
+
+    def _watch_input(self, endpoint_id: str, pid: int) -> None:
+        def waiting() -> None:
+            self._watches.pop(endpoint_id, None)
+            for callback in self._waiting_callbacks:
+                callback(endpoint_id)
+
+        watch = InputWatch(pid, waiting)
+        try:
+            watch.start()
+        except OSError as exc:
+            log.warning(
+                "compute %s: cannot watch its sockets while frozen (%s): sessions open on it "
+                "wait until it goes cold",
+                endpoint_id,
+                exc,
+            )
+            return
+        self._watches[endpoint_id] = watch
+
+    def _unwatch(self, endpoint_id: str) -> None:
+        watch = self._watches.pop(endpoint_id, None)
+        if watch is not None:
+            watch.close()
 
     # --- observation -----------------------------------------------------------------------
 
@@ -535,6 +613,9 @@ class LocalDriver(ComputeDriver):
     async def execute(
         self, endpoint_id: str, statements: Sequence[str]
     ) -> list[list[tuple[Any, ...]]]:
+        if endpoint_id in self._frozen:
+            # It would never answer: callers (meter, safekeeper checks) try again later.
+            raise ComputeError(f"compute {endpoint_id} is frozen (warm suspended)")
         self.note_admin_statements(endpoint_id, len(statements))
         return await asyncio.to_thread(
             run_statements,
@@ -555,42 +636,26 @@ class LocalDriver(ComputeDriver):
         self._locks.pop(endpoint_id, None)
 
     def _log_size(self, endpoint_id: str) -> int:
-        try:
-            return self.error_log(endpoint_id).stat().st_size
-        except OSError:
-            return 0
+        return log_size(self.error_log(endpoint_id))
 
     def _log_since(self, endpoint_id: str, offset: int) -> str:
-        try:
-            with open(self.error_log(endpoint_id), "rb") as fh:
-                fh.seek(offset)
-                text = fh.read().decode(errors="replace")
-        except OSError:
-            return ""
-        return _summarize(text.splitlines(), 15)
+        return log_since(self.error_log(endpoint_id), offset)
 
     def error_log_tail(self, endpoint_id: str, *, lines: int = 15) -> str:
-        try:
-            with open(self.error_log(endpoint_id), "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 16384))
-                text = fh.read().decode(errors="replace")
-        except OSError:
-            return "(no error log)"
-        return _summarize(text.splitlines(), lines)
+        return log_tail(self.error_log(endpoint_id), lines)
 
     async def close(self) -> None:
+        for task in list(self._growing.values()):
+            await cancel_task(task)
+        self._growing.clear()
+        for endpoint_id in list(self._watches):
+            self._unwatch(endpoint_id)
         for sup in list(self._procs.values()):
             if sup.watcher is not None:
                 sup.watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sup.watcher
         self._procs.clear()
-
-
-def _summarize(lines: list[str], count: int) -> str:
-    useful = [line for line in lines if line.strip() and not any(n in line for n in _NOISE)]
-    return "\n".join(useful[-count:])
 
 
 class _PortTaken(ComputeError):
@@ -601,3 +666,6 @@ def _without_port_hint(spec: ComputeSpec) -> ComputeSpec:
     from dataclasses import replace
 
     return replace(spec, port_hint=None)
+
+
+__all__ = ["LocalDriver", "find_mariadbd", "wait_for_handshake"]

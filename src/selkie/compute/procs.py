@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket as socketlib
 import time
@@ -102,3 +103,67 @@ async def held_still(pid: int, timeout: float = 5.0) -> AsyncIterator[None]:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
+
+
+def find_mariadbd(configured: str = "") -> str:
+    """The server binary: the configured path, else PATH, else /usr/sbin/mariadbd."""
+    if configured:
+        return configured
+    return shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+
+
+async def wait_for_handshake(socket_path: Path) -> bool:
+    """True once the server on ``socket_path`` sends its Handshake v10 (it is ready)."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    except OSError:
+        return False
+    try:
+        header = await asyncio.wait_for(reader.readexactly(5), timeout=2)
+        return header[4] == 10  # protocol version 10; an ERR packet starts with 0xff
+    except (OSError, asyncio.IncompleteReadError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+# --- a compute's error log -----------------------------------------------------------------
+
+_NOISE = ("Could not increase number of max_open_files", "proxies_priv")
+
+
+def _summarize(lines: list[str], count: int) -> str:
+    useful = [line for line in lines if line.strip() and not any(n in line for n in _NOISE)]
+    return "\n".join(useful[-count:])
+
+
+def log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def log_since(path: Path, offset: int) -> str:
+    """The useful lines written to the log after ``offset``."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return _summarize(text.splitlines(), 15)
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last useful lines of the log."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return "(no error log)"
+    return _summarize(text.splitlines(), lines)

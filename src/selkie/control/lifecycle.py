@@ -10,6 +10,12 @@
         failed ◀─────┘ ─── start / wake ──▶ starting
     stopped: suspended by request with no auto-wake; deleted: gone for good.
 
+A suspend by the scheduler is *warm* where the driver can freeze computes: ``suspended``
+with ``suspend_tier = warm``, the compute frozen (no CPU, memory kept, still listening); a
+start thaws it instead of starting a server. A warm endpoint goes *cold* (its compute
+stopped, ``suspended`` through ``suspending``) after ``warm_suspend_seconds`` or under the
+memory budget (the scheduler), and at any explicit suspend, stop, restore or branch of it.
+
 Every transition is a compare-and-set on (state, generation) in the store
 (:meth:`Store.transition_endpoint`); a lost CAS means another actor moved the endpoint, and
 the caller re-reads and decides again. Within this process, one asyncio lock per endpoint
@@ -50,7 +56,7 @@ from selkie.errors import (
 )
 from selkie.metering.starts import LifecycleObserver, StartMetrics
 from selkie.metering.usage import quota_exceeded
-from selkie.model import EndpointState, utcnow
+from selkie.model import EndpointState, SuspendTier, utcnow
 from selkie.storage.base import ParentState, StorageDriver, Storages
 from selkie.store import Store, Usage, convert
 from selkie.store import endpoints as rows
@@ -122,7 +128,15 @@ class Lifecycle:
         # Run just before a running compute is stopped on purpose (the meter's last reading
         # of what it wrote); bounded in time, and its failure never blocks the stop.
         self.before_stop = before_stop
+        # Seconds a frozen compute stays warm before it is stopped (0: suspends are cold).
+        self.warm_seconds = settings.warm_suspend_seconds
+        # Bytes frozen computes may hold together before the least recently active go cold.
+        self.warm_memory = settings.warm_suspend_memory
         driver.on_unexpected_exit(self.on_compute_exit)
+
+    @property
+    def warm_enabled(self) -> bool:
+        return self.warm_seconds > 0 and self.driver.supports_freeze
 
     def history_for(self, settings: model.ProjectSettings) -> History | None:
         """The history service, for a project whose branches it keeps."""
@@ -272,8 +286,10 @@ class Lifecycle:
         if gen is None:
             raise _LostRace(ep.id)
         self.observer.starting(ep.id)
+        warm = ep.suspend_tier == SuspendTier.WARM.value
         try:
-            info, timings = await self._bring_up(target)
+            thawed = await self._thaw(target) if warm else None
+            info, timings = thawed or await self._bring_up(target)
         except BaseException as exc:
             reason = public_message(exc)
             if not isinstance(exc, SelkieError | asyncio.CancelledError):
@@ -292,10 +308,12 @@ class Lifecycle:
             current_cu=self._start_cu(ep),
             pending_state=None,
             last_seen_alive=now,
-            started_at=now,
+            # A thawed compute is the same server run (the meter's counters go on).
+            **({} if thawed else {"started_at": now}),
             last_active=now,
             failure_reason=None,
             compute_address=info.address,
+            suspend_tier=None,
         )
         if done is None:
             # Someone (a delete, another control plane) moved it meanwhile: do not leave a
@@ -349,6 +367,25 @@ class Lifecycle:
             "sync_accounts_ms": (t3 - t2) * 1000,
         }
 
+    async def _thaw(self, target: _Target) -> tuple[ComputeInfo, dict[str, float]] | None:
+        """A warm endpoint's frozen compute, running again: the safekeeper follows it again,
+        accounts changed meanwhile are applied. None when there is none to thaw (it died
+        while frozen, or Selkie restarted): the caller starts one."""
+        ep = target.endpoint
+        t0 = self.timer()
+        info = await self.driver.thaw(ep.id, cu=self._start_cu(ep))
+        if info is None:
+            return None
+        t1 = self.timer()
+        history = self.history_for(target.project.settings)
+        if history is not None:
+            await history.attach(ep.id, target.branch.id, target.project, info.socket)
+        await self._sync_accounts(target, force=False)
+        return info, {
+            "thaw_ms": (t1 - t0) * 1000,
+            "sync_accounts_ms": (self.timer() - t1) * 1000,
+        }
+
     def _start_cu(self, ep: EndpointRow) -> float:
         """An autoscaled compute starts small and the autoscaler grows it under load;
         where the driver cannot resize a running compute, it runs at its max."""
@@ -388,6 +425,9 @@ class Lifecycle:
         async def create() -> None:
             parent = None
             if branch.parent_id is not None:
+                # A frozen server's files are no image to copy: the parent goes cold first.
+                for warm_id in await self._db(rows.warm_ids, self.store, branch.parent_id):
+                    await self.cool(warm_id)
                 running = await self._running_of_branch(branch.parent_id)
                 parent = ParentState(branch_id=branch.parent_id)
                 if running is not None:
@@ -453,11 +493,26 @@ class Lifecycle:
     # --- suspend, stop, delete -------------------------------------------------------------
 
     async def suspend(
-        self, endpoint_id: str, *, to: EndpointState = EndpointState.SUSPENDED
+        self, endpoint_id: str, *, to: EndpointState = EndpointState.SUSPENDED, warm: bool = False
     ) -> model.Endpoint:
-        """Clean shutdown of the compute; the endpoint ends ``suspended`` (or ``stopped``)."""
+        """Clean shutdown of the compute; the endpoint ends ``suspended`` (or ``stopped``).
+        With ``warm`` (the scheduler's idle suspends) the compute is frozen instead, where
+        the driver can and warm suspend is on; a warm endpoint suspended again goes cold."""
         async with self.lock(endpoint_id):
-            return await self._suspend(endpoint_id, to=to)
+            return await self._suspend(endpoint_id, to=to, warm=warm)
+
+    async def cool(self, endpoint_id: str) -> bool:
+        """Stop a warm endpoint's frozen compute (it stays suspended, now cold); False when
+        it is no longer warm (a wake thawed it meanwhile, say)."""
+        async with self.lock(endpoint_id):
+            ep = await self._db(rows.get, self.store, endpoint_id)
+            if not (
+                ep.current_state == EndpointState.SUSPENDED.value
+                and ep.suspend_tier == SuspendTier.WARM.value
+            ):
+                return False
+            await self._suspend(endpoint_id, to=EndpointState.SUSPENDED)
+            return True
 
     @contextlib.asynccontextmanager
     async def paused(self, endpoint_ids: list[str]) -> AsyncIterator[list[str]]:
@@ -474,11 +529,24 @@ class Lifecycle:
                 await self._suspend(endpoint_id, to=EndpointState.SUSPENDED)
             yield running
 
-    async def _suspend(self, endpoint_id: str, *, to: EndpointState) -> model.Endpoint:
+    async def _suspend(
+        self, endpoint_id: str, *, to: EndpointState, warm: bool = False
+    ) -> model.Endpoint:
         for _ in range(5):
             target = await self._db(self._load, endpoint_id)
             ep = target.endpoint
             state = EndpointState(ep.current_state)
+            if state is EndpointState.SUSPENDED and ep.suspend_tier == SuspendTier.WARM.value:
+                if warm and to is EndpointState.SUSPENDED:
+                    return await self._db(self.get, endpoint_id)
+                # Warm to cold: its frozen compute is stopped (thawed first, by the driver).
+                gen = await self._transition(
+                    ep.id, state, ep.generation, EndpointState.SUSPENDING, pending_state=to.value
+                )
+                if gen is None:
+                    continue
+                await self._stop_compute(target, gen, was=state, to=to)
+                return await self._db(self.get, endpoint_id)
             if state in (EndpointState.INIT, EndpointState.SUSPENDED, EndpointState.STOPPED):
                 if state is not to and state is not EndpointState.INIT:
                     await self._transition(
@@ -500,10 +568,46 @@ class Lifecycle:
             )
             if gen is None:
                 continue
-            await self._stop_compute(target, gen, was=state, to=to)
+            freeze = warm and to is EndpointState.SUSPENDED and state is EndpointState.ACTIVE
+            if not (freeze and self.warm_enabled and await self._freeze(target, gen)):
+                await self._stop_compute(target, gen, was=state, to=to)
             self.observer.suspended(ep.id)
             return await self._db(self.get, endpoint_id)
         raise StateConflict(f"endpoint {endpoint_id} keeps changing state; try again")
+
+    async def _before_stop(self, endpoint_id: str) -> None:
+        if self.before_stop is not None:
+            try:
+                await asyncio.wait_for(self.before_stop(endpoint_id), BEFORE_STOP_TIMEOUT)
+            except Exception as exc:
+                log.warning("before stopping %s: %r", endpoint_id, exc)
+
+    async def _freeze(self, target: _Target, generation: int) -> bool:
+        """Settle a suspending endpoint warm: its compute frozen. False (nothing changed
+        but the safekeeper let go) when the driver cannot freeze it: the caller stops it."""
+        ep = target.endpoint
+        await self._before_stop(ep.id)
+        history = self.history_for(target.project.settings)
+        if history is not None:
+            # What the stream received is durable; it follows the compute again at the thaw.
+            await history.detach(ep.id)
+        try:
+            await self.driver.freeze(ep.id)
+        except ComputeError as exc:
+            log.warning("cannot freeze %s, suspending it cold: %s", ep.id, exc.message)
+            return False
+        done = await self._transition(
+            ep.id,
+            EndpointState.SUSPENDING,
+            generation,
+            EndpointState.SUSPENDED,
+            pending_state=None,
+            suspended_at=self.clock(),
+            suspend_tier=SuspendTier.WARM.value,
+        )
+        if done is None:
+            await self.driver.stop(ep.id, timeout=self.stop_timeout)
+        return True
 
     async def _stop_compute(
         self, target: _Target, generation: int, *, was: EndpointState, to: EndpointState
@@ -511,11 +615,8 @@ class Lifecycle:
         """Stop a suspending endpoint's compute and settle it in ``to`` (failed, when the
         stop fails: never left suspending)."""
         ep = target.endpoint
-        if self.before_stop is not None and was is EndpointState.ACTIVE:
-            try:
-                await asyncio.wait_for(self.before_stop(ep.id), BEFORE_STOP_TIMEOUT)
-            except Exception as exc:
-                log.warning("before stopping %s: %r", ep.id, exc)
+        if was is EndpointState.ACTIVE:
+            await self._before_stop(ep.id)
         try:
             await self.driver.stop(ep.id, timeout=self.stop_timeout)
             await self._after_stop(target)
@@ -527,6 +628,7 @@ class Lifecycle:
                 pending_state=None,
                 suspended_at=self.clock(),
                 compute_address=None,
+                suspend_tier=SuspendTier.COLD.value if to is EndpointState.SUSPENDED else None,
             )
         except Exception as exc:
             # Failed is startable, so the next wake or start repairs it (the reconciler
@@ -604,6 +706,7 @@ class Lifecycle:
         """Clean shutdown of every compute this control plane runs (``selkie up`` exiting)."""
 
         ids = await self._db(rows.running_ids, self.store)
+        ids += await self._db(rows.warm_ids, self.store)
         results = await asyncio.gather(*(self.suspend(i) for i in ids), return_exceptions=True)
         for endpoint_id, result in zip(ids, results, strict=True):
             if isinstance(result, BaseException):

@@ -3,7 +3,9 @@
 Observed (the driver's computes) and recorded (endpoint rows) are compared in a pure
 function, :func:`plan`, which returns what to do; :func:`reconcile` then does it. No compute
 survives a restart unaccounted for: one that should run is adopted, one that should not is
-stopped, and an endpoint recorded as running whose compute is gone is marked failed.
+stopped, and an endpoint recorded as running whose compute is gone is marked failed. A
+warm endpoint's frozen compute found after a crash is stopped (the driver thaws it first) and
+the endpoint recorded cold: nothing stays frozen with no control plane watching it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy import select
 from selkie.compute.base import ComputeInfo
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.runner import STALE_AFTER, requeue_interrupted
-from selkie.model import EndpointState, utcnow
+from selkie.model import EndpointState, SuspendTier, utcnow
 from selkie.store import Store, Usage
 from selkie.store.tables import EndpointRow
 
@@ -82,8 +84,13 @@ def plan(
             out.stop.append((endpoint_id, None))
         elif rec.state is EndpointState.ACTIVE:
             out.adopt.append(endpoint_id)
-        elif rec.state in (EndpointState.STARTING, EndpointState.SUSPENDING):
+        elif rec.state in (
+            EndpointState.STARTING,
+            EndpointState.SUSPENDING,
+            EndpointState.SUSPENDED,
+        ):
             # Half-done: roll back to suspended; a queued start runs again and finishes it.
+            # Suspended with a compute: a warm one, frozen; it is recorded cold once stopped.
             out.stop.append((endpoint_id, EndpointState.SUSPENDED))
         else:
             out.stop.append((endpoint_id, None))
@@ -115,6 +122,8 @@ def _recorded(store: Store) -> list[Recorded]:
 
 def _set_state(store: Store, rec: Recorded, new: EndpointState, reason: str | None) -> None:
     fields: dict[str, object] = {"pending_state": None, "compute_address": None}
+    if new is EndpointState.SUSPENDED:
+        fields["suspend_tier"] = SuspendTier.COLD.value
     if reason is not None:
         fields["failure_reason"] = reason
     usage = None

@@ -5,7 +5,11 @@ Activity is what the proxies report (statements, per endpoint, every second) plu
 store's ``last_active``; an endpoint also counts as active from the moment it started. When
 an endpoint looks idle, the compute itself is asked before anything happens — open InnoDB
 transactions, queries running, and statements that bypassed the proxy (its ``Questions``
-counter) all keep it up. Then it is suspended with a clean fast shutdown.
+counter) all keep it up. Then it is suspended: warm (its compute frozen) where the driver
+can freeze computes, else with a clean fast shutdown. Warm endpoints go cold after the warm
+timeout, or earlier, least recently active first, while frozen computes hold more memory
+than the budget (:func:`cold_due`). A frozen compute a client is waiting on (a statement
+sent on a session that was open when it froze) is woken as soon as the driver says so.
 
 Each tick looks only at active endpoints (an indexed query), so its cost grows with them,
 not with all endpoints. The clock is injected: tests of "suspend after 300 s" run in
@@ -26,7 +30,7 @@ from sqlalchemy import select, text
 
 from selkie.control.lifecycle import Lifecycle
 from selkie.errors import SelkieError
-from selkie.model import EndpointState, utcnow
+from selkie.model import EndpointState, SuspendTier, utcnow
 from selkie.store import Store
 from selkie.store.tables import EndpointRow
 from selkie.tasks import cancel, spawn
@@ -74,6 +78,37 @@ def due(
         since = idle_since(c, reported.get(c.endpoint_id))
         if since is None or now - since >= timedelta(seconds=c.suspend_timeout_seconds) + lag:
             out.append(c.endpoint_id)
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Warm:
+    """A warm endpoint: when it froze, when it was last active, what its compute holds."""
+
+    endpoint_id: str
+    suspended_at: datetime | None
+    last_active: datetime | None
+    memory_bytes: int
+
+
+def cold_due(warm: Iterable[Warm], now: datetime, seconds: float, budget: int) -> list[str]:
+    """The warm endpoints to stop (a pure decision): those warm for ``seconds``, then, while
+    the rest hold more than ``budget`` bytes together (0: no budget), the least recently
+    active first."""
+    out, rest = [], []
+    for w in warm:
+        if w.suspended_at is None or now - w.suspended_at >= timedelta(seconds=seconds):
+            out.append(w.endpoint_id)
+        else:
+            rest.append(w)
+    if budget > 0:
+        total = sum(w.memory_bytes for w in rest)
+        oldest = datetime.min.replace(tzinfo=now.tzinfo)
+        for w in sorted(rest, key=lambda w: w.last_active or w.suspended_at or oldest):
+            if total <= budget:
+                break
+            out.append(w.endpoint_id)
+            total -= w.memory_bytes
     return out
 
 
@@ -152,14 +187,38 @@ class Scheduler:
         self._questions: dict[str, tuple[int, int]] = {}
         self._last_heartbeat: datetime | None = None
         self._task: asyncio.Task[None] | None = None
+        self._thawing: dict[str, asyncio.Task[None]] = {}
         self.suspended: list[str] = []  # what this scheduler suspended (tests, metrics)
+        self.cooled: list[str] = []  # warm endpoints it stopped (tests, metrics)
+        lifecycle.driver.on_client_waiting(self._client_waiting)
 
     def start(self) -> None:
         self._task = spawn(self._main(), name="suspend-scheduler")
 
     async def stop(self) -> None:
         await cancel(self._task)
+        for task in list(self._thawing.values()):
+            await cancel(task)
         await asyncio.to_thread(self.leader.release)
+
+    def _client_waiting(self, endpoint_id: str) -> None:
+        """A client is waiting on a frozen compute (a session that was open when it froze
+        sent a statement, or someone connected around the proxy): wake it."""
+        if endpoint_id not in self._thawing:
+            self._thawing[endpoint_id] = spawn(self._thaw(endpoint_id), name=f"thaw-{endpoint_id}")
+
+    async def _thaw(self, endpoint_id: str) -> None:
+        try:
+            log.info("a client is waiting on frozen %s: waking it", endpoint_id)
+            await self.lifecycle.start(endpoint_id, wake=True)
+        except Exception as exc:
+            # Refused (a quota, disabled): stopped cold, so its clients get an answer (the
+            # connection closes) instead of waiting on a frozen server forever.
+            log.warning("cannot wake %s for a waiting client (%s); stopping it", endpoint_id, exc)
+            with contextlib.suppress(Exception):
+                await self.lifecycle.cool(endpoint_id)
+        finally:
+            self._thawing.pop(endpoint_id, None)
 
     async def _main(self) -> None:
         while True:
@@ -186,6 +245,41 @@ class Scheduler:
                 )
                 for r in rows
             ]
+
+    def _warm(self) -> list[tuple[str, datetime | None, datetime | None]]:
+        with self.store.read() as s:
+            rows = s.execute(
+                select(EndpointRow.id, EndpointRow.suspended_at, EndpointRow.last_active)
+                .where(EndpointRow.current_state == EndpointState.SUSPENDED.value)
+                .where(EndpointRow.suspend_tier == SuspendTier.WARM.value)
+            ).all()
+            return [(r[0], r[1], r[2]) for r in rows]
+
+    async def cool_down(self, now: datetime) -> list[str]:
+        """Stop the warm endpoints that are due (:func:`cold_due`); returns them."""
+        lifecycle = self.lifecycle
+        rows = await asyncio.to_thread(self._warm)
+        if not rows:
+            return []
+        warm = [
+            Warm(
+                endpoint_id=endpoint_id,
+                suspended_at=suspended_at,
+                last_active=last_active,
+                memory_bytes=lifecycle.driver.memory(endpoint_id) or 0,
+            )
+            for endpoint_id, suspended_at, last_active in rows
+        ]
+        done = []
+        for endpoint_id in cold_due(warm, now, lifecycle.warm_seconds, lifecycle.warm_memory):
+            try:
+                if await lifecycle.cool(endpoint_id):
+                    log.info("warm endpoint %s goes cold", endpoint_id)
+                    self.cooled.append(endpoint_id)
+                    done.append(endpoint_id)
+            except Exception:
+                log.exception("could not stop warm endpoint %s", endpoint_id)
+        return done
 
     def _touch(self, endpoint_id: str, when: datetime) -> None:
         with self.store.write() as s:
@@ -247,13 +341,14 @@ class Scheduler:
             if self.on_suspend is not None:
                 self.on_suspend(endpoint_id)
             try:
-                await self.lifecycle.suspend(endpoint_id)
+                await self.lifecycle.suspend(endpoint_id, warm=True)
             except Exception:
                 log.exception("could not suspend %s", endpoint_id)
                 continue
             self._questions.pop(endpoint_id, None)
             self.suspended.append(endpoint_id)
             done.append(endpoint_id)
+        await self.cool_down(now)
         if self.on_tick is not None:
             await self.on_tick(now)
         return done

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from selkie.metering.counters import HISTORY, STORAGE, TRANSFER, WRITTEN
 from selkie.metering.usage import storage_by_project
-from selkie.model import Durability, EndpointState
+from selkie.model import Durability, EndpointState, SuspendTier
 from selkie.store import Store
 from selkie.store.tables import EndpointRow, UsageHourRow
 
@@ -70,6 +70,7 @@ class PlatformCollector(Collector):
         for state in EndpointState:
             states.add_metric([state.value], float(counts.get(state.value, 0)))
         yield states
+        yield self._tiers()
         yield self._sizes()
         yield from self._usage()
 
@@ -78,6 +79,26 @@ class PlatformCollector(Collector):
             yield from _history(src.history)
         if src.proxy is not None:
             yield from _proxy(src.proxy)
+
+    def _tiers(self) -> Metric:
+        """Suspended endpoints by tier: warm (compute frozen, holding memory) or cold."""
+        tiers = GaugeMetricFamily(
+            "selkie_endpoints_suspended",
+            "Suspended endpoints by tier (warm: compute frozen; cold: stopped)",
+            labels=["tier"],
+        )
+        with self.sources.store.read() as s:
+            counts = dict(
+                s.execute(
+                    select(EndpointRow.suspend_tier, func.count(EndpointRow.id))
+                    .where(EndpointRow.current_state == EndpointState.SUSPENDED.value)
+                    .group_by(EndpointRow.suspend_tier)
+                ).all()
+            )
+        warm = counts.pop(SuspendTier.WARM.value, 0)
+        tiers.add_metric([SuspendTier.WARM.value], float(warm))
+        tiers.add_metric([SuspendTier.COLD.value], float(sum(counts.values())))
+        return tiers
 
     def _sizes(self) -> Metric:
         """The size of each running compute now (autoscaling moves it)."""

@@ -104,6 +104,11 @@ def endpoint(row: EndpointRow, *, domain: str) -> model.Endpoint:
         failure_reason=row.failure_reason,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        suspend_tier=(
+            model.SuspendTier(row.suspend_tier)
+            if row.suspend_tier and row.current_state == model.EndpointState.SUSPENDED.value
+            else None
+        ),
     )
 
 

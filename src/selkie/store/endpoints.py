@@ -14,7 +14,14 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from selkie.errors import NotFound
-from selkie.model import BranchState, EndpointState, OperationAction, OperationStatus, new_id
+from selkie.model import (
+    BranchState,
+    EndpointState,
+    OperationAction,
+    OperationStatus,
+    SuspendTier,
+    new_id,
+)
 from selkie.store.store import Store, Usage
 from selkie.store.tables import (
     BranchRow,
@@ -147,6 +154,19 @@ def count_running(store: Store, project_id: str, *, besides: str) -> int:
             .where(EndpointRow.id != besides)
             .where(EndpointRow.current_state.in_([x.value for x in RUNNING]))
         ).scalar_one()
+
+
+def warm_ids(store: Store, branch_id: str | None = None) -> list[str]:
+    """The endpoints suspended warm (their computes frozen), on one branch when given."""
+    stmt = (
+        select(EndpointRow.id)
+        .where(EndpointRow.current_state == EndpointState.SUSPENDED.value)
+        .where(EndpointRow.suspend_tier == SuspendTier.WARM.value)
+    )
+    if branch_id is not None:
+        stmt = stmt.where(EndpointRow.branch_id == branch_id)
+    with store.read() as s:
+        return list(s.execute(stmt).scalars())
 
 
 def running_ids(store: Store, *, branch_id: str | None = None) -> list[str]:

@@ -183,6 +183,8 @@ class EndpointRow(Timestamps, Base):
     last_active: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # While suspended: "warm" (its compute frozen, still listening) or "cold" (stopped).
+    suspend_tier: Mapped[str | None] = mapped_column(String(8), nullable=True)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Where the running compute listens (driver-specific), null while not running.
     compute_address: Mapped[str | None] = mapped_column(String(255), nullable=True)
