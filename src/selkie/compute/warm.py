@@ -60,12 +60,25 @@ async def shrink_pool(execute: Execute, endpoint_id: str, *, to_bytes: int) -> N
     log.warning("compute %s: the buffer pool was still shrinking when it froze", endpoint_id)
 
 
-async def grow_pool(execute: Execute, endpoint_id: str, *, to_bytes: int) -> None:
-    """Give a thawed server its buffer pool back (InnoDB grows it in the background)."""
+# Seconds after a thaw before the buffer pool grows back.
+GROW_DELAY = 1.0
+
+
+async def grow_pool(
+    execute: Execute, endpoint_id: str, *, to_bytes: int, delay: float = GROW_DELAY
+) -> None:
+    """Give a thawed server its buffer pool back (InnoDB grows it in the background), after
+    ``delay`` seconds: the wake's first statements go first (a resize takes the pool's
+    locks now and then, which held up logins right after a thaw by up to ~100 ms)."""
+    await asyncio.sleep(delay)
     try:
         await execute(endpoint_id, [f"SET GLOBAL innodb_buffer_pool_size = {to_bytes}"])
     except ComputeError as exc:
         log.warning("compute %s keeps a small buffer pool for now: %s", endpoint_id, exc)
+
+
+# A whole COM_QUIT packet (length 1, sequence 0, command 0x01): what a leaving client sends.
+COM_QUIT = b"\x01\x00\x00\x00\x01"
 
 
 class InputWatch:
@@ -111,13 +124,15 @@ class InputWatch:
         if sock is None or self._fired:
             return
         try:
-            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            data = sock.recv(len(COM_QUIT) + 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
         except OSError:
             data = b"!"  # a listening socket: a connection is waiting
-        if not data:
-            self._drop(fd)  # the peer left
+        if not data or data == COM_QUIT:
+            # The peer left, or is leaving: a COM_QUIT the server had not read yet when it
+            # froze (a connection of Selkie's own closing just then, often). Nobody waits.
+            self._drop(fd)
             return
         self._fired = True
         self.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -87,6 +88,8 @@ class _Target:
     roles: list[RoleSpec]
     databases: list[DatabaseSpec]
     dropped: Dropped
+    # Set when a start would exceed the project's quotas.
+    refused: QuotaExceeded | None = None
 
 
 class _LostRace(Exception):
@@ -125,6 +128,8 @@ class Lifecycle:
         # Endpoints this process made active and has not begun to stop: lets a wake of a
         # running endpoint return without touching the store.
         self._active: set[str] = set()
+        # When this process last made each endpoint active (its timer).
+        self.last_started: dict[str, float] = {}
         # Run just before a running compute is stopped on purpose (the meter's last reading
         # of what it wrote); bounded in time, and its failure never blocks the stop.
         self.before_stop = before_stop
@@ -182,9 +187,11 @@ class Lifecycle:
 
     # --- reads -----------------------------------------------------------------------------
 
-    def _load(self, endpoint_id: str) -> _Target:
+    def _load(self, endpoint_id: str, *, check_quota: bool = False) -> _Target:
+        """The endpoint and what starting it needs; with ``check_quota``, also whether a
+        start would pass its project's quotas (in the same trip off the loop)."""
         loaded = rows.load_for_start(self.store, endpoint_id)
-        return _Target(
+        target = _Target(
             endpoint=loaded.endpoint,
             project=convert.project(loaded.project, proxy_host=self.settings.proxy_host),
             branch=loaded.branch,
@@ -192,6 +199,12 @@ class Lifecycle:
             databases=database_specs(loaded.databases),
             dropped=dropped_names(loaded.dropped),
         )
+        if check_quota and EndpointState(loaded.endpoint.current_state) in STARTABLE:
+            try:
+                self._check_quota(target)
+            except QuotaExceeded as exc:
+                return dataclasses.replace(target, refused=exc)
+        return target
 
     def get(self, endpoint_id: str) -> model.Endpoint:
         return convert.endpoint(
@@ -237,7 +250,7 @@ class Lifecycle:
             # the compute's own start timeout, account sync) before giving up.
             deadline = self.timer() + 2 * self.start_timeout + 30
             while self.timer() < deadline:
-                target = await self._db(self._load, endpoint_id)
+                target = await self._db(self._load, endpoint_id, check_quota=True)
                 ep = target.endpoint
                 state = EndpointState(ep.current_state)
                 if ep.disabled:
@@ -265,17 +278,23 @@ class Lifecycle:
                     await asyncio.sleep(0.02)
                     continue
                 try:
-                    return await self._start(target)
+                    started = await self._start(target)
+                    # A wake's caller wants the compute, not the row: no read for it.
+                    return None if wake else await self._db(self.get, started)
                 except _LostRace:
                     # Another control plane changed it first (it is starting it, most
                     # likely): look again and wait for that to settle.
                     await asyncio.sleep(0.02)
             raise ComputeError(f"endpoint {endpoint_id} did not settle in time; try again")
 
-    async def _start(self, target: _Target) -> model.Endpoint:
+    async def _start(self, target: _Target) -> str:
+        """Start (or thaw) the endpoint; its id once it is active."""
         ep = target.endpoint
         t0 = self.timer()
-        await self._db(self._check_quota, target)
+        if target.refused is not None:
+            raise target.refused
+        if ep.suspend_tier == SuspendTier.WARM.value and await self._start_warm(target, t0):
+            return ep.id
         gen = await self._transition(
             ep.id,
             EndpointState(ep.current_state),
@@ -286,10 +305,8 @@ class Lifecycle:
         if gen is None:
             raise _LostRace(ep.id)
         self.observer.starting(ep.id)
-        warm = ep.suspend_tier == SuspendTier.WARM.value
         try:
-            thawed = await self._thaw(target) if warm else None
-            info, timings = thawed or await self._bring_up(target)
+            info, timings = await self._bring_up(target)
         except BaseException as exc:
             reason = public_message(exc)
             if not isinstance(exc, SelkieError | asyncio.CancelledError):
@@ -308,8 +325,7 @@ class Lifecycle:
             current_cu=self._start_cu(ep),
             pending_state=None,
             last_seen_alive=now,
-            # A thawed compute is the same server run (the meter's counters go on).
-            **({} if thawed else {"started_at": now}),
+            started_at=now,
             last_active=now,
             failure_reason=None,
             compute_address=info.address,
@@ -320,10 +336,84 @@ class Lifecycle:
             # compute running that the store does not account for.
             await self.driver.stop(ep.id, timeout=self.stop_timeout)
             raise StateConflict(f"endpoint {ep.id} changed while starting")
-        timings["total_ms"] = (self.timer() - t0) * 1000
-        self.observer.started(ep.id, timings)
-        self._active.add(ep.id)
-        return await self._db(self.get, ep.id)
+        self._started(ep.id, timings, t0)
+        return ep.id
+
+    def _started(self, endpoint_id: str, timings: dict[str, float], t0: float) -> None:
+        now = self.timer()
+        timings["total_ms"] = (now - t0) * 1000
+        self.observer.started(endpoint_id, timings)
+        self._active.add(endpoint_id)
+        self.last_started[endpoint_id] = now
+
+    def started_within(self, endpoint_id: str, seconds: float) -> bool:
+        """This process made the endpoint active less than ``seconds`` ago (its store row
+        then says so, with ``last_active`` set)."""
+        at = self.last_started.get(endpoint_id)
+        return at is not None and self.timer() - at < seconds
+
+    async def _start_warm(self, target: _Target, t0: float) -> bool:
+        """Thaw a warm endpoint's frozen compute and record it active in one compare-and-set
+        (suspended → active: a thaw takes about a millisecond, so no ``starting`` between,
+        and one store write instead of two on the wake's path). False when there is no
+        frozen compute to thaw (it died, Selkie restarted): the caller starts one."""
+        ep = target.endpoint
+        state = EndpointState(ep.current_state)
+        try:
+            thawed = await self._thaw(target)
+        except BaseException as exc:
+            await self._fail_warm(ep.id, state, ep.generation, exc)
+            raise
+        if thawed is None:
+            return False
+        self.observer.starting(ep.id)
+        info, timings = thawed
+        now = self.clock()
+        done = await self._transition(
+            ep.id,
+            state,
+            ep.generation,
+            EndpointState.ACTIVE,
+            usage=start_usage(ep, now, self._start_cu(ep)),
+            current_cu=self._start_cu(ep),
+            pending_state=None,
+            last_seen_alive=now,
+            # The same server run as before the freeze: started_at stays (the meter's
+            # counters go on from it).
+            last_active=now,
+            failure_reason=None,
+            compute_address=info.address,
+            suspend_tier=None,
+        )
+        if done is None:
+            # Moved meanwhile (a delete): the thawed compute is not the store's to keep.
+            await self.driver.stop(ep.id, timeout=self.stop_timeout)
+            raise _LostRace(ep.id)
+        self._started(ep.id, timings, t0)
+        return True
+
+    async def _fail_warm(
+        self, endpoint_id: str, state: EndpointState, generation: int, exc: BaseException
+    ) -> None:
+        """A thaw that failed half-way: the compute stopped, the endpoint failed (cold)."""
+        reason = public_message(exc)
+        if not isinstance(exc, SelkieError | asyncio.CancelledError):
+            log.exception("thawing %s failed", endpoint_id)
+        try:
+            if self.history is not None:
+                await self.history.detach(endpoint_id)
+            await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
+        finally:
+            await self._transition(
+                endpoint_id,
+                state,
+                generation,
+                EndpointState.FAILED,
+                pending_state=None,
+                failure_reason=reason[:4000],
+                compute_address=None,
+                suspend_tier=None,
+            )
 
     async def _bring_up(self, target: _Target) -> tuple[ComputeInfo, dict[str, float]]:
         """The compute of a starting endpoint: its branch's data in place, the server

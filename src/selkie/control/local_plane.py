@@ -103,7 +103,10 @@ class LocalControlPlane(ControlPlane):
         # Other control planes' schedulers see this client only through the store: note it
         # there (at most once a second per endpoint) before the client's first statement.
         now = time.monotonic()
-        if now - self._touched.get(endpoint_id, 0.0) >= 1.0:
+        if self.lifecycle.started_within(endpoint_id, 1.0):
+            # This wake's start wrote last_active with the endpoint's new state.
+            self._touched[endpoint_id] = now
+        elif now - self._touched.get(endpoint_id, 0.0) >= 1.0:
             self._touched[endpoint_id] = now
             await asyncio.to_thread(self._record, [_stamp(endpoint_id, woken)], [])
         info = await self.lifecycle.driver.inspect(endpoint_id)
