@@ -1,0 +1,209 @@
+"""What every part of the endpoint lifecycle shares: the store, drivers and settings,
+the per-endpoint locks, the compare-and-set transition and the reads a start needs
+(see :mod:`selkie.control.lifecycle` for the state machine)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from selkie import model
+from selkie.compute.base import ComputeDriver
+from selkie.compute.mariadb import DatabaseSpec, RoleSpec
+from selkie.config import Settings
+from selkie.control.accounts import (
+    Dropped,
+    database_specs,
+    dropped_names,
+    role_specs,
+)
+from selkie.control.history import History
+from selkie.errors import (
+    QuotaExceeded,
+)
+from selkie.metering.starts import LifecycleObserver, StartMetrics
+from selkie.metering.usage import quota_exceeded
+from selkie.model import EndpointState, utcnow
+from selkie.storage.base import StorageDriver, Storages
+from selkie.store import Store, Usage, convert
+from selkie.store import endpoints as rows
+from selkie.store.tables import BranchRow, EndpointRow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Seconds a suspend waits for before_stop (the meter's last reading) before stopping anyway.
+BEFORE_STOP_TIMEOUT = 2.0
+
+STARTABLE = (
+    EndpointState.INIT,
+    EndpointState.SUSPENDED,
+    EndpointState.STOPPED,
+    EndpointState.FAILED,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One endpoint with what starting it needs to know, read in one transaction."""
+
+    endpoint: EndpointRow
+    project: model.Project
+    branch: BranchRow
+    roles: list[RoleSpec]
+    databases: list[DatabaseSpec]
+    dropped: Dropped
+    # Set when a start would exceed the project's quotas.
+    refused: QuotaExceeded | None = None
+
+
+class LostRace(Exception):
+    """A compare-and-set found the endpoint changed by someone else."""
+
+
+class LifecycleBase:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        settings: Settings,
+        driver: ComputeDriver,
+        storages: Storages,
+        start_timeout: float = 60.0,
+        stop_timeout: float = 30.0,
+        clock: Callable[[], datetime] = utcnow,
+        timer: Callable[[], float] = time.monotonic,
+        history: History | None = None,
+        before_stop: Callable[[str], Awaitable[object]] | None = None,
+        observer: LifecycleObserver | None = None,
+    ) -> None:
+        self.store = store
+        # Durable storage of local branches (None: archive off, or computes elsewhere).
+        self.history = history
+        self.settings = settings
+        self.driver = driver
+        self.storages = storages
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        # Wall time (for the store) and elapsed time (deadlines, start timings).
+        self.clock = clock
+        self.timer = timer
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.observer: LifecycleObserver = observer or StartMetrics()
+        # Endpoints this process made active and has not begun to stop: lets a wake of a
+        # running endpoint return without touching the store.
+        self._active: set[str] = set()
+        # When this process last made each endpoint active (its timer).
+        self.last_started: dict[str, float] = {}
+        # Run just before a running compute is stopped on purpose (the meter's last reading
+        # of what it wrote); bounded in time, and its failure never blocks the stop.
+        self.before_stop = before_stop
+        # Seconds a frozen compute stays warm before it is stopped (0: suspends are cold).
+        self.warm_seconds = settings.warm_suspend_seconds
+        # Bytes frozen computes may hold together before the least recently active go cold.
+        self.warm_memory = settings.warm_suspend_memory
+        driver.on_unexpected_exit(self.on_compute_exit)
+
+    @property
+    def warm_enabled(self) -> bool:
+        return self.warm_seconds > 0 and self.driver.supports_freeze
+
+    def history_for(self, settings: model.ProjectSettings) -> History | None:
+        """The history service, for a project whose branches it keeps."""
+        if settings.storage_mode is model.StorageMode.PAGESERVER:
+            return None
+        return self.history
+
+    def storage_for(self, settings: model.ProjectSettings) -> StorageDriver:
+        return self.storages.for_settings(settings)
+
+    def _binary_for(self, settings: model.ProjectSettings) -> str | None:
+        if settings.storage_mode is model.StorageMode.PAGESERVER:
+            return self.settings.pageserver_mariadbd or None
+        return None
+
+    def lock(self, endpoint_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(endpoint_id, asyncio.Lock())
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Store calls are blocking: they run in the default thread pool, off the loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _transition(
+        self,
+        endpoint_id: str,
+        expected: EndpointState | tuple[EndpointState, ...],
+        generation: int | None,
+        new_state: EndpointState,
+        usage: Usage | None = None,
+        **fields: Any,
+    ) -> int | None:
+        """The compare-and-set (:func:`selkie.store.endpoints.transition`), off the loop."""
+        return await self._db(
+            rows.transition,
+            self.store,
+            endpoint_id,
+            expected,
+            generation,
+            new_state,
+            usage,
+            **fields,
+        )
+
+    def _load(self, endpoint_id: str, *, check_quota: bool = False) -> Target:
+        """The endpoint and what starting it needs; with ``check_quota``, also whether a
+        start would pass its project's quotas (in the same trip off the loop)."""
+        loaded = rows.load_for_start(self.store, endpoint_id)
+        target = Target(
+            endpoint=loaded.endpoint,
+            project=convert.project(loaded.project, proxy_host=self.settings.proxy_host),
+            branch=loaded.branch,
+            roles=role_specs(loaded.roles),
+            databases=database_specs(loaded.databases),
+            dropped=dropped_names(loaded.dropped),
+        )
+        if check_quota and EndpointState(loaded.endpoint.current_state) in STARTABLE:
+            try:
+                self._check_quota(target)
+            except QuotaExceeded as exc:
+                return dataclasses.replace(target, refused=exc)
+        return target
+
+    def get(self, endpoint_id: str) -> model.Endpoint:
+        return convert.endpoint(
+            rows.get(self.store, endpoint_id), domain=self.settings.proxy_domain
+        )
+
+    def _check_quota(self, target: Target) -> None:
+        settings = target.project.settings
+        cu = target.endpoint.autoscaling_limit_max_cu
+        if settings.max_cu is not None and cu > settings.max_cu:
+            raise QuotaExceeded(
+                f"endpoint size {cu} CU exceeds the project's limit of {settings.max_cu} CU"
+            )
+        if settings.max_active_endpoints is not None:
+            active = rows.count_running(self.store, target.project.id, besides=target.endpoint.id)
+            if active >= settings.max_active_endpoints:
+                raise QuotaExceeded(
+                    f"project {target.project.id} already has {active} active endpoints "
+                    f"(limit {settings.max_active_endpoints})"
+                )
+        problems = quota_exceeded(self.store, target.project.id, settings, self.clock())
+        if problems:
+            raise QuotaExceeded(problems[0])
+
+    # Defined by :class:`~selkie.control.lifecycle.Lifecycle`.
+
+    async def cool(self, endpoint_id: str) -> bool:
+        """Stop a warm endpoint's frozen compute."""
+        raise NotImplementedError
+
+    async def on_compute_exit(self, endpoint_id: str, reason: str) -> None:
+        """A compute ended without being asked to."""
+        raise NotImplementedError

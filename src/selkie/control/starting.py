@@ -1,0 +1,273 @@
+"""Bringing an endpoint's compute up: its branch's data in place, the server started
+(or a frozen one thawed), the safekeeper following it, its accounts matching the store;
+and what a failed start leaves (the compute stopped, the endpoint failed)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from selkie import model
+from selkie.compute.base import ComputeInfo, ComputeSpec
+from selkie.control.accounts import (
+    sync_accounts,
+)
+from selkie.control.lifecycle_base import (
+    LifecycleBase,
+    LostRace,
+    Target,
+    log,
+)
+from selkie.errors import (
+    ComputeError,
+    SelkieError,
+    public_message,
+)
+from selkie.model import EndpointState
+from selkie.storage.base import ParentState
+from selkie.store import endpoints as rows
+from selkie.store.endpoints import start_usage
+from selkie.store.tables import BranchRow, EndpointRow
+
+
+class Starting(LifecycleBase):
+    def _started(self, endpoint_id: str, timings: dict[str, float], t0: float) -> None:
+        now = self.timer()
+        timings["total_ms"] = (now - t0) * 1000
+        self.observer.started(endpoint_id, timings)
+        self._active.add(endpoint_id)
+        self.last_started[endpoint_id] = now
+
+    def started_within(self, endpoint_id: str, seconds: float) -> bool:
+        """This process made the endpoint active less than ``seconds`` ago (its store row
+        then says so, with ``last_active`` set)."""
+        at = self.last_started.get(endpoint_id)
+        return at is not None and self.timer() - at < seconds
+
+    async def _start_warm(self, target: Target, t0: float) -> bool:
+        """Thaw a warm endpoint's frozen compute and record it active in one compare-and-set
+        (suspended → active: a thaw takes about a millisecond, so no ``starting`` between,
+        and one store write instead of two on the wake's path). False when there is no
+        frozen compute to thaw (it died, Selkie restarted): the caller starts one."""
+        ep = target.endpoint
+        state = EndpointState(ep.current_state)
+        try:
+            thawed = await self._thaw(target)
+        except BaseException as exc:
+            await self._fail_warm(ep.id, state, ep.generation, exc)
+            raise
+        if thawed is None:
+            return False
+        self.observer.starting(ep.id)
+        info, timings = thawed
+        now = self.clock()
+        done = await self._transition(
+            ep.id,
+            state,
+            ep.generation,
+            EndpointState.ACTIVE,
+            usage=start_usage(ep, now, self._start_cu(ep)),
+            current_cu=self._start_cu(ep),
+            pending_state=None,
+            last_seen_alive=now,
+            # The same server run as before the freeze: started_at stays (the meter's
+            # counters go on from it).
+            last_active=now,
+            failure_reason=None,
+            compute_address=info.address,
+            suspend_tier=None,
+        )
+        if done is None:
+            # Moved meanwhile (a delete): the thawed compute is not the store's to keep.
+            await self.driver.stop(ep.id, timeout=self.stop_timeout)
+            raise LostRace(ep.id)
+        self._started(ep.id, timings, t0)
+        return True
+
+    async def _fail_warm(
+        self, endpoint_id: str, state: EndpointState, generation: int, exc: BaseException
+    ) -> None:
+        """A thaw that failed half-way: the compute stopped, the endpoint failed (cold)."""
+        reason = public_message(exc)
+        if not isinstance(exc, SelkieError | asyncio.CancelledError):
+            log.exception("thawing %s failed", endpoint_id)
+        try:
+            if self.history is not None:
+                await self.history.detach(endpoint_id)
+            await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
+        finally:
+            await self._transition(
+                endpoint_id,
+                state,
+                generation,
+                EndpointState.FAILED,
+                pending_state=None,
+                failure_reason=reason[:4000],
+                compute_address=None,
+                suspend_tier=None,
+            )
+
+    async def _bring_up(self, target: Target) -> tuple[ComputeInfo, dict[str, float]]:
+        """The compute of a starting endpoint: its branch's data in place, the server
+        started, the safekeeper following it, its accounts matching the store. Returns it
+        with the milliseconds each phase took."""
+        ep, settings = target.endpoint, target.project.settings
+        t0 = self.timer()
+        storage = self.storage_for(settings)
+        await self.ensure_branch_data(target.branch, target.project)
+        options = await storage.prepare_compute(target.branch.id, ep.id, settings)
+        history = self.history_for(settings)
+        if history is not None:
+            await history.before_start(target.branch.id)
+            options = {**options, **history.server_options(settings)}
+        t1 = self.timer()
+        port_hint = int(ep.compute_address.rsplit(":", 1)[1]) if ep.compute_address else None
+        info = await self.driver.start(
+            ComputeSpec(
+                endpoint_id=ep.id,
+                project_id=ep.project_id,
+                branch_id=ep.branch_id,
+                cu=self._start_cu(ep),
+                datadir=storage.compute_datadir(target.branch.id, ep.id),
+                server_options=options,
+                port_hint=port_hint,
+                binary=self._binary_for(settings),
+                boost=self.settings.compute_startup_boost,
+            ),
+            timeout=self.start_timeout,
+        )
+        t2 = self.timer()
+        if history is not None:
+            # Before anything writes: with durability=sync the first commit waits for it.
+            await history.attach(ep.id, target.branch.id, target.project, info.socket)
+        await self._sync_accounts(target, force=False)
+        await self._end_boost(ep.id)
+        t3 = self.timer()
+        return info, {
+            "prepare_ms": (t1 - t0) * 1000,
+            "mariadbd_start_ms": (t2 - t1) * 1000,
+            "sync_accounts_ms": (t3 - t2) * 1000,
+        }
+
+    async def _thaw(self, target: Target) -> tuple[ComputeInfo, dict[str, float]] | None:
+        """A warm endpoint's frozen compute, running again: the safekeeper follows it again,
+        accounts changed meanwhile are applied. None when there is none to thaw (it died
+        while frozen, or Selkie restarted): the caller starts one."""
+        ep = target.endpoint
+        t0 = self.timer()
+        info = await self.driver.thaw(ep.id, cu=self._start_cu(ep))
+        if info is None:
+            return None
+        t1 = self.timer()
+        history = self.history_for(target.project.settings)
+        if history is not None:
+            await history.attach(ep.id, target.branch.id, target.project, info.socket)
+        await self._sync_accounts(target, force=False)
+        return info, {
+            "thaw_ms": (t1 - t0) * 1000,
+            "sync_accounts_ms": (self.timer() - t1) * 1000,
+        }
+
+    def _start_cu(self, ep: EndpointRow) -> float:
+        """An autoscaled compute starts small and the autoscaler grows it under load;
+        where the driver cannot resize a running compute, it runs at its max."""
+        if self.driver.supports_resize:
+            return ep.autoscaling_limit_min_cu
+        return ep.autoscaling_limit_max_cu
+
+    async def _end_boost(self, endpoint_id: str) -> None:
+        """The compute is ready: it gets its CPU limit. A failure leaves it running
+        unlimited for now (the autoscaler's next pass tries again), never fails the start."""
+        try:
+            await self.driver.end_boost(endpoint_id)
+        except ComputeError as exc:
+            log.warning("compute %s keeps its startup boost for now: %s", endpoint_id, exc)
+
+    async def _fail_start(self, endpoint_id: str, generation: int, reason: str) -> None:
+        try:
+            if self.history is not None:
+                await self.history.detach(endpoint_id)
+            await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
+        finally:
+            await self._transition(
+                endpoint_id,
+                EndpointState.STARTING,
+                generation,
+                EndpointState.FAILED,
+                pending_state=None,
+                failure_reason=reason[:4000],
+                compute_address=None,
+            )
+
+    async def ensure_branch_data(self, branch: BranchRow, project: model.Project) -> None:
+        """Make the branch's data if it is not there yet (a copy of its parent, or of the
+        template for a project's first branch); marks the branch ready."""
+        storage = self.storage_for(project.settings)
+
+        async def create() -> None:
+            parent = None
+            if branch.parent_id is not None:
+                # A frozen server's files are no image to copy: the parent goes cold first.
+                for warm_id in await self._db(rows.warm_ids, self.store, branch.parent_id):
+                    await self.cool(warm_id)
+                running = await self._running_of_branch(branch.parent_id)
+                parent = ParentState(branch_id=branch.parent_id)
+                if running is not None:
+                    endpoint_id, socket = running
+                    parent = ParentState(
+                        branch_id=branch.parent_id,
+                        running_socket=socket,
+                        paused=(
+                            (lambda: self.driver.paused(endpoint_id))
+                            if self.driver.supports_pause
+                            else None
+                        ),
+                    )
+            await storage.create_branch(branch.id, parent=parent, settings=project.settings)
+
+        history = self.history_for(project.settings)
+        if history is not None:
+            await history.ensure_branch(branch, project, create=create)
+        elif not await asyncio.to_thread(storage.branch_exists, branch.id):
+            await create()
+        if branch.current_state != model.BranchState.READY.value:
+            size = await storage.branch_size(branch.id)
+            await self._db(rows.mark_branch_ready, self.store, branch.id, size)
+
+    async def _running_of_branch(self, branch_id: str) -> tuple[str, Path] | None:
+        """A running compute of the branch, and its socket."""
+        for endpoint_id in await self._db(rows.running_ids, self.store, branch_id=branch_id):
+            info = await self.driver.inspect(endpoint_id)
+            if info.running and info.socket is not None:
+                return endpoint_id, info.socket
+        return None
+
+    async def _sync_accounts(self, target: Target, *, force: bool) -> None:
+        """The compute's roles and databases made to match the store; the digest of what
+        was applied is kept in the datadir when this machine holds it."""
+        ep = target.endpoint
+        datadir = None
+        if self.driver.local_datadirs:
+            storage = self.storage_for(target.project.settings)
+            datadir = storage.compute_datadir(target.branch.id, ep.id)
+        await sync_accounts(
+            self.driver,
+            ep.id,
+            target.roles,
+            target.databases,
+            datadir=datadir,
+            force=force,
+            dropped=target.dropped,
+        )
+
+    async def apply_config(self, endpoint_id: str) -> bool:
+        """Make a running compute's roles and databases match the store now. False when the
+        endpoint is not running: the next start applies it."""
+        async with self.lock(endpoint_id):
+            target = await self._db(self._load, endpoint_id)
+            if target.endpoint.current_state != EndpointState.ACTIVE.value:
+                return False
+            if not (await self.driver.inspect(endpoint_id)).running:
+                return False
+            await self._sync_accounts(target, force=True)
+            return True
