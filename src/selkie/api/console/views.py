@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 from selkie.api.console.charts import Bar, bars, steps
 from selkie.control import Control
 from selkie.errors import InvalidInput
-from selkie.model import Branch, Endpoint, EndpointState, OperationAction, Principal
+from selkie.model import (
+    Branch,
+    Endpoint,
+    EndpointState,
+    OperationAction,
+    Principal,
+    SuspendTier,
+)
 
 if TYPE_CHECKING:
     from selkie.api.console.app import Console
@@ -55,6 +62,8 @@ def state_of(ep: Endpoint) -> str:
         return "starting"
     if pending == EndpointState.SUSPENDED and ep.current_state == EndpointState.ACTIVE:
         return "suspending"
+    if ep.current_state == EndpointState.SUSPENDED and ep.suspend_tier == SuspendTier.WARM:
+        return "suspended (warm)"  # frozen: wakes in milliseconds
     return str(ep.current_state.value)
 
 
