@@ -700,9 +700,15 @@ async def test_clients_beyond_the_cap_wait_then_get_a_clear_error(db: Db) -> Non
 # --- sessions that survive a suspend ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["transaction", "session"])
-async def test_idle_session_survives_a_suspend(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "tier"), [("transaction", "cold"), ("session", "cold"), ("transaction", "warm")]
+)
+async def test_idle_session_survives_a_suspend(tmp_path: Path, mode: str, tier: str) -> None:
+    # Cold: the compute is stopped and started again; warm: frozen and thawed (where the
+    # machine has a freezer; elsewhere a warm suspend is a cold one).
     p = await pooled_platform(tmp_path, cap=2)
+    if tier == "cold":
+        p.lifecycle.warm_seconds = 0
     try:
         db = await pooled_db(p, mode)
         who = local_principal(p.control)
@@ -731,9 +737,18 @@ async def test_idle_session_survives_a_suspend(tmp_path: Path, mode: str) -> Non
                 break
             await asyncio.sleep(0.02)
         assert db.state() == "suspended"
-        assert pid is not None and not Path(f"/proc/{pid}").exists()
+        assert pid is not None
+        if tier == "warm" and p.lifecycle.warm_enabled:
+            assert p.driver.is_frozen(db.endpoint_id) and Path(f"/proc/{pid}").exists()
+        else:
+            assert not Path(f"/proc/{pid}").exists()
         row = await asyncio.to_thread(q, a, "SELECT DATABASE(), @@sql_mode")
         assert row == (("second", "ANSI_QUOTES,NO_ENGINE_SUBSTITUTION"),)
+        # A thawed compute answers at once; the store says active a moment later.
+        for _ in range(250):
+            if db.state() == "active":
+                break
+            await asyncio.sleep(0.02)
         assert db.state() == "active"
         a.close()
     finally:
