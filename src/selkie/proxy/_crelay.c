@@ -1,23 +1,25 @@
 /* The plaintext session relay's hot path, without the GIL.
  *
- * One Session object per relayed client session. Session.run() moves bytes both ways on
- * two non-blocking sockets with poll() until something needs Python: a COM_CHANGE_USER
- * packet arrived whole (its payload is returned for rewriting), or a side closed. The
- * client -> server bytes are scanned exactly as selkie.proxy.relay.CommandScanner does;
- * server -> client bytes are spliced through a pipe (a plain copy where splice is not
- * supported). The counters the proxy's activity reporter reads are fields of the Session,
- * written with relaxed atomics here and read through properties from any thread.
+ * A Loop is one thread's epoll over many sessions' sockets, as in HAProxy. Each Session
+ * moves bytes both ways on two non-blocking sockets until something needs Python: a
+ * COM_CHANGE_USER packet arrived whole (its payload is handed over for rewriting), or a
+ * side closed. The client -> server bytes are scanned exactly as
+ * selkie.proxy.relay.CommandScanner does; server -> client bytes are read and written
+ * (recv/send: a short read reliably means the socket is drained, which the edge-triggered
+ * loop relies on; splice through a pipe gives no such guarantee). The counters the proxy's
+ * activity reporter reads are fields of the Session, written with relaxed atomics here and
+ * read through properties from any thread.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-/* pyconfig.h (from Python.h) defines _GNU_SOURCE: splice, pipe2, F_SETPIPE_SZ. */
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
+#include <stdlib.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,7 +55,7 @@ static int buf_add(Buf *b, const uint8_t *p, size_t n) {
     return 0;
 }
 
-typedef struct {
+typedef struct Session {
     PyObject_HEAD
     /* The scanner: CommandScanner's state, field for field. */
     uint8_t header[4];
@@ -72,13 +74,24 @@ typedef struct {
     size_t in_pos;
     Buf out;
     size_t out_pos;
-    /* Bytes for the client ahead of the pipe (the first bytes; all of them in copy mode). */
+    /* Bytes for the client: the first ones, then what the server sent. */
     Buf to_client;
     size_t to_client_pos;
     int to_client_relayed; /* what to_client holds came from the server (counted) */
-    int pipe_r, pipe_w;
-    size_t piped;
-    int copy_mode;
+    /* The sockets, and whether each is readable as far as the last event said. */
+    int cfd, sfd;
+    int client_ready, server_ready;
+    int client_hup, server_hup; /* the side hung up (or failed): reads never block again */
+    /* Sent to the client when the compute goes away, unless closing (the proxy's doing). */
+    Buf farewell;
+    int closing;
+    /* In a Loop: the loop's reference, what it calls at the end, its epoll tags. */
+    int in_loop, touched;
+    PyObject *handler;
+    struct Tag {
+        struct Session *session;
+        int client;
+    } tags[2];
     /* Counters, read by Python from other threads. */
     int64_t bytes_to_client, bytes_from_client, statements;
     double last_active;
@@ -230,21 +243,20 @@ static int set_nonblocking(int fd) {
     return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
-/* The relay loop proper; runs without the GIL. Returns END_* or CHANGE_USER; on
- * END_ERROR errno says why. */
-static int relay(Session *s, int cfd, int sfd) {
-    /* Which side poll() last said is readable; reads are tried only then, and the flag is
-     * cleared when a read comes back short (level-triggered poll() says it again). */
-    int client_ready = 0, server_ready = 0;
+enum { BLOCKED = -1 };
+
+/* Do what can be done without blocking, both ways; returns BLOCKED (the loop waits for
+ * the next readiness event), END_* or CHANGE_USER. Runs without the GIL. */
+static int step(Session *s) {
+    int cfd = s->cfd, sfd = s->sfd;
     for (;;) {
-        int progress = 0, want_cout = 0, want_sout = 0;
-        /* Server -> client: first bytes (or copied bytes), then the pipe. */
+        int progress = 0;
+        /* Server -> client: the first bytes, then what was read from the server. */
         while (s->to_client_pos < s->to_client.len) {
             ssize_t w = send(cfd, s->to_client.data + s->to_client_pos,
                              s->to_client.len - s->to_client_pos, MSG_NOSIGNAL);
             if (w < 0) {
                 if (!again()) return END_ERROR;
-                want_cout = 1;
                 break;
             }
             s->to_client_pos += (size_t)w;
@@ -252,24 +264,11 @@ static int relay(Session *s, int cfd, int sfd) {
             progress = 1;
         }
         if (s->to_client_pos == s->to_client.len) s->to_client.len = s->to_client_pos = 0;
-        while (!s->to_client.len && s->piped) {
-            ssize_t w = splice(s->pipe_r, NULL, cfd, NULL, s->piped,
-                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-            if (w < 0) {
-                if (!again()) return END_ERROR;
-                want_cout = 1;
-                break;
-            }
-            s->piped -= (size_t)w;
-            add64(&s->bytes_to_client, w);
-            progress = 1;
-        }
         /* Client -> server: the scanned bytes. */
         while (s->out_pos < s->out.len) {
             ssize_t w = send(sfd, s->out.data + s->out_pos, s->out.len - s->out_pos, MSG_NOSIGNAL);
             if (w < 0) {
                 if (!again()) return END_ERROR;
-                want_sout = 1;
                 break;
             }
             s->out_pos += (size_t)w;
@@ -291,12 +290,14 @@ static int relay(Session *s, int cfd, int sfd) {
                 add64(&s->statements, commands);
                 __atomic_store(&s->last_active, &(double){now()}, __ATOMIC_RELAXED);
             }
-            progress = 1;
             continue; /* send it at once */
         }
         /* A COM_CHANGE_USER is whole and everything before it has left both ways. */
-        if (s->held_done && !s->out.len && !s->to_client.len && !s->piped) return CHANGE_USER;
-        if (client_ready && !s->held_done && !s->out.len && s->in_pos == s->in.len) {
+        if (s->held_done && !s->out.len && !s->to_client.len) return CHANGE_USER;
+        /* Reads are tried only while the side is readable as far as we know: the flag is
+         * set by the loop's events and cleared by EAGAIN or a short read (with epoll's edge
+         * trigger a later arrival is a new event; a hang-up already seen keeps it set). */
+        if (s->client_ready && !s->held_done && !s->out.len && s->in_pos == s->in.len) {
             if (buf_reserve(&s->in, CHUNK) < 0) {
                 errno = ENOMEM;
                 return END_ERROR;
@@ -305,70 +306,34 @@ static int relay(Session *s, int cfd, int sfd) {
             if (r == 0) return END_CLIENT;
             if (r < 0) {
                 if (!again()) return END_ERROR;
-                client_ready = 0;
+                s->client_ready = 0;
             } else {
                 s->in.len = (size_t)r;
                 s->in_pos = 0;
                 add64(&s->bytes_from_client, r);
-                client_ready = r == CHUNK;
-                progress = 1;
+                s->client_ready = r == CHUNK || s->client_hup;
                 continue;
             }
         }
-        if (server_ready && !s->to_client.len && !s->piped) {
-            if (s->copy_mode) {
-                if (buf_reserve(&s->to_client, CHUNK) < 0) {
-                    errno = ENOMEM;
-                    return END_ERROR;
-                }
-                ssize_t r = recv(sfd, s->to_client.data, CHUNK, 0);
-                if (r == 0) return END_SERVER;
-                if (r < 0) {
-                    if (!again()) return END_ERROR;
-                    server_ready = 0;
-                } else {
-                    s->to_client.len = (size_t)r;
-                    s->to_client_pos = 0;
-                    s->to_client_relayed = 1;
-                    server_ready = r == CHUNK;
-                    progress = 1;
-                    continue;
-                }
+        if (s->server_ready && !s->to_client.len) {
+            if (buf_reserve(&s->to_client, CHUNK) < 0) {
+                errno = ENOMEM;
+                return END_ERROR;
+            }
+            ssize_t r = recv(sfd, s->to_client.data, CHUNK, 0);
+            if (r == 0) return END_SERVER;
+            if (r < 0) {
+                if (!again()) return END_ERROR;
+                s->server_ready = 0;
             } else {
-                ssize_t r = splice(sfd, NULL, s->pipe_w, NULL, CHUNK,
-                                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-                if (r == 0) return END_SERVER;
-                if (r < 0 && errno == EINVAL) {
-                    s->copy_mode = 1; /* a socket type splice cannot read */
-                    continue;
-                }
-                if (r < 0) {
-                    if (!again()) return END_ERROR;
-                    server_ready = 0;
-                } else {
-                    s->piped = (size_t)r;
-                    progress = 1;
-                    continue;
-                }
+                s->to_client.len = (size_t)r;
+                s->to_client_pos = 0;
+                s->to_client_relayed = 1;
+                s->server_ready = r == CHUNK || s->server_hup;
+                continue;
             }
         }
-        if (progress) continue;
-        struct pollfd fds[2] = {{cfd, 0, 0}, {sfd, 0, 0}};
-        if (!s->held_done && !s->out.len && s->in_pos == s->in.len) fds[0].events |= POLLIN;
-        if (want_cout) fds[0].events |= POLLOUT;
-        if (!s->to_client.len && !s->piped) fds[1].events |= POLLIN;
-        if (want_sout) fds[1].events |= POLLOUT;
-        if (poll(fds, 2, -1) < 0) {
-            if (errno == EINTR) continue;
-            return END_ERROR;
-        }
-        if ((fds[0].revents | fds[1].revents) & POLLNVAL) {
-            errno = EBADF;
-            return END_ERROR;
-        }
-        /* Errors and hang-ups are found by the next read or write. */
-        if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) client_ready = 1;
-        if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) server_ready = 1;
+        if (!progress) return BLOCKED;
     }
 }
 
@@ -381,50 +346,63 @@ static int add_bytes(Buf *b, PyObject *obj) {
     return rc;
 }
 
-/* Session.run(client_fd, server_fd, to_client, to_server, from_client) -> (end, payload).
- * to_client and to_server go out as they are, first; from_client is taken as if read from
- * the client. end is END_CLIENT, END_SERVER, END_ERROR (payload: the errno) or CHANGE_USER
- * (payload: the COM_CHANGE_USER payload, held back from the server). */
-static PyObject *Session_run(Session *s, PyObject *args) {
-    int cfd, sfd;
-    PyObject *to_client, *to_server, *from_client;
-    if (!PyArg_ParseTuple(args, "iiOOO", &cfd, &sfd, &to_client, &to_server, &from_client))
-        return NULL;
-    if (s->pipe_r < 0 && !s->copy_mode) {
-        int p[2];
-        if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) return PyErr_SetFromErrno(PyExc_OSError);
-        s->pipe_r = p[0];
-        s->pipe_w = p[1];
-        fcntl(p[1], F_SETPIPE_SZ, CHUNK); /* best effort: fewer round trips for big results */
+/* Ready a session to (re)enter a loop: its sockets and the bytes to send first. */
+static int prepare(Session *s, int cfd, int sfd, PyObject *to_client, PyObject *to_server,
+                   PyObject *from_client) {
+    if (s->in_loop) {
+        PyErr_SetString(PyExc_RuntimeError, "the session is in a loop already");
+        return -1;
     }
     if (s->to_client.len == 0) s->to_client_relayed = 0;
     if (s->to_client_relayed && PyObject_Length(to_client) > 0) {
         PyErr_SetString(PyExc_RuntimeError, "bytes for the client while relayed ones wait");
-        return NULL;
+        return -1;
     }
-    if (add_bytes(&s->to_client, to_client) < 0 || add_bytes(&s->out, to_server) < 0)
-        return NULL;
+    if (add_bytes(&s->to_client, to_client) < 0 || add_bytes(&s->out, to_server) < 0) return -1;
     Py_buffer view;
-    if (PyObject_GetBuffer(from_client, &view, PyBUF_SIMPLE) < 0) return NULL;
-    if (view.len) {
-        /* Only ever before the first run: nothing of the client's is buffered then. */
-        int rc = buf_add(&s->in, view.buf, (size_t)view.len);
-        add64(&s->bytes_from_client, view.len);
-        PyBuffer_Release(&view);
-        if (rc < 0) return PyErr_NoMemory();
-    } else {
-        PyBuffer_Release(&view);
+    if (PyObject_GetBuffer(from_client, &view, PyBUF_SIMPLE) < 0) return -1;
+    /* Only ever given before the first run: nothing of the client's is buffered then. */
+    int rc = buf_add(&s->in, view.buf, (size_t)view.len);
+    add64(&s->bytes_from_client, view.len);
+    PyBuffer_Release(&view);
+    if (rc < 0) {
+        PyErr_NoMemory();
+        return -1;
     }
-    if (set_nonblocking(cfd) < 0 || set_nonblocking(sfd) < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    int end, err;
-    Py_BEGIN_ALLOW_THREADS
-    end = relay(s, cfd, sfd);
-    err = errno;
-    Py_END_ALLOW_THREADS
+    if (set_nonblocking(cfd) < 0 || set_nonblocking(sfd) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    s->cfd = cfd;
+    s->sfd = sfd;
+    s->client_ready = s->server_ready = 1;
+    return 0;
+}
+
+static void say_farewell(Session *s) {
+    /* The compute went away under the session: a clear error instead of a bare close,
+     * unless the client asked for it (COM_QUIT) or the proxy ended the session. Best
+     * effort: the client is idle, its socket buffer empty. */
+    if (s->farewell.len && !s->quit_seen && !__atomic_load_n(&s->closing, __ATOMIC_RELAXED))
+        send(s->cfd, s->farewell.data, s->farewell.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static PyObject *end_value(Session *s, int end, int err) {
     if (end == CHANGE_USER) return Py_BuildValue("(iN)", end, take_held(s));
     if (end == END_ERROR) return Py_BuildValue("(ii)", end, err);
     return Py_BuildValue("(iO)", end, Py_None);
+}
+
+static PyObject *Session_set_farewell(Session *s, PyObject *arg) {
+    s->farewell.len = 0;
+    if (add_bytes(&s->farewell, arg) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Session_closing(Session *s, PyObject *unused) {
+    (void)unused;
+    __atomic_store_n(&s->closing, 1, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
@@ -433,18 +411,20 @@ static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Session *s = (Session *)type->tp_alloc(type, 0);
     if (!s) return NULL;
     s->last_seq = -1;
-    s->pipe_r = s->pipe_w = -1;
+    s->cfd = s->sfd = -1;
     s->last_active = now();
+    s->tags[0].session = s->tags[1].session = s;
+    s->tags[0].client = 1;
     return (PyObject *)s;
 }
 
 static void Session_dealloc(Session *s) {
-    if (s->pipe_r >= 0) close(s->pipe_r);
-    if (s->pipe_w >= 0) close(s->pipe_w);
     free(s->held.data);
     free(s->in.data);
     free(s->out.data);
     free(s->to_client.data);
+    free(s->farewell.data);
+    Py_XDECREF(s->handler);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -479,8 +459,9 @@ static PyGetSetDef Session_getset[] = {
 };
 
 static PyMethodDef Session_methods[] = {
-    {"run", (PyCFunction)Session_run, METH_VARARGS, "Relay until Python is needed."},
     {"feed", (PyCFunction)Session_feed, METH_O, "Scan client bytes (tests)."},
+    {"set_farewell", (PyCFunction)Session_set_farewell, METH_O, "Bytes for a compute's exit."},
+    {"closing", (PyCFunction)Session_closing, METH_NOARGS, "The proxy ends it: no farewell."},
     {NULL},
 };
 
@@ -496,16 +477,149 @@ static PyTypeObject SessionType = {
     .tp_getset = Session_getset,
 };
 
+/* Loop: one thread relaying many sessions, as HAProxy does: epoll (edge-triggered) over
+ * every session's two sockets, each batch of events stepped without the GIL. A session
+ * that needs Python leaves the loop, and its handler is called with the GIL, on the loop's
+ * thread: handler(end, payload) as Session.run returns them. It must not block. */
+typedef struct {
+    PyObject_HEAD
+    int epfd;
+} Loop;
+
+#define BATCH 256
+
+static PyObject *Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Loop", kwlist)) return NULL;
+    Loop *l = (Loop *)type->tp_alloc(type, 0);
+    if (!l) return NULL;
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (l->epfd < 0) {
+        Py_DECREF(l);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return (PyObject *)l;
+}
+
+static void Loop_dealloc(Loop *l) {
+    if (l->epfd >= 0) close(l->epfd);
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+/* Loop.add(session, client_fd, server_fd, to_client, to_server, from_client, handler). */
+static PyObject *Loop_add(Loop *l, PyObject *args) {
+    Session *s;
+    int cfd, sfd;
+    PyObject *to_client, *to_server, *from_client, *handler;
+    if (!PyArg_ParseTuple(args, "O!iiOOOO", &SessionType, &s, &cfd, &sfd, &to_client, &to_server,
+                          &from_client, &handler))
+        return NULL;
+    if (prepare(s, cfd, sfd, to_client, to_server, from_client) < 0) return NULL;
+    Py_INCREF(handler);
+    Py_XSETREF(s->handler, handler);
+    Py_INCREF(s); /* the loop's, until the handler has been called */
+    s->in_loop = 1;
+    /* Registered ready for everything; an edge-triggered add reports what is ready now. */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = &s->tags[0];
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, cfd, &ev) < 0) goto fail;
+    ev.data.ptr = &s->tags[1];
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, sfd, &ev) < 0) {
+        epoll_ctl(l->epfd, EPOLL_CTL_DEL, cfd, NULL);
+        goto fail;
+    }
+    Py_RETURN_NONE;
+fail:
+    s->in_loop = 0;
+    PyErr_SetFromErrno(PyExc_OSError);
+    Py_DECREF(s);
+    return NULL;
+}
+
+/* Loop.run(): relay until the process ends (call it on a thread of its own). */
+static PyObject *Loop_run(Loop *l, PyObject *unused) {
+    (void)unused;
+    struct epoll_event events[BATCH];
+    Session *touched[BATCH], *ended[BATCH];
+    int codes[BATCH], errs[BATCH];
+    for (;;) {
+        int n, nt = 0, ne = 0;
+        Py_BEGIN_ALLOW_THREADS
+        n = epoll_wait(l->epfd, events, BATCH, -1);
+        for (int i = 0; i < n; i++) {
+            struct Tag *tag = events[i].data.ptr;
+            Session *s = tag->session;
+            if (!s->in_loop) continue;
+            uint32_t what = events[i].events;
+            int hup = (what & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+            if (what & EPOLLIN || hup) {
+                if (tag->client) s->client_ready = 1, s->client_hup |= hup;
+                else s->server_ready = 1, s->server_hup |= hup;
+            }
+            if (!s->touched) {
+                s->touched = 1;
+                touched[nt++] = s;
+            }
+        }
+        for (int i = 0; i < nt; i++) {
+            Session *s = touched[i];
+            s->touched = 0;
+            int end = step(s);
+            if (end == BLOCKED) continue;
+            errs[ne] = errno;
+            if (end == END_SERVER) say_farewell(s);
+            epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->cfd, NULL);
+            epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->sfd, NULL);
+            s->in_loop = 0;
+            codes[ne] = end;
+            ended[ne++] = s;
+        }
+        Py_END_ALLOW_THREADS
+        if (n < 0 && errno != EINTR) return PyErr_SetFromErrno(PyExc_OSError);
+        for (int i = 0; i < ne; i++) {
+            Session *s = ended[i];
+            PyObject *handler = s->handler;
+            s->handler = NULL;
+            PyObject *value = end_value(s, codes[i], errs[i]);
+            PyObject *result = value && handler ? PyObject_CallObject(handler, value) : NULL;
+            if (!result) PyErr_WriteUnraisable(handler); /* a handler must not raise */
+            Py_XDECREF(result);
+            Py_XDECREF(value);
+            Py_XDECREF(handler);
+            Py_DECREF(s);
+        }
+    }
+}
+
+static PyMethodDef Loop_methods[] = {
+    {"add", (PyCFunction)Loop_add, METH_VARARGS, "Relay a session on this loop."},
+    {"run", (PyCFunction)Loop_run, METH_NOARGS, "Relay, forever."},
+    {NULL},
+};
+
+static PyTypeObject LoopType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "selkie.proxy._crelay.Loop",
+    .tp_basicsize = sizeof(Loop),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One thread's epoll over many sessions.",
+    .tp_new = Loop_new,
+    .tp_dealloc = (destructor)Loop_dealloc,
+    .tp_methods = Loop_methods,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "selkie.proxy._crelay", "The session relay's compiled hot path.", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__crelay(void) {
-    if (PyType_Ready(&SessionType) < 0) return NULL;
+    if (PyType_Ready(&SessionType) < 0 || PyType_Ready(&LoopType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&SessionType);
+    Py_INCREF(&LoopType);
     if (PyModule_AddObject(m, "Session", (PyObject *)&SessionType) < 0 ||
+        PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0 ||
         PyModule_AddIntConstant(m, "END_CLIENT", END_CLIENT) < 0 ||
         PyModule_AddIntConstant(m, "END_SERVER", END_SERVER) < 0 ||
         PyModule_AddIntConstant(m, "END_ERROR", END_ERROR) < 0 ||

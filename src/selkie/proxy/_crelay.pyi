@@ -1,4 +1,6 @@
-# The compiled relay (_crelay.c): one session's scanner, buffers and counters.
+# The compiled relay (_crelay.c): sessions (scanner, buffers, counters) and the loop.
+
+from collections.abc import Callable
 
 END_CLIENT: int
 END_SERVER: int
@@ -16,13 +18,20 @@ class Session:
     def last_active(self) -> float: ...
     @property
     def quit_seen(self) -> bool: ...
-    def run(
+    def set_farewell(self, data: bytes, /) -> None: ...
+    def closing(self) -> None: ...
+    def feed(self, data: bytes, /) -> tuple[list[tuple[int, bytes]], list[int]]: ...
+
+class Loop:
+    def add(
         self,
+        session: Session,
         client_fd: int,
         server_fd: int,
         to_client: bytes,
         to_server: bytes,
         from_client: bytes,
+        handler: Callable[[int, bytes | int | None], None],
         /,
-    ) -> tuple[int, bytes | int | None]: ...
-    def feed(self, data: bytes, /) -> tuple[list[tuple[int, bytes]], list[int]]: ...
+    ) -> None: ...
+    def run(self) -> None: ...

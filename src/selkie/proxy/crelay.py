@@ -1,12 +1,13 @@
 """The plaintext session relay on its compiled hot path (``selkie.proxy._crelay``).
 
-One thread per session runs the C loop, which holds no GIL while it moves bytes: it polls
-both sockets, scans the client's bytes for command starts exactly as
-:class:`~selkie.proxy.relay.CommandScanner` does, counts them into the session (read
-through :class:`~selkie.proxy.relay.Counters`), and splices the compute's answers to the
-client. It comes back to Python only when a ``COM_CHANGE_USER`` is whole (rewritten here,
-as by the Python relay) or when a side has gone. Where the extension was not built the
-Python relay is used instead, which the log says once.
+One thread (``relay-loop``) relays every plaintext session of the process, as HAProxy
+does: epoll over all their sockets, without the GIL. For each session it scans the
+client's bytes for command starts exactly as :class:`~selkie.proxy.relay.CommandScanner`
+does, counts them into the session (read through :class:`~selkie.proxy.relay.Counters`),
+and passes the compute's answers to the client. A session comes back to Python only when
+a ``COM_CHANGE_USER`` is whole (rewritten here, as by the Python relay) or when a side has
+gone; the farewell to the client of a compute that went away is sent by the loop. Where
+the extension was not built the Python relay is used instead, which the log says once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from selkie.proxy.relay import ThreadedRelay
 log = logging.getLogger(__name__)
 
 try:
-    from selkie.proxy._crelay import CHANGE_USER, END_SERVER, Session
+    from selkie.proxy._crelay import CHANGE_USER, Loop, Session
 except ImportError as exc:  # not built (no compiler at install time): relay in Python
     Session = None  # type: ignore[assignment,misc]
     _missing = str(exc)
@@ -54,50 +55,77 @@ def relay_class(choice: str) -> type[ThreadedRelay]:
     return CRelay
 
 
+class _Loop:
+    """The process's relay loop: one thread, started with the first session."""
+
+    _lock = threading.Lock()
+    _loop: Loop | None = None
+
+    @classmethod
+    def get(cls) -> Loop:
+        with cls._lock:
+            if cls._loop is None:
+                loop = Loop()
+                threading.Thread(target=loop.run, name="relay-loop", daemon=True).start()
+                cls._loop = loop
+            return cls._loop
+
+
 class CRelay(ThreadedRelay):
-    """One thread per session, in C but for ``COM_CHANGE_USER`` and the end."""
+    """A session on the process's C relay loop; Python only for ``COM_CHANGE_USER`` and the
+    end. Its handler runs on the loop's thread and must not block: a change of user is
+    answered on a thread of its own."""
 
     THREADS = 1
 
     def start(self) -> None:
         self._session = Session()
+        self._session.set_farewell(self._farewell)
         for sock in (self.client, self.server):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # The C loop sets both descriptors non-blocking itself; Python's socket objects
-        # must know, for the few writes made here.
-        for sock in (self.client, self.server):
+            # The loop makes both descriptors non-blocking; the socket objects must know.
             sock.setblocking(False)
-        threading.Thread(target=self._run, name="relay-c", daemon=True).start()
+        self.counters.attach(self._session)
+        self._enter(self._initial, b"", self._initial_to_server)
 
-    def _run(self) -> None:
-        session = self._session
-        self.counters.attach(session)
-        cfd, sfd = self.client.fileno(), self.server.fileno()
-        to_client, to_server, from_client = self._initial, b"", self._initial_to_server
+    def close(self) -> None:
+        self._session.closing()  # no farewell: the proxy ends the session, not the compute
+        super().close()
+
+    def _enter(self, to_client: bytes, to_server: bytes, from_client: bytes) -> None:
+        _Loop.get().add(
+            self._session,
+            self.client.fileno(),
+            self.server.fileno(),
+            to_client,
+            to_server,
+            from_client,
+            self._left,
+        )
+
+    def _left(self, end: int, payload: bytes | int | None) -> None:
+        # On the loop's thread, with the GIL: nothing here may block.
+        if end == CHANGE_USER and isinstance(payload, bytes):
+            threading.Thread(
+                target=self._change_user, args=(payload,), name="relay-change-user", daemon=True
+            ).start()
+        else:
+            self._end()
+
+    def _change_user(self, payload: bytes) -> None:
         try:
-            while True:
-                end, payload = session.run(cfd, sfd, to_client, to_server, from_client)
-                to_client = from_client = b""
-                if end != CHANGE_USER:
-                    break
-                assert isinstance(payload, bytes)
-                rewritten, answer = self.on_change_user(payload)
-                if rewritten is None:  # refused: its ERR, then the end
-                    self._send_blocking(answer or b"")
-                    return
-                to_server, to_client = rewritten, answer or b""
-            if end == END_SERVER:
-                self._client_quit = session.quit_seen
+            rewritten, answer = self.on_change_user(payload)
+            if rewritten is not None:
+                self._enter(answer or b"", rewritten, b"")
+                return
+            if answer:  # refused: its ERR, then the end
                 self.client.setblocking(True)
-                self._say_farewell()
-        except OSError:
-            return
-        finally:
-            self.counters.detach()
-            self._thread_done()
+                self.client.sendall(answer)
+        except Exception:
+            log.exception("COM_CHANGE_USER failed; ending the session")
+        self._end()
 
-    def _send_blocking(self, data: bytes) -> None:
-        if data:
-            self.client.setblocking(True)
-            self.client.sendall(data)
+    def _end(self) -> None:
+        self.counters.detach()
+        self._thread_done()
