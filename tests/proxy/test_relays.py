@@ -123,6 +123,12 @@ def test_first_bytes_both_ways_then_commands_and_answers(start: Callable[..., Pa
     assert p.counters.bytes_to_client == len(answer)
     assert p.counters.bytes_from_client == len(first) + len(second)
     assert p.counters.statements == 2
+    # The end keeps the counts (the compiled relay's are folded in from its session).
+    p.relay.close()
+    assert p.done.wait(5)
+    assert (p.counters.bytes_to_client, p.counters.statements) == (len(answer), 2)
+    p.counters.bytes_to_client += 10  # as the pooler and SQL over HTTP count
+    assert p.counters.bytes_to_client == len(answer) + 10
 
 
 def test_change_user_is_handed_over_and_rewritten(start: Callable[..., Pair]) -> None:

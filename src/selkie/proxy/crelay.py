@@ -87,7 +87,10 @@ class CRelay(ThreadedRelay):
             # The loop makes both descriptors non-blocking; the socket objects must know.
             sock.setblocking(False)
         self.counters.attach(self._session)
-        self._enter(self._initial, b"", self._initial_to_server)
+        try:
+            self._enter(self._initial, b"", self._initial_to_server)
+        except OSError as exc:  # as when no thread can be made: nothing owns the sockets
+            raise RuntimeError(f"cannot relay: {exc}") from exc
 
     def close(self) -> None:
         self._session.closing()  # no farewell: the proxy ends the session, not the compute

@@ -88,17 +88,25 @@ class Counters:
 
     def attach(self, live: LiveCounts) -> None:
         """Read ``live``'s counts on top of these until :meth:`detach`."""
-        self.detach()
         self._live = live
 
     def detach(self) -> None:
-        """Fold the live counts in for good."""
-        live, self._live = self._live, None
+        """Keep the live counts as they are now, and let go of what kept them. One attribute
+        is swapped, so a reader on another thread never sees them counted twice or not at
+        all (a dip would read as a counter reset)."""
+        live = self._live
         if live is not None:
-            self._to_client += live.bytes_to_client
-            self._from_client += live.bytes_from_client
-            self._statements += live.statements
-            self._last_active = max(self._last_active, live.last_active)
+            self._live = _Counts(
+                live.bytes_to_client, live.bytes_from_client, live.statements, live.last_active
+            )
+
+
+@dataclass(frozen=True)
+class _Counts:
+    bytes_to_client: int
+    bytes_from_client: int
+    statements: int
+    last_active: float
 
 
 @dataclass(frozen=True)
