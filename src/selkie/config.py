@@ -155,6 +155,9 @@ class Settings:
     console: bool = True
     # Where the proxy listens beyond loopback, logins must use TLS unless this is set.
     proxy_allow_plaintext: bool = False
+    # The plaintext session relay: "auto" (the compiled one where it was built, else
+    # Python), "c" (fail at start without it) or "python" (docs/proxy.md, The relay).
+    proxy_relay: str = "auto"
     # Pooler: backend connections per endpoint (0: 40 per CU, at least 10), and how long a
     # client waits for one.
     pooler_max_backends: int = 0
@@ -394,6 +397,10 @@ def load_settings(
     if settings.compute_driver not in ("local", "kubernetes"):
         raise ConfigError(
             f"compute_driver must be 'local' or 'kubernetes', not {settings.compute_driver!r}"
+        )
+    if settings.proxy_relay not in ("auto", "c", "python"):
+        raise ConfigError(
+            f"proxy_relay must be 'auto', 'c' or 'python', not {settings.proxy_relay!r}"
         )
     try:
         eventloop.resolve(settings.event_loop)

@@ -378,6 +378,7 @@ async def make_proxy(settings: Settings, control: ControlPlane) -> ProxyServer:
             wake_timeout=settings.proxy_wake_timeout,
             pool_wait_timeout=settings.pooler_wait_timeout,
             pool_max_packet=settings.pooler_max_packet,
+            relay=settings.proxy_relay,
             handshake_timeout=settings.proxy_handshake_timeout,
             max_preauth=settings.proxy_max_preauth,
             max_preauth_per_address=settings.proxy_max_preauth_per_address,

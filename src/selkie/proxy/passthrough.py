@@ -1,10 +1,11 @@
 """The last step of a relayed session: bytes both ways until either side leaves.
 
-Plaintext sessions leave asyncio: both sockets go to a :class:`ThreadedRelay`, which splices
-the compute's answers to the client without them entering Python. TLS sessions are relayed
-on the event loop (a TLS stream cannot be spliced). Either way the client's commands are
-scanned on the way in, and ``COM_CHANGE_USER`` is rewritten: its token answers the proxy's
-scramble, and the compute needs one that answers its own.
+Plaintext sessions leave asyncio: both sockets go to a relay thread, which splices the
+compute's answers to the client without them entering Python: the compiled relay
+(:mod:`selkie.proxy.crelay`) when it was built, else :class:`ThreadedRelay`. TLS sessions
+are relayed on the event loop (a TLS stream cannot be spliced). Either way the client's
+commands are scanned on the way in, and ``COM_CHANGE_USER`` is rewritten: its token answers
+the proxy's scramble, and the compute needs one that answers its own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from selkie.mysql.stream import frame
 from selkie.mysql.wire import ErrorCode, ProtocolError
 from selkie.proxy import auth
 from selkie.proxy.backend import BackendConnection
+from selkie.proxy.crelay import relay_class
 from selkie.proxy.handshake import Hello, Route, route
 from selkie.proxy.relay import Counters, ThreadedRelay, async_relay
 
@@ -40,6 +42,7 @@ class Passthrough:
         domain: str,
         backend_timeout: float,
         failed_login: FailedLogin,
+        relay: str = "auto",
     ) -> None:
         self.control = control
         self.domain = domain
@@ -48,6 +51,8 @@ class Passthrough:
         # (Connector.failed_login).
         self.failed_login = failed_login
         self._relays: set[ThreadedRelay] = set()
+        # Plaintext sessions: the compiled relay when built (crelay.py), else the Python one.
+        self.relay_class = relay_class(relay)
 
     def close(self) -> None:
         """End every relayed session (the proxy is stopping)."""
@@ -141,7 +146,7 @@ class Passthrough:
             future = asyncio.run_coroutine_threadsafe(change_user(payload), loop)
             return future.result(timeout=self.backend_timeout + 5)
 
-        relay = ThreadedRelay(
+        relay = self.relay_class(
             client=client_sock,
             server=server_sock,
             counters=counters,

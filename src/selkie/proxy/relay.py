@@ -20,7 +20,8 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 from selkie.mysql.wire import MAX_PAYLOAD, Command
 
@@ -29,21 +30,83 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 
 
-@dataclass
-class Counters:
-    """What one session did (read by the proxy's activity reporter)."""
+class LiveCounts(Protocol):
+    """Counts kept elsewhere while a session runs there (the compiled relay's session)."""
 
-    bytes_to_client: int = 0
-    bytes_from_client: int = 0
-    statements: int = 0
-    last_active: float = field(default_factory=time.time)
+    @property
+    def bytes_to_client(self) -> int: ...
+    @property
+    def bytes_from_client(self) -> int: ...
+    @property
+    def statements(self) -> int: ...
+    @property
+    def last_active(self) -> float: ...
+
+
+class Counters:
+    """What one session did (read by the proxy's activity reporter). While the compiled
+    relay runs a session its counts live there (:meth:`attach`) and are read through."""
+
+    def __init__(self) -> None:
+        self._to_client = 0
+        self._from_client = 0
+        self._statements = 0
+        self._last_active = time.time()
+        self._live: LiveCounts | None = None
+
+    @property
+    def bytes_to_client(self) -> int:
+        live = self._live
+        return self._to_client + (live.bytes_to_client if live else 0)
+
+    @bytes_to_client.setter
+    def bytes_to_client(self, value: int) -> None:
+        live = self._live
+        self._to_client = value - (live.bytes_to_client if live else 0)
+
+    @property
+    def bytes_from_client(self) -> int:
+        live = self._live
+        return self._from_client + (live.bytes_from_client if live else 0)
+
+    @property
+    def statements(self) -> int:
+        live = self._live
+        return self._statements + (live.statements if live else 0)
+
+    @property
+    def last_active(self) -> float:
+        live = self._live
+        return max(self._last_active, live.last_active) if live else self._last_active
 
     def client_sent(self, nbytes: int, commands: int) -> None:
         """The client sent ``nbytes`` holding the start of ``commands`` commands."""
-        self.bytes_from_client += nbytes
+        self._from_client += nbytes
         if commands:
-            self.statements += commands
-            self.last_active = time.time()
+            self._statements += commands
+            self._last_active = time.time()
+
+    def attach(self, live: LiveCounts) -> None:
+        """Read ``live``'s counts on top of these until :meth:`detach`."""
+        self._live = live
+
+    def detach(self) -> None:
+        """Keep the live counts as they are now, and let go of what kept them. One attribute
+        is swapped, so a reader on another thread never sees them counted twice or not at
+        all (a dip would read as a counter reset)."""
+        live = self._live
+        if live is not None:
+            self._live = _Counts(
+                live.bytes_to_client, live.bytes_from_client, live.statements, live.last_active
+            )
+
+
+@dataclass(frozen=True)
+class _Counts:
+    bytes_to_client: int
+    bytes_from_client: int
+    statements: int
+    last_active: float
 
 
 @dataclass(frozen=True)
@@ -151,6 +214,8 @@ class CommandScanner:
 class ThreadedRelay:
     """Two threads per session: client → server scanned, server → client spliced."""
 
+    THREADS = 2
+
     def __init__(
         self,
         *,
@@ -205,7 +270,7 @@ class ThreadedRelay:
         self._shutdown()
         with self._lock:
             self._finished += 1
-            last = self._finished == 2
+            last = self._finished == self.THREADS
         if last:
             for sock in (self.client, self.server):
                 with contextlib.suppress(OSError):

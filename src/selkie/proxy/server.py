@@ -72,6 +72,8 @@ class ProxyConfig:
     server_version: str = SERVER_VERSION
     pool_wait_timeout: float = 30.0
     pool_max_packet: int = 64 * 2**20
+    # Plaintext sessions: "auto" (the compiled relay when built), "c" or "python".
+    relay: str = "auto"
 
 
 class ProxyServer:
@@ -101,6 +103,7 @@ class ProxyServer:
             domain=config.domain,
             backend_timeout=config.backend_timeout,
             failed_login=self.connector.failed_login,
+            relay=config.relay,
         )
         self.pooler = Pooler(
             self.connector,
