@@ -96,9 +96,16 @@ def browser(up: Up) -> Iterator[object]:
 
 
 def _wait(driver, predicate, timeout: float = 30):  # type: ignore[no-untyped-def]
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+    # A form post navigates: an element looked up just before may belong to the old page.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored)
+    return wait.until(lambda d: predicate(d))
 
 
 def _text(driver, css: str) -> str:  # type: ignore[no-untyped-def]
