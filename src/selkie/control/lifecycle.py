@@ -47,7 +47,7 @@ from selkie.errors import (
 from selkie.model import EndpointState, SuspendTier
 from selkie.store import convert
 from selkie.store import endpoints as rows
-from selkie.store.endpoints import RUNNING, start_usage, stop_usage
+from selkie.store.endpoints import RUNNING, stop_usage
 
 
 class Lifecycle(Starting):
@@ -135,22 +135,7 @@ class Lifecycle(Starting):
             if isinstance(exc, SelkieError | asyncio.CancelledError):
                 raise
             raise ComputeError(f"starting {ep.id} failed: {reason}") from exc
-        now = self.clock()
-        done = await self._transition(
-            ep.id,
-            EndpointState.STARTING,
-            gen,
-            EndpointState.ACTIVE,
-            usage=start_usage(ep, now, self._start_cu(ep)),
-            current_cu=self._start_cu(ep),
-            pending_state=None,
-            last_seen_alive=now,
-            started_at=now,
-            last_active=now,
-            failure_reason=None,
-            compute_address=info.address,
-            suspend_tier=None,
-        )
+        done = await self._record_active(ep, EndpointState.STARTING, gen, info, new_run=True)
         if done is None:
             # Someone (a delete, another control plane) moved it meanwhile: do not leave a
             # compute running that the store does not account for.

@@ -44,6 +44,34 @@ class Starting(LifecycleBase):
         at = self.last_started.get(endpoint_id)
         return at is not None and self.timer() - at < seconds
 
+    async def _record_active(
+        self,
+        ep: EndpointRow,
+        state: EndpointState,
+        generation: int,
+        info: ComputeInfo,
+        *,
+        new_run: bool,
+    ) -> int | None:
+        """The compare-and-set that makes a started (``new_run``) or thawed compute's
+        endpoint active, its billing interval begun; None when it moved meanwhile."""
+        now = self.clock()
+        return await self._transition(
+            ep.id,
+            state,
+            generation,
+            EndpointState.ACTIVE,
+            usage=start_usage(ep, now, self._start_cu(ep)),
+            current_cu=self._start_cu(ep),
+            pending_state=None,
+            last_seen_alive=now,
+            last_active=now,
+            failure_reason=None,
+            compute_address=info.address,
+            suspend_tier=None,
+            **({"started_at": now} if new_run else {}),
+        )
+
     async def _start_warm(self, target: Target, t0: float) -> bool:
         """Thaw a warm endpoint's frozen compute and record it active in one compare-and-set
         (suspended → active: a thaw takes about a millisecond, so no ``starting`` between,
@@ -60,23 +88,9 @@ class Starting(LifecycleBase):
             return False
         self.observer.starting(ep.id)
         info, timings = thawed
-        now = self.clock()
-        done = await self._transition(
-            ep.id,
-            state,
-            ep.generation,
-            EndpointState.ACTIVE,
-            usage=start_usage(ep, now, self._start_cu(ep)),
-            current_cu=self._start_cu(ep),
-            pending_state=None,
-            last_seen_alive=now,
-            # The same server run as before the freeze: started_at stays (the meter's
-            # counters go on from it).
-            last_active=now,
-            failure_reason=None,
-            compute_address=info.address,
-            suspend_tier=None,
-        )
+        # The same server run as before the freeze: started_at stays (the meter's counters
+        # go on from it).
+        done = await self._record_active(ep, state, ep.generation, info, new_run=False)
         if done is None:
             # Moved meanwhile (a delete): the thawed compute is not the store's to keep.
             await self.driver.stop(ep.id, timeout=self.stop_timeout)
