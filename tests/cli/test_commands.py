@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,9 +16,7 @@ from pathlib import Path
 import pymysql
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from selkie.cli import app
 from tests.cli.conftest import Cli
 
 pytestmark = pytest.mark.slow
@@ -311,6 +310,15 @@ def test_branches_usage_invoice_and_keys(cli: Cli) -> None:
 
 
 def test_shell_completion() -> None:
-    shown = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="selkie")
-    assert shown.exit_code == 0
+    # In a process of its own: completion reads the environment and process-wide state
+    # that other tests in this process may have left (it failed once in a full run).
+    shown = subprocess.run(
+        [sys.executable, "-m", "selkie.cli", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SHELL": "/bin/bash"},
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
     assert "complete" in shown.stdout and "_SELKIE_COMPLETE" in shown.stdout
