@@ -4,7 +4,8 @@ session's CSRF token, acts through the services as the signed-in key, and redire
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Path, Request
@@ -35,6 +36,17 @@ async def form_of(request: Request) -> dict[str, str]:
     if len(body) > MAX_FORM:
         raise InvalidInput("the form is too large")
     return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+
+
+async def show(
+    request: Request, template: str, view: Callable[..., dict[str, Any]], *args: str, **extra: Any
+) -> Response:
+    """A page: what ``view`` gathers for the signed-in key (in a worker thread: the services
+    are synchronous), rendered with ``template``."""
+    console = console_of(request)
+    seat = console.seat(request)
+    data = await run_in_threadpool(view, console, seat.who, *args)
+    return console.render(template, seat, **data, **extra)
 
 
 # --- signing in and out -------------------------------------------------------------------------
@@ -145,10 +157,7 @@ async def delete_project(request: Request, project_id: Id) -> Response:
 @router.get("/projects/{project_id}")
 @page
 async def project(request: Request, project_id: Id) -> Response:
-    console = console_of(request)
-    seat = console.seat(request)
-    view = await run_in_threadpool(views.project, console, seat.who, project_id)
-    return console.render("project.html", seat, **view)
+    return await show(request, "project.html", views.project, project_id)
 
 
 @router.post("/projects/{project_id}/branches")
@@ -176,10 +185,7 @@ async def create_branch(request: Request, project_id: Id) -> Response:
 @router.get("/projects/{project_id}/endpoints/{endpoint_id}")
 @page
 async def endpoint(request: Request, project_id: Id, endpoint_id: Id) -> Response:
-    console = console_of(request)
-    seat = console.seat(request)
-    view = await run_in_threadpool(views.endpoint, console, seat.who, project_id, endpoint_id)
-    return console.render("endpoint.html", seat, **view)
+    return await show(request, "endpoint.html", views.endpoint, project_id, endpoint_id)
 
 
 @router.get("/projects/{project_id}/endpoints/{endpoint_id}/state")
@@ -284,19 +290,13 @@ def _flash_password(seat: Seat, role: str, password: str | None) -> None:
 @router.get("/projects/{project_id}/usage")
 @page
 async def usage(request: Request, project_id: Id) -> Response:
-    console = console_of(request)
-    seat = console.seat(request)
-    view = await run_in_threadpool(views.usage, console, seat.who, project_id)
-    return console.render("usage.html", seat, **view)
+    return await show(request, "usage.html", views.usage, project_id)
 
 
 @router.get("/projects/{project_id}/sql")
 @page
 async def sql_editor(request: Request, project_id: Id) -> Response:
-    console = console_of(request)
-    seat = console.seat(request)
-    view = await run_in_threadpool(views.sql_targets, console, seat.who, project_id)
-    return console.render("sql.html", seat, form={}, result=None, **view)
+    return await show(request, "sql.html", views.sql_targets, project_id, form={}, result=None)
 
 
 @router.post("/projects/{project_id}/sql")
