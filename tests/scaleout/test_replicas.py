@@ -75,6 +75,9 @@ def test_two_apis_two_proxies_one_postgresql(
             "SELKIE_INTERNAL_LISTEN": f"127.0.0.1:{internal_ports[name]}",
             "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
             "SELKIE_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
+            # Idle suspends stop computes here: the test follows a cold failover (a leader
+            # that adopted the dead one's compute would otherwise freeze it, warm).
+            "SELKIE_WARM_SUSPEND_SECONDS": "0",
         }
 
     def proxy_env(name: str) -> dict[str, str]:
