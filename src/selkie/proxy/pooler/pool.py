@@ -259,8 +259,12 @@ class EndpointPool:
         finally:
             timer.cancel()
             self.waiting -= 1
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(entry)
+            if waiter.cancelled() or not waiter.done() or waiter.exception() is not None:
+                # Still queued (it timed out, or its client left): a waiter handed something
+                # was taken off the queue by whoever handed it. (A failed remove would cost
+                # a scan of the queue and the repr of a Backend for the error's message.)
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
 
     def _give(self, backend: Backend) -> None:
         """A free backend (not counted in use): to the oldest waiter of its kind, else idle,
