@@ -99,7 +99,19 @@ async def sysbench(
         return 0.0, 0.0, ""
     qps = re.search(r"queries:\s+\d+\s+\(([\d.]+) per sec", text)
     p95 = re.search(r"95th percentile:\s+([\d.]+)", text)
-    return float(qps.group(1)) if qps else 0.0, float(p95.group(1)) if p95 else 0.0, ""
+    errors = re.search(r"ignored errors:\s+(\d+)", text)
+    # Errors sysbench ignored (deadlocks, lost connections it retried) are errors here.
+    err = f"sysbench ignored {errors.group(1)} errors" if errors and errors.group(1) != "0" else ""
+    return float(qps.group(1)) if qps else 0.0, float(p95.group(1)) if p95 else 0.0, err
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def pct(values: list[float], p: float) -> float:

@@ -1,25 +1,46 @@
-"""Transaction pooling under sysbench: 200 client threads through the pooler over 20 backend
-connections, against the same 200 threads connected straight to the compute, one run.
+"""Transaction pooling under sysbench: N client threads through the pooler over at most 20
+backend connections, against the same N threads connected straight to the compute; direct and
+pooled interleaved, several rounds, medians.
 
     make bench-deps
-    .venv/bin/python bench/pool.py [--threads 200] [--backends 20] [--time 10]
+    .venv/bin/python bench/pool.py [--clients 200,64] [--backends 20] [--time 10] [--rounds 3]
+        [--tests oltp_point_select,oltp_read_only]
+
+The proxy runs in this process, so the pooler's CPU is this process's (``/proc/self/stat``)
+while sysbench runs through it; the same figure during the direct runs is what the rest of
+the platform spends meanwhile (the scheduler, the metering), for scale. The compute is 1 CU,
+default configuration (cgroups on where writable). Any sysbench error, or more backends
+than the cap at any moment, fails the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
+import statistics
 
-from _common import bench_platform, run, sysbench
+from _common import bench_platform, cpu_seconds, run, sysbench
 
 from selkie.control.bootstrap import local_principal
 
+Key = tuple[str, int, str]  # test, clients, direct|pooled
 
-async def main(threads: int, backends: int, seconds: int) -> None:
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+async def main(a: argparse.Namespace) -> None:
     if not shutil.which("sysbench"):
         raise SystemExit("sysbench is missing: run `make bench-deps`")
-    env = {"SELKIE_POOLER_MAX_BACKENDS": str(backends), "SELKIE_POOLER_WAIT_TIMEOUT": "60"}
+    tests = a.tests.split(",")
+    clients = [int(n) for n in a.clients.split(",")]
+    env = {"SELKIE_POOLER_MAX_BACKENDS": str(a.backends), "SELKIE_POOLER_WAIT_TIMEOUT": "60"}
+    qps: dict[Key, list[float]] = {}
+    p95: dict[Key, list[float]] = {}
+    cpu: dict[Key, list[float]] = {}
     async with bench_platform(
         env=env,
         autoscaling_limit_min_cu=1,
@@ -38,35 +59,56 @@ async def main(threads: int, backends: int, seconds: int) -> None:
         await platform.lifecycle.start(ep)
         info = await platform.driver.inspect(ep)
         assert info.port is not None and platform.proxy is not None
-        common = dict(password=b.password, db=b.database, threads=threads, seconds=seconds)
-        await sysbench("oltp_read_only", port=info.port, user=b.role, command="prepare", **common)  # type: ignore[arg-type]
-        rows = []
-        for test in ("oltp_point_select", "oltp_read_only"):
-            direct = await sysbench(test, port=info.port, user=b.role, **common)  # type: ignore[arg-type]
-            pooled = await sysbench(test, port=b.proxy_port, user=f"{ep}-pooler.{b.role}", **common)  # type: ignore[arg-type]
-            metrics = platform.proxy.pools[ep].metrics()
-            rows.append((test, direct, pooled, metrics["backends_peak"]))
-            for _, _, err in (direct, pooled):
-                if err:
-                    print(err)
+        common = dict(password=b.password, db=b.database, seconds=a.time)
+        await sysbench(
+            "oltp_read_only", port=info.port, user=b.role, command="prepare", threads=1, **common
+        )
+        targets = {"direct": (info.port, b.role), "pooled": (b.proxy_port, f"{ep}-pooler.{b.role}")}
+        for n in clients:
+            for test in tests:
+                for _ in range(a.rounds):
+                    for name, (port, user) in targets.items():
+                        before = cpu_seconds(os.getpid())
+                        q, tail, err = await sysbench(
+                            test, port=port, user=user, threads=n, **common
+                        )
+                        spent = cpu_seconds(os.getpid()) - before
+                        if err or not q:
+                            raise SystemExit(f"sysbench {test} ({name}, {n} clients):\n{err}")
+                        key = (test, n, name)
+                        qps.setdefault(key, []).append(q)
+                        p95.setdefault(key, []).append(tail)
+                        cpu.setdefault(key, []).append(spent / (q * a.time) * 1e6)
+        peak = platform.proxy.pools[ep].metrics()["backends_peak"]
+        if peak > a.backends:
+            raise SystemExit(f"the pool opened {peak} backends, over its cap of {a.backends}")
 
     print(
-        f"\nsysbench, {threads} client threads, {seconds}s, 1 CU compute: direct = {threads} "
-        f"connections to the compute; pooled = transaction pooling over at most {backends}\n"
+        f"\nsysbench, {a.time}s x {a.rounds} interleaved rounds (medians), 1 CU compute, "
+        f"{os.cpu_count()} cores; pooled = transaction pooling over at most {a.backends} "
+        f"backends (peak {peak}); proxy-process CPU in ms per 1000 queries\n"
     )
     print(
-        f"{'test':<20}{'direct qps':>12}{'p95 ms':>9}{'pooled qps':>12}{'p95 ms':>9}"
-        f"{'ratio':>8}{'backends':>10}"
+        f"{'test':<19}{'clients':>8}{'direct qps':>12}{'p95':>8}{'pooled qps':>12}{'p95':>8}"
+        f"{'ratio':>7}{'p95 x':>7}{'CPU d/p':>14}   rounds (pooled/direct)"
     )
-    for test, (dq, dp, _), (pq, pp, _), peak in rows:
-        ratio = pq / dq if dq else 0.0
-        print(f"{test:<20}{dq:>12.0f}{dp:>9.1f}{pq:>12.0f}{pp:>9.1f}{ratio:>8.2f}{peak:>10}")
+    for n in clients:
+        for test in tests:
+            d, p = (test, n, "direct"), (test, n, "pooled")
+            ratios = " ".join(f"{x / y:.2f}" for x, y in zip(qps[p], qps[d], strict=True))
+            print(
+                f"{test:<19}{n:>8}{med(qps[d]):>12.0f}{med(p95[d]):>8.1f}{med(qps[p]):>12.0f}"
+                f"{med(p95[p]):>8.1f}{med(qps[p]) / med(qps[d]):>7.2f}"
+                f"{med(p95[p]) / med(p95[d]):>7.2f}{med(cpu[d]):>7.1f}/{med(cpu[p]):<6.1f}"
+                f"   {ratios}"
+            )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threads", type=int, default=200)
+    parser.add_argument("--clients", default="200,64", help="client thread counts, comma-separated")
     parser.add_argument("--backends", type=int, default=20)
     parser.add_argument("--time", type=int, default=10)
-    a = parser.parse_args()
-    run(main(a.threads, a.backends, a.time))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tests", default="oltp_point_select,oltp_read_only")
+    run(main(parser.parse_args()))

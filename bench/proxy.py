@@ -22,18 +22,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import bench_platform, run, sysbench
+from _common import bench_platform, cpu_seconds, run, sysbench
 
 from selkie.compute.procs import free_port
 from selkie.proxy.crelay import relay_class
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int | str) -> float:
-    """User + system CPU of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 async def start_haproxy(
