@@ -1,8 +1,9 @@
 """Only the compiled part of the package; everything else is declared in pyproject.toml.
 
-The session relay's hot path (src/selkie/proxy/_crelay.c) is a plain CPython C extension.
-It is optional: where it cannot be built, the install goes on and the proxy relays in
-Python (selkie.proxy.relay), saying so once in its log. (Declared here rather than as
+The session relay's hot path (src/selkie/proxy/_crelay.c) and the pooler's fast lane
+(src/selkie/proxy/pooler/_lane.c) are plain CPython C extensions. They are optional: where
+they cannot be built, the install goes on and the proxy relays and pools in Python
+(selkie.proxy.relay, selkie.proxy.pooler), the relay saying so once in its log. (Declared here rather than as
 pyproject's ``[tool.setuptools] ext-modules``, which needs setuptools 74.1 or later.)
 """
 
@@ -11,10 +12,14 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "selkie.proxy._crelay",
-            sources=["src/selkie/proxy/_crelay.c"],
+            name,
+            sources=[source],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
+        )
+        for name, source in (
+            ("selkie.proxy._crelay", "src/selkie/proxy/_crelay.c"),
+            ("selkie.proxy.pooler._lane", "src/selkie/proxy/pooler/_lane.c"),
         )
     ]
 )

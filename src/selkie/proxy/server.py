@@ -110,6 +110,7 @@ class ProxyServer:
             self.stats,
             wait_timeout=config.pool_wait_timeout,
             max_packet=config.pool_max_packet,
+            relay=config.relay,
         )
         self.http = (
             HttpFront(
@@ -166,6 +167,7 @@ class ProxyServer:
         self.passthrough.close()
         for task in list(self._sessions):
             await cancel(task)
+        await self.pooler.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)

@@ -14,9 +14,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import Capability, Command
+
+if TYPE_CHECKING:
+    from selkie.proxy.pooler.lane import Lane
 
 # Capabilities that change how responses are encoded: backends are shared only between
 # clients that agree on them.
@@ -79,6 +83,8 @@ class Backend:
     # The last owner ran something that may change session state the proxy does not track
     # (a stored procedure): the next client gets the backend reset.
     dirty: bool = False
+    # The fast lane's handle on its socket, once it has been there.
+    lane_conn: Any = field(default=None, repr=False)
 
     def alive(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
@@ -143,29 +149,76 @@ class EndpointPool:
     client of its kind (first come, first served; no wake-up that finds nothing), else to
     the idle list. Everything here runs on the event loop between awaits, so no lock."""
 
-    def __init__(self, endpoint_id: str, *, cap: int, wait_timeout: float) -> None:
+    def __init__(
+        self,
+        endpoint_id: str,
+        *,
+        cap: int,
+        wait_timeout: float,
+        lane: Callable[..., Lane | None] | None = None,
+    ) -> None:
         self.endpoint_id = endpoint_id
-        self.cap = cap
+        self._cap = cap
+        self._total = 0
         self.wait_timeout = wait_timeout
         self._idle: dict[PoolKey, list[Backend]] = {}
         # Clients waiting, oldest first. A future's result: a backend handed over (already
         # counted in use), or None: room was made, try again.
         self._waiters: deque[tuple[PoolKey, asyncio.Future[Backend | None]]] = deque()
-        self.total = 0
-        self.in_use = 0
+        # The fast lane (lane.py) holds idle backends and runs parked sessions' plain
+        # commands; what it holds is counted here too (idle, in use), not in total twice.
+        self.lane = (
+            lane(wait_timeout=wait_timeout, on_release=self._give, on_dead=self._dead)
+            if lane is not None
+            else None
+        )
+        self._sync_room()
+        self.held = 0  # backends in use by sessions in Python (the lane counts its own)
         self.waiting = 0
         self.clients = 0
         self.pinned = 0
         self.peak = 0  # most backends open at once (tests and metrics)
         self.resets = 0  # backends reset before another client used them
 
+    @property
+    def cap(self) -> int:
+        return self._cap
+
+    @cap.setter
+    def cap(self, value: int) -> None:
+        self._cap = value
+        self._sync_room()
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        self._total = value
+        self._sync_room()
+
+    @property
+    def in_use(self) -> int:
+        """Backends lent to sessions, whether they run in Python or in the lane."""
+        return self.held + (self.lane.c.in_use if self.lane is not None else 0)
+
+    def _sync_room(self) -> None:
+        """The lane opens no backends: it asks Python to when there is room for one."""
+        if self.lane is not None:
+            self.lane.c.set_room(self._cap - self._total)
+
     def metrics(self) -> dict[str, int]:
         idle = sum(len(v) for v in self._idle.values())
+        waiting = self.waiting
+        if self.lane is not None:
+            idle += self.lane.c.idle
+            waiting += self.lane.c.waiting
         return {
             "clients": self.clients,
             "backends_in_use": self.in_use,
             "backends_idle": idle,
-            "clients_waiting": self.waiting,
+            "clients_waiting": waiting,
             "pinned_sessions": self.pinned,
             "backends_peak": self.peak,
             "backend_resets": self.resets,
@@ -188,7 +241,7 @@ class EndpointPool:
                 return backend
             if self.total < self.cap or self._evict_other_kind(key):
                 self.total += 1
-                self.in_use += 1
+                self.held += 1
                 self.peak = max(self.peak, self.total)
                 break
             handed = await self._wait(key, deadline)
@@ -203,22 +256,27 @@ class EndpointPool:
             return await connect()
         except BaseException:
             self.total -= 1
-            self.in_use -= 1
+            self.held -= 1
             self._wake_first()
             raise
 
     def _take_idle(self, key: PoolKey, prefer: Backend | None) -> Backend | None:
         idle = self._idle.get(key)
         if not idle:
+            if self.lane is not None:
+                backend = self.lane.take(key, prefer)
+                if backend is not None:
+                    self.held += 1
+                    return backend
             return None
         if prefer is not None and prefer in idle and prefer.alive():
             idle.remove(prefer)
-            self.in_use += 1
+            self.held += 1
             return prefer
         while idle:
             backend = idle.pop()
             if backend.alive():
-                self.in_use += 1
+                self.held += 1
                 return backend
             backend.close()
             self.total -= 1
@@ -227,9 +285,12 @@ class EndpointPool:
     def _evict_other_kind(self, key: PoolKey) -> bool:
         """At the cap: close an idle backend of another kind to make room, if there is one."""
         other = next((k for k, v in self._idle.items() if v and k != key), None)
-        if other is None:
+        if other is not None:
+            self._idle[other].pop().close()
+        elif self.lane is not None and (evicted := self.lane.evict(key)) is not None:
+            evicted.close()
+        else:
             return False
-        self._idle[other].pop().close()
         self.total -= 1
         return True
 
@@ -242,6 +303,8 @@ class EndpointPool:
         entry = (key, waiter)
         self._waiters.append(entry)
         self.waiting += 1
+        if self.lane is not None:  # backends the lane frees come here first
+            self.lane.c.waiting_for(self.lane.key(key), 1)
         timer = loop.call_later(remaining, _expire, waiter)
         try:
             return await waiter
@@ -253,12 +316,14 @@ class EndpointPool:
                 if handed is None:
                     self._wake_first()
                 else:
-                    self.in_use -= 1
+                    self.held -= 1
                     self._give(handed)
             raise
         finally:
             timer.cancel()
             self.waiting -= 1
+            if self.lane is not None:
+                self.lane.c.waiting_for(self.lane.key(key), -1)
             if waiter.cancelled() or not waiter.done() or waiter.exception() is not None:
                 # Still queued (it timed out, or its client left): a waiter handed something
                 # was taken off the queue by whoever handed it. (A failed remove would cost
@@ -273,10 +338,17 @@ class EndpointPool:
         for i, (key, waiter) in enumerate(self._waiters):
             if key == backend.key and not waiter.done():
                 del self._waiters[i]
-                self.in_use += 1
+                self.held += 1
                 waiter.set_result(backend)
                 return
-        self._idle.setdefault(backend.key, []).append(backend)
+        if self.lane is None or not self.lane.give(backend, backend.key):
+            self._idle.setdefault(backend.key, []).append(backend)
+        self._wake_first()
+
+    def _dead(self, backend: Backend) -> None:
+        """An idle backend in the lane was closed by the compute."""
+        backend.close()
+        self.total -= 1
         self._wake_first()
 
     def _wake_first(self) -> None:
@@ -289,7 +361,7 @@ class EndpointPool:
                 return
 
     async def release(self, backend: Backend, *, broken: bool = False) -> None:
-        self.in_use -= 1
+        self.held -= 1
         if broken or not backend.alive():
             backend.close()
             self.total -= 1
@@ -303,6 +375,11 @@ class EndpointPool:
                 backend.close()
                 self.total -= 1
         self._idle.clear()
+        if self.lane is not None:
+            for backend in self.lane.close():
+                backend.close()
+                self.total -= 1
+            self.lane = None
 
 
 def _expire(waiter: asyncio.Future[Backend | None]) -> None:

@@ -4,12 +4,14 @@ pool instead of holding one of its own."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from selkie.mysql.packets import HandshakeResponse41, build_ok
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import ErrorCode
 from selkie.proxy.connect import Authenticated, Connector, Refused
 from selkie.proxy.handshake import Hello
+from selkie.proxy.pooler.lane import lane_for
 from selkie.proxy.pooler.pool import FORMAT_CAPS, Backend, EndpointPool, PoolKey, PoolTimeout
 from selkie.proxy.pooler.runner import CommandRefused
 from selkie.proxy.pooler.session import PooledSession
@@ -28,21 +30,33 @@ class Pooler:
         *,
         wait_timeout: float,
         max_packet: int = DEFAULT_MAX_PACKET,
+        relay: str = "auto",
     ) -> None:
         self.connector = connector
         self.stats = stats
         self.wait_timeout = wait_timeout
+        # "python" keeps every pooled command in Python; otherwise plain ones take the
+        # compiled fast lane where it is built (lane.py), as the session relay does.
+        self.relay = relay
         # The largest command a pooled client may send: commands are read whole before a
         # backend is borrowed, so this bounds what one session holds (ERR 1153 beyond).
         self.max_packet = max_packet
         self.pools: dict[str, EndpointPool] = {}
+
+    async def close(self) -> None:
+        """Close every pool's idle backends (the proxy stops)."""
+        for pool in self.pools.values():
+            await pool.close()
 
     def pool_for(self, login: Authenticated) -> EndpointPool:
         endpoint_id = login.route.endpoint_id
         pool = self.pools.get(endpoint_id)
         if pool is None:
             pool = self.pools[endpoint_id] = EndpointPool(
-                endpoint_id, cap=login.access.pooler_max_backends, wait_timeout=self.wait_timeout
+                endpoint_id,
+                cap=login.access.pooler_max_backends,
+                wait_timeout=self.wait_timeout,
+                lane=functools.partial(lane_for, self.relay),
             )
         pool.cap = login.access.pooler_max_backends
         return pool
@@ -89,6 +103,7 @@ class Pooler:
             counters=counters,
             client_caps=client_caps,
         )
+        session.attach_lane(pool.lane if not hello.tls else None)
         try:
             err = await session.login()
         except CommandRefused as exc:

@@ -17,14 +17,11 @@ from collections.abc import Awaitable, Callable
 
 from selkie.mysql.packets import Err, build_err, build_ok
 from selkie.mysql.wire import Command, ErrorCode, PacketTooLarge, ProtocolError, ServerStatus
+from selkie.proxy.pooler.lane import plain
+from selkie.proxy.pooler.parking import Parking
 from selkie.proxy.pooler.pool import PoolTimeout
 from selkie.proxy.pooler.response import Summary
-from selkie.proxy.pooler.runner import (
-    STATEMENT_COMMANDS,
-    BackendLost,
-    CommandRefused,
-    CommandRunner,
-)
+from selkie.proxy.pooler.runner import STATEMENT_COMMANDS, BackendLost, CommandRefused
 from selkie.proxy.pooler.sqlscan import PSEUDO, Effect, classify
 from selkie.proxy.pooler.state import record_sets
 
@@ -35,7 +32,7 @@ CURSOR_FLAGS = 0x0F  # COM_STMT_EXECUTE: read-only, for-update, scrollable curso
 UNKNOWN_OWNER = object()
 
 
-class PooledSession(CommandRunner):
+class PooledSession(Parking):
     async def login(self) -> Err | None:
         """Borrow a backend once so a bad database or a dead compute shows at connect. Only
         the database is put in place: whether another client's state must be wiped is
@@ -53,6 +50,10 @@ class PooledSession(CommandRunner):
     async def run(self) -> None:
         try:
             while True:
+                if self._may_park():
+                    if not await self.park():
+                        return
+                    continue
                 try:
                     seq, payload = await self.client.read()
                 except (ConnectionError, asyncio.IncompleteReadError):
@@ -83,6 +84,9 @@ class PooledSession(CommandRunner):
                     )
                     return
                 try:
+                    if self.timed_out:  # the lane waited for a backend for this command
+                        self.timed_out = False
+                        raise PoolTimeout
                     await self._command(command, payload)
                 except CommandRefused as exc:
                     await self.reply(1, build_err(exc.code, exc.message, exc.sqlstate))
@@ -93,17 +97,11 @@ class PooledSession(CommandRunner):
                         f"{self.pool.endpoint_id} are busy; waited {self.pool.wait_timeout:.0f}s",
                     )
                 except BackendLost as exc:
-                    await self._release(broken=True)
-                    lost_state = self.pinned or bool(self.status & ServerStatus.IN_TRANS)
-                    await self.error(
-                        ErrorCode.CONNECTION_KILLED,
-                        f"lost the connection to endpoint {self.pool.endpoint_id}'s compute "
-                        f"({exc}); reconnect",
-                    )
-                    if lost_state:
+                    if not await self.lost(str(exc)):
                         return
                 self._update_pin_metric()
         finally:
+            self.detach_lane()
             # A client gone in the middle of a transaction or with a pinned session leaves
             # state nobody can use: close that backend (the server rolls back) rather than
             # lend it out.
@@ -111,6 +109,15 @@ class PooledSession(CommandRunner):
             await self._release(broken=dirty)
             if self._pinned_counted:
                 self.pool.pinned -= 1
+
+    async def lost(self, why: str) -> bool:
+        await self._release(broken=True)
+        lost_state = self.pinned or bool(self.status & ServerStatus.IN_TRANS)
+        await self.error(
+            ErrorCode.CONNECTION_KILLED,
+            f"lost the connection to endpoint {self.pool.endpoint_id}'s compute ({why}); reconnect",
+        )
+        return not lost_state
 
     async def _command(self, command: int, payload: bytes) -> None:
         """One client command: answered here, or run on a backend and its outcome noted."""
@@ -127,6 +134,8 @@ class PooledSession(CommandRunner):
                 return
         if command == Command.QUERY:
             effect: Effect | None = classify(payload[1:].decode(errors="replace"))
+            if self.lane is not None and effect is not None and plain(effect):
+                self.lane.plain_query(payload[1:])
         elif command == Command.STMT_EXECUTE and stmt is not None:
             effect = self.state.prepared[stmt].effect
         else:

@@ -1,0 +1,215 @@
+"""The pooler's fast lane (``_lane.c``): what Python tells it, and what it hands back.
+
+An endpoint's pool has one lane when the extension is built (and ``proxy_relay`` is not
+``python``). A pooled session with nothing pinned parks there between its commands; the
+lane runs the commands that need no decision — a plain prepared statement, a query text
+found plain before — on an idle backend in the same state, and hands the session back for
+anything else. What the lane compares is kept small: a session's or backend's state (its
+database, tracked variables and multi-statement option) is a signature number, a
+statement's SQL an id, both given out here and never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from selkie.proxy.pooler.pool import Backend, PoolKey
+from selkie.proxy.pooler.sqlscan import Effect
+from selkie.proxy.pooler.state import SessionState
+
+log = logging.getLogger(__name__)
+
+try:
+    from selkie.proxy.pooler import _lane
+except ImportError as exc:  # not built: the pooler runs every command in Python
+    _lane = None  # type: ignore[assignment]
+    _missing = str(exc)
+
+# Signatures and SQL ids given out per lane, at most (then: not for the lane).
+MAX_IDS = 1 << 16
+EXPIRE_EVERY = 0.25  # seconds between checks for parked sessions waiting too long
+# (client id, SQL id, parameters, their types, plain); (SQL id, compute's id, types)
+SessionStatement = tuple[int, int, int, bytes | None, bool]
+BackendStatement = tuple[int, int, bytes | None]
+
+
+def available() -> bool:
+    return _lane is not None
+
+
+def plain(effect: Effect) -> bool:
+    """Whether a statement with this effect leaves nothing for the pooler to note."""
+    return not (
+        effect.pin
+        or effect.sets
+        or effect.database
+        or effect.reads_last_insert_id
+        or effect.untracked
+        or effect.unpin_lock_tables
+        or effect.lock_tables
+    )
+
+
+def buffered(reader: asyncio.StreamReader) -> bool:
+    """Whether the stream holds bytes not read yet (asyncio has no public way to ask)."""
+    return bool(reader._buffer)  # type: ignore[attr-defined]
+
+
+def socket_fd(writer: asyncio.StreamWriter) -> int | None:
+    """The descriptor of a plaintext socket stream, None for TLS or anything else."""
+    if writer.get_extra_info("sslcontext") is not None:
+        return None
+    sock = writer.get_extra_info("socket")
+    return sock.fileno() if sock is not None else None
+
+
+class Lane:
+    """One pool's lane, watched by the running event loop."""
+
+    def __init__(
+        self,
+        *,
+        wait_timeout: float,
+        on_release: Callable[[Backend], None],
+        on_dead: Callable[[Backend], None],
+    ) -> None:
+        assert _lane is not None
+        self._on_release = on_release
+        self._on_dead = on_dead
+        self.c = _lane.Lane(self._released, self._died, wait_timeout)
+        self._keys: dict[PoolKey, int] = {}
+        self._sigs: dict[tuple[Any, ...], int] = {}
+        self._sql: dict[bytes, int] = {}
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.c.fileno(), self.c.poll)
+        self._timer = self._loop.call_later(EXPIRE_EVERY, self._expire)
+
+    def close(self) -> list[Backend]:
+        """Stop watching; the idle backends it held, for the pool to close."""
+        self._timer.cancel()
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self.c.fileno())
+        return [self._back(conn) for conn in self.c.drain()]
+
+    def _expire(self) -> None:
+        self.c.expire()
+        self._timer = self._loop.call_later(EXPIRE_EVERY, self._expire)
+
+    # --- numbers for what the lane compares ------------------------------------------------
+
+    def key(self, key: PoolKey) -> int:
+        found = self._keys.get(key)
+        if found is None:
+            found = self._keys[key] = len(self._keys)
+        return found
+
+    def _intern(self, table: dict[Any, int], value: Any) -> int:
+        found = table.get(value)
+        if found is None:
+            if len(table) >= MAX_IDS:
+                return -1  # never matches: such sessions and statements stay in Python
+            found = table[value] = len(table)
+        return found
+
+    def session_sig(self, st: SessionState) -> int:
+        return self._intern(
+            self._sigs, (st.database, frozenset(st.sets.items()), st.multi_statements)
+        )
+
+    def backend_sig(self, b: Backend) -> int:
+        if b.dirty:
+            return -1
+        return self._intern(self._sigs, (b.database, frozenset(b.sets.items()), b.multi_statements))
+
+    def sql_id(self, sql: bytes) -> int:
+        return self._intern(self._sql, sql)
+
+    def session_statements(
+        self, st: SessionState
+    ) -> list[tuple[int, int, int, bytes | None, bool]]:
+        return [
+            (cid, self.sql_id(p.sql), p.num_params, p.param_types, plain(p.effect))
+            for cid, p in st.prepared.items()
+        ]
+
+    def backend_statements(self, b: Backend) -> list[BackendStatement]:
+        state = frozenset(b.sets.items())
+        return [
+            (self.sql_id(sql), bs.id, bs.types)
+            for (database, sets, sql), bs in b.statements.items()
+            if database == b.database and sets == state
+        ]
+
+    # --- backends --------------------------------------------------------------------------
+
+    def conn(self, b: Backend) -> Any | None:
+        """The lane's handle on ``b``, None when it cannot be in the lane (TLS, or bytes
+        unread or unsent on Python's side)."""
+        if b.lane_conn is None:
+            fd = socket_fd(b.writer)
+            if fd is None:
+                return None
+            b.lane_conn = _lane.Conn(b, fd)
+        transport = b.writer.transport
+        if buffered(b.reader) or transport.get_write_buffer_size() or not b.alive():
+            return None
+        return b.lane_conn
+
+    def give(self, b: Backend, key: PoolKey) -> bool:
+        """Hand a free backend to the lane (False: it cannot go there)."""
+        conn = self.conn(b)
+        if conn is None:
+            return False
+        b.writer.transport.pause_reading()  # type: ignore[attr-defined]
+        self.c.give(conn, self.key(key), self.backend_sig(b), self.backend_statements(b))
+        return True
+
+    def enter(self, b: Backend) -> tuple[Any, int, list[BackendStatement]] | None:
+        """A backend bound to a session that parks: its handle, signature and statements."""
+        conn = self.conn(b)
+        if conn is None:
+            return None
+        b.writer.transport.pause_reading()  # type: ignore[attr-defined]
+        return conn, self.backend_sig(b), self.backend_statements(b)
+
+    def take(self, key: PoolKey, prefer: Backend | None) -> Backend | None:
+        conn = self.c.take(self.key(key), prefer.lane_conn if prefer is not None else None)
+        return None if conn is None else self._back(conn)
+
+    def evict(self, key: PoolKey) -> Backend | None:
+        conn = self.c.evict(self.key(key))
+        return None if conn is None else self._back(conn)
+
+    @staticmethod
+    def _back(conn: Any) -> Backend:
+        """A backend out of the lane, Python's to read again."""
+        b: Backend = conn.backend
+        b.writer.transport.resume_reading()  # type: ignore[attr-defined]
+        return b
+
+    def _released(self, b: Backend) -> None:
+        self._on_release(self._back(b.lane_conn))
+
+    def _died(self, b: Backend) -> None:
+        self._on_dead(self._back(b.lane_conn))
+
+    def session(self, wake: Callable[..., None]) -> Any:
+        return _lane.Session(wake)
+
+    def plain_query(self, text: bytes) -> None:
+        """A COM_QUERY text found plain: the lane runs it from now on (LOAD DATA never: its
+        file comes from the client mid-answer)."""
+        if b"infile" not in text.lower():
+            self.c.plain(text)
+
+
+def lane_for(choice: str, **kwargs: Any) -> Lane | None:
+    """A lane for a new pool, if the extension is built and ``choice`` (``proxy_relay``)
+    allows it."""
+    if choice == "python" or _lane is None:
+        return None
+    return Lane(**kwargs)
