@@ -9,7 +9,7 @@ from selkie.controlplane import Access, AccessCache
 
 
 async def test_misses_are_cached_apart_from_hits() -> None:
-    cache = AccessCache(ttl=0.2)
+    cache = AccessCache(ttl=1.0)  # long enough for the spraying below on a busy machine
     fetched: list[str] = []
     real = Access(
         endpoint_id="ep-a",
@@ -33,6 +33,6 @@ async def test_misses_are_cached_apart_from_hits() -> None:
     fetched.clear()
     assert await cache.get("ep-a", "owner", lambda: fetch("owner")) is real
     assert fetched == []
-    await asyncio.sleep(0.25)  # after the TTL a role created meanwhile is seen
+    await asyncio.sleep(1.05)  # after the TTL a role created meanwhile is seen
     assert await cache.get("ep-a", "nobody", lambda: fetch("nobody")) is None
     assert fetched == ["nobody"]

@@ -247,6 +247,7 @@ class PoolerMetrics(BaseModel):
     pinned_sessions: int = 0
     backends_peak: int = 0
     backend_resets: int = 0
+    fast_lane_commands: int = 0
 
 
 class PoolerResponse(BaseModel):

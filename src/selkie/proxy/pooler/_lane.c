@@ -8,7 +8,8 @@
  * backends (their sockets) with their signatures and the statements prepared on them.
  *
  * For each command a parked client sends, the lane decides: a COM_STMT_EXECUTE of a plain
- * statement, or a COM_QUERY whose text Python has found plain before, runs here on a
+ * statement (or its COM_STMT_RESET), or a COM_QUERY whose text Python has found plain
+ * before, runs here on a
  * backend in the same state (no replay needed), with the statement id mapped; the response
  * is scanned for its end, status flags, warnings and LAST_INSERT_ID as it is passed on, and
  * the backend goes back to the lane's idle list (or to the longest-waiting parked client)
@@ -40,6 +41,7 @@
 #define FAST_COMMAND_MAX (64 * 1024) /* larger commands go to Python */
 #define COM_QUERY 0x03
 #define COM_STMT_EXECUTE 0x17
+#define COM_STMT_RESET 0x1a
 #define CURSOR_FLAGS 0x0f
 #define IN_TRANS 0x0001
 #define MORE_RESULTS 0x0008
@@ -296,6 +298,7 @@ typedef struct Lane {
     PyObject *calls; /* callbacks queued during poll: (callable, args) */
     double wait_timeout;
     int room, in_use, polling;
+    long long commands; /* commands run here */
     KeyLane *keys;
     int nkeys;
     /* Plain query texts (open addressing, FNV-1a). */
@@ -539,6 +542,10 @@ static BackendStmt *backend_stmt(Conn *c, int32_t sql) {
     return NULL;
 }
 
+static int same_bytes(PyObject *bytes, const uint8_t *p, size_t n) {
+    return bytes && (size_t)PyBytes_GET_SIZE(bytes) == n && !memcmp(PyBytes_AS_STRING(bytes), p, n);
+}
+
 static uint64_t fnv(const uint8_t *p, size_t n) {
     uint64_t h = 1469598103934665603ULL;
     for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ULL;
@@ -570,14 +577,28 @@ static int session_run(Lane *l, Session *s) {
         const uint8_t *payload = p + 4;
         int command = payload[0];
         SessionStmt *st = NULL;
-        if (command == COM_STMT_EXECUTE) {
+        const uint8_t *sent_types = NULL; /* parameter types sent with an execute */
+        size_t flag_at = 0;
+        if (command == COM_STMT_RESET) {
+            if (length < 5) break;
+            uint32_t id = payload[1] | payload[2] << 8 | payload[3] << 16 | (uint32_t)payload[4] << 24;
+            st = session_stmt(s, id);
+            if (!st) break;
+        } else if (command == COM_STMT_EXECUTE) {
             if (length < 10) break;
             uint32_t id = payload[1] | payload[2] << 8 | payload[3] << 16 | (uint32_t)payload[4] << 24;
             st = session_stmt(s, id);
             if (!st || !st->plain || payload[5] & CURSOR_FLAGS) break;
             if (st->num_params) {
-                size_t flag_at = 10 + (size_t)(st->num_params + 7) / 8;
-                if (flag_at < length && payload[flag_at] == 1) break; /* types: Python notes them */
+                flag_at = 10 + (size_t)(st->num_params + 7) / 8;
+                if (flag_at < length && payload[flag_at] == 1) {
+                    /* Types sent again: fine here only when they are the ones the session
+                     * bound before (else Python notes the new ones). */
+                    size_t n = 2 * (size_t)st->num_params;
+                    if (flag_at + 1 + n > length || !same_bytes(st->types, payload + flag_at + 1, n))
+                        break;
+                    sent_types = payload + flag_at + 1;
+                }
             }
         } else if (command == COM_QUERY) {
             if (!plain_query(l, payload + 1, length - 1)) break;
@@ -615,11 +636,13 @@ static int session_run(Lane *l, Session *s) {
         if (st) {
             BackendStmt *bs = backend_stmt(c, st->sql);
             if (!bs) break; /* not prepared there: Python prepares it */
-            if (st->num_params) {
-                size_t flag_at = 10 + (size_t)(st->num_params + 7) / 8;
-                if (flag_at < length && st->types &&
-                    (!bs->types || PyObject_RichCompareBool(st->types, bs->types, Py_EQ) != 1))
-                    break; /* its types must be sent again there: Python does */
+            /* The types the statement runs with must be the backend statement's already:
+             * sent with it, or bound by the session earlier (else Python sends them). */
+            if (sent_types) {
+                if (!same_bytes(bs->types, sent_types, 2 * (size_t)st->num_params)) break;
+            } else if (command == COM_STMT_EXECUTE && st->num_params && flag_at < length && st->types &&
+                       (!bs->types || PyObject_RichCompareBool(st->types, bs->types, Py_EQ) != 1)) {
+                break;
             }
             rewritten[0] = bs->id & 0xff;
             rewritten[1] = bs->id >> 8 & 0xff;
@@ -637,6 +660,7 @@ static int session_run(Lane *l, Session *s) {
         s->in.pos += 4 + length;
         s->bytes_from_client += 4 + (long long)length;
         s->statements++;
+        l->commands++;
         s->last_active = wall();
         scan_start(&c->scan, command, s->deprecate_eof, s->status);
         c->busy = 1;
@@ -1341,7 +1365,13 @@ static PyMethodDef Lane_methods[] = {
     {NULL},
 };
 
+static PyObject *Lane_get_commands(Lane *l, void *closure) {
+    (void)closure;
+    return PyLong_FromLongLong(l->commands);
+}
+
 static PyGetSetDef Lane_getset[] = {
+    {"commands", (getter)Lane_get_commands, NULL, "commands the lane has run", NULL},
     {"idle", (getter)Lane_get_idle, NULL, "idle backends in the lane", NULL},
     {"in_use", (getter)Lane_get_in_use, NULL, "backends the lane's sessions hold", NULL},
     {"waiting", (getter)Lane_get_waiting, NULL, "parked sessions waiting for a backend", NULL},

@@ -222,6 +222,7 @@ class EndpointPool:
             "pinned_sessions": self.pinned,
             "backends_peak": self.peak,
             "backend_resets": self.resets,
+            "fast_lane_commands": self.lane.c.commands if self.lane is not None else 0,
         }
 
     async def acquire(

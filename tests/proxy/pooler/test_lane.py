@@ -1,0 +1,185 @@
+"""The pooler's fast lane with real clients and a real compute: plain commands run there
+(counted), what they leave (LAST_INSERT_ID, warnings, a transaction) is noted as the Python
+pooler notes it, a parked session waiting for a backend gets the pool's timeout error, and
+with ``proxy_relay = python`` there is no lane and the same statements run in Python."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import mysql.connector
+import pymysql
+import pytest
+
+from selkie.config import load_settings
+from selkie.platform import Platform
+from selkie.proxy.pooler import lane
+from tests.helpers import free_port
+from tests.platforms import require_mariadb
+from tests.proxy.conftest import Db
+from tests.proxy.pooler.test_pool import conn, pool, pooled_db, q
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(autouse=True)
+def _template(template_datadir: Path) -> None:
+    from tests.proxy.pooler import test_pool
+
+    test_pool.TEMPLATE[:] = [template_datadir]
+
+
+def require_lane() -> None:
+    if not lane.available():
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("the pooler's fast lane (_lane.c) is not built")
+        pytest.skip("the fast lane is not built here")
+
+
+async def platform(tmp_path: Path, *, cap: int, wait: float, relay: str) -> Platform:
+    require_mariadb()
+    p = Platform.open(
+        load_settings(
+            environ={
+                "SELKIE_DATA_DIR": str(tmp_path / "data"),
+                "SELKIE_PROXY_LISTEN": f"127.0.0.1:{free_port()}",
+                "SELKIE_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
+                "SELKIE_POOLER_MAX_BACKENDS": str(cap),
+                "SELKIE_POOLER_WAIT_TIMEOUT": str(wait),
+                "SELKIE_PROXY_RELAY": relay,
+            }
+        )
+    )
+    await p.start(proxy=True)
+    return p
+
+
+@pytest.fixture
+async def db(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Db]:
+    relay = getattr(request, "param", "auto")
+    if relay != "python":
+        require_lane()
+    p = await platform(tmp_path, cap=1, wait=1, relay=relay)
+    try:
+        yield await pooled_db(p)
+    finally:
+        await p.stop()
+        p.close()
+
+
+def prepared(db: Db):  # type: ignore[no-untyped-def]
+    return mysql.connector.connect(
+        host="127.0.0.1",
+        port=db.port,
+        user=f"{db.endpoint_id}-pooler.{db.role}",
+        password=db.password,
+        database=db.database,
+        use_pure=True,
+        ssl_disabled=True,
+        autocommit=True,
+    )
+
+
+def lane_commands(db: Db) -> int:
+    return pool(db).metrics()["fast_lane_commands"]
+
+
+@pytest.mark.parametrize("db", ["auto", "python"], indirect=True)
+async def test_plain_commands_run_in_the_lane_and_their_outcome_is_noted(db: Db) -> None:
+    def run() -> dict[str, object]:
+        setup = conn(db)
+        q(setup, "CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, v INT)")
+        a, b = conn(db), conn(db)
+        ids = []
+        for _ in range(5):
+            # The same texts each time: plain, so the lane runs them from the second on;
+            # another client's insert in between, and each reads its own LAST_INSERT_ID.
+            q(a, "INSERT INTO t (v) VALUES (7)")
+            q(b, "INSERT INTO t (v) VALUES (100)")
+            ids.append(q(a, "SELECT LAST_INSERT_ID()")[0][0])
+        # A warning left by a statement the lane runs, read by SHOW WARNINGS: it pins the
+        # session to that backend until read.
+        warn = "SELECT CAST('-1x' AS UNSIGNED)"
+        q(a, warn)
+        q(a, "SELECT 1")  # reads nothing: the first warning's pin goes
+        q(a, warn)
+        warnings = q(a, "SHOW WARNINGS")
+        # Prepared statements (types sent with every execute, as this driver does).
+        ps = prepared(db)
+        cur = ps.cursor(prepared=True)
+        values = []
+        for i in ids:
+            cur.execute("SELECT v FROM t WHERE id = ?", (i,))
+            values.append(cur.fetchall()[0][0])
+        ps.close()
+        # A transaction keeps its backend until it ends.
+        for _ in range(2):
+            q(b, "BEGIN")
+            q(b, "UPDATE t SET v = v + 1 WHERE v >= 100")
+            in_tx = pool(db).in_use
+            q(b, "COMMIT")
+        counts = q(b, "SELECT COUNT(*), SUM(v) FROM t")[0]
+        for c in (a, b, setup):
+            c.close()
+        return {
+            "ids": ids,
+            "values": values,
+            "warnings": warnings,
+            "in_tx": in_tx,
+            "counts": counts,
+        }
+
+    out = await asyncio.to_thread(run)
+    assert out["ids"] == [1, 3, 5, 7, 9] and out["values"] == [7] * 5
+    assert out["warnings"][0][1] == 1292  # type: ignore[index]
+    assert out["in_tx"] == 1 and tuple(out["counts"]) == (10, 5 * 7 + 5 * 102)  # type: ignore[arg-type]
+    ran = lane_commands(db)
+    if db.platform.settings.proxy_relay == "python":
+        assert pool(db).lane is None and ran == 0
+    else:
+        # Inserts (4 + 4), the warning, 4 of the executes, BEGIN, UPDATE, COMMIT.
+        assert ran >= 15, ran
+    assert pool(db).metrics()["backends_peak"] == 1
+
+
+async def test_a_parked_session_waiting_for_a_backend_gets_the_timeout_error(db: Db) -> None:
+    def run() -> tuple[float, int, int]:
+        a, b = conn(db), conn(db)
+        for _ in range(2):
+            q(b, "SELECT 1")  # plain: parked sessions run it in the lane
+        q(a, "BEGIN")  # holds the one backend
+        t0 = time.monotonic()
+        with pytest.raises(pymysql.err.OperationalError) as err:
+            q(b, "SELECT 1")
+        waited = time.monotonic() - t0
+        q(a, "COMMIT")
+        after = q(b, "SELECT 1")[0][0]
+        a.close()
+        b.close()
+        return waited, err.value.args[0], after
+
+    waited, code, after = await asyncio.to_thread(run)
+    assert code == 1040 and 0.9 <= waited < 5 and after == 1
+    assert pool(db).metrics()["clients_waiting"] == 0
+
+
+async def test_a_session_parked_in_a_transaction_loses_it_with_the_compute(db: Db) -> None:
+    def run() -> tuple[int, int]:
+        a = conn(db)
+        q(a, "BEGIN")
+        q(a, "BEGIN")  # the second time from the lane: the session is parked with its backend
+        return a, pool(db).in_use  # type: ignore[return-value]
+
+    a, in_use = await asyncio.to_thread(run)
+    assert in_use == 1
+    await db.platform.lifecycle.suspend(db.endpoint_id)
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        await asyncio.to_thread(q, a, "SELECT 1")
+    assert err.value.args[0] in (1927, 2013)
+    b = await asyncio.to_thread(conn, db)  # the endpoint wakes for the next client
+    assert (await asyncio.to_thread(q, b, "SELECT 1"))[0][0] == 1
+    await asyncio.to_thread(b.close)
