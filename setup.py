@@ -13,13 +13,24 @@ setup(
     ext_modules=[
         Extension(
             name,
-            sources=[source],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            sources=sources,
+            depends=depends,
+            extra_compile_args=[
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Wno-missing-field-initializers",
+                "-fvisibility=hidden",  # only PyInit_* is the module's to show
+            ],
             optional=True,
         )
-        for name, source in (
-            ("selkie.proxy._crelay", "src/selkie/proxy/_crelay.c"),
-            ("selkie.proxy.pooler._lane", "src/selkie/proxy/pooler/_lane.c"),
+        for name, sources, depends in (
+            ("selkie.proxy._crelay", ["src/selkie/proxy/_crelay.c"], []),
+            (
+                "selkie.proxy.pooler._lane",
+                [f"src/selkie/proxy/pooler/_lane{part}.c" for part in ("", "_core", "_scan")],
+                ["src/selkie/proxy/pooler/_lane.h"],
+            ),
         )
     ]
 )

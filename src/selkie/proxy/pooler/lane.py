@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from selkie.errors import ConfigError
 from selkie.proxy.pooler.pool import Backend, PoolKey
 from selkie.proxy.pooler.sqlscan import Effect
 from selkie.proxy.pooler.state import SessionState
@@ -205,6 +206,12 @@ class Lane:
         file comes from the client mid-answer)."""
         if b"infile" not in text.lower():
             self.c.plain(text)
+
+
+def check(choice: str) -> None:
+    """``proxy_relay = c`` insists on the compiled parts: the lane too."""
+    if choice == "c" and _lane is None:
+        raise ConfigError(f"proxy_relay is 'c' but the pooler's fast lane is missing: {_missing}")
 
 
 def lane_for(choice: str, **kwargs: Any) -> Lane | None:

@@ -11,7 +11,7 @@ from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import ErrorCode
 from selkie.proxy.connect import Authenticated, Connector, Refused
 from selkie.proxy.handshake import Hello
-from selkie.proxy.pooler.lane import lane_for
+from selkie.proxy.pooler.lane import check, lane_for
 from selkie.proxy.pooler.pool import FORMAT_CAPS, Backend, EndpointPool, PoolKey, PoolTimeout
 from selkie.proxy.pooler.runner import CommandRefused
 from selkie.proxy.pooler.session import PooledSession
@@ -37,6 +37,7 @@ class Pooler:
         self.wait_timeout = wait_timeout
         # "python" keeps every pooled command in Python; otherwise plain ones take the
         # compiled fast lane where it is built (lane.py), as the session relay does.
+        check(relay)
         self.relay = relay
         # The largest command a pooled client may send: commands are read whole before a
         # backend is borrowed, so this bounds what one session holds (ERR 1153 beyond).

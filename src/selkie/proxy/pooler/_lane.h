@@ -1,0 +1,202 @@
+/* The pooler's fast lane: what its files share (_lane.c is the module and its Python
+ * types, _lane_core.c runs sessions and backends, _lane_scan.c reads responses). */
+#ifndef SELKIE_LANE_H
+#define SELKIE_LANE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK (64 * 1024)
+#define FLUSH_BYTES (1 << 20)
+#define MAX_PAYLOAD 0xffffff
+#define FAST_COMMAND_MAX (64 * 1024) /* larger commands go to Python */
+#define COM_QUERY 0x03
+#define COM_STMT_EXECUTE 0x17
+#define COM_STMT_RESET 0x1a
+#define CURSOR_FLAGS 0x0f
+#define IN_TRANS 0x0001
+#define MORE_RESULTS 0x0008
+#define PLAIN_SLOTS 4096
+#define PLAIN_TEXT_MAX 4096
+
+/* Why a session goes back to Python. */
+enum { WAKE_COMMAND = 0, WAKE_CLOSED = 1, WAKE_NOTE = 2, WAKE_TIMEOUT = 3, WAKE_LOST = 4 };
+
+typedef struct {
+    uint8_t *data;
+    size_t len, pos, cap;
+} Buf;
+
+static inline int buf_reserve(Buf *b, size_t extra) {
+    if (b->pos && b->pos == b->len) b->pos = b->len = 0;
+    if (b->len + extra <= b->cap) return 0;
+    if (b->pos) { /* slide what is left to the front first */
+        memmove(b->data, b->data + b->pos, b->len - b->pos);
+        b->len -= b->pos;
+        b->pos = 0;
+        if (b->len + extra <= b->cap) return 0;
+    }
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) cap *= 2;
+    uint8_t *p = realloc(b->data, cap);
+    if (!p) return -1;
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_add(Buf *b, const void *p, size_t n) {
+    if (buf_reserve(b, n) < 0) return -1;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+static inline size_t buf_pending(const Buf *b) { return b->len - b->pos; }
+
+static inline double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static inline double wall(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static inline int again(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
+
+/* --- the response scanner: selkie.proxy.pooler.response.ResponseReader for the commands the
+ * lane runs (COM_QUERY, COM_STMT_EXECUTE), over bytes as they arrive ------------------------ */
+
+enum { P_FIRST, P_COLUMN_DEFS, P_COLUMNS_EOF, P_ROWS, P_DONE };
+
+typedef struct {
+    int phase, command, deprecate_eof;
+    uint64_t columns_left;
+    uint8_t header[4];
+    int header_len;
+    size_t left, length; /* payload bytes left in the current frame, its length */
+    uint8_t head[32];    /* the payload's first bytes: all a terminator needs */
+    size_t head_len;
+    int continued, was_continued;
+    /* How it ended. */
+    int status, warnings, error, local_infile;
+    uint64_t last_insert_id;
+} Scan;
+
+
+void scan_start(Scan *s, int command, int deprecate_eof, int status);
+size_t scan_feed(Scan *s, const uint8_t *p, size_t n);
+
+/* --- objects ---------------------------------------------------------------------------- */
+
+struct Lane;
+struct Session;
+
+enum { TAG_SESSION, TAG_CONN };
+typedef struct {
+    int kind;
+    void *obj;
+} Tag;
+
+typedef struct {
+    int32_t sql;
+    uint32_t id;
+    PyObject *types; /* bytes, or NULL */
+} BackendStmt;
+
+/* A backend connection while the lane has it. */
+typedef struct Conn {
+    PyObject_HEAD
+    PyObject *backend; /* the pool's Backend */
+    int fd, key, sig;
+    BackendStmt *stmts;
+    int nstmts;
+    int in_lane, registered, idle, dead, readable;
+    struct Session *session; /* the session it runs a command for, or is bound to */
+    struct Lane *lane;
+    Buf out; /* for the compute */
+    Scan scan;
+    int busy; /* a command's response is on its way */
+    Tag tag;
+} Conn;
+
+typedef struct {
+    uint32_t client_id;
+    int32_t sql;
+    int num_params, plain;
+    PyObject *types;
+} SessionStmt;
+
+typedef struct Session {
+    PyObject_HEAD
+    PyObject *wake; /* wake(reason, data, to_client, conn, status, warnings, lii, broken) */
+    struct Lane *lane;
+    int fd, key, sig, release_idle, deprecate_eof, status;
+    SessionStmt *stmts;
+    int nstmts;
+    Buf in, out;
+    Conn *conn;       /* bound: a command in flight, or a transaction open */
+    void *last;       /* the backend used last (compared, never followed) */
+    int in_lane, registered, readable, hup, waiting;
+    double deadline;
+    struct Session *next_waiting;
+    Tag tag;
+    /* Counters (read by the proxy's activity reporter through Counters.attach). */
+    long long bytes_to_client, bytes_from_client, statements;
+    double last_active;
+} Session;
+
+typedef struct {
+    Conn **idle;
+    int nidle, cap;
+    Session *wait_head, *wait_tail;
+    int py_waiting;
+} KeyLane;
+
+typedef struct Lane {
+    PyObject_HEAD
+    int epfd;
+    PyObject *on_release, *on_dead;
+    PyObject *calls; /* callbacks queued during poll: (callable, args) */
+    double wait_timeout;
+    int room, in_use, polling;
+    long long commands; /* commands run here */
+    KeyLane *keys;
+    int nkeys;
+    /* Plain query texts (open addressing, FNV-1a). */
+    PyObject *plain[PLAIN_SLOTS];
+    uint64_t plain_hash[PLAIN_SLOTS];
+    int nplain;
+} Lane;
+
+KeyLane *key_lane(Lane *l, int key);
+int queue_call(Lane *l, PyObject *fn, PyObject *args);
+void run_calls(Lane *l);
+int watch(Lane *l, int fd, Tag *tag);
+void unwatch(Lane *l, int fd);
+void free_backend_stmts(Conn *c);
+void free_session_stmts(Session *s);
+Conn *conn_leave(Lane *l, Conn *c);
+void conn_free(Lane *l, Conn *c, int from_python);
+void session_hand_back(Lane *l, Session *s, int reason, int broken);
+void session_step(Lane *l, Session *s);
+void conn_step(Lane *l, Conn *c);
+int plain_query(Lane *l, const uint8_t *p, size_t n);
+uint64_t fnv(const uint8_t *p, size_t n);
+
+#endif
