@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import mysql.connector
 import pymysql
 import pytest
 
@@ -21,7 +20,7 @@ from selkie.proxy.pooler import lane
 from tests.helpers import free_port
 from tests.platforms import require_mariadb
 from tests.proxy.conftest import Db
-from tests.proxy.pooler.test_pool import conn, pool, pooled_db, q
+from tests.proxy.pooler.test_pool import conn, connector_conn, pool, pooled_db, q
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,19 +70,6 @@ async def db(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Db
         p.close()
 
 
-def prepared(db: Db):  # type: ignore[no-untyped-def]
-    return mysql.connector.connect(
-        host="127.0.0.1",
-        port=db.port,
-        user=f"{db.endpoint_id}-pooler.{db.role}",
-        password=db.password,
-        database=db.database,
-        use_pure=True,
-        ssl_disabled=True,
-        autocommit=True,
-    )
-
-
 def lane_commands(db: Db) -> int:
     return pool(db).metrics()["fast_lane_commands"]
 
@@ -109,7 +95,7 @@ async def test_plain_commands_run_in_the_lane_and_their_outcome_is_noted(db: Db)
         q(a, warn)
         warnings = q(a, "SHOW WARNINGS")
         # Prepared statements (types sent with every execute, as this driver does).
-        ps = prepared(db)
+        ps = connector_conn(db, db.database)
         cur = ps.cursor(prepared=True)
         values = []
         for i in ids:
