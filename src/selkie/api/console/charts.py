@@ -68,3 +68,14 @@ def steps(points: list[tuple[datetime, float]], *, until: datetime, title: str) 
         f'<text x="{PAD}" y="{HEIGHT - 8}" class="label">{start:%H:%M:%S}</text>'
         f'<text x="{WIDTH - PAD - 50}" y="{HEIGHT - 8}" class="label">now</text></svg>'
     )
+
+
+def human_bytes(value: float | None) -> str:
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"

@@ -4,6 +4,7 @@ session's CSRF token, acts through the services as the signed-in key, and redire
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -65,8 +66,6 @@ async def sign_in_form(request: Request) -> Response:
 
 
 def _sign_in_page(request: Request, error: str | None, status: int = 200) -> Response:
-    import secrets
-
     console = console_of(request)
     token = secrets.token_urlsafe(32)
     response = console.render("sign_in.html", None, status=status, pre=token, error=error)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from selkie.api.console.charts import Bar, bars, steps
+from selkie.api.console.charts import Bar, bars, human_bytes, steps
 from selkie.control import Control
 from selkie.errors import InvalidInput
 from selkie.model import (
@@ -168,8 +168,6 @@ def usage(console: Console, who: Principal, project_id: str) -> dict[str, Any]:
     u = current.usage
     period = u.timeframe_start.strftime("%Y-%m")
     invoice = ctl.consumption.invoice(who, project_id, period)
-    from selkie.api.console.app import human_bytes
-
     chart = bars(
         [
             Bar(
