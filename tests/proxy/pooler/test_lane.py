@@ -6,6 +6,7 @@ with ``proxy_relay = python`` there is no lane and the same statements run in Py
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pymysql
 import pytest
+from pymysql.constants import CLIENT
 
 from selkie.config import load_settings
 from selkie.platform import Platform
@@ -169,3 +171,35 @@ async def test_a_session_parked_in_a_transaction_loses_it_with_the_compute(db: D
     b = await asyncio.to_thread(conn, db)  # the endpoint wakes for the next client
     assert (await asyncio.to_thread(q, b, "SELECT 1"))[0][0] == 1
     await asyncio.to_thread(b.close)
+
+
+async def test_large_results_multi_statements_and_a_slow_reader_pass_whole(db: Db) -> None:
+    def run() -> list[object]:
+        c = conn(db, client_flag=CLIENT.MULTI_STATEMENTS)
+        out: list[object] = []
+        for _ in range(2):  # the second time from the lane
+            big = q(c, "SELECT REPEAT('x', 20000000), 1")[0]
+            out.append((hashlib.sha256(big[0].encode()).hexdigest()[:12], big[1]))
+            with c.cursor() as cur:
+                cur.execute("SELECT 1; SELECT 2, 3; SELECT 'z'")
+                sets = [cur.fetchall()]
+                while cur.nextset():
+                    sets.append(cur.fetchall())
+            out.append(sets)
+            # Read slower than the compute answers: the lane holds the backend's bytes back.
+            with c.cursor(pymysql.cursors.SSCursor) as sc:
+                sc.execute("SELECT seq, REPEAT('y', 1000) FROM seq_1_to_20000")
+                n = 0
+                for _row in sc:
+                    n += 1
+                    if n % 5000 == 0:
+                        time.sleep(0.1)
+            out.append(n)
+        c.close()
+        return out
+
+    first, sets, n, *again = await asyncio.to_thread(run)
+    assert first == (hashlib.sha256(b"x" * 20000000).hexdigest()[:12], 1)
+    assert sets == [((1,),), ((2, 3),), (("z",),)] and n == 20000
+    assert again == [first, sets, n]
+    assert lane_commands(db) >= 3
