@@ -156,11 +156,11 @@ async def test_a_parked_session_waiting_for_a_backend_gets_the_timeout_error(db:
 
 
 async def test_a_session_parked_in_a_transaction_loses_it_with_the_compute(db: Db) -> None:
-    def run() -> tuple[int, int]:
+    def run() -> tuple[pymysql.Connection, int]:  # type: ignore[type-arg]
         a = conn(db)
         q(a, "BEGIN")
         q(a, "BEGIN")  # the second time from the lane: the session is parked with its backend
-        return a, pool(db).in_use  # type: ignore[return-value]
+        return a, pool(db).in_use
 
     a, in_use = await asyncio.to_thread(run)
     assert in_use == 1
