@@ -156,7 +156,7 @@ async def test_a_parked_session_waiting_for_a_backend_gets_the_timeout_error(db:
 
 
 async def test_a_session_parked_in_a_transaction_loses_it_with_the_compute(db: Db) -> None:
-    def run() -> tuple[pymysql.Connection, int]:  # type: ignore[type-arg]
+    def run() -> tuple[pymysql.Connection, int]:
         a = conn(db)
         q(a, "BEGIN")
         q(a, "BEGIN")  # the second time from the lane: the session is parked with its backend
