@@ -166,7 +166,11 @@ class Lane:
         if conn is None:
             return False
         b.writer.transport.pause_reading()  # type: ignore[attr-defined]
-        self.c.give(conn, self.key(key), self.backend_sig(b), self.backend_statements(b))
+        try:
+            self.c.give(conn, self.key(key), self.backend_sig(b), self.backend_statements(b))
+        except OSError:  # the lane cannot watch it (out of descriptors): Python keeps it
+            b.writer.transport.resume_reading()  # type: ignore[attr-defined]
+            return False
         return True
 
     def enter(self, b: Backend) -> tuple[Any, int, list[BackendStatement]] | None:

@@ -90,20 +90,29 @@ class Parking(CommandRunner):
         self._wake = asyncio.get_running_loop().create_future()
         self._woken = None
         last = self._last.lane_conn if self._last is not None else None
-        lane.c.park(
-            self._lane_session,
-            self._fd,
-            lane.key(self.key),
-            sig,
-            self.transaction_mode,
-            bool(self.caps & DEPRECATE_EOF),
-            self.status,
-            lane.session_statements(st),
-            conn,
-            conn_sig,
-            conn_table,
-            last,
-        )
+        try:
+            lane.c.park(
+                self._lane_session,
+                self._fd,
+                lane.key(self.key),
+                sig,
+                self.transaction_mode,
+                bool(self.caps & DEPRECATE_EOF),
+                self.status,
+                lane.session_statements(st),
+                conn,
+                conn_sig,
+                conn_table,
+                last,
+            )
+        except OSError:  # the lane cannot watch the sockets: this command goes in Python
+            transport.resume_reading()
+            if b is not None:
+                b.writer.transport.resume_reading()  # type: ignore[attr-defined]
+                self.backend = b
+                self.pool.held += 1
+            self.lane = None  # and the rest of the session's
+            return True
         try:
             await self._wake
         except BaseException:
