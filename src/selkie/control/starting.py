@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from selkie import model
 from selkie.compute.base import ComputeInfo, ComputeSpec
@@ -102,24 +103,11 @@ class Starting(LifecycleBase):
         self, endpoint_id: str, state: EndpointState, generation: int, exc: BaseException
     ) -> None:
         """A thaw that failed half-way: the compute stopped, the endpoint failed (cold)."""
-        reason = public_message(exc)
         if not isinstance(exc, SelkieError | asyncio.CancelledError):
             log.exception("thawing %s failed", endpoint_id)
-        try:
-            if self.history is not None:
-                await self.history.detach(endpoint_id)
-            await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
-        finally:
-            await self._transition(
-                endpoint_id,
-                state,
-                generation,
-                EndpointState.FAILED,
-                pending_state=None,
-                failure_reason=reason[:4000],
-                compute_address=None,
-                suspend_tier=None,
-            )
+        await self._fail_start(
+            endpoint_id, generation, public_message(exc), state=state, suspend_tier=None
+        )
 
     async def _bring_up(self, target: Target) -> tuple[ComputeInfo, dict[str, float]]:
         """The compute of a starting endpoint: its branch's data in place, the server
@@ -197,7 +185,16 @@ class Starting(LifecycleBase):
         except ComputeError as exc:
             log.warning("compute %s keeps its startup boost for now: %s", endpoint_id, exc)
 
-    async def _fail_start(self, endpoint_id: str, generation: int, reason: str) -> None:
+    async def _fail_start(
+        self,
+        endpoint_id: str,
+        generation: int,
+        reason: str,
+        *,
+        state: EndpointState = EndpointState.STARTING,
+        **fields: Any,
+    ) -> None:
+        """A start that failed: the compute stopped, the endpoint failed (from ``state``)."""
         try:
             if self.history is not None:
                 await self.history.detach(endpoint_id)
@@ -205,12 +202,13 @@ class Starting(LifecycleBase):
         finally:
             await self._transition(
                 endpoint_id,
-                EndpointState.STARTING,
+                state,
                 generation,
                 EndpointState.FAILED,
                 pending_state=None,
                 failure_reason=reason[:4000],
                 compute_address=None,
+                **fields,
             )
 
     async def ensure_branch_data(self, branch: BranchRow, project: model.Project) -> None:
