@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pymysql
+
 from selkie import eventloop
 from selkie.compute.cgroups import Cgroups
 from selkie.compute.local import wait_for_handshake
@@ -103,6 +105,19 @@ async def sysbench(
     # Errors sysbench ignored (deadlocks, lost connections it retried) are errors here.
     err = f"sysbench ignored {errors.group(1)} errors" if errors and errors.group(1) != "0" else ""
     return float(qps.group(1)) if qps else 0.0, float(p95.group(1)) if p95 else 0.0, err
+
+
+def mysql(port: int, user: str, password: str, db: str, **options: Any) -> pymysql.Connection:
+    """A plaintext MySQL connection to this machine (``options``: timeouts, autocommit)."""
+    return pymysql.connect(
+        host="127.0.0.1",
+        port=port,
+        user=user,
+        password=password,
+        database=db,
+        ssl_disabled=True,
+        **options,
+    )
 
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -21,7 +21,6 @@ import asyncio
 import statistics
 import time
 
-import pymysql
 from _common import (
     Bench,
     add_config_flags,
@@ -29,6 +28,7 @@ from _common import (
     bench_platform,
     config_env,
     describe,
+    mysql,
     pct,
     run,
 )
@@ -40,15 +40,7 @@ from selkie.storage.local import LocalStorage
 
 def first_row(port: int, user: str, password: str, db: str) -> float:
     t = time.perf_counter()
-    conn = pymysql.connect(
-        host="127.0.0.1",
-        port=port,
-        user=user,
-        password=password,
-        database=db,
-        ssl_disabled=True,
-        connect_timeout=30,
-    )
+    conn = mysql(port, user, password, db, connect_timeout=30)
     with conn.cursor() as cur:
         cur.execute("SELECT 1")
         cur.fetchone()
@@ -59,15 +51,7 @@ def first_row(port: int, user: str, password: str, db: str) -> float:
 
 def load_table(port: int, user: str, password: str, db: str, mb: int) -> None:
     """A table of about ``mb`` MiB, read once: its pages fill the buffer pool."""
-    conn = pymysql.connect(
-        host="127.0.0.1",
-        port=port,
-        user=user,
-        password=password,
-        database=db,
-        ssl_disabled=True,
-        autocommit=True,
-    )
+    conn = mysql(port, user, password, db, autocommit=True)
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS pad (id INT PRIMARY KEY, v VARCHAR(1000))")
         rows = mb * 1024

@@ -15,8 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pymysql
-from _common import bench_platform, pct, run
+from _common import bench_platform, mysql, pct, run
 
 
 def storm(n: int, port: int, user: str, password: str, db: str) -> tuple[list[float], list[str]]:
@@ -28,16 +27,7 @@ def storm(n: int, port: int, user: str, password: str, db: str) -> tuple[list[fl
         barrier.wait()
         t = time.perf_counter()
         try:
-            conn = pymysql.connect(
-                host="127.0.0.1",
-                port=port,
-                user=user,
-                password=password,
-                database=db,
-                ssl_disabled=True,
-                connect_timeout=60,
-                read_timeout=60,
-            )
+            conn = mysql(port, user, password, db, connect_timeout=60, read_timeout=60)
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")
                 cur.fetchone()
