@@ -185,7 +185,16 @@ def test_sign_in_projects_branch_state_and_sql(browser, up: Up) -> None:  # type
     endpoint_id = up.user.split(".")[0]
     _click(d, f"#start-{endpoint_id}")
     _wait(d, lambda d: "active" in _text(d, f"#state-{endpoint_id}"), 60)
+    # The button posts a form (the page comes back once); then the state goes on changing
+    # in place. The flag is set on the page the post came back to, not on the one before.
+    d.execute_script("window.beforePost = true")
     _click(d, f"#suspend-{endpoint_id}")
+    _wait(
+        d,
+        lambda d: d.execute_script(
+            "return !window.beforePost && document.readyState === 'complete'"
+        ),
+    )
     d.execute_script("window.notReloaded = true")
     _wait(d, lambda d: "suspended" in _text(d, f"#state-{endpoint_id}"), 60)
     assert d.execute_script("return window.notReloaded") is True
