@@ -648,12 +648,7 @@ PyMODINIT_FUNC PyInit__lane(void) {
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "Conn", (PyObject *)&ConnType) < 0 ||
         PyModule_AddObjectRef(m, "Session", (PyObject *)&SessionType) < 0 ||
-        PyModule_AddObjectRef(m, "Lane", (PyObject *)&LaneType) < 0 ||
-        PyModule_AddIntConstant(m, "WAKE_COMMAND", WAKE_COMMAND) < 0 ||
-        PyModule_AddIntConstant(m, "WAKE_CLOSED", WAKE_CLOSED) < 0 ||
-        PyModule_AddIntConstant(m, "WAKE_NOTE", WAKE_NOTE) < 0 ||
-        PyModule_AddIntConstant(m, "WAKE_TIMEOUT", WAKE_TIMEOUT) < 0 ||
-        PyModule_AddIntConstant(m, "WAKE_LOST", WAKE_LOST) < 0) {
+        PyModule_AddObjectRef(m, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

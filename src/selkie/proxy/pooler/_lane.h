@@ -30,7 +30,7 @@
 #define PLAIN_SLOTS 4096
 #define PLAIN_TEXT_MAX 4096
 
-/* Why a session goes back to Python. */
+/* Why a session goes back to Python (parking.py reads them in this order). */
 enum { WAKE_COMMAND = 0, WAKE_CLOSED = 1, WAKE_NOTE = 2, WAKE_TIMEOUT = 3, WAKE_LOST = 4 };
 
 typedef struct {

@@ -3,12 +3,6 @@
 from collections.abc import Callable, Sequence
 from typing import Any
 
-WAKE_COMMAND: int
-WAKE_CLOSED: int
-WAKE_NOTE: int
-WAKE_TIMEOUT: int
-WAKE_LOST: int
-
 class Conn:
     def __init__(self, backend: Any, fd: int, /) -> None: ...
     @property

@@ -160,21 +160,21 @@ class Lane:
             return None
         return b.lane_conn
 
-    def give(self, b: Backend, key: PoolKey) -> bool:
+    def give(self, b: Backend) -> bool:
         """Hand a free backend to the lane (False: it cannot go there)."""
-        conn = self.conn(b)
-        if conn is None:
+        entered = self.enter(b)
+        if entered is None:
             return False
-        b.writer.transport.pause_reading()  # type: ignore[attr-defined]
         try:
-            self.c.give(conn, self.key(key), self.backend_sig(b), self.backend_statements(b))
+            self.c.give(entered[0], self.key(b.key), *entered[1:])
         except OSError:  # the lane cannot watch it (out of descriptors): Python keeps it
             b.writer.transport.resume_reading()  # type: ignore[attr-defined]
             return False
         return True
 
     def enter(self, b: Backend) -> tuple[Any, int, list[BackendStatement]] | None:
-        """A backend bound to a session that parks: its handle, signature and statements."""
+        """A backend going into the lane: its handle, signature and statements (None when it
+        cannot go there); Python's transport stops reading it."""
         conn = self.conn(b)
         if conn is None:
             return None

@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from selkie.mysql.wire import ServerStatus
 from selkie.proxy.pooler.lane import BackendStatement, Lane, buffered, socket_fd
 from selkie.proxy.pooler.pool import Backend
 from selkie.proxy.pooler.runner import DEPRECATE_EOF, CommandRunner
 
-# Why the lane handed a session back (_lane.c).
+# Why the lane handed a session back (the WAKE_* enum of _lane.h, in its order).
 WAKE_COMMAND, WAKE_CLOSED, WAKE_NOTE, WAKE_TIMEOUT, WAKE_LOST = range(5)
-IN_TRANS = int(ServerStatus.IN_TRANS)
 
 
 class Parking(CommandRunner):

@@ -342,7 +342,7 @@ class EndpointPool:
                 self.held += 1
                 waiter.set_result(backend)
                 return
-        if self.lane is None or not self.lane.give(backend, backend.key):
+        if self.lane is None or not self.lane.give(backend):
             self._idle.setdefault(backend.key, []).append(backend)
         self._wake_first()
 
