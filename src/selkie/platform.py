@@ -84,7 +84,12 @@ def _history(
         ),
         storage=storage,
         driver=driver,
-        tools=Tools(mariadbd=settings.mariadbd, user=user),
+        # Restore servers run as computes do: unprivileged where Selkie is root.
+        tools=Tools(
+            mariadbd=settings.mariadbd,
+            user=user,
+            identity=driver.identity if isinstance(driver, LocalDriver) else None,
+        ),
     )
 
 

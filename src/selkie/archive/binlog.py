@@ -314,13 +314,29 @@ def rewrite_log_pos(event: bytes, log_pos: int, *, checksum: bool) -> bytes:
     return with_checksum(head[:-CHECKSUM_LEN]) if checksum else head
 
 
-def binlog_file(fde: bytes, transactions: list[bytes]) -> bytes:
+def rotate_event(
+    name: str, position: int, *, server_id: int, checksum: bool, artificial: bool = True
+) -> bytes:
+    """A ROTATE_EVENT naming the binary log that follows (``artificial``: a position
+    announcement, as a primary sends at the start of a dump, not a file switch; its
+    ``log_pos`` is 0)."""
+    body = struct.pack("<Q", position) + name.encode()
+    size = HEADER_LEN + len(body) + (CHECKSUM_LEN if checksum else 0)
+    flags = LOG_EVENT_ARTIFICIAL_F if artificial else 0
+    head = struct.pack("<IBIIIH", 0, EventType.ROTATE, server_id, size, 0, flags)
+    return with_checksum(head + body) if checksum else head + body
+
+
+def binlog_file(fde: bytes, transactions: list[bytes], *, rotate: bytes = b"") -> bytes:
     """A binary log file (magic, FORMAT_DESCRIPTION_EVENT, the events) that
-    ``mariadb-binlog`` reads: positions are rewritten to where each event now lies."""
+    ``mariadb-binlog`` reads: positions are rewritten to where each event now lies. A
+    ``rotate`` event goes after the format description unchanged (a relay log's naming
+    of the primary's file)."""
     checksum = fde_checksum_alg(fde) == CHECKSUM_CRC32
-    out = [BINLOG_MAGIC]
-    pos = len(BINLOG_MAGIC)
-    for event in [fde, *(e for t in transactions for e in split_events(t))]:
+    pos = len(BINLOG_MAGIC) + len(fde)
+    out = [BINLOG_MAGIC, rewrite_log_pos(fde, pos, checksum=checksum), rotate]
+    pos += len(rotate)
+    for event in (e for t in transactions for e in split_events(t)):
         pos += len(event)
         out.append(rewrite_log_pos(event, pos, checksum=checksum))
     return b"".join(out)

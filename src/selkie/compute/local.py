@@ -46,6 +46,7 @@ from selkie.compute.procs import (
     proc_cmdline,
     proc_start_time,
     process_usage,
+    server_env,
     wait_for_handshake,
 )
 from selkie.compute.warm import WARM_POOL_BYTES, InputWatch, grow_pool, shrink_pool
@@ -284,6 +285,7 @@ class LocalDriver(ComputeDriver):
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: killpg reaches all of it
+                env=server_env(),
             )
         except OSError as exc:
             raise ComputeError(

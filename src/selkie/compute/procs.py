@@ -105,6 +105,21 @@ async def held_still(pid: int, timeout: float = 5.0) -> AsyncIterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
+# The search path a server process gets (its own tools: mariadbd runs none of Selkie's).
+SERVER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def server_env() -> dict[str, str]:
+    """The whole environment of a ``mariadbd`` Selkie starts (a compute, a restore server):
+    a search path and the operator's time zone, nothing else. Selkie's own environment
+    holds archive keys, tokens and store URLs, which a server that runs tenants' SQL must
+    never be able to read (``/proc/self/environ``)."""
+    env = {"PATH": SERVER_PATH, "LANG": "C.UTF-8"}
+    if "TZ" in os.environ:
+        env["TZ"] = os.environ["TZ"]
+    return env
+
+
 def find_mariadbd(configured: str = "") -> str:
     """The server binary: the configured path, else PATH, else /usr/sbin/mariadbd."""
     if configured:
