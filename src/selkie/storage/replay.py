@@ -14,12 +14,14 @@ The private server is a helper that must not be worth breaking into:
 - its whole environment is a search path (no archive keys, tokens or store URLs);
 - no TCP listener (``skip_networking``), a unix socket in a private directory;
 - ``secure_file_priv`` is an empty private directory: no file is read or written outside;
-- its binary log keeps the replayed transactions with their own GTIDs
-  (``log_slave_updates``), so the datadir comes out with its GTID state at the target.
+- the applier's position is checked against the target, and the datadir's binary log
+  gets the GTID state of the target (the transactions themselves are in the archive, as
+  for a base image), so a compute on it goes on from there.
 
 Crash safety is not the restore server's job (a restore cut short leaves only a staging
-directory, which is removed): it runs with ``sync_binlog=0`` and
-``innodb_flush_log_at_trx_commit=0``, and its clean shutdown makes the datadir whole.
+directory, which is removed): it applies with ``sync_binlog=0``,
+``innodb_flush_log_at_trx_commit=0`` and no doublewrite buffer, and its clean shutdown
+makes the datadir whole.
 """
 
 from __future__ import annotations
@@ -40,9 +42,14 @@ from typing import Any
 
 import pymysql
 
-from selkie.archive.binlog import CHECKSUM_CRC32, binlog_file, fde_checksum_alg, rotate_event
+from selkie.archive.binlog import BINLOG_MAGIC, CHECKSUM_CRC32, fde_checksum_alg, rotate_event
 from selkie.compute.identity import ComputeUser
-from selkie.compute.mariadb import COMPUTE_SERVER_ID, Sizing, durability_options, render_config
+from selkie.compute.mariadb import (
+    COMPUTE_SERVER_ID,
+    Sizing,
+    durability_options,
+    render_config,
+)
 from selkie.compute.procs import find_mariadbd, server_env, wait_for_handshake
 from selkie.errors import StorageError
 
@@ -55,9 +62,14 @@ RESTORE_SERVER_ID = 3
 RELAY_BASENAME = "relay"
 MASTER_LOG_NAME = "binlog.000001"
 # Parallel apply: MariaDB's optimistic mode runs transactions side by side and commits them
-# in order, retrying one that conflicted (bench/archive.py measured 0, 2, 4 and 8 threads).
-PARALLEL_THREADS = 4
+# in order, retrying one that conflicted. On two cores it measured slower than the one SQL
+# thread for small transactions (bench/replay.py: 15.4 vs 22.9 MiB/s with 4 threads) and
+# level for bulk ones, so it is used where there are cores to spare.
+PARALLEL_THREADS = 0 if (os.cpu_count() or 1) <= 2 else min(8, os.cpu_count() or 1)
 PARALLEL_MODE = "optimistic"
+# The restore server's memory: a bigger buffer pool than the smallest compute's (a restore
+# writes a whole log's worth of pages). A larger redo log measured no faster.
+RESTORE_CU = 0.5
 # How often the wait for the applier looks at its status (seconds).
 WAIT_SLICE = 0.5
 
@@ -96,10 +108,13 @@ def _config(datadir: Path, run: Path, tools: Tools) -> str:
     extra = {
         **durability_options(semi_sync=False, sync_timeout_ms=1000),
         "server_id": str(RESTORE_SERVER_ID),
-        # Keep replayed transactions in the datadir's binary log, under their own GTIDs.
-        "log_slave_updates": "ON",
+        # The replayed transactions are in the archive already: the datadir's binary log
+        # only needs their GTID state, set once the applier is done (writing them again
+        # would double what a restore writes).
+        "log_slave_updates": "OFF",
         "sync_binlog": "0",
-        "innodb_flush_log_at_trx_commit": "0",
+        # No flush at commit while the applier runs (apply() turns it off).
+        "innodb_flush_log_at_trx_commit": "1",
         "innodb_doublewrite": "0",
         "skip_networking": "ON",
         "skip_slave_start": "ON",
@@ -117,7 +132,7 @@ def _config(datadir: Path, run: Path, tools: Tools) -> str:
         "innodb_buffer_pool_dump_at_shutdown": "OFF",
     }
     return render_config(
-        sizing=Sizing.for_cu(0.25),
+        sizing=Sizing.for_cu(RESTORE_CU),
         datadir=datadir,
         socket=run / "s.sock",
         port=0,
@@ -167,13 +182,17 @@ class ReplayServer:
             conn.close()
 
     async def set_position(self, seq: int) -> None:
-        """The datadir holds the timeline up to ``seq`` (an image carries no binary log):
-        the new binary log and the applier start there."""
+        """The datadir holds the timeline up to ``seq`` (an image carries no binary log,
+        the applier writes none): its binary log goes on from there. The applier needs no
+        start position: it applies what it is given, and says where it got to."""
         state = f"0-{COMPUTE_SERVER_ID}-{seq}" if seq else ""
         await self.sql(
+            # A reset waits for InnoDB to have made its commits durable, which without a
+            # flush at commit (while applying) happens once a second: flush now.
+            "FLUSH ENGINE LOGS",
             "RESET MASTER",
             f"SET GLOBAL gtid_binlog_state = '{state}'",
-            f"SET GLOBAL gtid_slave_pos = '{state}'",
+            "SET GLOBAL gtid_slave_pos = ''",
         )
 
     def add_relay_log(self, fde: bytes, transactions: list[bytes]) -> None:
@@ -188,7 +207,13 @@ class ReplayServer:
             server_id=COMPUTE_SERVER_ID,
             checksum=fde_checksum_alg(fde) == CHECKSUM_CRC32,
         )
-        path.write_bytes(binlog_file(fde, transactions, rotate=rotate))
+        # The events go as the compute wrote them (their checksums checked by the applier);
+        # their log_pos name places in the compute's own files, which the applier only
+        # records.
+        with open(path, "wb") as fh:
+            fh.write(BINLOG_MAGIC + fde + rotate)
+            for events in transactions:
+                fh.write(events)
         if self.tools.identity is not None:
             os.chown(path, self.tools.identity.uid, self.tools.identity.gid)
         self._relay_files.append(path)
@@ -207,6 +232,7 @@ class ReplayServer:
             "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = 9, "
             "MASTER_USER = 'selkie-replay', MASTER_USE_GTID = no, "
             f"RELAY_LOG_FILE = '{self._relay_files[0].name}', RELAY_LOG_POS = 4",
+            "SET GLOBAL innodb_flush_log_at_trx_commit = 0",
             "START SLAVE SQL_THREAD",
         )
         want = f"0-{COMPUTE_SERVER_ID}-{last_seq}"
@@ -223,7 +249,12 @@ class ReplayServer:
                 )
             if progress is not None:
                 progress(_seq_of(str(status.get("Gtid_Slave_Pos") or "")))
-        await self.sql("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL gtid_slave_pos = ''")
+        await self.sql(
+            "STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL innodb_flush_log_at_trx_commit = 1"
+        )
+        ((applied,),) = await self.sql("SELECT @@gtid_slave_pos")
+        if applied != want:
+            raise StorageError(f"the applier stopped at {applied or '(none)'}, expected {want}")
 
     async def _slave_status(self) -> dict[str, Any]:
         def read() -> dict[str, Any]:

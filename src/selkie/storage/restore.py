@@ -127,7 +127,6 @@ async def restore(
     await materialize_image(archive, image.key, staging)
     seq = image.seq
     async with replay_server(staging, tools) as server:
-        await server.set_position(seq)
         sources: list[tuple[str, tuple[bytes, list[Record]] | None]] = [
             (key, None) for key in chain
         ]
@@ -155,6 +154,7 @@ async def restore(
             await server.apply(
                 seq, progress=lambda at: say(f"replayed up to {at} of {image.seq + 1}..{seq}")
             )
+        await server.set_position(seq)
         pos = await server.position()
         expected = f"0-{COMPUTE_SERVER_ID}-{seq}" if seq else ""
         if pos != expected:
