@@ -27,7 +27,8 @@ from selkie.compute.local import LocalDriver
 from selkie.config import Settings, split_listen
 from selkie.control import Control
 from selkie.control.autoscaler import Autoscaler
-from selkie.control.history import Durable, History
+from selkie.control.durability import Durable
+from selkie.control.history import History
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.local_plane import LocalControlPlane
 from selkie.control.meter import Meter
@@ -325,10 +326,10 @@ class Platform:
             )
         )
 
-    def durability(self, endpoint_id: str, durability: Durability) -> Durable:
+    async def durability(self, endpoint_id: str, durability: Durability) -> Durable:
         if self.history is None:
             raise Conflict("durable storage is off here (archive_url=off, or Kubernetes computes)")
-        return self.history.durable(endpoint_id, durability)
+        return await self.history.durable_now(endpoint_id, durability)
 
     async def compare_schema(self, base_branch_id: str, branch_id: str, database: str) -> str:
         """The unified diff of a database's schema on two branches (their endpoints woken)."""

@@ -74,6 +74,7 @@ def test_project_crud(tenant: Tenant) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.json()["project"]["default_endpoint_settings"]["suspend_timeout_seconds"] == 60
+    assert r.json()["operations"] == []  # nothing for the computes to apply
     assert [p["id"] for p in c.get("/v1/projects").json()["projects"]] == [pid]
     r = c.delete(f"/v1/projects/{pid}")
     assert r.status_code == 200

@@ -61,6 +61,8 @@ def test_a_tenant_may_send_back_what_is_in_force(tenant: Tenant) -> None:
     r = c.patch(f"/v1/projects/{pid}", json={"project": {"settings": settings}})
     assert r.status_code == 200, r.text
     assert r.json()["project"]["settings"]["durability"] == "sync"
+    # Applied to the project's endpoint by an operation (live, were it running).
+    assert [o["action"] for o in r.json()["operations"]] == ["apply_config"]
 
 
 def test_an_admin_sets_them(admin_client: TestClient, tenant: Tenant) -> None:

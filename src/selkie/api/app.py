@@ -18,7 +18,7 @@ from selkie.api.limits import DEFAULT_MAX_BODY, BodyLimit
 from selkie.api.ratelimit import RateLimiter
 from selkie.api.routes import branches, endpoints, internal, keys, operations, projects, roles
 from selkie.control import Control
-from selkie.control.history import Durable
+from selkie.control.durability import Durable
 from selkie.controlplane import ControlPlane
 from selkie.errors import Forbidden
 from selkie.model import Durability
@@ -28,7 +28,7 @@ def create_app(
     control: Control,
     *,
     pool_metrics: Callable[[str], dict[str, int]] | None = None,
-    durability: Callable[[str, Durability], Durable] | None = None,
+    durability: Callable[[str, Durability], Awaitable[Durable]] | None = None,
     prometheus: Callable[[], bytes] | None = None,
     control_plane: ControlPlane | None = None,
     internal_token: str = "",
@@ -57,7 +57,8 @@ def create_app(
     app.state.control = control
     # The in-process proxy's pool metrics per endpoint, when there is one.
     app.state.pool_metrics = pool_metrics
-    # The safekeeper's view of an endpoint's durability, where computes run in-process.
+    # An endpoint's durability (the safekeeper's view, the compute's semi-sync), where
+    # computes run in-process.
     app.state.durability = durability
     # The ControlPlane that internal routes serve to proxy replicas (with the token).
     app.state.control_plane = control_plane

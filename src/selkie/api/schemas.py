@@ -196,7 +196,9 @@ class ProjectResponse(BaseModel):
     project: model.Project
 
 
-class ProjectDeletedResponse(BaseModel):
+class ProjectOperationsResponse(BaseModel):
+    """A project changed or deleted, with the operations that carry it out."""
+
     project: model.Project
     operations: list[model.Operation]
 
@@ -259,13 +261,17 @@ class PoolerResponse(BaseModel):
 
 class DurabilityResponse(BaseModel):
     """Where an endpoint's commits stand: received and fsynced by the safekeeper, and held
-    by the archive. ``sync_commit`` (durability=sync) is ``fallen_back`` while commits do
-    not wait for the safekeeper (it did not answer within the timeout)."""
+    by the archive. ``durability`` is the project's setting; ``sync_commit`` what the
+    compute does, read from its server: ``on`` while commits wait for the safekeeper,
+    ``off`` while they do not (async), ``fallen_back`` while waiting is on but commits do
+    not wait (the safekeeper did not answer within the timeout, or is not connected), and
+    null when no compute runs (a suspended one takes the setting at its next start or
+    thaw) or it did not answer within a second."""
 
     endpoint_id: str
     durability: model.Durability
     streaming: bool
-    sync_commit: Literal["on", "fallen_back"] | None
+    sync_commit: Literal["on", "off", "fallen_back"] | None
     lag_seconds: float
     lag_bytes: int
     received: str | None

@@ -12,7 +12,9 @@ disk is a cache of them, named by the marker file it carries. This service
 - rebuilds a datadir that is missing or belongs to another timeline (a new machine, a
   lost disk, a restore interrupted by a crash) from the newest base image and the log;
 - on the scheduler's leader, every few seconds: records how far each timeline is durable,
-  samples whether sync commits still wait for the safekeeper, makes hot base images of
+  samples whether each compute's commits wait for the safekeeper
+  (:mod:`selkie.control.durability`, which also applies a change of ``settings.durability``
+  to a running compute), makes hot base images of
   long-running computes, purges binary log files the archive holds; and every ten minutes
   prunes history older than each project's ``history_retention_seconds``
   (:mod:`selkie.control.retention`).
@@ -41,6 +43,7 @@ from selkie.archive.layout import TimelineRef
 from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import durability_options
 from selkie.config import Settings
+from selkie.control.durability import Durable, SyncCommit, SyncCommits, durable
 from selkie.control.points import Point, parse_lsn, switch_timeline, timeline_at
 from selkie.control.retention import Retention
 from selkie.errors import ComputeError, SelkieError
@@ -68,25 +71,7 @@ T = TypeVar("T")
 PRUNE_EVERY = timedelta(minutes=10)
 # After a failed hot base image, the next try waits this long (seconds).
 HOT_IMAGE_RETRY = 60.0
-SEMI_SYNC_STATUS = "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'"
 _BINLOG_NAME = re.compile(r"^binlog\.\d{6,}$")
-
-
-@dataclass(frozen=True)
-class Durable:
-    """How durable an endpoint's commits are right now (``GET …/endpoints/{id}/durability``)."""
-
-    endpoint_id: str
-    durability: str
-    streaming: bool
-    # sync only: "on" while commits wait for the safekeeper, "fallen_back" after a timeout
-    # made them asynchronous (until the safekeeper catches up again).
-    sync_commit: str | None
-    lag_seconds: float
-    lag_bytes: int
-    received: str | None  # the last GTID the safekeeper holds
-    archived: str | None  # the last GTID the archive holds
-    error: str | None
 
 
 @dataclass
@@ -129,8 +114,7 @@ class History:
         self._last_image: dict[str, tuple[str, int]] = {}
         self._branch_locks: dict[str, asyncio.Lock] = {}
         self._endpoint_branch: dict[str, str] = {}
-        self._semi_sync: dict[str, str] = {}  # endpoint -> "on" | "fallen_back"
-        self._sync_endpoints: set[str] = set()  # running with durability=sync
+        self.sync = SyncCommits(driver=driver, timeout_ms=settings.sync_commit_timeout_ms)
         # Per branch: when its last image was made (monotonic) and the log bytes then.
         self._image_mark: dict[str, tuple[float, int]] = {}
         self._image_retry_at: dict[str, float] = {}
@@ -220,28 +204,50 @@ class History:
         await cancel(self._images.pop(branch_id, None))
 
     async def attach(
-        self, endpoint_id: str, branch_id: str, project: model.Project, socket: Path | None
+        self,
+        endpoint_id: str,
+        branch_id: str,
+        project: model.Project,
+        socket: Path | None,
+        *,
+        started: bool = False,
+        live: bool = False,
     ) -> None:
+        """Have the safekeeper follow the running compute, and the compute's commits wait
+        for it or not as the project's durability says (in that order, see
+        :meth:`SyncCommits.apply`). ``started``: the compute just started with
+        :meth:`server_options` of these settings; otherwise (a thaw, an adopted compute)
+        what it was last set to is changed when it differs. ``live``: a change of the
+        setting on a running compute, which fails (ComputeError) unless it took."""
         row = await self._db(self.current_timeline, branch_id)
         if row is None or socket is None:
             return
+        want = project.settings.durability is model.Durability.SYNC
+        if started:
+            self.sync.started(endpoint_id, semi_sync=want)
+        ref = TimelineRef(row.project_id, row.id)
+        following = None
+        if endpoint_id in self._endpoint_branch:
+            following = next(
+                (s.semi_sync for s in self.safekeeper.status() if s.endpoint_id == endpoint_id),
+                None,
+            )
         self._endpoint_branch[endpoint_id] = branch_id
-        if project.settings.durability is model.Durability.SYNC:
-            self._sync_endpoints.add(endpoint_id)
-        else:
-            self._sync_endpoints.discard(endpoint_id)
-        await self.safekeeper.attach(
-            endpoint_id,
-            TimelineRef(row.project_id, row.id),
-            socket,
-            start_seq=row.start_seq,
-            semi_sync=project.settings.durability is model.Durability.SYNC,
+
+        async def follow(semi_sync: bool) -> None:
+            await self.safekeeper.attach(
+                endpoint_id, ref, socket, start_seq=row.start_seq, semi_sync=semi_sync
+            )
+
+        await self.sync.apply(
+            endpoint_id, want=want, follow=follow, following=following, strict=live
         )
+        if live:
+            await self.sync.observe(endpoint_id)
 
     async def detach(self, endpoint_id: str) -> None:
         self._endpoint_branch.pop(endpoint_id, None)
-        self._sync_endpoints.discard(endpoint_id)
-        self._semi_sync.pop(endpoint_id, None)
+        self.sync.forget(endpoint_id)
         await self.safekeeper.detach(endpoint_id)
 
     async def after_stop(self, endpoint_id: str, branch_id: str) -> None:
@@ -478,20 +484,9 @@ class History:
             await self._db(self._note_position, st.timeline_id, st.last_seq)
 
     async def sample_semi_sync(self) -> None:
-        """Whether each durability=sync compute still waits for the safekeeper."""
-        for endpoint_id in list(self._sync_endpoints):
-            try:
-                ((row,),) = await self.driver.execute(endpoint_id, [SEMI_SYNC_STATUS])
-            except (SelkieError, ValueError):
-                continue
-            state = "on" if str(row[1]).upper() == "ON" else "fallen_back"
-            if state != self._semi_sync.get(endpoint_id) and state == "fallen_back":
-                log.warning(
-                    "endpoint %s: sync commits fell back to async (the safekeeper did not "
-                    "answer in time); they wait again once it has caught up",
-                    endpoint_id,
-                )
-            self._semi_sync[endpoint_id] = state
+        """Whether each followed compute's commits wait for the safekeeper, from its
+        server."""
+        await self.sync.sample(list(self._endpoint_branch))
 
     async def _hot_images(self) -> None:
         """A base image of each compute that ran base_image_interval seconds or wrote
@@ -557,33 +552,16 @@ class History:
         return seq
 
     def durable(self, endpoint_id: str, durability: model.Durability) -> Durable:
-        sync = (
-            self._semi_sync.get(endpoint_id, "on") if endpoint_id in self._sync_endpoints else None
-        )
-        for st in self.safekeeper.status():
-            if st.endpoint_id == endpoint_id:
-                return Durable(
-                    endpoint_id=endpoint_id,
-                    durability=durability.value,
-                    streaming=st.streaming,
-                    sync_commit=sync,
-                    lag_seconds=round(st.lag_seconds, 3),
-                    lag_bytes=st.lag_bytes,
-                    received=f"0-1-{st.last_seq}" if st.last_seq else None,
-                    archived=f"0-1-{st.shipped_seq}" if st.shipped_seq else None,
-                    error=st.error,
-                )
-        return Durable(
-            endpoint_id=endpoint_id,
-            durability=durability.value,
-            streaming=False,
-            sync_commit=sync,
-            lag_seconds=0.0,
-            lag_bytes=0,
-            received=None,
-            archived=None,
-            error=None,
-        )
+        """The endpoint's durability as last sampled."""
+        sync = self.sync.observed.get(endpoint_id) if endpoint_id in self._endpoint_branch else None
+        return durable(endpoint_id, durability.value, self.safekeeper.status(), sync)
+
+    async def durable_now(self, endpoint_id: str, durability: model.Durability) -> Durable:
+        """The endpoint's durability with its compute asked now (for a short while)."""
+        sync: SyncCommit | None = None
+        if endpoint_id in self._endpoint_branch:
+            sync = await self.sync.observe(endpoint_id)
+        return durable(endpoint_id, durability.value, self.safekeeper.status(), sync)
 
     async def prune(self, now: datetime | None = None) -> int:
         """History past each project's window (see :class:`Retention`); objects deleted."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from selkie import model
 from selkie.control.base import Created, ServiceBase, check_org_limit
@@ -192,10 +193,14 @@ class ProjectService(ServiceBase):
         name: str | None = None,
         default_endpoint_settings: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
-    ) -> model.Project:
+    ) -> tuple[model.Project, builtins.list[model.Operation]]:
+        """Rename, change the settings new endpoints get or the project's settings. A new
+        ``durability`` is applied to the running computes by one ``apply_config``
+        operation per endpoint (a suspended one takes it at its next start or thaw)."""
         with self.store.write() as s:
             row = self.project_row(s, who, project_id)
             current = self.project_model(row)
+            ops: builtins.list[model.Operation] = []
             if name is not None:
                 row.name = model.validate_name("project", name)
             if default_endpoint_settings is not None:
@@ -211,9 +216,36 @@ class ProjectService(ServiceBase):
                 )
                 check_addresses(merged, self.settings.storage_allowed_hosts)
                 row.settings = settings_dict(merged)
+                if merged.durability is not current.settings.durability:
+                    ops = self._apply_durability(s, project_id, merged.durability)
             row.updated_at = utcnow()
             s.flush()
-            return self.project_model(row)
+            return self.project_model(row), ops
+
+    def _apply_durability(
+        self, s: Session, project_id: str, durability: model.Durability
+    ) -> builtins.list[model.Operation]:
+        """One apply_config per endpoint of the project, in the transaction that changes
+        the setting: every endpoint, not only the active ones, so that a compute starting
+        meanwhile with the old setting gets it too (the operation waits for the start; one
+        that finds no running compute does nothing)."""
+        endpoints = s.execute(
+            select(EndpointRow)
+            .where(EndpointRow.project_id == project_id)
+            .where(EndpointRow.current_state != EndpointState.DELETED.value)
+            .order_by(EndpointRow.created_at, EndpointRow.id)
+        ).scalars()
+        return [
+            self.enqueue(
+                s,
+                project_id=project_id,
+                branch_id=e.branch_id,
+                endpoint_id=e.id,
+                action=OperationAction.APPLY_CONFIG,
+                payload={"durability": durability.value},
+            )
+            for e in endpoints
+        ]
 
     def delete(
         self, who: Principal, project_id: str

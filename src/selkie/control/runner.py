@@ -256,7 +256,10 @@ class OperationsRunner:
         elif action is OperationAction.APPLY_CONFIG:
             assert op.endpoint_id is not None
             with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to apply
-                await lc.apply_config(op.endpoint_id)
+                if "durability" in op.payload:
+                    await lc.apply_durability(op.endpoint_id)
+                else:
+                    await lc.apply_config(op.endpoint_id)
         elif action in (OperationAction.CREATE_TIMELINE, OperationAction.CREATE_BRANCH):
             assert op.branch_id is not None
             found = await asyncio.to_thread(self.branch_and_project, op.branch_id)

@@ -141,7 +141,7 @@ class Starting(LifecycleBase):
         t2 = self.timer()
         if history is not None:
             # Before anything writes: with durability=sync the first commit waits for it.
-            await history.attach(ep.id, target.branch.id, target.project, info.socket)
+            await history.attach(ep.id, target.branch.id, target.project, info.socket, started=True)
         await self._sync_accounts(target, force=False)
         await self._end_boost(ep.id)
         t3 = self.timer()
@@ -163,6 +163,7 @@ class Starting(LifecycleBase):
         t1 = self.timer()
         history = self.history_for(target.project.settings)
         if history is not None:
+            # Also brings its durability in line with a change made while it was frozen.
             await history.attach(ep.id, target.branch.id, target.project, info.socket)
         await self._sync_accounts(target, force=False)
         return info, {
@@ -282,4 +283,22 @@ class Starting(LifecycleBase):
             if not (await self.driver.inspect(endpoint_id)).running:
                 return False
             await self._sync_accounts(target, force=True)
+            return True
+
+    async def apply_durability(self, endpoint_id: str) -> bool:
+        """Make a running compute's commits wait for the safekeeper or not, as its
+        project's ``settings.durability`` says now (see :mod:`selkie.control.durability`);
+        ComputeError when that did not take. False when the endpoint is not running: its
+        next start or thaw applies it."""
+        async with self.lock(endpoint_id):
+            target = await self._db(self._load, endpoint_id)
+            if target.endpoint.current_state != EndpointState.ACTIVE.value:
+                return False
+            history = self.history_for(target.project.settings)
+            info = await self.driver.inspect(endpoint_id)
+            if history is None or not info.running or info.socket is None:
+                return False
+            await history.attach(
+                endpoint_id, target.branch.id, target.project, info.socket, live=True
+            )
             return True

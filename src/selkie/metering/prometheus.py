@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from selkie.metering.counters import HISTORY, STORAGE, TRANSFER, WRITTEN
 from selkie.metering.usage import storage_by_project
-from selkie.model import Durability, EndpointState, SuspendTier
+from selkie.model import EndpointState, SuspendTier
 from selkie.store import Store
 from selkie.store.tables import EndpointRow, UsageHourRow
 
@@ -202,18 +202,20 @@ def _history(history: Any) -> Iterator[Metric]:
     )
     sync = GaugeMetricFamily(
         "selkie_sync_commit",
-        "durability=sync endpoints: 1 while commits wait for the safekeeper, 0 fallen back",
+        "1 while the compute's commits wait for the safekeeper (semi-sync on, as its server "
+        "says), 0 while they do not (async, or fallen back)",
         labels=["endpoint_id"],
     )
+    observed = history.sync.observed
     for st in history.safekeeper.status():
         endpoint = st.endpoint_id or ""
         lag_s.add_metric([endpoint, st.timeline_id], st.lag_seconds)
         lag_b.add_metric([endpoint, st.timeline_id], float(st.lag_bytes))
         if st.endpoint_id:
             streaming.add_metric([endpoint], 1.0 if st.streaming else 0.0)
-            if st.semi_sync:
-                on = history.durable(endpoint, Durability.SYNC).sync_commit == "on"
-                sync.add_metric([endpoint], 1.0 if on else 0.0)
+            state = observed.get(endpoint)
+            if state is not None:
+                sync.add_metric([endpoint], 1.0 if state == "on" else 0.0)
     yield from (lag_s, lag_b, streaming, sync)
     shipped = CounterMetricFamily(
         "selkie_archive_segments_shipped", "Log objects written to the archive"

@@ -1,8 +1,9 @@
 """Disaster recovery: writes under load, kill -9 of `selkie up` and of every compute, the
 data dir deleted (the state store and the archive kept, as on another machine), then a
 new start serves the endpoint again from the archive. With durability=sync every
-acknowledged row is there; with async, only rows acknowledged in the last moments (the
-archive lag) may be missing."""
+acknowledged row is there (also when the project was switched to sync while its endpoint
+ran); with async, only rows acknowledged in the last moments (the archive lag) may be
+missing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
@@ -22,6 +24,8 @@ pytestmark = pytest.mark.slow
 # The async archive lag this test tolerates for rows acknowledged just before the kill (the
 # target is 1 s at p99; a loaded CI machine gets some slack).
 ASYNC_LAG_BOUND = 2.0
+# How soon a durability change is live on a running compute.
+APPLIED_WITHIN = 2.0
 
 
 def connect(env: dict[str, str], user: str, password: str, db: str) -> pymysql.Connection:  # type: ignore[type-arg]
@@ -38,12 +42,29 @@ def connect(env: dict[str, str], user: str, password: str, db: str) -> pymysql.C
     )
 
 
-@pytest.mark.parametrize("durability", ["sync", "async"])
+def switch_to_sync(api: Any, project_id: str, endpoint_id: str) -> None:
+    """Make the running project sync through the API, and wait until its compute's
+    commits wait for the safekeeper (as the endpoint's durability route says)."""
+    r = api.patch(
+        f"/v1/projects/{project_id}", json={"project": {"settings": {"durability": "sync"}}}
+    )
+    assert r.status_code == 200, r.text
+    t0 = time.monotonic()
+    while True:
+        body = api.get(f"/v1/projects/{project_id}/endpoints/{endpoint_id}/durability").json()
+        if body["sync_commit"] == "on":
+            break
+        assert time.monotonic() - t0 < APPLIED_WITHIN, body
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "switched_to_sync"])
 def test_a_lost_data_dir_is_rebuilt_from_the_archive(tmp_path: Path, durability: str) -> None:
     env = selkie_env(tmp_path)
     env["SELKIE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'state' / 'selkie.db'}"
     env["SELKIE_ARCHIVE_URL"] = f"file://{tmp_path / 'archive'}"
-    if durability == "sync":
+    sync = durability != "async"
+    if sync:
         # Sync means: acknowledged once fsynced by the safekeeper, which lives on another
         # disk than the compute's (here: outside the data dir that is lost).
         env["SELKIE_SAFEKEEPER_DIR"] = str(tmp_path / "safekeeper")
@@ -52,9 +73,10 @@ def test_a_lost_data_dir_is_rebuilt_from_the_archive(tmp_path: Path, durability:
     acked: list[tuple[int, float]] = []
     with selkie_up(env, log) as proc:
         api = api_client(env, log)
+        created = "sync" if durability == "sync" else "async"
         body = api.post(
             "/v1/projects",
-            json={"project": {"name": "dr", "settings": {"durability": durability}}},
+            json={"project": {"name": "dr", "settings": {"durability": created}}},
         ).json()
         ep = body["endpoints"][0]["id"]
         role = body["roles"][0]
@@ -63,6 +85,9 @@ def test_a_lost_data_dir_is_rebuilt_from_the_archive(tmp_path: Path, durability:
         conn = connect(env, user, role["password"], db)
         with conn.cursor() as cur:
             cur.execute("CREATE TABLE t (i INT PRIMARY KEY, pad VARCHAR(200))")
+        if durability == "switched_to_sync":
+            # The endpoint is active (the connection woke it): the change reaches it live.
+            switch_to_sync(api, body["project"]["id"], ep)
         stop = threading.Event()
 
         def writer() -> None:
@@ -99,7 +124,7 @@ def test_a_lost_data_dir_is_rebuilt_from_the_archive(tmp_path: Path, durability:
             # And it goes on from there.
             cur.execute("INSERT INTO t VALUES (1000000, 'after')")
         missing = [(i, at) for i, at in acked if i not in present]
-        if durability == "sync":
+        if sync:
             assert missing == [], f"{len(missing)} acknowledged rows lost"
         else:
             late = [i for i, at in missing if at < killed_at - ASYNC_LAG_BOUND]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from fastapi import APIRouter, Request
@@ -102,18 +103,19 @@ def restart_endpoint(
 
 
 @router.get("/{endpoint_id}/durability", response_model=schemas.DurabilityResponse)
-def endpoint_durability(
+async def endpoint_durability(
     ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId, request: Request
 ) -> schemas.DurabilityResponse:
     """How durable the endpoint's commits are right now: whether the safekeeper follows its
     compute, the last GTID it holds and the last the archive holds, the archive lag, and
-    for durability=sync whether commits still wait for the safekeeper."""
-    endpoint = ctl.endpoints.get(who, project_id, endpoint_id)
-    durability = ctl.projects.get(who, project_id).settings.durability
+    whether the compute's commits wait for the safekeeper (``sync_commit``, asked of the
+    compute's server now, whatever the project's ``durability`` setting says)."""
+    endpoint = await asyncio.to_thread(ctl.endpoints.get, who, project_id, endpoint_id)
+    project = await asyncio.to_thread(ctl.projects.get, who, project_id)
     provider = request.app.state.durability
     if provider is None:
         raise Conflict("durable storage is not run by this process")
-    status = provider(endpoint.id, durability)
+    status = await provider(endpoint.id, project.settings.durability)
     return schemas.DurabilityResponse(**dataclasses.asdict(status))
 
 

@@ -71,25 +71,28 @@ def get_project(ctl: Ctl, who: Who, project_id: ProjectId) -> schemas.ProjectRes
     return schemas.ProjectResponse(project=ctl.projects.get(who, project_id))
 
 
-@router.patch("/{project_id}", response_model=schemas.ProjectResponse)
+@router.patch("/{project_id}", response_model=schemas.ProjectOperationsResponse)
 def update_project(
     ctl: Ctl, who: Who, project_id: ProjectId, body: schemas.ProjectUpdateRequest
-) -> schemas.ProjectResponse:
+) -> schemas.ProjectOperationsResponse:
+    """Change the project. A new ``settings.durability`` reaches its running computes
+    through the ``apply_config`` operations in the answer (within a second or two); each
+    endpoint's ``…/durability`` shows what its compute does."""
     spec = body.project
-    project = ctl.projects.update(
+    project, ops = ctl.projects.update(
         who,
         project_id,
         name=spec.name,
         default_endpoint_settings=_dump(spec.default_endpoint_settings),
         settings=_dump(spec.settings),
     )
-    return schemas.ProjectResponse(project=project)
+    return schemas.ProjectOperationsResponse(project=project, operations=ops)
 
 
-@router.delete("/{project_id}", response_model=schemas.ProjectDeletedResponse)
-def delete_project(ctl: Ctl, who: Who, project_id: ProjectId) -> schemas.ProjectDeletedResponse:
+@router.delete("/{project_id}", response_model=schemas.ProjectOperationsResponse)
+def delete_project(ctl: Ctl, who: Who, project_id: ProjectId) -> schemas.ProjectOperationsResponse:
     project, ops = ctl.projects.delete(who, project_id)
-    return schemas.ProjectDeletedResponse(project=project, operations=ops)
+    return schemas.ProjectOperationsResponse(project=project, operations=ops)
 
 
 @router.get("/{project_id}/usage", response_model=schemas.ProjectUsageResponse)
