@@ -359,3 +359,57 @@ def is_err(payload: bytes) -> bool:
 
 def is_eof(payload: bytes) -> bool:
     return payload[:1] == bytes([EOF_HEADER]) and len(payload) < 9
+
+
+# --- text result sets -----------------------------------------------------------------------
+
+# Column types (ColumnDefinition41 ``type``) a text result set of ours uses.
+MYSQL_TYPE_LONGLONG = 0x08
+MYSQL_TYPE_VAR_STRING = 0xFD
+BINARY_CHARSET = 63
+NOT_NULL_FLAG = 0x0001
+BINARY_FLAG = 0x0080
+
+
+def build_eof(*, status: int = ServerStatus.AUTOCOMMIT, warnings: int = 0) -> bytes:
+    """An EOF_Packet (clients that did not ask for CLIENT_DEPRECATE_EOF expect them)."""
+    return bytes([EOF_HEADER]) + int2(warnings) + int2(status)
+
+
+def build_column_definition(name: str, *, numeric: bool = False, length: int = 255) -> bytes:
+    """A ColumnDefinition41 of a computed column (no table): a BIGINT or a VARCHAR."""
+    return b"".join(
+        [
+            lenenc_str(b"def"),
+            lenenc_str(b""),  # schema
+            lenenc_str(b""),  # table
+            lenenc_str(b""),  # org_table
+            lenenc_str(name.encode()),
+            lenenc_str(b""),  # org_name
+            lenenc_int(0x0C),
+            int2(BINARY_CHARSET if numeric else UTF8MB4_GENERAL_CI),
+            int4(21 if numeric else length * 4),
+            int1(MYSQL_TYPE_LONGLONG if numeric else MYSQL_TYPE_VAR_STRING),
+            int2(NOT_NULL_FLAG | BINARY_FLAG if numeric else 0),
+            int1(0),  # decimals
+            b"\0\0",
+        ]
+    )
+
+
+def build_text_row(values: list[bytes | None]) -> bytes:
+    """A ProtocolText::ResultsetRow: each value a string<lenenc>, NULL as 0xFB."""
+    return b"".join(b"\xfb" if v is None else lenenc_str(v) for v in values)
+
+
+def build_text_result(
+    columns: list[tuple[str, bool]], rows: list[list[bytes | None]]
+) -> list[bytes]:
+    """The payloads of a whole text result set (column count, definitions, EOF, rows, EOF);
+    ``columns`` are (name, numeric) pairs."""
+    out = [lenenc_int(len(columns))]
+    out.extend(build_column_definition(name, numeric=numeric) for name, numeric in columns)
+    out.append(build_eof())
+    out.extend(build_text_row(row) for row in rows)
+    out.append(build_eof())
+    return out

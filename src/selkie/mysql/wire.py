@@ -128,7 +128,8 @@ class Command(IntEnum):
 
 
 class ErrorCode(IntEnum):
-    """Server error codes the proxy sends, with their SQLSTATE. Never 2xxx (client codes)."""
+    """Server error codes Selkie sends (the proxy, the binlog server), with their SQLSTATE.
+    Never 2xxx (client codes)."""
 
     ACCESS_DENIED = 1045
     DBACCESS_DENIED = 1044
@@ -145,6 +146,11 @@ class ErrorCode(IntEnum):
     SERVER_SHUTDOWN = 1053
     NET_PACKET_TOO_LARGE = 1153
     MALFORMED_PACKET = 1835
+    HANDSHAKE_ERROR = 1043
+    PARSE_ERROR = 1064
+    UNKNOWN_SYSTEM_VARIABLE = 1193
+    MASTER_FATAL_ERROR_READING_BINLOG = 1236
+    UNKNOWN_ERROR = 1105
 
     @property
     def sqlstate(self) -> str:
@@ -167,6 +173,11 @@ _SQLSTATE = {
     ErrorCode.NOT_SUPPORTED_AUTH_MODE: "08004",
     ErrorCode.NOT_SUPPORTED_YET: "42000",
     ErrorCode.SERVER_SHUTDOWN: "08S01",
+    ErrorCode.HANDSHAKE_ERROR: "08S01",
+    ErrorCode.PARSE_ERROR: "42000",
+    ErrorCode.UNKNOWN_SYSTEM_VARIABLE: "HY000",
+    ErrorCode.MASTER_FATAL_ERROR_READING_BINLOG: "HY000",
+    ErrorCode.UNKNOWN_ERROR: "HY000",
 }
 
 MAX_PAYLOAD = 0xFFFFFF

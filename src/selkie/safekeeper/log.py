@@ -74,6 +74,8 @@ class TimelineLog:
         # (seq, received_us, bytes) of durable records the archive does not hold yet.
         self.unshipped: deque[tuple[int, int, int]] = deque()
         self._lock = asyncio.Lock()
+        # Notified when transactions become durable (binlog dumps follow the log live).
+        self._durable = asyncio.Condition()
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -176,7 +178,21 @@ class TimelineLog:
                 self.unshipped.append((r.seq, r.received_us, len(r.events)))
             if records:
                 self.last_seq = records[-1].seq
+                async with self._durable:
+                    self._durable.notify_all()
             return self.last_seq
+
+    async def wait_durable(self, after: int, timeout: float | None) -> bool:
+        """Until a transaction after ``after`` is durable here; False after ``timeout``
+        seconds (None: no limit) without one."""
+        async with self._durable:
+            try:
+                await asyncio.wait_for(
+                    self._durable.wait_for(lambda: self.last_seq > after), timeout
+                )
+            except TimeoutError:
+                return False
+        return True
 
     def _write(self, records: list[Record], close: bool) -> None:
         seg = self.segments[-1] if self.segments and not self.segments[-1].closed else None
