@@ -109,8 +109,8 @@ async def write_cost(seconds: int, rounds: int, threads: int, cu: float) -> None
                         await hist.safekeeper.detach(b.endpoint_id)
                     elif name == "async":
                         info = await b.platform.driver.inspect(b.endpoint_id)
-                        await hist.attach(
-                            b.endpoint_id, b.created.branch.id, b.created.project, info.socket
+                        await hist.following.attach(
+                            b.endpoint_id, b.created.branch.id, b.created.project, info
                         )
                         await caught_up(b)  # the log written meanwhile, before measuring
                     hist.safekeeper.archive_delays.clear()

@@ -81,10 +81,10 @@ def sql(
     database: str | None,
     *statements: str,
 ) -> list[tuple]:  # type: ignore[type-arg]
-    port = int(platform_address(platform, endpoint_id).rsplit(":", 1)[1])
+    host, port = platform_address(platform, endpoint_id).rsplit(":", 1)
     conn = pymysql.connect(
-        host="127.0.0.1",
-        port=port,
+        host=host,
+        port=int(port),
         user=user,
         password=password,
         database=database,

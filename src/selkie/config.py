@@ -214,6 +214,14 @@ class Settings:
     # Where the safekeeper fsyncs the log it receives before it is archived; empty:
     # <data_dir>/safekeeper. Put it on another disk than the data dir.
     safekeeper_dir: Path | None = None
+    # How the safekeeper reaches a compute to follow it: "auto" (the compute's unix socket
+    # where it has one on this host, else TCP) or "tcp" (always its TCP address, as from
+    # another host). Either way it logs in as its replication account.
+    safekeeper_follow: str = "auto"
+    # The secret the safekeeper's replication accounts' passwords derive from (hex, at least
+    # 16 bytes; the same in every process of an installation). Empty: a random key kept in
+    # <data_dir>/safekeeper.key.
+    safekeeper_key: str = ""
     # A running compute gets a new base image after this many seconds, or after this many
     # bytes of log, whichever comes first (suspends always make one).
     base_image_interval: float = 6 * 3600.0
@@ -397,6 +405,10 @@ def load_settings(
     if settings.compute_driver not in ("local", "kubernetes"):
         raise ConfigError(
             f"compute_driver must be 'local' or 'kubernetes', not {settings.compute_driver!r}"
+        )
+    if settings.safekeeper_follow not in ("auto", "tcp"):
+        raise ConfigError(
+            f"safekeeper_follow must be 'auto' or 'tcp', not {settings.safekeeper_follow!r}"
         )
     if settings.proxy_relay not in ("auto", "c", "python"):
         raise ConfigError(

@@ -45,6 +45,7 @@ from selkie.metering.starts import StartMetrics
 from selkie.model import Durability
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
+from selkie.safekeeper.accounts import ReplicationKey
 from selkie.safekeeper.service import Safekeeper
 from selkie.storage.base import StorageDriver, Storages
 from selkie.storage.local import LocalStorage
@@ -80,12 +81,12 @@ def _history(
         safekeeper=Safekeeper(
             root=settings.effective_safekeeper_dir,
             archive=archive,
-            user=user,
             note_statements=driver.note_admin_statements,
         ),
         storage=storage,
         driver=driver,
         # Restore servers run as computes do: unprivileged where Selkie is root.
+        key=ReplicationKey.load(settings.safekeeper_key, settings.data_dir),
         tools=Tools(
             mariadbd=settings.mariadbd,
             user=user,
@@ -329,7 +330,7 @@ class Platform:
     async def durability(self, endpoint_id: str, durability: Durability) -> Durable:
         if self.history is None:
             raise Conflict("durable storage is off here (archive_url=off, or Kubernetes computes)")
-        return await self.history.durable_now(endpoint_id, durability)
+        return await self.history.following.durable_now(endpoint_id, durability)
 
     async def compare_schema(self, base_branch_id: str, branch_id: str, database: str) -> str:
         """The unified diff of a database's schema on two branches (their endpoints woken)."""

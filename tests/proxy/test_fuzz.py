@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from selkie.mysql import auth
 from selkie.mysql.packets import build_handshake_response, parse_handshake_v10
 from selkie.mysql.stream import frame
 from selkie.mysql.wire import PROXY_CAPABILITIES
-from selkie.proxy import auth
 from tests.proxy.conftest import Db
 from tests.proxy.test_clients import pymysql_conn
 

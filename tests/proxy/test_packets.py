@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selkie.model import mysql_native_hash
+from selkie.mysql import auth
 from selkie.mysql.packets import (
     build_auth_switch_request,
     build_change_user,
@@ -29,7 +30,6 @@ from selkie.mysql.packets import (
 )
 from selkie.mysql.stream import frame
 from selkie.mysql.wire import MAX_PAYLOAD, PROXY_CAPABILITIES, Capability, ProtocolError, Reader
-from selkie.proxy import auth
 from selkie.proxy.relay import CommandScanner, HeldChangeUser
 
 SCRAMBLE = b"abcdefghij0123456789"

@@ -64,7 +64,7 @@ async def test_segments_roll_over_by_size(tmp_path: Path, monkeypatch: pytest.Mo
 async def test_shipping_survives_crashes_at_every_step(tmp_path: Path) -> None:
     archive = LocalArchive(tmp_path / "archive")
     root = tmp_path / "sk"
-    sk = Safekeeper(root=root, archive=archive, user="nobody")
+    sk = Safekeeper(root=root, archive=archive)
     tl = await sk.timeline(REF)
     tl.fde = b"FDE"
     for i in range(1, 6):
@@ -77,7 +77,7 @@ async def test_shipping_survives_crashes_at_every_step(tmp_path: Path) -> None:
     # A crash after the upload but before the marker: the next run ships the same range
     # again under the same name (no duplicate), then compacts the closed segment.
     (root / REF.timeline_id / "shipped").write_text("5")
-    sk2 = Safekeeper(root=root, archive=archive, user="nobody")
+    sk2 = Safekeeper(root=root, archive=archive)
     await sk2.start()
     try:
         await sk2.ship_once()
@@ -108,7 +108,7 @@ async def test_an_archive_that_is_down_only_grows_the_lag(tmp_path: Path) -> Non
         async def put(self, key: str, data: bytes) -> None:
             raise ArchiveError("archive: cannot write: connection refused")
 
-    sk = Safekeeper(root=tmp_path / "sk", archive=Down(tmp_path / "a"), user="nobody")
+    sk = Safekeeper(root=tmp_path / "sk", archive=Down(tmp_path / "a"))
     tl = await sk.timeline(REF)
     tl.fde = b"F"
     tl.append(rec(1))

@@ -6,15 +6,14 @@ disk is a cache of them, named by the marker file it carries. This service
 
 - makes a timeline for every new branch, with a first base image before any compute runs
   on it, so the history is whole from its first transaction;
-- has the safekeeper follow each running compute, and after a clean stop drain what the
-  stream had not delivered and take a base image in the background (cancelled if the
-  branch starts again first: a wake never waits for it);
+- has the safekeeper follow each running compute (:mod:`selkie.control.following`), and
+  after a clean stop drain what the stream had not delivered (if anything) and take a base
+  image in the background (cancelled if the branch starts again first: a wake never waits
+  for it);
 - rebuilds a datadir that is missing or belongs to another timeline (a new machine, a
   lost disk, a restore interrupted by a crash) from the newest base image and the log;
 - on the scheduler's leader, every few seconds: records how far each timeline is durable,
-  samples whether each compute's commits wait for the safekeeper
-  (:mod:`selkie.control.durability`, which also applies a change of ``settings.durability``
-  to a running compute), makes hot base images of
+  samples whether each compute's commits wait for the safekeeper, makes hot base images of
   long-running computes, purges binary log files the archive holds; and every ten minutes
   prunes history older than each project's ``history_retention_seconds``
   (:mod:`selkie.control.retention`).
@@ -27,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -38,16 +36,16 @@ from typing import Any, TypeVar
 
 from selkie import model
 from selkie.archive import Archive
-from selkie.archive.binlog import domain_seq
 from selkie.archive.layout import TimelineRef
 from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import durability_options
 from selkie.config import Settings
-from selkie.control.durability import Durable, SyncCommit, SyncCommits, durable
+from selkie.control.following import Following
 from selkie.control.points import Point, parse_lsn, switch_timeline, timeline_at
 from selkie.control.retention import Retention
 from selkie.errors import ComputeError, SelkieError
 from selkie.model import utcnow
+from selkie.safekeeper.accounts import ReplicationKey
 from selkie.safekeeper.service import Safekeeper
 from selkie.storage.deltas import store_image
 from selkie.storage.images import (
@@ -71,7 +69,6 @@ T = TypeVar("T")
 PRUNE_EVERY = timedelta(minutes=10)
 # After a failed hot base image, the next try waits this long (seconds).
 HOT_IMAGE_RETRY = 60.0
-_BINLOG_NAME = re.compile(r"^binlog\.\d{6,}$")
 
 
 @dataclass
@@ -94,6 +91,7 @@ class History:
         storage: LocalStorage,
         driver: ComputeDriver,
         tools: Tools,
+        key: ReplicationKey,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -113,8 +111,13 @@ class History:
         # since makes none.
         self._last_image: dict[str, tuple[str, int]] = {}
         self._branch_locks: dict[str, asyncio.Lock] = {}
-        self._endpoint_branch: dict[str, str] = {}
-        self.sync = SyncCommits(driver=driver, timeout_ms=settings.sync_commit_timeout_ms)
+        self.following = Following(
+            settings=settings,
+            safekeeper=safekeeper,
+            driver=driver,
+            key=key,
+            timeline_of=lambda branch_id: self._db(self.current_timeline, branch_id),
+        )
         # Per branch: when its last image was made (monotonic) and the log bytes then.
         self._image_mark: dict[str, tuple[float, int]] = {}
         self._image_retry_at: dict[str, float] = {}
@@ -203,57 +206,10 @@ class History:
         stopped datadir is abandoned (the next suspend makes one)."""
         await cancel(self._images.pop(branch_id, None))
 
-    async def attach(
-        self,
-        endpoint_id: str,
-        branch_id: str,
-        project: model.Project,
-        socket: Path | None,
-        *,
-        started: bool = False,
-        live: bool = False,
-    ) -> None:
-        """Have the safekeeper follow the running compute, and the compute's commits wait
-        for it or not as the project's durability says (in that order, see
-        :meth:`SyncCommits.apply`). ``started``: the compute just started with
-        :meth:`server_options` of these settings; otherwise (a thaw, an adopted compute)
-        what it was last set to is changed when it differs. ``live``: a change of the
-        setting on a running compute, which fails (ComputeError) unless it took."""
-        row = await self._db(self.current_timeline, branch_id)
-        if row is None or socket is None:
-            return
-        want = project.settings.durability is model.Durability.SYNC
-        if started:
-            self.sync.started(endpoint_id, semi_sync=want)
-        ref = TimelineRef(row.project_id, row.id)
-        following = None
-        if endpoint_id in self._endpoint_branch:
-            following = next(
-                (s.semi_sync for s in self.safekeeper.status() if s.endpoint_id == endpoint_id),
-                None,
-            )
-        self._endpoint_branch[endpoint_id] = branch_id
-
-        async def follow(semi_sync: bool) -> None:
-            await self.safekeeper.attach(
-                endpoint_id, ref, socket, start_seq=row.start_seq, semi_sync=semi_sync
-            )
-
-        await self.sync.apply(
-            endpoint_id, want=want, follow=follow, following=following, strict=live
-        )
-        if live:
-            await self.sync.observe(endpoint_id)
-
-    async def detach(self, endpoint_id: str) -> None:
-        self._endpoint_branch.pop(endpoint_id, None)
-        self.sync.forget(endpoint_id)
-        await self.safekeeper.detach(endpoint_id)
-
     async def after_stop(self, endpoint_id: str, branch_id: str) -> None:
         """The compute stopped cleanly: everything in its binary log is made durable in the
         safekeeper before this returns; a base image follows in the background."""
-        await self.detach(endpoint_id)
+        await self.following.detach(endpoint_id)
         row = await self._db(self.current_timeline, branch_id)
         if row is None:
             return
@@ -463,9 +419,9 @@ class History:
         for the safekeeper, image long-running computes, prune (every PRUNE_EVERY)."""
         periodic: list[tuple[str, float, Callable[[], Awaitable[Any]]]] = [
             ("positions", 5.0, self._note_positions),
-            ("semi_sync", 2.0, self.sample_semi_sync),
+            ("semi_sync", 2.0, self.following.sample_semi_sync),
             ("hot_images", 5.0, self._hot_images),
-            ("purge", 30.0, self.purge_binlogs),
+            ("purge", 30.0, self.following.purge_binlogs),
             ("prune", PRUNE_EVERY.total_seconds(), lambda: self.prune(now)),
         ]
         steps = []
@@ -483,16 +439,11 @@ class History:
         for st in self.safekeeper.status():
             await self._db(self._note_position, st.timeline_id, st.last_seq)
 
-    async def sample_semi_sync(self) -> None:
-        """Whether each followed compute's commits wait for the safekeeper, from its
-        server."""
-        await self.sync.sample(list(self._endpoint_branch))
-
     async def _hot_images(self) -> None:
         """A base image of each compute that ran base_image_interval seconds or wrote
         base_image_log_bytes of log since its branch's last one (mariadb-backup, which
         blocks commits only for a moment)."""
-        for endpoint_id, branch_id in list(self._endpoint_branch.items()):
+        for endpoint_id, branch_id in list(self.following.endpoints.items()):
             row = await self._db(self.current_timeline, branch_id)
             tl = self.safekeeper.logs.get(row.id) if row else None
             if row is None or tl is None:
@@ -514,30 +465,6 @@ class History:
                     self._image_retry_at[branch_id] = time.monotonic() + HOT_IMAGE_RETRY
                     log.warning("hot base image of %s failed: %s", branch_id, exc.message)
 
-    async def purge_binlogs(self) -> None:
-        """Remove from each running compute the binary log files the archive holds whole,
-        so a long-running compute's datadir does not grow by its log."""
-        for st in self.safekeeper.status():
-            if st.endpoint_id is None or not st.streaming or st.shipped_seq == 0:
-                continue
-            try:
-                (files,) = await self.driver.execute(st.endpoint_id, ["SHOW BINARY LOGS"])
-                keep = None
-                # A file can go once the next one starts at or before what the archive holds.
-                for name, _size in files[1:]:
-                    if not _BINLOG_NAME.match(str(name)):
-                        break
-                    ((pos,),) = await self.driver.execute(
-                        st.endpoint_id, [f"SELECT BINLOG_GTID_POS('{name}', 4)"]
-                    )
-                    if domain_seq(pos[0]) > st.shipped_seq:
-                        break
-                    keep = str(name)
-                if keep is not None:
-                    await self.driver.execute(st.endpoint_id, [f"PURGE BINARY LOGS TO '{keep}'"])
-            except SelkieError as exc:
-                log.debug("cannot purge the binary log of %s: %s", st.endpoint_id, exc)
-
     async def hot_image(self, endpoint_id: str, branch_id: str, ref: TimelineRef) -> int:
         """A base image of a running compute; returns its position."""
         info = await self.driver.inspect(endpoint_id)
@@ -550,18 +477,6 @@ class History:
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         return seq
-
-    def durable(self, endpoint_id: str, durability: model.Durability) -> Durable:
-        """The endpoint's durability as last sampled."""
-        sync = self.sync.observed.get(endpoint_id) if endpoint_id in self._endpoint_branch else None
-        return durable(endpoint_id, durability.value, self.safekeeper.status(), sync)
-
-    async def durable_now(self, endpoint_id: str, durability: model.Durability) -> Durable:
-        """The endpoint's durability with its compute asked now (for a short while)."""
-        sync: SyncCommit | None = None
-        if endpoint_id in self._endpoint_branch:
-            sync = await self.sync.observe(endpoint_id)
-        return durable(endpoint_id, durability.value, self.safekeeper.status(), sync)
 
     async def prune(self, now: datetime | None = None) -> int:
         """History past each project's window (see :class:`Retention`); objects deleted."""

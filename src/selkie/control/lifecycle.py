@@ -242,7 +242,7 @@ class Lifecycle(Starting):
         history = self.history_for(target.project.settings)
         if history is not None:
             # What the stream received is durable; it follows the compute again at the thaw.
-            await history.detach(ep.id)
+            await history.following.detach(ep.id)
         try:
             await self.driver.freeze(ep.id)
         except ComputeError as exc:
@@ -267,8 +267,11 @@ class Lifecycle(Starting):
         """Stop a suspending endpoint's compute and settle it in ``to`` (failed, when the
         stop fails: never left suspending)."""
         ep = target.endpoint
+        history = self.history_for(target.project.settings)
         if was is EndpointState.ACTIVE:
             await self._before_stop(ep.id)
+            if history is not None:
+                await history.following.before_stop(ep.id)
         try:
             await self.driver.stop(ep.id, timeout=self.stop_timeout)
             await self._after_stop(target)
@@ -324,7 +327,7 @@ class Lifecycle(Starting):
         self._active.discard(endpoint_id)
         async with self.lock(endpoint_id):
             if self.history is not None:
-                await self.history.detach(endpoint_id)
+                await self.history.following.detach(endpoint_id)
             await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
             await self.driver.remove(endpoint_id)
         self._locks.pop(endpoint_id, None)
@@ -338,7 +341,7 @@ class Lifecycle(Starting):
         target = await self._db(self._load, endpoint_id)
         history = self.history_for(target.project.settings)
         if history is not None:
-            await history.attach(endpoint_id, target.branch.id, target.project, info.socket)
+            await history.following.attach(endpoint_id, target.branch.id, target.project, info)
 
     async def on_compute_exit(self, endpoint_id: str, reason: str) -> None:
         """A compute died without being asked to (kill -9, OOM): mark the endpoint failed
@@ -350,7 +353,7 @@ class Lifecycle(Starting):
         if self.history is not None:
             # After the endpoint is marked: what the stream had is flushed (an fsync that
             # a busy disk may make slow); the rest stays in the compute's binary log.
-            await self.history.detach(endpoint_id)
+            await self.history.following.detach(endpoint_id)
 
     async def suspend_all(self) -> None:
         """Clean shutdown of every compute this control plane runs (``selkie up`` exiting)."""

@@ -141,7 +141,9 @@ class Starting(LifecycleBase):
         t2 = self.timer()
         if history is not None:
             # Before anything writes: with durability=sync the first commit waits for it.
-            await history.attach(ep.id, target.branch.id, target.project, info.socket, started=True)
+            await history.following.attach(
+                ep.id, target.branch.id, target.project, info, started=True
+            )
         await self._sync_accounts(target, force=False)
         await self._end_boost(ep.id)
         t3 = self.timer()
@@ -164,7 +166,7 @@ class Starting(LifecycleBase):
         history = self.history_for(target.project.settings)
         if history is not None:
             # Also brings its durability in line with a change made while it was frozen.
-            await history.attach(ep.id, target.branch.id, target.project, info.socket)
+            await history.following.attach(ep.id, target.branch.id, target.project, info)
         await self._sync_accounts(target, force=False)
         return info, {
             "thaw_ms": (t1 - t0) * 1000,
@@ -198,7 +200,7 @@ class Starting(LifecycleBase):
         """A start that failed: the compute stopped, the endpoint failed (from ``state``)."""
         try:
             if self.history is not None:
-                await self.history.detach(endpoint_id)
+                await self.history.following.detach(endpoint_id)
             await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
         finally:
             await self._transition(
@@ -296,9 +298,9 @@ class Starting(LifecycleBase):
                 return False
             history = self.history_for(target.project.settings)
             info = await self.driver.inspect(endpoint_id)
-            if history is None or not info.running or info.socket is None:
+            if history is None or not info.running:
                 return False
-            await history.attach(
-                endpoint_id, target.branch.id, target.project, info.socket, live=True
+            await history.following.attach(
+                endpoint_id, target.branch.id, target.project, info, live=True
             )
             return True

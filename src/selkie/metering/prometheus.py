@@ -206,7 +206,7 @@ def _history(history: Any) -> Iterator[Metric]:
         "says), 0 while they do not (async, or fallen back)",
         labels=["endpoint_id"],
     )
-    observed = history.sync.observed
+    observed = history.following.sync.observed
     for st in history.safekeeper.status():
         endpoint = st.endpoint_id or ""
         lag_s.add_metric([endpoint, st.timeline_id], st.lag_seconds)

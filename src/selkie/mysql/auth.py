@@ -1,4 +1,5 @@
-"""``mysql_native_password`` arithmetic, for both legs of the proxy.
+"""``mysql_native_password`` arithmetic: for both legs of the proxy, the safekeeper's logins
+and its binlog server.
 
 The store keeps ``SHA1(SHA1(password))`` (MariaDB's ``*HEX``). A client answers the proxy's
 scramble with ``token = SHA1(password) XOR SHA1(scramble + SHA1(SHA1(password)))``; from a

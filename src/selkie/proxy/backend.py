@@ -12,6 +12,7 @@ import errno
 from dataclasses import dataclass
 
 from selkie.controlplane import Backend
+from selkie.mysql import auth
 from selkie.mysql.packets import (
     NATIVE_PLUGIN,
     HandshakeResponse41,
@@ -23,7 +24,6 @@ from selkie.mysql.packets import (
 )
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import Capability, ProtocolError
-from selkie.proxy import auth
 
 HANDSHAKE_LIMIT = 64 * 1024
 

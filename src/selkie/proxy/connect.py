@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from selkie.controlplane import Access, Backend, ControlPlane
 from selkie.errors import Conflict, NotFound, QuotaExceeded, SelkieError, StateConflict
+from selkie.mysql import auth
 from selkie.mysql.packets import (
     CLEAR_PLUGIN,
     NATIVE_PLUGIN,
@@ -24,7 +25,6 @@ from selkie.mysql.packets import (
     parse_err,
 )
 from selkie.mysql.wire import ErrorCode, ProtocolError
-from selkie.proxy import auth
 from selkie.proxy.backend import BackendConnection, open_backend
 from selkie.proxy.handshake import Hello, Route, read_client_auth, route
 

@@ -14,6 +14,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from selkie.mysql import auth
 from selkie.mysql.packets import (
     CLEAR_PLUGIN,
     NATIVE_PLUGIN,
@@ -25,7 +26,6 @@ from selkie.mysql.packets import (
 )
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import PROXY_CAPABILITIES, Capability, ProtocolError
-from selkie.proxy import auth
 from selkie.proxy.backend import HANDSHAKE_LIMIT
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from selkie.controlplane import Access, ControlPlane
+from selkie.mysql import auth
 from selkie.mysql.packets import NATIVE_PLUGIN, build_change_user, build_err, parse_change_user
 from selkie.mysql.stream import frame
 from selkie.mysql.wire import ErrorCode, ProtocolError
-from selkie.proxy import auth
 from selkie.proxy.backend import BackendConnection
 from selkie.proxy.crelay import relay_class
 from selkie.proxy.handshake import Hello, Route, route

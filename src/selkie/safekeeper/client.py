@@ -2,10 +2,10 @@
 from a GTID position, receive events, and acknowledge them when the compute runs
 semi-synchronous replication.
 
-The connection goes to the compute's unix socket as the OS user running Selkie (the
-server's ``unix_socket`` authentication: no password exists for it). The conversation is
-what a MariaDB replica sends (MariaDB's replication protocol docs, "Replica
-Registration")::
+The connection goes to the compute over TCP, or its unix socket where the safekeeper shares
+its host, as the replication account (:mod:`selkie.safekeeper.accounts`: replication
+rights only, ``mysql_native_password``). The conversation is what a MariaDB replica sends
+(MariaDB's replication protocol docs, "Replica Registration")::
 
     SET @master_binlog_checksum = @@global.binlog_checksum   -- events keep their CRC32
     SET @mariadb_slave_capability = 4                          -- GTID-aware replica
@@ -22,23 +22,31 @@ answers the client's COMMIT.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from selkie.archive.binlog import HEADER_LEN, EventType, Gtid, parse_rotate
+from selkie.compute.base import ComputeInfo
+from selkie.mysql.auth import native_token
 from selkie.mysql.packets import (
     NATIVE_PLUGIN,
     build_handshake_response,
     is_eof,
     is_err,
     is_ok,
+    parse_auth_switch_request,
     parse_err,
     parse_handshake_v10,
 )
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import MAX_PAYLOAD, Capability, ProtocolError, int1, int2, int4, nul_str
+from selkie.safekeeper.accounts import Credentials
+
+# Where a compute is reached: its unix socket, or a TCP (host, port).
+Address = Path | tuple[str, int]
 
 COM_QUERY = 0x03
 COM_BINLOG_DUMP = 0x12
@@ -57,6 +65,16 @@ CLIENT_CAPS = (
 )
 # The largest event accepted (max_allowed_packet of computes is 1 GiB).
 MAX_EVENT = 1 << 30
+
+
+def follow_address(compute: ComputeInfo, mode: str) -> Address | None:
+    """Where the safekeeper reaches a running compute: its unix socket where it has one
+    here (``mode`` "auto"), else its TCP address; None when it has neither."""
+    if mode == "auto" and compute.socket is not None:
+        return compute.socket
+    if compute.host and compute.port:
+        return (compute.host, compute.port)
+    return None
 
 
 class ReplicationError(Exception):
@@ -90,22 +108,30 @@ class ReplicaConnection:
         self.binlog_pos = 0
 
     @classmethod
-    async def open(cls, socket: Path, user: str, *, timeout: float = 10.0) -> ReplicaConnection:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(str(socket), limit=1 << 20), timeout
-        )
+    async def open(
+        cls, address: Address, creds: Credentials | None, *, timeout: float = 10.0
+    ) -> ReplicaConnection:
+        """Connect to a compute's unix socket (a ``Path``) or TCP address (host, port) and
+        log in with the replication account (``creds``; None: as the OS user, through
+        the server's ``unix_socket`` authentication)."""
+        if isinstance(address, Path):
+            connecting = asyncio.open_unix_connection(str(address), limit=1 << 20)
+        else:
+            connecting = asyncio.open_connection(address[0], address[1], limit=1 << 20)
+        reader, writer = await asyncio.wait_for(connecting, timeout)
         conn = cls(reader, writer)
         try:
-            await asyncio.wait_for(conn._login(user), timeout)
+            await asyncio.wait_for(conn._login(creds), timeout)
         except BaseException:
             conn.close()
             raise
         return conn
 
-    async def _login(self, user: str) -> None:
+    async def _login(self, creds: Credentials | None) -> None:
         _, payload = await self.stream.read()
         greeting = parse_handshake_v10(payload)
         caps = CLIENT_CAPS & greeting.capabilities
+        user = creds.user if creds is not None else getpass.getuser()
         seq = await self.stream.send(
             1,
             build_handshake_response(
@@ -113,7 +139,7 @@ class ReplicaConnection:
                 max_packet_size=MAX_EVENT,
                 charset=greeting.charset,
                 user=user,
-                auth_response=b"",
+                auth_response=native_token(creds.stage1, greeting.scramble) if creds else b"",
                 database=None,
                 auth_plugin=NATIVE_PLUGIN,
             ),
@@ -126,8 +152,15 @@ class ReplicaConnection:
                 err = parse_err(reply)
                 raise ReplicationError(f"login refused: {err.message}", code=err.code)
             if reply[:1] == b"\xfe":
-                # An auth switch (to unix_socket): the socket's credentials are the proof.
-                seq = await self.stream.send(seq + 1, b"")
+                plugin, data = parse_auth_switch_request(reply)
+                if creds is not None and plugin == NATIVE_PLUGIN:
+                    answer = native_token(creds.stage1, data[:20])
+                elif creds is None:
+                    # To unix_socket: the socket's credentials are the proof.
+                    answer = b""
+                else:
+                    raise ReplicationError(f"the compute asks for {plugin}, not {NATIVE_PLUGIN}")
+                seq = await self.stream.send(seq + 1, answer)
                 continue
             raise ProtocolError("unexpected packet during login")
 

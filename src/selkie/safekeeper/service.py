@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,8 @@ from selkie.archive.layout import TimelineRef
 from selkie.archive.segments import Record
 from selkie.errors import SelkieError
 from selkie.mysql.wire import ProtocolError
-from selkie.safekeeper.client import ReplicaConnection, ReplicationError
+from selkie.safekeeper.accounts import Credentials
+from selkie.safekeeper.client import Address, ReplicaConnection, ReplicationError
 from selkie.safekeeper.log import LogGap, TimelineLog
 from selkie.tasks import cancel, spawn
 
@@ -52,14 +53,18 @@ COMPUTE_SERVER_ID = 1
 # durability=async: transactions that arrive within this many seconds share one fsync.
 ASYNC_BATCH = 0.01
 BINLOG_INDEX = "binlog.index"
+ACCESS_DENIED = 1045
 
 
 @dataclass
 class _Follow:
     endpoint_id: str
     ref: TimelineRef
-    socket: Path
+    address: Address
     semi_sync: bool
+    creds: Credentials | None = None
+    # Makes the replication account on the compute (a login it refused: a new datadir).
+    prepare: Callable[[], Awaitable[None]] | None = None
     task: asyncio.Task[None] | None = None
     connected: bool = False
     error: str | None = None
@@ -90,14 +95,12 @@ class Safekeeper:
         *,
         root: Path,
         archive: Archive,
-        user: str,
         ship_interval: float = 0.2,
         clock_us: Callable[[], int] = now_us,
         note_statements: Callable[[str, int], None] | None = None,
     ) -> None:
         self.root = root
         self.archive = archive
-        self.user = user
         self.ship_interval = ship_interval
         self.clock_us = clock_us
         # Told how many statements the safekeeper ran on a compute (not client activity).
@@ -161,14 +164,18 @@ class Safekeeper:
         self,
         endpoint_id: str,
         ref: TimelineRef,
-        socket: Path,
+        address: Address,
         *,
         start_seq: int,
         semi_sync: bool = False,
+        creds: Credentials | None = None,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Follow the compute of ``endpoint_id`` (running on ``socket``), whose data began
-        at ``start_seq`` of the timeline. Returns at once; the stream runs in the
-        background until :meth:`detach`."""
+        """Follow the compute of ``endpoint_id`` (reached at ``address``: its unix socket
+        or TCP address, as ``creds``' account; ``prepare`` makes that account there when
+        the compute refuses the login), whose data began at ``start_seq`` of the
+        timeline. Returns at once; the stream runs in the background until
+        :meth:`detach`."""
         await self.detach(endpoint_id)
         tl = await self.timeline(ref)
         if not tl.segments and not tl.has_pending and tl.last_seq < start_seq:
@@ -183,7 +190,7 @@ class Safekeeper:
                 archived = 0
             if archived > tl.last_seq:
                 tl.start_at(archived, archived=True)
-        follow = _Follow(endpoint_id, ref, socket, semi_sync)
+        follow = _Follow(endpoint_id, ref, address, semi_sync, creds, prepare)
         follow.task = spawn(self._follow_forever(follow), name=f"safekeeper-{endpoint_id}")
         self._follows[endpoint_id] = follow
 
@@ -207,6 +214,17 @@ class Safekeeper:
                 delay = 0.05
             except asyncio.CancelledError:
                 raise
+            except ReplicationError as exc:
+                if exc.code == ACCESS_DENIED and follow.prepare is not None:
+                    # A datadir the account was never made in (a new branch, a restore).
+                    try:
+                        await follow.prepare()
+                        continue
+                    except SelkieError as prep:
+                        exc = ReplicationError(f"{exc}; making the account: {prep.message}")
+                if str(exc) != follow.error:
+                    log.warning("safekeeper: %s: %s", follow.endpoint_id, exc)
+                follow.error = str(exc)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 # The compute is not (or no longer) there: it stopped, or is restarting.
                 log.info("safekeeper: %s: %s", follow.endpoint_id, exc)
@@ -215,7 +233,6 @@ class Safekeeper:
                 OSError,
                 EOFError,
                 ProtocolError,
-                ReplicationError,
                 BinlogError,
                 LogGap,
                 SelkieError,
@@ -231,7 +248,7 @@ class Safekeeper:
     async def _follow(self, follow: _Follow) -> None:
         tl = await self.timeline(follow.ref)
         after = tl.next_seq - 1
-        conn = await ReplicaConnection.open(follow.socket, self.user)
+        conn = await ReplicaConnection.open(follow.address, follow.creds)
         acks: deque[tuple[int, str, int]] = deque()
         wake = asyncio.Event()
         flusher = spawn(
@@ -303,7 +320,21 @@ class Safekeeper:
             if best is not None:
                 await conn.acknowledge(best[1], best[2])
 
-    # --- after a stop ----------------------------------------------------------------------
+    # --- before and after a stop -----------------------------------------------------------
+
+    async def catch_up(self, endpoint_id: str, seq: int, timeout: float) -> bool:
+        """Until the stream from the compute of ``endpoint_id`` has made its transactions
+        up to ``seq`` durable here; False after ``timeout`` (or when not following it)."""
+        follow = self._follows.get(endpoint_id)
+        if follow is None:
+            return False
+        tl = await self.timeline(follow.ref)
+        deadline = time.monotonic() + timeout
+        while tl.last_seq < seq:
+            left = deadline - time.monotonic()
+            if left <= 0 or not await tl.wait_durable(tl.last_seq, left):
+                return False
+        return True
 
     async def drain(self, ref: TimelineRef, datadir: Path) -> int:
         """Take from a stopped compute's binary log files every transaction the stream had
@@ -316,9 +347,16 @@ class Safekeeper:
         if tl.fde is None:
             tl.fde = fde
         floor = tl.unshipped[-1][1] if tl.unshipped else 0
-        for txn in txns:
-            if txn.gtid.seq < tl.next_seq:
-                continue
+        late = [t for t in txns if t.gtid.seq >= tl.next_seq]
+        if late:
+            log.warning(
+                "timeline %s: transactions %d..%d were taken from the stopped compute's files "
+                "(its stream had not delivered them)",
+                ref.timeline_id,
+                late[0].gtid.seq,
+                late[-1].gtid.seq,
+            )
+        for txn in late:
             # Not seen live: its binlog timestamp (the second it began) stands for the
             # moment it committed, so a restore to any later time includes it.
             floor = max(floor, txn.timestamp * 1_000_000)

@@ -58,11 +58,16 @@ def switch_to_sync(api: Any, project_id: str, endpoint_id: str) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("durability", ["sync", "async", "switched_to_sync"])
+@pytest.mark.parametrize("durability", ["sync", "async", "switched_to_sync", "sync_over_tcp"])
 def test_a_lost_data_dir_is_rebuilt_from_the_archive(tmp_path: Path, durability: str) -> None:
     env = selkie_env(tmp_path)
     env["SELKIE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'state' / 'selkie.db'}"
     env["SELKIE_ARCHIVE_URL"] = f"file://{tmp_path / 'archive'}"
+    if durability == "sync_over_tcp":
+        # The compute as on another host: another address, and the safekeeper follows it
+        # over TCP as its replication account, never through its socket.
+        env["SELKIE_COMPUTE_BIND_ADDRESS"] = "127.0.0.2"
+        env["SELKIE_SAFEKEEPER_FOLLOW"] = "tcp"
     sync = durability != "async"
     if sync:
         # Sync means: acknowledged once fsynced by the safekeeper, which lives on another
@@ -73,7 +78,7 @@ def test_a_lost_data_dir_is_rebuilt_from_the_archive(tmp_path: Path, durability:
     acked: list[tuple[int, float]] = []
     with selkie_up(env, log) as proc:
         api = api_client(env, log)
-        created = "sync" if durability == "sync" else "async"
+        created = "async" if durability in ("async", "switched_to_sync") else "sync"
         body = api.post(
             "/v1/projects",
             json={"project": {"name": "dr", "settings": {"durability": created}}},

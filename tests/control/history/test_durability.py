@@ -44,29 +44,34 @@ async def test_sync_commits_fall_back_when_the_safekeeper_is_gone(
             ep, ["SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_yes_tx'"]
         )
         assert int(yes[1]) >= 2  # acknowledged by the safekeeper, not timed out
-        await history.sample_semi_sync()
-        assert history.durable(ep, created.project.settings.durability).sync_commit == "on"
+        await history.following.sample_semi_sync()
+        assert (
+            history.following.durable(ep, created.project.settings.durability).sync_commit == "on"
+        )
 
         # The safekeeper stops following: the next commit waits out the timeout, then the
         # compute commits asynchronously, and says so.
         await history.safekeeper.detach(ep)
         assert await timed_insert(platform, ep, created, 2) >= 0.7
         assert await timed_insert(platform, ep, created, 3) < 0.5
-        await history.sample_semi_sync()
-        state = history.durable(ep, created.project.settings.durability)
+        await history.following.sample_semi_sync()
+        state = history.following.durable(ep, created.project.settings.durability)
         assert state.sync_commit == "fallen_back" and not state.streaming
         metrics = platform.prometheus().decode()
         assert "selkie_archive_lag_seconds" in metrics
 
         # Back: it catches up from where it was, and commits wait for it again.
         info = await platform.driver.inspect(ep)
-        await history.attach(ep, bid, created.project, info.socket)
+        await history.following.attach(ep, bid, created.project, info)
         await wait_received(platform, ep)
         deadline = time.monotonic() + 10
         while True:
             await asyncio.sleep(0.1)
-            await history.sample_semi_sync()
-            if history.durable(ep, created.project.settings.durability).sync_commit == "on":
+            await history.following.sample_semi_sync()
+            if (
+                history.following.durable(ep, created.project.settings.durability).sync_commit
+                == "on"
+            ):
                 break
             assert time.monotonic() < deadline, "semi-sync never came back"
         assert await timed_insert(platform, ep, created, 4) < 0.5

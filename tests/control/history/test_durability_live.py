@@ -205,7 +205,7 @@ async def test_a_frozen_compute_takes_the_change_at_its_thaw(
 
 
 async def test_a_change_that_cannot_be_applied_is_not_reported_done(
-    tmp_path: Path, template_datadir: Path
+    tmp_path: Path, template_datadir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with open_platform(tmp_path, template_datadir) as platform:
         assert platform.history is not None
@@ -214,8 +214,10 @@ async def test_a_change_that_cannot_be_applied_is_not_reported_done(
         pid, ep = created.project.id, created.endpoints[0].id
         # The safekeeper cannot log in to the compute any more (as if it could not reach
         # it): it cannot join as a semi-sync replica.
-        platform.history.safekeeper.user = "nobody_here"
-        platform.history.sync.join_timeout = 0.5
+        monkeypatch.setattr(
+            "selkie.control.following.follow_address", lambda *_: tmp_path / "nowhere.sock"
+        )
+        platform.history.following.sync.join_timeout = 0.5
         platform.runner.max_attempts = 1
         async with api(platform, who) as client:
             (op_id,) = await set_durability(client, pid, "sync")

@@ -154,7 +154,7 @@ async def test_binary_log_files_the_archive_holds_are_purged(
             TimelineRef(pid, st.timeline_id), seq, 10
         )
         # (The scheduler's leader purges too, now and then: it may have begun.)
-        await platform.history.purge_binlogs()
+        await platform.history.following.purge_binlogs()
         (after,) = await platform.driver.execute(ep, ["SHOW BINARY LOGS"])
         # Four files were written; the older ones go; the one the safekeeper's dump thread
         # still holds open may stay until it has moved on (MariaDB keeps a file in use).

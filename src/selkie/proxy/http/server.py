@@ -28,6 +28,7 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from selkie.mysql import auth
 from selkie.mysql.packets import HandshakeResponse41
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import (
@@ -36,7 +37,6 @@ from selkie.mysql.wire import (
     Capability,
     ProtocolError,
 )
-from selkie.proxy import auth
 from selkie.proxy.connect import Authenticated, Connector, Refused
 from selkie.proxy.handshake import route
 from selkie.proxy.http import neon, psdb
