@@ -222,6 +222,9 @@ class Settings:
     # 16 bytes; the same in every process of an installation). Empty: a random key kept in
     # <data_dir>/safekeeper.key.
     safekeeper_key: str = ""
+    # Where the safekeeper serves timelines' binlogs to replicas (docs/storage.md, The
+    # binlog server): unix:/path, host:port, or "off". Empty: a unix socket in the data dir.
+    safekeeper_listen: str = ""
     # A running compute gets a new base image after this many seconds, or after this many
     # bytes of log, whichever comes first (suspends always make one).
     base_image_interval: float = 6 * 3600.0

@@ -14,6 +14,7 @@ from selkie.control.bootstrap import local_principal
 from selkie.safekeeper.accounts import COMPUTE_ACCOUNT
 from tests.control.history.conftest import compute_position, sql, started_project, wait_received
 from tests.platforms import open_platform
+from tests.safekeeper.replicas import binlog_reader, follow_replica, replica
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +95,52 @@ async def test_a_clean_stop_takes_the_log_from_the_stream(
             assert count == 40000 * round_
             (ro,) = await platform.driver.execute(ep, ["SELECT @@read_only"])
             assert ro == [(0,)]  # the stop's read_only is not left on the next run
+
+
+async def test_the_platform_serves_a_timeline_while_its_primary_is_suspended(
+    tmp_path: Path, template_datadir: Path
+) -> None:
+    """``selkie up``'s own binlog server, on TCP, with the timeline's own account: a real
+    replica and mariadb-binlog read the branch's history from the safekeeper while its
+    compute is suspended, and another timeline's account is refused."""
+    async with open_platform(
+        tmp_path, template_datadir, safekeeper_listen="127.0.0.1:0"
+    ) as platform:
+        assert platform.history is not None
+        binlogs = platform.history.binlogs
+        assert binlogs.server.port is not None
+        who = local_principal(platform.control)
+        created = await started_project(
+            platform,
+            who,
+            "served",
+            "CREATE TABLE t (i INT PRIMARY KEY)",
+            "INSERT INTO t VALUES (1), (2), (3)",
+        )
+        other = await started_project(platform, who, "other", "CREATE TABLE secret (i INT)")
+        ep, db = created.endpoints[0].id, created.databases[0].name
+        await platform.lifecycle.suspend(ep)
+        assert platform.lifecycle.get(ep).current_state.value == "suspended"
+        row = platform.history.current_timeline(created.branch.id)
+        assert row is not None
+        creds = binlogs.credentials(row.id)
+        async with replica(template_datadir, server_id=7) as rep:
+            await follow_replica(rep, binlogs.server.port, creds.user, creds.password, "")
+            await rep.wait_for(f"SELECT i FROM {db}.t ORDER BY i", [["1"], ["2"], ["3"]])
+            # Nothing of the other project's timeline came with it.
+            assert await rep.sql(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'secret'"
+            ) == [["0"]]
+            assert platform.lifecycle.get(ep).current_state.value == "suspended"
+        async with binlog_reader(
+            binlogs.server.port, creds.user, creds.password, "--stop-never", "selkie-bin.000001"
+        ) as reader:
+            await reader.read_until("INSERT INTO", "@1=3")
+        # A timeline's account reads that timeline only: another's password is refused.
+        other_row = platform.history.current_timeline(other.branch.id)
+        assert other_row is not None
+        async with binlog_reader(
+            binlogs.server.port, other_row.id, creds.password, "selkie-bin.000001"
+        ) as reader:
+            with pytest.raises(AssertionError, match="Access denied"):
+                await reader.read_until("@1=3", timeout=10)

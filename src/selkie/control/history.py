@@ -40,6 +40,7 @@ from selkie.archive.layout import TimelineRef
 from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import durability_options
 from selkie.config import Settings
+from selkie.control.binlogs import Binlogs, default_listen
 from selkie.control.following import Following
 from selkie.control.points import Point, parse_lsn, switch_timeline, timeline_at
 from selkie.control.retention import Retention
@@ -111,6 +112,13 @@ class History:
         # since makes none.
         self._last_image: dict[str, tuple[str, int]] = {}
         self._branch_locks: dict[str, asyncio.Lock] = {}
+        self.binlogs = Binlogs(
+            store=store,
+            archive=archive,
+            safekeeper=safekeeper,
+            key=key,
+            listen=settings.safekeeper_listen or default_listen(settings.data_dir),
+        )
         self.following = Following(
             settings=settings,
             safekeeper=safekeeper,
@@ -127,6 +135,7 @@ class History:
     async def start(self) -> None:
         await self.storage.remove_leftovers()
         await self.safekeeper.start()
+        await self.binlogs.start()
 
     async def stop(self, *, image_timeout: float = 10.0) -> None:
         """Let base images in progress finish (for a while), then stop the safekeeper (it
@@ -135,6 +144,7 @@ class History:
             await asyncio.wait_for(self.wait_images(), image_timeout)
         for task in list(self._images.values()):
             await cancel(task)
+        await self.binlogs.stop()
         await self.safekeeper.stop()
 
     def branch_lock(self, branch_id: str) -> asyncio.Lock:
