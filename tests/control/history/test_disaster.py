@@ -18,7 +18,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from tests.helpers import api_client, mariadbd_processes, selkie_env, selkie_up
+from tests.helpers import api_client, free_port, mariadbd_processes, selkie_env, selkie_up
 
 pytestmark = pytest.mark.slow
 # The async archive lag this test tolerates for rows acknowledged just before the kill (the
@@ -68,6 +68,8 @@ def test_a_lost_data_dir_is_rebuilt_from_the_archive(tmp_path: Path, durability:
         # over TCP as its replication account, never through its socket.
         env["SELKIE_COMPUTE_BIND_ADDRESS"] = "127.0.0.2"
         env["SELKIE_SAFEKEEPER_FOLLOW"] = "tcp"
+        # And the safekeeper serves its binlogs on a TCP listener of its own.
+        env["SELKIE_SAFEKEEPER_LISTEN"] = f"127.0.0.1:{free_port()}"
     sync = durability != "async"
     if sync:
         # Sync means: acknowledged once fsynced by the safekeeper, which lives on another
