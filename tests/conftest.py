@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import secrets
+import shutil
 import signal
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +60,29 @@ def need_service(what: str, why: str) -> None:
     if IN_CI:
         pytest.fail(message + " (CI=true: services are required)", pytrace=False)
     pytest.skip(message)
+
+
+def mysql_user() -> pwd.struct_passwd:
+    """The unprivileged OS user servers run as when Selkie is root."""
+    if os.geteuid() != 0:
+        need_service("root", "running servers as another OS user needs root")
+    try:
+        return pwd.getpwnam("mysql")
+    except KeyError:
+        need_service("the mysql OS user", "MariaDB's server package makes it")
+        raise
+
+
+@pytest.fixture
+def passable_dir() -> Iterator[Path]:
+    """A directory whose every parent lets others pass (under /tmp): computes and restore
+    servers under it run as the mysql user (pytest's own tmp_path does not let it pass)."""
+    top = Path(tempfile.mkdtemp(prefix="selkie-osuser-", dir="/tmp"))
+    top.chmod(0o711)
+    try:
+        yield top
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def pytest_asyncio_loop_factories(

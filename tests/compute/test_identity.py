@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import pwd
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,29 +15,13 @@ from selkie.compute.identity import choose
 from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.platform import Platform
-from tests.conftest import need_service, seed_template
+from tests.conftest import mysql_user, seed_template
 from tests.platforms import require_mariadb, sql
 
 
-def mysql_user() -> pwd.struct_passwd:
-    if os.geteuid() != 0:
-        need_service("root", "running computes as another OS user needs root")
-    try:
-        return pwd.getpwnam("mysql")
-    except KeyError:
-        need_service("the mysql OS user", "MariaDB's server package makes it")
-        raise
-
-
 @pytest.fixture
-def open_data_dir() -> Iterator[Path]:
-    """A data dir whose every parent lets others pass (under /tmp)."""
-    top = Path(tempfile.mkdtemp(prefix="selkie-osuser-", dir="/tmp"))
-    top.chmod(0o711)
-    try:
-        yield top / "data"
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+def open_data_dir(passable_dir: Path) -> Path:
+    return passable_dir / "data"
 
 
 def uid_of(pid: int) -> int:

@@ -5,12 +5,9 @@ client (which once let ``--\\x01`` turn a comment into a statement run as root).
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,35 +15,13 @@ import pytest
 from selkie.compute.identity import choose
 from selkie.control.bootstrap import local_principal
 from selkie.storage.replay import Tools, replay_server
-from tests.conftest import need_service
+from tests.conftest import mysql_user
 from tests.control.history.conftest import branch_at, sql, started_project, wait_received
 from tests.platforms import open_platform, require_mariadb
 
 pytestmark = pytest.mark.slow
 
 SECRET = "AKIA-restore-must-not-see-this"
-
-
-def mysql_user() -> pwd.struct_passwd:
-    if os.geteuid() != 0:
-        need_service("root", "running servers as another OS user needs root")
-    try:
-        return pwd.getpwnam("mysql")
-    except KeyError:
-        need_service("the mysql OS user", "MariaDB's server package makes it")
-        raise
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory whose every parent lets others pass (computes and restore servers can
-    run as the mysql user under it)."""
-    top = Path(tempfile.mkdtemp(prefix="selkie-replay-", dir="/tmp"))
-    top.chmod(0o711)
-    try:
-        yield top
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def status_of(pid: int) -> dict[str, str]:
@@ -58,15 +33,15 @@ def status_of(pid: int) -> dict[str, str]:
 
 
 async def test_restore_server_is_unprivileged_and_holds_no_secrets(
-    open_dir: Path, template_datadir: Path, monkeypatch: pytest.MonkeyPatch
+    passable_dir: Path, template_datadir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_mariadb()
     mysql = mysql_user()
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("SELKIE_STORE_URL", "postgresql://selkie:pw@db/selkie")
-    datadir = open_dir / "data" / "staging"
+    datadir = passable_dir / "data" / "staging"
     shutil.copytree(template_datadir, datadir, symlinks=True)
-    identity = choose(open_dir / "data", "mysql")
+    identity = choose(passable_dir / "data", "mysql")
     assert identity is not None
     async with replay_server(datadir, Tools(identity=identity)) as server:
         assert int(status_of(server.pid)["Uid"].split()[0]) == mysql.pw_uid
@@ -79,7 +54,7 @@ async def test_restore_server_is_unprivileged_and_holds_no_secrets(
         # No listener; a server id of its own (a replica skips its own id's events).
         assert skip_networking == 1 and server_id != 1
         assert file_priv and Path(file_priv).is_dir() and not any(Path(file_priv).iterdir())
-        assert not str(file_priv).startswith(str(open_dir))
+        assert not str(file_priv).startswith(str(passable_dir))
         # What is outside that directory is out of reach for the server's own file access.
         with pytest.raises(Exception, match="secure-file-priv"):
             await server.sql("SELECT LOAD_FILE('/etc/hostname') INTO OUTFILE '/tmp/x'")
@@ -124,14 +99,14 @@ def payloads(marker: str, outfile: Path) -> list[str]:
 
 
 async def test_tenant_comments_are_not_statements_after_a_restore(
-    open_dir: Path, template_datadir: Path
+    passable_dir: Path, template_datadir: Path
 ) -> None:
     require_mariadb()
     mysql_user()
     marker = secrets.token_hex(4)
     outfile = Path(tempfile.gettempdir()) / f"selkie-pwned-{marker}"
     async with open_platform(
-        open_dir, template_datadir, archive_url=f"file://{open_dir / 'archive'}"
+        passable_dir, template_datadir, archive_url=f"file://{passable_dir / 'archive'}"
     ) as platform:
         who = local_principal(platform.control)
         created = await started_project(
