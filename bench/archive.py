@@ -33,7 +33,9 @@ from _common import Bench, bench_platform, pct, run, sysbench
 
 from selkie.archive.layout import TimelineRef, project_prefix
 from selkie.control.bootstrap import local_principal
+from selkie.control.history import History
 from selkie.platform import Platform
+from selkie.safekeeper.service import Safekeeper
 from selkie.storage.images import Manifest, list_images, read_manifest
 
 ROW_BYTES = 1000
@@ -42,6 +44,12 @@ ROWS_PER_TXN = 1000  # ~1 MB transactions
 
 async def sql(platform: Platform, endpoint_id: str, *statements: str) -> list[Any]:
     return await platform.driver.execute(endpoint_id, list(statements))
+
+
+def in_process(history: History) -> Safekeeper:
+    """The embedded safekeeper (the benchmark reads its archive delays)."""
+    assert isinstance(history.safekeeper, Safekeeper)
+    return history.safekeeper
 
 
 async def archive_bytes(platform: Platform, project_id: str) -> int:
@@ -113,7 +121,7 @@ async def write_cost(seconds: int, rounds: int, threads: int, cu: float) -> None
                             b.endpoint_id, b.created.branch.id, b.created.project, info
                         )
                         await caught_up(b)  # the log written meanwhile, before measuring
-                    hist.safekeeper.archive_delays.clear()
+                    in_process(hist).archive_delays.clear()
                 qps, p95, err = await sysbench(
                     "oltp_write_only",
                     port=ports["async" if name == "binlog only" else name],
@@ -128,7 +136,7 @@ async def write_cost(seconds: int, rounds: int, threads: int, cu: float) -> None
                 results[name].append((qps, p95))
                 if name == "async" and hist is not None:
                     await asyncio.sleep(1.0)  # what is in flight lands
-                    delays.extend(hist.safekeeper.archive_delays)
+                    delays.extend(in_process(hist).archive_delays)
     print(
         f"\n1. oltp_write_only, {threads} threads, {seconds}s x {rounds} interleaved rounds, "
         f"{cu} CU endpoint, straight to the compute"

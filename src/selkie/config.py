@@ -225,6 +225,11 @@ class Settings:
     # Where the safekeeper serves timelines' binlogs to replicas (docs/storage.md, The
     # binlog server): unix:/path, host:port, or "off". Empty: a unix socket in the data dir.
     safekeeper_listen: str = ""
+    # The control plane: the URL of a safekeeper running as its own process (`selkie
+    # safekeeper`, asked with the internal token); empty: the safekeeper runs in process.
+    safekeeper_url: str = ""
+    # `selkie safekeeper`: where its internal HTTP API listens (a private address).
+    safekeeper_api_listen: str = "127.0.0.1:8083"
     # A running compute gets a new base image after this many seconds, or after this many
     # bytes of log, whichever comes first (suspends always make one).
     base_image_interval: float = 6 * 3600.0
@@ -400,6 +405,9 @@ def load_settings(
     split_listen(settings.proxy_listen)
     if settings.internal_listen:
         split_listen(settings.internal_listen)
+    split_listen(settings.safekeeper_api_listen)
+    if settings.safekeeper_url and not settings.internal_token:
+        raise ConfigError("safekeeper_url needs internal_token (the safekeeper's API asks it)")
     if settings.default_plan not in settings.plans:
         raise ConfigError(
             f"default_plan {settings.default_plan!r} is not one of the plans: "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from selkie.archive import open_archive
+from selkie.archive import Archive, open_archive
 from selkie.compute.base import ComputeDriver
 from selkie.compute.cgroups import Cgroups
 from selkie.compute.local import LocalDriver
@@ -46,6 +46,9 @@ from selkie.model import Durability
 from selkie.proxy.server import ProxyConfig, ProxyServer
 from selkie.proxy.tls import server_context
 from selkie.safekeeper.accounts import ReplicationKey
+from selkie.safekeeper.api import SafekeeperApi
+from selkie.safekeeper.dump import HistorySource
+from selkie.safekeeper.remote import RemoteSafekeeper
 from selkie.safekeeper.service import Safekeeper
 from selkie.storage.base import StorageDriver, Storages
 from selkie.storage.local import LocalStorage
@@ -58,14 +61,9 @@ from selkie.store.tables import BranchRow
 log = logging.getLogger(__name__)
 
 
-def _history(
-    settings: Settings, store: Store, driver: ComputeDriver, storage: StorageDriver
-) -> History | None:
-    """Durable storage of local branches: the archive, the safekeeper, and the history
-    service over them (None with the archive off, or computes in Kubernetes)."""
-    if not settings.archive_enabled or not isinstance(storage, LocalStorage):
-        return None
-    archive = open_archive(
+def open_settings_archive(settings: Settings) -> Archive:
+    """The archive the settings name."""
+    return open_archive(
         settings.effective_archive_url,
         endpoint=settings.s3_endpoint,
         region=settings.s3_region,
@@ -73,16 +71,35 @@ def _history(
         secret_access_key=settings.s3_secret_access_key,
         session_token=settings.s3_session_token,
     )
+
+
+def _history(
+    settings: Settings, store: Store, driver: ComputeDriver, storage: StorageDriver
+) -> History | None:
+    """Durable storage of local branches: the archive, the safekeeper, and the history
+    service over them (None with the archive off, or computes in Kubernetes)."""
+    if not settings.archive_enabled or not isinstance(storage, LocalStorage):
+        return None
+    archive = open_settings_archive(settings)
     user = getpass.getuser()
+    safekeeper: SafekeeperApi
+    source: HistorySource | None = None
+    if settings.safekeeper_url:
+        # `selkie safekeeper` elsewhere: it follows the computes and serves the binlogs.
+        safekeeper = RemoteSafekeeper(settings.safekeeper_url, settings.internal_token)
+    else:
+        local = Safekeeper(
+            root=settings.effective_safekeeper_dir,
+            archive=archive,
+            note_statements=driver.note_admin_statements,
+        )
+        safekeeper, source = local, HistorySource(archive=archive, safekeeper=local)
     return History(
         store=store,
         settings=settings,
         archive=archive,
-        safekeeper=Safekeeper(
-            root=settings.effective_safekeeper_dir,
-            archive=archive,
-            note_statements=driver.note_admin_statements,
-        ),
+        safekeeper=safekeeper,
+        binlog_source=source,
         storage=storage,
         driver=driver,
         # Restore servers run as computes do: unprivileged where Selkie is root.

@@ -1,5 +1,6 @@
 """The processes: `selkie up` (the whole platform and its HTTP API on one event loop),
-`selkie api` (an API replica) and `selkie proxy` (a proxy replica)."""
+`selkie api` (an API replica), `selkie proxy` (a proxy replica) and `selkie safekeeper`
+(the safekeeper and its binlog server)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ import uvicorn
 
 from selkie.api.app import create_app, create_internal_app
 from selkie.api.console import ConsoleSettings
+from selkie.api.safekeeper import create_safekeeper_app
 from selkie.config import Settings, split_listen
+from selkie.control.binlogs import default_listen
 from selkie.control.bootstrap import FirstStart, first_start
-from selkie.platform import Platform, make_proxy
+from selkie.errors import ConfigError
+from selkie.platform import Platform, make_proxy, open_settings_archive
 from selkie.remote import HttpControlPlane
+from selkie.safekeeper.accounts import ReplicationKey
+from selkie.safekeeper.standalone import SafekeeperProcess
 
 log = logging.getLogger(__name__)
 
@@ -220,3 +226,48 @@ async def serve_proxy(settings: Settings) -> None:
             await platform.stop()
     finally:
         platform.close()
+
+
+async def serve_safekeeper(
+    settings: Settings, *, on_ready: Callable[[], None] | None = None
+) -> None:
+    """`selkie safekeeper`: the safekeeper (its dir, the archive), its binlog server on
+    ``safekeeper_listen`` and its internal API on ``safekeeper_api_listen``, until stopped;
+    then it ships what it can and exits."""
+    if not settings.internal_token:
+        raise ConfigError("selkie safekeeper needs SELKIE_INTERNAL_TOKEN (its API asks it)")
+    if not settings.archive_enabled:
+        raise ConfigError("selkie safekeeper needs an archive (SELKIE_ARCHIVE_URL is off)")
+    process = SafekeeperProcess(
+        root=settings.effective_safekeeper_dir,
+        archive=open_settings_archive(settings),
+        key=await asyncio.to_thread(
+            ReplicationKey.load, settings.safekeeper_key, settings.data_dir
+        ),
+        listen=settings.safekeeper_listen or default_listen(settings.data_dir),
+    )
+    await process.start()
+    try:
+        host, port = split_listen(settings.safekeeper_api_listen)
+        server = _Server(
+            uvicorn.Config(
+                create_safekeeper_app(process.safekeeper, process.key, settings.internal_token),
+                host=host,
+                port=port,
+                log_level=settings.log_level,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+
+        def stop() -> None:
+            server.should_exit = True
+
+        stop_on_signals(stop)
+        if on_ready is not None:
+            on_ready()
+        await server.serve()
+        if not server.started:
+            raise SystemExit(f"selkie: could not listen on {settings.safekeeper_api_listen}")
+    finally:
+        await process.stop()

@@ -108,7 +108,7 @@ async def test_the_platform_serves_a_timeline_while_its_primary_is_suspended(
     ) as platform:
         assert platform.history is not None
         binlogs = platform.history.binlogs
-        assert binlogs.server.port is not None
+        assert binlogs.server is not None and binlogs.server.port is not None
         who = local_principal(platform.control)
         created = await started_project(
             platform,

@@ -23,6 +23,7 @@ app = typer.Typer(
 app.command()(server.up)
 app.command()(server.api)
 app.command()(server.proxy)
+app.command()(server.safekeeper)
 app.add_typer(server.keys_app, name="api-keys")
 app.add_typer(projects.app, name="projects")
 app.add_typer(branches.app, name="branches")

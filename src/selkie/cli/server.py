@@ -1,5 +1,5 @@
-"""`selkie up|api|proxy` run the platform's processes; `selkie api-keys create` works on the
-local state store, without a server."""
+"""`selkie up|api|proxy|safekeeper` run the platform's processes; `selkie api-keys create`
+works on the local state store, without a server."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def _run_server(s: Settings, main: Coroutine[Any, Any, None]) -> None:
         level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Not every request between processes (the safekeeper's, the proxy replicas').
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     with failures(), suppress(KeyboardInterrupt):
         eventloop.run(main, s.event_loop)
 
@@ -61,6 +63,21 @@ def proxy(config: ConfigOpt = None) -> None:
 
     s = settings(config)
     _run_server(s, serve_proxy(s))
+
+
+def safekeeper(config: ConfigOpt = None) -> None:
+    """Run the safekeeper as a process of its own: it follows the computes the control
+    plane (SELKIE_SAFEKEEPER_URL) asks it to, archives their log and serves timelines'
+    binlogs on SELKIE_SAFEKEEPER_LISTEN. Its API (SELKIE_SAFEKEEPER_API_LISTEN) needs
+    SELKIE_INTERNAL_TOKEN. Ctrl-C stops."""
+    from selkie.serve import serve_safekeeper
+
+    s = settings(config)
+
+    def ready() -> None:
+        print(f"Selkie safekeeper API on {s.safekeeper_api_listen}", flush=True)
+
+    _run_server(s, serve_safekeeper(s, on_ready=ready))
 
 
 @keys_app.command("create")

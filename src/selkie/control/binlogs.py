@@ -4,7 +4,9 @@ Every timeline has a replication account on it, named by the timeline's id, that
 timeline's history and no other (:mod:`selkie.safekeeper.server`); its password derives
 from the safekeeper's key (:mod:`selkie.safekeeper.accounts`), so nothing is stored.
 Embedded (``selkie up``) it listens on a unix socket in the data dir; ``safekeeper_listen``
-puts it on TCP (``host:port``) or turns it off.
+puts it on TCP (``host:port``) or turns it off. With the safekeeper in a process of its own
+(``safekeeper_url``) that process serves the binlogs (:mod:`selkie.safekeeper.standalone`)
+and there is no server here: only the accounts' credentials.
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ import hashlib
 import logging
 from pathlib import Path
 
-from selkie.archive import Archive
 from selkie.archive.layout import TimelineRef
 from selkie.safekeeper.accounts import Credentials, ReplicationKey
 from selkie.safekeeper.dump import HistorySource
 from selkie.safekeeper.server import Account, BinlogServer
-from selkie.safekeeper.service import Safekeeper
 from selkie.store import Store
 from selkie.store.tables import TimelineRow
 
@@ -43,31 +43,33 @@ class Binlogs:
         self,
         *,
         store: Store,
-        archive: Archive,
-        safekeeper: Safekeeper,
         key: ReplicationKey,
         listen: str,
+        source: HistorySource | None,
     ) -> None:
+        """``source``: where dumps read timelines (this process's safekeeper); None: the
+        safekeeper runs elsewhere and serves them itself."""
         self.store = store
         self.key = key
-        self.listen = listen
-        self.server = BinlogServer(
-            source=HistorySource(archive=archive, safekeeper=safekeeper), accounts=self._account
+        self.listen = listen if source is not None else "off"
+        self.server = (
+            BinlogServer(source=source, accounts=self._account) if source is not None else None
         )
 
     @property
     def address(self) -> str | None:
         """Where it listens (``unix:/path`` or ``host:port``), once started."""
-        return self.server.address
+        return self.server.address if self.server is not None else None
 
     async def start(self) -> None:
-        if self.listen == "off":
+        if self.server is None or self.listen == "off":
             return
         await self.server.start(self.listen)
         log.info("the safekeeper serves timelines' binlogs on %s", self.server.address)
 
     async def stop(self) -> None:
-        await self.server.stop()
+        if self.server is not None:
+            await self.server.stop()
 
     def credentials(self, timeline_id: str) -> Credentials:
         """The replication account that reads the timeline."""

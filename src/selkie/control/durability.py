@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from selkie.compute.base import ComputeDriver
 from selkie.errors import ComputeError, SelkieError
-from selkie.safekeeper.service import TimelineStatus
+from selkie.safekeeper.api import TimelineStatus
 
 log = logging.getLogger(__name__)
 

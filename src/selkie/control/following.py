@@ -23,8 +23,8 @@ from selkie.config import Settings
 from selkie.control.durability import Durable, SyncCommit, SyncCommits, durable
 from selkie.errors import SelkieError
 from selkie.safekeeper.accounts import ReplicationKey, compute_account_statements
+from selkie.safekeeper.api import SafekeeperApi
 from selkie.safekeeper.client import follow_address
-from selkie.safekeeper.service import Safekeeper
 from selkie.store.tables import TimelineRow
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Following:
         self,
         *,
         settings: Settings,
-        safekeeper: Safekeeper,
+        safekeeper: SafekeeperApi,
         driver: ComputeDriver,
         key: ReplicationKey,
         timeline_of: Callable[[str], Awaitable[TimelineRow | None]],
@@ -83,7 +83,11 @@ class Following:
         following = None
         if endpoint_id in self.endpoints:
             following = next(
-                (s.semi_sync for s in self.safekeeper.status() if s.endpoint_id == endpoint_id),
+                (
+                    s.semi_sync
+                    for s in await self.safekeeper.timelines()
+                    if s.endpoint_id == endpoint_id
+                ),
                 None,
             )
         self.endpoints[endpoint_id] = branch_id
@@ -121,7 +125,12 @@ class Following:
     async def detach(self, endpoint_id: str) -> None:
         self.endpoints.pop(endpoint_id, None)
         self.sync.forget(endpoint_id)
-        await self.safekeeper.detach(endpoint_id)
+        try:
+            await self.safekeeper.detach(endpoint_id)
+        except SelkieError as exc:
+            # A remote safekeeper not answering: the compute's stop goes on (what the
+            # stream did not deliver stays in its binary log, streamed at its next start).
+            log.warning("the safekeeper did not let go of %s: %s", endpoint_id, exc.message)
 
     async def before_stop(self, endpoint_id: str, *, timeout: float = CATCH_UP_TIMEOUT) -> None:
         """A running compute is about to stop cleanly: it takes no more commits, and the
@@ -137,7 +146,12 @@ class Following:
         except (SelkieError, ValueError) as exc:
             log.warning("before stopping %s: cannot read its position: %s", endpoint_id, exc)
             return
-        if not await self.safekeeper.catch_up(endpoint_id, domain_seq(pos), timeout):
+        try:
+            caught_up = await self.safekeeper.catch_up(endpoint_id, domain_seq(pos), timeout)
+        except SelkieError as exc:
+            log.warning("before stopping %s: the safekeeper: %s", endpoint_id, exc.message)
+            caught_up = False
+        if not caught_up:
             log.warning(
                 "the safekeeper did not receive %s's log up to %s in %.0f s before its stop",
                 endpoint_id,
@@ -153,7 +167,7 @@ class Following:
     async def purge_binlogs(self) -> None:
         """Remove from each running compute the binary log files the archive holds whole,
         so a long-running compute's datadir does not grow by its log."""
-        for st in self.safekeeper.status():
+        for st in await self.safekeeper.timelines():
             if st.endpoint_id is None or not st.streaming or st.shipped_seq == 0:
                 continue
             try:
@@ -184,4 +198,4 @@ class Following:
         sync: SyncCommit | None = None
         if endpoint_id in self.endpoints:
             sync = await self.sync.observe(endpoint_id)
-        return durable(endpoint_id, durability.value, self.safekeeper.status(), sync)
+        return durable(endpoint_id, durability.value, await self.safekeeper.timelines(), sync)

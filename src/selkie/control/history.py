@@ -47,7 +47,8 @@ from selkie.control.retention import Retention
 from selkie.errors import ComputeError, SelkieError
 from selkie.model import utcnow
 from selkie.safekeeper.accounts import ReplicationKey
-from selkie.safekeeper.service import Safekeeper
+from selkie.safekeeper.api import SafekeeperApi
+from selkie.safekeeper.dump import HistorySource
 from selkie.storage.deltas import store_image
 from selkie.storage.images import (
     HOT,
@@ -88,13 +89,17 @@ class History:
         store: Store,
         settings: Settings,
         archive: Archive,
-        safekeeper: Safekeeper,
+        safekeeper: SafekeeperApi,
         storage: LocalStorage,
         driver: ComputeDriver,
         tools: Tools,
         key: ReplicationKey,
+        binlog_source: HistorySource | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``binlog_source``: where this process's binlog server reads timelines (the
+        in-process safekeeper's); None where the safekeeper is a process of its own,
+        which serves them."""
         self.store = store
         self.settings = settings
         self.archive = archive
@@ -114,10 +119,9 @@ class History:
         self._branch_locks: dict[str, asyncio.Lock] = {}
         self.binlogs = Binlogs(
             store=store,
-            archive=archive,
-            safekeeper=safekeeper,
             key=key,
             listen=settings.safekeeper_listen or default_listen(settings.data_dir),
+            source=binlog_source,
         )
         self.following = Following(
             settings=settings,
@@ -267,8 +271,7 @@ class History:
             cache=cache,
         )
         self._last_image[branch_id] = (ref.timeline_id, seq)
-        tl = self.safekeeper.logs.get(ref.timeline_id)
-        self._image_mark[branch_id] = (time.monotonic(), tl.appended_bytes if tl else 0)
+        self._image_mark[branch_id] = (time.monotonic(), await self._appended(ref))
         self.metrics.base_images += 1
         self.metrics.base_image_bytes += manifest.size
         log.info(
@@ -446,7 +449,7 @@ class History:
                 log.exception("history: periodic step failed; going on")
 
     async def _note_positions(self) -> None:
-        for st in self.safekeeper.status():
+        for st in await self.safekeeper.timelines():
             await self._db(self._note_position, st.timeline_id, st.last_seq)
 
     async def _hot_images(self) -> None:
@@ -455,15 +458,13 @@ class History:
         blocks commits only for a moment)."""
         for endpoint_id, branch_id in list(self.following.endpoints.items()):
             row = await self._db(self.current_timeline, branch_id)
-            tl = self.safekeeper.logs.get(row.id) if row else None
-            if row is None or tl is None:
+            if row is None:
                 continue
-            at, logged = self._image_mark.setdefault(
-                branch_id, (time.monotonic(), tl.appended_bytes)
-            )
+            appended = await self._appended(TimelineRef(row.project_id, row.id))
+            at, logged = self._image_mark.setdefault(branch_id, (time.monotonic(), appended))
             due = (
                 time.monotonic() - at >= self.settings.base_image_interval
-                or tl.appended_bytes - logged >= self.settings.base_image_log_bytes
+                or appended - logged >= self.settings.base_image_log_bytes
             )
             if due and time.monotonic() >= self._image_retry_at.get(branch_id, 0.0):
                 try:
@@ -474,6 +475,15 @@ class History:
                     # A compute stopping meanwhile, say: try again in a while.
                     self._image_retry_at[branch_id] = time.monotonic() + HOT_IMAGE_RETRY
                     log.warning("hot base image of %s failed: %s", branch_id, exc.message)
+
+    async def _appended(self, ref: TimelineRef) -> int:
+        """Log bytes the safekeeper appended to the timeline since it opened it (0 when it
+        cannot say: a remote safekeeper not answering)."""
+        try:
+            return await self.safekeeper.appended_bytes(ref)
+        except SelkieError as exc:
+            log.warning("timeline %s: %s", ref.timeline_id, exc.message)
+            return 0
 
     async def hot_image(self, endpoint_id: str, branch_id: str, ref: TimelineRef) -> int:
         """A base image of a running compute; returns its position."""

@@ -41,6 +41,7 @@ from selkie.archive.segments import Record
 from selkie.errors import SelkieError
 from selkie.mysql.wire import ProtocolError
 from selkie.safekeeper.accounts import Credentials
+from selkie.safekeeper.api import TimelineStatus
 from selkie.safekeeper.client import Address, ReplicaConnection, ReplicationError
 from selkie.safekeeper.log import LogGap, TimelineLog
 from selkie.tasks import cancel, spawn
@@ -69,20 +70,6 @@ class _Follow:
     connected: bool = False
     error: str | None = None
     stopped: bool = False
-
-
-@dataclass(frozen=True)
-class TimelineStatus:
-    project_id: str
-    timeline_id: str
-    endpoint_id: str | None
-    last_seq: int
-    shipped_seq: int
-    lag_seconds: float
-    lag_bytes: int
-    streaming: bool
-    semi_sync: bool
-    error: str | None
 
 
 def now_us() -> int:
@@ -336,11 +323,15 @@ class Safekeeper:
                 return False
         return True
 
-    async def drain(self, ref: TimelineRef, datadir: Path) -> int:
+    async def drain(self, ref: TimelineRef, datadir: Path | None) -> int:
         """Take from a stopped compute's binary log files every transaction the stream had
         not delivered, make them durable and close the open segment. Returns the last
-        sequence number of the timeline now durable here."""
+        sequence number of the timeline now durable here. Without ``datadir`` (the
+        compute's files are on another host) it only makes durable and closes."""
         tl = await self.timeline(ref)
+        if datadir is None:
+            tl.binlog_end = None
+            return await tl.flush(close=True)
         after = tl.next_seq - 1
         fde, txns = await asyncio.to_thread(_read_binlog_files, datadir, after, tl.binlog_end)
         tl.binlog_end = None
@@ -456,6 +447,23 @@ class Safekeeper:
         return True
 
     # --- observation -----------------------------------------------------------------------
+
+    async def appended_bytes(self, ref: TimelineRef) -> int:
+        tl = self.logs.get(ref.timeline_id)
+        return tl.appended_bytes if tl is not None else 0
+
+    async def timelines(self) -> list[TimelineStatus]:
+        return self.status()
+
+    async def find_timeline(self, timeline_id: str) -> TimelineRef | None:
+        """The timeline of that id this safekeeper holds or held a log of (its project
+        too), or None."""
+        tl = self.logs.get(timeline_id)
+        if tl is not None:
+            return tl.ref
+        if not timeline_id or "/" in timeline_id or timeline_id.startswith("."):
+            return None
+        return await asyncio.to_thread(TimelineLog.read_meta, self.root / timeline_id)
 
     def status(self) -> list[TimelineStatus]:
         by_timeline = {f.ref.timeline_id: f for f in self._follows.values()}

@@ -20,16 +20,24 @@ from selkie.errors import NotFound, Unauthorized
 router = APIRouter(prefix="/internal/v1", tags=["internal"], include_in_schema=False)
 
 
-def _control_plane(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> ControlPlane:
+def check_internal_token(request: Request, authorization: str | None) -> None:
+    """The request carries the app's internal token as a bearer token (NotFound when the
+    app has none: its internal routes are off; Unauthorized otherwise)."""
     token: str = getattr(request.app.state, "internal_token", "")
-    control: ControlPlane | None = getattr(request.app.state, "control_plane", None)
-    if not token or control is None:
+    if not token:
         raise NotFound("not found")
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
         raise Unauthorized("internal routes need the internal token")
+
+
+def _control_plane(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> ControlPlane:
+    control: ControlPlane | None = getattr(request.app.state, "control_plane", None)
+    if control is None:
+        raise NotFound("not found")
+    check_internal_token(request, authorization)
     return control
 
 
