@@ -266,3 +266,29 @@ def test_a_safekeeper_process_keeps_and_serves_a_sync_project(tmp_path: Path) ->
             missing = [i for i in acked if i not in present]
             assert missing == [], f"{len(missing)} acknowledged rows lost"
             assert set(range(1, 21)) <= present
+
+
+async def test_unknown_account_names_cost_one_archive_listing(tmp_path: Path) -> None:
+    """A name is looked up before its password is checked: guessing names must not make
+    the process list the archive for each guess."""
+    from selkie.safekeeper.standalone import SafekeeperProcess
+
+    class Counting(LocalArchive):
+        listings = 0
+
+        async def list(self, prefix: str):  # type: ignore[no-untyped-def]
+            Counting.listings += 1
+            return await super().list(prefix)
+
+    archive = Counting(tmp_path / "archive")
+    await archive.put("projects/p-one/timelines/tl-known/wal/x", b"x")
+    process = SafekeeperProcess(
+        root=tmp_path / "sk", archive=archive, key=ReplicationKey(b"k" * 32), listen="off"
+    )
+    for i in range(50):
+        assert await process.account(f"tl-guess-{i}") is None
+    assert Counting.listings == 1
+    # A timeline the one listing found is served from it, without another.
+    account = await process.account("tl-known")
+    assert account is not None and account.ref.project_id == "p-one"
+    assert Counting.listings == 1

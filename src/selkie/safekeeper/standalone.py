@@ -8,8 +8,10 @@ from the shared key, as in `selkie up` (:mod:`selkie.control.binlogs`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import time
 from pathlib import Path
 
 from selkie.archive import Archive
@@ -23,6 +25,8 @@ from selkie.safekeeper.service import Safekeeper
 log = logging.getLogger(__name__)
 
 _TIMELINE_ID_MAX = 64
+# The least time between two listings of the archive for an unknown account name.
+SCAN_EVERY = 30.0
 
 
 class SafekeeperProcess:
@@ -37,6 +41,8 @@ class SafekeeperProcess:
         )
         # Timelines found in the archive (a timeline never moves to another project).
         self._found: dict[str, TimelineRef] = {}
+        self._scan_lock = asyncio.Lock()
+        self._scanned = float("-inf")
 
     async def start(self) -> None:
         await self.safekeeper.start()
@@ -63,16 +69,20 @@ class SafekeeperProcess:
         ref = await self.safekeeper.find_timeline(timeline_id) or self._found.get(timeline_id)
         if ref is not None:
             return ref
-        try:
-            objects = await self.archive.list("projects/")
-        except SelkieError as exc:
-            log.warning("cannot look for timeline %s in the archive: %s", timeline_id, exc)
-            return None
-        marker = f"/timelines/{timeline_id}/"
-        for obj in objects:
-            head, found, _ = obj.key.partition(marker)
-            if found and head.startswith("projects/") and head.count("/") == 1:
-                ref = TimelineRef(head.removeprefix("projects/"), timeline_id)
-                self._found[timeline_id] = ref
-                return ref
-        return None
+        # Looked up before the password is checked: an unknown name costs a listing of the
+        # archive at most once every SCAN_EVERY seconds, whoever asks and however often.
+        async with self._scan_lock:
+            if timeline_id in self._found or time.monotonic() - self._scanned < SCAN_EVERY:
+                return self._found.get(timeline_id)
+            self._scanned = time.monotonic()
+            try:
+                objects = await self.archive.list("projects/")
+            except SelkieError as exc:
+                log.warning("cannot look for timeline %s in the archive: %s", timeline_id, exc)
+                return None
+            for obj in objects:
+                parts = obj.key.split("/")
+                # projects/<project>/timelines/<timeline>/…
+                if len(parts) > 4 and parts[0] == "projects" and parts[2] == "timelines":
+                    self._found.setdefault(parts[3], TimelineRef(parts[1], parts[3]))
+        return self._found.get(timeline_id)
