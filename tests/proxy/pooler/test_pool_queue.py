@@ -145,3 +145,20 @@ async def test_a_dead_backend_handed_over_is_replaced_by_its_taker() -> None:
     assert not third.done()
     await pool.release(fresh)
     assert await third is fresh
+
+
+async def test_a_backend_released_mid_answer_is_closed_not_handed_over() -> None:
+    """Its client left before the response's end: the rest may still come, so neither a
+    waiter nor the idle list may get it; the waiter gets a new one in its slot."""
+    pool = EndpointPool("ep", cap=1, wait_timeout=5)
+    made: list[Backend] = []
+    first = await pool.acquire(K1, connector(K1, made))
+    waiter = asyncio.create_task(pool.acquire(K1, connector(K1, made)))
+    await settle()
+    first.answering = True
+    await pool.release(first)
+    second = await waiter
+    assert first.writer.is_closing() and second is not first and len(made) == 2
+    assert pool.total == 1 and pool.in_use == 1
+    await pool.release(second)
+    assert pool.metrics()["backends_idle"] == 1 and pool.in_use == 0

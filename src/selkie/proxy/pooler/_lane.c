@@ -495,7 +495,7 @@ static PyObject *Lane_unpark(Lane *l, PyObject *arg) {
     }
     Session *s = (Session *)arg;
     if (s->in_lane && s->lane == l) {
-        session_hand_back(l, s, WAKE_CLOSED, s->conn && s->conn->busy);
+        session_hand_back(l, s, WAKE_CLOSED, 0);
         if (!l->polling) run_calls(l);
     }
     Py_RETURN_NONE;

@@ -97,6 +97,8 @@ static int session_run(Lane *l, Session *s);
  * longest-waiting parked session of its kind, then idle. */
 void conn_free(Lane *l, Conn *c, int from_python) {
     KeyLane *k = key_lane(l, c->key);
+    /* A response not read to its end may still be coming: not for anyone else. */
+    if (c->busy) c->dead = 1;
     c->session = NULL;
     c->busy = 0;
     if (c->dead) {
@@ -183,7 +185,9 @@ static int flush_conn(Conn *c) {
 
 /* The session leaves the lane: Python is called back (at the end of poll) with the client
  * bytes read and not yet run, the bytes for the client not yet sent, the bound backend (now
- * Python's) and what the last command left. */
+ * Python's) and what the last command left. The backend is broken (Python closes it) when
+ * the caller says so or when its response was not read to its end: the rest of it may
+ * still come, and must never reach another command. */
 void session_hand_back(Lane *l, Session *s, int reason, int broken) {
     if (s->registered) unwatch(l, s->fd);
     s->registered = 0;
@@ -203,6 +207,7 @@ void session_hand_back(Lane *l, Session *s, int reason, int broken) {
     s->conn = NULL;
     PyObject *backend = Py_None;
     if (c) {
+        broken = broken || c->busy;
         s->last = c;
         flush_conn(c);
         conn_leave(l, c);
@@ -368,7 +373,7 @@ static int session_run(Lane *l, Session *s) {
 void session_step(Lane *l, Session *s) {
     if (!s->in_lane) return;
     if (flush_client(s) < 0) {
-        session_hand_back(l, s, WAKE_CLOSED, s->conn && s->conn->busy);
+        session_hand_back(l, s, WAKE_CLOSED, 0);
         return;
     }
     /* A backend's answer held back for a slow client moves again. */
@@ -378,12 +383,12 @@ void session_step(Lane *l, Session *s) {
     }
     while (s->readable) {
         if (buf_reserve(&s->in, CHUNK) < 0) {
-            session_hand_back(l, s, WAKE_CLOSED, s->conn && s->conn->busy);
+            session_hand_back(l, s, WAKE_CLOSED, 0);
             return;
         }
         ssize_t r = recv(s->fd, s->in.data + s->in.len, CHUNK, 0);
         if (r == 0 || (r < 0 && !again())) {
-            session_hand_back(l, s, WAKE_CLOSED, s->conn && s->conn->busy);
+            session_hand_back(l, s, WAKE_CLOSED, 0);
             return;
         }
         if (r < 0) {

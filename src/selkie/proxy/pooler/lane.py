@@ -156,7 +156,7 @@ class Lane:
                 return None
             b.lane_conn = _lane.Conn(b, fd)
         transport = b.writer.transport
-        if buffered(b.reader) or transport.get_write_buffer_size() or not b.alive():
+        if buffered(b.reader) or transport.get_write_buffer_size() or not b.reusable():
             return None
         return b.lane_conn
 

@@ -50,7 +50,7 @@ class Parking(CommandRunner):
             and not self.pins
             and not self._long_data
             and not self.timed_out
-            and (b is None or b.alive())
+            and (b is None or b.reusable())
             and not self.client.writer.transport.get_write_buffer_size()
             and not buffered(reader)
             and not reader.at_eof()
@@ -136,8 +136,11 @@ class Parking(CommandRunner):
             backend.writer.transport.resume_reading()  # type: ignore[attr-defined]
             self.pool.held += 1
             self.backend = self._last = backend
+            # Mid-answer (the client or the compute went away while the lane relayed it):
+            # the rest may still come, so nobody can use it; the release closes it.
+            backend.answering = bool(broken)
             if broken:
-                backend.close()  # mid-answer: nobody can use it (noticed at the next command)
+                backend.close()
         self.status = status
         return woken
 

@@ -83,11 +83,20 @@ class Backend:
     # The last owner ran something that may change session state the proxy does not track
     # (a stored procedure): the next client gets the backend reset.
     dirty: bool = False
+    # A command was sent and its response not read to its end (its client left, or the
+    # reading failed or was cancelled mid-way): the compute may still be sending it, so
+    # the connection is closed on release, never lent out.
+    answering: bool = False
     # The fast lane's handle on its socket, once it has been there.
     lane_conn: Any = field(default=None, repr=False)
 
     def alive(self) -> bool:
         return not (self.reader.at_eof() or self.writer.is_closing())
+
+    def reusable(self) -> bool:
+        """Whether another command (another client's) may be sent here: open, and the
+        last response read to its end."""
+        return not self.answering and self.alive()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -247,7 +256,7 @@ class EndpointPool:
                 break
             handed = await self._wait(key, deadline)
             if handed is not None:
-                if handed.alive():
+                if handed.reusable():
                     return handed
                 # It died while idle or on its way (the compute went away): its slot is
                 # this client's to fill with a new one, not a prize for whoever asks next.
@@ -270,13 +279,13 @@ class EndpointPool:
                     self.held += 1
                     return backend
             return None
-        if prefer is not None and prefer in idle and prefer.alive():
+        if prefer is not None and prefer in idle and prefer.reusable():
             idle.remove(prefer)
             self.held += 1
             return prefer
         while idle:
             backend = idle.pop()
-            if backend.alive():
+            if backend.reusable():
                 self.held += 1
                 return backend
             backend.close()
@@ -362,8 +371,10 @@ class EndpointPool:
                 return
 
     async def release(self, backend: Backend, *, broken: bool = False) -> None:
+        """A backend a session is done with: back to the pool, or closed when ``broken``
+        or not reusable (a response not read to its end: it would reach the next user)."""
         self.held -= 1
-        if broken or not backend.alive():
+        if broken or not backend.reusable():
             backend.close()
             self.total -= 1
             self._wake_first()

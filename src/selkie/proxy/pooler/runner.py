@@ -94,9 +94,10 @@ class CommandRunner:
 
     async def _acquire(self) -> Backend:
         if self.backend is not None:
-            if self.backend.alive():
+            if self.backend.reusable():
                 return self.backend
-            # The compute went away under an idle session (a suspend).
+            # The compute went away under an idle session (a suspend), or the last answer
+            # was not read to its end: the connection is not for another command.
             if self.pinned or self.status & IN_TRANS:
                 raise BackendLost("the compute went away while this session was pinned")
             await self.pool.release(self.backend, broken=True)
@@ -208,9 +209,19 @@ class CommandRunner:
 
     async def _internal(self, b: Backend, payload: bytes) -> Summary:
         """A command of the proxy's own; its response is read and dropped."""
-        b.stream.write(0, payload)
-        await b.writer.drain()
+        await self._send(b, payload)
         return await self._relay(b, out=None, command=payload[0])
+
+    @staticmethod
+    async def _send(b: Backend, payload: bytes) -> None:
+        """Send a command to the backend: it is answering until ``_relay`` has read the
+        whole response (the pool closes it rather than lend it out before)."""
+        b.answering = True
+        b.stream.write(0, payload)
+        try:
+            await b.writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise BackendLost(str(exc)) from exc
 
     # --- responses -------------------------------------------------------------------------
 
@@ -230,6 +241,7 @@ class CommandRunner:
             if out is not None and chunk:
                 out(chunk)
             if event is Event.DONE:
+                b.answering = False
                 return reader.summary
             if event is Event.LOCAL_INFILE:
                 if out is not None:
@@ -251,7 +263,10 @@ class CommandRunner:
         while True:
             seq, pkt = await self.client.read()
             b.stream.write(seq, pkt)
-            await b.writer.drain()
+            try:
+                await b.writer.drain()
+            except (ConnectionError, OSError) as exc:
+                raise BackendLost(str(exc)) from exc
             if not pkt:
                 return
 
@@ -263,8 +278,13 @@ class CommandRunner:
 
     def _to_client(self, chunk: bytes) -> None:
         """Bytes of a response for the client: counted (metered transfer) and sent."""
+        writer = self.client.writer
+        if writer.transport.is_closing():
+            # The client left: stop here rather than read the rest of the answer into the
+            # void (the backend, answering still, is closed on release).
+            raise ConnectionResetError("the client closed the connection")
         self.counters.bytes_to_client += len(chunk)
-        self.client.writer.write(chunk)
+        writer.write(chunk)
 
     async def _current_values(self, b: Backend, names: Iterable[str]) -> dict[str, str] | None:
         """``var = 'value'`` assignments of the session values of ``names`` on ``b`` (None
@@ -273,8 +293,7 @@ class CommandRunner:
         query = "SELECT " + ", ".join(f"@@SESSION.{n}" for n in names)
         chunks: list[bytes] = []
         try:
-            b.stream.write(0, b"\x03" + query.encode())
-            await b.writer.drain()
+            await self._send(b, b"\x03" + query.encode())
             summary = await self._relay(b, out=chunks.append, command=Command.QUERY)
             values = first_row(b"".join(chunks), len(names), self.caps)
         except (BackendLost, ConnectionError, OSError, ProtocolError):
@@ -308,8 +327,7 @@ class CommandRunner:
             payload = await self._bind_statement(b, command, payload)
             if payload == b"":
                 return Summary(status=self.status)
-        b.stream.write(0, payload)
-        await b.writer.drain()
+        await self._send(b, payload)
         summary = await self._relay(b, out=self._to_client, command=command)
         await self.client.writer.drain()
         return summary
@@ -341,8 +359,7 @@ class CommandRunner:
         recently used half of its own and it is tried once more."""
 
         async def prepare() -> tuple[Summary, list[bytes]]:
-            b.stream.write(0, bytes([Command.STMT_PREPARE]) + sql)
-            await b.writer.drain()
+            await self._send(b, bytes([Command.STMT_PREPARE]) + sql)
             buffered: list[bytes] = []
             summary = await self._relay(b, out=buffered.append, command=Command.STMT_PREPARE)
             return summary, buffered

@@ -99,12 +99,18 @@ class PooledSession(Parking):
                 except BackendLost as exc:
                     if not await self.lost(str(exc)):
                         return
+                except (ConnectionError, OSError, asyncio.IncompleteReadError):
+                    # The client left (the backend's failures are BackendLost), maybe in
+                    # the middle of its answer: the release below decides what the backend
+                    # is fit for.
+                    return
                 self._update_pin_metric()
         finally:
             self.detach_lane()
             # A client gone in the middle of a transaction or with a pinned session leaves
             # state nobody can use: close that backend (the server rolls back) rather than
-            # lend it out.
+            # lend it out. One whose answer was not read to its end is closed by the pool
+            # whatever the session's state (Backend.answering).
             dirty = self.pinned or bool(self.status & ServerStatus.IN_TRANS)
             await self._release(broken=dirty)
             if self._pinned_counted:
