@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from selkie.archive.local import LocalArchive
 from selkie.compute.identity import choose
 from selkie.control.bootstrap import local_principal
+from selkie.errors import StorageError
+from selkie.safekeeper.service import Safekeeper
 from selkie.storage.replay import Tools, replay_server
 from tests.conftest import mysql_user
 from tests.control.history.conftest import branch_at, sql, started_project, wait_received
@@ -145,3 +148,36 @@ async def test_tenant_comments_are_not_statements_after_a_restore(
         )
         assert [r[0] for r in procs] == ["p1"]
         assert not outfile.exists()
+
+
+async def test_restore_errors_name_no_host_paths(
+    passable_dir: Path, template_datadir: Path
+) -> None:
+    """A restore server that fails says why without this host's paths (tenants see it)."""
+    require_mariadb()
+    datadir = passable_dir / "staging"
+    shutil.copytree(template_datadir, datadir, symlinks=True)
+    # Aria cannot open its control file: the server names it, with its path, and stops.
+    (datadir / "aria_log_control").unlink()
+    (datadir / "aria_log_control").mkdir()
+    with pytest.raises(StorageError) as caught:
+        async with replay_server(datadir, Tools()):
+            pass
+    assert "aria control file '…/aria_log_control'" in caught.value.message, caught.value.message
+    assert str(passable_dir) not in caught.value.message
+    assert "selkie-restore-" not in caught.value.message
+
+
+async def test_archive_and_safekeeper_trees_are_private(tmp_path: Path) -> None:
+    """Every tenant's history is in them: Selkie's alone (0700 trees, 0600 objects)."""
+    archive = LocalArchive(tmp_path / "archive")
+    await archive.put("projects/p/timelines/t/wal/x.seg.zst", b"data")
+    assert (tmp_path / "archive").stat().st_mode & 0o777 == 0o700
+    obj = tmp_path / "archive" / "projects/p/timelines/t/wal/x.seg.zst"
+    assert obj.stat().st_mode & 0o777 == 0o600
+    sk = Safekeeper(root=tmp_path / "sk", archive=archive)
+    await sk.start()
+    try:
+        assert (tmp_path / "sk").stat().st_mode & 0o777 == 0o700
+    finally:
+        await sk.stop()

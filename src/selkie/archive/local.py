@@ -22,6 +22,15 @@ from selkie.errors import ArchiveError, ObjectMissing
 PART_SUFFIX = ".part"
 
 
+def private_dir(path: Path) -> None:
+    """Make ``path`` (and its parents) exist, and ``path`` Selkie's alone (0700): the
+    archive and the safekeeper's log hold every tenant's history, which the unprivileged
+    user computes run as must not read."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid == os.geteuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new file in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -35,16 +44,21 @@ class LocalArchive(Archive):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.location = f"file://{self.root}"
+        self._private = False
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
     def _put(self, key: str, data: bytes) -> None:
+        if not self._private:
+            private_dir(self.root)
+            self._private = True
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{PART_SUFFIX}")
         try:
-            with open(tmp, "wb") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -37,6 +37,7 @@ from selkie.archive.binlog import (
     file_transactions,
 )
 from selkie.archive.layout import TimelineRef
+from selkie.archive.local import private_dir
 from selkie.archive.segments import Record
 from selkie.errors import SelkieError
 from selkie.mysql.wire import ProtocolError
@@ -110,7 +111,7 @@ class Safekeeper:
     async def start(self) -> None:
         """Recover the logs a previous run left (their tails get archived) and start
         shipping."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         for path in await asyncio.to_thread(lambda: sorted(self.root.iterdir())):
             ref = TimelineLog.read_meta(path)
             if ref is not None and any(p.suffix in (".seg", ".open") for p in path.iterdir()):

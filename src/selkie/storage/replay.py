@@ -297,35 +297,52 @@ async def replay_server(datadir: Path, tools: Tools) -> AsyncIterator[ReplayServ
     tools = tools.resolve()
     run = Path(tempfile.mkdtemp(prefix="selkie-restore-"))
     try:
-        for sub in ("files", "tmp"):
-            (run / sub).mkdir()
-        cnf = run / "my.cnf"
-        cnf.write_text(_config(datadir, run, tools))
-        if tools.identity is not None:
-            await asyncio.to_thread(tools.identity.hand_over, datadir, run)
-        proc = await asyncio.create_subprocess_exec(
-            tools.mariadbd,
-            f"--defaults-file={cnf}",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-            env=server_env(),
-        )
-        server = ReplayServer(run, tools, proc)
-        try:
-            deadline = time.monotonic() + PRIVATE_START_TIMEOUT
-            while not (server.socket.exists() and await wait_for_handshake(server.socket)):
-                if proc.returncode is not None or time.monotonic() > deadline:
-                    raise StorageError(
-                        "the restore server did not start: " + _tail(run / "error.log")
-                    )
-                await asyncio.sleep(0.01)
+        async with _without_paths(run, datadir), _running(datadir, run, tools) as server:
             yield server
-        finally:
-            await _shut_down(proc, run)
     finally:
         await asyncio.to_thread(shutil.rmtree, run, True)
+
+
+@asynccontextmanager
+async def _without_paths(*paths: Path) -> AsyncIterator[None]:
+    """The restore server's errors (its error log, the client's) name this host's paths,
+    which a tenant who asked for the restore must not see: they become ``…``."""
+    try:
+        yield
+    except StorageError as exc:
+        message = exc.message
+        for path in paths:
+            message = message.replace(str(path), "…")
+        raise StorageError(message) from exc
+
+
+@asynccontextmanager
+async def _running(datadir: Path, run: Path, tools: Tools) -> AsyncIterator[ReplayServer]:
+    for sub in ("files", "tmp"):
+        (run / sub).mkdir()
+    cnf = run / "my.cnf"
+    cnf.write_text(_config(datadir, run, tools))
+    if tools.identity is not None:
+        await asyncio.to_thread(tools.identity.hand_over, datadir, run)
+    proc = await asyncio.create_subprocess_exec(
+        tools.mariadbd,
+        f"--defaults-file={cnf}",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+        env=server_env(),
+    )
+    server = ReplayServer(run, tools, proc)
+    try:
+        deadline = time.monotonic() + PRIVATE_START_TIMEOUT
+        while not (server.socket.exists() and await wait_for_handshake(server.socket)):
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise StorageError("the restore server did not start: " + _tail(run / "error.log"))
+            await asyncio.sleep(0.01)
+        yield server
+    finally:
+        await _shut_down(proc, run)
 
 
 async def _shut_down(proc: asyncio.subprocess.Process, run: Path) -> None:
