@@ -49,7 +49,9 @@ def console_settings(settings: Settings, platform: Platform) -> ConsoleSettings:
     in-process proxy's SQL-over-HTTP listener, else the configured one)."""
     front = platform.proxy.http if platform.proxy is not None else None
     sql_url = None
+    sql_ca = None
     if front is not None:
+        sql_ca = front.ssl_files[0] if front.ssl_files else None
         scheme = "https" if front.ssl_files else "http"
         host = "127.0.0.1" if front.host in ("0.0.0.0", "") else front.host  # noqa: S104
         host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
@@ -59,6 +61,7 @@ def console_settings(settings: Settings, platform: Platform) -> ConsoleSettings:
         sql_url = f"http://{host}:{port}"
     return ConsoleSettings(
         sql_url=sql_url,
+        sql_ca=sql_ca,
         proxy_host=settings.proxy_host,
         proxy_port=settings.proxy_port,
         secure_cookies=settings.effective_api_url.startswith("https://"),

@@ -29,6 +29,9 @@ R = TypeVar("R")
 class ConsoleSettings:
     # Where the SQL editor sends statements: the proxy's SQL-over-HTTP listener.
     sql_url: str | None = None
+    # How its TLS certificate is checked off loopback: the proxy's own certificate file
+    # (the in-process listener's), or the system's CAs (None).
+    sql_ca: str | None = None
     # The proxy's MySQL address as shown in connection commands.
     proxy_host: str = "127.0.0.1"
     proxy_port: int = 6033

@@ -307,7 +307,7 @@ async def sql_run(request: Request, project_id: Id) -> Response:
     view = await run_in_threadpool(views.sql_targets, console, seat.who, project_id)
     if form.get("endpoint_id") not in {e.id for e in view["endpoints"]}:
         raise Forbidden("choose one of this project's endpoints")
-    result = await run_sql(console.settings.sql_url, form)
+    result = await run_sql(console.settings.sql_url, form, ca=console.settings.sql_ca)
     shown = {k: v for k, v in form.items() if k not in ("password", "csrf")}
     return console.render("sql.html", seat, form=shown, result=result, **view)
 

@@ -4,9 +4,12 @@ statement is metered. The password comes with the form and is not kept."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -23,9 +26,38 @@ class SqlResult:
     error: str | None = None
 
 
-async def run_sql(sql_url: str | None, form: dict[str, str]) -> SqlResult:
+def _verification(sql_url: str, ca: str | None) -> bool | ssl.SSLContext | None:
+    """How the editor's request is protected, or None when it must not be sent: the form
+    carries a role's password. On loopback nothing leaves the machine (the proxy's own
+    certificate is not checked); anywhere else only over TLS whose certificate is checked
+    (the proxy's own, else the system's CAs)."""
+    parts = urlsplit(sql_url)
+    host = (parts.hostname or "").lower()
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if loopback:
+        return False
+    if parts.scheme != "https":
+        return None
+    return ssl.create_default_context(cafile=ca) if ca else True
+
+
+async def run_sql(
+    sql_url: str | None,
+    form: dict[str, str],
+    *,
+    ca: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> SqlResult:
     if not sql_url:
         return SqlResult(error="SQL over HTTP is not enabled on this platform (SELKIE_HTTP_LISTEN)")
+    verify = _verification(sql_url, ca)
+    if verify is None:
+        return SqlResult(
+            error="the SQL editor sends a role's password only over loopback or verified TLS; "
+            "serve SQL over HTTP with TLS (SELKIE_PROXY_TLS_CERT) or on loopback"
+        )
     query = form.get("query", "").strip()
     if not query:
         return SqlResult(error="write a statement first")
@@ -38,7 +70,7 @@ async def run_sql(sql_url: str | None, form: dict[str, str]) -> SqlResult:
     }
     body: dict[str, Any] = {"query": query}
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT, verify=False) as client:  # noqa: S501 - our own proxy, by address
+        async with httpx.AsyncClient(timeout=TIMEOUT, verify=verify, transport=transport) as client:
             reply = await client.post(f"{sql_url}/sql", json=body, headers=headers)
     except httpx.HTTPError as exc:
         return SqlResult(error=f"could not reach SQL over HTTP: {type(exc).__name__}")
