@@ -151,6 +151,10 @@ class Settings:
     # SQL over HTTP (PlanetScale's database-js protocol): where the proxy listens for it
     # (plain HTTP on loopback, HTTPS with the proxy's certificate elsewhere); empty: off.
     http_listen: str = "127.0.0.1:8081"
+    # Addresses (comma-separated) of HTTP reverse proxies in front of SQL over HTTP whose
+    # X-Forwarded-For/-Proto headers are believed; empty: no one's (a request's own
+    # connection says whether it came over TLS).
+    proxy_trusted_proxies: str = ""
     # The web console at /console on the API listener (sign-in with an API key).
     console: bool = True
     # Where the proxy listens beyond loopback, logins must use TLS unless this is set.

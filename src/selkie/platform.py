@@ -413,5 +413,8 @@ async def make_proxy(settings: Settings, control: ControlPlane) -> ProxyServer:
             http_tls_files=None
             if not settings.http_listen or is_loopback(split_listen(settings.http_listen)[0])
             else (str(cert_path), str(tls_key_path(settings, cert_path))),
+            http_trusted_proxies=tuple(
+                a.strip() for a in settings.proxy_trusted_proxies.split(",") if a.strip()
+            ),
         ),
     )

@@ -64,6 +64,8 @@ class ProxyConfig:
     # certificate and key files it serves (None: plain HTTP).
     http_listen: tuple[str, int] | None = None
     http_tls_files: tuple[str, str] | None = None
+    # Reverse proxies whose X-Forwarded-* headers SQL over HTTP believes (none by default).
+    http_trusted_proxies: tuple[str, ...] = ()
     backend_timeout: float = 10.0
     # Failed logins allowed per (endpoint as named, client address) in the window.
     auth_failures_allowed: int = 10
@@ -120,6 +122,7 @@ class ProxyServer:
                 host=config.http_listen[0],
                 port=config.http_listen[1],
                 ssl_files=config.http_tls_files,
+                trusted_proxies=config.http_trusted_proxies,
             )
             if config.http_listen is not None
             else None

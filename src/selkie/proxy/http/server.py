@@ -86,12 +86,14 @@ class HttpFront:
         host: str,
         port: int,
         ssl_files: tuple[str, str] | None = None,
+        trusted_proxies: tuple[str, ...] = (),
         statement_timeout: float = 300.0,
         max_body: int = MAX_BODY,
     ) -> None:
         self.connector = connector
         self.stats = stats
         self.host, self.port_wanted = host, port
+        self.trusted_proxies = trusted_proxies
         self.ssl_files = ssl_files
         self.statement_timeout = statement_timeout
         self.max_body = max_body
@@ -144,6 +146,10 @@ class HttpFront:
             interface="asgi3",
             ssl_certfile=self.ssl_files[0] if self.ssl_files else None,
             ssl_keyfile=self.ssl_files[1] if self.ssl_files else None,
+            # uvicorn believes X-Forwarded-Proto from loopback by default: a local client
+            # could then claim TLS past require_tls. Only the configured proxies are.
+            proxy_headers=bool(self.trusted_proxies),
+            forwarded_allow_ips=",".join(self.trusted_proxies) or None,
         )
         # Bound here: a port in use is an OSError for the caller, not uvicorn's exit.
         sock = listening_socket(self.host, self.port_wanted)
