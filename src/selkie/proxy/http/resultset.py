@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 
 from selkie.mysql.packets import is_err, parse_err, parse_ok
 from selkie.mysql.stream import PacketStream
-from selkie.mysql.wire import Command, Reader, ServerStatus
+from selkie.mysql.wire import Command, PacketTooLarge, Reader, ServerStatus
 
 # The most bytes of rows one answer may hold (a request is answered whole).
 MAX_RESULT_BYTES = 10 << 20
+# Room for the packet that ends a result (an ERR's message, an OK's info) past the budget.
+END_PACKET_ROOM = 1 << 10
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ async def _read(stream: PacketStream, deprecate_eof: bool) -> Outcome:
         await stream.read()  # the EOF after the columns
     size = 0
     while True:
-        _, payload = await stream.read()
+        _, payload = await _read_within(stream, MAX_RESULT_BYTES - size)
         if is_err(payload):
             err = parse_err(payload)
             out.error = (err.code, err.sqlstate or "HY000", err.message)
@@ -124,6 +126,20 @@ async def _read(stream: PacketStream, deprecate_eof: bool) -> Outcome:
         out.rows.append(_row(payload, count))
     await _drain_more(stream, out.status, deprecate_eof)
     return out
+
+
+async def _read_within(stream: PacketStream, budget: int) -> tuple[int, bytes]:
+    """The next packet, refused from its header when it is larger than what the result
+    may still hold: a row of 1 GiB never reaches memory (an ERR, an EOF or an OK, which end
+    a result, always fit)."""
+    limit = stream.limit
+    stream.limit = max(0, min(limit, budget)) + END_PACKET_ROOM
+    try:
+        return await stream.read()
+    except PacketTooLarge as exc:
+        raise ResultTooLarge(f"the result is larger than {MAX_RESULT_BYTES} bytes") from exc
+    finally:
+        stream.limit = limit
 
 
 async def _drain_more(stream: PacketStream, status: int, deprecate_eof: bool) -> None:
