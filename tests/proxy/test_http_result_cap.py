@@ -5,6 +5,7 @@ issue 26 item 2)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,18 @@ async def test_a_huge_row_is_refused_without_being_read(db: Db) -> None:
         # The next request gets a clean backend (the cut-off one was closed).
         again = await c.post("/sql", json={"query": "SELECT 2 AS two"})
         assert again.status_code == 200 and again.json()["rows"] == [{"two": 2}]
+
+
+async def test_three_results_are_answered_at_once(db: Db) -> None:
+    """Only the first result is answered; the others are read and dropped, however many
+    (three or more waited out the statement timeout, holding the backend)."""
+    async with client(db) as c:
+        for query in (
+            "SELECT 1 AS a; SELECT 2; SELECT 3",
+            "SELECT 1 AS a; SELECT 2; SELECT 3; DO 4",
+        ):
+            r = await asyncio.wait_for(c.post("/sql", json={"query": query}), 20)
+            assert r.status_code == 200, r.text
+            assert r.json()["rows"] == [{"a": 1}]
+        again = await c.post("/sql", json={"query": "SELECT 2 AS two"})
+        assert again.json()["rows"] == [{"two": 2}]

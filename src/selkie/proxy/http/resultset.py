@@ -91,7 +91,7 @@ async def run_query(
     return await asyncio.wait_for(_read(stream, deprecate_eof), timeout)
 
 
-async def _read(stream: PacketStream, deprecate_eof: bool) -> Outcome:
+async def _read(stream: PacketStream, deprecate_eof: bool, *, drain: bool = True) -> Outcome:
     _, first = await stream.read()
     if is_err(first):
         err = parse_err(first)
@@ -99,7 +99,8 @@ async def _read(stream: PacketStream, deprecate_eof: bool) -> Outcome:
     if first[:1] == b"\x00":
         ok = parse_ok(first)
         out = Outcome(affected=ok.affected_rows, insert_id=ok.last_insert_id, status=ok.status)
-        await _drain_more(stream, out.status, deprecate_eof)
+        if drain:
+            await _drain_more(stream, out.status, deprecate_eof)
         return out
     count = Reader(first).lenenc_int()
     out = Outcome()
@@ -124,7 +125,8 @@ async def _read(stream: PacketStream, deprecate_eof: bool) -> Outcome:
         if size > MAX_RESULT_BYTES:
             raise ResultTooLarge(f"the result is larger than {MAX_RESULT_BYTES} bytes")
         out.rows.append(_row(payload, count))
-    await _drain_more(stream, out.status, deprecate_eof)
+    if drain:
+        await _drain_more(stream, out.status, deprecate_eof)
     return out
 
 
@@ -146,7 +148,11 @@ async def _drain_more(stream: PacketStream, status: int, deprecate_eof: bool) ->
     """Read and drop further results of a multi-statement query (only the first is
     answered), so the connection is ready for the next command."""
     while status & ServerStatus.MORE_RESULTS_EXISTS:
-        more = await _read(stream, deprecate_eof)
+        # One result at a time, each saying whether another follows (reading on from
+        # inside would take the second's "more" for the last one's, and wait for ever).
+        more = await _read(stream, deprecate_eof, drain=False)
+        if more.error is not None:
+            return  # an error ends a multi-statement query
         status = more.status
 
 
