@@ -162,12 +162,17 @@ static PyTypeObject SessionType = {
 };
 
 static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"on_release", "on_dead", "wait_timeout", NULL};
+    static char *kwlist[] = {"on_release", "on_dead", "wait_timeout", "max_packet", NULL};
     PyObject *on_release, *on_dead;
     double wait_timeout;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd:Lane", kwlist, &on_release, &on_dead,
-                                     &wait_timeout))
+    Py_ssize_t max_packet = FAST_COMMAND_MAX;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOd|n:Lane", kwlist, &on_release, &on_dead,
+                                     &wait_timeout, &max_packet))
         return NULL;
+    if (max_packet < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_packet must be positive");
+        return NULL;
+    }
     Lane *l = (Lane *)type->tp_alloc(type, 0);
     if (!l) return NULL;
     l->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -182,6 +187,8 @@ static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     l->on_release = on_release;
     l->on_dead = on_dead;
     l->wait_timeout = wait_timeout;
+    /* Commands above the pooler's limit go to Python, which refuses them (ERR 1153). */
+    l->fast_max = (size_t)max_packet < FAST_COMMAND_MAX ? (size_t)max_packet : FAST_COMMAND_MAX;
     return (PyObject *)l;
 }
 

@@ -21,6 +21,9 @@
 #define FLUSH_BYTES (1 << 20)
 #define MAX_PAYLOAD 0xffffff
 #define FAST_COMMAND_MAX (64 * 1024) /* larger commands go to Python */
+/* What the lane reads of a client is bounded: the next command whole (at most
+ * FAST_COMMAND_MAX, or the pooler's packet limit when smaller) or, for a larger one, its
+ * first bytes (Python reads the rest under its limit), plus one CHUNK read ahead. */
 #define COM_QUERY 0x03
 #define COM_STMT_EXECUTE 0x17
 #define COM_STMT_RESET 0x1a
@@ -174,6 +177,7 @@ typedef struct Lane {
     PyObject *on_release, *on_dead;
     PyObject *calls; /* callbacks queued during poll: (callable, args) */
     double wait_timeout;
+    size_t fast_max; /* the largest command run here: FAST_COMMAND_MAX or the packet limit */
     int room, in_use, polling;
     long long commands; /* commands run here */
     KeyLane *keys;

@@ -29,6 +29,7 @@ class Lane:
         on_release: Callable[[Any], None],
         on_dead: Callable[[Any], None],
         wait_timeout: float,
+        max_packet: int = ...,
         /,
     ) -> None: ...
     @property

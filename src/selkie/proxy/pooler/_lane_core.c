@@ -268,7 +268,7 @@ static int session_run(Lane *l, Session *s) {
         if (avail < 5) return 0;
         const uint8_t *p = s->in.data + s->in.pos;
         size_t length = p[0] | p[1] << 8 | (size_t)p[2] << 16;
-        if (p[3] != 0 || length == 0 || length > FAST_COMMAND_MAX) break;
+        if (p[3] != 0 || length == 0 || length > l->fast_max) break;
         if (avail < 4 + length) return 0;
         const uint8_t *payload = p + 4;
         int command = payload[0];
@@ -369,6 +369,19 @@ static int session_run(Lane *l, Session *s) {
     return -1;
 }
 
+/* Whether the lane has read all it needs of the client for now: the whole next command, or
+ * enough of it to know it goes to Python (larger than the lane runs, or not a new command).
+ * Reading stops there until that command has run: a client sending more (a huge packet, or
+ * commands pipelined without reading the answers) waits in its socket, not in our memory. */
+static int session_has_next(Lane *l, Session *s) {
+    size_t avail = buf_pending(&s->in);
+    if (avail < 5) return 0;
+    const uint8_t *p = s->in.data + s->in.pos;
+    size_t length = p[0] | p[1] << 8 | (size_t)p[2] << 16;
+    if (p[3] != 0 || length == 0 || length > l->fast_max) return 1;
+    return avail >= 4 + length;
+}
+
 /* The session's sockets: what can be done without blocking. */
 void session_step(Lane *l, Session *s) {
     if (!s->in_lane) return;
@@ -381,7 +394,7 @@ void session_step(Lane *l, Session *s) {
         conn_step(l, s->conn);
         if (!s->in_lane) return;
     }
-    while (s->readable) {
+    while (s->readable && !session_has_next(l, s)) {
         if (buf_reserve(&s->in, CHUNK) < 0) {
             session_hand_back(l, s, WAKE_CLOSED, 0);
             return;
@@ -472,7 +485,7 @@ void conn_step(Lane *l, Conn *c) {
         s->last = c;
         conn_free(l, c, 0);
     }
-    if (!s->in_lane) return;
-    if (session_run(l, s) < 0) session_hand_back(l, s, WAKE_COMMAND, 0);
+    /* The next command: read now (reading stopped at it while this one ran), then run. */
+    session_step(l, s);
 }
 

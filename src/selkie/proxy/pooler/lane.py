@@ -77,11 +77,14 @@ class Lane:
         wait_timeout: float,
         on_release: Callable[[Backend], None],
         on_dead: Callable[[Backend], None],
+        max_packet: int = 64 * 2**20,
     ) -> None:
         assert _lane is not None
         self._on_release = on_release
         self._on_dead = on_dead
-        self.c = _lane.Lane(self._released, self._died, wait_timeout)
+        # The pooler's packet limit: the lane runs no command above it (Python refuses it)
+        # and reads no more of a client than its next command (or that command's header).
+        self.c = _lane.Lane(self._released, self._died, wait_timeout, max_packet)
         self._keys: dict[PoolKey, int] = {}
         self._sigs: dict[tuple[Any, ...], int] = {}
         self._sql: dict[bytes, int] = {}

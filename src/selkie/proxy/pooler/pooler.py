@@ -57,7 +57,7 @@ class Pooler:
                 endpoint_id,
                 cap=login.access.pooler_max_backends,
                 wait_timeout=self.wait_timeout,
-                lane=functools.partial(lane_for, self.relay),
+                lane=functools.partial(lane_for, self.relay, max_packet=self.max_packet),
             )
         pool.cap = login.access.pooler_max_backends
         return pool
