@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pymysql
 
 SELKIE = [sys.executable, "-m", "selkie.cli"]
 
@@ -125,3 +126,18 @@ def mariadbd_processes(data_dir: Path) -> dict[str, int]:
             if arg.startswith(marker) and state != "Z":
                 found[arg[len(marker) :].split("/")[0]] = int(entry.name)
     return found
+
+
+def connect(env: dict[str, str], user: str, password: str, db: str) -> pymysql.Connection:  # type: ignore[type-arg]
+    """A client of a `selkie up` (``env``) through its proxy, as a tenant connects."""
+    port = int(env["SELKIE_PROXY_LISTEN"].rsplit(":", 1)[1])
+    return pymysql.connect(
+        host="127.0.0.1",
+        port=port,
+        user=user,
+        password=password,
+        database=db,
+        autocommit=True,
+        connect_timeout=60,
+        read_timeout=60,
+    )

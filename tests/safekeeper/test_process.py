@@ -26,6 +26,7 @@ from selkie.safekeeper.accounts import ReplicationKey
 from selkie.safekeeper.service import Safekeeper
 from tests.helpers import (
     api_client,
+    connect,
     free_port,
     mariadbd_processes,
     selkie_env,
@@ -63,20 +64,6 @@ async def test_the_safekeeper_api_needs_the_internal_token(tmp_path: Path) -> No
         )
         assert r.status_code in (404, 422)
         assert not (tmp_path / "etc").exists()
-
-
-def _connect(env: dict[str, str], user: str, password: str, db: str) -> pymysql.Connection:  # type: ignore[type-arg]
-    port = int(env["SELKIE_PROXY_LISTEN"].rsplit(":", 1)[1])
-    return pymysql.connect(
-        host="127.0.0.1",
-        port=port,
-        user=user,
-        password=password,
-        database=db,
-        autocommit=True,
-        connect_timeout=60,
-        read_timeout=60,
-    )
 
 
 def _wait_operations(api: httpx.Client, project_id: str, ops: list[dict[str, Any]]) -> None:
@@ -176,7 +163,7 @@ def test_a_safekeeper_process_keeps_and_serves_a_sync_project(tmp_path: Path) ->
             ep, branch = body["endpoints"][0]["id"], body["branch"]["id"]
             role, db = body["roles"][0], body["databases"][0]["name"]
             user = f"{ep}.{role['name']}"
-            conn = _connect(env, user, role["password"], db)
+            conn = connect(env, user, role["password"], db)
             with conn.cursor() as cur:
                 cur.execute("CREATE TABLE t (i INT PRIMARY KEY)")
                 for i in range(1, 11):
@@ -207,7 +194,7 @@ def test_a_safekeeper_process_keeps_and_serves_a_sync_project(tmp_path: Path) ->
             assert "CREATE TABLE t" in out and "@1=20" in out, out[-2000:]
 
             # Resume (a connection wakes it), write more.
-            conn = _connect(env, user, role["password"], db)
+            conn = connect(env, user, role["password"], db)
             with conn.cursor() as cur:
                 for i in range(21, 31):
                     cur.execute("INSERT INTO t VALUES (%s)", (i,))
@@ -222,7 +209,7 @@ def test_a_safekeeper_process_keeps_and_serves_a_sync_project(tmp_path: Path) ->
             child = r.json()
             _wait_operations(api, pid, child["operations"])
             child_ep = child["endpoints"][0]["id"]
-            cconn = _connect(env, f"{child_ep}.{role['name']}", role["password"], db)
+            cconn = connect(env, f"{child_ep}.{role['name']}", role["password"], db)
             with cconn.cursor() as cur:
                 cur.execute("SELECT COUNT(*), MAX(i) FROM t")
                 assert cur.fetchall() == ((10, 10),)
@@ -259,7 +246,7 @@ def test_a_safekeeper_process_keeps_and_serves_a_sync_project(tmp_path: Path) ->
         shutil.rmtree(data_dir / "branches" / branch)
 
         with selkie_up(env, log):
-            conn = _connect(env, user, role["password"], db)
+            conn = connect(env, user, role["password"], db)
             with conn.cursor() as cur:
                 cur.execute("SELECT i FROM t")
                 present = {r[0] for r in cur.fetchall()}

@@ -18,7 +18,14 @@ from typing import Any
 import pymysql
 import pytest
 
-from tests.helpers import api_client, free_port, mariadbd_processes, selkie_env, selkie_up
+from tests.helpers import (
+    api_client,
+    connect,
+    free_port,
+    mariadbd_processes,
+    selkie_env,
+    selkie_up,
+)
 
 pytestmark = pytest.mark.slow
 # The async archive lag this test tolerates for rows acknowledged just before the kill (the
@@ -26,20 +33,6 @@ pytestmark = pytest.mark.slow
 ASYNC_LAG_BOUND = 2.0
 # How soon a durability change is live on a running compute.
 APPLIED_WITHIN = 2.0
-
-
-def connect(env: dict[str, str], user: str, password: str, db: str) -> pymysql.Connection:  # type: ignore[type-arg]
-    port = int(env["SELKIE_PROXY_LISTEN"].rsplit(":", 1)[1])
-    return pymysql.connect(
-        host="127.0.0.1",
-        port=port,
-        user=user,
-        password=password,
-        database=db,
-        autocommit=True,
-        connect_timeout=60,
-        read_timeout=60,
-    )
 
 
 def switch_to_sync(api: Any, project_id: str, endpoint_id: str) -> None:
