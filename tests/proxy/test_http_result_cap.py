@@ -6,12 +6,15 @@ issue 26 item 2)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 
 import pytest
 
+from selkie.control.bootstrap import local_principal
 from tests.proxy.conftest import Db
-from tests.proxy.test_http_sql import client
+from tests.proxy.pooler.test_pool import pooled_db, pooled_platform
+from tests.proxy.test_http_sql import EXECUTE, client
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -54,3 +57,39 @@ async def test_three_results_are_answered_at_once(db: Db) -> None:
             assert r.json()["rows"] == [{"a": 1}]
         again = await c.post("/sql", json={"query": "SELECT 2 AS two"})
         assert again.json()["rows"] == [{"two": 2}]
+
+
+async def test_a_database_changed_inside_a_request_does_not_reach_the_next(
+    tmp_path: Path,
+) -> None:
+    """`SELECT 1; USE zother` moves the backend's session to another database; the next
+    request on that backend must still start in its own (security review, issue 26 item
+    10: it ran in `zother`)."""
+    p = await pooled_platform(tmp_path, cap=1)
+    try:
+        db = await pooled_db(p)
+        who = local_principal(p.control)
+        await asyncio.to_thread(
+            p.control.databases.create,
+            who,
+            db.created.project.id,
+            db.created.branch.id,
+            name="zother",
+            owner_name=db.role,
+        )
+        await p.runner.wait_idle()
+        async with client(db) as c:
+            for query in ("SELECT 1 AS a; USE zother", "USE zother"):
+                moved = await c.post("/sql", json={"query": query})
+                assert moved.status_code == 200, moved.text
+                r = await c.post("/sql", json={"query": "SELECT DATABASE() AS d"})
+                assert r.json()["rows"] == [{"d": db.database}], (query, r.text)
+            # database-js: its own USE is tracked (the session says so), a hidden one not.
+            r = await c.post(EXECUTE, json={"query": "SELECT 1; USE zother", "session": None})
+            assert r.status_code == 200, r.text
+            r = await c.post(EXECUTE, json={"query": "SELECT DATABASE() AS d", "session": None})
+            (row,) = r.json()["result"]["rows"]
+            assert base64.b64decode(row["values"]).decode() == db.database, r.text
+    finally:
+        await p.stop()
+        p.close()

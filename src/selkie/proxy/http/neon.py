@@ -89,7 +89,12 @@ def _statements(body: dict[str, Any]) -> tuple[list[str], bool]:
 
 
 async def sql(front: HttpFront, request: Request) -> Response:
-    from selkie.proxy.http.server import HttpError, error_response, leaves_nothing
+    from selkie.proxy.http.server import (
+        HttpError,
+        error_response,
+        leaves_nothing,
+        may_change_database,
+    )
 
     try:
         authorization, database = basic_from_connection_string(request)
@@ -102,6 +107,8 @@ async def sql(front: HttpFront, request: Request) -> Response:
         conn = await front.connect(login, database)
         async with front.failing(conn):
             results, failed = await _run(front, conn, statements, batch)
+        if any(may_change_database(s) for s in statements):
+            conn.backend.database = None  # whoever takes it next puts its own
         await front.release(conn, clean=all(leaves_nothing(s) for s in statements))
     except HttpError as exc:
         return error_response(exc)

@@ -371,6 +371,8 @@ class HttpFront:
             used = _USE.match(query)
             if used and outcome.error is None:
                 conn.backend.database = used.group(1)
+            elif may_change_database(query):
+                conn.backend.database = None  # whoever takes it next puts its own
             database = conn.backend.database
             pin = None
             if outcome.in_transaction:
@@ -415,6 +417,17 @@ class HttpFront:
 
 
 _READS = ("select", "show", "explain", "describe", "desc", "with")
+
+
+_WORD_USE = re.compile(r"\buse\b")
+
+
+def may_change_database(query: str) -> bool:
+    """Whether the statement may leave its session in another database than the one the
+    front put it in, untracked: a USE anywhere but alone, or several statements (a reset
+    keeps the database, so the next request's USE must not be skipped)."""
+    stripped = STRINGS_OR_COMMENTS.sub("''", query).strip().lower()
+    return bool(_WORD_USE.search(stripped)) or ";" in stripped.rstrip(";")
 
 
 def leaves_nothing(query: str) -> bool:
