@@ -23,6 +23,7 @@ from selkie.archive.layout import TimelineRef
 from selkie.config import split_listen
 from selkie.errors import ConfigError, InvalidInput
 from selkie.safekeeper.accounts import ReplicationKey
+from selkie.safekeeper.api import TimelineStatus
 from selkie.safekeeper.service import Safekeeper
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -62,21 +63,9 @@ class Done(BaseModel):
     done: bool
 
 
-class TimelineOut(BaseModel):
-    project_id: str
-    timeline_id: str
-    endpoint_id: str | None
-    last_seq: int
-    shipped_seq: int
-    lag_seconds: float
-    lag_bytes: int
-    streaming: bool
-    semi_sync: bool
-    error: str | None
-
-
 class StatusOut(BaseModel):
-    timelines: list[TimelineOut]
+    # The safekeeper's own status type: pydantic validates and serializes the dataclass.
+    timelines: list[TimelineStatus]
     segments_shipped: int
     bytes_shipped: int
 
@@ -113,7 +102,7 @@ async def catch_up(keeper: Keeper, endpoint_id: Id, body: WaitIn) -> Done:
 @router.get("/status", response_model=StatusOut)
 async def status(keeper: Keeper) -> StatusOut:
     return StatusOut(
-        timelines=[TimelineOut(**st.__dict__) for st in await keeper.timelines()],
+        timelines=await keeper.timelines(),
         segments_shipped=keeper.segments_shipped,
         bytes_shipped=keeper.bytes_shipped,
     )
