@@ -129,31 +129,19 @@ def check_after(db: Db, *, tls: bool, multi: bool = False) -> None:
 WAYS = ["eof", "rst", "quit"]
 
 
+# (tls, run in the lane): the lane's run of a plain text; its first run, which Python
+# makes beside a lane and whose backend would go to the lane; TLS, Python's alone.
+PATHS = {"fast_lane": (False, True), "python_beside_the_lane": (False, False), "tls": (True, False)}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("how", WAYS)
-async def test_leaving_a_fast_lane_result(db: Db, how: str) -> None:
-    def run() -> None:
-        leave_mid_result(db, how, tls=False, lane=True)
-        check_after(db, tls=False)
-
-    await asyncio.to_thread(run)
-
-
-@pytest.mark.parametrize("how", WAYS)
-async def test_leaving_a_result_run_in_python_beside_the_lane(db: Db, how: str) -> None:
-    """The text's first run: Python runs it, and the backend would go to the lane."""
+async def test_leaving_a_result(db: Db, how: str, path: str) -> None:
+    tls, lane = PATHS[path]
 
     def run() -> None:
-        leave_mid_result(db, how, tls=False, lane=False)
-        check_after(db, tls=False)
-
-    await asyncio.to_thread(run)
-
-
-@pytest.mark.parametrize("how", WAYS)
-async def test_leaving_a_tls_result(db: Db, how: str) -> None:
-    def run() -> None:
-        leave_mid_result(db, how, tls=True, lane=False)
-        check_after(db, tls=True)
+        leave_mid_result(db, how, tls=tls, lane=lane)
+        check_after(db, tls=tls)
 
     await asyncio.to_thread(run)
 
