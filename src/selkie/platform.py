@@ -76,9 +76,10 @@ def open_settings_archive(settings: Settings) -> Archive:
 def _history(
     settings: Settings, store: Store, driver: ComputeDriver, storage: StorageDriver
 ) -> History | None:
-    """Durable storage of local branches: the archive, the safekeeper, and the history
-    service over them (None with the archive off, or computes in Kubernetes)."""
-    if not settings.archive_enabled or not isinstance(storage, LocalStorage):
+    """Durable storage of branches: the archive, the safekeeper, and the history service
+    over them (None with the archive off). Computes in Kubernetes are followed, but their
+    data has no base images (it is on claims out of reach)."""
+    if not settings.archive_enabled:
         return None
     archive = open_settings_archive(settings)
     user = getpass.getuser()
@@ -346,7 +347,7 @@ class Platform:
 
     async def durability(self, endpoint_id: str, durability: Durability) -> Durable:
         if self.history is None:
-            raise Conflict("durable storage is off here (archive_url=off, or Kubernetes computes)")
+            raise Conflict("durable storage is off here (archive_url=off)")
         return await self.history.following.durable_now(endpoint_id, durability)
 
     async def compare_schema(self, base_branch_id: str, branch_id: str, database: str) -> str:

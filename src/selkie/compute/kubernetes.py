@@ -107,7 +107,8 @@ def compute_objects(spec: ComputeSpec, ks: KubeSettings, *, replicas: int) -> li
     """The ConfigMap, headless Service and StatefulSet of one endpoint's compute."""
     name = compute_name(spec.endpoint_id)
     cnf = render_cnf(spec)
-    pageserver = bool(spec.server_options)
+    # Page-server options, not the history's (a binary log, semi-sync): an empty volume.
+    pageserver = "innodb_page_server_address" in spec.server_options
     sizing = Sizing.for_cu(spec.cu)
     resources = {
         "cpu": f"{max(1, round(spec.cu * 1000))}m",

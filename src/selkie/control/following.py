@@ -43,14 +43,14 @@ class Following:
         safekeeper: SafekeeperApi,
         driver: ComputeDriver,
         key: ReplicationKey,
-        timeline_of: Callable[[str], Awaitable[TimelineRow | None]],
+        timeline_of: Callable[[str, str], Awaitable[TimelineRow | None]],
     ) -> None:
         self.settings = settings
         self.safekeeper = safekeeper
         self.driver = driver
         # The safekeeper's replication accounts' passwords derive from it.
         self.key = key
-        # A branch's current timeline, from the store.
+        # A branch's current timeline (its compute's endpoint given), from the store.
         self.timeline_of = timeline_of
         self.sync = SyncCommits(driver=driver, timeout_ms=settings.sync_commit_timeout_ms)
         # The computes followed: endpoint -> branch.
@@ -72,9 +72,11 @@ class Following:
         :meth:`server_options` of these settings; otherwise (a thaw, an adopted compute)
         what it was last set to is changed when it differs. ``live``: a change of the
         setting on a running compute, which fails (ComputeError) unless it took."""
-        row = await self.timeline_of(branch_id)
         address = follow_address(compute, self.settings.safekeeper_follow)
-        if row is None or address is None:
+        if address is None:
+            return
+        row = await self.timeline_of(branch_id, endpoint_id)
+        if row is None:
             return
         want = project.settings.durability is model.Durability.SYNC
         if started:

@@ -36,19 +36,21 @@ from typing import Any, TypeVar
 
 from selkie import model
 from selkie.archive import Archive
+from selkie.archive.binlog import domain_seq
 from selkie.archive.layout import TimelineRef
 from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import durability_options
 from selkie.config import Settings
 from selkie.control.binlogs import Binlogs, default_listen
 from selkie.control.following import Following
-from selkie.control.points import Point, parse_lsn, switch_timeline, timeline_at
+from selkie.control.points import NO_IMAGES, Point, parse_lsn, switch_timeline, timeline_at
 from selkie.control.retention import Retention
-from selkie.errors import ComputeError, SelkieError
+from selkie.errors import ComputeError, Conflict, SelkieError, StorageError
 from selkie.model import utcnow
 from selkie.safekeeper.accounts import ReplicationKey
 from selkie.safekeeper.api import SafekeeperApi
 from selkie.safekeeper.dump import HistorySource
+from selkie.storage.base import StorageDriver
 from selkie.storage.deltas import store_image
 from selkie.storage.images import (
     HOT,
@@ -90,7 +92,7 @@ class History:
         settings: Settings,
         archive: Archive,
         safekeeper: SafekeeperApi,
-        storage: LocalStorage,
+        storage: StorageDriver,
         driver: ComputeDriver,
         tools: Tools,
         key: ReplicationKey,
@@ -105,6 +107,9 @@ class History:
         self.archive = archive
         self.safekeeper = safekeeper
         self.storage = storage
+        # Branch datadirs on this machine (local computes); None where computes keep their
+        # data elsewhere (Kubernetes claims): there the history is the log alone.
+        self.local = storage if isinstance(storage, LocalStorage) else None
         self.driver = driver
         self.tools = tools
         self.clock = clock
@@ -128,7 +133,7 @@ class History:
             safekeeper=safekeeper,
             driver=driver,
             key=key,
-            timeline_of=lambda branch_id: self._db(self.current_timeline, branch_id),
+            timeline_of=self.timeline_to_follow,
         )
         # Per branch: when its last image was made (monotonic) and the log bytes then.
         self._image_mark: dict[str, tuple[float, int]] = {}
@@ -136,8 +141,17 @@ class History:
         # When each periodic step last ran (the leader ticks twice a second).
         self._last_run: dict[str, float] = {}
 
+    @property
+    def datadirs(self) -> LocalStorage:
+        """The branches' datadirs on this machine, which base images, restores and
+        rebuilds work on; a Conflict where computes keep their data elsewhere."""
+        if self.local is None:
+            raise Conflict(NO_IMAGES)
+        return self.local
+
     async def start(self) -> None:
-        await self.storage.remove_leftovers()
+        if self.local is not None:
+            await self.local.remove_leftovers()
         await self.safekeeper.start()
         await self.binlogs.start()
 
@@ -228,7 +242,15 @@ class History:
         if row is None:
             return
         ref = TimelineRef(row.project_id, row.id)
-        datadir = self.storage.datadir(branch_id)
+        if self.local is None:
+            # No datadir here to drain or image: what the stream did not deliver before
+            # the stop stays in the compute's binary log on its claim, streamed at its
+            # next start.
+            for st in await self.safekeeper.timelines():
+                if st.timeline_id == row.id:
+                    await self._db(self._note_position, row.id, st.last_seq)
+            return
+        datadir = self.local.datadir(branch_id)
         last = await self.safekeeper.drain(ref, datadir)
         await self._db(self._note_position, row.id, last)
         if self._last_image.get(branch_id) == (row.id, last):
@@ -264,7 +286,7 @@ class History:
             self.archive,
             self.chunks,
             ref,
-            datadir or self.storage.datadir(branch_id),
+            datadir or self.datadirs.datadir(branch_id),
             seq=seq,
             kind=kind,
             taken_us=time.time_ns() // 1000,
@@ -302,9 +324,12 @@ class History:
         makes a new branch's data (template or copy of the parent); a branch made at a past
         point of its parent gets the parent's history at that point; a datadir of a branch
         with history that is missing or stale is rebuilt from the archive."""
+        if self.local is None:
+            await self._ensure_claim(branch, create)
+            return
         async with self.branch_lock(branch.id):
             row = await self._db(self.current_timeline, branch.id)
-            exists = await asyncio.to_thread(self.storage.branch_exists, branch.id)
+            exists = await asyncio.to_thread(self.datadirs.branch_exists, branch.id)
             if row is None:
                 at_point = branch.parent_timestamp is not None or branch.parent_lsn is not None
                 if at_point and branch.parent_id is not None and not exists:
@@ -316,19 +341,70 @@ class History:
                     if parent_cache is not None:
                         # A copy of the parent: its first image reads only what changed.
                         self._caches[branch.id] = await asyncio.to_thread(
-                            inherited, parent_cache, self.storage.datadir(branch.id)
+                            inherited, parent_cache, self.datadirs.datadir(branch.id)
                         )
                 await self._first_timeline(branch.id, project.id)
                 return
-            if exists and await asyncio.to_thread(self.storage.timeline_of, branch.id) == row.id:
+            if exists and await asyncio.to_thread(self.datadirs.timeline_of, branch.id) == row.id:
                 return
             await self.rebuild(branch.id, row)
+
+    async def _ensure_claim(self, branch: BranchRow, create: Callable[[], Awaitable[None]]) -> None:
+        """A branch whose data lives out of reach (a Kubernetes claim): made when it has
+        none yet. A branch with history whose data is gone cannot be rebuilt from the log
+        alone: that is an error, never a new empty volume in its place."""
+        async with self.branch_lock(branch.id):
+            row = await self._db(self.current_timeline, branch.id)
+            if row is None and (branch.parent_timestamp or branch.parent_lsn):
+                raise Conflict(NO_IMAGES)
+            if await asyncio.to_thread(self.storage.branch_exists, branch.id):
+                return
+            if row is not None:
+                raise StorageError(
+                    f"the data of branch {branch.id} is gone, and branches on Kubernetes "
+                    "computes cannot be rebuilt from the archive yet (its log is there, "
+                    f"up to 0-1-{row.last_seq})"
+                )
+            await create()
+
+    async def timeline_to_follow(self, branch_id: str, endpoint_id: str) -> TimelineRow | None:
+        """The branch's current timeline, which the safekeeper follows its compute on. A
+        branch whose data lives out of reach starts one at its running compute's position
+        the first time (before anything writes: the start holds clients back until the
+        safekeeper follows), under its parent's timeline at that position when it is a
+        copy of one."""
+        row = await self._db(self.current_timeline, branch_id)
+        if row is not None or self.local is not None:
+            return row
+        async with self.branch_lock(branch_id):
+            row = await self._db(self.current_timeline, branch_id)
+            if row is not None:
+                return row
+            ((pos,),) = (await self.driver.execute(endpoint_id, ["SELECT @@gtid_binlog_pos"]))[0]
+            seq = domain_seq(pos)
+            return await self._db(self._begin_followed, branch_id, seq)
+
+    def _begin_followed(self, branch_id: str, seq: int) -> TimelineRow:
+        with self.store.read() as s:
+            branch = s.get(BranchRow, branch_id)
+            if branch is None:
+                raise ComputeError(f"branch {branch_id} is gone")
+            project_id, parent_id = branch.project_id, branch.parent_id
+            parent = s.get(BranchRow, parent_id) if parent_id else None
+            parent_tl = parent.timeline_id if parent is not None else None
+        return self.begin_timeline(
+            branch_id,
+            project_id,
+            start_seq=seq,
+            parent=(parent_tl, seq) if parent_tl else None,
+            parent_lsn=f"0-1-{seq}" if seq else None,
+        )
 
     async def _first_timeline(self, branch_id: str, project_id: str) -> None:
         """A branch's data was just made: start its history with a first base image (in
         the archive before the timeline is recorded, so a recorded timeline always has
         one)."""
-        datadir = self.storage.datadir(branch_id)
+        datadir = self.datadirs.datadir(branch_id)
         seq = await asyncio.to_thread(datadir_position, datadir)
         timeline_id = model.new_id("tl")
         await self.make_image(branch_id, TimelineRef(project_id, timeline_id), seq, kind=INITIAL)
@@ -366,7 +442,7 @@ class History:
         point = Point(at=branch.parent_timestamp, seq=seq)
         source = await self._db(self._timeline_at, branch.parent_id, point)
         started = time.monotonic()
-        staging = self.storage.staging_dir(branch.id)
+        staging = self.datadirs.staging_dir(branch.id)
         timeline_id = model.new_id("tl")
         try:
             restored = await self.restore_into(source, point, staging, lambda _: None)
@@ -388,7 +464,7 @@ class History:
                     parent_lsn=f"0-1-{restored.seq}",
                 )
             )
-            await self.storage.swap_in(branch.id, staging)
+            await self.datadirs.swap_in(branch.id, staging)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         self.forget_datadir(branch.id, timeline_id, restored.seq)
@@ -405,7 +481,7 @@ class History:
         ref = TimelineRef(row.project_id, row.id)
         log.warning("rebuilding the data of branch %s from the archive", branch_id)
         started = time.monotonic()
-        staging = self.storage.staging_dir(branch_id)
+        staging = self.datadirs.staging_dir(branch_id)
         try:
             archived = await self.safekeeper.archived_position(ref)
             tail = await self.safekeeper.local_tail(ref, archived)
@@ -413,7 +489,7 @@ class History:
                 self.archive, ref, Target(), staging, tools=self.tools, tail=tail
             )
             await asyncio.to_thread(LocalStorage.mark_timeline, staging, row.id)
-            await self.storage.swap_in(branch_id, staging)
+            await self.datadirs.swap_in(branch_id, staging)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         await self._db(self._note_position, row.id, restored.seq)
@@ -490,9 +566,9 @@ class History:
         info = await self.driver.inspect(endpoint_id)
         if not info.running or info.socket is None:
             return -1
-        staging = self.storage.staging_dir(branch_id)
+        staging = self.datadirs.staging_dir(branch_id)
         try:
-            seq = await self.storage.hot_copy(info.socket, staging)
+            seq = await self.datadirs.hot_copy(info.socket, staging)
             await self.make_image(branch_id, ref, seq, kind=HOT, datadir=staging)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)

@@ -16,6 +16,13 @@ from selkie.storage.restore import Target
 from selkie.store import convert
 from selkie.store.tables import BranchRow, ProjectRow, TimelineRow
 
+# Where computes keep their data out of this machine's reach (Kubernetes claims).
+NO_IMAGES = (
+    "restores and point-in-time branches need base images, and branches on Kubernetes "
+    "computes have none yet: their log is kept durable in the archive, but cannot be "
+    "restored from"
+)
+
 
 @dataclass(frozen=True)
 class Point:
@@ -56,6 +63,7 @@ def check_point(
     s: Session,
     *,
     settings_archive: bool,
+    restorable: bool = True,
     project: ProjectRow,
     branch: BranchRow,
     at: datetime | None,
@@ -69,6 +77,8 @@ def check_point(
         raise InvalidInput(f"give {names[0]} or {names[1]}, not both")
     if not settings_archive:
         raise Conflict("point-in-time restore needs the archive, which is off (archive_url)")
+    if not restorable:
+        raise Conflict(NO_IMAGES)
     if branch.timeline_id is None:
         raise Conflict(f"branch {branch.id} has no data yet; start it first")
     settings = convert.project_settings(project.settings)

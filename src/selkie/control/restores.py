@@ -74,6 +74,7 @@ class RestoreService(ServiceBase):
             point = check_point(
                 s,
                 settings_archive=self.settings.archive_enabled,
+                restorable=self.settings.compute_driver != "kubernetes",
                 project=project,
                 branch=source,
                 at=source_timestamp,
@@ -133,7 +134,7 @@ class Restorer:
         payload = op.payload
         point = Point.from_payload(payload.get("point") or {})
         source = await self._db(self._timeline_at, payload["source_branch_id"], point)
-        storage = self.history.storage
+        storage = self.history.datadirs
         staging = storage.staging_dir(branch_id)
         timeline_id = model.new_id("tl")
         started = time.monotonic()

@@ -178,12 +178,14 @@ async def test_fake_api_pageserver_computes_use_their_image_and_no_claim(
     fake: FakeApiServer,
 ) -> None:
     driver = make_driver(fake, pageserver_image="registry.example/mariadb-pageserver:1")
-    await driver.start(spec("ep-p", server_options={"page_server_address": "ps:6400"}), timeout=10)
+    await driver.start(
+        spec("ep-p", server_options={"innodb_page_server_address": "ps"}), timeout=10
+    )
     sts = fake.get("statefulsets", "selkie-ep-p")
     assert sts is not None
     pod_spec = sts["spec"]["template"]["spec"]
     assert pod_spec["containers"][0]["image"] == "registry.example/mariadb-pageserver:1"
     assert {"name": "data", "emptyDir": {}} in pod_spec["volumes"]
     cnf = fake.get("configmaps", "selkie-ep-p-config")["data"]["selkie.cnf"]  # type: ignore[index]
-    assert "page_server_address=ps:6400" in cnf
+    assert "innodb_page_server_address=ps" in cnf
     await driver.stop("ep-p", timeout=5)

@@ -1,7 +1,9 @@
 """The whole platform on the Kubernetes driver, against the FAKE API server with a fake
 kubelet that runs real mariadbd servers (no cluster can run on these machines): a client
 through the proxy wakes a StatefulSet, writes, the endpoint suspends (scale to 0), and the
-next client finds the data on the branch's claim."""
+next client finds the data on the branch's claim. The safekeeper follows the pod over TCP
+(another address than its own), with commits waiting for it once durability turns sync on
+the running pod, and serves the branch's log while the pod is gone."""
 
 from __future__ import annotations
 
@@ -12,10 +14,14 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from selkie import model
 from selkie.control.bootstrap import local_principal
+from selkie.errors import Conflict, StorageError
+from selkie.safekeeper.stream import file_name
 from tests.compute.kubernetes.fake_apiserver import FakeApiServer
 from tests.compute.kubernetes.kubelet import Kubelet
 from tests.platforms import open_platform, require_mariadb
+from tests.safekeeper.replicas import binlog_reader
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,6 +61,7 @@ async def test_fake_cluster_wake_write_suspend_resume(
         compute_driver="kubernetes",
         kubernetes_namespace="selkie-test",
         kubernetes_kubeconfig=str(tmp_path / "kubeconfig"),
+        safekeeper_listen="127.0.0.1:0",
     ) as p:
         who = local_principal(p.control)
         created = await asyncio.to_thread(p.control.projects.create, who, name="on-k8s")
@@ -83,6 +90,12 @@ async def test_fake_cluster_wake_write_suspend_resume(
             conn.close()
             return str(bind)
 
+        def write_more(value: str) -> None:
+            conn = connect()
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO t VALUES (%s)", (value,))
+            conn.close()
+
         bind = await asyncio.to_thread(write)
         assert bind.startswith("127.0.0.") and bind != "127.0.0.1"  # the pod's address
         sts = cluster.get("statefulsets", f"selkie-{ep}")
@@ -92,9 +105,45 @@ async def test_fake_cluster_wake_write_suspend_resume(
         assert cluster.names("secrets") == [f"selkie-{branch}-admin"]
         assert p.lifecycle.get(ep).current_state.value == "active"
 
+        # The safekeeper follows the pod over TCP; sync durability is switched on live.
+        history = p.history
+        assert history is not None and history.local is None
+        timeline = history.current_timeline(branch)
+        assert timeline is not None  # begun at the pod's position when first followed
+        _, ops = await asyncio.to_thread(
+            p.control.projects.update, who, created.project.id, settings={"durability": "sync"}
+        )
+        assert {o.action.value for o in ops} == {"apply_config"}
+        await p.runner.wait_idle()
+        (((enabled,),),) = await p.driver.execute(ep, ["SELECT @@rpl_semi_sync_master_enabled"])
+        assert str(enabled) == "1"
+        await asyncio.to_thread(write_more, "acknowledged")
+        durable = await p.durability(ep, model.Durability.SYNC)
+        assert durable.streaming and durable.sync_commit == "on", durable
+        assert durable.received is not None
+
+        # No base images of a claim: a point-in-time branch is refused, saying why.
+        with pytest.raises(Conflict, match="Kubernetes"):
+            await asyncio.to_thread(
+                p.control.branches.create,
+                who,
+                created.project.id,
+                name="past",
+                parent_lsn="0-1-1",
+            )
+
         await p.lifecycle.suspend(ep)
         assert cluster.get("statefulsets", f"selkie-{ep}")["spec"]["replicas"] == 0  # type: ignore[index]
         assert cluster.get("pods", f"selkie-{ep}-0") is None
+
+        # The pod is gone; its log is the safekeeper's, served to a replication client.
+        binlogs = history.binlogs
+        assert binlogs.server is not None and binlogs.server.port is not None
+        creds = binlogs.credentials(timeline.id)
+        async with binlog_reader(
+            binlogs.server.port, creds.user, creds.password, file_name(timeline.start_seq + 1)
+        ) as reader:
+            await reader.read_until("'on a claim'", "'acknowledged'")
 
         def read() -> list[str]:
             conn = connect()
@@ -104,6 +153,12 @@ async def test_fake_cluster_wake_write_suspend_resume(
             conn.close()
             return rows
 
-        assert await asyncio.to_thread(read) == ["on a claim"]
+        assert await asyncio.to_thread(read) == ["on a claim", "acknowledged"]
         assert p.start_metrics.start_counts[ep] == 2
         await p.lifecycle.suspend(ep)
+
+        # The claim is lost: the branch is not started on a new empty volume in its place.
+        del cluster.objects[("persistentvolumeclaims", f"selkie-{branch}-data")]
+        with pytest.raises(StorageError, match="cannot be rebuilt"):
+            await p.lifecycle.start(ep)
+        assert cluster.names("persistentvolumeclaims") == []
