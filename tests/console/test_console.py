@@ -109,9 +109,16 @@ def _wait(driver, predicate, timeout: float = 30):  # type: ignore[no-untyped-de
 
 
 def _text(driver, css: str) -> str:  # type: ignore[no-untyped-def]
-    from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import NoSuchElementException
 
-    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+    # One script, not a lookup and then a read: the page re-renders parts of itself (a state
+    # that changes without a reload), and an element found a moment before may be gone.
+    text = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css
+    )
+    if text is None:
+        raise NoSuchElementException(css)
+    return str(text)
 
 
 def _click(driver, css: str) -> None:  # type: ignore[no-untyped-def]
