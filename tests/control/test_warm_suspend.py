@@ -148,6 +148,14 @@ async def test_warm_endpoint_uses_no_cpu_and_wakes_with_its_data_and_sessions(
     idle.close()
 
 
+async def noted_cooled(platform: Platform) -> None:
+    """The store says cold a moment before the scheduler's cool() returns and notes it."""
+    for _ in range(250):
+        if platform.scheduler.cooled:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def test_warm_goes_cold_after_its_timeout(platform: Platform) -> None:
     platform.lifecycle.warm_seconds = 1.5
     created = await project(platform, "cools")
@@ -159,6 +167,7 @@ async def test_warm_goes_cold_after_its_timeout(platform: Platform) -> None:
     await wait_for(platform, ep, SuspendTier.WARM, 15)
     await wait_for(platform, ep, SuspendTier.COLD, 10)
     assert not (await platform.driver.inspect(ep)).running
+    await noted_cooled(platform)
     assert platform.scheduler.cooled == [ep]
     # A cold one starts as before.
     conn = await asyncio.to_thread(connect, platform, created)
@@ -182,11 +191,7 @@ async def test_memory_budget_stops_the_least_recently_active_first(platform: Pla
     # Room for one of them only.
     platform.lifecycle.warm_memory = max(held) + 1
     await wait_for(platform, a, SuspendTier.COLD, 10)
-    # The store says cold a moment before the scheduler's cool() returns and notes it.
-    for _ in range(250):
-        if platform.scheduler.cooled:
-            break
-        await asyncio.sleep(0.02)
+    await noted_cooled(platform)
     assert platform.lifecycle.get(b).suspend_tier is SuspendTier.WARM
     assert platform.driver.is_frozen(b)
     assert platform.scheduler.cooled == [a]
