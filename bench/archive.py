@@ -213,7 +213,7 @@ async def big_branch(gib: float) -> None:
         t0 = time.perf_counter()
         marks = await load(b, gib)
         loaded = time.perf_counter() - t0
-        datadir = p.history.storage.datadir(b.created.branch.id)
+        datadir = p.history.datadirs.datadir(b.created.branch.id)
         # The log is archived before the images are measured.
         await asyncio.sleep(2)
         results = {}

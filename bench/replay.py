@@ -95,7 +95,7 @@ async def text_pipeline(
     commit), and ``mariadb-binlog FILE | mariadb --binary-mode`` as its root."""
     history = b.platform.history
     assert history is not None
-    with tempfile.TemporaryDirectory(dir=history.storage.root) as tmp:
+    with tempfile.TemporaryDirectory(dir=history.datadirs.root) as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
         image = pick_image(await list_images(history.archive, ref), target)
@@ -147,7 +147,7 @@ async def text_pipeline(
 async def applier(b: Bench, ref: TimelineRef, target: Target, threads: int) -> float:
     history = b.platform.history
     assert history is not None
-    staging = history.storage.staging_dir(b.created.branch.id)
+    staging = history.datadirs.staging_dir(b.created.branch.id)
     try:
         t0 = time.perf_counter()
         await restore(

@@ -30,6 +30,7 @@ from tests.storage.xfs import xfs_dir  # noqa: F401 - the session fixture
 pytestmark = pytest.mark.timeout(600)
 
 BLOB = 1 << 20  # 1 MiB rows
+ROWS = 40  # enough that shared extents are measured in tens of MiB
 
 
 @pytest.fixture(params=["xfs", "plain"])
@@ -65,25 +66,25 @@ async def test_a_branch_shares_its_parents_blocks_and_diverges(platform: Platfor
         who,
         "cow",
         "CREATE TABLE big (i INT PRIMARY KEY, b LONGBLOB)",
-        *[f"INSERT INTO big VALUES ({i}, REPEAT('x', {BLOB}))" for i in range(200)],
+        *[f"INSERT INTO big VALUES ({i}, REPEAT('x', {BLOB}))" for i in range(ROWS)],
     )
     pid, ep = created.project.id, created.endpoints[0].id
     await platform.lifecycle.suspend(ep)
     child = await branch(platform, created, "child")
     parent_ibd = datadir(platform, created.branch.id) / "selkiedb" / "big.ibd"
     child_ibd = datadir(platform, child.branch.id) / "selkiedb" / "big.ibd"
-    assert child_ibd.stat().st_size == parent_ibd.stat().st_size > 200 * BLOB
+    assert child_ibd.stat().st_size == parent_ibd.stat().st_size > ROWS * BLOB
     cloning = can_clone(platform.settings.data_dir)
     assert cloning == ("selkie-xfs-" in str(platform.settings.data_dir))
     shared = shared_bytes(child_ibd)
     if cloning:
-        assert shared > 200 * BLOB * 0.9, shared  # the child holds no copy of its own
+        assert shared > ROWS * BLOB * 0.9, shared  # the child holds no copy of its own
     else:
         assert shared == 0
     # Billed storage: a fresh branch costs what it does not share with its parent.
     full = await platform.storage.branch_size(child.branch.id)
     billed = await platform.storage.billed_size(child.branch.id, has_parent=True)
-    assert full is not None and billed is not None and full > 200 * BLOB
+    assert full is not None and billed is not None and full > ROWS * BLOB
     if cloning:
         assert billed < full * 0.2, (billed, full)
     else:
@@ -91,17 +92,19 @@ async def test_a_branch_shares_its_parents_blocks_and_diverges(platform: Platfor
     # Both sides change independently.
     cep = child.endpoints[0].id
     await start(platform, who, pid, cep)
-    await asyncio.to_thread(sql, platform, cep, created, "DELETE FROM big WHERE i < 100")
+    await asyncio.to_thread(sql, platform, cep, created, f"DELETE FROM big WHERE i < {ROWS // 2}")
     await start(platform, who, pid, ep)
-    await asyncio.to_thread(sql, platform, ep, created, "UPDATE big SET b = 'parent' WHERE i = 150")
+    await asyncio.to_thread(
+        sql, platform, ep, created, f"UPDATE big SET b = 'parent' WHERE i = {ROWS - 1}"
+    )
     on_child = await asyncio.to_thread(
         sql, platform, cep, created, "SELECT COUNT(*), MAX(LENGTH(b)) FROM big"
     )
     on_parent = await asyncio.to_thread(
         sql, platform, ep, created, "SELECT COUNT(*), MIN(LENGTH(b)) FROM big"
     )
-    assert on_child == [(100, BLOB)]
-    assert on_parent == [(200, 6)]
+    assert on_child == [(ROWS - ROWS // 2, BLOB)]
+    assert on_parent == [(ROWS, 6)]
 
 
 async def test_a_branch_of_an_active_parent_under_load(platform: Platform) -> None:
