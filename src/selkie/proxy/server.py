@@ -123,6 +123,9 @@ class ProxyServer:
                 port=config.http_listen[1],
                 ssl_files=config.http_tls_files,
                 trusted_proxies=config.http_trusted_proxies,
+                # The same pre-auth rules as MySQL clients: one admission, one deadline.
+                admission=self.admission,
+                preauth_timeout=config.handshake_timeout,
             )
             if config.http_listen is not None
             else None

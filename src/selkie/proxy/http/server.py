@@ -8,6 +8,8 @@ hash before anything wakes, with the proxy's failure pacing. The statement runs 
 connection logged in as that role (waking the endpoint, the request held meanwhile); while
 it leaves a transaction open the connection stays with the session (see ``sessions``).
 Bytes and statements are counted per endpoint as for MySQL sessions (activity, metering).
+Before a request has authenticated, its connection is under the MySQL listener's pre-auth
+rules: a deadline and the admission caps (see ``guard``).
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import re
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from selkie.mysql import auth
@@ -37,9 +41,11 @@ from selkie.mysql.wire import (
     Capability,
     ProtocolError,
 )
+from selkie.proxy.admission import Admission
 from selkie.proxy.connect import Authenticated, Connector, Refused
 from selkie.proxy.handshake import route
 from selkie.proxy.http import neon, psdb
+from selkie.proxy.http.guard import TOO_MANY, Guard, GuardedProtocol, ticket
 from selkie.proxy.http.resultset import Outcome, ResultTooLarge, reset, run_query
 from selkie.proxy.http.sessions import Pinned, Sessions
 from selkie.proxy.pooler.pool import FORMAT_CAPS, Backend, PoolKey, PoolTimeout
@@ -89,6 +95,8 @@ class HttpFront:
         trusted_proxies: tuple[str, ...] = (),
         statement_timeout: float = 300.0,
         max_body: int = MAX_BODY,
+        admission: Admission | None = None,
+        preauth_timeout: float = 10.0,
     ) -> None:
         self.connector = connector
         self.stats = stats
@@ -98,6 +106,13 @@ class HttpFront:
         self.statement_timeout = statement_timeout
         self.max_body = max_body
         self.pooler = pooler
+        # The MySQL listener's pre-auth rules: its admission (one count for the process)
+        # and its handshake deadline; TLS is set up in start().
+        self.guard = Guard(
+            admission or Admission(total=1000, per_address=256),
+            timeout=preauth_timeout,
+            tls=None,
+        )
         self.sessions = Sessions()
         # The database a role's sessions start in, once found (endpoint, role) -> name.
         self.defaults: dict[tuple[str, str], str] = {}
@@ -116,9 +131,23 @@ class HttpFront:
         """The ASGI application: POST to one of ``routes``."""
         if scope["type"] != "http":
             return
+        entry = ticket(scope)
+        try:
+            await self._serve(scope, receive, send, refused=entry is not None and entry.refused)
+        finally:
+            if entry is not None:
+                entry.done()
+
+    async def _serve(
+        self, scope: dict[str, Any], receive: Any, send: Any, *, refused: bool
+    ) -> None:
         handler = self.routes.get(scope["path"])
-        if handler is None:
-            response: Response = error_response(HttpError(404, "not_found", "no such route"))
+        if refused:
+            # A kept-alive connection over a pre-auth cap: answered, then closed.
+            response: Response = error_response(HttpError(503, "unavailable", TOO_MANY))
+            response.headers["connection"] = "close"
+        elif handler is None:
+            response = error_response(HttpError(404, "not_found", "no such route"))
         elif scope["method"] != "POST":
             response = error_response(HttpError(405, "invalid_argument", "use POST"))
         else:
@@ -135,6 +164,11 @@ class HttpFront:
         return int(self._server.servers[0].sockets[0].getsockname()[1])
 
     async def start(self) -> None:
+        if self.ssl_files is not None:
+            # TLS is the guard's (counted and under the deadline), not uvicorn's.
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.ssl_files)
+            self.guard.tls = context
         config = uvicorn.Config(
             self.app,
             host=self.host,
@@ -142,10 +176,8 @@ class HttpFront:
             log_level="warning",
             access_log=False,
             lifespan="off",
-            http="httptools",
+            http=cast(type[asyncio.Protocol], functools.partial(GuardedProtocol, guard=self.guard)),
             interface="asgi3",
-            ssl_certfile=self.ssl_files[0] if self.ssl_files else None,
-            ssl_keyfile=self.ssl_files[1] if self.ssl_files else None,
             # uvicorn believes X-Forwarded-Proto from loopback by default: a local client
             # could then claim TLS past require_tls. Only the configured proxies are.
             proxy_headers=bool(self.trusted_proxies),
@@ -171,6 +203,7 @@ class HttpFront:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, 5)
+        await self.guard.close()
         await self.sessions.close()
 
     async def _reap(self) -> None:
@@ -182,10 +215,13 @@ class HttpFront:
 
     async def body(self, request: Request) -> dict[str, Any]:
         data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > self.max_body:
-                raise HttpError(413, "payload_too_large", f"body over {self.max_body} bytes")
+        try:
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > self.max_body:
+                    raise HttpError(413, "payload_too_large", f"body over {self.max_body} bytes")
+        except ClientDisconnect as exc:  # gone, or cut at the pre-auth deadline
+            raise HttpError(400, "invalid_argument", "the client left mid-body") from exc
         try:
             body = json.loads(data or b"{}")
         except ValueError as exc:
@@ -211,8 +247,13 @@ class HttpFront:
             access = await self.connector.control.get_access(target.endpoint_id, target.role)
         stage1 = auth.verify_cleartext(password.encode(), access.password_hash) if access else None
         if target is None or access is None or stage1 is None:
+            # Paced by the MySQL listener's budget, the connection counted as pre-auth
+            # meanwhile (the caps bound how many guesses wait at once).
             await self.connector.failed_login(client, target, access)
             raise HttpError(401, "unauthenticated", f"Access denied for user '{user}'")
+        entry = ticket(request.scope)
+        if entry is not None:
+            entry.authenticated()
         refused = self.connector.admitted(target, access, tls=request.url.scheme == "https")
         if refused is not None:
             raise HttpError(403, "permission_denied", refused.message)
