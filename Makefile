@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup mariadb clean bench-deps
+.PHONY: run test lint setup mariadb clean bench-deps sanitize
 
 setup: mariadb $(STAMP) tests/js/node_modules/.installed
 
@@ -36,6 +36,11 @@ lint: $(STAMP)
 
 test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Both C extensions once more with ASan and UBSan, into build/sanitize (the venv keeps its
+# normal build), and their scanner and lane tests run against them: any report fails.
+sanitize: $(STAMP)
+	$(PY) scripts/sanitize.py
 
 clean:
 	rm -rf $(VENV) .selkie .pytest_cache .mypy_cache .ruff_cache tests/js/node_modules

@@ -1,10 +1,16 @@
-"""The compiled relay: its scanner agrees with CommandScanner however a stream is cut, and
-real clients' plaintext sessions run on it (COM_CHANGE_USER included)."""
+"""The compiled relay: its scanner agrees with CommandScanner however a stream is cut, its
+loop takes empty bytes and failed adds without harm, a refused COM_CHANGE_USER is answered
+through the loop, and real clients' plaintext sessions run on it (COM_CHANGE_USER
+included)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +18,7 @@ from hypothesis import strategies as st
 
 from selkie.mysql.wire import MAX_PAYLOAD
 from selkie.proxy import crelay
-from selkie.proxy.relay import CommandScanner, HeldChangeUser
+from selkie.proxy.relay import CommandScanner, Counters, HeldChangeUser
 from tests.conftest import need_service
 from tests.proxy.conftest import Db
 from tests.proxy.test_clients import connector, pymysql_conn
@@ -106,6 +112,136 @@ def test_c_scanner_ignores_continuations_of_a_16_mib_packet() -> None:
         pieces = cut(stream, [size]) if size > 1000 else cut(stream[:200], [size])
         assert scan_c(pieces) == scan_python(pieces), size
     assert scan_c([stream])[2] == [0x03, 0x11, 0x03, 0x01]
+
+
+def running_loop():  # type: ignore[no-untyped-def]
+    from selkie.proxy._crelay import Loop
+
+    loop = Loop()
+    threading.Thread(target=loop.run, name="test-relay-loop", daemon=True).start()
+    return loop
+
+
+def wait_for(check, seconds: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return bool(check())
+
+
+def test_empty_bytes_are_taken_everywhere() -> None:
+    # Empty bytes into a buffer never allocated: a memcpy into NULL, undefined behaviour
+    # that `make sanitize` (UBSan, halt_on_error) turns into a failure.
+    from selkie.proxy._crelay import END_CLIENT, Session
+
+    loop = running_loop()
+    session = Session()
+    session.set_farewell(b"")
+    app, proxy_end = socket.socketpair()
+    server_app, server_end = socket.socketpair()
+    ends: list[tuple[int, object]] = []
+    loop.add(
+        session,
+        proxy_end.fileno(),
+        server_end.fileno(),
+        b"",
+        b"",
+        b"",
+        lambda end, value: ends.append((end, value)),
+    )
+    app.sendall(packet(0, b"\x03SELECT 1"))
+    server_app.settimeout(10)
+    assert server_app.recv(100) == packet(0, b"\x03SELECT 1")
+    app.close()
+    assert wait_for(lambda: ends == [(END_CLIENT, None)]), ends
+    for s in (proxy_end, server_app, server_end):
+        s.close()
+
+
+def test_a_failed_add_keeps_neither_handler_nor_session(tmp_path: Path) -> None:
+    # epoll refuses regular files: the first add fails, or the second after the first
+    # succeeded. Neither may keep the handler (a Session holds it for good: it is not
+    # collected), call it, or let the loop release the session (a second time).
+    from selkie.proxy._crelay import Loop, Session
+
+    called: list[object] = []
+
+    def handler(end: int, value: object) -> None:
+        called.append((end, value))
+
+    file = (tmp_path / "f").open("w")
+    pair = socket.socketpair()
+    loop = Loop()  # not running: what a failed add keeps stays visible
+    for client_fd in (file.fileno(), pair[0].fileno()):
+        session = Session()
+        handlers, sessions = sys.getrefcount(handler), sys.getrefcount(session)
+        with pytest.raises(OSError):
+            loop.add(session, client_fd, file.fileno(), b"x", b"", b"", handler)
+        assert sys.getrefcount(handler) == handlers
+        assert sys.getrefcount(session) >= sessions  # kept by the loop for one batch at most
+    running = running_loop()
+    for _ in range(200):  # a client gone already: the loop would end the session at once
+        session = Session()
+        app, proxy_end = socket.socketpair()
+        app.close()
+        sessions = sys.getrefcount(session)
+        with pytest.raises(OSError):
+            running.add(session, proxy_end.fileno(), file.fileno(), b"", b"", b"", handler)
+        assert sys.getrefcount(session) >= sessions
+        proxy_end.close()
+    time.sleep(0.1)
+    assert called == []
+    file.close()
+    for s in pair:
+        s.close()
+
+
+def test_a_refused_change_user_is_answered_through_the_loop() -> None:
+    # The client reads nothing: its socket is full. The ERR waits in the loop, not in a
+    # thread blocked on a send, and reaches the client once it reads; then the session ends.
+    from selkie.proxy._crelay import Session
+
+    err = packet(1, b"\xff\x15\x04#28000Access denied")
+    app, proxy_end = socket.socketpair()
+    server_app, server_end = socket.socketpair()
+    proxy_end.setblocking(False)
+    filler = 0
+    try:
+        while True:
+            filler += proxy_end.send(b"f" * 65536)
+    except BlockingIOError:
+        pass
+    asked: list[bytes] = []
+    done = threading.Event()
+
+    def on_change_user(payload: bytes) -> tuple[bytes | None, bytes | None]:
+        asked.append(payload)
+        return None, err
+
+    relay = crelay.CRelay(
+        client=proxy_end,
+        server=server_end,
+        counters=Counters(),
+        on_command=lambda _: None,
+        on_change_user=on_change_user,
+        on_done=done.set,
+    )
+    relay.start()
+    assert isinstance(relay._session, Session)
+    app.sendall(packet(0, b"\x11bob\x00"))
+    assert wait_for(lambda: asked == [b"\x11bob\x00"])
+    assert wait_for(lambda: "relay-change-user" not in relay_threads(), 2.0), relay_threads()
+    assert not done.is_set()  # the ERR is still to be read
+    got = b""
+    app.settimeout(10)
+    while chunk := app.recv(1 << 20):
+        got += chunk
+    assert got == b"f" * filler + err
+    assert done.wait(5)
+    for s in (app, server_app):
+        s.close()
 
 
 def relay_threads() -> list[str]:

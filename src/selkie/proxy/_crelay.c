@@ -29,8 +29,8 @@
 #define COM_QUIT 0x01
 #define COM_CHANGE_USER 0x11
 
-/* What run() ends with. */
-enum { END_CLIENT = 0, END_SERVER = 1, END_ERROR = 2, CHANGE_USER = 3 };
+/* What a session's run ends with (FLUSHED: what end_after_sending queued was sent). */
+enum { END_CLIENT = 0, END_SERVER = 1, END_ERROR = 2, CHANGE_USER = 3, FLUSHED = 4 };
 
 typedef struct {
     uint8_t *data;
@@ -49,6 +49,7 @@ static int buf_reserve(Buf *b, size_t extra) {
 }
 
 static int buf_add(Buf *b, const uint8_t *p, size_t n) {
+    if (n == 0) return 0; /* b->data may still be NULL: memcpy into it is undefined */
     if (buf_reserve(b, n) < 0) return -1;
     memcpy(b->data + b->len, p, n);
     b->len += n;
@@ -62,7 +63,8 @@ typedef struct Session {
     int header_len;
     size_t remaining;
     int continued;
-    int last_seq;
+    int in_command; /* the logical packet being read is a command's */
+    int wraps;      /* the next packet continues the exchange past sequence 255 */
     int pending; /* a command's header seen, its command byte not yet */
     uint8_t pending_header[4];
     int holding; /* collecting a COM_CHANGE_USER payload into held */
@@ -85,6 +87,7 @@ typedef struct Session {
     /* Sent to the client when the compute goes away, unless closing (the proxy's doing). */
     Buf farewell;
     int closing;
+    int flushing; /* end_after_sending: send to_client, then end (FLUSHED); read nothing */
     /* In a Loop: the loop's reference, what it calls at the end, its epoll tags. */
     int in_loop, touched;
     PyObject *handler;
@@ -156,9 +159,14 @@ static Py_ssize_t scan(Session *s, const uint8_t *data, size_t n, Buf *out, Buf 
         s->header_len = 0;
         size_t length = s->header[0] | s->header[1] << 8 | (size_t)s->header[2] << 16;
         int seq = s->header[3];
-        int starts = seq == 0 && !s->continued && s->last_seq != 255;
+        int was_continued = s->continued;
+        int starts = seq == 0 && !was_continued && !s->wraps;
+        if (!was_continued) s->in_command = starts; /* a new logical packet */
         s->continued = length == MAX_PAYLOAD;
-        s->last_seq = seq;
+        /* Past sequence 255 the exchange goes on at 0 (LOAD DATA LOCAL's file), unless this
+         * packet ends the client's turn: a command's last piece, or the empty packet that
+         * ends the file (not the empty piece ending a split 16 MiB packet). */
+        s->wraps = seq == 255 && !s->in_command && (length || was_continued);
         s->remaining = length;
         if (starts && length) {
             s->pending = 1;
@@ -249,6 +257,17 @@ enum { BLOCKED = -1 };
  * the next readiness event), END_* or CHANGE_USER. Runs without the GIL. */
 static int step(Session *s) {
     int cfd = s->cfd, sfd = s->sfd;
+    if (s->flushing) { /* the last bytes for the client, then the end: nothing is read */
+        while (s->to_client_pos < s->to_client.len) {
+            ssize_t w = send(cfd, s->to_client.data + s->to_client_pos,
+                             s->to_client.len - s->to_client_pos, MSG_NOSIGNAL);
+            if (w < 0) return again() ? BLOCKED : END_ERROR;
+            s->to_client_pos += (size_t)w;
+            if (s->to_client_relayed) add64(&s->bytes_to_client, w);
+        }
+        s->to_client.len = s->to_client_pos = 0;
+        return FLUSHED;
+    }
     for (;;) {
         int progress = 0;
         /* Server -> client: the first bytes, then what was read from the server. */
@@ -349,7 +368,7 @@ static int add_bytes(Buf *b, PyObject *obj) {
 /* Ready a session to (re)enter a loop: its sockets and the bytes to send first. */
 static int prepare(Session *s, int cfd, int sfd, PyObject *to_client, PyObject *to_server,
                    PyObject *from_client) {
-    if (s->in_loop) {
+    if (__atomic_load_n(&s->in_loop, __ATOMIC_ACQUIRE)) {
         PyErr_SetString(PyExc_RuntimeError, "the session is in a loop already");
         return -1;
     }
@@ -405,12 +424,21 @@ static PyObject *Session_closing(Session *s, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Session_end_after_sending(Session *s, PyObject *unused) {
+    (void)unused;
+    if (__atomic_load_n(&s->in_loop, __ATOMIC_ACQUIRE)) {
+        PyErr_SetString(PyExc_RuntimeError, "the session is in a loop");
+        return NULL;
+    }
+    s->flushing = 1;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Session", kwlist)) return NULL;
     Session *s = (Session *)type->tp_alloc(type, 0);
     if (!s) return NULL;
-    s->last_seq = -1;
     s->cfd = s->sfd = -1;
     s->last_active = now();
     s->tags[0].session = s->tags[1].session = s;
@@ -462,6 +490,8 @@ static PyMethodDef Session_methods[] = {
     {"feed", (PyCFunction)Session_feed, METH_O, "Scan client bytes (tests)."},
     {"set_farewell", (PyCFunction)Session_set_farewell, METH_O, "Bytes for a compute's exit."},
     {"closing", (PyCFunction)Session_closing, METH_NOARGS, "The proxy ends it: no farewell."},
+    {"end_after_sending", (PyCFunction)Session_end_after_sending, METH_NOARGS,
+     "Its next run only sends what is queued for the client, then ends (FLUSHED)."},
     {NULL},
 };
 
@@ -484,6 +514,9 @@ static PyTypeObject SessionType = {
 typedef struct {
     PyObject_HEAD
     int epfd;
+    /* Sessions whose add failed after a descriptor was registered: kept until the loop's
+     * next batch is done (the one it is passing over may hold an event for them). */
+    PyObject *dropped;
 } Loop;
 
 #define BATCH 256
@@ -493,6 +526,12 @@ static PyObject *Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Loop", kwlist)) return NULL;
     Loop *l = (Loop *)type->tp_alloc(type, 0);
     if (!l) return NULL;
+    l->dropped = PyList_New(0);
+    if (!l->dropped) {
+        l->epfd = -1;
+        Py_DECREF(l);
+        return NULL;
+    }
     l->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (l->epfd < 0) {
         Py_DECREF(l);
@@ -503,6 +542,7 @@ static PyObject *Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 
 static void Loop_dealloc(Loop *l) {
     if (l->epfd >= 0) close(l->epfd);
+    Py_XDECREF(l->dropped);
     Py_TYPE(l)->tp_free((PyObject *)l);
 }
 
@@ -515,25 +555,38 @@ static PyObject *Loop_add(Loop *l, PyObject *args) {
                           &from_client, &handler))
         return NULL;
     if (prepare(s, cfd, sfd, to_client, to_server, from_client) < 0) return NULL;
+    /* Both descriptors are registered before the loop may step the session (in_loop):
+     * otherwise it could end the session between the two adds, and a failing second add
+     * would release it a second time. Until then the loop passes over its events. */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    ev.data.ptr = &s->tags[0];
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, cfd, &ev) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    ev.data.ptr = &s->tags[1];
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, sfd, &ev) < 0) {
+        int err = errno;
+        epoll_ctl(l->epfd, EPOLL_CTL_DEL, cfd, NULL);
+        /* The batch the loop is passing over may hold an event for cfd, pointing into the
+         * session: it stays alive until that batch is done. */
+        if (PyList_Append(l->dropped, (PyObject *)s) < 0) {
+            PyErr_Clear();
+            Py_INCREF(s); /* kept for good rather than freed under the loop */
+        }
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    /* Only now: a failed add leaves neither handler nor reference behind. */
     Py_INCREF(handler);
     Py_XSETREF(s->handler, handler);
     Py_INCREF(s); /* the loop's, until the handler has been called */
-    s->in_loop = 1;
-    /* Registered ready for everything; an edge-triggered add reports what is ready now. */
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+    __atomic_store_n(&s->in_loop, 1, __ATOMIC_RELEASE);
+    /* Events until now were passed over: a modify reports each side again as it is now (an
+     * edge-triggered add or modify reports what is ready). One event steps the session
+     * whole: prepare() marked both sides readable. */
     ev.data.ptr = &s->tags[0];
-    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, cfd, &ev) < 0) goto fail;
+    epoll_ctl(l->epfd, EPOLL_CTL_MOD, cfd, &ev);
     ev.data.ptr = &s->tags[1];
-    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, sfd, &ev) < 0) {
-        epoll_ctl(l->epfd, EPOLL_CTL_DEL, cfd, NULL);
-        goto fail;
-    }
+    epoll_ctl(l->epfd, EPOLL_CTL_MOD, sfd, &ev);
     Py_RETURN_NONE;
-fail:
-    s->in_loop = 0;
-    PyErr_SetFromErrno(PyExc_OSError);
-    Py_DECREF(s);
-    return NULL;
 }
 
 /* Loop.run(): relay until the process ends (call it on a thread of its own). */
@@ -549,7 +602,7 @@ static PyObject *Loop_run(Loop *l, PyObject *unused) {
         for (int i = 0; i < n; i++) {
             struct Tag *tag = events[i].data.ptr;
             Session *s = tag->session;
-            if (!s->in_loop) continue;
+            if (!__atomic_load_n(&s->in_loop, __ATOMIC_ACQUIRE)) continue;
             uint32_t what = events[i].events;
             int hup = (what & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
             if (what & EPOLLIN || hup) {
@@ -570,7 +623,7 @@ static PyObject *Loop_run(Loop *l, PyObject *unused) {
             if (end == END_SERVER) say_farewell(s);
             epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->cfd, NULL);
             epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->sfd, NULL);
-            s->in_loop = 0;
+            __atomic_store_n(&s->in_loop, 0, __ATOMIC_RELEASE);
             codes[ne] = end;
             ended[ne++] = s;
         }
@@ -588,6 +641,10 @@ static PyObject *Loop_run(Loop *l, PyObject *unused) {
             Py_XDECREF(handler);
             Py_DECREF(s);
         }
+        /* That batch is done: no event of it points into a session whose add failed. */
+        if (PyList_GET_SIZE(l->dropped) &&
+            PyList_SetSlice(l->dropped, 0, PyList_GET_SIZE(l->dropped), NULL) < 0)
+            PyErr_WriteUnraisable(l->dropped);
     }
 }
 
@@ -623,7 +680,8 @@ PyMODINIT_FUNC PyInit__crelay(void) {
         PyModule_AddIntConstant(m, "END_CLIENT", END_CLIENT) < 0 ||
         PyModule_AddIntConstant(m, "END_SERVER", END_SERVER) < 0 ||
         PyModule_AddIntConstant(m, "END_ERROR", END_ERROR) < 0 ||
-        PyModule_AddIntConstant(m, "CHANGE_USER", CHANGE_USER) < 0) {
+        PyModule_AddIntConstant(m, "CHANGE_USER", CHANGE_USER) < 0 ||
+        PyModule_AddIntConstant(m, "FLUSHED", FLUSHED) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -74,7 +74,8 @@ class _Loop:
 class CRelay(ThreadedRelay):
     """A session on the process's C relay loop; Python only for ``COM_CHANGE_USER`` and the
     end. Its handler runs on the loop's thread and must not block: a change of user is
-    answered on a thread of its own."""
+    checked on a thread of its own, and its answer (the compute's, or the proxy's ERR when
+    refused) goes back to the client through the loop, never by a blocking send."""
 
     THREADS = 1
 
@@ -122,9 +123,10 @@ class CRelay(ThreadedRelay):
             if rewritten is not None:
                 self._enter(answer or b"", rewritten, b"")
                 return
-            if answer:  # refused: its ERR, then the end
-                self.client.setblocking(True)
-                self.client.sendall(answer)
+            if answer:  # refused: its ERR, queued on the loop like any write, then the end
+                self._session.end_after_sending()
+                self._enter(answer, b"", b"")
+                return
         except Exception:
             log.exception("COM_CHANGE_USER failed; ending the session")
         self._end()

@@ -120,19 +120,23 @@ class CommandScanner:
     """Finds command boundaries in the client → server byte stream without buffering it.
 
     A packet with sequence id 0 that does not continue a 16 MiB split starts a command; its
-    first payload byte is the command. One that follows a packet with sequence id 255 does
+    first payload byte is the command. One that follows a packet with sequence id 255 may
     not: sequence ids wrap only inside one exchange, in practice the file a client sends for
     ``LOAD DATA LOCAL INFILE`` (its data packets count on from 2 and pass 255 every 256
     packets; a data packet must never be taken for a command, least of all for a
-    COM_CHANGE_USER). ``feed`` returns the segments to forward, in order
-    (bytes, or a :class:`HeldChangeUser` for the caller to rewrite), and the commands seen.
+    COM_CHANGE_USER). But a packet with sequence id 255 that ends the client's turn, the
+    empty packet that ends the file (not the empty piece that ends a split 16 MiB data
+    packet) or a command's last piece, is followed by a command: it must be seen too.
+    ``feed`` returns the segments to forward, in order (bytes, or a :class:`HeldChangeUser`
+    for the caller to rewrite), and the commands seen.
     """
 
     def __init__(self) -> None:
         self._header = bytearray()
         self._remaining = 0
         self._continued = False
-        self._last_seq = -1
+        self._in_command = False  # the logical packet being read is a command's
+        self._wraps = False  # the next packet continues the exchange past sequence 255
         self._pending_header: bytes | None = None
         self._held: bytearray | None = None
 
@@ -150,10 +154,9 @@ class CommandScanner:
             length = data[0] | data[1] << 8 | data[2] << 16
             if length + 4 == n:
                 seq = data[3]
-                starts = seq == 0 and not self._continued and self._last_seq != 255
+                starts = seq == 0 and not self._continued and not self._wraps
                 if not (starts and length and data[4] == Command.CHANGE_USER):
-                    self._continued = length == MAX_PAYLOAD
-                    self._last_seq = seq
+                    self._header_read(seq, length, starts)
                     return [data], [data[4]] if starts and length else []
         return self._feed(data)
 
@@ -198,9 +201,8 @@ class CommandScanner:
             header = bytes(self._header)
             self._header.clear()
             length = int.from_bytes(header[:3], "little")
-            starts_command = header[3] == 0 and not self._continued and self._last_seq != 255
-            self._continued = length == MAX_PAYLOAD
-            self._last_seq = header[3]
+            starts_command = header[3] == 0 and not self._continued and not self._wraps
+            self._header_read(header[3], length, starts_command)
             self._remaining = length
             if starts_command and length:
                 self._pending_header = header  # until its command byte is seen
@@ -209,6 +211,16 @@ class CommandScanner:
         if buf:
             segments.append(bytes(buf))
         return segments, commands
+
+    def _header_read(self, seq: int, length: int, starts: bool) -> None:
+        was_continued = self._continued
+        if not was_continued:  # a new logical packet
+            self._in_command = starts
+        self._continued = length == MAX_PAYLOAD
+        # Past sequence 255 the exchange goes on at 0 (LOAD DATA LOCAL's file), unless this
+        # packet ends the client's turn: a command's last piece, or the empty packet that
+        # ends the file (not the empty piece ending a split 16 MiB packet).
+        self._wraps = seq == 255 and not self._in_command and bool(length or was_continued)
 
 
 class ThreadedRelay:
