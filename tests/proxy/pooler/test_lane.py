@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import mysql.connector
 import pymysql
 import pytest
 from pymysql.constants import CLIENT
@@ -64,12 +65,24 @@ async def db(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Db
     relay = getattr(request, "param", "auto")
     if relay != "python":
         require_lane()
-    p = await platform(tmp_path, cap=1, wait=1, relay=relay)
+    marker = request.node.get_closest_marker("backends")
+    p = await platform(tmp_path, cap=marker.args[0] if marker else 1, wait=1, relay=relay)
     try:
-        yield await pooled_db(p)
+        db = await pooled_db(p)
+        yield db
+        assert_lane_sound(db)
     finally:
         await p.stop()
         p.close()
+
+
+def assert_lane_sound(db: Db) -> None:
+    """The lane's invariant: a backend it counts in use has a session reading or writing
+    it (its answer on the way, or a transaction or session mode keeping it)."""
+    assert db.platform.proxy is not None
+    pooled = db.platform.proxy.pools.get(db.endpoint_id)
+    if pooled is not None and pooled.lane is not None:
+        assert pooled.lane.stray() == []
 
 
 def lane_commands(db: Db) -> int:
@@ -203,3 +216,64 @@ async def test_large_results_multi_statements_and_a_slow_reader_pass_whole(db: D
     assert sets == [((1,),), ((2, 3),), (("z",),)] and n == 20000
     assert again == [first, sets, n]
     assert lane_commands(db) >= 3
+
+
+def connector(db: Db) -> mysql.connector.MySQLConnection:
+    c = mysql.connector.connect(
+        host="127.0.0.1",
+        port=db.port,
+        user=f"{db.endpoint_id}-pooler.{db.role}",
+        password=db.password,
+        database=db.database,
+        use_pure=True,
+        ssl_disabled=True,
+        autocommit=True,
+        connection_timeout=10,
+    )
+    c._socket.sock.settimeout(10)  # a stalled command fails the test rather than hang it
+    return c
+
+
+@pytest.mark.backends(2)
+async def test_a_queued_session_handed_a_backend_without_its_statement_runs_it(db: Db) -> None:
+    """Issue 26: a session queued in the lane for a backend, handed one that lacks its
+    prepared statement, was left there — neither run nor handed back — with that backend
+    counted in use for good. Python now prepares it there and runs the command."""
+    waiter, a, b = [await asyncio.to_thread(connector, db) for _ in range(3)]
+    lane_ = pool(db).lane
+    assert lane_ is not None
+
+    # Prepared once, executed again from then on (made in a thread: it pings the proxy).
+    cur = await asyncio.to_thread(waiter.cursor, prepared=True)
+
+    def execute(c: mysql.connector.MySQLConnection) -> list[object]:
+        cur.execute("SELECT 40 + 2")
+        return list(cur.fetchall())
+
+    def run(c: mysql.connector.MySQLConnection, sql: str) -> None:
+        cur = c.cursor()
+        cur.execute(sql)
+        cur.close()
+
+    # Prepared on the first backend, run twice (the second time by the lane).
+    assert await asyncio.to_thread(execute, waiter) == [(42,)]
+    assert await asyncio.to_thread(execute, waiter) == [(42,)]
+    await asyncio.to_thread(run, a, "BEGIN")  # the first backend
+    await asyncio.to_thread(run, b, "BEGIN")  # a second one, without the statement
+    assert pool(db).in_use == 2
+    queued = asyncio.create_task(asyncio.to_thread(execute, waiter))
+    deadline = time.monotonic() + 10
+    while lane_.c.waiting == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert lane_.c.waiting == 1  # queued in the lane
+    await asyncio.to_thread(run, b, "COMMIT")  # its backend goes to the waiter
+    assert lane_.stray() == []
+    assert await asyncio.wait_for(queued, 15) == [(42,)]
+    await asyncio.to_thread(run, a, "COMMIT")
+    assert lane_.stray() == []
+    for c in (waiter, a, b):
+        await asyncio.to_thread(c.close)
+    deadline = time.monotonic() + 5
+    while pool(db).in_use and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert pool(db).metrics()["backends_in_use"] == 0

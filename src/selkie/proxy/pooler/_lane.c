@@ -327,6 +327,10 @@ static int conn_enter(Lane *l, Conn *c, int key, int sig, PyObject *table) {
     }
     c->registered = 1;
     c->in_lane = 1;
+    c->lane_prev = NULL;
+    c->lane_next = l->conns;
+    if (l->conns) l->conns->lane_prev = c;
+    l->conns = c;
     memset(&c->scan, 0, sizeof c->scan);
     c->key = key;
     c->sig = sig;
@@ -574,6 +578,37 @@ static PyObject *Lane_get_waiting(Lane *l, void *closure) {
     return PyLong_FromLong(n);
 }
 
+/* backends() -> [dict]: every backend in the lane and what holds it, for the invariant
+ * lane.py checks (a backend counted in use has a session reading or writing it). */
+static PyObject *Lane_backends(Lane *l, PyObject *unused) {
+    (void)unused;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (Conn *c = l->conns; c; c = c->lane_next) {
+        Session *s = c->session;
+        PyObject *item;
+        if (s)
+            item = Py_BuildValue(
+                "{sOsOsOsOsOsOsOsOsO}", "backend", c->backend ? c->backend : Py_None, "idle",
+                c->idle ? Py_True : Py_False, "busy", c->busy ? Py_True : Py_False, "dead",
+                c->dead ? Py_True : Py_False, "session", Py_True, "session_parked",
+                s->in_lane && s->lane == l ? Py_True : Py_False, "session_bound",
+                s->conn == c ? Py_True : Py_False, "session_waiting", s->waiting ? Py_True : Py_False,
+                "session_keeps", !s->release_idle || s->status & IN_TRANS ? Py_True : Py_False);
+        else
+            item = Py_BuildValue("{sOsOsOsOsO}", "backend", c->backend ? c->backend : Py_None, "idle",
+                                 c->idle ? Py_True : Py_False, "busy", c->busy ? Py_True : Py_False,
+                                 "dead", c->dead ? Py_True : Py_False, "session", Py_False);
+        if (!item || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+}
+
 /* scan(command, deprecate_eof, status, chunks) -> (used, done, status, warnings, lii, error):
  * the response scanner alone, for tests. */
 static PyObject *Lane_scan(PyObject *cls, PyObject *args) {
@@ -613,6 +648,7 @@ static PyMethodDef Lane_methods[] = {
     {"plain", (PyCFunction)Lane_plain, METH_O, "A query text found plain."},
     {"waiting_for", (PyCFunction)Lane_waiting, METH_VARARGS, "Python's waiters of a kind."},
     {"set_room", (PyCFunction)Lane_set_room, METH_O, "Backends Python may still open."},
+    {"backends", (PyCFunction)Lane_backends, METH_NOARGS, "Every backend in the lane (tests)."},
     {"scan", (PyCFunction)Lane_scan, METH_VARARGS | METH_STATIC, "The response scanner (tests)."},
     {NULL},
 };

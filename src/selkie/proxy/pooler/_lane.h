@@ -136,6 +136,7 @@ typedef struct Conn {
     Scan scan;
     int busy; /* a command's response is on its way */
     Tag tag;
+    struct Conn *lane_prev, *lane_next; /* every backend in the lane (Lane.backends()) */
 } Conn;
 
 typedef struct {
@@ -182,6 +183,7 @@ typedef struct Lane {
     long long commands; /* commands run here */
     KeyLane *keys;
     int nkeys;
+    Conn *conns; /* every backend in the lane, idle or in use */
     /* Plain query texts (open addressing, FNV-1a). */
     PyObject *plain[PLAIN_SLOTS];
     uint64_t plain_hash[PLAIN_SLOTS];

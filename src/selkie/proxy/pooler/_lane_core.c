@@ -83,6 +83,12 @@ Conn *conn_leave(Lane *l, Conn *c) {
     } else {
         l->in_use--;
     }
+    if (c->in_lane) {
+        if (c->lane_prev) c->lane_prev->lane_next = c->lane_next;
+        else l->conns = c->lane_next;
+        if (c->lane_next) c->lane_next->lane_prev = c->lane_prev;
+        c->lane_prev = c->lane_next = NULL;
+    }
     c->in_lane = 0;
     c->session = NULL;
     c->busy = 0;
@@ -125,9 +131,21 @@ void conn_free(Lane *l, Conn *c, int from_python) {
             session_hand_back(l, w, WAKE_COMMAND, 0); /* Python gives it the state first */
             return;
         }
-        session_run(l, w);
+        /* Its command may still need Python (the statement not prepared on this backend,
+         * say): handed back with the backend rather than left parked holding it. */
+        if (session_run(l, w) < 0) session_hand_back(l, w, WAKE_COMMAND, 0);
         return;
     }
+    /* Nobody of its kind wants it, but a client of another kind waits in Python: Python
+     * hears of it (it closes an idle backend to open one of that kind). Python freeing it
+     * has done so already. */
+    for (int i = 0; i < l->nkeys && !from_python; i++)
+        if (i != c->key && l->keys[i].py_waiting > 0) {
+            conn_leave(l, c);
+            queue_call(l, l->on_release, Py_BuildValue("(O)", c->backend));
+            Py_DECREF(c);
+            return;
+        }
     if (k->nidle == k->cap) {
         int cap = k->cap ? k->cap * 2 : 16;
         Conn **idle = realloc(k->idle, cap * sizeof *idle);
@@ -140,6 +158,13 @@ void conn_free(Lane *l, Conn *c, int from_python) {
     k->idle[k->nidle++] = c;
     c->idle = 1;
     l->in_use--;
+    /* A session of another kind queued here would wait for a backend of its kind that may
+     * never come: the longest-waiting one goes to Python, which makes one of this. */
+    for (int i = 0; i < l->nkeys; i++)
+        if (i != c->key && l->keys[i].wait_head) {
+            session_hand_back(l, l->keys[i].wait_head, WAKE_COMMAND, 0);
+            break;
+        }
 }
 
 /* An idle backend of the session's kind in its state: the one it used last if idle. */

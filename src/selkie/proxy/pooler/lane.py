@@ -205,6 +205,31 @@ class Lane:
     def _died(self, b: Backend) -> None:
         self._on_dead(self._back(b.lane_conn))
 
+    def stray(self) -> list[str]:
+        """What breaks the lane's invariant, for tests (empty: nothing): a backend counted
+        in use has a session that is reading or writing it — its command's answer on the
+        way (busy), or bound to a parked session that keeps it between commands (a
+        transaction open, or session mode) — and the count is the backends so held."""
+        problems = []
+        held = 0
+        for b in self.c.backends():
+            if b["idle"]:
+                if b["session"] or b["busy"]:
+                    problems.append(f"idle yet held: {b}")
+                continue
+            held += 1
+            if not (
+                b["session"]
+                and b["session_parked"]
+                and b["session_bound"]
+                and not b["session_waiting"]
+                and (b["busy"] or b["session_keeps"])
+            ):
+                problems.append(f"in use with no session driving it: {b}")
+        if held != self.c.in_use:
+            problems.append(f"{held} backends held in the lane, {self.c.in_use} counted")
+        return problems
+
     def session(self, wake: Callable[..., None]) -> Any:
         return _lane.Session(wake)
 
