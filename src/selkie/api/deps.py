@@ -31,10 +31,16 @@ def principal(
         raise Unauthorized("missing API key: send Authorization: Bearer <key>")
     ctl: Control = request.app.state.control
     who = ctl.api_keys.authenticate(credentials.credentials)
+    spend(request, who.key_id)
+    return who
+
+
+def spend(request: Request, key_id: int) -> None:
+    """One request of the key's budget (the per-key rate limit, the console's pages and
+    sign-ins included); RateLimited when it has none left."""
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
     if limiter is not None:
-        limiter.take(who.key_id)
-    return who
+        limiter.take(key_id)
 
 
 Ctl = Annotated[Control, Depends(control)]

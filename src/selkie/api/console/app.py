@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from selkie.api.console.charts import human_bytes
 from selkie.api.console.sessions import COOKIE, ConsoleSession, ConsoleSessions, same_token
+from selkie.api.deps import spend as spend_budget
 from selkie.control import Control
 from selkie.errors import Forbidden, SelkieError, Unauthorized
 from selkie.model import Principal
@@ -72,7 +73,10 @@ class Console:
         self.templates.filters["when"] = _when
         self.templates.filters["bytes"] = human_bytes
 
-    def seat(self, request: Request) -> Seat:
+    def seat(self, request: Request, *, spend: bool = True) -> Seat:
+        """The request's signed-in session and principal; each page or form spends one
+        request of the key's rate limit, as an API call does (``spend=False``: an error
+        page shown for a request that was counted already)."""
         session = self.sessions.get(request.cookies.get(COOKIE))
         if session is None:
             raise SignInNeeded
@@ -81,6 +85,8 @@ class Console:
         except Unauthorized as exc:
             self.sessions.close(session.id)
             raise SignInNeeded from exc
+        if spend:
+            spend_budget(request, who.key_id)
         return Seat(session, who)
 
     def checked(self, request: Request, form: dict[str, str]) -> Seat:
@@ -142,7 +148,7 @@ def page(fn: Callable[P, Any]) -> Callable[P, Any]:
                 log.warning("console: %s", exc.message)
             message = exc.message if status < 500 else "internal error; see the server log"
             try:
-                seat: Seat | None = console.seat(request)
+                seat: Seat | None = console.seat(request, spend=False)
             except SignInNeeded:
                 seat = None
             return console.render("error.html", seat, status=status, message=message)

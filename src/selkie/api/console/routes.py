@@ -17,8 +17,8 @@ from selkie.api.console import views
 from selkie.api.console.app import Seat, console_of, page, redirect
 from selkie.api.console.sessions import COOKIE, PRE_COOKIE, same_token
 from selkie.api.console.sql import run_sql
-from selkie.api.deps import ID_PATTERN, NAME_PATTERN
-from selkie.errors import Forbidden, InvalidInput, Unauthorized
+from selkie.api.deps import ID_PATTERN, NAME_PATTERN, spend
+from selkie.errors import Forbidden, InvalidInput, RateLimited, Unauthorized
 from selkie.model import OperationAction
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -94,7 +94,11 @@ async def sign_in(request: Request) -> Response:
         who = await run_in_threadpool(console.control.api_keys.authenticate, form.get("key", ""))
     except Unauthorized:
         return _sign_in_page(request, "that API key is not valid", 401)
-    session = console.sessions.open(who.key_id)
+    try:
+        spend(request, who.key_id)  # signing in is paced by the key's rate limit
+    except RateLimited as exc:
+        return _sign_in_page(request, exc.message, exc.http_status)
+    session = console.sessions.open(who.key_id, who.org_id)
     response = RedirectResponse("/console/projects", status_code=303)
     response.set_cookie(
         COOKIE,
