@@ -60,12 +60,15 @@ def test_deploy_manifests_validate_and_keep_rbac_in_the_namespace() -> None:
         "Namespace",
         "NetworkPolicy",
         "NetworkPolicy",  # the API's internal port: proxies only
+        "NetworkPolicy",  # the safekeeper's API: the API replicas only
         "Role",
         "RoleBinding",
         "Secret",
         "Service",
         "Service",
+        "Service",
         "ServiceAccount",
+        "StatefulSet",  # the safekeeper
     ]
     for doc in docs:
         validate(doc)
@@ -82,6 +85,17 @@ def test_deploy_manifests_validate_and_keep_rbac_in_the_namespace() -> None:
     proxy = by_name["selkie-proxy"]["spec"]["template"]["spec"]
     assert proxy["automountServiceAccountToken"] is False
     assert proxy["containers"][0]["command"] == ["selkie", "proxy"]
+    # The safekeeper: its own process and volume, the API replicas pointed at it, and of
+    # the shared Secret only what it needs (no Kubernetes token, no state store URL).
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    sk = sts["spec"]["template"]["spec"]
+    assert sk["containers"][0]["command"] == ["selkie", "safekeeper"]
+    assert sk["automountServiceAccountToken"] is False
+    env = {e["name"] for e in sk["containers"][0]["env"]}
+    assert "SELKIE_DATABASE_URL" not in env and "envFrom" not in sk["containers"][0]
+    assert {"SELKIE_SAFEKEEPER_KEY", "SELKIE_INTERNAL_TOKEN", "SELKIE_ARCHIVE_URL"} <= env
+    settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert settings["SELKIE_SAFEKEEPER_URL"].endswith("selkie-safekeeper.selkie.svc:8083")
 
 
 def test_an_invalid_object_is_refused() -> None:
