@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 
 class SelkieError(Exception):
@@ -121,12 +122,29 @@ def error_class(code: str) -> type[SelkieError] | None:
     return None
 
 
+# What a tenant never reads of a host: absolute paths (after a space, quote, bracket or
+# '='; not a URL's path nor an API route, which follow a host or a word) and addresses.
+_FILE_URL = re.compile(r"file://[^\s'\";,)]*")
+_PATH = re.compile(r"(?<![\w/.:~-])/(?!v1/|internal/)[\w.@+~-]+(?:/[\w.@+~-]*)*")
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?(?![\w.])")
+_IPV6 = re.compile(r"\[[0-9A-Fa-f:.]+\](?::\d+)?")
+
+
+def scrub(text: str) -> str:
+    """``text`` without host paths and network addresses: what a compute's error log or a
+    socket error says is for the operator's log, the tenant reads the rest."""
+    text = _FILE_URL.sub("file://<path>", text)
+    text = _PATH.sub("<path>", text)
+    text = _IPV6.sub("<address>", text)
+    return _IPV4.sub("<address>", text)
+
+
 def public_message(exc: BaseException) -> str:
-    """What a tenant may read about a failure: a SelkieError's own message; for anything
-    else (a bug, a library's error) no repr, no paths, no remote bodies — the caller logs
-    the exception for the operator."""
+    """What a tenant may read about a failure: a SelkieError's own message, scrubbed of
+    host paths and addresses; for anything else (a bug, a library's error) no repr, no
+    paths, no remote bodies — the caller logs the exception for the operator."""
     if isinstance(exc, SelkieError):
-        return exc.message
+        return scrub(exc.message)
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
     return f"internal error ({type(exc).__name__}); the operator's log has the details"

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import pymysql
 import pytest
 
 from selkie.compute.mariadb import GIB
 from selkie.control import Created
-from selkie.errors import QuotaExceeded
+from selkie.errors import ComputeError, QuotaExceeded, public_message, scrub
 from selkie.model import EndpointState, OperationAction, OperationStatus, Principal
 from selkie.platform import Platform
 from selkie.safekeeper.accounts import COMPUTE_ACCOUNT
@@ -185,6 +186,25 @@ async def test_a_compute_that_cannot_start_fails_with_its_error_log(
     assert ep.current_state is EndpointState.FAILED
     assert ep.failure_reason and "privilege tables" in ep.failure_reason
     assert not (await platform.driver.inspect(ep_id)).running
+    # What the tenant reads names no host path (the error log names the server's binary
+    # and data dir): the operator's log has them.
+    assert "<path>" in ep.failure_reason
+    assert not re.search(r"(?<![\w/])/(usr|var|tmp|root|srv|home|run)/", ep.failure_reason)
+    assert str(datadir) not in ep.failure_reason
+
+
+def test_tenant_messages_name_no_host_paths_or_addresses() -> None:
+    said = (
+        "mariadbd: Can't create/write to file '/var/lib/selkie/x.frm'; datadir /tmp/a/b bad; "
+        "[Errno 111] Connect call failed ('10.0.0.5', 3307); 10.0.0.6:3306 and [::1]:3306; "
+        "archive file:///srv/archive/k; see PATCH /v1/projects/p-1 or http://h:8083/x"
+    )
+    assert scrub(said) == (
+        "mariadbd: Can't create/write to file '<path>'; datadir <path> bad; "
+        "[Errno 111] Connect call failed ('<address>', 3307); <address> and <address>; "
+        "archive file://<path>; see PATCH /v1/projects/p-1 or http://h:8083/x"
+    )
+    assert public_message(ComputeError("datadir /srv/x of ep-1")) == "datadir <path> of ep-1"
 
 
 async def test_quota_on_active_endpoints(platform: Platform, who: Principal) -> None:

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from selkie.errors import RateLimited, SelkieError, Unauthorized
+from selkie.errors import RateLimited, SelkieError, Unauthorized, public_message
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def install(app: FastAPI) -> None:
         if exc.http_status >= 500:
             log.error("request failed: %s: %s", exc.code, exc.message)
         return JSONResponse(
-            _body(exc.code, exc.message), status_code=exc.http_status, headers=headers
+            _body(exc.code, public_message(exc)), status_code=exc.http_status, headers=headers
         )
 
     @app.exception_handler(RequestValidationError)

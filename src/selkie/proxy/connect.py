@@ -10,12 +10,20 @@ The relay, the pooler and any other front end (SQL over HTTP) dial through the s
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
 from selkie.controlplane import Access, Backend, ControlPlane
-from selkie.errors import Conflict, NotFound, QuotaExceeded, SelkieError, StateConflict
+from selkie.errors import (
+    Conflict,
+    NotFound,
+    QuotaExceeded,
+    SelkieError,
+    StateConflict,
+    public_message,
+)
 from selkie.mysql import auth
 from selkie.mysql.packets import (
     CLEAR_PLUGIN,
@@ -27,6 +35,8 @@ from selkie.mysql.packets import (
 from selkie.mysql.wire import ErrorCode, ProtocolError
 from selkie.proxy.backend import BackendConnection, open_backend
 from selkie.proxy.handshake import Hello, Route, read_client_auth, route
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -239,9 +249,10 @@ class Connector:
         except (Conflict, NotFound) as exc:
             return Refused(ErrorCode.ACCESS_DENIED, exc.message)
         except SelkieError as exc:
+            log.warning("endpoint %s could not start: %s", endpoint_id, exc.message)
             return Refused(
                 ErrorCode.NET_READ_INTERRUPTED,
-                f"endpoint {endpoint_id} could not start: {exc.message.splitlines()[0]}",
+                f"endpoint {endpoint_id} could not start: {public_message(exc).splitlines()[0]}",
             )
 
     async def dial(
@@ -272,9 +283,11 @@ class Connector:
                 if attempt == 0:
                     address = await self.wake(endpoint_id)
                     continue
+                # Where the compute listens is the operator's business, not the client's.
+                log.warning("endpoint %s: cannot log in to its compute: %r", endpoint_id, exc)
                 return Refused(
                     ErrorCode.NET_READ_ERROR,
-                    f"could not reach the compute of endpoint {endpoint_id}: {exc}",
+                    f"could not reach the compute of endpoint {endpoint_id}; try again",
                 )
         if conn.first_reply[:1] == b"\xff":
             conn.writer.close()

@@ -18,7 +18,7 @@ from selkie.api.console.charts import human_bytes
 from selkie.api.console.sessions import COOKIE, ConsoleSession, ConsoleSessions, same_token
 from selkie.api.deps import spend as spend_budget
 from selkie.control import Control
-from selkie.errors import Forbidden, SelkieError, Unauthorized
+from selkie.errors import Forbidden, SelkieError, Unauthorized, public_message
 from selkie.model import Principal
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def page(fn: Callable[P, Any]) -> Callable[P, Any]:
             status = exc.http_status
             if status >= 500:
                 log.warning("console: %s", exc.message)
-            message = exc.message if status < 500 else "internal error; see the server log"
+            message = public_message(exc) if status < 500 else "internal error; see the server log"
             try:
                 seat: Seat | None = console.seat(request, spend=False)
             except SignInNeeded:
