@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,15 @@ async def test_computes_run_as_the_unprivileged_user(
         assert info.pid is not None and uid_of(info.pid) == mysql.pw_uid
         datadir = next((open_data_dir / "branches").iterdir())
         assert datadir.stat().st_uid == mysql.pw_uid
+        # The compute's user passes to its own files but lists none of Selkie's directories
+        # (other branches' names, the computes' run directories).
+        for listed in (open_data_dir, open_data_dir / "branches", open_data_dir / "computes"):
+            as_mysql = await asyncio.to_thread(
+                subprocess.run,
+                ["runuser", "-u", mysql.pw_name, "--", "ls", str(listed)],
+                capture_output=True,
+            )
+            assert as_mysql.returncode != 0 and b"Permission denied" in as_mysql.stderr
         # Clients and the control plane's own access work as before.
         rows = await asyncio.to_thread(
             sql, platform, ep, role.name, role.password or "", None, "SELECT 1"

@@ -88,6 +88,7 @@ class LocalDriver(ComputeDriver):
         super().__init__()
         self.root = (data_dir / "computes").resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o711)  # computes pass to their own run directory, never list others
         self.mariadbd = find_mariadbd(mariadbd)
         self.bind_address = bind_address
         # On loopback only this machine's proxy reaches a compute: accounts for it alone

@@ -106,6 +106,7 @@ class LocalStorage(StorageDriver):
         self.root = (data_dir / "branches").resolve()
         self.template = (data_dir / "template").resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o711)  # computes pass to their own datadir, never list others
         self.install_db = install_db or _find("mariadb-install-db")
         self.backup = backup or _find("mariadb-backup")
         self._template_lock = asyncio.Lock()
