@@ -109,3 +109,9 @@ class ControlPlane(ABC):
     @abstractmethod
     async def report_activity(self, activity: list[Activity]) -> None:
         """Per-endpoint activity for the suspend scheduler and metering."""
+
+    @abstractmethod
+    async def compute_running(self, endpoint_id: str) -> bool:
+        """Whether the endpoint is active now (its compute neither stopping nor stopped):
+        a session its compute closed while this holds was ended by the server itself (its
+        ``wait_timeout``, a ``KILL``), not by a suspend. Never wakes a compute."""

@@ -118,6 +118,12 @@ class HttpControlPlane(ControlPlane):
             socket=socket if socket is not None and socket.exists() else None,
         )
 
+    async def compute_running(self, endpoint_id: str) -> bool:
+        if not _segment(endpoint_id):
+            return False
+        r = await self._request("GET", f"/internal/v1/endpoints/{_q(endpoint_id)}/running")
+        return bool(r.json()["running"])
+
     async def report_activity(self, activity: list[Activity]) -> None:
         await self._request(
             "POST",

@@ -47,6 +47,9 @@ class Plane(ControlPlane):
     async def report_activity(self, activity: list[Activity]) -> None:
         self.reported.extend(activity)
 
+    async def compute_running(self, endpoint_id: str) -> bool:
+        return endpoint_id == "ep-up"
+
 
 def remote(control: Control, plane: Plane, token: str = TOKEN) -> HttpControlPlane:
     app = create_app(control, control_plane=plane, internal_token=TOKEN)
@@ -82,6 +85,9 @@ async def test_round_trip_and_errors(control: Control) -> None:
     )
     await cp.report_activity([sent])
     assert plane.reported == [sent]
+    assert await cp.compute_running("ep-up") is True
+    assert await cp.compute_running("ep-a") is False
+    assert await cp.compute_running("ep-a/../ep-up") is False  # never a path of its own
     await cp.close()
 
 

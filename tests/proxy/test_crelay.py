@@ -138,7 +138,6 @@ def test_empty_bytes_are_taken_everywhere() -> None:
 
     loop = running_loop()
     session = Session()
-    session.set_farewell(b"")
     app, proxy_end = socket.socketpair()
     server_app, server_end = socket.socketpair()
     ends: list[tuple[int, object]] = []

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -64,7 +65,7 @@ def start(relay_cls: type[ThreadedRelay]) -> Iterator[Callable[..., Pair]]:
 
     def make(
         change_user: Callable[[bytes], tuple[bytes | None, bytes | None]] | None = None,
-        **kw: bytes,
+        **kw: Any,
     ) -> Pair:
         client_app, client_proxy = socket.socketpair()
         server_proxy, server_app = socket.socketpair()
@@ -165,6 +166,19 @@ def test_compute_gone_under_an_idle_session_says_farewell(start: Callable[..., P
     p.server.close()
     assert p.rest(p.client) == b"<farewell>"
     assert p.done.wait(5) and p.done_calls == [1]
+
+
+def test_no_farewell_when_the_compute_runs_on(start: Callable[..., Pair]) -> None:
+    """The server ended the session itself (its wait_timeout, a KILL): the client reads
+    what the server sent, then a plain close, as from the server directly."""
+    asked: list[int] = []
+    p = start(compute_gone=lambda: asked.append(1) or False)
+    p.client.sendall(packet(0, b"\x03SELECT 1"))
+    p.recv(p.server, 13)
+    p.server.sendall(b"<its own error>")
+    p.server.close()
+    assert p.rest(p.client) == b"<its own error>"
+    assert p.done.wait(5) and p.done_calls == [1] and asked == [1]
 
 
 def test_no_farewell_after_the_clients_quit(start: Callable[..., Pair]) -> None:

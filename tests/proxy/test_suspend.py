@@ -10,6 +10,7 @@ import MySQLdb
 import pytest
 
 from selkie.control.bootstrap import local_principal
+from selkie.proxy.relay import ThreadedRelay
 from tests.proxy.conftest import Db
 from tests.proxy.test_clients import pymysql_conn
 
@@ -133,30 +134,69 @@ async def test_a_client_connecting_during_the_suspend_is_served(db: Db) -> None:
     assert db.platform.start_metrics.start_counts[db.endpoint_id] == starts + 1
 
 
-async def test_an_idle_session_gets_a_clear_error_when_its_endpoint_suspends(db: Db) -> None:
+# The three relays a plain session may take: the compiled one, the Python threads, and the
+# event loop's (TLS).
+PATHS = ["c", "python", "tls"]
+
+
+def idle_session(db: Db, path: str, **kw: object) -> MySQLdb.Connection:
+    """A session through ``path`` that ran a statement and idles (MySQLdb: it reports the
+    proxy's farewell as it is, where PyMySQL turns any ERR out of sequence into 2013)."""
+    if path == "python":
+        assert db.platform.proxy is not None
+        db.platform.proxy.passthrough.relay_class = ThreadedRelay
+    tls: dict[str, object] = (
+        {"ssl": {"ca": str(db.cert)}} if path == "tls" else {"ssl_mode": "DISABLED"}
+    )
+    conn = MySQLdb.connect(
+        host="127.0.0.1",
+        port=db.port,
+        user=db.user,
+        password=db.password,
+        database=db.database,
+        read_timeout=20,
+        **tls,
+        **kw,
+    )
+    conn.query("SELECT 1")
+    conn.store_result()
+    return conn
+
+
+def next_query_error(conn: MySQLdb.Connection) -> tuple[int, str]:
+    with pytest.raises(MySQLdb.OperationalError) as err:
+        conn.query("SELECT 2")
+    code, message = err.value.args
+    return code, message
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_an_idle_session_gets_a_clear_error_when_its_endpoint_suspends(
+    db: Db, path: str
+) -> None:
     db.platform.lifecycle.warm_seconds = 0  # a cold suspend ends sessions; a warm one keeps them
     await with_timeout(db, 1)
-
-    def open_idle() -> MySQLdb.Connection:
-        conn = MySQLdb.connect(
-            host="127.0.0.1",
-            port=db.port,
-            user=db.user,
-            password=db.password,
-            database=db.database,
-            ssl_mode="DISABLED",
-        )
-        conn.query("SELECT 1")
-        conn.store_result()
-        return conn
-
-    conn = await asyncio.to_thread(open_idle)
+    conn = await asyncio.to_thread(idle_session, db, path)
     await wait_state(db, "suspended", 10)
-    with pytest.raises(MySQLdb.OperationalError) as err:
-        await asyncio.to_thread(conn.query, "SELECT 2")
-    code, message = err.value.args
+    code, message = await asyncio.to_thread(next_query_error, conn)
     assert code == 1927, (code, message)
     assert "suspended" in message and "Reconnect" in message
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_session_its_server_ends_is_closed_as_the_server_closes_it(
+    db: Db, path: str
+) -> None:
+    """Issue 34: a session ended by its own wait_timeout while the compute runs on got the
+    proxy's "its compute was suspended or stopped"; drivers expect the server's plain close
+    (2013), and reconnect as they do with the server itself."""
+    conn = await asyncio.to_thread(idle_session, db, path, init_command="SET wait_timeout=1")
+    await asyncio.sleep(2.5)
+    code, message = await asyncio.to_thread(next_query_error, conn)
+    assert code in (2006, 2013) and "suspended" not in message, (code, message)
+    assert db.state() == "active"
+    again = await asyncio.to_thread(idle_session, db, path)  # the compute serves on
+    again.close()
 
 
 async def test_a_session_busy_every_half_second_is_never_cut(db: Db) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from selkie.control.lifecycle import Lifecycle
 from selkie.controlplane import Access, AccessCache, Activity, Backend, ControlPlane
+from selkie.errors import NotFound
 from selkie.metering import counters
 from selkie.model import EndpointState, PoolerMode, utcnow
 from selkie.store import Store, convert
@@ -111,6 +112,13 @@ class LocalControlPlane(ControlPlane):
             await asyncio.to_thread(self._record, [_stamp(endpoint_id, woken)], [])
         info = await self.lifecycle.driver.inspect(endpoint_id)
         return Backend(endpoint_id=endpoint_id, host=info.host, port=info.port, socket=info.socket)
+
+    async def compute_running(self, endpoint_id: str) -> bool:
+        try:
+            ep = await asyncio.to_thread(self.lifecycle.get, endpoint_id)
+        except NotFound:
+            return False
+        return ep.current_state is EndpointState.ACTIVE
 
     def _record(self, items: list[Activity], transfer: list[Activity]) -> None:
         now = utcnow()

@@ -84,9 +84,6 @@ typedef struct Session {
     int cfd, sfd;
     int client_ready, server_ready;
     int client_hup, server_hup; /* the side hung up (or failed): reads never block again */
-    /* Sent to the client when the compute goes away, unless closing (the proxy's doing). */
-    Buf farewell;
-    int closing;
     int flushing; /* end_after_sending: send to_client, then end (FLUSHED); read nothing */
     /* In a Loop: the loop's reference, what it calls at the end, its epoll tags. */
     int in_loop, touched;
@@ -398,31 +395,12 @@ static int prepare(Session *s, int cfd, int sfd, PyObject *to_client, PyObject *
     return 0;
 }
 
-static void say_farewell(Session *s) {
-    /* The compute went away under the session: a clear error instead of a bare close,
-     * unless the client asked for it (COM_QUIT) or the proxy ended the session. Best
-     * effort: the client is idle, its socket buffer empty. */
-    if (s->farewell.len && !s->quit_seen && !__atomic_load_n(&s->closing, __ATOMIC_RELAXED))
-        send(s->cfd, s->farewell.data, s->farewell.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-}
-
 static PyObject *end_value(Session *s, int end, int err) {
     if (end == CHANGE_USER) return Py_BuildValue("(iN)", end, take_held(s));
     if (end == END_ERROR) return Py_BuildValue("(ii)", end, err);
     return Py_BuildValue("(iO)", end, Py_None);
 }
 
-static PyObject *Session_set_farewell(Session *s, PyObject *arg) {
-    s->farewell.len = 0;
-    if (add_bytes(&s->farewell, arg) < 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *Session_closing(Session *s, PyObject *unused) {
-    (void)unused;
-    __atomic_store_n(&s->closing, 1, __ATOMIC_RELAXED);
-    Py_RETURN_NONE;
-}
 
 static PyObject *Session_end_after_sending(Session *s, PyObject *unused) {
     (void)unused;
@@ -451,7 +429,6 @@ static void Session_dealloc(Session *s) {
     free(s->in.data);
     free(s->out.data);
     free(s->to_client.data);
-    free(s->farewell.data);
     Py_XDECREF(s->handler);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
@@ -488,8 +465,6 @@ static PyGetSetDef Session_getset[] = {
 
 static PyMethodDef Session_methods[] = {
     {"feed", (PyCFunction)Session_feed, METH_O, "Scan client bytes (tests)."},
-    {"set_farewell", (PyCFunction)Session_set_farewell, METH_O, "Bytes for a compute's exit."},
-    {"closing", (PyCFunction)Session_closing, METH_NOARGS, "The proxy ends it: no farewell."},
     {"end_after_sending", (PyCFunction)Session_end_after_sending, METH_NOARGS,
      "Its next run only sends what is queued for the client, then ends (FLUSHED)."},
     {NULL},
@@ -620,7 +595,6 @@ static PyObject *Loop_run(Loop *l, PyObject *unused) {
             int end = step(s);
             if (end == BLOCKED) continue;
             errs[ne] = errno;
-            if (end == END_SERVER) say_farewell(s);
             epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->cfd, NULL);
             epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->sfd, NULL);
             __atomic_store_n(&s->in_loop, 0, __ATOMIC_RELEASE);

@@ -6,8 +6,9 @@ client's bytes for command starts exactly as :class:`~selkie.proxy.relay.Command
 does, counts them into the session (read through :class:`~selkie.proxy.relay.Counters`),
 and passes the compute's answers to the client. A session comes back to Python only when
 a ``COM_CHANGE_USER`` is whole (rewritten here, as by the Python relay) or when a side has
-gone; the farewell to the client of a compute that went away is sent by the loop. Where
-the extension was not built the Python relay is used instead, which the log says once.
+gone; the farewell to the client of a compute that went away is sent from a thread of its
+own once the control plane said the compute is gone. Where the extension was not built the
+Python relay is used instead, which the log says once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from selkie.proxy.relay import ThreadedRelay
 log = logging.getLogger(__name__)
 
 try:
-    from selkie.proxy._crelay import CHANGE_USER, Loop, Session
+    from selkie.proxy._crelay import CHANGE_USER, END_SERVER, Loop, Session
 except ImportError as exc:  # not built (no compiler at install time): relay in Python
     Session = None  # type: ignore[assignment,misc]
     _missing = str(exc)
@@ -81,7 +82,6 @@ class CRelay(ThreadedRelay):
 
     def start(self) -> None:
         self._session = Session()
-        self._session.set_farewell(self._farewell)
         for sock in (self.client, self.server):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -92,10 +92,6 @@ class CRelay(ThreadedRelay):
             self._enter(self._initial, b"", self._initial_to_server)
         except OSError as exc:  # as when no thread can be made: nothing owns the sockets
             raise RuntimeError(f"cannot relay: {exc}") from exc
-
-    def close(self) -> None:
-        self._session.closing()  # no farewell: the proxy ends the session, not the compute
-        super().close()
 
     def _enter(self, to_client: bytes, to_server: bytes, from_client: bytes) -> None:
         _Loop.get().add(
@@ -114,7 +110,17 @@ class CRelay(ThreadedRelay):
             threading.Thread(
                 target=self._change_user, args=(payload,), name="relay-change-user", daemon=True
             ).start()
+        elif end == END_SERVER and self._farewell and not self._session.quit_seen:
+            # Whether the compute went away is the control plane's to say: not here.
+            threading.Thread(target=self._farewell_then_end, name="relay-end", daemon=True).start()
         else:
+            self._end()
+
+    def _farewell_then_end(self) -> None:
+        try:
+            self.client.setblocking(True)
+            self._say_farewell()
+        finally:
             self._end()
 
     def _change_user(self, payload: bytes) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
@@ -32,6 +33,20 @@ FailedLogin = Callable[[str, Route | None, Access | None], Awaitable[None]]
 
 # COM_CHANGE_USER's payload -> (to the compute, to the client).
 ChangeUser = Callable[[bytes], Coroutine[Any, Any, tuple[bytes | None, bytes | None]]]
+# How long the control plane may take to say whether a compute that closed a session runs on.
+GONE_CHECK_TIMEOUT = 2.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ends:
+    """How a session ends when its compute closes it: with ``farewell`` (an ERR for the
+    client) if ``compute_gone()`` says the compute went away, else with a plain close after
+    whatever the server itself sent."""
+
+    farewell: bytes
+    compute_gone: Callable[[], Coroutine[Any, Any, bool]]
 
 
 class Passthrough:
@@ -81,10 +96,23 @@ class Passthrough:
         async def change_user(payload: bytes) -> tuple[bytes | None, bytes | None]:
             return await self._change_user(payload, endpoint_id, hello, conn.scramble)
 
+        async def compute_gone() -> bool:
+            """Asked when the compute closed the session: the farewell is for a suspend or a
+            stop, not for the server's own end of it (its wait_timeout, a KILL)."""
+            try:
+                running = await asyncio.wait_for(
+                    self.control.compute_running(endpoint_id), GONE_CHECK_TIMEOUT
+                )
+            except Exception as exc:  # cannot tell: the farewell, as before the question
+                log.debug("endpoint %s: is its compute running? %r", endpoint_id, exc)
+                return True
+            return not running
+
+        ends = Ends(farewell, compute_gone)
         if hello.tls:
-            await self._on_loop(hello, conn, first_bytes, counters, change_user, farewell)
+            await self._on_loop(hello, conn, first_bytes, counters, change_user, ends)
         else:
-            await self._in_thread(hello, conn, first_bytes, counters, change_user, farewell)
+            await self._in_thread(hello, conn, first_bytes, counters, change_user, ends)
 
     async def _on_loop(
         self,
@@ -93,7 +121,7 @@ class Passthrough:
         first_bytes: bytes,
         counters: Counters,
         change_user: ChangeUser,
-        farewell: bytes,
+        ends: Ends,
     ) -> None:
         writer = hello.writer
         writer.write(first_bytes)
@@ -114,7 +142,8 @@ class Passthrough:
             counters=counters,
             on_command=_ignore,
             on_change_user=on_change_user,
-            farewell=farewell,
+            farewell=ends.farewell,
+            compute_gone=ends.compute_gone,
         )
 
     async def _in_thread(
@@ -124,7 +153,7 @@ class Passthrough:
         first_bytes: bytes,
         counters: Counters,
         change_user: ChangeUser,
-        farewell: bytes,
+        ends: Ends,
     ) -> None:
         loop = asyncio.get_running_loop()
         client_sock, client_left = _detach(hello.reader, hello.writer)
@@ -146,6 +175,13 @@ class Passthrough:
             future = asyncio.run_coroutine_threadsafe(change_user(payload), loop)
             return future.result(timeout=self.backend_timeout + 5)
 
+        def compute_gone_blocking() -> bool:
+            try:
+                future = asyncio.run_coroutine_threadsafe(ends.compute_gone(), loop)
+                return future.result(timeout=GONE_CHECK_TIMEOUT + 1)
+            except Exception:  # the loop is stopping (the proxy's doing) or did not answer
+                return True
+
         relay = self.relay_class(
             client=client_sock,
             server=server_sock,
@@ -155,7 +191,8 @@ class Passthrough:
             on_done=finished,
             send_to_client=first_bytes + server_left,
             send_to_server=client_left,
-            farewell=farewell,
+            farewell=ends.farewell,
+            compute_gone=compute_gone_blocking,
         )
         self._relays.add(relay)
         try:

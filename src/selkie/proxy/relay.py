@@ -28,6 +28,9 @@ from selkie.mysql.wire import MAX_PAYLOAD, Command
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+# How long the farewell to a client whose compute went away may take to send (the client is
+# idle: its socket buffer is empty).
+FAREWELL_SEND_TIMEOUT = 1.0
 
 
 class LiveCounts(Protocol):
@@ -240,6 +243,7 @@ class ThreadedRelay:
         send_to_client: bytes = b"",
         send_to_server: bytes = b"",
         farewell: bytes = b"",
+        compute_gone: Callable[[], bool] = lambda: True,
     ) -> None:
         self.client = client
         self.server = server
@@ -250,8 +254,11 @@ class ThreadedRelay:
         self._initial = send_to_client
         self._initial_to_server = send_to_server
         # Sent to the client if the compute goes away under an idle session (a suspend),
-        # so the client reads a clear error instead of a bare disconnect.
+        # so the client reads a clear error instead of a bare disconnect; not when the
+        # compute runs on (``compute_gone``, asked then, blocking: False), having ended the
+        # session itself (its wait_timeout, a KILL): the client sees the server's own close.
         self._farewell = farewell
+        self._compute_gone = compute_gone
         self._client_quit = False
         self._lock = threading.Lock()
         self._finished = 0
@@ -352,8 +359,9 @@ class ThreadedRelay:
     def _say_farewell(self) -> None:
         with self._lock:
             ours = self._closed  # we closed it (proxy shutdown): no farewell then
-        if self._farewell and not ours and not self._client_quit:
+        if self._farewell and not ours and not self._client_quit and self._compute_gone():
             with contextlib.suppress(OSError):
+                self.client.settimeout(FAREWELL_SEND_TIMEOUT)
                 self.client.sendall(self._farewell)
 
     def _copy_loop(self) -> None:
@@ -377,6 +385,7 @@ async def async_relay(
     on_command: Callable[[int], None],
     on_change_user: Callable[[bytes], Awaitable[bytes | None]],
     farewell: bytes = b"",
+    compute_gone: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     """The same relay on the event loop, for TLS sessions. ``on_change_user`` returns the
     rewritten packet bytes, or None to end the session."""
@@ -407,7 +416,7 @@ async def async_relay(
             counters.bytes_to_client += len(data)
             client_writer.write(data)
             await client_writer.drain()
-        if farewell and not quit_seen:
+        if farewell and not quit_seen and (compute_gone is None or await compute_gone()):
             client_writer.write(farewell)
             await client_writer.drain()
 

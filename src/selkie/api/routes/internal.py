@@ -98,6 +98,15 @@ async def wake(plane: Plane, endpoint_id: str) -> BackendOut:
     )
 
 
+class RunningOut(BaseModel):
+    running: bool
+
+
+@router.get("/endpoints/{endpoint_id}/running", response_model=RunningOut)
+async def compute_running(plane: Plane, endpoint_id: str) -> RunningOut:
+    return RunningOut(running=await plane.compute_running(endpoint_id))
+
+
 @router.post("/activity", status_code=204)
 async def report_activity(plane: Plane, report: ActivityReport) -> Response:
     await plane.report_activity([Activity(**a.model_dump()) for a in report.activity])
