@@ -684,7 +684,9 @@ async def test_clients_beyond_the_cap_wait_then_get_a_clear_error(db: Db) -> Non
         b.begin()
         q(b, "SELECT 1")  # both backends now held by open transactions
         with pytest.raises(pymysql.err.OperationalError) as err:
-            q(c, "SELECT 1")
+            # A text the pool has not seen: Python's queue, whose timeout was just lowered
+            # (the fast lane took "SELECT 1" and the fixture's 20 s at its start).
+            q(c, "SELECT 3")
         a.commit()
         waited = q(c, "SELECT 2")  # a backend is free again
         b.commit()
