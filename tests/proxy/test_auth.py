@@ -209,7 +209,7 @@ async def test_a_client_hello_sent_with_the_ssl_request_is_not_lost(
         ctx.check_hostname = False
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = ctx.wrap_bio(incoming, outgoing)
-        caps = int(PROXY_CAPABILITIES | Capability.SSL)
+        caps = int(PROXY_CAPABILITIES | Capability.SSL) & 0xFFFFFFFF  # the 4 bytes of flags
         ssl_request = caps.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + b"\x2d"
         with contextlib.suppress(ssl.SSLWantReadError):
             tls.do_handshake()

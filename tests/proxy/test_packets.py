@@ -53,9 +53,34 @@ def test_handshake_v10_roundtrip() -> None:
     assert parsed.scramble == SCRAMBLE and parsed.connection_id == 7
     assert parsed.auth_plugin == "mysql_native_password"
     assert parsed.capabilities & Capability.SSL
-    # MariaDB extended capabilities are not advertised: LONG_PASSWORD (the "MySQL" bit) is set.
-    assert parsed.capabilities & Capability.LONG_PASSWORD
+    # A MariaDB server's greeting: LONG_PASSWORD (the "MySQL" bit) clear, and the extended
+    # capabilities in the filler, the extended metadata only.
+    assert not parsed.capabilities & Capability.LONG_PASSWORD
+    assert parsed.capabilities >> 32 == Capability.MARIADB_EXTENDED_METADATA >> 32
+    filler = payload.index(SCRAMBLE[8:]) - 10  # 10 bytes before the scramble's second part
+    assert payload[filler : filler + 10] == bytes(6) + bytes([8, 0, 0, 0])
     assert not parsed.capabilities & Capability.COMPRESS
+
+
+def test_mariadb_extended_capabilities_in_the_response() -> None:
+    """The 4 bytes at offset 28 of a HandshakeResponse41 are extended capabilities when the
+    client left LONG_PASSWORD clear, and filler when it set it (a MySQL client)."""
+    mariadb = int(PROXY_CAPABILITIES | Capability.MARIADB_PROGRESS)
+    payload = build_handshake_response(
+        capabilities=mariadb,
+        max_packet_size=1 << 24,
+        charset=45,
+        user="u",
+        auth_response=b"",
+        database=None,
+    )
+    assert payload[28:32] == bytes([9, 0, 0, 0])
+    assert parse_handshake_response(payload).capabilities >> 32 == 9
+    mysql = bytearray(payload)
+    mysql[0] |= Capability.LONG_PASSWORD
+    assert parse_handshake_response(bytes(mysql)).capabilities >> 32 == 0
+    # The mariadb CLI's answer to a MySQL-style greeting: LONG_PASSWORD set, nothing extended.
+    assert parse_handshake_response(CLIENT_RESPONSE).capabilities >> 32 == 0
 
 
 def test_handshake_response_fixture() -> None:

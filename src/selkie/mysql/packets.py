@@ -82,6 +82,18 @@ class Err:
 # --- handshake ------------------------------------------------------------------------------
 
 
+def _extended_caps(caps: int) -> int:
+    """The MariaDB extended capabilities of ``caps`` as the greeting and the response carry
+    them (bits 32 and up, shifted down); none when LONG_PASSWORD says the side is MySQL."""
+    return 0 if caps & Capability.LONG_PASSWORD else (caps >> 32) & 0xFFFFFFFF
+
+
+def _read_extended_caps(caps: int, extended: int) -> int:
+    """The extended capabilities read from a packet's filler, in place above bit 31; the
+    filler means nothing when the sender set LONG_PASSWORD (MariaDB's CLIENT_MYSQL)."""
+    return 0 if caps & Capability.LONG_PASSWORD else extended << 32
+
+
 def build_handshake_v10(
     *,
     server_version: str,
@@ -106,7 +118,8 @@ def build_handshake_v10(
             int2(status),
             int2((capabilities >> 16) & 0xFFFF),
             int1(len(scramble) + 1),
-            b"\0" * 10,
+            b"\0" * 6,
+            int4(_extended_caps(capabilities)),
             scramble[8:],
             b"\0",
             nul_str(auth_plugin.encode()),
@@ -130,7 +143,8 @@ def parse_handshake_v10(payload: bytes) -> HandshakeV10:
     status = r.int2()
     caps |= r.int2() << 16
     auth_len = r.int1()
-    r.take(10)
+    r.take(6)
+    caps |= _read_extended_caps(caps, r.int4())
     part2_len = max(13, auth_len - 8)
     part2 = r.take(part2_len)
     plugin = r.nul_str().decode() if caps & Capability.PLUGIN_AUTH and r.remaining() else ""
@@ -175,7 +189,8 @@ def parse_handshake_response(payload: bytes) -> HandshakeResponse41:
         raise ProtocolError("clients older than protocol 4.1 are not supported")
     max_packet = r.int4()
     charset = r.int1()
-    r.take(23)
+    r.take(19)
+    caps |= _read_extended_caps(caps, r.int4())
     user = r.nul_str().decode(errors="replace")
     if caps & Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA:
         auth = r.lenenc_str()
@@ -226,10 +241,11 @@ def build_handshake_response(
     else:
         caps &= ~Capability.CONNECT_ATTRS
     parts = [
-        int4(caps),
+        int4(caps & 0xFFFFFFFF),
         int4(max_packet_size),
         int1(charset),
-        b"\0" * 23,
+        b"\0" * 19,
+        int4(_extended_caps(caps)),
         nul_str(user.encode()),
         lenenc_str(auth_response),
     ]

@@ -59,14 +59,24 @@ class Capability(IntFlag):
     CAPABILITY_EXTENSION = 1 << 29
     SSL_VERIFY_SERVER_CERT = 1 << 30
     REMEMBER_OPTIONS = 1 << 31
+    # MariaDB's extended capabilities: 4 more bytes in the greeting's and the
+    # HandshakeResponse41's filler, read only when the sender left LONG_PASSWORD (which
+    # MariaDB calls CLIENT_MYSQL) clear. Kept here above bit 31, as MariaDB does.
+    MARIADB_PROGRESS = 1 << 32
+    MARIADB_COM_MULTI = 1 << 33
+    MARIADB_STMT_BULK_OPERATIONS = 1 << 34
+    MARIADB_EXTENDED_METADATA = 1 << 35  # a column's type name and format ("json")
+    MARIADB_CACHE_METADATA = 1 << 36
+    MARIADB_BULK_UNIT_RESULTS = 1 << 37
 
 
-# What the proxy offers clients: what MariaDB 10.11 supports, minus compression and the
-# MariaDB extended capabilities (not advertised: LONG_PASSWORD is set, which tells MariaDB
-# clients this is not a MariaDB server that reads the extended capability bytes).
+# What the proxy offers clients: what MariaDB 10.11 supports, minus compression. It greets
+# as a MariaDB server does (LONG_PASSWORD clear) with one extended capability, the extended
+# metadata: not progress reports (packets the pooler would take for the statement's error),
+# bulk operations (COM_STMT_BULK_EXECUTE, which the pooler does not run) or the metadata
+# cache (it changes the shape of COM_STMT_EXECUTE's response).
 PROXY_CAPABILITIES = (
-    Capability.LONG_PASSWORD
-    | Capability.FOUND_ROWS
+    Capability.FOUND_ROWS
     | Capability.LONG_FLAG
     | Capability.CONNECT_WITH_DB
     | Capability.NO_SCHEMA
@@ -87,6 +97,7 @@ PROXY_CAPABILITIES = (
     | Capability.CAN_HANDLE_EXPIRED_PASSWORDS
     | Capability.SESSION_TRACK
     | Capability.DEPRECATE_EOF
+    | Capability.MARIADB_EXTENDED_METADATA
 )
 
 

@@ -57,6 +57,8 @@ async def open_backend(
             # the compute's own error.
             return BackendConnection(reader, writer, b"", 0, payload)
         greeting = parse_handshake_v10(payload)
+        # The client's MariaDB extended capabilities too (bits 32 and up), as far as the
+        # compute offers them: they shape its column definitions.
         caps = capabilities & greeting.capabilities & ~Capability.SSL
         scramble = greeting.scramble
         attrs = dict(response.attributes)

@@ -61,7 +61,8 @@ UTF8MB4 = 45
 MAX_BODY = 10 << 20
 # What an HTTP session asks of the compute: an ordinary client's capabilities (no
 # CLIENT_NO_SCHEMA, which makes the server refuse db.table names; no LOCAL INFILE; rows
-# affected as changed, not matched).
+# affected as changed, not matched; column definitions without MariaDB's extended metadata,
+# which the result reader does not parse).
 HTTP_CAPABILITIES = int(
     PROXY_CAPABILITIES
     & ~(
@@ -70,6 +71,7 @@ HTTP_CAPABILITIES = int(
         | Capability.LOCAL_FILES
         | Capability.FOUND_ROWS
         | Capability.INTERACTIVE
+        | Capability.MARIADB_EXTENDED_METADATA
     )
 )
 

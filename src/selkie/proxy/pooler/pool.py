@@ -34,6 +34,7 @@ FORMAT_CAPS = (
     | Capability.MULTI_STATEMENTS
     | Capability.LONG_FLAG
     | Capability.PROTOCOL_41
+    | Capability.MARIADB_EXTENDED_METADATA
 )
 
 
