@@ -18,10 +18,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from selkie.controlplane import Activity, ControlPlane
@@ -42,6 +44,20 @@ from selkie.tasks import cancel, spawn
 log = logging.getLogger(__name__)
 
 SERVER_VERSION = "5.5.5-10.11.19-MariaDB-Selkie"
+
+
+# The id in a session's greeting is the proxy's, sent before the compute is known (it is not
+# the compute's thread id, which CONNECTION_ID() returns). Proxy ids are drawn from the upper
+# half of the 32-bit range, where a compute's thread ids (counted from 1 at each start) never
+# are: a driver's `KILL <greeting id>` is then "Unknown thread id" (1094), never another
+# session of the same role that happens to have that thread id on the compute.
+SESSION_ID_BASE = 1 << 31
+
+
+def session_ids() -> Iterator[int]:
+    """Greeting ids: from SESSION_ID_BASE up, starting anywhere, wrapping within the range."""
+    first = secrets.randbelow(SESSION_ID_BASE)
+    return (SESSION_ID_BASE + (first + n) % SESSION_ID_BASE for n in itertools.count())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,7 +148,7 @@ class ProxyServer:
         )
         # Where the last login per endpoint spent its time (ms): auth, wake, backend login.
         self.last_timings: dict[str, dict[str, float]] = {}
-        self._ids = itertools.count(1)
+        self._ids = session_ids()
         self._server: asyncio.Server | None = None
         self._reporter: asyncio.Task[None] | None = None
         self._sessions: set[asyncio.Task[None]] = set()
