@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,17 @@ class Db:
 
     def state(self) -> str:
         return self.platform.lifecycle.get(self.endpoint_id).current_state.value
+
+    async def update_endpoint(self, changes: dict[str, Any]) -> None:
+        """Change the endpoint through the control plane, as the project's organization."""
+        who = local_principal(self.platform.control)
+        await asyncio.to_thread(
+            self.platform.control.endpoints.update,
+            who,
+            self.created.project.id,
+            self.endpoint_id,
+            changes,
+        )
 
 
 @pytest.fixture

@@ -243,14 +243,7 @@ async def test_a_client_hello_sent_with_the_ssl_request_is_not_lost(
 
 
 async def disable(db: Db) -> None:
-    who = local_principal(db.platform.control)
-    await asyncio.to_thread(
-        db.platform.control.endpoints.update,
-        who,
-        db.created.project.id,
-        db.endpoint_id,
-        {"disabled": True},
-    )
+    await db.update_endpoint({"disabled": True})
 
 
 async def test_disabled_endpoint_is_not_woken(db: Db) -> None:

@@ -11,7 +11,6 @@ import struct
 
 import pytest
 
-from selkie.control.bootstrap import local_principal
 from selkie.mysql import auth
 from selkie.mysql.packets import build_handshake_response, parse_handshake_v10
 from selkie.mysql.stream import frame
@@ -118,14 +117,7 @@ def check(db: Db, *, pooled: bool) -> None:
 
 
 async def test_json_format_through_the_proxy_and_the_pooler(db: Db) -> None:
-    who = local_principal(db.platform.control)
-    await asyncio.to_thread(
-        db.platform.control.endpoints.update,
-        who,
-        db.created.project.id,
-        db.endpoint_id,
-        {"pooler_enabled": True, "pooler_mode": "transaction"},
-    )
+    await db.update_endpoint({"pooler_enabled": True, "pooler_mode": "transaction"})
 
     def setup() -> None:
         c = pymysql_conn(db)

@@ -9,7 +9,6 @@ import time
 import MySQLdb
 import pytest
 
-from selkie.control.bootstrap import local_principal
 from selkie.proxy.relay import ThreadedRelay
 from tests.proxy.conftest import Db
 from tests.proxy.test_clients import pymysql_conn
@@ -18,14 +17,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 async def with_timeout(db: Db, seconds: int) -> None:
-    who = local_principal(db.platform.control)
-    await asyncio.to_thread(
-        db.platform.control.endpoints.update,
-        who,
-        db.created.project.id,
-        db.endpoint_id,
-        {"suspend_timeout_seconds": seconds},
-    )
+    await db.update_endpoint({"suspend_timeout_seconds": seconds})
 
 
 async def wait_state(db: Db, state: str, timeout: float) -> float:

@@ -218,28 +218,12 @@ async def test_large_results_multi_statements_and_a_slow_reader_pass_whole(db: D
     assert lane_commands(db) >= 3
 
 
-def connector(db: Db) -> mysql.connector.MySQLConnection:
-    c = mysql.connector.connect(
-        host="127.0.0.1",
-        port=db.port,
-        user=f"{db.endpoint_id}-pooler.{db.role}",
-        password=db.password,
-        database=db.database,
-        use_pure=True,
-        ssl_disabled=True,
-        autocommit=True,
-        connection_timeout=10,
-    )
-    c._socket.sock.settimeout(10)  # a stalled command fails the test rather than hang it
-    return c
-
-
 @pytest.mark.backends(2)
 async def test_a_queued_session_handed_a_backend_without_its_statement_runs_it(db: Db) -> None:
     """Issue 26: a session queued in the lane for a backend, handed one that lacks its
     prepared statement, was left there — neither run nor handed back — with that backend
     counted in use for good. Python now prepares it there and runs the command."""
-    waiter, a, b = [await asyncio.to_thread(connector, db) for _ in range(3)]
+    waiter, a, b = [await asyncio.to_thread(connector_conn, db, db.database, 10) for _ in range(3)]
     lane_ = pool(db).lane
     assert lane_ is not None
 

@@ -324,16 +324,7 @@ async def test_prepared_statements_move_between_backends(db: Db) -> None:
         setup = conn(db)
         q(setup, "CREATE TABLE ps (id INT PRIMARY KEY, name VARCHAR(20))")
         q(setup, "INSERT INTO ps VALUES (1, 'one'), (2, 'two'), (3, 'three')")
-        cnx = mysql.connector.connect(
-            host="127.0.0.1",
-            port=db.port,
-            user=f"{db.endpoint_id}-pooler.{db.role}",
-            password=db.password,
-            database=db.database,
-            use_pure=True,
-            ssl_disabled=True,
-            autocommit=True,
-        )
+        cnx = connector_conn(db, db.database)
         cur = cnx.cursor(prepared=True)
         cur.execute("SELECT name FROM ps WHERE id = ?", (1,))
         first = cur.fetchall()
@@ -436,8 +427,10 @@ async def test_statements_are_shared_by_sql_and_parameter_types_rebound(db: Db) 
     assert resets == 0
 
 
-def connector_conn(db: Db, database: str):  # type: ignore[no-untyped-def]
-    return mysql.connector.connect(
+def connector_conn(db: Db, database: str, timeout: float | None = None):  # type: ignore[no-untyped-def]
+    """mysql-connector (pure Python) through the pooler; with ``timeout``, a command stalled
+    that long fails instead of hanging the test."""
+    c = mysql.connector.connect(
         host="127.0.0.1",
         port=db.port,
         user=f"{db.endpoint_id}-pooler.{db.role}",
@@ -446,7 +439,11 @@ def connector_conn(db: Db, database: str):  # type: ignore[no-untyped-def]
         use_pure=True,
         ssl_disabled=True,
         autocommit=True,
+        **({"connection_timeout": int(timeout)} if timeout else {}),
     )
+    if timeout:
+        c._socket.sock.settimeout(timeout)
+    return c
 
 
 @pytest.mark.backends(1)
