@@ -34,12 +34,9 @@ TARGETS = ["direct", "proxy", "pooler"]
 # (check, target) -> why it differs, and where that is written down.
 DOCUMENTED = {
     ("connection_id_is_the_greetings", "proxy"): "the greeting carries the proxy's session "
-    "id, sent before the compute is known (issue 34, item 2; docs/proxy.md)",
+    "id, sent before the compute is known; KILL with it works (docs/proxy.md, Connection ids)",
     ("connection_id_is_the_greetings", "pooler"): "as through the proxy, and a pooled "
     "session's backend changes between transactions (docs/pooler.md)",
-    ("kill_query_by_the_greetings_id", "proxy"): "KILL takes the compute's thread ids, not "
-    "the proxy's (issue 34, item 2)",
-    ("kill_query_by_the_greetings_id", "pooler"): "as through the proxy (issue 34, item 2)",
     ("wait_timeout_ends_an_idle_session", "pooler"): "a pooled session holds no backend "
     "while idle and outlives wait_timeout (docs/pooler.md, Surviving a suspend)",
 }

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 
 from selkie.mysql.wire import MAX_PAYLOAD
 from selkie.proxy import crelay
-from selkie.proxy.relay import CommandScanner, Counters, HeldChangeUser
+from selkie.proxy.relay import CommandScanner, Counters, HeldChangeUser, HeldKill
 from tests.conftest import need_service
 from tests.proxy.conftest import Db
 from tests.proxy.test_clients import connector, pymysql_conn
 
-Scanned = tuple[bytes, list[tuple[int, bytes]], list[int]]
+Scanned = tuple[bytes, list[tuple[int, int, bytes]], list[int]]
 
 
 @pytest.fixture(autouse=True)
@@ -38,14 +38,15 @@ def packet(seq: int, payload: bytes) -> bytes:
 
 
 def scan_python(chunks: list[bytes]) -> Scanned:
-    """Forwarded bytes, (offset in them, payload) of each held COM_CHANGE_USER, commands."""
+    """Forwarded bytes, (offset in them, kind, payload) of each held COM_CHANGE_USER (1) or
+    KILL (2), commands."""
     scanner = CommandScanner()
     out, held, commands = b"", [], []
     for chunk in chunks:
         segments, cmds = scanner.feed(chunk)
         for s in segments:
-            if isinstance(s, HeldChangeUser):
-                held.append((len(out), s.payload))
+            if isinstance(s, HeldChangeUser | HeldKill):
+                held.append((len(out), 1 if isinstance(s, HeldChangeUser) else 2, s.payload))
             else:
                 out += s
         commands += cmds
@@ -61,7 +62,7 @@ def scan_c(chunks: list[bytes]) -> Scanned:
         segments, cmds = session.feed(chunk)
         for kind, data in segments:
             if kind:
-                held.append((len(out), data))
+                held.append((len(out), kind, data))
             else:
                 out += data
         commands += cmds
@@ -82,7 +83,21 @@ def cut(stream: bytes, sizes: list[int]) -> list[bytes]:
     st.lists(
         st.tuples(
             st.sampled_from([0, 0, 0, 1, 2, 254, 255]),
-            st.sampled_from([b"", b"\x03SELECT 1", b"\x0e", b"\x11bob\x00", b"\x16x", b"\x01"]),
+            st.sampled_from(
+                [
+                    b"",
+                    b"\x03SELECT 1",
+                    b"\x0e",
+                    b"\x11bob\x00",
+                    b"\x16x",
+                    b"\x01",
+                    b"\x03KILL QUERY 2147483650",
+                    b"\x03kill\t7",
+                    b"\x03KILLER",
+                    b"\x03" + b"x" * 79,
+                    b"\x03KILL " + b"9" * 80,
+                ]
+            ),
         ),
         max_size=14,
     ),

@@ -162,6 +162,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_SYSTEM_VARIABLE = 1193
     MASTER_FATAL_ERROR_READING_BINLOG = 1236
     UNKNOWN_ERROR = 1105
+    NO_SUCH_THREAD = 1094
 
     @property
     def sqlstate(self) -> str:
@@ -188,6 +189,7 @@ _SQLSTATE = {
     ErrorCode.PARSE_ERROR: "42000",
     ErrorCode.UNKNOWN_SYSTEM_VARIABLE: "HY000",
     ErrorCode.MASTER_FATAL_ERROR_READING_BINLOG: "HY000",
+    ErrorCode.NO_SUCH_THREAD: "HY000",
     ErrorCode.UNKNOWN_ERROR: "HY000",
 }
 

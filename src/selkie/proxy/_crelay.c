@@ -27,10 +27,13 @@
 #define CHUNK (256 * 1024)
 #define MAX_PAYLOAD 0xffffff
 #define COM_QUIT 0x01
+#define COM_QUERY 0x03
 #define COM_CHANGE_USER 0x11
+/* The longest COM_QUERY held back until whole to see whether it is a KILL (sessions.py). */
+#define KILL_MAX 80
 
 /* What a session's run ends with (FLUSHED: what end_after_sending queued was sent). */
-enum { END_CLIENT = 0, END_SERVER = 1, END_ERROR = 2, CHANGE_USER = 3, FLUSHED = 4 };
+enum { END_CLIENT = 0, END_SERVER = 1, END_ERROR = 2, CHANGE_USER = 3, FLUSHED = 4, KILL = 5 };
 
 typedef struct {
     uint8_t *data;
@@ -67,8 +70,9 @@ typedef struct Session {
     int wraps;      /* the next packet continues the exchange past sequence 255 */
     int pending; /* a command's header seen, its command byte not yet */
     uint8_t pending_header[4];
-    int holding; /* collecting a COM_CHANGE_USER payload into held */
-    int held_done;
+    int holding; /* collecting a COM_CHANGE_USER, or a short COM_QUERY, payload into held */
+    int held_done; /* CHANGE_USER or KILL: a payload for Python is whole */
+    uint8_t held_header[4];
     Buf held;
     int quit_seen;
     /* Client bytes read, scanned from in_pos on; bytes for the server from out_pos on. */
@@ -105,9 +109,20 @@ static double now(void) {
 
 static void add64(int64_t *field, int64_t n) { __atomic_fetch_add(field, n, __ATOMIC_RELAXED); }
 
+/* sessions.may_kill: a short COM_QUERY starting with KILL and a space. */
+static int may_kill(const uint8_t *p, size_t n) {
+    if (n < 6 || n > KILL_MAX || p[0] != COM_QUERY) return 0;
+    static const char word[] = "KILL";
+    for (int i = 0; i < 4; i++)
+        if ((p[1 + i] & ~0x20) != word[i]) return 0;
+    return p[5] == ' ' || p[5] == '\t' || p[5] == '\n' || p[5] == '\r';
+}
+
 /* Scan data[0..n) as CommandScanner._feed does, appending the bytes to forward to out and
- * the command bytes seen to commands (when given). Stops after a COM_CHANGE_USER payload is
- * whole (held_done); returns how many bytes it consumed, or -1 when out of memory. */
+ * the command bytes seen to commands (when given). Stops after a COM_CHANGE_USER payload, or
+ * a KILL the proxy reads, is whole (held_done: CHANGE_USER or KILL); a short COM_QUERY held
+ * and found no KILL goes on to out. Returns how many bytes it consumed, or -1 when out of
+ * memory. */
 static Py_ssize_t scan(Session *s, const uint8_t *data, size_t n, Buf *out, Buf *commands,
                        int64_t *ncommands) {
     size_t pos = 0;
@@ -120,7 +135,15 @@ static Py_ssize_t scan(Session *s, const uint8_t *data, size_t n, Buf *out, Buf 
             s->remaining -= take;
             if (s->remaining == 0) {
                 s->holding = 0;
-                s->held_done = 1;
+                if (s->held.data[0] == COM_QUERY && !may_kill(s->held.data, s->held.len)) {
+                    /* No KILL: on its way as it came. */
+                    if (buf_add(out, s->held_header, 4) < 0 || buf_add(out, s->held.data, s->held.len) < 0 ||
+                        buf_reserve(out, n - pos + 4) < 0)
+                        return -1;
+                    s->held.len = 0;
+                    continue;
+                }
+                s->held_done = s->held.data[0] == COM_CHANGE_USER ? CHANGE_USER : KILL;
                 return (Py_ssize_t)pos;
             }
             continue;
@@ -130,9 +153,10 @@ static Py_ssize_t scan(Session *s, const uint8_t *data, size_t n, Buf *out, Buf 
             ++*ncommands;
             if (commands && buf_add(commands, &command, 1) < 0) return -1;
             if (command == COM_QUIT) s->quit_seen = 1;
-            if (command == COM_CHANGE_USER) {
+            if (command == COM_CHANGE_USER || (command == COM_QUERY && s->remaining <= KILL_MAX)) {
                 s->holding = 1;
                 s->held.len = 0;
+                memcpy(s->held_header, s->pending_header, 4);
             } else {
                 memcpy(out->data + out->len, s->pending_header, 4);
                 out->len += 4;
@@ -184,7 +208,7 @@ static PyObject *take_held(Session *s) {
 }
 
 /* Session.feed(data) -> (segments, commands): the scanner alone, for tests. Segments are
- * (0, bytes to forward) or (1, a COM_CHANGE_USER payload), in stream order. */
+ * (0, bytes to forward), (1, a COM_CHANGE_USER payload) or (2, a KILL's), in stream order. */
 static PyObject *Session_feed(Session *s, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
@@ -195,7 +219,8 @@ static PyObject *Session_feed(Session *s, PyObject *arg) {
     if (!segments) goto done;
     while (pos < n || s->held_done) {
         if (s->held_done) {
-            PyObject *item = Py_BuildValue("(iN)", 1, take_held(s));
+            int kind = s->held_done == KILL ? 2 : 1; /* before take_held clears it */
+            PyObject *item = Py_BuildValue("(iN)", kind, take_held(s));
             if (!item || PyList_Append(segments, item) < 0) {
                 Py_XDECREF(item);
                 goto done;
@@ -309,7 +334,7 @@ static int step(Session *s) {
             continue; /* send it at once */
         }
         /* A COM_CHANGE_USER is whole and everything before it has left both ways. */
-        if (s->held_done && !s->out.len && !s->to_client.len) return CHANGE_USER;
+        if (s->held_done && !s->out.len && !s->to_client.len) return s->held_done;
         /* Reads are tried only while the side is readable as far as we know: the flag is
          * set by the loop's events and cleared by EAGAIN or a short read (with epoll's edge
          * trigger a later arrival is a new event; a hang-up already seen keeps it set). */
@@ -396,7 +421,7 @@ static int prepare(Session *s, int cfd, int sfd, PyObject *to_client, PyObject *
 }
 
 static PyObject *end_value(Session *s, int end, int err) {
-    if (end == CHANGE_USER) return Py_BuildValue("(iN)", end, take_held(s));
+    if (end == CHANGE_USER || end == KILL) return Py_BuildValue("(iN)", end, take_held(s));
     if (end == END_ERROR) return Py_BuildValue("(ii)", end, err);
     return Py_BuildValue("(iO)", end, Py_None);
 }
@@ -655,6 +680,7 @@ PyMODINIT_FUNC PyInit__crelay(void) {
         PyModule_AddIntConstant(m, "END_SERVER", END_SERVER) < 0 ||
         PyModule_AddIntConstant(m, "END_ERROR", END_ERROR) < 0 ||
         PyModule_AddIntConstant(m, "CHANGE_USER", CHANGE_USER) < 0 ||
+        PyModule_AddIntConstant(m, "KILL", KILL) < 0 ||
         PyModule_AddIntConstant(m, "FLUSHED", FLUSHED) < 0) {
         Py_DECREF(m);
         return NULL;

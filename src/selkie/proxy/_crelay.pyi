@@ -6,6 +6,7 @@ END_CLIENT: int
 END_SERVER: int
 END_ERROR: int
 CHANGE_USER: int
+KILL: int
 FLUSHED: int
 
 class Session:

@@ -35,6 +35,7 @@ class BackendConnection:
     scramble: bytes
     capabilities: int
     first_reply: bytes  # the compute's OK or ERR payload for the login
+    thread_id: int = 0  # the compute's id for this connection (its greeting's)
 
 
 async def open_backend(
@@ -77,7 +78,9 @@ async def open_backend(
         while True:
             seq, reply = await asyncio.wait_for(stream.read(), timeout)
             if is_ok(reply) or is_err(reply):
-                return BackendConnection(reader, writer, scramble, caps, reply)
+                return BackendConnection(
+                    reader, writer, scramble, caps, reply, greeting.connection_id
+                )
             if reply[:1] == b"\xfe":
                 plugin, data = parse_auth_switch_request(reply)
                 if plugin != NATIVE_PLUGIN:

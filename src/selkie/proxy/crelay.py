@@ -5,7 +5,8 @@ does: epoll over all their sockets, without the GIL. For each session it scans t
 client's bytes for command starts exactly as :class:`~selkie.proxy.relay.CommandScanner`
 does, counts them into the session (read through :class:`~selkie.proxy.relay.Counters`),
 and passes the compute's answers to the client. A session comes back to Python only when
-a ``COM_CHANGE_USER`` is whole (rewritten here, as by the Python relay) or when a side has
+a ``COM_CHANGE_USER`` or a short ``KILL`` is whole (rewritten here, as by the Python relay:
+sessions.py) or when a side has
 gone; the farewell to the client of a compute that went away is sent from a thread of its
 own once the control plane said the compute is gone. Where the extension was not built the
 Python relay is used instead, which the log says once.
@@ -24,7 +25,7 @@ from selkie.proxy.relay import ThreadedRelay
 log = logging.getLogger(__name__)
 
 try:
-    from selkie.proxy._crelay import CHANGE_USER, END_SERVER, Loop, Session
+    from selkie.proxy._crelay import CHANGE_USER, END_SERVER, KILL, Loop, Session
 except ImportError as exc:  # not built (no compiler at install time): relay in Python
     Session = None  # type: ignore[assignment,misc]
     _missing = str(exc)
@@ -110,10 +111,24 @@ class CRelay(ThreadedRelay):
             threading.Thread(
                 target=self._change_user, args=(payload,), name="relay-change-user", daemon=True
             ).start()
+        elif end == KILL and isinstance(payload, bytes):
+            threading.Thread(
+                target=self._kill, args=(payload,), name="relay-kill", daemon=True
+            ).start()
         elif end == END_SERVER and self._farewell and not self._session.quit_seen:
             # Whether the compute went away is the control plane's to say: not here.
             threading.Thread(target=self._farewell_then_end, name="relay-end", daemon=True).start()
         else:
+            self._end()
+
+    def _kill(self, payload: bytes) -> None:
+        """A KILL naming a session by its greeting id: the compute's id in its place, or
+        the proxy's answer to the client (sessions.py); the session goes on either way."""
+        try:
+            to_server, to_client = self.on_kill(payload)
+            self._enter(to_client or b"", to_server or b"", b"")
+        except Exception:
+            log.exception("KILL failed; ending the session")
             self._end()
 
     def _farewell_then_end(self) -> None:

@@ -39,14 +39,27 @@ GONE_CHECK_TIMEOUT = 2.0
 log = logging.getLogger(__name__)
 
 
+# A KILL's COM_QUERY payload -> (its payload for the compute, or an answer for the client).
+Kill = Callable[[bytes], tuple[bytes | None, bytes | None]]
+
+
 @dataclasses.dataclass(frozen=True)
-class Ends:
-    """How a session ends when its compute closes it: with ``farewell`` (an ERR for the
-    client) if ``compute_gone()`` says the compute went away, else with a plain close after
-    whatever the server itself sent."""
+class Hooks:
+    """What a relayed session asks the proxy: how it ends when its compute closes it (with
+    ``farewell``, an ERR for the client, if ``compute_gone()`` says the compute went away,
+    else with a plain close after whatever the server itself sent), and what a KILL naming
+    a session's greeting id becomes (``kill``, framed here)."""
 
     farewell: bytes
     compute_gone: Callable[[], Coroutine[Any, Any, bool]]
+    kill: Kill
+
+    def kill_framed(self, payload: bytes) -> tuple[bytes | None, bytes | None]:
+        to_server, answer = self.kill(payload)
+        return (
+            frame(0, to_server)[0] if to_server is not None else None,
+            frame(1, answer)[0] if answer is not None else None,
+        )
 
 
 class Passthrough:
@@ -81,6 +94,8 @@ class Passthrough:
         endpoint_id: str,
         first_bytes: bytes,
         counters: Counters,
+        *,
+        kill: Kill,
     ) -> None:
         """Relay until either side closes; ``first_bytes`` (the compute's OK to the login,
         framed for the client) go to the client first."""
@@ -108,11 +123,11 @@ class Passthrough:
                 return True
             return not running
 
-        ends = Ends(farewell, compute_gone)
+        hooks = Hooks(farewell, compute_gone, kill)
         if hello.tls:
-            await self._on_loop(hello, conn, first_bytes, counters, change_user, ends)
+            await self._on_loop(hello, conn, first_bytes, counters, change_user, hooks)
         else:
-            await self._in_thread(hello, conn, first_bytes, counters, change_user, ends)
+            await self._in_thread(hello, conn, first_bytes, counters, change_user, hooks)
 
     async def _on_loop(
         self,
@@ -121,7 +136,7 @@ class Passthrough:
         first_bytes: bytes,
         counters: Counters,
         change_user: ChangeUser,
-        ends: Ends,
+        hooks: Hooks,
     ) -> None:
         writer = hello.writer
         writer.write(first_bytes)
@@ -142,8 +157,9 @@ class Passthrough:
             counters=counters,
             on_command=_ignore,
             on_change_user=on_change_user,
-            farewell=ends.farewell,
-            compute_gone=ends.compute_gone,
+            farewell=hooks.farewell,
+            compute_gone=hooks.compute_gone,
+            on_kill=hooks.kill_framed,
         )
 
     async def _in_thread(
@@ -153,7 +169,7 @@ class Passthrough:
         first_bytes: bytes,
         counters: Counters,
         change_user: ChangeUser,
-        ends: Ends,
+        hooks: Hooks,
     ) -> None:
         loop = asyncio.get_running_loop()
         client_sock, client_left = _detach(hello.reader, hello.writer)
@@ -177,10 +193,18 @@ class Passthrough:
 
         def compute_gone_blocking() -> bool:
             try:
-                future = asyncio.run_coroutine_threadsafe(ends.compute_gone(), loop)
+                future = asyncio.run_coroutine_threadsafe(hooks.compute_gone(), loop)
                 return future.result(timeout=GONE_CHECK_TIMEOUT + 1)
             except Exception:  # the loop is stopping (the proxy's doing) or did not answer
                 return True
+
+        async def kill_on_loop(payload: bytes) -> tuple[bytes | None, bytes | None]:
+            return hooks.kill_framed(payload)
+
+        def kill_blocking(payload: bytes) -> tuple[bytes | None, bytes | None]:
+            # The proxy's sessions are the event loop's: asked there.
+            future = asyncio.run_coroutine_threadsafe(kill_on_loop(payload), loop)
+            return future.result(timeout=self.backend_timeout + 5)
 
         relay = self.relay_class(
             client=client_sock,
@@ -191,8 +215,9 @@ class Passthrough:
             on_done=finished,
             send_to_client=first_bytes + server_left,
             send_to_server=client_left,
-            farewell=ends.farewell,
+            farewell=hooks.farewell,
             compute_gone=compute_gone_blocking,
+            on_kill=kill_blocking,
         )
         self._relays.add(relay)
         try:

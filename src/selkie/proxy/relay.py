@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from selkie.mysql.wire import MAX_PAYLOAD, Command
+from selkie.proxy.sessions import KILL_MAX, may_kill
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,23 @@ class HeldChangeUser:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class HeldKill:
+    """A whole COM_QUERY payload that ``sessions.may_kill``: held back for the proxy to map
+    the session id it names (sessions.py)."""
+
+    payload: bytes
+
+
+Segment = bytes | HeldChangeUser | HeldKill
+
+
+def _held(command: int, length: int) -> bool:
+    """Whether a command is held until it is whole: a COM_CHANGE_USER, or a COM_QUERY short
+    enough to be a KILL the proxy reads."""
+    return command == Command.CHANGE_USER or (command == Command.QUERY and length <= KILL_MAX)
+
+
 class CommandScanner:
     """Finds command boundaries in the client → server byte stream without buffering it.
 
@@ -131,7 +149,8 @@ class CommandScanner:
     empty packet that ends the file (not the empty piece that ends a split 16 MiB data
     packet) or a command's last piece, is followed by a command: it must be seen too.
     ``feed`` returns the segments to forward, in order (bytes, or a :class:`HeldChangeUser`
-    for the caller to rewrite), and the commands seen.
+    or :class:`HeldKill` for the caller to rewrite), and the commands seen. A COM_QUERY of at
+    most ``KILL_MAX`` bytes is held until it is whole to see whether it is a KILL.
     """
 
     def __init__(self) -> None:
@@ -142,8 +161,9 @@ class CommandScanner:
         self._wraps = False  # the next packet continues the exchange past sequence 255
         self._pending_header: bytes | None = None
         self._held: bytearray | None = None
+        self._held_header = b""  # a held COM_QUERY's header, forwarded if it is no KILL
 
-    def feed(self, data: bytes) -> tuple[list[bytes | HeldChangeUser], list[int]]:
+    def feed(self, data: bytes) -> tuple[list[Segment], list[int]]:
         # The usual case, first: nothing half-read, and ``data`` is exactly one whole packet
         # (a client sends a command and waits). It is passed on as it is, without copying.
         n = len(data)
@@ -158,13 +178,16 @@ class CommandScanner:
             if length + 4 == n:
                 seq = data[3]
                 starts = seq == 0 and not self._continued and not self._wraps
-                if not (starts and length and data[4] == Command.CHANGE_USER):
+                if not (starts and length and _held(data[4], length)):
                     self._header_read(seq, length, starts)
                     return [data], [data[4]] if starts and length else []
+                if data[4] == Command.QUERY and not may_kill(data[4:]):
+                    self._header_read(seq, length, starts)
+                    return [data], [data[4]]
         return self._feed(data)
 
-    def _feed(self, data: bytes) -> tuple[list[bytes | HeldChangeUser], list[int]]:
-        segments: list[bytes | HeldChangeUser] = []
+    def _feed(self, data: bytes) -> tuple[list[Segment], list[int]]:
+        segments: list[Segment] = []
         commands: list[int] = []
         buf = bytearray()
         pos, n = 0, len(data)
@@ -175,17 +198,23 @@ class CommandScanner:
                 pos += take
                 self._remaining -= take
                 if self._remaining == 0:
+                    payload = bytes(self._held)
+                    self._held = None
+                    if payload[0] == Command.QUERY and not may_kill(payload):
+                        buf += self._held_header + payload  # no KILL: on its way as it came
+                        continue
                     if buf:
                         segments.append(bytes(buf))
                         buf.clear()
-                    segments.append(HeldChangeUser(bytes(self._held)))
-                    self._held = None
+                    held = HeldChangeUser if payload[0] == Command.CHANGE_USER else HeldKill
+                    segments.append(held(payload))
                 continue
             if self._pending_header is not None:
                 command = data[pos]
                 commands.append(command)
-                if command == Command.CHANGE_USER:
+                if _held(command, self._remaining):
                     self._held = bytearray()
+                    self._held_header = self._pending_header
                 else:
                     buf += self._pending_header
                 self._pending_header = None
@@ -244,6 +273,7 @@ class ThreadedRelay:
         send_to_server: bytes = b"",
         farewell: bytes = b"",
         compute_gone: Callable[[], bool] = lambda: True,
+        on_kill: Callable[[bytes], tuple[bytes | None, bytes | None]] = lambda p: (p, None),
     ) -> None:
         self.client = client
         self.server = server
@@ -259,6 +289,8 @@ class ThreadedRelay:
         # session itself (its wait_timeout, a KILL): the client sees the server's own close.
         self._farewell = farewell
         self._compute_gone = compute_gone
+        # A KILL's COM_QUERY payload -> (the packet for the compute, or an answer instead).
+        self.on_kill = on_kill
         self._client_quit = False
         self._lock = threading.Lock()
         self._finished = 0
@@ -320,6 +352,12 @@ class ThreadedRelay:
                         if to_server is None:
                             return
                         self.server.sendall(to_server)
+                    elif isinstance(segment, HeldKill):
+                        to_server, to_client = self.on_kill(segment.payload)
+                        if to_client:
+                            self.client.sendall(to_client)
+                        if to_server:
+                            self.server.sendall(to_server)
                     else:
                         self.server.sendall(segment)
         except OSError:
@@ -386,6 +424,7 @@ async def async_relay(
     on_change_user: Callable[[bytes], Awaitable[bytes | None]],
     farewell: bytes = b"",
     compute_gone: Callable[[], Awaitable[bool]] | None = None,
+    on_kill: Callable[[bytes], tuple[bytes | None, bytes | None]] = lambda p: (p, None),
 ) -> None:
     """The same relay on the event loop, for TLS sessions. ``on_change_user`` returns the
     rewritten packet bytes, or None to end the session."""
@@ -407,6 +446,12 @@ async def async_relay(
                     if rewritten is None:
                         return
                     server_writer.write(rewritten)
+                elif isinstance(segment, HeldKill):
+                    to_server, to_client = on_kill(segment.payload)
+                    if to_client:
+                        client_writer.write(to_client)
+                    if to_server:
+                        server_writer.write(to_server)
                 else:
                     server_writer.write(segment)
             await server_writer.drain()

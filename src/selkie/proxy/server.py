@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import secrets
 import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from selkie.controlplane import Activity, ControlPlane
@@ -38,26 +35,13 @@ from selkie.proxy.passthrough import Passthrough
 from selkie.proxy.pooler.pool import EndpointPool
 from selkie.proxy.pooler.pooler import Pooler
 from selkie.proxy.proxyproto import read_proxy_header
+from selkie.proxy.sessions import Live, LiveSessions, session_ids
 from selkie.proxy.stats import ProxyStats
 from selkie.tasks import cancel, spawn
 
 log = logging.getLogger(__name__)
 
 SERVER_VERSION = "5.5.5-10.11.19-MariaDB-Selkie"
-
-
-# The id in a session's greeting is the proxy's, sent before the compute is known (it is not
-# the compute's thread id, which CONNECTION_ID() returns). Proxy ids are drawn from the upper
-# half of the 32-bit range, where a compute's thread ids (counted from 1 at each start) never
-# are: a driver's `KILL <greeting id>` is then "Unknown thread id" (1094), never another
-# session of the same role that happens to have that thread id on the compute.
-SESSION_ID_BASE = 1 << 31
-
-
-def session_ids() -> Iterator[int]:
-    """Greeting ids: from SESSION_ID_BASE up, starting anywhere, wrapping within the range."""
-    first = secrets.randbelow(SESSION_ID_BASE)
-    return (SESSION_ID_BASE + (first + n) % SESSION_ID_BASE for n in itertools.count())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,9 +107,12 @@ class ProxyServer:
             failed_login=self.connector.failed_login,
             relay=config.relay,
         )
+        # Sessions by greeting id, for KILL with the ids drivers hold (sessions.py).
+        self.live = LiveSessions()
         self.pooler = Pooler(
             self.connector,
             self.stats,
+            self.live,
             wait_timeout=config.pool_wait_timeout,
             max_packet=config.pool_max_packet,
             relay=config.relay,
@@ -245,6 +232,7 @@ class ProxyServer:
         if not self.admission.enter(counted):
             writer.write(frame(0, TOO_MANY)[0])
             return
+        session_id = next(self._ids)
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
                 if counted is None:
@@ -256,7 +244,7 @@ class ProxyServer:
                 hello = await handshake(
                     reader,
                     writer,
-                    connection_id=next(self._ids),
+                    connection_id=session_id,
                     server_version=self.config.server_version,
                     tls=self.config.tls,
                     timeout=self.config.handshake_timeout,
@@ -270,7 +258,7 @@ class ProxyServer:
             return await self._refuse(hello, hello.seq, login)
         auth_ms = (time.perf_counter() - t0) * 1000
         if login.route.pooled:
-            refused = await self.pooler.serve(hello, login)
+            refused = await self.pooler.serve(hello, login, session_id)
             if refused is not None:
                 await self._refuse(hello, login.seq, refused)
             return
@@ -286,10 +274,20 @@ class ProxyServer:
         conn = dialled.backend
         # The compute's own OK to the login, in the client's sequence.
         first, _ = frame(login.seq, conn.first_reply)
+        role = login.route.role
+        self.live.add(session_id, Live(endpoint_id, role, lambda: conn.thread_id, _nothing))
         try:
             with self.stats.session(endpoint_id) as counters:
-                await self.passthrough.run(hello, conn, endpoint_id, first, counters)
+                await self.passthrough.run(
+                    hello,
+                    conn,
+                    endpoint_id,
+                    first,
+                    counters,
+                    kill=lambda payload: self.live.kill(payload, endpoint_id, role),
+                )
         finally:
+            self.live.remove(session_id)
             for w in (writer, conn.writer):
                 with contextlib.suppress(Exception):
                     w.close()
@@ -297,3 +295,7 @@ class ProxyServer:
     async def _refuse(self, hello: Hello, seq: int, refused: Refused) -> None:
         await hello.stream.send(seq, refused.packet())
         hello.writer.close()
+
+
+def _nothing() -> None:
+    """A relayed session always holds its compute connection: nothing to end here."""

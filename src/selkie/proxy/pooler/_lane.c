@@ -137,6 +137,13 @@ static PyObject *Session_get_parked(Session *s, void *closure) {
     return PyBool_FromLong(s->in_lane);
 }
 
+static PyObject *Session_get_backend(Session *s, void *closure) {
+    (void)closure;
+    PyObject *backend = s->in_lane && s->conn ? s->conn->backend : Py_None;
+    Py_INCREF(backend);
+    return backend;
+}
+
 static PyGetSetDef Session_getset[] = {
     {"bytes_to_client", (getter)get_ll, NULL, "bytes the lane sent the client",
      (void *)offsetof(Session, bytes_to_client)},
@@ -145,6 +152,7 @@ static PyGetSetDef Session_getset[] = {
     {"statements", (getter)get_ll, NULL, "commands the lane ran", (void *)offsetof(Session, statements)},
     {"last_active", (getter)Session_get_last_active, NULL, "when the lane last ran a command", NULL},
     {"parked", (getter)Session_get_parked, NULL, "the lane has the session", NULL},
+    {"backend", (getter)Session_get_backend, NULL, "the backend it holds in the lane, if any", NULL},
     {NULL},
 };
 

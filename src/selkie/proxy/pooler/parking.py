@@ -38,6 +38,16 @@ class Parking(CommandRunner):
         self._lane_session = lane.session(self._on_wake)
         self.counters.attach(self._lane_session)
 
+    def serving_backend(self) -> Backend | None:
+        """The backend serving this session now: its own, or the one the lane runs its
+        command on (None between transactions)."""
+        if self.backend is not None:
+            return self.backend
+        if self._lane_session is not None:
+            held: Backend | None = self._lane_session.backend
+            return held
+        return None
+
     def detach_lane(self) -> None:
         if self._lane_session is not None:
             self.counters.detach()

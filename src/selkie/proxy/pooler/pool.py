@@ -70,6 +70,7 @@ class Backend:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     stream: PacketStream
+    thread_id: int = 0  # the compute's id for this connection (what KILL takes)
     # Session state as applied on this connection, to replay only what differs.
     database: str | None = None
     sets: dict[str, str] = field(default_factory=dict)

@@ -16,6 +16,7 @@ from selkie.proxy.pooler.pool import FORMAT_CAPS, Backend, EndpointPool, PoolKey
 from selkie.proxy.pooler.runner import CommandRefused
 from selkie.proxy.pooler.session import PooledSession
 from selkie.proxy.relay import Counters
+from selkie.proxy.sessions import Live, LiveSessions
 from selkie.proxy.stats import ProxyStats
 
 RELAY_LIMIT = 2**31
@@ -27,6 +28,7 @@ class Pooler:
         self,
         connector: Connector,
         stats: ProxyStats,
+        live: LiveSessions,
         *,
         wait_timeout: float,
         max_packet: int = DEFAULT_MAX_PACKET,
@@ -34,6 +36,7 @@ class Pooler:
     ) -> None:
         self.connector = connector
         self.stats = stats
+        self.live = live  # every session by greeting id, for KILL (sessions.py)
         self.wait_timeout = wait_timeout
         # "python" keeps every pooled command in Python; otherwise plain ones take the
         # compiled fast lane where it is built (lane.py), as the session relay does.
@@ -62,9 +65,12 @@ class Pooler:
         pool.cap = login.access.pooler_max_backends
         return pool
 
-    async def serve(self, hello: Hello, login: Authenticated) -> Refused | None:
+    async def serve(
+        self, hello: Hello, login: Authenticated, session_id: int = 0
+    ) -> Refused | None:
         """Run a pooled session until the client leaves; a refusal for the client when it
-        cannot begin (the pooler is off, the endpoint cannot wake, every backend is busy)."""
+        cannot begin (the pooler is off, the endpoint cannot wake, every backend is busy).
+        ``session_id``: its greeting's, which another session's KILL may name."""
         endpoint_id = login.route.endpoint_id
         if not login.access.pooler_enabled:
             return Refused(
@@ -89,6 +95,7 @@ class Pooler:
                 reader=conn.reader,
                 writer=conn.writer,
                 stream=PacketStream(conn.reader, conn.writer, limit=RELAY_LIMIT),
+                thread_id=conn.thread_id,
             )
 
         stream = hello.stream
@@ -117,12 +124,21 @@ class Pooler:
         if err is not None:
             return Refused(err.code, err.message, err.sqlstate)
         await stream.send(login.seq, build_ok())
+        role = login.route.role
+        session.kill = lambda payload: self.live.kill(payload, endpoint_id, role)
+
+        def thread_id() -> int | None:
+            backend = session.serving_backend()
+            return backend.thread_id if backend is not None else None
+
+        self.live.add(session_id, Live(endpoint_id, role, thread_id, hello.writer.close))
         with self.stats.session(endpoint_id, counters):
             pool.clients += 1
             try:
                 await session.run()
             finally:
                 pool.clients -= 1
+                self.live.remove(session_id)
         return None
 
 

@@ -24,6 +24,7 @@ from selkie.proxy.pooler.response import Summary
 from selkie.proxy.pooler.runner import STATEMENT_COMMANDS, BackendLost, CommandRefused
 from selkie.proxy.pooler.sqlscan import PSEUDO, Effect, classify
 from selkie.proxy.pooler.state import record_sets
+from selkie.proxy.sessions import may_kill
 
 # Commands whose payload starts with a 4-byte statement id.
 WITH_STATEMENT_ID = STATEMENT_COMMANDS | {Command.STMT_CLOSE}
@@ -33,6 +34,10 @@ UNKNOWN_OWNER = object()
 
 
 class PooledSession(Parking):
+    # A KILL's COM_QUERY payload -> (its payload for the compute, or the proxy's answer):
+    # the proxy's sessions by greeting id (sessions.py), set by the pooler.
+    kill: Callable[[bytes], tuple[bytes | None, bytes | None]] | None = None
+
     async def login(self) -> Err | None:
         """Borrow a backend once so a bad database or a dead compute shows at connect. Only
         the database is put in place: whether another client's state must be wiped is
@@ -138,6 +143,14 @@ class PooledSession(Parking):
             stmt = struct.unpack("<I", payload[1:5])[0]
             if not await self._statement_usable(command, payload, stmt):
                 return
+        if command == Command.QUERY and self.kill is not None and may_kill(payload):
+            # A KILL naming a session by its greeting id: the compute's id for it, or the
+            # proxy's own answer (sessions.py).
+            rewritten, answer = self.kill(payload)
+            if answer is not None or rewritten is None:
+                await self.reply(1, answer or build_ok())
+                return
+            payload = rewritten
         if command == Command.QUERY:
             effect: Effect | None = classify(payload[1:].decode(errors="replace"))
             if self.lane is not None and effect is not None and plain(effect):
