@@ -60,7 +60,8 @@ from selkie.storage.images import (
     ImageCache,
     inherited,
 )
-from selkie.storage.local import LocalStorage, datadir_position
+from selkie.storage.local import LocalStorage, crash_consistent, datadir_position
+from selkie.storage.replay import replay_server
 from selkie.storage.restore import Restored, Target, Tools, restore
 from selkie.store import Store
 from selkie.store.tables import BranchRow, TimelineRow
@@ -403,8 +404,15 @@ class History:
     async def _first_timeline(self, branch_id: str, project_id: str) -> None:
         """A branch's data was just made: start its history with a first base image (in
         the archive before the timeline is recorded, so a recorded timeline always has
-        one)."""
+        one). A copy of a running parent (a clone made while it was held still) is
+        recovered first, by a private server that starts on it with its binary log and
+        stops cleanly: an image leaves the binary log out, and a crash-consistent image
+        could not be recovered without it (transactions prepared, their outcome in the
+        log)."""
         datadir = self.datadirs.datadir(branch_id)
+        if await asyncio.to_thread(crash_consistent, datadir):
+            async with replay_server(datadir, self.tools):
+                pass
         seq = await asyncio.to_thread(datadir_position, datadir)
         timeline_id = model.new_id("tl")
         await self.make_image(branch_id, TimelineRef(project_id, timeline_id), seq, kind=INITIAL)

@@ -58,6 +58,30 @@ def datadir_position(datadir: Path) -> int:
     return 0
 
 
+# The format description event's flag a server sets while its binary log file is open and
+# clears when it closes the file cleanly (a file left "in use" means a crash-consistent copy).
+_BINLOG_IN_USE = 0x0001
+_FDE_FLAGS = slice(4 + 17, 4 + 19)  # after the file's magic, in the event header
+
+
+def crash_consistent(datadir: Path) -> bool:
+    """Whether a stopped datadir was not shut down cleanly: its last binary log file is
+    still marked in use (a copy of a running server, or a crash). Its recovery needs that
+    binary log (transactions prepared in InnoDB are committed by it), blocking."""
+    index = datadir / BINLOG_INDEX
+    if not index.exists():
+        return False
+    for name in reversed(index.read_text().split()):
+        path = datadir / Path(name).name
+        if path.exists():
+            with path.open("rb") as f:
+                head = f.read(_FDE_FLAGS.stop)
+            return len(head) == _FDE_FLAGS.stop and bool(
+                int.from_bytes(head[_FDE_FLAGS], "little") & _BINLOG_IN_USE
+            )
+    return False
+
+
 def _find(binary: str) -> str:
     return shutil.which(binary) or f"/usr/bin/{binary}"
 
