@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 from selkie.controlplane import Access, Backend, ControlPlane
 from selkie.errors import (
+    ComputeError,
     Conflict,
     NotFound,
     QuotaExceeded,
     SelkieError,
     StateConflict,
+    StoreError,
     public_message,
 )
 from selkie.mysql import auth
@@ -37,6 +39,12 @@ from selkie.proxy.backend import BackendConnection, open_backend
 from selkie.proxy.handshake import Hello, Route, read_client_auth, route
 
 log = logging.getLogger(__name__)
+
+# How long a client's wake and login are retried when the compute fails under them (it died
+# while starting, or between the wake and the login), and the backoff between tries.
+RETRY_FOR = 7.0
+RETRY_FIRST_DELAY = 0.05
+RETRY_MAX_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -232,8 +240,25 @@ class Connector:
             )
         return None
 
-    async def wake(self, endpoint_id: str) -> Backend | Refused:
-        """Where the endpoint's compute listens, starting it if it sleeps."""
+    async def wake(self, endpoint_id: str, *, until: float | None = None) -> Backend | Refused:
+        """Where the endpoint's compute listens, starting it if it sleeps. A start that
+        failed on the compute's side (it died while starting, the state store blinked) is
+        tried again with backoff until ``until`` (monotonic; default: RETRY_FOR from now):
+        a client held for the wake is served by the retry. Never retried: quotas, a
+        stopped or disabled endpoint, a wake that outlasted ``wake_timeout``."""
+        until = time.monotonic() + RETRY_FOR if until is None else until
+        delay = RETRY_FIRST_DELAY
+        while True:
+            try:
+                return await self._wake_once(endpoint_id)
+            except (ComputeError, StoreError) as exc:
+                if time.monotonic() + delay > until:
+                    return self._could_not_start(endpoint_id, exc)
+                log.info("endpoint %s: wake failed (%s); again in %.2fs", endpoint_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+
+    async def _wake_once(self, endpoint_id: str) -> Backend | Refused:
         try:
             return await asyncio.wait_for(self.control.wake(endpoint_id), self.config.wake_timeout)
         except TimeoutError:
@@ -248,12 +273,18 @@ class Connector:
             return Refused(ErrorCode.NET_READ_INTERRUPTED, exc.message)
         except (Conflict, NotFound) as exc:
             return Refused(ErrorCode.ACCESS_DENIED, exc.message)
+        except (ComputeError, StoreError):
+            raise  # the caller tries again
         except SelkieError as exc:
-            log.warning("endpoint %s could not start: %s", endpoint_id, exc.message)
-            return Refused(
-                ErrorCode.NET_READ_INTERRUPTED,
-                f"endpoint {endpoint_id} could not start: {public_message(exc).splitlines()[0]}",
-            )
+            return self._could_not_start(endpoint_id, exc)
+
+    @staticmethod
+    def _could_not_start(endpoint_id: str, exc: SelkieError) -> Refused:
+        log.warning("endpoint %s could not start: %s", endpoint_id, exc.message)
+        return Refused(
+            ErrorCode.NET_READ_INTERRUPTED,
+            f"endpoint {endpoint_id} could not start: {public_message(exc).splitlines()[0]}",
+        )
 
     async def dial(
         self, login: Authenticated, response: HandshakeResponse41, capabilities: int
@@ -264,9 +295,11 @@ class Connector:
         more. The compute's own refusal of the login (an unknown database) is passed on."""
         endpoint_id = login.route.endpoint_id
         t0 = time.perf_counter()
-        address = await self.wake(endpoint_id)
+        until = time.monotonic() + RETRY_FOR
+        address = await self.wake(endpoint_id, until=until)
         t1 = time.perf_counter()
-        for attempt in range(2):
+        delay = RETRY_FIRST_DELAY
+        while True:
             if isinstance(address, Refused):
                 return address
             try:
@@ -280,15 +313,18 @@ class Connector:
                 )
                 break
             except (OSError, TimeoutError, ProtocolError) as exc:
-                if attempt == 0:
-                    address = await self.wake(endpoint_id)
-                    continue
-                # Where the compute listens is the operator's business, not the client's.
-                log.warning("endpoint %s: cannot log in to its compute: %r", endpoint_id, exc)
-                return Refused(
-                    ErrorCode.NET_READ_ERROR,
-                    f"could not reach the compute of endpoint {endpoint_id}; try again",
-                )
+                # The compute went away between the wake and the login (a suspend that
+                # raced this client, a crash): woken again, within the same bound.
+                if time.monotonic() + delay > until:
+                    # Where the compute listens is the operator's business, not the client's.
+                    log.warning("endpoint %s: cannot log in to its compute: %r", endpoint_id, exc)
+                    return Refused(
+                        ErrorCode.NET_READ_ERROR,
+                        f"could not reach the compute of endpoint {endpoint_id}; try again",
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+                address = await self.wake(endpoint_id, until=until)
         if conn.first_reply[:1] == b"\xff":
             conn.writer.close()
             err = parse_err(conn.first_reply)
