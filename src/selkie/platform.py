@@ -28,6 +28,7 @@ from selkie.config import Settings, split_listen
 from selkie.control import Control
 from selkie.control.autoscaler import Autoscaler
 from selkie.control.durability import Durable
+from selkie.control.health import Health
 from selkie.control.history import History
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.local_plane import LocalControlPlane
@@ -184,11 +185,13 @@ class LeaderWork:
     lifecycle: Lifecycle
     meter: Meter
     quotas: Quotas
+    health: Health
     history: History | None = None
     reconcile_every: float = 30.0
     _last_reconcile: datetime | None = None
 
     async def tick(self, now: datetime) -> None:
+        await self.health.tick(now)  # in a task of its own: a hung compute holds up nothing
         await self.meter.tick(now)
         await self.quotas.tick(now)
         if self.history is not None:
@@ -216,6 +219,7 @@ class Platform:
     quotas: Quotas
     start_metrics: StartMetrics
     autoscaler: Autoscaler
+    health: Health
     history: History | None = None
     proxy: ProxyServer | None = None
     # The data dir's lock (a file descriptor), held while this platform is open.
@@ -258,8 +262,14 @@ class Platform:
             store=store, lifecycle=lifecycle, pooler_max_backends=settings.pooler_max_backends
         )
         quotas = Quotas(store=store, suspend=lifecycle.suspend, interval=settings.metering_interval)
+        health = Health(store, lifecycle)
         leader = LeaderWork(
-            store=store, lifecycle=lifecycle, meter=meter, quotas=quotas, history=history
+            store=store,
+            lifecycle=lifecycle,
+            meter=meter,
+            quotas=quotas,
+            health=health,
+            history=history,
         )
         scheduler = Scheduler(
             store=store, lifecycle=lifecycle, reported=access.last_active, on_tick=leader.tick
@@ -290,6 +300,7 @@ class Platform:
                 up_seconds=settings.autoscale_up_seconds,
                 down_seconds=settings.autoscale_down_seconds,
             ),
+            health=health,
             history=history,
         )
 
@@ -318,6 +329,7 @@ class Platform:
         if self.proxy is not None:
             await self.proxy.stop()
         await self.scheduler.stop()
+        await self.health.close()
         await self.autoscaler.stop()
         await self.runner.stop()
         if suspend_computes:
@@ -340,6 +352,7 @@ class Platform:
                 start_counts=lambda: dict(starts.start_counts),
                 start_seconds=lambda: list(starts.start_seconds),
                 suspend_counts=lambda: dict(starts.suspend_counts),
+                unhealthy_counts=lambda: dict(self.health.unhealthy),
                 proxy=self.proxy,
                 history=self.history,
             )

@@ -36,6 +36,8 @@ class Sources:
     start_counts: Callable[[], dict[str, int]]
     start_seconds: Callable[[], list[float]]
     suspend_counts: Callable[[], dict[str, int]]
+    # Computes failed and stopped for not answering health checks (control/health.py).
+    unhealthy_counts: Callable[[], dict[str, int]] = dict
     proxy: Any = None  # selkie.proxy.server.ProxyServer, when in this process
     history: Any = None  # selkie.control.history.History, when durable storage runs here
 
@@ -132,6 +134,14 @@ class PlatformCollector(Collector):
         for endpoint_id, n in src.suspend_counts().items():
             suspends.add_metric([endpoint_id], float(n))
         yield suspends
+        unhealthy = CounterMetricFamily(
+            "selkie_compute_unhealthy",
+            "Computes failed and stopped for answering no health check twice in a row",
+            labels=["endpoint_id"],
+        )
+        for endpoint_id, n in src.unhealthy_counts().items():
+            unhealthy.add_metric([endpoint_id], float(n))
+        yield unhealthy
         buckets, total = _histogram(src.start_seconds())
         yield HistogramMetricFamily(
             "selkie_compute_start_seconds",

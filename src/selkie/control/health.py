@@ -1,0 +1,130 @@
+"""Health checks: a compute that hangs is found, failed and stopped.
+
+A compute that dies is the driver's to notice (its supervisor reports the exit). One that
+hangs — stopped by a signal, stuck on a full disk or in its storage engine — keeps its
+process and its port, and its clients wait on it for good. The scheduler's leader asks every
+active compute a cheap question (``SELECT 1`` over its admin connection) every ``interval``
+seconds, each with ``timeout`` seconds to answer; after ``misses`` unanswered in a row the
+endpoint is marked failed with the reason and its compute stopped (killed when it does not
+stop in ``stop_timeout``). The next wake or start starts it again, as after a crash. The
+checks run in a task of their own: a hung compute never holds up the leader's tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from datetime import datetime
+
+from sqlalchemy import select
+
+from selkie.control.lifecycle import Lifecycle
+from selkie.model import EndpointState
+from selkie.store import Store
+from selkie.store.tables import EndpointRow
+from selkie.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 2.0
+TIMEOUT = 2.0
+MISSES = 2
+STOP_TIMEOUT = 2.0
+
+
+class Health:
+    def __init__(
+        self,
+        store: Store,
+        lifecycle: Lifecycle,
+        *,
+        interval: float = INTERVAL,
+        timeout: float = TIMEOUT,
+        misses: int = MISSES,
+        stop_timeout: float = STOP_TIMEOUT,
+    ) -> None:
+        self.store = store
+        self.lifecycle = lifecycle
+        self.interval = interval
+        self.timeout = timeout
+        self.misses = misses
+        self.stop_timeout = stop_timeout
+        self._missed: dict[str, int] = {}
+        self._last: datetime | None = None
+        self._pass: asyncio.Task[None] | None = None
+        # Computes failed and stopped for not answering, by endpoint (for /metrics).
+        self.unhealthy: Counter[str] = Counter()
+
+    async def tick(self, now: datetime) -> None:
+        """Start a pass when one is due and none is running (the leader's tick)."""
+        if self._pass is not None and not self._pass.done():
+            return
+        if self._last is not None and (now - self._last).total_seconds() < self.interval:
+            return
+        self._last = now
+        self._pass = spawn(self.check_all(), name="health-checks")
+
+    async def close(self) -> None:
+        if self._pass is not None:
+            self._pass.cancel()
+
+    def _active(self) -> list[str]:
+        with self.store.read() as s:
+            return list(
+                s.execute(
+                    select(EndpointRow.id).where(
+                        EndpointRow.current_state == EndpointState.ACTIVE.value
+                    )
+                ).scalars()
+            )
+
+    async def check_all(self) -> None:
+        active = await asyncio.to_thread(self._active)
+        for gone in set(self._missed) - set(active):
+            del self._missed[gone]  # suspended, stopped or failed meanwhile: count afresh
+        await asyncio.gather(*(self._check(endpoint_id) for endpoint_id in active))
+
+    async def _check(self, endpoint_id: str) -> None:
+        driver = self.lifecycle.driver
+        try:
+            if not (await driver.inspect(endpoint_id)).running:
+                return  # gone: the driver reports the exit itself
+            await asyncio.wait_for(driver.execute(endpoint_id, ["SELECT 1"]), self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not await asyncio.to_thread(self._still_active, endpoint_id):
+                self._missed.pop(endpoint_id, None)  # it was suspending: not a miss
+                return
+            missed = self._missed[endpoint_id] = self._missed.get(endpoint_id, 0) + 1
+            log.warning(
+                "compute %s did not answer its health check (%d of %d): %r",
+                endpoint_id,
+                missed,
+                self.misses,
+                exc,
+            )
+            if missed >= self.misses:
+                await self._fail(endpoint_id)
+            return
+        self._missed.pop(endpoint_id, None)
+
+    def _still_active(self, endpoint_id: str) -> bool:
+        with self.store.read() as s:
+            row = s.get(EndpointRow, endpoint_id)
+            return row is not None and row.current_state == EndpointState.ACTIVE.value
+
+    async def _fail(self, endpoint_id: str) -> None:
+        self._missed.pop(endpoint_id, None)
+        self.unhealthy[endpoint_id] += 1
+        waited = self.misses * (self.interval if self.interval > self.timeout else self.timeout)
+        reason = (
+            f"compute unhealthy: it answered none of {self.misses} health checks in a row "
+            f"(about {waited:.0f} s); stopped, and started again on the next connection"
+        )
+        await self.lifecycle.on_compute_exit(endpoint_id, reason)
+        try:
+            await self.lifecycle.driver.stop(endpoint_id, timeout=self.stop_timeout)
+        except Exception:
+            log.exception("could not stop unhealthy compute %s", endpoint_id)
