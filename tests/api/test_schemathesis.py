@@ -79,7 +79,7 @@ def _fuzz(world: dict[str, Any], *, real_ids: bool) -> int:
 
 
 FUZZ = settings(
-    max_examples=15,
+    max_examples=10,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     derandomize=True,

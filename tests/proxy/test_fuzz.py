@@ -21,7 +21,7 @@ from tests.proxy.test_clients import pymysql_conn
 
 pytestmark = pytest.mark.timeout(300)
 FUZZ = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     derandomize=True,
     database=None,
