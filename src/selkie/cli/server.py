@@ -10,10 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from selkie.cli.common import ConfigOpt, Output, OutputOpt, emit, failures, settings
+from selkie.cli.common import ConfigOpt, Output, OutputOpt, emit, fail, failures, settings
 from selkie.config import Settings
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (local store, no server needed).")
+archive_app = typer.Typer(
+    no_args_is_help=True, help="The archive of branch history (read with this host's settings)."
+)
 
 
 def up(config: ConfigOpt = None) -> None:
@@ -111,3 +114,56 @@ def api_keys_create(
         {"id": key.id, "key": secret, "name": key.name, "org_id": key.org_id, "admin": key.admin},
         output,
     )
+
+
+@archive_app.command("verify")
+def archive_verify(
+    project: Annotated[
+        str | None, typer.Option("--project", help="One project's history (default: all)")
+    ] = None,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Read back every base image, delta chain and log segment of the archive the settings
+    name (SELKIE_ARCHIVE_URL and the AWS variables), checking digests, checksums and that the
+    log has no gap; changes nothing. Exit 1 when anything is missing or corrupt."""
+    import asyncio
+
+    from selkie.platform import open_settings_archive
+    from selkie.storage.verify import verify
+
+    s = settings(config)
+
+    async def run() -> dict[str, Any]:
+        archive = open_settings_archive(s)
+        try:
+            report = await verify(archive, project)
+        finally:
+            await archive.close()
+        return {
+            "ok": report.ok,
+            "timelines": report.timelines,
+            "images": report.images,
+            "chunks": report.chunks,
+            "segments": report.segments,
+            "bytes_read": report.bytes_read,
+            "findings": [{"key": f.key, "problem": f.problem} for f in report.findings],
+        }
+
+    if not s.archive_enabled:
+        fail("durable storage is off here (SELKIE_ARCHIVE_URL=off): no archive to verify")
+    with failures():
+        result = asyncio.run(run())
+    if output is Output.table:
+        print(
+            f"{result['timelines']} timelines, {result['images']} base images, "
+            f"{result['chunks']} chunks, {result['segments']} log segments "
+            f"({result['bytes_read']} bytes read)"
+        )
+        for f in result["findings"]:
+            print(f"{f['key']}: {f['problem']}")
+        print("archive ok" if result["ok"] else f"{len(result['findings'])} problems found")
+    else:
+        emit(result, output)
+    if not result["ok"]:
+        raise typer.Exit(1)
