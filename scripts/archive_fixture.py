@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
@@ -31,7 +32,7 @@ async def position(platform: Platform, endpoint_id: str) -> int:
     return int(str(row).rsplit("-", 1)[1])
 
 
-async def main(out: Path) -> None:
+async def main() -> tuple[Path, dict[str, Any]]:
     work = Path(tempfile.mkdtemp(prefix="selkie-fixture-"))
     settings = load_settings(
         environ={
@@ -71,11 +72,8 @@ async def main(out: Path) -> None:
     finally:
         await platform.stop()
         platform.close()
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(work / "archive" / "projects" / pid, out / "archive" / "projects" / pid)
     (mid_seq, mid_i), (end_seq, end_i) = marks[0], marks[-1]
-    expected = {
+    return work, {
         "project_id": pid,
         "timeline_id": timeline_id,
         "database": db,
@@ -84,10 +82,18 @@ async def main(out: Path) -> None:
             {"seq": end_seq, "rows": [[i, f"row {i}"] for i in range(1, end_i + 1)]},
         ],
     }
+
+
+def write(out: Path, work: Path, expected: dict[str, Any]) -> None:
+    """The project's folder of the archive, and what it holds, into ``out``."""
+    if out.exists():
+        shutil.rmtree(out)
+    pid = expected["project_id"]
+    shutil.copytree(work / "archive" / "projects" / pid, out / "archive" / "projects" / pid)
     (out / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1])))
+    write(Path(sys.argv[1]), *asyncio.run(main()))
