@@ -74,6 +74,7 @@ async def sysbench(
     threads: int,
     seconds: int,
     command: str = "run",
+    ps_mode: str = "auto",
 ) -> tuple[float, float, str]:
     proc = await asyncio.create_subprocess_exec(
         "sysbench",
@@ -89,6 +90,8 @@ async def sysbench(
         "--percentile=95",
         f"--table-size={TABLE_SIZE}",
         "--tables=1",
+        # auto: prepared statements; disable: query texts (COM_QUERY), as many drivers send.
+        f"--db-ps-mode={ps_mode}",
         command,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

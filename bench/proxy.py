@@ -5,6 +5,7 @@ interleaved in one run; qps, and the CPU each relay spent per 1000 queries.
     make bench-deps                      # sysbench and haproxy from Debian
     .venv/bin/python bench/proxy.py [--time 10] [--rounds 3] [--threads 1,8] [--cu 2]
         [--tests oltp_point_select,oltp_read_only] [--relays c,python] [--haproxy-threads 1]
+        [--ps-mode auto|disable]
 
 The proxy runs in this process, so its CPU is this process's (``/proc/self/stat``) while
 sysbench runs through it; HAProxy's is its process's. Both relay kinds run in the same
@@ -90,7 +91,12 @@ async def main(a: argparse.Namespace) -> None:
                                 proxy.passthrough.relay_class = relays[relay]
                             before = cpu_seconds(pid) if pid else 0.0
                             q, _, err = await sysbench(
-                                test, port=port, user=user, threads=threads, **common
+                                test,
+                                port=port,
+                                user=user,
+                                threads=threads,
+                                ps_mode=a.ps_mode,
+                                **common,
                             )
                             if err:
                                 raise SystemExit(f"sysbench {test} via {name} failed:\n{err}")
@@ -104,7 +110,8 @@ async def main(a: argparse.Namespace) -> None:
             await haproxy.wait()
 
     print(
-        f"\nsysbench, {a.time}s x {a.rounds} interleaved rounds, {a.cu} CU compute, "
+        f"\nsysbench (ps-mode {a.ps_mode}), {a.time}s x {a.rounds} interleaved rounds, "
+        f"{a.cu} CU compute, "
         f"HAProxy with {a.haproxy_threads} thread(s), {os.cpu_count()} cores (medians)\n"
     )
     names = list(targets)
@@ -140,4 +147,10 @@ if __name__ == "__main__":
     parser.add_argument("--tests", default="oltp_point_select,oltp_read_only")
     parser.add_argument("--relays", default="c,python", help="Selkie relays to measure")
     parser.add_argument("--haproxy-threads", type=int, default=1)
+    parser.add_argument(
+        "--ps-mode",
+        choices=["auto", "disable"],
+        default="auto",
+        help="sysbench's statements: prepared (auto) or query texts (disable)",
+    )
     sys.exit(run(main(parser.parse_args())))
