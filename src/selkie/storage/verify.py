@@ -85,14 +85,26 @@ async def _timelines(archive: Archive, project_id: str) -> list[str]:
     return sorted({o.key[len(prefix) :].split("/", 1)[0] for o in await archive.list(prefix)})
 
 
-async def _get(archive: Archive, key: str, report: Report) -> bytes | None:
-    try:
-        data = await archive.get(key)
-    except ArchiveError as exc:
-        report.findings.append(Finding(key, f"cannot be read: {exc.message}"))
-        return None
+async def _get(archive: Archive, key: str, report: Report, sem: asyncio.Semaphore) -> bytes | None:
+    async with sem:
+        try:
+            data = await archive.get(key)
+        except ArchiveError as exc:
+            report.findings.append(Finding(key, f"cannot be read: {exc.message}"))
+            return None
     report.bytes_read += len(data)
     return data
+
+
+def _check_digest(report: Report, key: str, data: bytes, digest: str | None, limit: int) -> None:
+    """A zstd object whose content must hash (SHA-256) to ``digest``."""
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
+    except zstandard.ZstdError:
+        report.findings.append(Finding(key, "corrupt (not zstd)"))
+        return
+    if hashlib.sha256(raw).hexdigest() != digest:
+        report.findings.append(Finding(key, "corrupt (content does not match)"))
 
 
 async def _images(
@@ -114,48 +126,35 @@ async def _images(
         report.images += 1
         oldest = manifest.seq if oldest is None else min(oldest, manifest.seq)
         if manifest.parent is not None:
-            await _delta(archive, manifest, keys, report)
+            await _delta(archive, manifest, keys, report, sem)
         digests = {d for f in manifest.files for d in f.chunks} - checked
         checked |= digests
         await asyncio.gather(*(_chunk(archive, ref.project_id, d, report, sem) for d in digests))
     return oldest
 
 
-async def _delta(archive: Archive, manifest: Manifest, keys: set[str], report: Report) -> None:
+async def _delta(
+    archive: Archive, manifest: Manifest, keys: set[str], report: Report, sem: asyncio.Semaphore
+) -> None:
     if manifest.parent not in keys:
         report.findings.append(
             Finding(manifest.key, f"its parent image {manifest.parent} is missing")
         )
     if manifest.blob is None:
         return
-    data = await _get(archive, manifest.blob, report)
-    if data is None:
-        return
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=_MAX_BLOB)
-    except zstandard.ZstdError:
-        report.findings.append(Finding(manifest.blob, "corrupt (not zstd)"))
-        return
-    if hashlib.sha256(raw).hexdigest() != manifest.blob_sha256:
-        report.findings.append(Finding(manifest.blob, "corrupt (content does not match)"))
+    data = await _get(archive, manifest.blob, report, sem)
+    if data is not None:
+        _check_digest(report, manifest.blob, data, manifest.blob_sha256, _MAX_BLOB)
 
 
 async def _chunk(
     archive: Archive, project_id: str, digest: str, report: Report, sem: asyncio.Semaphore
 ) -> None:
     key = chunk_key(project_id, digest)
-    async with sem:
-        data = await _get(archive, key, report)
-    if data is None:
-        return
-    report.chunks += 1
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=CHUNK_BYTES)
-    except zstandard.ZstdError:
-        report.findings.append(Finding(key, "corrupt (not zstd)"))
-        return
-    if hashlib.sha256(raw).hexdigest() != digest:
-        report.findings.append(Finding(key, "corrupt (content does not match)"))
+    data = await _get(archive, key, report, sem)
+    if data is not None:
+        report.chunks += 1
+        _check_digest(report, key, data, digest, CHUNK_BYTES)
 
 
 async def _log(
@@ -182,8 +181,7 @@ async def _log(
 async def _segment(
     archive: Archive, key: str, span: tuple[int, int], report: Report, sem: asyncio.Semaphore
 ) -> None:
-    async with sem:
-        data = await _get(archive, key, report)
+    data = await _get(archive, key, report, sem)
     if data is None:
         return
     report.segments += 1
