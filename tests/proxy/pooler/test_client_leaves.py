@@ -23,19 +23,18 @@ from pymysql.constants import CLIENT, COMMAND
 from selkie.platform import Platform
 from tests.proxy.conftest import Db
 from tests.proxy.pooler.test_lane import platform, require_lane
-from tests.proxy.pooler.test_pool import conn, pool, pooled_db, q
+from tests.proxy.pooler.test_pool import (
+    _template,  # noqa: F401 - autouse
+    conn,
+    pool,
+    pooled_db,
+    q,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
 BIG = "SELECT REPEAT('x', 1000) FROM seq_1_to_20000"  # about 20 MB
 MULTI = "SELECT 1; " + BIG
-
-
-@pytest.fixture(autouse=True)
-def _template(template_datadir: Path) -> None:
-    from tests.proxy.pooler import test_pool
-
-    test_pool.TEMPLATE[:] = [template_datadir]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import mysql.connector
@@ -23,16 +24,16 @@ from selkie.proxy.pooler import lane
 from tests.helpers import free_port
 from tests.platforms import require_mariadb
 from tests.proxy.conftest import Db
-from tests.proxy.pooler.test_pool import conn, connector_conn, pool, pooled_db, q
+from tests.proxy.pooler.test_pool import (
+    _template,  # noqa: F401 - autouse
+    conn,
+    connector_conn,
+    pool,
+    pooled_db,
+    q,
+)
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(autouse=True)
-def _template(template_datadir: Path) -> None:
-    from tests.proxy.pooler import test_pool
-
-    test_pool.TEMPLATE[:] = [template_datadir]
 
 
 def require_lane() -> None:
@@ -60,20 +61,28 @@ async def platform(tmp_path: Path, *, cap: int, wait: float, relay: str) -> Plat
     return p
 
 
-@pytest.fixture
-async def db(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Db]:
-    relay = getattr(request, "param", "auto")
+@asynccontextmanager
+async def lane_db(
+    tmp_path: Path, *, cap: int, wait: float, relay: str = "auto"
+) -> AsyncIterator[Db]:
+    """A pooled project on a platform of its own (``platform``), stopped after."""
     if relay != "python":
         require_lane()
-    marker = request.node.get_closest_marker("backends")
-    p = await platform(tmp_path, cap=marker.args[0] if marker else 1, wait=1, relay=relay)
+    p = await platform(tmp_path, cap=cap, wait=wait, relay=relay)
     try:
-        db = await pooled_db(p)
-        yield db
-        assert_lane_sound(db)
+        yield await pooled_db(p)
     finally:
         await p.stop()
         p.close()
+
+
+@pytest.fixture
+async def db(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Db]:
+    marker = request.node.get_closest_marker("backends")
+    cap = marker.args[0] if marker else 1
+    async with lane_db(tmp_path, cap=cap, wait=1, relay=getattr(request, "param", "auto")) as db:
+        yield db
+        assert_lane_sound(db)
 
 
 def assert_lane_sound(db: Db) -> None:

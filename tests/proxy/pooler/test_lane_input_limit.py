@@ -22,11 +22,16 @@ import pytest
 
 from selkie.mysql.packets import parse_err
 from selkie.mysql.stream import frame
-from selkie.platform import Platform
 from tests.proxy.conftest import Db
 from tests.proxy.pooler.test_client_leaves import settled
-from tests.proxy.pooler.test_lane import platform, require_lane
-from tests.proxy.pooler.test_pool import conn, pool, pooled_db, q, raw_pooled
+from tests.proxy.pooler.test_lane import lane_db
+from tests.proxy.pooler.test_pool import (
+    _template,  # noqa: F401 - autouse
+    conn,
+    pool,
+    q,
+    raw_pooled,
+)
 from tests.proxy.test_fuzz import recv_packet
 
 pytestmark = pytest.mark.timeout(300)
@@ -39,22 +44,10 @@ PIPELINED = b"SELECT REPEAT('x', 2000) AS r, '" + b"p" * 3900 + b"' AS pad"
 PIPELINED_COUNT = 17_000  # about 66 MiB of commands
 
 
-@pytest.fixture(autouse=True)
-def _template(template_datadir: Path) -> None:
-    from tests.proxy.pooler import test_pool
-
-    test_pool.TEMPLATE[:] = [template_datadir]
-
-
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Db]:
-    require_lane()
-    p: Platform = await platform(tmp_path, cap=2, wait=20, relay="auto")
-    try:
-        yield await pooled_db(p)
-    finally:
-        await p.stop()
-        p.close()
+    async with lane_db(tmp_path, cap=2, wait=20) as db:
+        yield db
 
 
 def status(field: str) -> int:

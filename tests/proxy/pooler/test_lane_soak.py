@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from selkie.platform import Platform
 from tests.proxy.conftest import Db
-from tests.proxy.pooler.test_lane import platform, require_lane
+from tests.proxy.pooler.test_lane import lane_db
 from tests.proxy.pooler.test_lane_input_limit import other_core_busy
-from tests.proxy.pooler.test_pool import pool, pooled_db
+from tests.proxy.pooler.test_pool import (
+    _template,  # noqa: F401 - autouse
+    pool,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -88,23 +90,11 @@ print(json.dumps({"done": len(done), "errors": errors[:10]}))
 """
 
 
-@pytest.fixture(autouse=True)
-def _template(template_datadir: Path) -> None:
-    from tests.proxy.pooler import test_pool
-
-    test_pool.TEMPLATE[:] = [template_datadir]
-
-
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Db]:
-    require_lane()
     # A client may wait a long time for one of twenty backends under this crowd.
-    p: Platform = await platform(tmp_path, cap=BACKENDS, wait=120, relay="auto")
-    try:
-        yield await pooled_db(p)
-    finally:
-        await p.stop()
-        p.close()
+    async with lane_db(tmp_path, cap=BACKENDS, wait=120) as db:
+        yield db
 
 
 async def test_two_hundred_clients_over_twenty_backends_all_finish(db: Db) -> None:
