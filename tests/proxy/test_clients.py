@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import mysql.connector
 import MySQLdb
@@ -201,16 +202,24 @@ async def test_multi_statements_and_load_data_local(db: Db, tmp_path: Path) -> N
 # --- mysqlclient (MySQLdb) ---------------------------------------------------------------------
 
 
+def mysqldb_conn(db: Db, **kw: Any) -> MySQLdb.Connection:
+    """mysqlclient (libmariadb underneath) through the proxy; plaintext unless ``kw`` says."""
+    args: dict[str, Any] = dict(
+        host="127.0.0.1",
+        port=db.port,
+        user=db.user,
+        password=db.password,
+        database=db.database,
+    )
+    if "ssl" not in kw:
+        args["ssl_mode"] = "DISABLED"
+    args.update(kw)
+    return MySQLdb.connect(**args)
+
+
 async def test_mysqlclient(db: Db) -> None:
     def run() -> tuple:  # type: ignore[type-arg]
-        conn = MySQLdb.connect(
-            host="127.0.0.1",
-            port=db.port,
-            user=db.user,
-            password=db.password,
-            database=db.database,
-            ssl_mode="DISABLED",
-        )
+        conn = mysqldb_conn(db)
         try:
             cur = conn.cursor()
             cur.execute("CREATE TABLE m (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(10))")

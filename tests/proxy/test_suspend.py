@@ -10,7 +10,7 @@ import MySQLdb
 import pytest
 
 from tests.proxy.conftest import Db
-from tests.proxy.test_clients import pymysql_conn
+from tests.proxy.test_clients import mysqldb_conn, pymysql_conn
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -136,16 +136,7 @@ def idle_session(db: Db, path: str, **kw: object) -> MySQLdb.Connection:
     tls: dict[str, object] = (
         {"ssl": {"ca": str(db.cert)}} if path == "tls" else {"ssl_mode": "DISABLED"}
     )
-    conn = MySQLdb.connect(
-        host="127.0.0.1",
-        port=db.port,
-        user=db.user,
-        password=db.password,
-        database=db.database,
-        read_timeout=20,
-        **tls,
-        **kw,
-    )
+    conn = mysqldb_conn(db, read_timeout=20, **tls, **kw)
     conn.query("SELECT 1")
     conn.store_result()
     return conn
