@@ -141,7 +141,9 @@ def _computes(settings: Settings, store: Store) -> tuple[ComputeDriver, StorageD
                 row = s.get(BranchRow, branch_id)
                 return row.project_id if row is not None else ""
 
-        return driver, KubernetesStorage(driver, project_of=project_of)
+        return driver, KubernetesStorage(
+            driver, project_of=project_of, scratch=settings.data_dir / "staging"
+        )
     local = LocalDriver(
         data_dir=settings.data_dir,
         mariadbd=settings.mariadbd,

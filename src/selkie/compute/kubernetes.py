@@ -271,7 +271,7 @@ def _pod_ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
-def _pod_running(pod: Any) -> bool:
+def pod_running(pod: Any) -> bool:
     """Its server is up, as far as the control plane is concerned: the pod is Running, has
     an address and is not being deleted. (Ready is what a start waits for; a pod that fails
     a probe or two under load is still running its server.)"""
@@ -284,7 +284,7 @@ def _pod_running(pod: Any) -> bool:
     )
 
 
-def _pod_failure(pod: Any) -> str | None:
+def pod_failure(pod: Any) -> str | None:
     """Why a pod will not become ready on its own (a crash loop, a bad image), or None."""
     for cs in (pod.status.container_statuses or []) if pod.status else []:
         waiting = cs.state.waiting if cs.state else None
@@ -450,7 +450,7 @@ class KubernetesDriver(ComputeDriver):
         def ready(kind: str, pod: Any) -> bool:
             if kind in ("LIST", "DELETED"):
                 return False
-            reason = _pod_failure(pod)
+            reason = pod_failure(pod)
             if reason is not None:
                 failure.append(reason)
                 return True
@@ -497,7 +497,7 @@ class KubernetesDriver(ComputeDriver):
         await asyncio.to_thread(self.api.watch_pods, selector, gone, 30)
 
     def _info(self, endpoint_id: str, pod: Any) -> ComputeInfo:
-        if not _pod_running(pod):
+        if not pod_running(pod):
             return ComputeInfo(endpoint_id=endpoint_id, running=False)
         return ComputeInfo(endpoint_id=endpoint_id, running=True, host=pod.status.pod_ip, port=PORT)
 
@@ -544,7 +544,7 @@ class KubernetesDriver(ComputeDriver):
         self, endpoint_id: str, statements: Sequence[str]
     ) -> list[list[tuple[Any, ...]]]:
         pod = await self.api.pod(endpoint_id)
-        if not _pod_running(pod):
+        if not pod_running(pod):
             raise ComputeError(f"compute {endpoint_id} is not running")
         branch_id = (pod.metadata.labels or {}).get(BRANCH_LABEL, "")
         password = await self.password(branch_id)

@@ -116,7 +116,6 @@ class BranchService(ServiceBase):
         return check_point(
             s,
             settings_archive=self.settings.archive_enabled,
-            restorable=self.settings.compute_driver != "kubernetes",
             project=prow,
             branch=parent,
             at=at,

@@ -45,12 +45,12 @@ from selkie.control.binlogs import Binlogs, default_listen
 from selkie.control.following import Following
 from selkie.control.points import NO_IMAGES, Point, parse_lsn, switch_timeline, timeline_at
 from selkie.control.retention import Retention
-from selkie.errors import ComputeError, Conflict, SelkieError, StorageError
+from selkie.errors import ComputeError, Conflict, SelkieError
 from selkie.model import utcnow
 from selkie.safekeeper.accounts import ReplicationKey
 from selkie.safekeeper.api import SafekeeperApi
 from selkie.safekeeper.dump import HistorySource
-from selkie.storage.base import StorageDriver
+from selkie.storage.base import Restorable, StorageDriver
 from selkie.storage.deltas import store_image
 from selkie.storage.images import (
     HOT,
@@ -59,6 +59,7 @@ from selkie.storage.images import (
     ChunkIndex,
     ImageCache,
     inherited,
+    list_images,
 )
 from selkie.storage.local import LocalStorage, crash_consistent, datadir_position
 from selkie.storage.replay import replay_server
@@ -109,8 +110,10 @@ class History:
         self.safekeeper = safekeeper
         self.storage = storage
         # Branch datadirs on this machine (local computes); None where computes keep their
-        # data elsewhere (Kubernetes claims): there the history is the log alone.
+        # data elsewhere (Kubernetes claims, which base images and restores reach through
+        # the API: ``places``).
         self.local = storage if isinstance(storage, LocalStorage) else None
+        self.claims = storage if self.local is None and isinstance(storage, Restorable) else None
         self.driver = driver
         self.tools = tools
         self.clock = clock
@@ -122,6 +125,8 @@ class History:
         # The (timeline, seq) of the last image made per branch: a suspend with nothing new
         # since makes none.
         self._last_image: dict[str, tuple[str, int]] = {}
+        # Timelines known to have a base image in the archive.
+        self._imaged: set[str] = set()
         self._branch_locks: dict[str, asyncio.Lock] = {}
         self.binlogs = Binlogs(
             store=store,
@@ -144,11 +149,20 @@ class History:
 
     @property
     def datadirs(self) -> LocalStorage:
-        """The branches' datadirs on this machine, which base images, restores and
-        rebuilds work on; a Conflict where computes keep their data elsewhere."""
+        """The branches' datadirs on this machine; a Conflict where computes keep their
+        data elsewhere."""
         if self.local is None:
             raise Conflict(NO_IMAGES)
         return self.local
+
+    @property
+    def places(self) -> Restorable:
+        """Where restores, rebuilds and hot copies stage data and swap it in: the
+        datadirs on this machine, or Kubernetes claims (filled through a pod)."""
+        place = self.local or self.claims
+        if place is None:
+            raise Conflict(NO_IMAGES)
+        return place
 
     async def start(self) -> None:
         if self.local is not None:
@@ -294,6 +308,7 @@ class History:
             cache=cache,
         )
         self._last_image[branch_id] = (ref.timeline_id, seq)
+        self._imaged.add(ref.timeline_id)
         self._image_mark[branch_id] = (time.monotonic(), await self._appended(ref))
         self.metrics.base_images += 1
         self.metrics.base_image_bytes += manifest.size
@@ -326,7 +341,7 @@ class History:
         point of its parent gets the parent's history at that point; a datadir of a branch
         with history that is missing or stale is rebuilt from the archive."""
         if self.local is None:
-            await self._ensure_claim(branch, create)
+            await self._ensure_claim(branch, project, create)
             return
         async with self.branch_lock(branch.id):
             row = await self._db(self.current_timeline, branch.id)
@@ -350,22 +365,24 @@ class History:
                 return
             await self.rebuild(branch.id, row)
 
-    async def _ensure_claim(self, branch: BranchRow, create: Callable[[], Awaitable[None]]) -> None:
-        """A branch whose data lives out of reach (a Kubernetes claim): made when it has
-        none yet. A branch with history whose data is gone cannot be rebuilt from the log
-        alone: that is an error, never a new empty volume in its place."""
+    async def _ensure_claim(
+        self, branch: BranchRow, project: model.Project, create: Callable[[], Awaitable[None]]
+    ) -> None:
+        """A branch whose data is a Kubernetes claim: made when it has none yet (at a past
+        point of its parent: restored from the parent's history); a branch with history
+        whose claim is gone is rebuilt from the archive into a new one."""
         async with self.branch_lock(branch.id):
             row = await self._db(self.current_timeline, branch.id)
-            if row is None and (branch.parent_timestamp or branch.parent_lsn):
-                raise Conflict(NO_IMAGES)
-            if await asyncio.to_thread(self.storage.branch_exists, branch.id):
+            exists = await asyncio.to_thread(self.storage.branch_exists, branch.id)
+            if row is None and (branch.parent_timestamp or branch.parent_lsn) and not exists:
+                await self.branch_from_point(branch, project)
+                return
+            if exists:
                 return
             if row is not None:
-                raise StorageError(
-                    f"the data of branch {branch.id} is gone, and branches on Kubernetes "
-                    "computes cannot be rebuilt from the archive yet (its log is there, "
-                    f"up to 0-1-{row.last_seq})"
-                )
+                # Never a new empty volume in its place: the data as its history holds it.
+                await self.rebuild(branch.id, row)
+                return
             await create()
 
     async def timeline_to_follow(self, branch_id: str, endpoint_id: str) -> TimelineRow | None:
@@ -450,7 +467,7 @@ class History:
         point = Point(at=branch.parent_timestamp, seq=seq)
         source = await self._db(self._timeline_at, branch.parent_id, point)
         started = time.monotonic()
-        staging = self.datadirs.staging_dir(branch.id)
+        staging = self.places.staging_dir(branch.id)
         timeline_id = model.new_id("tl")
         try:
             restored = await self.restore_into(source, point, staging, lambda _: None)
@@ -472,7 +489,7 @@ class History:
                     parent_lsn=f"0-1-{restored.seq}",
                 )
             )
-            await self.datadirs.swap_in(branch.id, staging)
+            await self.places.swap_in(branch.id, staging, like=branch.parent_id)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         self.forget_datadir(branch.id, timeline_id, restored.seq)
@@ -489,7 +506,7 @@ class History:
         ref = TimelineRef(row.project_id, row.id)
         log.warning("rebuilding the data of branch %s from the archive", branch_id)
         started = time.monotonic()
-        staging = self.datadirs.staging_dir(branch_id)
+        staging = self.places.staging_dir(branch_id)
         try:
             archived = await self.safekeeper.archived_position(ref)
             tail = await self.safekeeper.local_tail(ref, archived)
@@ -497,7 +514,7 @@ class History:
                 self.archive, ref, Target(), staging, tools=self.tools, tail=tail
             )
             await asyncio.to_thread(LocalStorage.mark_timeline, staging, row.id)
-            await self.datadirs.swap_in(branch_id, staging)
+            await self.places.swap_in(branch_id, staging)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         await self._db(self._note_position, row.id, restored.seq)
@@ -517,7 +534,7 @@ class History:
         periodic: list[tuple[str, float, Callable[[], Awaitable[Any]]]] = [
             ("positions", 5.0, self._note_positions),
             ("semi_sync", 2.0, self.following.sample_semi_sync),
-            ("hot_images", 5.0, self._hot_images),
+            ("hot_images", 5.0, self.hot_images),
             ("purge", 30.0, self.following.purge_binlogs),
             ("prune", PRUNE_EVERY.total_seconds(), lambda: self.prune(now)),
         ]
@@ -536,7 +553,7 @@ class History:
         for st in await self.safekeeper.timelines():
             await self._db(self._note_position, st.timeline_id, st.last_seq)
 
-    async def _hot_images(self) -> None:
+    async def hot_images(self) -> None:
         """A base image of each compute that ran base_image_interval seconds or wrote
         base_image_log_bytes of log since its branch's last one (mariadb-backup, which
         blocks commits only for a moment)."""
@@ -544,11 +561,13 @@ class History:
             row = await self._db(self.current_timeline, branch_id)
             if row is None:
                 continue
-            appended = await self._appended(TimelineRef(row.project_id, row.id))
+            ref = TimelineRef(row.project_id, row.id)
+            appended = await self._appended(ref)
             at, logged = self._image_mark.setdefault(branch_id, (time.monotonic(), appended))
             due = (
                 time.monotonic() - at >= self.settings.base_image_interval
                 or appended - logged >= self.settings.base_image_log_bytes
+                or not await self._has_image(ref)
             )
             if due and time.monotonic() >= self._image_retry_at.get(branch_id, 0.0):
                 try:
@@ -559,6 +578,16 @@ class History:
                     # A compute stopping meanwhile, say: try again in a while.
                     self._image_retry_at[branch_id] = time.monotonic() + HOT_IMAGE_RETRY
                     log.warning("hot base image of %s failed: %s", branch_id, exc.message)
+
+    async def _has_image(self, ref: TimelineRef) -> bool:
+        """Whether the timeline has a base image (a timeline begun on a Kubernetes claim
+        has none until its first hot copy: until then it cannot be restored)."""
+        if ref.timeline_id in self._imaged or self.local is not None:
+            return True
+        if await list_images(self.archive, ref):
+            self._imaged.add(ref.timeline_id)
+            return True
+        return False
 
     async def _appended(self, ref: TimelineRef) -> int:
         """Log bytes the safekeeper appended to the timeline since it opened it (0 when it
@@ -572,11 +601,11 @@ class History:
     async def hot_image(self, endpoint_id: str, branch_id: str, ref: TimelineRef) -> int:
         """A base image of a running compute; returns its position."""
         info = await self.driver.inspect(endpoint_id)
-        if not info.running or info.socket is None:
+        if not info.running:
             return -1
-        staging = self.datadirs.staging_dir(branch_id)
+        staging = self.places.staging_dir(branch_id)
         try:
-            seq = await self.datadirs.hot_copy(info.socket, staging)
+            seq = await self.places.hot_copy_of(endpoint_id, info, staging)
             await self.make_image(branch_id, ref, seq, kind=HOT, datadir=staging)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)

@@ -16,11 +16,10 @@ from selkie.storage.restore import Target
 from selkie.store import convert
 from selkie.store.tables import BranchRow, ProjectRow, TimelineRow
 
-# Where computes keep their data out of this machine's reach (Kubernetes claims).
+# Where the history cannot reach the branches' data (neither local datadirs nor claims).
 NO_IMAGES = (
-    "restores and point-in-time branches need base images, and branches on Kubernetes "
-    "computes have none yet: their log is kept durable in the archive, but cannot be "
-    "restored from"
+    "restores and point-in-time branches need the branches' data within the history's "
+    "reach (local datadirs or Kubernetes claims), which this storage is not"
 )
 
 
@@ -63,7 +62,6 @@ def check_point(
     s: Session,
     *,
     settings_archive: bool,
-    restorable: bool = True,
     project: ProjectRow,
     branch: BranchRow,
     at: datetime | None,
@@ -77,8 +75,6 @@ def check_point(
         raise InvalidInput(f"give {names[0]} or {names[1]}, not both")
     if not settings_archive:
         raise Conflict("point-in-time restore needs the archive, which is off (archive_url)")
-    if not restorable:
-        raise Conflict(NO_IMAGES)
     if branch.timeline_id is None:
         raise Conflict(f"branch {branch.id} has no data yet; start it first")
     settings = convert.project_settings(project.settings)

@@ -74,7 +74,6 @@ class RestoreService(ServiceBase):
             point = check_point(
                 s,
                 settings_archive=self.settings.archive_enabled,
-                restorable=self.settings.compute_driver != "kubernetes",
                 project=project,
                 branch=source,
                 at=source_timestamp,
@@ -83,6 +82,12 @@ class RestoreService(ServiceBase):
                 now=utcnow(),
             )
             if preserve_under_name is not None:
+                if self.settings.compute_driver == "kubernetes":
+                    # A claim cannot be renamed into another branch's.
+                    raise Conflict(
+                        "preserve_under_name is not supported for branches on Kubernetes "
+                        "computes: make a branch of the current data first, then restore"
+                    )
                 model.validate_name("branch", preserve_under_name)
                 BranchService._check_name_free(s, project_id, preserve_under_name)
             op = self.enqueue(
@@ -134,7 +139,7 @@ class Restorer:
         payload = op.payload
         point = Point.from_payload(payload.get("point") or {})
         source = await self._db(self._timeline_at, payload["source_branch_id"], point)
-        storage = self.history.datadirs
+        storage = self.history.places
         staging = storage.staging_dir(branch_id)
         timeline_id = model.new_id("tl")
         started = time.monotonic()
@@ -163,7 +168,9 @@ class Restorer:
                         restored.seq,
                         payload.get("preserve_under_name"),
                     )
-                    await storage.swap_in(branch_id, staging, old_to=preserved)
+                    await storage.swap_in(
+                        branch_id, staging, old_to=preserved, like=payload["source_branch_id"]
+                    )
             self.history.forget_datadir(branch_id, timeline_id, restored.seq)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)

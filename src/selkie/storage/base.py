@@ -13,7 +13,9 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
+from selkie.compute.base import ComputeInfo
 from selkie.model import ProjectSettings, StorageMode
 
 
@@ -65,6 +67,28 @@ class StorageDriver(ABC):
     @abstractmethod
     def branch_exists(self, branch_id: str) -> bool:
         """Whether the branch's data has been made."""
+
+
+@runtime_checkable
+class Restorable(Protocol):
+    """Storage whose branches' data the history can rebuild: a datadir is staged on this
+    machine (a restore, a rebuild, a branch at a past point, a hot copy for a base image)
+    and swapped in as the branch's data. Local datadirs are renamed into place;
+    Kubernetes claims are filled through a pod."""
+
+    def staging_dir(self, branch_id: str) -> Path:
+        """A new directory on this machine to stage the branch's data in."""
+
+    async def swap_in(
+        self, branch_id: str, staging: Path, *, old_to: str | None = None, like: str | None = None
+    ) -> None:
+        """Make ``staging`` the branch's data. The data it replaces becomes branch
+        ``old_to``'s, or is removed. ``like``: the branch whose admin credentials the
+        staged data carries (its source), when not the branch's own."""
+
+    async def hot_copy_of(self, endpoint_id: str, info: ComputeInfo, staging: Path) -> int:
+        """A consistent copy of the running compute's data in ``staging``; its GTID
+        sequence number (domain 0)."""
 
 
 @dataclass(frozen=True)

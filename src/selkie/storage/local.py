@@ -19,6 +19,7 @@ from pathlib import Path
 
 from selkie.archive.binlog import domain_seq, file_position
 from selkie.archive.local import fsync_dir
+from selkie.compute.base import ComputeInfo
 from selkie.errors import StorageError
 from selkie.model import ProjectSettings
 from selkie.storage.base import ParentState, StorageDriver
@@ -86,7 +87,7 @@ def _find(binary: str) -> str:
     return shutil.which(binary) or f"/usr/bin/{binary}"
 
 
-async def _run(*argv: str, cwd: Path | None = None) -> str:
+async def run_tool(*argv: str, cwd: Path | None = None) -> str:
     """Run a tool; its combined output on success, StorageError with it on failure."""
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -162,7 +163,9 @@ class LocalStorage(StorageDriver):
     def staging_dir(self, branch_id: str) -> Path:
         return self.root / f"{branch_id}.restore-{secrets.token_hex(4)}"
 
-    async def swap_in(self, branch_id: str, staging: Path, *, old_to: str | None = None) -> None:
+    async def swap_in(
+        self, branch_id: str, staging: Path, *, old_to: str | None = None, like: str | None = None
+    ) -> None:
         """Make ``staging`` the branch's datadir. The datadir it replaces becomes branch
         ``old_to``'s (its data kept under another branch), or is removed."""
         trash = await asyncio.to_thread(self._swap, branch_id, staging, old_to)
@@ -218,7 +221,7 @@ class LocalStorage(StorageDriver):
                     f"[mariadbd]\ninnodb_log_file_size={REDO_LOG_SIZE}\ntmpdir={tmpdir}\n"
                 )
                 try:
-                    await _run(*argv)
+                    await run_tool(*argv)
                     break
                 except StorageError:
                     if attempt:
@@ -278,9 +281,14 @@ class LocalStorage(StorageDriver):
         argv = [self.backup, "--backup", f"--target-dir={staging}", f"--socket={socket}"]
         if user:
             argv.append(f"--user={user}")
-        await _run(*argv)
-        await _run(self.backup, "--prepare", f"--target-dir={staging}")
+        await run_tool(*argv)
+        await run_tool(self.backup, "--prepare", f"--target-dir={staging}")
         return await asyncio.to_thread(backup_position, staging)
+
+    async def hot_copy_of(self, endpoint_id: str, info: ComputeInfo, staging: Path) -> int:
+        if info.socket is None:
+            raise StorageError(f"compute {endpoint_id} has no local socket to copy through")
+        return await self.hot_copy(info.socket, staging)
 
     async def prepare_compute(
         self, branch_id: str, endpoint_id: str, settings: ProjectSettings

@@ -4,7 +4,10 @@ tiny StatefulSet controller and kubelet (a pod appears, becomes Ready, terminate
 No cluster can run on the machines these tests run on; this server is what the driver is
 tested against. It speaks the API's JSON (objects, lists with resourceVersions, Status
 errors with their codes, watch streams of newline-delimited events) closely enough for the
-official Python client, and lets a test make the next call fail with any status.
+official Python client, and lets a test make the next call fail with any status. With a
+kubelet, pods made directly (not by a StatefulSet) run too, and ``exec`` works over the
+API's WebSocket protocol (``v5.channel.k8s.io``: binary channels, stdin closed by a
+``255, 0`` message, the exit status on channel 3).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tests.helpers import free_port
 
@@ -68,6 +72,22 @@ def _status(code: int, reason: str, message: str) -> JSONResponse:
     )
 
 
+EXEC_V5 = "v5.channel.k8s.io"
+
+
+def _exec_status(code: int, message: str = "") -> dict[str, Any]:
+    """The Status a command's end sends on channel 3."""
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": message or f"command terminated with non-zero exit code: {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
 def _matches(obj: dict[str, Any], selector: str | None) -> bool:
     if not selector:
         return True
@@ -93,12 +113,15 @@ class FakeApiServer:
         self.ready_after = ready_after
         self.terminate_after = terminate_after
         self.pod_ip = "10.1.2.3"
+        # The exec protocols this server speaks, preferred first.
+        self.exec_protocols = [EXEC_V5, "v4.channel.k8s.io"]
         self.port = free_port()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Condition | None = None
         self.app = Starlette(
             routes=[
                 Route("/api/v1/namespaces/{ns}/pods/{name}/log", self.pod_log, methods=["GET"]),
+                WebSocketRoute("/api/v1/namespaces/{ns}/pods/{name}/exec", self.pod_exec),
                 Route(
                     "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/scale",
                     self.scale,
@@ -188,6 +211,13 @@ class FakeApiServer:
             self.objects[(plural, name)] = self._stamp(obj, plural, name, ns)
             if plural == "statefulsets":
                 await self._control(name)
+            if plural == "pods":
+                obj.setdefault("status", {"phase": "Pending", "conditions": []})
+                await self._pod_event("ADDED", obj)
+                assert self.loop is not None
+                self.loop.call_later(
+                    self.ready_after, lambda: asyncio.ensure_future(self._run(obj, attach=True))
+                )
             return JSONResponse(obj, status_code=201)
         selector = request.query_params.get("labelSelector")
         if request.query_params.get("watch") in ("true", "True", "1"):
@@ -261,6 +291,8 @@ class FakeApiServer:
             return JSONResponse(obj)
         if plural in ("services", "persistentvolumeclaims"):
             del self.objects[(plural, name)]
+            if plural == "persistentvolumeclaims" and self.kubelet is not None:
+                self.kubelet.release(name)
             return JSONResponse(obj)
         else:
             del self.objects[(plural, name)]
@@ -298,6 +330,50 @@ class FakeApiServer:
             return _status(404, "NotFound", f'pods "{name}" not found')
         return PlainTextResponse(f"[Note] mariadbd: ready for connections ({name})\n")
 
+    async def pod_exec(self, ws: WebSocket) -> None:
+        name = ws.path_params["name"]
+        command = ws.query_params.getlist("command")
+        offered = ws.scope.get("subprotocols") or []
+        chosen = next((p for p in self.exec_protocols if p in offered), None)
+        await ws.accept(subprotocol=chosen)
+        pod = self.objects.get(("pods", name))
+        if pod is None or self.kubelet is None or name not in self.kubelet.mounts:
+            await ws.send_bytes(bytes([3]) + json.dumps(_exec_status(-1, "no such pod")).encode())
+            await ws.close()
+            return
+        stdin = ws.query_params.get("stdin") in ("true", "True", "1")
+        proc = await self.kubelet.exec(name, command, stdin=stdin)
+
+        async def from_client() -> None:
+            try:
+                while True:
+                    data = await ws.receive_bytes()
+                    if data[:1] == b"\xff" and data[1:2] == b"\x00" and proc.stdin:
+                        proc.stdin.close()
+                    elif data[:1] == b"\x00" and proc.stdin:
+                        proc.stdin.write(data[1:])
+                        await proc.stdin.drain()
+            except (WebSocketDisconnect, ConnectionError, RuntimeError):
+                if proc.returncode is None:
+                    proc.kill()
+
+        async def to_client(stream: asyncio.StreamReader | None, channel: int) -> None:
+            assert stream is not None
+            while chunk := await stream.read(1 << 16):
+                await ws.send_bytes(bytes([channel]) + chunk)
+
+        reader = asyncio.create_task(from_client())
+        try:
+            await asyncio.gather(to_client(proc.stdout, 1), to_client(proc.stderr, 2))
+            code = await proc.wait()
+            await ws.send_bytes(bytes([3]) + json.dumps(_exec_status(code)).encode())
+            await ws.close()
+        finally:
+            reader.cancel()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
     # --- the controller and the kubelet -----------------------------------------------------
 
     async def _control(self, name: str) -> None:
@@ -318,7 +394,7 @@ class FakeApiServer:
         elif not want and pod is not None:
             await self._terminate(pod)
 
-    async def _run(self, pod: dict[str, Any]) -> None:
+    async def _run(self, pod: dict[str, Any], *, attach: bool = False) -> None:
         if ("pods", pod["metadata"]["name"]) not in self.objects or pod["metadata"].get(
             "deletionTimestamp"
         ):
@@ -342,7 +418,8 @@ class FakeApiServer:
         ip = self.pod_ip
         if self.kubelet is not None:
             try:
-                ip = await self.kubelet.run(pod, self.objects)
+                run = self.kubelet.attach if attach else self.kubelet.run
+                ip = await run(pod, self.objects)
             except Exception as exc:
                 image = "crash"
                 pod["spec"]["containers"][0]["image"] = image

@@ -141,9 +141,11 @@ async def test_fake_api_errors_become_selkie_errors(fake: FakeApiServer) -> None
     await driver.stop("ep-e", timeout=5)
 
 
-async def test_fake_api_branches_are_claims_cloned_from_their_parent(fake: FakeApiServer) -> None:
+async def test_fake_api_branches_are_claims_cloned_from_their_parent(
+    fake: FakeApiServer, tmp_path: Path
+) -> None:
     driver = make_driver(fake, storage_class="fast", storage_size="20Gi")
-    storage = KubernetesStorage(driver, project_of=lambda _: "p-1")
+    storage = KubernetesStorage(driver, project_of=lambda _: "p-1", scratch=tmp_path)
     settings = ProjectSettings()
     assert not storage.branch_exists("br-1")
     await storage.create_branch("br-1", parent=None, settings=settings)

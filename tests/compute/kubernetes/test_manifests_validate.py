@@ -12,6 +12,7 @@ import yaml
 
 from selkie.compute.base import ComputeSpec
 from selkie.compute.kubernetes import KubeSettings, branch_objects, compute_objects
+from selkie.storage.kubernetes import fill_pod
 
 VERSION = "1.30"
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes"
@@ -44,6 +45,11 @@ def test_generated_branch_objects_validate() -> None:
     for parent in (None, "br-dark-sea-111111"):
         for obj in branch_objects("br-new-one-222222", "p-x", ks, password="pw", parent_id=parent):
             validate(obj)
+    # The pod that pours restored data into a new claim.
+    pod = fill_pod("br-new-one-222222", "selkie", "mariadb:11.4")
+    validate(pod)
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert "env" not in pod["spec"]["containers"][0]  # nothing of Selkie's in it
 
 
 def test_deploy_manifests_validate_and_keep_rbac_in_the_namespace() -> None:

@@ -3,7 +3,9 @@ kubelet that runs real mariadbd servers (no cluster can run on these machines): 
 through the proxy wakes a StatefulSet, writes, the endpoint suspends (scale to 0), and the
 next client finds the data on the branch's claim. The safekeeper follows the pod over TCP
 (another address than its own), with commits waiting for it once durability turns sync on
-the running pod, and serves the branch's log while the pod is gone."""
+the running pod, and serves the branch's log while the pod is gone. Base images are hot
+copies streamed out of the pod through exec; a branch at a past point and a lost claim are
+restored from the archive into new claims, filled through a pod."""
 
 from __future__ import annotations
 
@@ -15,15 +17,17 @@ import pymysql
 import pytest
 
 from selkie import model
+from selkie.archive.layout import TimelineRef
 from selkie.control.bootstrap import local_principal
-from selkie.errors import Conflict, StorageError
 from selkie.safekeeper.stream import file_name
+from selkie.storage.images import HOT, list_images
 from tests.compute.kubernetes.fake_apiserver import FakeApiServer
 from tests.compute.kubernetes.kubelet import Kubelet
+from tests.control.history.conftest import finished, start, wait_received
 from tests.platforms import open_platform, require_mariadb
 from tests.safekeeper.replicas import binlog_reader
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
@@ -122,15 +126,37 @@ async def test_fake_cluster_wake_write_suspend_resume(
         assert durable.streaming and durable.sync_commit == "on", durable
         assert durable.received is not None
 
-        # No base images of a claim: a point-in-time branch is refused, saying why.
-        with pytest.raises(Conflict, match="Kubernetes"):
-            await asyncio.to_thread(
-                p.control.branches.create,
-                who,
-                created.project.id,
-                name="past",
-                parent_lsn="0-1-1",
-            )
+        # The first base image of a claim is a hot copy streamed out of the pod (due at
+        # once: until it exists the timeline cannot be restored).
+        await history.hot_images()
+        ref = TimelineRef(created.project.id, timeline.id)
+        images = await list_images(history.archive, ref)
+        assert [i.kind for i in images] == [HOT]
+        assert images[0].seq == await wait_received(p, ep)
+        await asyncio.to_thread(write_more, "after the image")
+        point = await wait_received(p, ep)
+        await asyncio.to_thread(write_more, "not at the point")
+        await wait_received(p, ep)
+
+        # A branch at a past point: the image and the log up to the point, restored here
+        # and poured into a new claim (no clone of the parent's) by a fill pod.
+        child = await asyncio.to_thread(
+            p.control.branches.create,
+            who,
+            created.project.id,
+            name="past",
+            parent_lsn=f"0-1-{point}",
+            endpoints=[{"type": "read_write"}],
+        )
+        await finished(p, who, created.project.id, [o.id for o in child.operations])
+        claim = cluster.get("persistentvolumeclaims", f"selkie-{child.branch.id}-data")
+        assert claim is not None and "dataSource" not in claim["spec"]
+        assert not [n for n in cluster.names("pods") if n.endswith("-fill")]
+        await start(p, who, created.project.id, child.endpoints[0].id)
+        db = created.databases[0].name
+        (got,) = await p.driver.execute(child.endpoints[0].id, [f"SELECT v FROM {db}.t"])
+        assert [r[0] for r in got] == ["on a claim", "acknowledged", "after the image"]
+        await p.lifecycle.suspend(child.endpoints[0].id)
 
         await p.lifecycle.suspend(ep)
         assert cluster.get("statefulsets", f"selkie-{ep}")["spec"]["replicas"] == 0  # type: ignore[index]
@@ -143,7 +169,7 @@ async def test_fake_cluster_wake_write_suspend_resume(
         async with binlog_reader(
             binlogs.server.port, creds.user, creds.password, file_name(timeline.start_seq + 1)
         ) as reader:
-            await reader.read_until("'on a claim'", "'acknowledged'")
+            await reader.read_until("'on a claim'", "'not at the point'")
 
         def read() -> list[str]:
             conn = connect()
@@ -153,12 +179,16 @@ async def test_fake_cluster_wake_write_suspend_resume(
             conn.close()
             return rows
 
-        assert await asyncio.to_thread(read) == ["on a claim", "acknowledged"]
+        everything = ["on a claim", "acknowledged", "after the image", "not at the point"]
+        assert await asyncio.to_thread(read) == everything
         assert p.start_metrics.start_counts[ep] == 2
         await p.lifecycle.suspend(ep)
 
-        # The claim is lost: the branch is not started on a new empty volume in its place.
+        # The claim is lost with its volume: the next start rebuilds it from the archive
+        # (the image, then the log after it), never a new empty volume in its place.
         del cluster.objects[("persistentvolumeclaims", f"selkie-{branch}-data")]
-        with pytest.raises(StorageError, match="cannot be rebuilt"):
-            await p.lifecycle.start(ep)
-        assert cluster.names("persistentvolumeclaims") == []
+        assert cluster.kubelet is not None
+        cluster.kubelet.release(f"selkie-{branch}-data")
+        await p.lifecycle.start(ep)
+        assert await asyncio.to_thread(read) == everything
+        assert history.metrics.restores == 2
