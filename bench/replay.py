@@ -99,6 +99,7 @@ async def text_pipeline(
         work = Path(tmp)
         t0 = time.perf_counter()
         image = pick_image(await list_images(history.archive, ref), target)
+        assert image is not None  # a root timeline: an image or an error
         await materialize_image(history.archive, image.key, work / "data")
         sock = work / "s.sock"
         (work / "my.cnf").write_text(

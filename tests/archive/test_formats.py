@@ -49,6 +49,12 @@ def test_a_file_cut_short_keeps_only_whole_transactions() -> None:
         file_transactions(cut)
     _, whole = file_transactions(data[:end_of_4])
     assert [t.gtid.seq for t in whole] == [1, 2, 3, 4]
+    # A crash-consistent copy's position: the whole transactions only (what recovery keeps).
+    assert file_position(cut) == 4
+    assert file_position(data[: end_of_4 + 19]) == 4  # not even a whole header
+    torn = bytearray(data)
+    torn[end_of_4 + 30] ^= 0xFF  # transaction 5 torn: its checksum fails
+    assert file_position(bytes(torn)) == 4
 
 
 def test_corrupt_event_is_detected() -> None:
@@ -142,3 +148,7 @@ def test_pick_image() -> None:
         pick_image(images[1:], Target(until_us=150))
     with pytest.raises(InvalidInput, match="before the history kept"):
         pick_image(images[1:], Target(until_seq=5))
+    # A timeline with an ancestor: a target its own images do not serve is the ancestor's.
+    assert pick_image(images[1:], Target(until_seq=5), has_ancestor=True) is None
+    assert pick_image([], Target(), has_ancestor=True) is None
+    assert pick_image(images[1:], Target(until_seq=12), has_ancestor=True).seq == 10

@@ -296,16 +296,22 @@ def split_events(data: bytes) -> list[bytes]:
     return out
 
 
-def read_binlog_file(data: bytes, *, offset: int = 0) -> tuple[bytes, list[bytes]]:
-    """A binary log file's FORMAT_DESCRIPTION_EVENT and its other events (those from byte
-    ``offset`` on, when given: where an earlier reader stopped)."""
+def _file_fde(data: bytes) -> bytes:
+    """A binary log file's FORMAT_DESCRIPTION_EVENT."""
     if not data.startswith(BINLOG_MAGIC) or len(data) < len(BINLOG_MAGIC) + HEADER_LEN:
         raise BinlogError("not a binary log file")
     (fde_len,) = struct.unpack_from("<I", data, len(BINLOG_MAGIC) + 9)
     fde = data[len(BINLOG_MAGIC) : len(BINLOG_MAGIC) + fde_len]
     if len(fde) != fde_len or parse_header(fde).type != EventType.FORMAT_DESCRIPTION:
         raise BinlogError("binary log file does not start with a FORMAT_DESCRIPTION_EVENT")
-    return fde, split_events(data[max(offset, len(BINLOG_MAGIC) + fde_len) :])
+    return fde
+
+
+def read_binlog_file(data: bytes, *, offset: int = 0) -> tuple[bytes, list[bytes]]:
+    """A binary log file's FORMAT_DESCRIPTION_EVENT and its other events (those from byte
+    ``offset`` on, when given: where an earlier reader stopped)."""
+    fde = _file_fde(data)
+    return fde, split_events(data[max(offset, len(BINLOG_MAGIC) + len(fde)) :])
 
 
 def rewrite_log_pos(event: bytes, log_pos: int, *, checksum: bool) -> bytes:
@@ -360,18 +366,30 @@ def file_transactions(
 
 def file_position(data: bytes) -> int:
     """The sequence number of the last transaction a binary log file holds or inherits from
-    the files before it (its GTID_LIST_EVENT), in domain 0; 0 when there is none."""
-    fde, events = read_binlog_file(data)
+    the files before it (its GTID_LIST_EVENT), in domain 0; 0 when there is none. A file a
+    crash (or a crash-consistent copy) cut short counts only its whole transactions: those
+    are what InnoDB's recovery commits; one cut off (its end not written, or torn) is rolled
+    back."""
+    fde = _file_fde(data)
     checksum = fde_checksum_alg(fde) == CHECKSUM_CRC32
+    assembler = TransactionAssembler(checksum=checksum)
     last = 0
-    for event in events:
-        header = parse_header(event)
-        if header.type == EventType.GTID_LIST:
+    pos = len(BINLOG_MAGIC) + len(fde)
+    while len(data) - pos >= HEADER_LEN:
+        (size,) = struct.unpack_from("<I", data, pos + 9)
+        if size < HEADER_LEN or pos + size > len(data):
+            break  # cut off by the crash
+        event = data[pos : pos + size]
+        pos += size
+        if event[4] == EventType.GTID_LIST:
             for gtid in parse_gtid_list(event, checksum=checksum):
                 if gtid.domain == DOMAIN:
                     last = max(last, gtid.seq)
-        elif header.type == EventType.GTID:
-            gtid = parse_gtid(event, header).gtid
-            if gtid.domain == DOMAIN:
-                last = max(last, gtid.seq)
+            continue
+        try:
+            txn = assembler.feed(event, 0)
+        except BinlogError:
+            break  # a torn event (its checksum fails): nothing after it was written whole
+        if txn is not None and txn.gtid.domain == DOMAIN:
+            last = max(last, txn.gtid.seq)
     return last

@@ -63,7 +63,7 @@ from selkie.storage.images import (
 )
 from selkie.storage.local import LocalStorage, crash_consistent, datadir_position
 from selkie.storage.replay import replay_server
-from selkie.storage.restore import Restored, Target, Tools, restore
+from selkie.storage.restore import Restored, Tail, Target, Tools, restore
 from selkie.store import Store
 from selkie.store.tables import BranchRow, TimelineRow
 from selkie.tasks import cancel, spawn
@@ -359,7 +359,7 @@ class History:
                         self._caches[branch.id] = await asyncio.to_thread(
                             inherited, parent_cache, self.datadirs.datadir(branch.id)
                         )
-                await self._first_timeline(branch.id, project.id)
+                await self._first_timeline(branch, project.id)
                 return
             if exists and await asyncio.to_thread(self.datadirs.timeline_of, branch.id) == row.id:
                 return
@@ -418,20 +418,42 @@ class History:
             parent_lsn=f"0-1-{seq}" if seq else None,
         )
 
-    async def _first_timeline(self, branch_id: str, project_id: str) -> None:
-        """A branch's data was just made: start its history with a first base image (in
-        the archive before the timeline is recorded, so a recorded timeline always has
-        one). A copy of a running parent (a clone made while it was held still) is
-        recovered first, by a private server that starts on it with its binary log and
-        stops cleanly: an image leaves the binary log out, and a crash-consistent image
-        could not be recovered without it (transactions prepared, their outcome in the
-        log)."""
+    async def _first_timeline(self, branch: BranchRow, project_id: str) -> None:
+        """A branch's data was just made: start its history. A copy of its parent's tip
+        begins a timeline whose ancestor is the parent's, at the position the copy holds:
+        nothing is written to the archive (its first base image comes after its first
+        suspend, or as a hot image; until then a restore reads the parent's history up to
+        the branch point, then its own log). A copy of a running parent (a clone made while
+        it was held still) holds the transactions whose binary log was written whole: its
+        compute's first start recovers it (prepared transactions committed by that log).
+
+        A new root branch (or a copy of a parent without history) gets a first base image,
+        in the archive before the timeline is recorded: its history is whole from its first
+        transaction."""
+        branch_id = branch.id
         datadir = self.datadirs.datadir(branch_id)
+        parent = (
+            await self._db(self.current_timeline, branch.parent_id) if branch.parent_id else None
+        )
+        timeline_id = model.new_id("tl")
+        if parent is not None:
+            seq = await asyncio.to_thread(datadir_position, datadir)
+            await self._db(
+                lambda: self.begin_timeline(
+                    branch_id,
+                    project_id,
+                    start_seq=seq,
+                    parent=(parent.id, seq),
+                    timeline_id=timeline_id,
+                    parent_lsn=f"0-1-{seq}" if seq else None,
+                )
+            )
+            await asyncio.to_thread(LocalStorage.mark_timeline, datadir, timeline_id)
+            return
         if await asyncio.to_thread(crash_consistent, datadir):
             async with replay_server(datadir, self.tools):
                 pass
         seq = await asyncio.to_thread(datadir_position, datadir)
-        timeline_id = model.new_id("tl")
         await self.make_image(branch_id, TimelineRef(project_id, timeline_id), seq, kind=INITIAL)
         await self._db(
             lambda: self.begin_timeline(
@@ -444,17 +466,54 @@ class History:
         )
         await asyncio.to_thread(LocalStorage.mark_timeline, datadir, timeline_id)
 
+    def ancestry(self, row: TimelineRow) -> list[tuple[TimelineRef, int]]:
+        """The timeline's ancestors, nearest first, each with the branch point its child
+        began at (blocking)."""
+        out: list[tuple[TimelineRef, int]] = []
+        seen = {row.id}
+        with self.store.read() as s:
+            while row.parent_timeline_id is not None and row.parent_seq is not None:
+                parent = s.get(TimelineRow, row.parent_timeline_id)
+                if parent is None or parent.id in seen:
+                    break
+                out.append((TimelineRef(parent.project_id, parent.id), row.parent_seq))
+                seen.add(parent.id)
+                row = parent
+        return out
+
+    async def local_tail(self, ref: TimelineRef) -> Tail | None:
+        """What this safekeeper holds of the timeline beyond the archive."""
+        archived = await self.safekeeper.archived_position(ref)
+        return await self.safekeeper.local_tail(ref, archived)
+
+    async def _restore(
+        self,
+        row: TimelineRow,
+        target: Target,
+        staging: Path,
+        progress: Callable[[str], None] | None = None,
+    ) -> Restored:
+        """The timeline's data at ``target`` in ``staging``: its own history, and its
+        ancestors' up to the branch points where it is not enough."""
+        ref = TimelineRef(row.project_id, row.id)
+        return await restore(
+            self.archive,
+            ref,
+            target,
+            staging,
+            tools=self.tools,
+            tail=await self.local_tail(ref),
+            ancestry=await self._db(self.ancestry, row),
+            tail_of=self.local_tail,
+            progress=progress,
+        )
+
     async def restore_into(
         self, source: TimelineRow, point: Point, staging: Path, progress: Callable[[str], None]
     ) -> Restored:
         """The source timeline's data at ``point``, rebuilt in ``staging``, with what this
         safekeeper holds beyond the archive."""
-        ref = TimelineRef(source.project_id, source.id)
-        archived = await self.safekeeper.archived_position(ref)
-        tail = await self.safekeeper.local_tail(ref, archived)
-        return await restore(
-            self.archive, ref, point.target, staging, tools=self.tools, tail=tail, progress=progress
-        )
+        return await self._restore(source, point.target, staging, progress)
 
     def _timeline_at(self, branch_id: str, point: Point) -> TimelineRow:
         with self.store.read() as s:
@@ -471,13 +530,7 @@ class History:
         timeline_id = model.new_id("tl")
         try:
             restored = await self.restore_into(source, point, staging, lambda _: None)
-            await self.make_image(
-                branch.id,
-                TimelineRef(project.id, timeline_id),
-                restored.seq,
-                kind=INITIAL,
-                datadir=staging,
-            )
+            # No image: the new timeline's ancestor is the source, at the point restored.
             await asyncio.to_thread(LocalStorage.mark_timeline, staging, timeline_id)
             await self._db(
                 lambda: self.begin_timeline(
@@ -503,16 +556,11 @@ class History:
     async def rebuild(self, branch_id: str, row: TimelineRow) -> None:
         """Restore the branch's datadir from its timeline's history (everything the archive
         and this safekeeper hold), then swap it in."""
-        ref = TimelineRef(row.project_id, row.id)
         log.warning("rebuilding the data of branch %s from the archive", branch_id)
         started = time.monotonic()
         staging = self.places.staging_dir(branch_id)
         try:
-            archived = await self.safekeeper.archived_position(ref)
-            tail = await self.safekeeper.local_tail(ref, archived)
-            restored = await restore(
-                self.archive, ref, Target(), staging, tools=self.tools, tail=tail
-            )
+            restored = await self._restore(row, Target(), staging)
             await asyncio.to_thread(LocalStorage.mark_timeline, staging, row.id)
             await self.places.swap_in(branch_id, staging)
         finally:

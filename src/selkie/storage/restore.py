@@ -17,13 +17,27 @@ A target is a time (every transaction the safekeeper had received by then) or a 
 (every transaction up to a GTID sequence number), or neither: everything the history holds.
 The cut is made here, transaction by transaction, before anything is applied: the applier
 is given exactly the transactions up to the target.
+
+A timeline made by branching has *ancestors*: its data began as its parent's at the branch
+point (a GTID sequence number), and it has no base image until its first suspend or hot
+image. A target the timeline's own images do not serve is reached through the ancestry::
+
+    main   ──●────────────●─────┬──────────▶      ● base image
+                                │ branch point 210
+    dev                         └──●───────▶       (the child's own log from 211)
+
+    restore of dev at 230, before dev's first image:
+      main's newest image ≤ 210, main's log up to 210, then dev's log 211..230
+
+The sequence numbers run on across a branch point (the child's compute goes on from the
+parent's binary log), so the applier sees one unbroken run of transactions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,11 +73,20 @@ class Restored:
     image_key: str
 
 
-def pick_image(images: list[ImageRef], target: Target) -> ImageRef:
+Tail = tuple[bytes, list[Record]]
+
+
+def pick_image(
+    images: list[ImageRef], target: Target, *, has_ancestor: bool = False
+) -> ImageRef | None:
     """The newest image at or before the target. A timeline's initial image holds its data
     as it began (nothing ran before it), so it serves any target inside the timeline; once
-    retention has pruned it, a target before the oldest image kept is out of reach."""
+    retention has pruned it, a target before the oldest image kept is out of reach. A
+    timeline with an ancestor that has no image serving the target: None (the target is
+    reached through the ancestor)."""
     if not images:
+        if has_ancestor:
+            return None
         raise ObjectMissing("the history has no base image")
     eligible = [
         i
@@ -74,6 +97,8 @@ def pick_image(images: list[ImageRef], target: Target) -> ImageRef:
     if eligible:
         return max(eligible, key=lambda i: (i.seq, i.taken_us))
     first = images[0]
+    if has_ancestor and first.kind != INITIAL:
+        return None
     if first.kind != INITIAL or (target.until_seq is not None and first.seq > target.until_seq):
         raise InvalidInput(
             "the target is before the history kept (history_retention_seconds): it starts "
@@ -103,6 +128,26 @@ async def wal_chain(archive: Archive, ref: TimelineRef, after: int) -> list[str]
     return [ranges[r] for r in chain]
 
 
+async def plan(
+    archive: Archive,
+    ref: TimelineRef,
+    target: Target,
+    ancestry: Sequence[tuple[TimelineRef, int]] = (),
+) -> tuple[ImageRef, list[tuple[TimelineRef, Target]]]:
+    """The base image a restore starts from, and the timelines whose logs are applied on
+    it, oldest first, each with its own target (an ancestor's is its branch point)."""
+    steps: list[tuple[TimelineRef, Target]] = []
+    cur, tgt = ref, target
+    lineage = list(ancestry)
+    while True:
+        image = pick_image(await list_images(archive, cur), tgt, has_ancestor=bool(lineage))
+        steps.append((cur, tgt))
+        if image is not None:
+            return image, steps[::-1]
+        cur, point = lineage.pop(0)
+        tgt = Target(until_seq=point)
+
+
 async def restore(
     archive: Archive,
     ref: TimelineRef,
@@ -110,44 +155,64 @@ async def restore(
     staging: Path,
     *,
     tools: Tools,
-    tail: tuple[bytes, list[Record]] | None = None,
+    tail: Tail | None = None,
+    ancestry: Sequence[tuple[TimelineRef, int]] = (),
+    tail_of: Callable[[TimelineRef], Awaitable[Tail | None]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Restored:
     """Rebuild the timeline's data as of ``target`` in ``staging`` (a new directory).
-    ``tail``: transactions the archive does not hold yet (the safekeeper's local log)."""
+    ``tail``: transactions the archive does not hold yet (the safekeeper's local log).
+    ``ancestry``: the timeline's parent and its parent's, each with the branch point the
+    child began at (nearest first); ``tail_of`` gives an ancestor's local log."""
     tools = tools.resolve()
 
     def say(step: str) -> None:
         if progress is not None:
             progress(step)
 
-    image = pick_image(await list_images(archive, ref), target)
-    chain = await wal_chain(archive, ref, image.seq)
+    image, steps = await plan(archive, ref, target, ancestry)
+    chains = []
+    after = image.seq
+    for step_ref, step_target in steps:
+        chains.append(await wal_chain(archive, step_ref, after))
+        after = step_target.until_seq if step_target.until_seq is not None else after
     say(f"restoring base image at {image.seq}")
     await materialize_image(archive, image.key, staging)
     seq = image.seq
     async with replay_server(staging, tools) as server:
-        sources: list[tuple[str, tuple[bytes, list[Record]] | None]] = [
-            (key, None) for key in chain
-        ]
-        if tail is not None:
-            sources.append(("the safekeeper's local log", tail))
-        # Every transaction up to the target, checked to follow one another, into relay
-        # logs (one per archive object: memory holds one object at a time).
-        for name, local in sources:
-            if local is None:
-                try:
-                    fde, records, _ = segments.decode(segments.decompress(await archive.get(name)))
-                except SegmentError as exc:
-                    raise ObjectMissing(f"archive object {name} is corrupt: {exc}") from exc
-            else:
-                fde, records = local
-            take, reached = _admitted(name, records, seq, target)
-            if take:
-                await asyncio.to_thread(server.add_relay_log, fde, [r.events for r in take])
-                seq = take[-1].seq
-            if reached:
-                break
+        for (step_ref, step_target), chain in zip(steps, chains, strict=True):
+            sources: list[tuple[str, Tail | None]] = [(key, None) for key in chain]
+            local = (
+                tail
+                if step_ref == ref
+                else (await tail_of(step_ref) if tail_of is not None else None)
+            )
+            if local is not None:
+                sources.append(("the safekeeper's local log", local))
+            # Every transaction up to the target, checked to follow one another, into relay
+            # logs (one per archive object: memory holds one object at a time).
+            for name, records_of in sources:
+                if records_of is None:
+                    try:
+                        fde, records, _ = segments.decode(
+                            segments.decompress(await archive.get(name))
+                        )
+                    except SegmentError as exc:
+                        raise ObjectMissing(f"archive object {name} is corrupt: {exc}") from exc
+                else:
+                    fde, records = records_of
+                take, reached = _admitted(name, records, seq, step_target)
+                if take:
+                    await asyncio.to_thread(server.add_relay_log, fde, [r.events for r in take])
+                    seq = take[-1].seq
+                if reached:
+                    break
+            point = step_target.until_seq
+            if step_ref != ref and point is not None and seq != point:
+                raise ObjectMissing(
+                    f"the history of timeline {step_ref.timeline_id} ends at {seq}, before the "
+                    f"branch point {point} a descendant began at"
+                )
         replayed = seq - image.seq
         if replayed:
             say(f"replaying transactions {image.seq + 1}..{seq}")
@@ -166,7 +231,13 @@ async def restore(
             f"position 0-{COMPUTE_SERVER_ID}-{target.until_seq} is beyond the history "
             f"(it ends at 0-{COMPUTE_SERVER_ID}-{seq})"
         )
-    log.info("restored %s at %d (%d replayed on the image)", ref.timeline_id, seq, replayed)
+    log.info(
+        "restored %s at %d (%d replayed on the image, %d timelines)",
+        ref.timeline_id,
+        seq,
+        replayed,
+        len(steps),
+    )
     return Restored(base_seq=image.seq, seq=seq, replayed=replayed, image_key=image.key)
 
 

@@ -157,12 +157,20 @@ async def test_prune_keeps_the_images_deltas_build_on(tmp_path: Path) -> None:
     retention = Retention(store=None, archive=archive, chunks=ChunkIndex())  # type: ignore[arg-type]
     # The window starts between d4 and d5: d4 is the anchor and needs full3; full1 and d2
     # (and d2's pages) are no one's.
-    await retention._prune_timeline(ref, datetime.fromtimestamp(4.5 * 3600, UTC))
+    images = await list_images(archive, ref)
+    await retention._prune_timeline(ref, images, datetime.fromtimestamp(4.5 * 3600, UTC), set())
     assert [i.seq for i in await list_images(archive, ref)] == [3, 4, 5]
     assert d2.blob_key not in {o.key for o in await archive.list(ref.base_prefix)}
     assert d4.blob_key in {o.key for o in await archive.list(ref.base_prefix)}
     # Had it started between d2 and full3: d2 anchors, and needs full1.
     for m in (full1, d2):
         await archive.put(m.key, m.encode())
-    await retention._prune_timeline(ref, datetime.fromtimestamp(2.5 * 3600, UTC))
+    images = await list_images(archive, ref)
+    await retention._prune_timeline(ref, images, datetime.fromtimestamp(2.5 * 3600, UTC), set())
     assert [i.seq for i in await list_images(archive, ref)] == [1, 2, 3, 4, 5]
+    # Its own window passed, a descendant branched at 4 still reads it: d4 (and full3 it
+    # builds on) stay, nothing else.
+    await retention._prune_timeline(ref, await list_images(archive, ref), None, {4})
+    assert [i.seq for i in await list_images(archive, ref)] == [3, 4]
+    # A descendant that began before any image kept: everything stays.
+    assert await retention._prune_timeline(ref, await list_images(archive, ref), None, {2}) == 0
