@@ -43,9 +43,10 @@ from selkie.compute.mariadb import durability_options
 from selkie.config import Settings
 from selkie.control.binlogs import Binlogs, default_listen
 from selkie.control.following import Following
-from selkie.control.points import NO_IMAGES, Point, parse_lsn, switch_timeline, timeline_at
+from selkie.control.points import NO_IMAGES, Point, parse_lsn, timeline_at
 from selkie.control.retention import Retention
-from selkie.errors import ComputeError, Conflict, SelkieError
+from selkie.control.timelines import Timelines
+from selkie.errors import Conflict, SelkieError
 from selkie.model import utcnow
 from selkie.safekeeper.accounts import ReplicationKey
 from selkie.safekeeper.api import SafekeeperApi
@@ -118,6 +119,7 @@ class History:
         self.tools = tools
         self.clock = clock
         self.chunks = ChunkIndex()
+        self.timelines = Timelines(store, clock)
         self.metrics = HistoryMetrics()
         self.retention = Retention(store=store, archive=archive, chunks=self.chunks)
         self._images: dict[str, asyncio.Task[None]] = {}
@@ -186,55 +188,8 @@ class History:
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(fn, *args)
 
-    # --- timelines in the store (blocking) -------------------------------------------------
-
-    def timeline_row(self, timeline_id: str) -> TimelineRow | None:
-        with self.store.read() as s:
-            return s.get(TimelineRow, timeline_id)
-
     def current_timeline(self, branch_id: str) -> TimelineRow | None:
-        with self.store.read() as s:
-            branch = s.get(BranchRow, branch_id)
-            if branch is None or branch.timeline_id is None:
-                return None
-            return s.get(TimelineRow, branch.timeline_id)
-
-    def begin_timeline(
-        self,
-        branch_id: str,
-        project_id: str,
-        *,
-        start_seq: int,
-        parent: tuple[str, int] | None = None,
-        timeline_id: str | None = None,
-        parent_lsn: str | None = None,
-        parent_timestamp: datetime | None = None,
-    ) -> TimelineRow:
-        """Record a new timeline as the branch's current one (the one it replaces ends)."""
-        with self.store.write() as s:
-            branch = s.get(BranchRow, branch_id)
-            if branch is None:
-                raise ComputeError(f"branch {branch_id} is gone")
-            row = switch_timeline(
-                s,
-                branch,
-                timeline_id=timeline_id or model.new_id("tl"),
-                start_seq=start_seq,
-                parent=parent,
-                now=self.clock(),
-            )
-            if parent_lsn is not None:
-                branch.parent_lsn = parent_lsn
-            if parent_timestamp is not None:
-                branch.parent_timestamp = parent_timestamp
-            s.flush()
-            return row
-
-    def _note_position(self, timeline_id: str, seq: int) -> None:
-        with self.store.write() as s:
-            row = s.get(TimelineRow, timeline_id)
-            if row is not None and seq > row.last_seq:
-                row.last_seq = seq
+        return self.timelines.current(branch_id)
 
     # --- compute hooks ---------------------------------------------------------------------
 
@@ -263,11 +218,11 @@ class History:
             # next start.
             for st in await self.safekeeper.timelines():
                 if st.timeline_id == row.id:
-                    await self._db(self._note_position, row.id, st.last_seq)
+                    await self._db(self.timelines.note_position, row.id, st.last_seq)
             return
         datadir = self.local.datadir(branch_id)
         last = await self.safekeeper.drain(ref, datadir)
-        await self._db(self._note_position, row.id, last)
+        await self._db(self.timelines.note_position, row.id, last)
         if self._last_image.get(branch_id) == (row.id, last):
             return
         await cancel(self._images.pop(branch_id, None))
@@ -400,23 +355,7 @@ class History:
                 return row
             ((pos,),) = (await self.driver.execute(endpoint_id, ["SELECT @@gtid_binlog_pos"]))[0]
             seq = domain_seq(pos)
-            return await self._db(self._begin_followed, branch_id, seq)
-
-    def _begin_followed(self, branch_id: str, seq: int) -> TimelineRow:
-        with self.store.read() as s:
-            branch = s.get(BranchRow, branch_id)
-            if branch is None:
-                raise ComputeError(f"branch {branch_id} is gone")
-            project_id, parent_id = branch.project_id, branch.parent_id
-            parent = s.get(BranchRow, parent_id) if parent_id else None
-            parent_tl = parent.timeline_id if parent is not None else None
-        return self.begin_timeline(
-            branch_id,
-            project_id,
-            start_seq=seq,
-            parent=(parent_tl, seq) if parent_tl else None,
-            parent_lsn=f"0-1-{seq}" if seq else None,
-        )
+            return await self._db(self.timelines.begin_followed, branch_id, seq)
 
     async def _first_timeline(self, branch: BranchRow, project_id: str) -> None:
         """A branch's data was just made: start its history. A copy of its parent's tip
@@ -439,7 +378,7 @@ class History:
         if parent is not None:
             seq = await asyncio.to_thread(datadir_position, datadir)
             await self._db(
-                lambda: self.begin_timeline(
+                lambda: self.timelines.begin(
                     branch_id,
                     project_id,
                     start_seq=seq,
@@ -456,7 +395,7 @@ class History:
         seq = await asyncio.to_thread(datadir_position, datadir)
         await self.make_image(branch_id, TimelineRef(project_id, timeline_id), seq, kind=INITIAL)
         await self._db(
-            lambda: self.begin_timeline(
+            lambda: self.timelines.begin(
                 branch_id,
                 project_id,
                 start_seq=seq,
@@ -465,21 +404,6 @@ class History:
             )
         )
         await asyncio.to_thread(LocalStorage.mark_timeline, datadir, timeline_id)
-
-    def ancestry(self, row: TimelineRow) -> list[tuple[TimelineRef, int]]:
-        """The timeline's ancestors, nearest first, each with the branch point its child
-        began at (blocking)."""
-        out: list[tuple[TimelineRef, int]] = []
-        seen = {row.id}
-        with self.store.read() as s:
-            while row.parent_timeline_id is not None and row.parent_seq is not None:
-                parent = s.get(TimelineRow, row.parent_timeline_id)
-                if parent is None or parent.id in seen:
-                    break
-                out.append((TimelineRef(parent.project_id, parent.id), row.parent_seq))
-                seen.add(parent.id)
-                row = parent
-        return out
 
     async def local_tail(self, ref: TimelineRef) -> Tail | None:
         """What this safekeeper holds of the timeline beyond the archive."""
@@ -503,7 +427,7 @@ class History:
             staging,
             tools=self.tools,
             tail=await self.local_tail(ref),
-            ancestry=await self._db(self.ancestry, row),
+            ancestry=await self._db(self.timelines.ancestry, row),
             tail_of=self.local_tail,
             progress=progress,
         )
@@ -533,7 +457,7 @@ class History:
             # No image: the new timeline's ancestor is the source, at the point restored.
             await asyncio.to_thread(LocalStorage.mark_timeline, staging, timeline_id)
             await self._db(
-                lambda: self.begin_timeline(
+                lambda: self.timelines.begin(
                     branch.id,
                     project.id,
                     start_seq=restored.seq,
@@ -565,7 +489,7 @@ class History:
             await self.places.swap_in(branch_id, staging)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
-        await self._db(self._note_position, row.id, restored.seq)
+        await self._db(self.timelines.note_position, row.id, restored.seq)
         self.forget_datadir(branch_id, row.id, restored.base_seq)
         self.note_restore(time.monotonic() - started)
 
@@ -599,7 +523,7 @@ class History:
 
     async def _note_positions(self) -> None:
         for st in await self.safekeeper.timelines():
-            await self._db(self._note_position, st.timeline_id, st.last_seq)
+            await self._db(self.timelines.note_position, st.timeline_id, st.last_seq)
 
     async def hot_images(self) -> None:
         """A base image of each compute that ran base_image_interval seconds or wrote
