@@ -37,6 +37,7 @@ from selkie.storage.images import (
     ImageCache,
     Manifest,
     PageDelta,
+    in_image_thread,
     make_image,
     materialize,
     page_digests,
@@ -119,7 +120,7 @@ async def make_delta(
                 files[rel] = hit
                 continue
             old, old_size = (hit.pages, hit.stamp[0]) if hit is not None else (b"", 0)
-            pages, numbers, changed = await asyncio.to_thread(
+            pages, numbers, changed = await in_image_thread(
                 _diff_file, datadir / rel, old, old_size, budget, stop
             )
             budget -= len(changed) * PAGE_BYTES
@@ -148,7 +149,7 @@ async def make_delta(
         blob_sha256=hashlib.sha256(raw).hexdigest(),
     )
     manifest = dataclasses.replace(manifest, blob=manifest.blob_key)
-    packed = await asyncio.to_thread(zstandard.ZstdCompressor(level=3).compress, raw)
+    packed = await in_image_thread(zstandard.ZstdCompressor(level=3).compress, raw)
     await archive.put(manifest.blob_key, packed)
     await archive.put(manifest.key, manifest.encode())
     cache.parent, cache.files = manifest, files

@@ -22,8 +22,11 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import zstandard
 
@@ -31,13 +34,34 @@ from selkie.archive import Archive
 from selkie.archive.layout import TimelineRef, chunk_key, chunk_prefix, parse_base_name
 from selkie.errors import ArchiveError, ObjectMissing
 
+T = TypeVar("T")
 CHUNK_BYTES = 256 << 10
+# Images are background work: their reading, hashing and compressing runs in threads of
+# their own at a lower CPU priority (nice 10), so a branch being made, a wake or a query
+# on a busy machine is not slowed by the image a suspend started.
+IMAGE_THREADS = 2
+IMAGE_NICE = 10
 MANIFEST_VERSION = 1
 UPLOADS_IN_FLIGHT = 8
 # What an image leaves out: the binary log (in the safekeeper and the archive), the
 # temporary tablespace (recreated at start), runtime files.
 _SKIP_PREFIXES = ("binlog.", "#sql", "ibtmp", "xtrabackup_", "backup-my.cnf", "mariadb_backup")
 _SKIP_SUFFIXES = (".pid", ".sock", ".err")
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError):  # not permitted, or not Linux: normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), IMAGE_NICE)
+
+
+_IMAGE_POOL = ThreadPoolExecutor(
+    IMAGE_THREADS, thread_name_prefix="selkie-image", initializer=_lower_priority
+)
+
+
+async def in_image_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in one of the images' low-priority threads."""
+    return await asyncio.get_running_loop().run_in_executor(_IMAGE_POOL, partial(fn, *args))
 
 
 def skipped(relpath: str) -> bool:
@@ -295,7 +319,7 @@ async def make_image(
                     digests, parts = [], []
                     ended = False
                     while not ended:
-                        part, page_part, new, ended = await asyncio.to_thread(
+                        part, page_part, new, ended = await in_image_thread(
                             _chunk_file, datadir / rel, len(digests) * CHUNK_BYTES, known, stop
                         )
                         await asyncio.gather(*(upload(d, data) for d, data in new))

@@ -166,8 +166,11 @@ async def _log(
         if parsed is not None:
             objects[parsed] = obj.key
     await asyncio.gather(*(_segment(archive, key, r, report, sem) for r, key in objects.items()))
-    if oldest is None or not objects:
+    if not objects:
         return
+    if oldest is None:
+        # A timeline with ancestors and no image yet: its log from where it begins.
+        oldest = min(first for first, _ in objects) - 1
     # Every sequence number from the oldest image on, as far as the log reaches.
     last = max(r[1] for r in objects)
     chain = covering_chain(list(objects), oldest)
