@@ -52,9 +52,11 @@ def test_a_file_cut_short_keeps_only_whole_transactions() -> None:
     # A crash-consistent copy's position: the whole transactions only (what recovery keeps).
     assert file_position(cut) == 4
     assert file_position(data[: end_of_4 + 19]) == 4  # not even a whole header
-    torn = bytearray(data)
-    torn[end_of_4 + 30] ^= 0xFF  # transaction 5 torn: its checksum fails
+    end_of_5 = data.index(txns[4].events) + len(txns[4].events)
+    torn = bytearray(data[:end_of_5])
+    torn[end_of_5 - 3] ^= 0xFF  # transaction 5 torn at the end: its checksum fails
     assert file_position(bytes(torn)) == 4
+    assert file_position(data[:end_of_5]) == 5
 
 
 def test_corrupt_event_is_detected() -> None:
