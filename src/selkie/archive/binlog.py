@@ -15,6 +15,7 @@ server id, so a transaction's sequence number is a position in the branch's hist
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass
@@ -296,9 +297,9 @@ def split_events(data: bytes) -> list[bytes]:
     return out
 
 
-def _file_fde(data: bytes) -> bytes:
+def _file_fde(data: bytes | mmap.mmap) -> bytes:
     """A binary log file's FORMAT_DESCRIPTION_EVENT."""
-    if not data.startswith(BINLOG_MAGIC) or len(data) < len(BINLOG_MAGIC) + HEADER_LEN:
+    if data[: len(BINLOG_MAGIC)] != BINLOG_MAGIC or len(data) < len(BINLOG_MAGIC) + HEADER_LEN:
         raise BinlogError("not a binary log file")
     (fde_len,) = struct.unpack_from("<I", data, len(BINLOG_MAGIC) + 9)
     fde = data[len(BINLOG_MAGIC) : len(BINLOG_MAGIC) + fde_len]
@@ -364,7 +365,7 @@ def file_transactions(
     return fde, out
 
 
-def file_position(data: bytes) -> int:
+def file_position(data: bytes | mmap.mmap) -> int:
     """The sequence number of the last transaction a binary log file holds or inherits from
     the files before it (its GTID_LIST_EVENT), in domain 0; 0 when there is none. A file a
     crash (or a crash-consistent copy) cut short counts only its whole transactions: those
@@ -383,16 +384,26 @@ def file_position(data: bytes) -> int:
         if last is not None:
             pos, gtid = last
             if gtid.gtid.domain == DOMAIN:
+                # Its transaction (and any after it, of another server) whole, or the one
+                # before it was the last.
                 whole = _scan(data, pos, checksum, 0)
-                return whole if whole == gtid.gtid.seq else gtid.gtid.seq - 1
+                return whole if whole >= gtid.gtid.seq else gtid.gtid.seq - 1
     return _scan(data, start, checksum, 0)
 
 
-def _last_gtid_event(data: bytes, start: int) -> tuple[int, GtidEvent] | None:
-    """The last whole GTID event of a file with checksums, and where it begins."""
+def _last_gtid_event(data: bytes | mmap.mmap, start: int) -> tuple[int, GtidEvent] | None:
+    """The last whole GTID event of a file with checksums, and where it begins: of the
+    computes' server id first (a type byte and a server id are rarely found together in
+    row data), else of any."""
+    return _last_event_like(data, start, _GTID_OURS) or _last_event_like(data, start, _GTID_TYPE)
+
+
+def _last_event_like(
+    data: bytes | mmap.mmap, start: int, pattern: bytes
+) -> tuple[int, GtidEvent] | None:
     end = len(data)
     while True:
-        found = data.rfind(_GTID_TYPE, start + 4, end)
+        found = data.rfind(pattern, start + 4, end)
         if found < 0:
             return None
         end = found
@@ -413,11 +424,12 @@ def _last_gtid_event(data: bytes, start: int) -> tuple[int, GtidEvent] | None:
 
 
 _GTID_TYPE = bytes([EventType.GTID])
+_GTID_OURS = _GTID_TYPE + struct.pack("<I", 1)  # the computes' server id
 # A GTID event: header, sequence number, domain, flags, and at most an XA id or a commit id.
 _GTID_EVENT_MAX = HEADER_LEN + 8 + 4 + 1 + 8 + 4 + 64 + 128 + CHECKSUM_LEN
 
 
-def _scan(data: bytes, pos: int, checksum: bool, last: int) -> int:
+def _scan(data: bytes | mmap.mmap, pos: int, checksum: bool, last: int) -> int:
     """Events from ``pos`` on: the last whole transaction's sequence number (or a GTID
     list's), in domain 0."""
     assembler = TransactionAssembler(checksum=checksum)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import os
 import secrets
 import shutil
@@ -54,8 +55,10 @@ def datadir_position(datadir: Path) -> int:
     names = index.read_text().split()
     for name in reversed(names):
         path = datadir / Path(name).name
-        if path.exists():
-            return file_position(path.read_bytes())
+        if path.exists() and path.stat().st_size:
+            # Mapped, not read: only the file's head and tail are touched.
+            with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                return file_position(m)
     return 0
 
 
