@@ -4,7 +4,9 @@ Every timeline has a replication account on it, named by the timeline's id, that
 timeline's history and no other (:mod:`selkie.safekeeper.server`); its password derives
 from the safekeeper's key (:mod:`selkie.safekeeper.accounts`), so nothing is stored.
 Embedded (``selkie up``) it listens on a unix socket in the data dir; ``safekeeper_listen``
-puts it on TCP (``host:port``) or turns it off. With the safekeeper in a process of its own
+puts it on TCP (``host:port``) or turns it off. Read-only computes replicate from it over
+TCP: where it listens on a socket, a second listener on a loopback port serves them. With
+the safekeeper in a process of its own
 (``safekeeper_url``) that process serves the binlogs (:mod:`selkie.safekeeper.standalone`)
 and there is no server here: only the accounts' credentials.
 """
@@ -55,21 +57,42 @@ class Binlogs:
         self.server = (
             BinlogServer(source=source, accounts=self._account) if source is not None else None
         )
+        # Where the listener is a unix socket: the loopback port read-only computes use.
+        self._loopback = (
+            BinlogServer(source=source, accounts=self._account)
+            if source is not None and self.listen.startswith("unix:")
+            else None
+        )
 
     @property
     def address(self) -> str | None:
         """Where it listens (``unix:/path`` or ``host:port``), once started."""
         return self.server.address if self.server is not None else None
 
+    @property
+    def for_computes(self) -> tuple[str, int] | None:
+        """The TCP address read-only computes replicate from (None: no binlog server here
+        is started)."""
+        server = self._loopback or self.server
+        if server is None or server.port is None:
+            return None
+        host = (server.address or "").rpartition(":")[0] if server is self.server else ""
+        wildcard = host in ("", "0.0.0.0", "::", "[::]")  # noqa: S104 - compared, not bound
+        return ("127.0.0.1" if wildcard else host), server.port
+
     async def start(self) -> None:
         if self.server is None or self.listen == "off":
             return
         await self.server.start(self.listen)
         log.info("the safekeeper serves timelines' binlogs on %s", self.server.address)
+        if self._loopback is not None:
+            await self._loopback.start("127.0.0.1:0")
 
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop()
+        if self._loopback is not None:
+            await self._loopback.stop()
 
     def credentials(self, timeline_id: str) -> Credentials:
         """The replication account that reads the timeline."""

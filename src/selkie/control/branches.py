@@ -137,9 +137,10 @@ class BranchService(ServiceBase):
         seen_rw = False
         for spec in specs:
             etype = validate_endpoint_type(spec.get("type", "read_write"))
-            if seen_rw:
-                raise Conflict("a branch can have only one read_write endpoint")
-            seen_rw = True
+            if etype is model.EndpointType.READ_WRITE:
+                if seen_rw:
+                    raise Conflict("a branch can have only one read_write endpoint")
+                seen_rw = True
             erow = new_endpoint_row(
                 project_id=prow.id,
                 branch_id=branch_id,

@@ -50,7 +50,10 @@ class EndpointService(ServiceBase):
             prow = self.project_row(s, who, project_id)
             self.branch_row(s, who, project_id, branch_id)
             check_org_limit(s, self.settings, prow.org_id, "endpoints")
-            if any(e.type == etype.value for e in self.live_endpoints_of_branch(s, branch_id)):
+            if etype is model.EndpointType.READ_WRITE and any(
+                e.type == etype.value for e in self.live_endpoints_of_branch(s, branch_id)
+            ):
+                # Any number of read_only ones (the organization's endpoint limit applies).
                 raise Conflict(f"branch {branch_id} already has a {etype.value} endpoint")
             defaults = convert.endpoint_settings(prow.default_endpoint_settings)
             row = new_endpoint_row(

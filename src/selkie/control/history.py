@@ -44,6 +44,7 @@ from selkie.config import Settings
 from selkie.control.binlogs import Binlogs, default_listen
 from selkie.control.following import Following
 from selkie.control.points import NO_IMAGES, Point, parse_lsn, timeline_at
+from selkie.control.replicas import Replicas
 from selkie.control.retention import Retention
 from selkie.control.timelines import Timelines
 from selkie.errors import Conflict, SelkieError
@@ -142,6 +143,14 @@ class History:
             driver=driver,
             key=key,
             timeline_of=self.timeline_to_follow,
+        )
+        self.replicas = Replicas(
+            timelines=self.timelines,
+            binlogs=self.binlogs,
+            safekeeper=safekeeper,
+            storage=self.local,
+            driver=driver,
+            restore=self._restore,
         )
         # Per branch: when its last image was made (monotonic) and the log bytes then.
         self._image_mark: dict[str, tuple[float, int]] = {}

@@ -35,6 +35,7 @@ from selkie.control.lifecycle_base import (
     LostRace,
     Target,
     log,
+    read_only,
 )
 from selkie.control.starting import Starting
 from selkie.errors import (
@@ -306,8 +307,8 @@ class Lifecycle(Starting):
         """The compute stopped cleanly: the safekeeper takes what its stream had not (a
         failure keeps it in the compute's binary log, taken at the next start)."""
         history = self.history_for(target.project.settings)
-        if history is None:
-            return
+        if history is None or read_only(target.endpoint):
+            return  # a read-only compute's log is no history (its primary's is)
         try:
             await history.after_stop(target.endpoint.id, target.branch.id)
         except Exception as exc:
@@ -340,6 +341,8 @@ class Lifecycle(Starting):
             return
         target = await self._db(self._load, endpoint_id)
         history = self.history_for(target.project.settings)
+        if history is not None and read_only(target.endpoint):
+            return  # it goes on replicating
         if history is not None:
             await history.following.attach(endpoint_id, target.branch.id, target.project, info)
 

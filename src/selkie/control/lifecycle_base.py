@@ -63,6 +63,12 @@ class Target:
     refused: QuotaExceeded | None = None
 
 
+def read_only(endpoint: EndpointRow) -> bool:
+    """A read-only compute (:mod:`selkie.control.replicas`): fed by the safekeeper, its own
+    log no part of the branch's history."""
+    return endpoint.type == model.EndpointType.READ_ONLY.value
+
+
 class LostRace(Exception):
     """A compare-and-set found the endpoint changed by someone else."""
 

@@ -112,8 +112,6 @@ def validate_endpoint_type(value: Any) -> EndpointType:
         etype = EndpointType(value)
     except ValueError as exc:
         raise InvalidInput("endpoint type must be 'read_write' or 'read_only'") from exc
-    if etype is EndpointType.READ_ONLY:
-        raise InvalidInput("read_only endpoints are not supported yet; use read_write")
     return etype
 
 

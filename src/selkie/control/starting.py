@@ -18,9 +18,11 @@ from selkie.control.lifecycle_base import (
     LostRace,
     Target,
     log,
+    read_only,
 )
 from selkie.errors import (
     ComputeError,
+    Conflict,
     SelkieError,
     public_message,
 )
@@ -114,6 +116,8 @@ class Starting(LifecycleBase):
         started, the safekeeper following it, its accounts matching the store. Returns it
         with the milliseconds each phase took."""
         ep, settings = target.endpoint, target.project.settings
+        if read_only(ep):
+            return await self._bring_up_read_only(target)
         t0 = self.timer()
         storage = self.storage_for(settings)
         await self.ensure_branch_data(target.branch, target.project)
@@ -153,6 +157,41 @@ class Starting(LifecycleBase):
             "sync_accounts_ms": (t3 - t2) * 1000,
         }
 
+    async def _bring_up_read_only(self, target: Target) -> tuple[ComputeInfo, dict[str, float]]:
+        """A read-only compute: its own datadir on the branch's current timeline (made from
+        the history the first time), the server started read-only, replicating from the
+        safekeeper and caught up with it. The branch's primary is not touched."""
+        ep, settings = target.endpoint, target.project.settings
+        history = self.history_for(settings)
+        if history is None:
+            raise Conflict("read-only computes need durable storage (archive_url is off)")
+        t0 = self.timer()
+        datadir, options = await history.replicas.prepare(target.branch.id, ep.id)
+        t1 = self.timer()
+        port_hint = int(ep.compute_address.rsplit(":", 1)[1]) if ep.compute_address else None
+        info = await self.driver.start(
+            ComputeSpec(
+                endpoint_id=ep.id,
+                project_id=ep.project_id,
+                branch_id=ep.branch_id,
+                cu=self._start_cu(ep),
+                datadir=datadir,
+                server_options=options,
+                port_hint=port_hint,
+                binary=self._binary_for(settings),
+                boost=self.settings.compute_startup_boost,
+            ),
+            timeout=self.start_timeout,
+        )
+        t2 = self.timer()
+        await history.replicas.attach(ep.id, target.branch.id)
+        await self._end_boost(ep.id)
+        return info, {
+            "prepare_ms": (t1 - t0) * 1000,
+            "mariadbd_start_ms": (t2 - t1) * 1000,
+            "catch_up_ms": (self.timer() - t2) * 1000,
+        }
+
     async def _thaw(self, target: Target) -> tuple[ComputeInfo, dict[str, float]] | None:
         """A warm endpoint's frozen compute, running again: the safekeeper follows it again,
         accounts changed meanwhile are applied. None when there is none to thaw (it died
@@ -164,6 +203,11 @@ class Starting(LifecycleBase):
             return None
         t1 = self.timer()
         history = self.history_for(target.project.settings)
+        if read_only(ep):
+            # Its replication threads reconnect on their own; it is caught up again.
+            if history is not None:
+                await history.replicas.attach(ep.id, target.branch.id)
+            return info, {"thaw_ms": (t1 - t0) * 1000}
         if history is not None:
             # Also brings its durability in line with a change made while it was frozen.
             await history.following.attach(ep.id, target.branch.id, target.project, info)
@@ -282,6 +326,8 @@ class Starting(LifecycleBase):
             target = await self._db(self._load, endpoint_id)
             if target.endpoint.current_state != EndpointState.ACTIVE.value:
                 return False
+            if read_only(target.endpoint):
+                return False  # its accounts arrive by replication
             if not (await self.driver.inspect(endpoint_id)).running:
                 return False
             await self._sync_accounts(target, force=True)
@@ -298,7 +344,7 @@ class Starting(LifecycleBase):
                 return False
             history = self.history_for(target.project.settings)
             info = await self.driver.inspect(endpoint_id)
-            if history is None or not info.running:
+            if history is None or not info.running or read_only(target.endpoint):
                 return False
             await history.following.attach(
                 endpoint_id, target.branch.id, target.project, info, live=True

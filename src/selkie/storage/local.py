@@ -152,8 +152,13 @@ class LocalStorage(StorageDriver):
     # --- timelines: which history a datadir holds, and replacing one -------------------
 
     def timeline_of(self, branch_id: str) -> str | None:
+        return self.timeline_marker(self.datadir(branch_id))
+
+    @staticmethod
+    def timeline_marker(datadir: Path) -> str | None:
+        """The timeline a datadir holds (None: none, or no datadir)."""
         try:
-            return (self.datadir(branch_id) / TIMELINE_MARKER).read_text().strip() or None
+            return (datadir / TIMELINE_MARKER).read_text().strip() or None
         except OSError:
             return None
 
