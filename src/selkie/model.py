@@ -352,6 +352,10 @@ class Endpoint:
     updated_at: datetime
     # While suspended: warm (frozen) or cold (stopped); None otherwise.
     suspend_tier: SuspendTier | None = None
+    # A running read-only compute's replication (GET of the endpoint asks its server): the
+    # last transaction it applied, and how far behind the safekeeper it is (seconds).
+    replayed_lsn: str | None = None
+    replication_lag_seconds: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,6 +35,7 @@ from selkie.control.local_plane import LocalControlPlane
 from selkie.control.meter import Meter
 from selkie.control.quotas import Quotas
 from selkie.control.reconciler import reconcile
+from selkie.control.replicas import ReplicaStatus
 from selkie.control.restores import Restorer
 from selkie.control.runner import OperationsRunner
 from selkie.control.scheduler import Scheduler
@@ -364,6 +365,12 @@ class Platform:
         if self.history is None:
             raise Conflict("durable storage is off here (archive_url=off)")
         return await self.history.following.durable_now(endpoint_id, durability)
+
+    async def replica_status(self, endpoint_id: str) -> ReplicaStatus:
+        """A read-only compute's replication, asked of its server now."""
+        if self.history is None:
+            raise Conflict("durable storage is off here (archive_url=off)")
+        return await self.history.replicas.status(endpoint_id)
 
     async def compare_schema(self, base_branch_id: str, branch_id: str, database: str) -> str:
         """The unified diff of a database's schema on two branches (their endpoints woken)."""

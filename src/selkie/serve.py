@@ -147,6 +147,7 @@ async def serve(
                     # With a listener of their own, the internal routes are not public.
                     internal_routes=not settings.internal_listen,
                     compare_schema=platform.compare_schema,
+                    replication=platform.replica_status,
                     console=console_settings(settings, platform) if settings.console else None,
                     recent_starts=platform.start_metrics.recent_starts,
                 ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -37,6 +38,7 @@ def create_app(
     rate_limit: float = 0.0,
     internal_routes: bool = True,
     compare_schema: Callable[[str, str, str], Awaitable[str]] | None = None,
+    replication: Callable[[str], Awaitable[Any]] | None = None,
     console: ConsoleSettings | None = None,
     recent_starts: Callable[[str], list[tuple[datetime, float]]] | None = None,
 ) -> FastAPI:
@@ -65,6 +67,8 @@ def create_app(
     app.state.internal_token = internal_token
     # Where computes run in this process: the diff of two branches' schemas.
     app.state.compare_schema = compare_schema
+    # A read-only compute's replication, asked of its server, where computes run here.
+    app.state.replication = replication
     # Requests a second per API key (0: no limit).
     app.state.rate_limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
     errors.install(app)

@@ -149,6 +149,15 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
+class Rows(list[tuple[Any, ...]]):
+    """A statement's rows, with its columns' names (``names``)."""
+
+    names: tuple[str, ...] = ()
+
+    def named(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.names, row, strict=False)) for row in self]
+
+
 def run_statements(
     endpoint_id: str, statements: Sequence[str], **connect: Any
 ) -> list[list[tuple[Any, ...]]]:
@@ -160,11 +169,13 @@ def run_statements(
     except pymysql.MySQLError as exc:
         raise ComputeError(f"cannot reach compute {endpoint_id} as admin: {exc}") from exc
     try:
-        results = []
+        results: list[list[tuple[Any, ...]]] = []
         with conn.cursor() as cur:
             for stmt in statements:
                 cur.execute(stmt)
-                results.append(list(cur.fetchall()))
+                rows = Rows(cur.fetchall())
+                rows.names = tuple(d[0] for d in cur.description or ())
+                results.append(rows)
         return results
     except pymysql.MySQLError as exc:
         raise ComputeError(f"compute {endpoint_id}: {exc}") from exc

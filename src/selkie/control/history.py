@@ -67,6 +67,7 @@ from selkie.storage.local import LocalStorage, crash_consistent, datadir_positio
 from selkie.storage.replay import replay_server
 from selkie.storage.restore import Restored, Tail, Target, Tools, restore
 from selkie.store import Store
+from selkie.store.endpoints import active_read_only_ids
 from selkie.store.tables import BranchRow, TimelineRow
 from selkie.tasks import cancel, spawn
 
@@ -516,6 +517,7 @@ class History:
             ("positions", 5.0, self._note_positions),
             ("semi_sync", 2.0, self.following.sample_semi_sync),
             ("hot_images", 5.0, self.hot_images),
+            ("replicas", 2.0, self._sample_replicas),
             ("purge", 30.0, self.following.purge_binlogs),
             ("prune", PRUNE_EVERY.total_seconds(), lambda: self.prune(now)),
         ]
@@ -529,6 +531,9 @@ class History:
                 await step()
             except Exception:
                 log.exception("history: periodic step failed; going on")
+
+    async def _sample_replicas(self) -> None:
+        await self.replicas.sample(await self._db(active_read_only_ids, self.store))
 
     async def _note_positions(self) -> None:
         for st in await self.safekeeper.timelines():

@@ -331,6 +331,8 @@ class Lifecycle(Starting):
                 await self.history.following.detach(endpoint_id)
             await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
             await self.driver.remove(endpoint_id)
+            if self.history is not None:
+                await self.history.replicas.forget(endpoint_id)  # a read-only one's datadir
         self._locks.pop(endpoint_id, None)
 
     async def adopt(self, endpoint_id: str) -> None:

@@ -24,13 +24,14 @@ import contextlib
 import logging
 import shutil
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selkie.archive.binlog import domain_seq
 from selkie.archive.layout import TimelineRef
 from selkie.compute.base import ComputeDriver
-from selkie.compute.mariadb import COMPUTE_SERVER_ID
+from selkie.compute.mariadb import COMPUTE_SERVER_ID, Rows
 from selkie.control.binlogs import Binlogs
 from selkie.control.timelines import Timelines
 from selkie.errors import ComputeError, Conflict
@@ -53,6 +54,20 @@ def replica_server_id(endpoint_id: str) -> int:
     return SERVER_ID_BASE + zlib.crc32(endpoint_id.encode()) % 1_000_000
 
 
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """A read-only compute's replication, as its server says now."""
+
+    endpoint_id: str
+    running: bool
+    # The last transaction it applied (None while suspended).
+    replayed_lsn: str | None = None
+    # MariaDB's Seconds_Behind_Master: 0 when it has applied everything it received.
+    replication_lag_seconds: float | None = None
+    replicating: bool = False
+    last_error: str | None = None
+
+
 class Replicas:
     def __init__(
         self,
@@ -72,6 +87,8 @@ class Replicas:
         self.storage = storage
         self.driver = driver
         self.restore = restore
+        # The last status of each running read-only compute (the leader samples them).
+        self.sampled: dict[str, ReplicaStatus] = {}
 
     def _storage(self) -> LocalStorage:
         if self.storage is None:
@@ -184,13 +201,42 @@ class Replicas:
             return exc.message
         return repr(rows[0][:3]) if rows else "replication is not configured"
 
-    async def replayed(self, endpoint_id: str) -> int:
-        """The last transaction the read-only compute applied."""
-        ((pos,),) = (await self.driver.execute(endpoint_id, ["SELECT @@gtid_slave_pos"]))[0]
-        return domain_seq(pos)
+    async def status(self, endpoint_id: str) -> ReplicaStatus:
+        info = await self.driver.inspect(endpoint_id)
+        if not info.running:
+            return ReplicaStatus(endpoint_id, running=False)
+        try:
+            slave, ((pos,),) = await self.driver.execute(
+                endpoint_id, ["SHOW SLAVE STATUS", "SELECT @@gtid_slave_pos"]
+            )
+        except ComputeError as exc:
+            return ReplicaStatus(endpoint_id, running=True, last_error=exc.message)
+        row = slave.named()[0] if isinstance(slave, Rows) and slave else {}
+        lag = row.get("Seconds_Behind_Master")
+        replicating = row.get("Slave_IO_Running") == "Yes" and row.get("Slave_SQL_Running") == "Yes"
+        seq = domain_seq(pos)
+        status = ReplicaStatus(
+            endpoint_id,
+            running=True,
+            replayed_lsn=f"0-{COMPUTE_SERVER_ID}-{seq}" if seq else None,
+            replication_lag_seconds=float(lag) if lag is not None else None,
+            replicating=replicating,
+            last_error=str(row.get("Last_SQL_Error") or row.get("Last_IO_Error") or "") or None,
+        )
+        self.sampled[endpoint_id] = status
+        return status
+
+    async def sample(self, endpoint_ids: list[str]) -> None:
+        """The running read-only computes' status, kept for /metrics."""
+        for endpoint_id in endpoint_ids:
+            with contextlib.suppress(Exception):
+                await self.status(endpoint_id)
+        for gone in set(self.sampled) - set(endpoint_ids):
+            del self.sampled[gone]
 
     async def forget(self, endpoint_id: str) -> None:
-        """The endpoint is deleted: its datadir goes."""
+        """The endpoint is deleted: its datadir goes (nothing where it had none)."""
+        self.sampled.pop(endpoint_id, None)
         if self.storage is not None:
             await asyncio.to_thread(shutil.rmtree, self.datadir(endpoint_id), True)
 

@@ -227,6 +227,16 @@ def _history(history: Any) -> Iterator[Metric]:
             if state is not None:
                 sync.add_metric([endpoint], 1.0 if state == "on" else 0.0)
     yield from (lag_s, lag_b, streaming, sync)
+    replica_lag = GaugeMetricFamily(
+        "selkie_replica_lag_seconds",
+        "How far a running read-only compute's applier is behind what it received "
+        "(Seconds_Behind_Master, sampled every 2 s by the scheduler's leader)",
+        labels=["endpoint_id"],
+    )
+    for endpoint, status in sorted(history.replicas.sampled.items()):
+        if status.replication_lag_seconds is not None:
+            replica_lag.add_metric([endpoint], status.replication_lag_seconds)
+    yield replica_lag
     shipped = CounterMetricFamily(
         "selkie_archive_segments_shipped", "Log objects written to the archive"
     )

@@ -17,6 +17,7 @@ from selkie.errors import NotFound
 from selkie.model import (
     BranchState,
     EndpointState,
+    EndpointType,
     OperationAction,
     OperationStatus,
     SuspendTier,
@@ -174,6 +175,17 @@ def running_ids(store: Store, *, branch_id: str | None = None) -> list[str]:
     stmt = select(EndpointRow.id).where(EndpointRow.current_state.in_([x.value for x in RUNNING]))
     if branch_id is not None:
         stmt = stmt.where(EndpointRow.branch_id == branch_id)
+    with store.read() as s:
+        return list(s.execute(stmt).scalars())
+
+
+def active_read_only_ids(store: Store) -> list[str]:
+    """The read-only endpoints whose compute is active."""
+    stmt = (
+        select(EndpointRow.id)
+        .where(EndpointRow.type == EndpointType.READ_ONLY.value)
+        .where(EndpointRow.current_state == EndpointState.ACTIVE.value)
+    )
     with store.read() as s:
         return list(s.execute(stmt).scalars())
 

@@ -14,7 +14,14 @@ import pymysql
 import pytest
 
 from selkie.control.bootstrap import local_principal
-from tests.control.history.conftest import rows, sql, start, started_project, wait_received
+from tests.control.history.conftest import (
+    finished,
+    rows,
+    sql,
+    start,
+    started_project,
+    wait_received,
+)
 from tests.platforms import open_platform
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -64,11 +71,22 @@ async def test_a_read_only_endpoint_is_fed_by_the_safekeeper_not_its_primary(
         # Asleep while the primary commits and suspends: its wake catches up first.
         await platform.lifecycle.suspend(ro.id)
         await asyncio.to_thread(sql, platform, primary, main, "INSERT INTO t VALUES (4)")
-        await wait_received(platform, primary)
+        last = await wait_received(platform, primary)
         await platform.lifecycle.suspend(primary)
         await start(platform, who, pid, ro.id)
         assert await rows(platform, ro.id, main) == [1, 2, 3, 4]
+        status = await platform.replica_status(ro.id)
+        assert status.replicating and status.last_error is None, status
+        assert status.replayed_lsn == f"0-1-{last}" and status.replication_lag_seconds == 0
         # A second one, made now, from the same history.
         await start(platform, who, pid, second.id)
         assert await rows(platform, second.id, main) == [1, 2, 3, 4]
         assert not (await platform.driver.inspect(primary)).running
+
+        # Deleted, its datadir goes; the primary's is untouched.
+        datadir = platform.history.replicas.datadir(second.id)  # type: ignore[union-attr]
+        assert (datadir / "mysql").is_dir()
+        _, ops = await asyncio.to_thread(platform.control.endpoints.delete, who, pid, second.id)
+        await finished(platform, who, pid, [o.id for o in ops])
+        assert not datadir.exists()
+        assert (tmp_path / "data" / "branches" / main.branch.id / "mysql").is_dir()

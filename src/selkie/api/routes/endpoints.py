@@ -7,6 +7,7 @@ import dataclasses
 
 from fastapi import APIRouter, Request
 
+from selkie import model
 from selkie.api import schemas
 from selkie.api.deps import Ctl, Cursor, EndpointId, Limit, ProjectId, Who
 from selkie.errors import Conflict
@@ -47,10 +48,21 @@ def create_endpoint(
 
 
 @router.get("/{endpoint_id}", response_model=schemas.EndpointResponse)
-def get_endpoint(
-    ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId
+async def get_endpoint(
+    ctl: Ctl, who: Who, project_id: ProjectId, endpoint_id: EndpointId, request: Request
 ) -> schemas.EndpointResponse:
-    return schemas.EndpointResponse(endpoint=ctl.endpoints.get(who, project_id, endpoint_id))
+    """The endpoint; a read-only one's ``replayed_lsn`` and ``replication_lag_seconds``
+    are asked of its running compute's server (null while it is suspended)."""
+    endpoint = await asyncio.to_thread(ctl.endpoints.get, who, project_id, endpoint_id)
+    provider = request.app.state.replication
+    if endpoint.type is model.EndpointType.READ_ONLY and provider is not None:
+        status = await provider(endpoint.id)
+        endpoint = dataclasses.replace(
+            endpoint,
+            replayed_lsn=status.replayed_lsn,
+            replication_lag_seconds=status.replication_lag_seconds,
+        )
+    return schemas.EndpointResponse(endpoint=endpoint)
 
 
 @router.patch("/{endpoint_id}", response_model=schemas.EndpointOperationsResponse)
