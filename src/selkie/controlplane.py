@@ -56,6 +56,15 @@ class Activity:
     source_started: datetime | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class PoolMember:
+    """A read-only endpoint of a branch's read pool, as the control plane sees it now."""
+
+    endpoint_id: str
+    active: bool  # its compute runs
+    failed: bool  # its last start, health check or run failed
+
+
 class AccessCache:
     """Access per (endpoint, role) for ``ttl`` seconds: a connection storm on one endpoint
     asks for the same role thousands of times a second. A reset password or deleted role is
@@ -109,6 +118,11 @@ class ControlPlane(ABC):
     @abstractmethod
     async def report_activity(self, activity: list[Activity]) -> None:
         """Per-endpoint activity for the suspend scheduler and metering."""
+
+    @abstractmethod
+    async def read_pool(self, branch_id: str) -> list[PoolMember]:
+        """The branch's read-only endpoints (none: no such branch, or it has none). Never
+        wakes a compute."""
 
     @abstractmethod
     async def compute_running(self, endpoint_id: str) -> bool:

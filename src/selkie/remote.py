@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from selkie.controlplane import Access, AccessCache, Activity, Backend, ControlPlane
+from selkie.controlplane import Access, AccessCache, Activity, Backend, ControlPlane, PoolMember
 from selkie.errors import ComputeError, NotFound, SelkieError, StoreError, error_class
 from selkie.tasks import SharedTasks
 
@@ -117,6 +117,12 @@ class HttpControlPlane(ControlPlane):
             # A unix socket is only of use on the compute's own machine.
             socket=socket if socket is not None and socket.exists() else None,
         )
+
+    async def read_pool(self, branch_id: str) -> list[PoolMember]:
+        if not _segment(branch_id):
+            return []
+        r = await self._request("GET", f"/internal/v1/branches/{_q(branch_id)}/read_pool")
+        return [PoolMember(**m) for m in r.json()["members"]]
 
     async def compute_running(self, endpoint_id: str) -> bool:
         if not _segment(endpoint_id):

@@ -11,7 +11,7 @@ import pytest
 
 from selkie.api.app import create_app
 from selkie.control import Control
-from selkie.controlplane import Access, Activity, Backend, ControlPlane
+from selkie.controlplane import Access, Activity, Backend, ControlPlane, PoolMember
 from selkie.errors import Conflict, QuotaExceeded, StoreError, Unauthorized
 from selkie.remote import HttpControlPlane
 
@@ -49,6 +49,14 @@ class Plane(ControlPlane):
 
     async def compute_running(self, endpoint_id: str) -> bool:
         return endpoint_id == "ep-up"
+
+    async def read_pool(self, branch_id: str) -> list[PoolMember]:
+        if branch_id != "br-x":
+            return []
+        return [
+            PoolMember(endpoint_id="ep-ro-1", active=True, failed=False),
+            PoolMember(endpoint_id="ep-ro-2", active=False, failed=True),
+        ]
 
 
 def remote(control: Control, plane: Plane, token: str = TOKEN) -> HttpControlPlane:
@@ -88,6 +96,9 @@ async def test_round_trip_and_errors(control: Control) -> None:
     assert await cp.compute_running("ep-up") is True
     assert await cp.compute_running("ep-a") is False
     assert await cp.compute_running("ep-a/../ep-up") is False  # never a path of its own
+    assert await cp.read_pool("br-x") == await Plane().read_pool("br-x")
+    assert await cp.read_pool("br-y") == []
+    assert await cp.read_pool("br-x/../br-x") == []
     await cp.close()
 
 

@@ -127,9 +127,11 @@ class ComputeDriver(ABC):
 
     @abstractmethod
     async def execute(
-        self, endpoint_id: str, statements: Sequence[str]
+        self, endpoint_id: str, statements: Sequence[str], *, timeout: float | None = None
     ) -> list[list[tuple[Any, ...]]]:
-        """Run SQL as the internal admin account; returns each statement's rows."""
+        """Run SQL as the internal admin account; returns each statement's rows. With a
+        ``timeout`` (seconds), a server that does not answer in it (held by a signal, say)
+        is a ComputeError, and nothing is left waiting on it."""
 
     @abstractmethod
     async def remove(self, endpoint_id: str) -> None:

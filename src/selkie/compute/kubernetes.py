@@ -36,7 +36,7 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
-from selkie.compute.mariadb import Sizing, render_config, run_statements
+from selkie.compute.mariadb import Sizing, render_config, run_statements, timeouts
 from selkie.errors import ComputeError, ConfigError, Conflict, InvalidInput, NotFound, SelkieError
 from selkie.model import new_password
 
@@ -541,7 +541,7 @@ class KubernetesDriver(ComputeDriver):
         return password
 
     async def execute(
-        self, endpoint_id: str, statements: Sequence[str]
+        self, endpoint_id: str, statements: Sequence[str], *, timeout: float | None = None
     ) -> list[list[tuple[Any, ...]]]:
         pod = await self.api.pod(endpoint_id)
         if not pod_running(pod):
@@ -557,6 +557,7 @@ class KubernetesDriver(ComputeDriver):
             port=PORT,
             user="root",
             password=password,
+            **timeouts(timeout),
         )
 
     async def remove(self, endpoint_id: str) -> None:

@@ -33,7 +33,7 @@ from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeLoad, Compute
 from selkie.compute.cgroups import Cgroups
 from selkie.compute.identity import choose
 from selkie.compute.live import LiveSizing
-from selkie.compute.mariadb import LOOPBACK_HOSTS, Sizing, render_config, run_statements
+from selkie.compute.mariadb import LOOPBACK_HOSTS, Sizing, render_config, run_statements, timeouts
 from selkie.compute.procs import (
     find_mariadbd,
     free_port,
@@ -614,7 +614,7 @@ class LocalDriver(ComputeDriver):
         return list(infos.values())
 
     async def execute(
-        self, endpoint_id: str, statements: Sequence[str]
+        self, endpoint_id: str, statements: Sequence[str], *, timeout: float | None = None
     ) -> list[list[tuple[Any, ...]]]:
         if endpoint_id in self._frozen:
             # It would never answer: callers (meter, safekeeper checks) try again later.
@@ -629,6 +629,7 @@ class LocalDriver(ComputeDriver):
             # A private unix socket: no TLS (PyMySQL would otherwise build an SSL context,
             # loading the system's certificates, for every connection).
             ssl_disabled=True,
+            **timeouts(timeout),
         )
 
     async def remove(self, endpoint_id: str) -> None:

@@ -149,6 +149,22 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
+# An admin call that gives no timeout of its own: however long a statement may take, a
+# server that stopped answering (held by a signal, a hung disk) frees the worker thread
+# waiting on it after this long.
+ADMIN_TIMEOUT = 120.0
+
+
+def timeouts(seconds: float | None) -> dict[str, Any]:
+    """PyMySQL's connect, read and write timeouts for an admin call bounded by
+    ``seconds`` (None: ADMIN_TIMEOUT, the connect 10 s)."""
+    if seconds is None:
+        whole = round(ADMIN_TIMEOUT)
+        return {"connect_timeout": 10, "read_timeout": whole, "write_timeout": whole}
+    whole = max(1, round(seconds))  # PyMySQL wants them in whole seconds (>0)
+    return {"connect_timeout": whole, "read_timeout": whole, "write_timeout": whole}
+
+
 class Rows(list[tuple[Any, ...]]):
     """A statement's rows, with its columns' names (``names``)."""
 
@@ -165,7 +181,7 @@ def run_statements(
     return each statement's rows; ComputeError when it cannot be reached or a statement
     fails."""
     try:
-        conn = pymysql.connect(autocommit=True, connect_timeout=10, **connect)
+        conn = pymysql.connect(**{"autocommit": True, "connect_timeout": 10, **connect})
     except pymysql.MySQLError as exc:
         raise ComputeError(f"cannot reach compute {endpoint_id} as admin: {exc}") from exc
     try:

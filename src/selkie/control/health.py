@@ -8,19 +8,26 @@ seconds, each with ``timeout`` seconds to answer; after ``misses`` unanswered in
 endpoint is marked failed with the reason and its compute stopped (killed when it does not
 stop in ``stop_timeout``). The next wake or start starts it again, as after a crash. The
 checks run in a task of their own: a hung compute never holds up the leader's tick.
+
+A read-only compute that failed (it died, or failed its checks) is replaced without
+waiting for a client: started again from its datadir, at most once every
+``replace_every`` seconds each (a read pool sends its new connections elsewhere
+meanwhile). A primary is never started this way: its clients' next connection does it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from datetime import datetime
 
 from sqlalchemy import select
 
 from selkie.control.lifecycle import Lifecycle
-from selkie.model import EndpointState
+from selkie.errors import SelkieError
+from selkie.model import EndpointState, EndpointType
 from selkie.store import Store
 from selkie.store.tables import EndpointRow
 from selkie.tasks import spawn
@@ -31,6 +38,7 @@ INTERVAL = 2.0
 TIMEOUT = 2.0
 MISSES = 2
 STOP_TIMEOUT = 2.0
+REPLACE_EVERY = 10.0
 
 
 class Health:
@@ -43,6 +51,7 @@ class Health:
         timeout: float = TIMEOUT,
         misses: int = MISSES,
         stop_timeout: float = STOP_TIMEOUT,
+        replace_every: float = REPLACE_EVERY,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
@@ -50,6 +59,9 @@ class Health:
         self.timeout = timeout
         self.misses = misses
         self.stop_timeout = stop_timeout
+        self.replace_every = replace_every
+        self._replaced_at: dict[str, float] = {}
+        self._replacing: set[asyncio.Task[None]] = set()
         self._missed: dict[str, int] = {}
         self._last: datetime | None = None
         self._pass: asyncio.Task[None] | None = None
@@ -68,6 +80,8 @@ class Health:
     async def close(self) -> None:
         if self._pass is not None:
             self._pass.cancel()
+        for task in list(self._replacing):
+            task.cancel()
 
     def _active(self) -> list[str]:
         with self.store.read() as s:
@@ -84,13 +98,41 @@ class Health:
         for gone in set(self._missed) - set(active):
             del self._missed[gone]  # suspended, stopped or failed meanwhile: count afresh
         await asyncio.gather(*(self._check(endpoint_id) for endpoint_id in active))
+        now = time.monotonic()
+        for endpoint_id in await asyncio.to_thread(self._failed_read_only):
+            if now - self._replaced_at.get(endpoint_id, -self.replace_every) >= self.replace_every:
+                self._replaced_at[endpoint_id] = now
+                task = spawn(self._replace(endpoint_id), name=f"replace-{endpoint_id}")
+                self._replacing.add(task)
+                task.add_done_callback(self._replacing.discard)
+
+    def _failed_read_only(self) -> list[str]:
+        with self.store.read() as s:
+            return list(
+                s.execute(
+                    select(EndpointRow.id)
+                    .where(EndpointRow.current_state == EndpointState.FAILED.value)
+                    .where(EndpointRow.type == EndpointType.READ_ONLY.value)
+                    .where(EndpointRow.disabled.is_(False))
+                ).scalars()
+            )
+
+    async def _replace(self, endpoint_id: str) -> None:
+        log.warning("read-only compute %s failed; starting it again", endpoint_id)
+        try:
+            await self.lifecycle.start(endpoint_id)
+        except SelkieError as exc:
+            log.warning("read-only compute %s did not start again: %s", endpoint_id, exc)
 
     async def _check(self, endpoint_id: str) -> None:
         driver = self.lifecycle.driver
         try:
             if not (await driver.inspect(endpoint_id)).running:
                 return  # gone: the driver reports the exit itself
-            await asyncio.wait_for(driver.execute(endpoint_id, ["SELECT 1"]), self.timeout)
+            # Bounded in the call too: a held server must not keep a worker thread.
+            await asyncio.wait_for(
+                driver.execute(endpoint_id, ["SELECT 1"], timeout=self.timeout), self.timeout + 1
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

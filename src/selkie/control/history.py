@@ -156,6 +156,7 @@ class History:
         # Per branch: when its last image was made (monotonic) and the log bytes then.
         self._image_mark: dict[str, tuple[float, int]] = {}
         self._image_retry_at: dict[str, float] = {}
+        self._sampling: asyncio.Task[None] | None = None
         # When each periodic step last ran (the leader ticks twice a second).
         self._last_run: dict[str, float] = {}
 
@@ -189,6 +190,7 @@ class History:
             await asyncio.wait_for(self.wait_images(), image_timeout)
         for task in list(self._images.values()):
             await cancel(task)
+        await cancel(self._sampling)
         await self.binlogs.stop()
         await self.safekeeper.stop()
 
@@ -533,7 +535,10 @@ class History:
                 log.exception("history: periodic step failed; going on")
 
     async def _sample_replicas(self) -> None:
-        await self.replicas.sample(await self._db(active_read_only_ids, self.store))
+        """In a task of its own: a compute held still never holds up the leader's tick."""
+        if self._sampling is None or self._sampling.done():
+            ids = await self._db(active_read_only_ids, self.store)
+            self._sampling = spawn(self.replicas.sample(ids), name="replica-status")
 
     async def _note_positions(self) -> None:
         for st in await self.safekeeper.timelines():

@@ -10,10 +10,17 @@ from datetime import datetime
 from sqlalchemy import select
 
 from selkie.control.lifecycle import Lifecycle
-from selkie.controlplane import Access, AccessCache, Activity, Backend, ControlPlane
+from selkie.controlplane import (
+    Access,
+    AccessCache,
+    Activity,
+    Backend,
+    ControlPlane,
+    PoolMember,
+)
 from selkie.errors import NotFound
 from selkie.metering import counters
-from selkie.model import EndpointState, PoolerMode, utcnow
+from selkie.model import EndpointState, EndpointType, PoolerMode, utcnow
 from selkie.store import Store, convert
 from selkie.store.store import write_in_thread
 from selkie.store.tables import EndpointRow, ProjectRow, RoleRow
@@ -112,6 +119,28 @@ class LocalControlPlane(ControlPlane):
             await asyncio.to_thread(self._record, [_stamp(endpoint_id, woken)], [])
         info = await self.lifecycle.driver.inspect(endpoint_id)
         return Backend(endpoint_id=endpoint_id, host=info.host, port=info.port, socket=info.socket)
+
+    def _read_pool(self, branch_id: str) -> list[PoolMember]:
+        with self.store.read() as s:
+            found = s.execute(
+                select(EndpointRow.id, EndpointRow.current_state)
+                .where(EndpointRow.branch_id == branch_id)
+                .where(EndpointRow.type == EndpointType.READ_ONLY.value)
+                .where(EndpointRow.current_state != EndpointState.DELETED.value)
+                .where(EndpointRow.disabled.is_(False))
+                .order_by(EndpointRow.id)
+            ).all()
+        return [
+            PoolMember(
+                endpoint_id=endpoint_id,
+                active=state == EndpointState.ACTIVE.value,
+                failed=state == EndpointState.FAILED.value,
+            )
+            for endpoint_id, state in found
+        ]
+
+    async def read_pool(self, branch_id: str) -> list[PoolMember]:
+        return await asyncio.to_thread(self._read_pool, branch_id)
 
     async def compute_running(self, endpoint_id: str) -> bool:
         try:

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 SERVER_ID_BASE = 1000
 # How long a wake waits for a read-only compute to catch up (seconds).
 CATCH_UP_TIMEOUT = 30.0
+# How long a status question may take (seconds).
+STATUS_TIMEOUT = 5.0
 
 
 def replica_server_id(endpoint_id: str) -> int:
@@ -175,6 +177,7 @@ class Replicas:
                         f"SELECT MASTER_GTID_WAIT('0-{COMPUTE_SERVER_ID}-{target}', "
                         f"{CATCH_UP_TIMEOUT})"
                     ],
+                    timeout=CATCH_UP_TIMEOUT + 10,
                 )
             )[0]
             if str(done) != "0":
@@ -201,13 +204,14 @@ class Replicas:
             return exc.message
         return repr(rows[0][:3]) if rows else "replication is not configured"
 
-    async def status(self, endpoint_id: str) -> ReplicaStatus:
+    async def status(self, endpoint_id: str, *, timeout: float = STATUS_TIMEOUT) -> ReplicaStatus:
         info = await self.driver.inspect(endpoint_id)
         if not info.running:
             return ReplicaStatus(endpoint_id, running=False)
         try:
+            # Bounded: a compute held still must not hold up the leader's tick.
             slave, ((pos,),) = await self.driver.execute(
-                endpoint_id, ["SHOW SLAVE STATUS", "SELECT @@gtid_slave_pos"]
+                endpoint_id, ["SHOW SLAVE STATUS", "SELECT @@gtid_slave_pos"], timeout=timeout
             )
         except ComputeError as exc:
             return ReplicaStatus(endpoint_id, running=True, last_error=exc.message)
@@ -227,10 +231,14 @@ class Replicas:
         return status
 
     async def sample(self, endpoint_ids: list[str]) -> None:
-        """The running read-only computes' status, kept for /metrics."""
-        for endpoint_id in endpoint_ids:
+        """The running read-only computes' status, kept for /metrics (all at once, each
+        bounded)."""
+
+        async def one(endpoint_id: str) -> None:
             with contextlib.suppress(Exception):
                 await self.status(endpoint_id)
+
+        await asyncio.gather(*(one(e) for e in endpoint_ids))
         for gone in set(self.sampled) - set(endpoint_ids):
             del self.sampled[gone]
 

@@ -10,9 +10,11 @@ The relay, the pooler and any other front end (SQL over HTTP) dial through the s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from selkie.controlplane import Access, Backend, ControlPlane
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 RETRY_FOR = 7.0
 RETRY_FIRST_DELAY = 0.05
 RETRY_MAX_DELAY = 1.0
+# How long a read pool's pick counts as a session of the compute picked (seconds): until
+# its session is counted by the proxy's stats.
+PICK_COUNTED_FOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -168,12 +173,48 @@ class Connector:
         *,
         failures: AuthFailures,
         logins: Counter[str],
+        sessions: Callable[[str], int] = lambda _: 0,
     ) -> None:
         self.control = control
         self.config = config
         self.failures = failures
         # Login outcomes by kind ("ok:<plugin>", "switched:<plugin>", "failed", "delayed").
         self.logins = logins
+        # Client sessions open per endpoint (through this proxy), and the read pool's
+        # picks not yet counted there (a burst of logins must not all pick one compute).
+        self.sessions = sessions
+        self._picked: Counter[str] = Counter()
+
+    async def resolve(self, target: Route) -> Route:
+        """A read pool's route made one of its read-only endpoints': the least loaded of
+        those running (through this proxy), skipping failed ones; when none runs, one to
+        wake. Unknown pools and pools without endpoints keep an empty endpoint (refused as
+        an unknown endpoint is)."""
+        if target.read_pool is None:
+            return target
+        members = await self.control.read_pool(target.read_pool)
+        candidates = (
+            [m for m in members if m.active and not m.failed]
+            or [m for m in members if not m.failed]
+            or members
+        )
+        if not candidates:
+            return target
+        chosen = min(
+            candidates,
+            key=lambda m: (
+                self.sessions(m.endpoint_id) + self._picked[m.endpoint_id],
+                m.endpoint_id,
+            ),
+        ).endpoint_id
+        self._picked[chosen] += 1
+        asyncio.get_running_loop().call_later(PICK_COUNTED_FOR, self._unpick, chosen)
+        return dataclasses.replace(target, endpoint_id=chosen)
+
+    def _unpick(self, endpoint_id: str) -> None:
+        self._picked[endpoint_id] -= 1
+        if self._picked[endpoint_id] <= 0:
+            del self._picked[endpoint_id]
 
     async def authenticate(self, hello: Hello) -> Authenticated | Refused:
         """Find the endpoint and role the client named and check its password, switching
@@ -183,10 +224,12 @@ class Connector:
         if target is None:
             return Refused(
                 ErrorCode.ACCESS_DENIED,
-                "Access denied: name the endpoint in the user name as '<endpoint_id>.<role>', "
-                f"or connect with TLS to '<endpoint_id>.{self.config.domain}' (SNI) "
-                "with the plain role as user",
+                "Access denied: name the endpoint in the user name as '<endpoint_id>.<role>' "
+                "(a branch's read-only endpoints: '<branch_id>-ro.<role>'), or connect with "
+                f"TLS to '<endpoint_id>.{self.config.domain}' (SNI) with the plain role as "
+                "user",
             )
+        target = await self.resolve(target)
         plugin, answer, seq = await read_client_auth(
             hello.stream, response, hello.seq, hello.scramble, tls=hello.tls
         )

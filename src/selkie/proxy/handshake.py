@@ -104,27 +104,40 @@ class Route:
     endpoint_id: str
     role: str
     pooled: bool
+    # A branch's read pool (``<branch_id>-ro``): the endpoint is one of its read-only
+    # endpoints, picked by the connector (``endpoint_id`` empty until then).
+    read_pool: str | None = None
+
+
+READ_POOL_SUFFIX = "-ro"
 
 
 def route(user: str, sni: str | None, domain: str) -> Route | None:
     """``<endpoint_id>[-pooler].<role>`` in the user name, or ``<endpoint_id>[-pooler]``
-    as the first label of the TLS server name with the plain role as the user."""
+    as the first label of the TLS server name with the plain role as the user. A branch's
+    read pool is named ``<branch_id>-ro[-pooler]`` the same ways."""
     endpoint = None
     role = user
     head, dot, tail = user.partition(".")
-    if dot and head.startswith("ep-") and tail:
+    if dot and head.startswith(("ep-", "br-")) and tail:
         endpoint, role = head, tail
     elif sni:
         name = sni.lower().rstrip(".")
         suffix = "." + domain.lower()
         label = name[: -len(suffix)] if name.endswith(suffix) else name.split(".", 1)[0]
-        if label.startswith("ep-") and "." not in label:
+        if label.startswith(("ep-", "br-")) and "." not in label:
             endpoint = label
     if endpoint is None or not role:
         return None
     pooled = endpoint.endswith("-pooler")
     if pooled:
         endpoint = endpoint[: -len("-pooler")]
+    if endpoint.startswith("br-"):
+        if not endpoint.endswith(READ_POOL_SUFFIX) or len(endpoint) <= 3 + len(READ_POOL_SUFFIX):
+            return None
+        return Route(
+            endpoint_id="", role=role, pooled=pooled, read_pool=endpoint[: -len(READ_POOL_SUFFIX)]
+        )
     return Route(endpoint_id=endpoint, role=role, pooled=pooled)
 
 

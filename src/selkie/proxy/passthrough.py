@@ -248,7 +248,8 @@ class Passthrough:
         new = route(change.user, None, self.domain)
         role = change.user
         if new is not None:
-            if new.endpoint_id != endpoint_id:
+            # A read pool's name keeps the session on the compute it was given.
+            if new.endpoint_id != endpoint_id and new.read_pool is None:
                 msg = "COM_CHANGE_USER cannot move a session to another endpoint"
                 return None, frame(1, build_err(ErrorCode.ACCESS_DENIED, msg))[0]
             role = new.role

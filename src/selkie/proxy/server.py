@@ -99,6 +99,7 @@ class ProxyServer:
             ),
             failures=self.failures,
             logins=self.logins,
+            sessions=self.stats.sessions,
         )
         self.passthrough = Passthrough(
             control,

@@ -40,6 +40,11 @@ class ProxyStats:
     def __getitem__(self, endpoint_id: str) -> EndpointStats:
         return self._endpoints[endpoint_id]
 
+    def sessions(self, endpoint_id: str) -> int:
+        """Client sessions of the endpoint open now."""
+        st = self._endpoints.get(endpoint_id)
+        return st.sessions if st is not None else 0
+
     @contextmanager
     def session(self, endpoint_id: str, counters: Counters | None = None) -> Iterator[Counters]:
         """Count one client session of ``endpoint_id`` while the block runs (into

@@ -107,6 +107,22 @@ async def compute_running(plane: Plane, endpoint_id: str) -> RunningOut:
     return RunningOut(running=await plane.compute_running(endpoint_id))
 
 
+class PoolMemberOut(BaseModel):
+    endpoint_id: str
+    active: bool
+    failed: bool
+
+
+class ReadPoolOut(BaseModel):
+    members: list[PoolMemberOut]
+
+
+@router.get("/branches/{branch_id}/read_pool", response_model=ReadPoolOut)
+async def read_pool(plane: Plane, branch_id: str) -> ReadPoolOut:
+    members = await plane.read_pool(branch_id)
+    return ReadPoolOut(members=[PoolMemberOut(**m.__dict__) for m in members])
+
+
 @router.post("/activity", status_code=204)
 async def report_activity(plane: Plane, report: ActivityReport) -> Response:
     await plane.report_activity([Activity(**a.model_dump()) for a in report.activity])

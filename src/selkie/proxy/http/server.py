@@ -246,6 +246,7 @@ class HttpFront:
         client = request.client.host if request.client else "local"
         access = None
         if target is not None:
+            target = await self.connector.resolve(target)
             access = await self.connector.control.get_access(target.endpoint_id, target.role)
         stage1 = auth.verify_cleartext(password.encode(), access.password_hash) if access else None
         if target is None or access is None or stage1 is None:
