@@ -144,8 +144,9 @@ def endpoints_create(
     config: ConfigOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """An endpoint on a branch (a branch has at most one of each type). It starts on its
-    first connection or with `selkie endpoints start`."""
+    """An endpoint on a branch: one read_write, any number of read_only (fed by the
+    safekeeper; `<branch_id>-ro.<role>` spreads clients over them). It starts on its first
+    connection or with `selkie endpoints start`."""
     pid = project_id(None, project_opt)
     spec: dict[str, Any] = {
         "type": type.value,

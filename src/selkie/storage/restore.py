@@ -49,7 +49,7 @@ from selkie.compute.mariadb import COMPUTE_SERVER_ID
 from selkie.errors import ArchiveError, InvalidInput, ObjectMissing, StorageError
 from selkie.storage.deltas import materialize_image
 from selkie.storage.images import INITIAL, ImageRef, list_images
-from selkie.storage.replay import Tools, replay_server
+from selkie.storage.replay import ReplayServer, Tools, replay_server
 
 log = logging.getLogger(__name__)
 
@@ -181,32 +181,12 @@ async def restore(
     seq = image.seq
     async with replay_server(staging, tools) as server:
         for (step_ref, step_target), chain in zip(steps, chains, strict=True):
-            sources: list[tuple[str, Tail | None]] = [(key, None) for key in chain]
             local = (
                 tail
                 if step_ref == ref
                 else (await tail_of(step_ref) if tail_of is not None else None)
             )
-            if local is not None:
-                sources.append(("the safekeeper's local log", local))
-            # Every transaction up to the target, checked to follow one another, into relay
-            # logs (one per archive object: memory holds one object at a time).
-            for name, records_of in sources:
-                if records_of is None:
-                    try:
-                        fde, records, _ = segments.decode(
-                            segments.decompress(await archive.get(name))
-                        )
-                    except SegmentError as exc:
-                        raise ObjectMissing(f"archive object {name} is corrupt: {exc}") from exc
-                else:
-                    fde, records = records_of
-                take, reached = _admitted(name, records, seq, step_target)
-                if take:
-                    await asyncio.to_thread(server.add_relay_log, fde, [r.events for r in take])
-                    seq = take[-1].seq
-                if reached:
-                    break
+            seq = await _feed(archive, server, step_ref, step_target, chain, local, seq)
             point = step_target.until_seq
             if step_ref != ref and point is not None and seq != point:
                 raise ObjectMissing(
@@ -239,6 +219,60 @@ async def restore(
         len(steps),
     )
     return Restored(base_seq=image.seq, seq=seq, replayed=replayed, image_key=image.key)
+
+
+# How many times a restore lists a timeline's log again when an object it listed is gone
+# (the safekeeper replaces the pieces of a segment with the whole segment, then deletes them).
+RELISTS = 3
+
+
+async def _feed(
+    archive: Archive,
+    server: ReplayServer,
+    ref: TimelineRef,
+    target: Target,
+    chain: list[str],
+    local: Tail | None,
+    seq: int,
+) -> int:
+    """Every transaction of the timeline after ``seq`` up to the target, checked to follow
+    one another, into the server's relay logs (one per archive object: memory holds one
+    object at a time); the last one's sequence number."""
+    relists = 0
+    while True:
+        try:
+            for name in chain:
+                try:
+                    fde, records, _ = segments.decode(segments.decompress(await archive.get(name)))
+                except SegmentError as exc:
+                    raise StorageError(f"archive object {name} is corrupt: {exc}") from exc
+                seq, reached = await _relay(server, name, fde, records, seq, target)
+                if reached:
+                    return seq
+            break
+        except ObjectMissing:
+            if relists >= RELISTS:
+                raise
+            relists += 1
+            chain = await wal_chain(archive, ref, seq)  # from where it got to
+    if local is not None:
+        seq, _ = await _relay(server, "the safekeeper's local log", *local, seq, target)
+    return seq
+
+
+async def _relay(
+    server: ReplayServer,
+    name: str,
+    fde: bytes,
+    records: list[Record],
+    seq: int,
+    target: Target,
+) -> tuple[int, bool]:
+    take, reached = _admitted(name, records, seq, target)
+    if take:
+        await asyncio.to_thread(server.add_relay_log, fde, [r.events for r in take])
+        seq = take[-1].seq
+    return seq, reached
 
 
 def _admitted(
