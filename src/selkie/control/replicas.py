@@ -150,41 +150,30 @@ class Replicas:
             raise ComputeError(f"read-only compute {endpoint_id}: its branch has no history")
         creds = self.binlogs.credentials(row.id)
         host, port = address
-        ((slave_pos,), (binlog_pos,)) = [
-            r[0]
-            for r in await self.driver.execute(
-                endpoint_id, ["SELECT @@gtid_slave_pos", "SELECT @@gtid_binlog_pos"]
-            )
-        ]
-        statements = ["STOP SLAVE"]
-        if not slave_pos:
-            # Its first start: the data holds the timeline up to the restore's position.
-            statements.append(f"SET GLOBAL gtid_slave_pos = '{binlog_pos}'")
-        statements += [
+        target = await self._durable_position(TimelineRef(row.project_id, row.id), row)
+        # One admin connection (the wake's client waits on it): on its first start the data
+        # holds the timeline up to the restore's position (its binary log's), from then on
+        # it goes on from what it applied.
+        statements = [
+            "STOP SLAVE",
+            "SET GLOBAL gtid_slave_pos = "
+            "IF(@@gtid_slave_pos = '', @@gtid_binlog_pos, @@gtid_slave_pos)",
             f"CHANGE MASTER TO MASTER_HOST = '{host}', MASTER_PORT = {port}, "
             f"MASTER_USER = '{creds.user}', MASTER_PASSWORD = '{creds.password}', "
             "MASTER_USE_GTID = slave_pos, MASTER_HEARTBEAT_PERIOD = 1, "
             "MASTER_CONNECT_RETRY = 1",
             "START SLAVE",
+            f"SELECT MASTER_GTID_WAIT('0-{COMPUTE_SERVER_ID}-{target}', {CATCH_UP_TIMEOUT})"
+            if target
+            else "SELECT 0",
         ]
-        await self.driver.execute(endpoint_id, statements)
-        target = await self._durable_position(TimelineRef(row.project_id, row.id), row)
-        if target:
-            ((done,),) = (
-                await self.driver.execute(
-                    endpoint_id,
-                    [
-                        f"SELECT MASTER_GTID_WAIT('0-{COMPUTE_SERVER_ID}-{target}', "
-                        f"{CATCH_UP_TIMEOUT})"
-                    ],
-                    timeout=CATCH_UP_TIMEOUT + 10,
-                )
-            )[0]
-            if str(done) != "0":
-                raise ComputeError(
-                    f"read-only compute {endpoint_id} did not catch up to 0-1-{target} in "
-                    f"{CATCH_UP_TIMEOUT:.0f}s: {await self.status_text(endpoint_id)}"
-                )
+        results = await self.driver.execute(endpoint_id, statements, timeout=CATCH_UP_TIMEOUT + 10)
+        ((done,),) = results[-1]
+        if str(done) != "0":
+            raise ComputeError(
+                f"read-only compute {endpoint_id} did not catch up to 0-1-{target} in "
+                f"{CATCH_UP_TIMEOUT:.0f}s: {await self.status_text(endpoint_id)}"
+            )
         return target
 
     async def _durable_position(self, ref: TimelineRef, row: TimelineRow) -> int:
