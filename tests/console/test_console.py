@@ -188,6 +188,19 @@ def test_sign_in_projects_branch_state_and_sql(browser, up: Up) -> None:  # type
     )
     _shot(d, up, "project")
 
+    # A read-only endpoint is tagged in the tree, and its branch gets a read-pool address.
+    branch_id = up.api.get(f"/v1/projects/{up.project_id}/branches").json()["branches"]
+    main_id = next(b["id"] for b in branch_id if b["default"])
+    made = up.api.post(
+        f"/v1/projects/{up.project_id}/endpoints",
+        json={"endpoint": {"branch_id": main_id, "type": "read_only"}},
+    )
+    assert made.status_code in (200, 201), made.text
+    read_only_id = made.json()["endpoint"]["id"]
+    d.get(f"{up.url}/console/projects/{up.project_id}")
+    assert "read-only" in _text(d, f"#endpoint-{read_only_id}")
+    assert f"{main_id}-ro." in _text(d, f"#uri-read-pool-{main_id}")
+
     # Suspend the demo endpoint: the state changes on the page without a reload.
     endpoint_id = up.user.split(".")[0]
     _click(d, f"#start-{endpoint_id}")

@@ -14,6 +14,7 @@ from selkie.model import (
     Branch,
     Endpoint,
     EndpointState,
+    EndpointType,
     OperationAction,
     Principal,
     SuspendTier,
@@ -80,6 +81,7 @@ def project(console: Console, who: Principal, project_id: str) -> dict[str, Any]
         uris: dict[str, str] = {}
         if eps and roles and dbs:
             owner = next((r.name for r in roles if r.name == dbs[0].owner_name), roles[0].name)
+            primary = next((e for e in eps if e.type is EndpointType.READ_WRITE), eps[0])
             for pooled in (False, True):
                 uri = ctl.connections.uri(
                     who,
@@ -87,10 +89,13 @@ def project(console: Console, who: Principal, project_id: str) -> dict[str, Any]
                     role_name=owner,
                     database_name=dbs[0].name,
                     branch_id=b.id,
-                    endpoint_id=eps[0].id,
+                    endpoint_id=primary.id,
                     pooled=pooled,
                 )
                 uris["pooled" if pooled else "direct"] = uri.connection_uri
+            if any(e.type is EndpointType.READ_ONLY for e in eps):
+                # The branch's read pool: its read-only endpoints together.
+                uris["read-pool"] = uris["direct"].replace(primary.id, f"{b.id}-ro", 1)
         by_branch[b.id] = {"roles": roles, "databases": dbs, "endpoints": eps, "uris": uris}
     operations = list(ctl.operations.list(who, project_id, cursor=None, limit=25).items)
     return {
