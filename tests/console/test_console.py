@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,6 +201,23 @@ def test_sign_in_projects_branch_state_and_sql(browser, up: Up) -> None:  # type
     d.get(f"{up.url}/console/projects/{up.project_id}")
     assert "read-only" in _text(d, f"#endpoint-{read_only_id}")
     assert f"{main_id}-ro." in _text(d, f"#uri-read-pool-{main_id}")
+    # Its page says where its replication stands, asked of its server once it runs.
+    d.get(f"{up.url}/console/projects/{up.project_id}/endpoints/{read_only_id}")
+    assert "suspended" in _text(d, "#replication")
+    started = up.api.post(f"/v1/projects/{up.project_id}/endpoints/{read_only_id}/start")
+    assert started.status_code < 300, started.text
+    for _ in range(120):
+        ep = up.api.get(f"/v1/projects/{up.project_id}/endpoints/{read_only_id}").json()
+        if ep["endpoint"]["current_state"] in ("active", "failed"):
+            break
+        time.sleep(0.25)
+    assert ep["endpoint"]["current_state"] == "active", ep
+    # Caught up (the primary has not run yet: nothing to replay, replayed_lsn null).
+    assert ep["endpoint"]["replication_lag_seconds"] == 0, ep
+    d.get(f"{up.url}/console/projects/{up.project_id}/endpoints/{read_only_id}")
+    assert "replayed up to" in _text(d, "#replication")
+    assert "0 s behind" in _text(d, "#replication").replace("0.0 s", "0 s")
+    d.get(f"{up.url}/console/projects/{up.project_id}")
 
     # Suspend the demo endpoint: the state changes on the page without a reload.
     endpoint_id = up.user.split(".")[0]

@@ -4,6 +4,7 @@ session's CSRF token, acts through the services as the signed-in key, and redire
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -18,8 +19,8 @@ from selkie.api.console.app import Seat, console_of, page, redirect
 from selkie.api.console.sessions import COOKIE, PRE_COOKIE, same_token
 from selkie.api.console.sql import run_sql
 from selkie.api.deps import ID_PATTERN, NAME_PATTERN, spend
-from selkie.errors import Forbidden, InvalidInput, RateLimited, Unauthorized
-from selkie.model import OperationAction
+from selkie.errors import Forbidden, InvalidInput, RateLimited, SelkieError, Unauthorized
+from selkie.model import EndpointType, OperationAction
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -188,7 +189,15 @@ async def create_branch(request: Request, project_id: Id) -> Response:
 @router.get("/projects/{project_id}/endpoints/{endpoint_id}")
 @page
 async def endpoint(request: Request, project_id: Id, endpoint_id: Id) -> Response:
-    return await show(request, "endpoint.html", views.endpoint, project_id, endpoint_id)
+    console = console_of(request)
+    seat = console.seat(request)
+    data = await run_in_threadpool(views.endpoint, console, seat.who, project_id, endpoint_id)
+    provider = getattr(request.app.state, "replication", None)
+    if data["endpoint"].type is EndpointType.READ_ONLY and provider is not None:
+        # Asked of its running compute's server (nothing while it is suspended).
+        with contextlib.suppress(SelkieError):
+            data["replication"] = await provider(endpoint_id)
+    return console.render("endpoint.html", seat, **data)
 
 
 @router.get("/projects/{project_id}/endpoints/{endpoint_id}/state")
