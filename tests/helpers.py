@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,15 @@ import httpx
 import pymysql
 
 SELKIE = [sys.executable, "-m", "selkie.cli"]
+
+
+def seed_template(template: Path, data_dir: Path) -> None:
+    """``data_dir`` starts with a copy of ``template`` (the session's template_datadir, see
+    tests/conftest.py): its platform makes no template of its own."""
+    target = data_dir / "template"
+    if not target.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(template, target, symlinks=True)
 
 
 def free_port() -> int:
