@@ -92,7 +92,10 @@ def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
-def selkie_env(tmp_path: Path) -> dict[str, str]:
+def selkie_env(tmp_path: Path, template: Path | None = None) -> dict[str, str]:
+    """The environment of a `selkie` process on its own data dir and ports; with
+    ``template`` (the session's template_datadir) the data dir starts with a copy of it, so
+    the first start runs no mariadb-install-db."""
     port = free_port()
     e = {k: v for k, v in os.environ.items() if not k.startswith("SELKIE_")}
     e.update(
@@ -103,6 +106,8 @@ def selkie_env(tmp_path: Path) -> dict[str, str]:
         SELKIE_API_URL=f"http://127.0.0.1:{port}",
         COLUMNS="200",
     )
+    if template is not None:
+        seed_template(template, tmp_path / "data")
     return e
 
 
