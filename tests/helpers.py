@@ -25,7 +25,17 @@ def seed_template(template: Path, data_dir: Path) -> None:
     target = data_dir / "template"
     if not target.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(template, target, symlinks=True)
+        shutil.copytree(template, target, symlinks=True, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # A hard link: Selkie only ever copies a template (into a branch's datadir), never
+    # writes one, so the links save 50 MB of writes a platform. Another filesystem (an
+    # XFS image) gets a copy.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def free_port() -> int:
