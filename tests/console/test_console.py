@@ -166,6 +166,8 @@ def test_sign_in_projects_branch_state_and_sql(browser, up: Up) -> None:  # type
     d.get(f"{up.url}/console")
     assert d.current_url.endswith("/console/sign-in")  # no session yet
     _sign_in(d, up, "not-a-key")
+    # The click may return before the form's post has come back: wait for its page.
+    _wait(d, lambda d: _text(d, "#error"))
     assert "not valid" in _text(d, "#error")
     _shot(d, up, "sign-in")
     _sign_in(d, up, up.key)
