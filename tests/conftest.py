@@ -97,7 +97,7 @@ def pytest_asyncio_loop_factories(
 @pytest.fixture(scope="session")
 def template_datadir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One template datadir made by mariadb-install-db for the whole test session; each
-    platform's data dir gets a copy (see seed_template) instead of running it again."""
+    platform's data dir gets a copy (tests.helpers.seed_template) instead of running it again."""
     import asyncio
     import shutil as _shutil
 
@@ -107,15 +107,6 @@ def template_datadir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         need_service("MariaDB server binaries", "mariadb-install-db not found")
     root = tmp_path_factory.mktemp("template")
     return asyncio.run(LocalStorage(data_dir=root).ensure_template())
-
-
-def seed_template(template: Path, data_dir: Path) -> None:
-    import shutil as _shutil
-
-    target = data_dir / "template"
-    if not target.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        _shutil.copytree(template, target, symlinks=True)
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ from selkie.config import load_settings
 from selkie.control import Created
 from selkie.model import OperationAction, OperationStatus, Principal
 from selkie.platform import Platform
-from tests.conftest import need_service, seed_template
-from tests.helpers import free_port
+from tests.conftest import need_service
+from tests.helpers import free_port, seed_template
 
 
 def require_mariadb() -> None:

@@ -89,6 +89,8 @@ def seaweedfs(weed: str, workdir: Path) -> Iterator[S3Server]:
         "-ip.bind=127.0.0.1",
         f"-master.port={ports['master']}",
         f"-master.port.grpc={grpc['master']}",
+        # One master: no leader election to wait out (about a second, more on a busy box).
+        "-master.peers=none",
         f"-volume.port={ports['volume']}",
         f"-volume.port.grpc={grpc['volume']}",
         f"-filer.port={ports['filer']}",

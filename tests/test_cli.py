@@ -20,6 +20,8 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_up_cli_and_curl_and_restart(env: dict[str, str], tmp_path: Path) -> None:
+    # An empty data dir, as on a fresh machine: `selkie up` makes its own template datadir
+    # (every other test starts from a copy of the session's).
     log = tmp_path / "up.log"
     with selkie_up(env, log) as proc:
         text = log.read_text()
@@ -146,7 +148,8 @@ def test_api_keys_create_for_an_org_and_admin(env: dict[str, str]) -> None:
     assert admin_key.startswith("selkie_")
 
 
-def test_branches_from_the_cli(env: dict[str, str], tmp_path: Path) -> None:
+def test_branches_from_the_cli(tmp_path: Path, template_datadir: Path) -> None:
+    env = selkie_env(tmp_path, template_datadir)
     log = tmp_path / "up.log"
     with selkie_up(env, log) as proc:
         env["SELKIE_API_KEY"] = first_key(log)

@@ -5,13 +5,19 @@ nothing is changed."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from selkie.api.app import create_app
-from tests.conftest import Tenant
+from selkie.config import load_settings
+from selkie.control import Control
+from selkie.control.bootstrap import local_principal
+from selkie.store import Store
+from tests.conftest import Tenant, make_tenant
 
 BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/projects"): {"project": {"name": "intruder"}},
@@ -78,8 +84,7 @@ def _fill_body(body: Any, ids: dict[str, str]) -> Any:
     return body
 
 
-@pytest.fixture
-def victim(other_tenant: Tenant) -> dict[str, str]:
+def make_victim(other_tenant: Tenant) -> dict[str, str]:
     """An organization's full set of objects, whose ids the intruder knows."""
     c = other_tenant.client
     body = c.post("/v1/projects", json={"project": {"name": "victim"}}).json()
@@ -99,6 +104,27 @@ def victim(other_tenant: Tenant) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def victim(other_tenant: Tenant) -> dict[str, str]:
+    return make_victim(other_tenant)
+
+
+@pytest.fixture(scope="module")
+def walked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """A client without a key and a victim's ids, shared by the 401 walk over every route:
+    each of its requests is refused (every test asserts so), so none changes what the next
+    one finds, and the walk makes one state store instead of one a route."""
+    data = tmp_path_factory.mktemp("tenancy") / "data"
+    settings = load_settings(environ={"SELKIE_DATA_DIR": str(data)})
+    store = Store(settings.effective_database_url)
+    control = Control.open(store, settings)
+    ids = make_victim(make_tenant(control, local_principal(control), "other"))
+    try:
+        yield TestClient(create_app(control), raise_server_exceptions=False), ids
+    finally:
+        store.close()
+
+
 def test_the_walk_covers_the_issue_routes() -> None:
     assert len(ROUTES) >= 30
     for expected in [
@@ -111,7 +137,8 @@ def test_the_walk_covers_the_issue_routes() -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
-def test_no_key_is_401(anonymous, victim: dict[str, str], method: str, path: str) -> None:  # type: ignore[no-untyped-def]
+def test_no_key_is_401(walked: tuple[TestClient, dict[str, str]], method: str, path: str) -> None:
+    anonymous, victim = walked
     url = _fill(path, victim)
     body = _fill_body(BODIES.get((method, path)), victim)
     for headers in (

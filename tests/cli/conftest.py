@@ -14,7 +14,6 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from selkie.cli import app
-from tests.conftest import seed_template
 from tests.helpers import first_key, selkie_env, selkie_up
 from tests.platforms import require_mariadb
 
@@ -53,8 +52,7 @@ class Cli:
 def cli(tmp_path_factory: pytest.TempPathFactory, template_datadir: Path) -> Iterator[Cli]:
     require_mariadb()
     tmp = tmp_path_factory.mktemp("cli")
-    env = selkie_env(tmp)
-    seed_template(template_datadir, Path(env["SELKIE_DATA_DIR"]))
+    env = selkie_env(tmp, template_datadir)
     log = tmp / "up.log"
     with selkie_up(env, log):
         env["SELKIE_API_KEY"] = first_key(log)

@@ -95,9 +95,9 @@ class Up:
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+def up(tmp_path_factory: pytest.TempPathFactory, template_datadir: Path) -> Iterator[Up]:
     tmp = tmp_path_factory.mktemp("compat")
-    env = selkie_env(tmp)
+    env = selkie_env(tmp, template_datadir)
     log = tmp / "selkie.log"
     with selkie_up(env, log):
         text = log.read_text()

@@ -16,7 +16,8 @@ from selkie.compute.identity import choose
 from selkie.config import load_settings
 from selkie.control.bootstrap import local_principal
 from selkie.platform import Platform
-from tests.conftest import mysql_user, seed_template
+from tests.conftest import mysql_user
+from tests.helpers import seed_template
 from tests.platforms import require_mariadb, sql
 
 

@@ -52,10 +52,10 @@ class Up:
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+def up(tmp_path_factory: pytest.TempPathFactory, template_datadir: Path) -> Iterator[Up]:
     _need_browser()
     tmp = tmp_path_factory.mktemp("console")
-    env = selkie_env(tmp)
+    env = selkie_env(tmp, template_datadir)
     log = tmp / "selkie.log"
     with selkie_up(env, log):
         text = log.read_text()
@@ -167,6 +167,8 @@ def test_sign_in_projects_branch_state_and_sql(browser, up: Up) -> None:  # type
     d.get(f"{up.url}/console")
     assert d.current_url.endswith("/console/sign-in")  # no session yet
     _sign_in(d, up, "not-a-key")
+    # The click may return before the form's post has come back: wait for its page.
+    _wait(d, lambda d: _text(d, "#error"))
     assert "not valid" in _text(d, "#error")
     _shot(d, up, "sign-in")
     _sign_in(d, up, up.key)

@@ -78,8 +78,10 @@ async def test_kill_9_during_inserts_loses_no_acknowledged_row(
     assert len(acked) >= 300
 
 
-def test_kill_9_of_selkie_up_leaves_nothing_unaccounted(tmp_path: Path) -> None:
-    env = selkie_env(tmp_path)
+def test_kill_9_of_selkie_up_leaves_nothing_unaccounted(
+    tmp_path: Path, template_datadir: Path
+) -> None:
+    env = selkie_env(tmp_path, template_datadir)
     log = tmp_path / "up.log"
     data_dir = Path(env["SELKIE_DATA_DIR"])
     with selkie_up(env, log) as proc:

@@ -208,9 +208,9 @@ async def test_warm_off_suspends_cold(platform: Platform) -> None:
     assert not (await platform.driver.inspect(ep)).running
 
 
-def test_kill_9_of_selkie_up_leaves_nothing_frozen(tmp_path: Path) -> None:
+def test_kill_9_of_selkie_up_leaves_nothing_frozen(tmp_path: Path, template_datadir: Path) -> None:
     cgroups = need_freezer()
-    env = selkie_env(tmp_path)
+    env = selkie_env(tmp_path, template_datadir)
     log = tmp_path / "up.log"
     data_dir = Path(env["SELKIE_DATA_DIR"])
     with selkie_up(env, log) as proc:

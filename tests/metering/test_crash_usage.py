@@ -38,8 +38,8 @@ def wait_state(api: httpx.Client, path: str, state: str, timeout: float = 60) ->
     raise AssertionError(f"{path} never became {state}")
 
 
-def test_usage_survives_kill_9_of_selkie(tmp_path: Path) -> None:
-    env = selkie_env(tmp_path)
+def test_usage_survives_kill_9_of_selkie(tmp_path: Path, template_datadir: Path) -> None:
+    env = selkie_env(tmp_path, template_datadir)
     log = tmp_path / "up.log"
     data_dir = Path(env["SELKIE_DATA_DIR"])
     with selkie_up(env, log) as proc:

@@ -60,12 +60,12 @@ async def test_three_results_are_answered_at_once(db: Db) -> None:
 
 
 async def test_a_database_changed_inside_a_request_does_not_reach_the_next(
-    tmp_path: Path,
+    tmp_path: Path, template_datadir: Path
 ) -> None:
     """`SELECT 1; USE zother` moves the backend's session to another database; the next
     request on that backend must still start in its own (security review, issue 26 item
     10: it ran in `zother`)."""
-    p = await pooled_platform(tmp_path, cap=1)
+    p = await pooled_platform(tmp_path, template_datadir, cap=1)
     try:
         db = await pooled_db(p)
         who = local_principal(p.control)

@@ -127,9 +127,9 @@ async def test_requests_share_the_pool_and_leave_nothing_behind(db: Db) -> None:
 
 
 async def test_many_callers_share_few_backends_and_a_full_pool_answers_429(
-    tmp_path: Path,
+    tmp_path: Path, template_datadir: Path
 ) -> None:
-    p = await pooled_platform(tmp_path, cap=2)
+    p = await pooled_platform(tmp_path, template_datadir, cap=2)
     try:
         db = await pooled_db(p)
         async with client(db) as c:

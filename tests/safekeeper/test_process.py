@@ -134,11 +134,13 @@ def _safekeeper(tmp_path: Path, key: str, token: str) -> Iterator[dict[str, str]
         yield env
 
 
-def test_a_safekeeper_process_keeps_and_serves_a_sync_project(tmp_path: Path) -> None:
+def test_a_safekeeper_process_keeps_and_serves_a_sync_project(
+    tmp_path: Path, template_datadir: Path
+) -> None:
     key, token = secrets.token_hex(32), secrets.token_hex(32)
     with _safekeeper(tmp_path, key, token) as sk_env:
         binlog_port = int(sk_env["SELKIE_SAFEKEEPER_LISTEN"].rsplit(":", 1)[1])
-        env = selkie_env(tmp_path)
+        env = selkie_env(tmp_path, template_datadir)
         env.update(
             SELKIE_DATABASE_URL=f"sqlite:///{tmp_path / 'state.db'}",
             SELKIE_ARCHIVE_URL=sk_env["SELKIE_ARCHIVE_URL"],

@@ -19,8 +19,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from selkie.store.tables import OperationRow, UsageEventRow
-from tests.conftest import seed_template
-from tests.helpers import free_port, mariadbd_processes, run, selkie_process
+from tests.helpers import free_port, mariadbd_processes, run, seed_template, selkie_process
 from tests.platforms import require_mariadb
 
 pytestmark = pytest.mark.timeout(300)

@@ -53,8 +53,10 @@ def switch_to_sync(api: Any, project_id: str, endpoint_id: str) -> None:
 
 # Created sync is tested over TCP (the harder path); "switched_to_sync" over the socket.
 @pytest.mark.parametrize("durability", ["async", "switched_to_sync", "sync_over_tcp"])
-def test_a_lost_data_dir_is_rebuilt_from_the_archive(tmp_path: Path, durability: str) -> None:
-    env = selkie_env(tmp_path)
+def test_a_lost_data_dir_is_rebuilt_from_the_archive(
+    tmp_path: Path, template_datadir: Path, durability: str
+) -> None:
+    env = selkie_env(tmp_path, template_datadir)
     env["SELKIE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'state' / 'selkie.db'}"
     env["SELKIE_ARCHIVE_URL"] = f"file://{tmp_path / 'archive'}"
     if durability == "sync_over_tcp":

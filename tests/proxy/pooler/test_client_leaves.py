@@ -23,13 +23,7 @@ from pymysql.constants import CLIENT, COMMAND
 from selkie.platform import Platform
 from tests.proxy.conftest import Db
 from tests.proxy.pooler.test_lane import platform, require_lane
-from tests.proxy.pooler.test_pool import (
-    _template,  # noqa: F401 - autouse
-    conn,
-    pool,
-    pooled_db,
-    q,
-)
+from tests.proxy.pooler.test_pool import conn, pool, pooled_db, q
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,13 +32,15 @@ MULTI = "SELECT 1; " + BIG
 
 
 @pytest.fixture
-async def db(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Db]:
+async def db(
+    tmp_path: Path, template_datadir: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Db]:
     """A pooled endpoint with two backends; ``auto`` (the fast lane for plaintext) or
     ``python`` as ``proxy_relay``."""
     relay = getattr(request, "param", "auto")
     if relay != "python":
         require_lane()
-    p: Platform = await platform(tmp_path, cap=2, wait=20, relay=relay)
+    p: Platform = await platform(tmp_path, template_datadir, cap=2, wait=20, relay=relay)
     try:
         yield await pooled_db(p)
     finally:

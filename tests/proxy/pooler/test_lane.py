@@ -21,17 +21,10 @@ from pymysql.constants import CLIENT
 from selkie.config import load_settings
 from selkie.platform import Platform
 from selkie.proxy.pooler import lane
-from tests.helpers import free_port
+from tests.helpers import free_port, seed_template
 from tests.platforms import require_mariadb
 from tests.proxy.conftest import Db
-from tests.proxy.pooler.test_pool import (
-    _template,  # noqa: F401 - autouse
-    conn,
-    connector_conn,
-    pool,
-    pooled_db,
-    q,
-)
+from tests.proxy.pooler.test_pool import conn, connector_conn, pool, pooled_db, q
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,8 +36,11 @@ def require_lane() -> None:
         pytest.skip("the fast lane is not built here")
 
 
-async def platform(tmp_path: Path, *, cap: int, wait: float, relay: str) -> Platform:
+async def platform(
+    tmp_path: Path, template: Path, *, cap: int, wait: float, relay: str
+) -> Platform:
     require_mariadb()
+    seed_template(template, tmp_path / "data")  # a copy, not a mariadb-install-db per test
     p = Platform.open(
         load_settings(
             environ={
@@ -63,12 +59,12 @@ async def platform(tmp_path: Path, *, cap: int, wait: float, relay: str) -> Plat
 
 @asynccontextmanager
 async def lane_db(
-    tmp_path: Path, *, cap: int, wait: float, relay: str = "auto"
+    tmp_path: Path, template: Path, *, cap: int, wait: float, relay: str = "auto"
 ) -> AsyncIterator[Db]:
     """A pooled project on a platform of its own (``platform``), stopped after."""
     if relay != "python":
         require_lane()
-    p = await platform(tmp_path, cap=cap, wait=wait, relay=relay)
+    p = await platform(tmp_path, template, cap=cap, wait=wait, relay=relay)
     try:
         yield await pooled_db(p)
     finally:
@@ -77,10 +73,13 @@ async def lane_db(
 
 
 @pytest.fixture
-async def db(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Db]:
+async def db(
+    tmp_path: Path, template_datadir: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Db]:
     marker = request.node.get_closest_marker("backends")
     cap = marker.args[0] if marker else 1
-    async with lane_db(tmp_path, cap=cap, wait=1, relay=getattr(request, "param", "auto")) as db:
+    relay = getattr(request, "param", "auto")
+    async with lane_db(tmp_path, template_datadir, cap=cap, wait=1, relay=relay) as db:
         yield db
         assert_lane_sound(db)
 

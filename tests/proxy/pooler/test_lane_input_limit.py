@@ -25,13 +25,7 @@ from selkie.mysql.stream import frame
 from tests.proxy.conftest import Db
 from tests.proxy.pooler.test_client_leaves import settled
 from tests.proxy.pooler.test_lane import lane_db
-from tests.proxy.pooler.test_pool import (
-    _template,  # noqa: F401 - autouse
-    conn,
-    pool,
-    q,
-    raw_pooled,
-)
+from tests.proxy.pooler.test_pool import conn, pool, q, raw_pooled
 from tests.proxy.test_fuzz import recv_packet
 
 pytestmark = pytest.mark.timeout(300)
@@ -45,8 +39,8 @@ PIPELINED_COUNT = 17_000  # about 66 MiB of commands
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Db]:
-    async with lane_db(tmp_path, cap=2, wait=20) as db:
+async def db(tmp_path: Path, template_datadir: Path) -> AsyncIterator[Db]:
+    async with lane_db(tmp_path, template_datadir, cap=2, wait=20) as db:
         yield db
 
 

@@ -21,10 +21,7 @@ import pytest
 from tests.proxy.conftest import Db
 from tests.proxy.pooler.test_lane import lane_db
 from tests.proxy.pooler.test_lane_input_limit import other_core_busy
-from tests.proxy.pooler.test_pool import (
-    _template,  # noqa: F401 - autouse
-    pool,
-)
+from tests.proxy.pooler.test_pool import pool
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -91,9 +88,9 @@ print(json.dumps({"done": len(done), "errors": errors[:10]}))
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Db]:
+async def db(tmp_path: Path, template_datadir: Path) -> AsyncIterator[Db]:
     # A client may wait a long time for one of twenty backends under this crowd.
-    async with lane_db(tmp_path, cap=BACKENDS, wait=120) as db:
+    async with lane_db(tmp_path, template_datadir, cap=BACKENDS, wait=120) as db:
         yield db
 
 

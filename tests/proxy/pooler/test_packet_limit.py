@@ -13,7 +13,7 @@ import pytest
 from selkie.mysql.packets import parse_err
 from selkie.mysql.stream import frame
 from tests.proxy.conftest import Db
-from tests.proxy.pooler.test_pool import TEMPLATE, pooled_db, pooled_platform, raw_pooled
+from tests.proxy.pooler.test_pool import pooled_db, pooled_platform, raw_pooled
 from tests.proxy.test_fuzz import recv_packet
 
 pytestmark = pytest.mark.timeout(120)
@@ -21,8 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 async def db(tmp_path: Path, template_datadir: Path) -> AsyncIterator[Db]:
-    TEMPLATE[:] = [template_datadir]
-    p = await pooled_platform(tmp_path, cap=2)
+    p = await pooled_platform(tmp_path, template_datadir, cap=2)
     try:
         yield await pooled_db(p)
     finally:

@@ -24,22 +24,19 @@ from selkie.control.bootstrap import local_principal
 from selkie.mysql.stream import frame
 from selkie.platform import Platform
 from selkie.proxy.pooler.pool import EndpointPool
-from tests.helpers import free_port
+from tests.helpers import free_port, seed_template
 from tests.platforms import require_mariadb
 from tests.proxy.conftest import Db
 from tests.proxy.test_fuzz import login, recv_packet
 
 pytestmark = pytest.mark.timeout(300)
-TEMPLATE: list[Path] = []
 
 
-@pytest.fixture(autouse=True)
-def _template(template_datadir: Path) -> None:
-    TEMPLATE[:] = [template_datadir]
-
-
-async def pooled_platform(tmp_path: Path, cap: int) -> Platform:
+async def pooled_platform(tmp_path: Path, template: Path, *, cap: int) -> Platform:
+    """A platform with its proxy, its pooler capped at ``cap`` backends; its data dir starts
+    from a copy of ``template`` (the session's template_datadir): no mariadb-install-db."""
     require_mariadb()
+    seed_template(template, tmp_path / "data")
     settings = load_settings(
         environ={
             "SELKIE_DATA_DIR": str(tmp_path / "data"),
@@ -69,11 +66,13 @@ async def pooled_db(p: Platform, mode: str = "transaction") -> Db:
 
 
 @pytest.fixture
-async def db(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Db]:
+async def db(
+    tmp_path: Path, template_datadir: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Db]:
     """A pooled endpoint with two backends, or as many as ``@pytest.mark.backends(n)`` says
     (one: every client shares the same backend)."""
     marker = request.node.get_closest_marker("backends")
-    p = await pooled_platform(tmp_path, cap=marker.args[0] if marker else 2)
+    p = await pooled_platform(tmp_path, template_datadir, cap=marker.args[0] if marker else 2)
     try:
         yield await pooled_db(p)
     finally:
@@ -117,8 +116,8 @@ def in_use(db: Db) -> int:
 # --- multiplexing under load ------------------------------------------------------------------
 
 
-async def test_1000_clients_over_20_backends(tmp_path: Path) -> None:
-    p = await pooled_platform(tmp_path, cap=20)
+async def test_1000_clients_over_20_backends(tmp_path: Path, template_datadir: Path) -> None:
+    p = await pooled_platform(tmp_path, template_datadir, cap=20)
     try:
         db = await pooled_db(p)
         setup = await asyncio.to_thread(conn, db)
@@ -702,10 +701,12 @@ async def test_clients_beyond_the_cap_wait_then_get_a_clear_error(db: Db) -> Non
 @pytest.mark.parametrize(
     ("mode", "tier"), [("transaction", "cold"), ("session", "cold"), ("transaction", "warm")]
 )
-async def test_idle_session_survives_a_suspend(tmp_path: Path, mode: str, tier: str) -> None:
+async def test_idle_session_survives_a_suspend(
+    tmp_path: Path, template_datadir: Path, mode: str, tier: str
+) -> None:
     # Cold: the compute is stopped and started again; warm: frozen and thawed (where the
     # machine has a freezer; elsewhere a warm suspend is a cold one).
-    p = await pooled_platform(tmp_path, cap=2)
+    p = await pooled_platform(tmp_path, template_datadir, cap=2)
     if tier == "cold":
         p.lifecycle.warm_seconds = 0
     try:
