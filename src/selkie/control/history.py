@@ -78,6 +78,10 @@ T = TypeVar("T")
 PRUNE_EVERY = timedelta(minutes=10)
 # After a failed hot base image, the next try waits this long (seconds).
 HOT_IMAGE_RETRY = 60.0
+# A suspend's base image begins this long after the stop (seconds): a branch made of the
+# parent right after its suspend clones files the image is not reading meanwhile (the
+# clone waits on each file's readers), and a wake that comes soon finds none to cancel.
+SUSPEND_IMAGE_DELAY = 2.0
 
 
 @dataclass
@@ -125,6 +129,7 @@ class History:
         self.metrics = HistoryMetrics()
         self.retention = Retention(store=store, archive=archive, chunks=self.chunks)
         self._images: dict[str, asyncio.Task[None]] = {}
+        self._hurry = asyncio.Event()
         self._caches: dict[str, ImageCache] = {}
         # The (timeline, seq) of the last image made per branch: a suspend with nothing new
         # since makes none.
@@ -239,11 +244,17 @@ class History:
             return
         await cancel(self._images.pop(branch_id, None))
         self._images[branch_id] = spawn(
-            self._image(branch_id, ref, last, SUSPEND), name=f"image-{branch_id}"
+            self._image(branch_id, ref, last, SUSPEND, delay=SUSPEND_IMAGE_DELAY),
+            name=f"image-{branch_id}",
         )
 
-    async def _image(self, branch_id: str, ref: TimelineRef, seq: int, kind: str) -> None:
+    async def _image(
+        self, branch_id: str, ref: TimelineRef, seq: int, kind: str, *, delay: float = 0.0
+    ) -> None:
         try:
+            with contextlib.suppress(TimeoutError):
+                # wait_images() (a shutdown, a test) does not wait out the delay.
+                await asyncio.wait_for(self._hurry.wait(), delay)
             await self.make_image(branch_id, ref, seq, kind=kind)
         except asyncio.CancelledError:
             log.info(
@@ -289,10 +300,15 @@ class History:
         )
 
     async def wait_images(self) -> None:
-        """Until the base images being made are done (tests, benchmarks, shutdown)."""
-        for task in list(self._images.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(task)
+        """Until the base images being made are done (tests, benchmarks, shutdown); those
+        waiting to begin begin now."""
+        self._hurry.set()
+        try:
+            for task in list(self._images.values()):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.shield(task)
+        finally:
+            self._hurry.clear()
 
     # --- branch data -----------------------------------------------------------------------
 

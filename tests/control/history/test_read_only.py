@@ -14,6 +14,7 @@ import pymysql
 import pytest
 
 from selkie.control.bootstrap import local_principal
+from selkie.model import SuspendTier
 from tests.control.history.conftest import (
     finished,
     rows,
@@ -82,6 +83,16 @@ async def test_a_read_only_endpoint_is_fed_by_the_safekeeper_not_its_primary(
         await start(platform, who, pid, second.id)
         assert await rows(platform, second.id, main) == [1, 2, 3, 4]
         assert not (await platform.driver.inspect(primary)).running
+
+        # Frozen (a warm suspend) while the primary commits: its thaw catches up first.
+        await start(platform, who, pid, primary)
+        await platform.lifecycle.suspend(ro.id, warm=True)
+        if platform.driver.supports_freeze:
+            assert platform.lifecycle.get(ro.id).suspend_tier is SuspendTier.WARM
+        await asyncio.to_thread(sql, platform, primary, main, "INSERT INTO t VALUES (5)")
+        await wait_received(platform, primary)
+        await start(platform, who, pid, ro.id)
+        assert await rows(platform, ro.id, main) == [1, 2, 3, 4, 5]
 
         # Deleted, its datadir goes; the primary's is untouched.
         datadir = platform.history.replicas.datadir(second.id)  # type: ignore[union-attr]
