@@ -378,6 +378,27 @@ class KubeApi:
         except NotFound:
             return None
 
+    async def wait_pod(
+        self, selector: str, done: Callable[[Any], bool], what: str, timeout: float
+    ) -> str | None:
+        """Until a pod matching ``selector`` is ``done`` (None), or why it will not be on
+        its own (a crash loop, a bad image) or was not ``what`` in time."""
+        failure: list[str] = []
+
+        def until(kind: str, pod: Any) -> bool:
+            if kind in ("LIST", "DELETED"):
+                return False
+            reason = pod_failure(pod)
+            if reason is not None:
+                failure.append(reason)
+                return True
+            return done(pod)
+
+        ok = await asyncio.to_thread(self.watch_pods, selector, until, timeout)
+        if failure:
+            return failure[0]
+        return None if ok else f"not {what} within {timeout:.0f}s"
+
     def watch_pods(self, selector: str, until: Callable[[str, Any], bool], timeout: float) -> bool:
         """Block until ``until(event_type, pod)`` holds for a pod matching ``selector``:
         first on a list, then on a watch from that list's resourceVersion (nothing is
@@ -445,24 +466,12 @@ class KubernetesDriver(ComputeDriver):
             await self.api.apply(secret)
         for obj in compute_objects(spec, self.ks, replicas=1):
             await self.api.apply(obj)
-        failure: list[str] = []
-
-        def ready(kind: str, pod: Any) -> bool:
-            if kind in ("LIST", "DELETED"):
-                return False
-            reason = pod_failure(pod)
-            if reason is not None:
-                failure.append(reason)
-                return True
-            return _pod_ready(pod)
-
         selector = f"{EP_LABEL}={spec.endpoint_id}"
-        ok = await asyncio.to_thread(self.api.watch_pods, selector, ready, timeout)
-        if ok and not failure:
+        why = await self.api.wait_pod(selector, _pod_ready, "ready", timeout)
+        if why is None:
             return await self.inspect(spec.endpoint_id)
         tail = await asyncio.to_thread(self.error_log_tail, spec.endpoint_id)
         await self.stop(spec.endpoint_id, timeout=self.ks.stop_grace_seconds)
-        why = failure[0] if failure else f"not ready within {timeout:.0f}s"
         raise ComputeError(f"compute {spec.endpoint_id} did not start: {why}\n{tail}".strip())
 
     async def stop(self, endpoint_id: str, *, timeout: float) -> None:

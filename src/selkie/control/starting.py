@@ -127,20 +127,8 @@ class Starting(LifecycleBase):
             await history.before_start(target.branch.id)
             options = {**options, **history.server_options(settings)}
         t1 = self.timer()
-        port_hint = int(ep.compute_address.rsplit(":", 1)[1]) if ep.compute_address else None
-        info = await self.driver.start(
-            ComputeSpec(
-                endpoint_id=ep.id,
-                project_id=ep.project_id,
-                branch_id=ep.branch_id,
-                cu=self._start_cu(ep),
-                datadir=storage.compute_datadir(target.branch.id, ep.id),
-                server_options=options,
-                port_hint=port_hint,
-                binary=self._binary_for(settings),
-                boost=self.settings.compute_startup_boost,
-            ),
-            timeout=self.start_timeout,
+        info = await self._start_server(
+            target, storage.compute_datadir(target.branch.id, ep.id), options
         )
         t2 = self.timer()
         if history is not None:
@@ -168,21 +156,7 @@ class Starting(LifecycleBase):
         t0 = self.timer()
         datadir, options = await history.replicas.prepare(target.branch.id, ep.id)
         t1 = self.timer()
-        port_hint = int(ep.compute_address.rsplit(":", 1)[1]) if ep.compute_address else None
-        info = await self.driver.start(
-            ComputeSpec(
-                endpoint_id=ep.id,
-                project_id=ep.project_id,
-                branch_id=ep.branch_id,
-                cu=self._start_cu(ep),
-                datadir=datadir,
-                server_options=options,
-                port_hint=port_hint,
-                binary=self._binary_for(settings),
-                boost=self.settings.compute_startup_boost,
-            ),
-            timeout=self.start_timeout,
-        )
+        info = await self._start_server(target, datadir, options)
         t2 = self.timer()
         await history.replicas.attach(ep.id, target.branch.id)
         await self._end_boost(ep.id)
@@ -191,6 +165,26 @@ class Starting(LifecycleBase):
             "mariadbd_start_ms": (t2 - t1) * 1000,
             "catch_up_ms": (self.timer() - t2) * 1000,
         }
+
+    async def _start_server(
+        self, target: Target, datadir: Path, options: dict[str, str]
+    ) -> ComputeInfo:
+        ep = target.endpoint
+        port_hint = int(ep.compute_address.rsplit(":", 1)[1]) if ep.compute_address else None
+        return await self.driver.start(
+            ComputeSpec(
+                endpoint_id=ep.id,
+                project_id=ep.project_id,
+                branch_id=ep.branch_id,
+                cu=self._start_cu(ep),
+                datadir=datadir,
+                server_options=options,
+                port_hint=port_hint,
+                binary=self._binary_for(target.project.settings),
+                boost=self.settings.compute_startup_boost,
+            ),
+            timeout=self.start_timeout,
+        )
 
     async def _thaw(self, target: Target) -> tuple[ComputeInfo, dict[str, float]] | None:
         """A warm endpoint's frozen compute, running again: the safekeeper follows it again,

@@ -42,7 +42,6 @@ from selkie.compute.kubernetes import (
     branch_objects,
     compute_name,
     mapped,
-    pod_failure,
     pod_running,
     pvc_name,
     secret_name,
@@ -306,21 +305,9 @@ class KubernetesStorage(StorageDriver):
             await self._delete_pod(name)
 
     async def _wait_running(self, branch_id: str) -> None:
-        failure: list[str] = []
-
-        def running(kind: str, pod: Any) -> bool:
-            if kind in ("LIST", "DELETED"):
-                return False
-            reason = pod_failure(pod)
-            if reason is not None:
-                failure.append(reason)
-                return True
-            return pod_running(pod)
-
         selector = f"{BRANCH_LABEL}={branch_id},{COMPONENT}={FILL_COMPONENT}"
-        ok = await asyncio.to_thread(self.api.watch_pods, selector, running, POD_TIMEOUT)
-        if not ok or failure:
-            why = failure[0] if failure else f"not running within {POD_TIMEOUT:.0f}s"
+        why = await self.api.wait_pod(selector, pod_running, "running", POD_TIMEOUT)
+        if why is not None:
             raise StorageError(f"the fill pod of branch {branch_id} did not start: {why}")
 
     async def _delete_pod(self, name: str) -> None:
