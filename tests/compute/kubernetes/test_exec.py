@@ -40,6 +40,15 @@ def storage(fake: FakeApiServer, scratch: Path) -> KubernetesStorage:
 
 
 async def running_fill_pod(st: KubernetesStorage, branch: str) -> str:
+    """A fill pod running on a new, empty claim of the branch."""
+    await st.api.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": f"selkie-{branch}-data"},
+            "spec": {"accessModes": ["ReadWriteOnce"]},
+        }
+    )
     await st.api.call(
         "create", st.api.core.create_namespaced_pod, NS, fill_pod(branch, NS, "mariadb:11.4")
     )
@@ -51,14 +60,6 @@ async def test_exec_streams_binary_both_ways_and_reports_failures(
     cluster: FakeApiServer, tmp_path: Path
 ) -> None:
     st = storage(cluster, tmp_path / "scratch")
-    await st.api.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "selkie-br-x-data"},
-            "spec": {"accessModes": ["ReadWriteOnce"]},
-        }
-    )
     pod = await running_fill_pod(st, "br-x")
     blob = os.urandom(3 << 20)  # every byte value, many frames
 
@@ -110,14 +111,6 @@ async def test_an_api_server_without_v5_exec_is_refused_before_sending(
     cluster: FakeApiServer, tmp_path: Path
 ) -> None:
     st = storage(cluster, tmp_path / "scratch")
-    await st.api.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "selkie-br-z-data"},
-            "spec": {"accessModes": ["ReadWriteOnce"]},
-        }
-    )
     pod = await running_fill_pod(st, "br-z")
     cluster.exec_protocols = ["v4.channel.k8s.io"]
     with pytest.raises(ComputeError, match=r"v5.channel.k8s.io \(Kubernetes 1.30 or later\)"):
