@@ -11,8 +11,9 @@ checks run in a task of their own: a hung compute never holds up the leader's ti
 
 A read-only compute that failed (it died, or failed its checks) is replaced without
 waiting for a client: started again from its datadir, at most once every
-``replace_every`` seconds each (a read pool sends its new connections elsewhere
-meanwhile). A primary is never started this way: its clients' next connection does it.
+``replace_every`` seconds each, twice as long after each start that failed (up to
+``REPLACE_MAX``; a read pool sends its new connections elsewhere meanwhile). A primary is
+never started this way: its clients' next connection does it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ TIMEOUT = 2.0
 MISSES = 2
 STOP_TIMEOUT = 2.0
 REPLACE_EVERY = 10.0
+REPLACE_MAX = 600.0
 
 
 class Health:
@@ -61,6 +63,8 @@ class Health:
         self.stop_timeout = stop_timeout
         self.replace_every = replace_every
         self._replaced_at: dict[str, float] = {}
+        # Per read-only compute whose last replacement failed: how long until the next.
+        self._replace_wait: dict[str, float] = {}
         self._replacing: set[asyncio.Task[None]] = set()
         self._missed: dict[str, int] = {}
         self._last: datetime | None = None
@@ -100,7 +104,8 @@ class Health:
         await asyncio.gather(*(self._check(endpoint_id) for endpoint_id in active))
         now = time.monotonic()
         for endpoint_id in await asyncio.to_thread(self._failed_read_only):
-            if now - self._replaced_at.get(endpoint_id, -self.replace_every) >= self.replace_every:
+            wait = self._replace_wait.get(endpoint_id, self.replace_every)
+            if now - self._replaced_at.get(endpoint_id, -wait) >= wait:
                 self._replaced_at[endpoint_id] = now
                 task = spawn(self._replace(endpoint_id), name=f"replace-{endpoint_id}")
                 self._replacing.add(task)
@@ -122,7 +127,16 @@ class Health:
         try:
             await self.lifecycle.start(endpoint_id)
         except SelkieError as exc:
-            log.warning("read-only compute %s did not start again: %s", endpoint_id, exc)
+            wait = min(REPLACE_MAX, 2 * self._replace_wait.get(endpoint_id, self.replace_every))
+            self._replace_wait[endpoint_id] = wait
+            log.warning(
+                "read-only compute %s did not start again (next try in %.0f s): %s",
+                endpoint_id,
+                wait,
+                exc,
+            )
+        else:
+            self._replace_wait.pop(endpoint_id, None)
 
     async def _check(self, endpoint_id: str) -> None:
         driver = self.lifecycle.driver
