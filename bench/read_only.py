@@ -28,14 +28,10 @@ import threading
 import time
 from pathlib import Path
 
-from _common import bare_cycle, bench_platform, mysql, pct, run, sysbench
+from _common import bare_cycle, bench_platform, loadavg, mysql, pct, run, sysbench
 
 from selkie.compute.local import find_mariadbd
 from selkie.control.bootstrap import local_principal
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 async def main(threads: int, seconds: int, cycles: int) -> None:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pymysql
-from _common import Bench, bench_platform, run, sysbench
+from _common import Bench, bench_platform, loadavg, run, sysbench
 
 from selkie.archive import segments
 from selkie.archive.binlog import binlog_file
@@ -39,10 +39,6 @@ from selkie.storage.restore import Target, pick_image, restore, wal_chain
 
 ROW_BYTES = 1000
 ROWS_PER_TXN = 1000
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 async def load_bulk(b: Bench, mib: int) -> None:

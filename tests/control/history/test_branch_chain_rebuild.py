@@ -63,6 +63,18 @@ async def objects(platform: Platform, ref: TimelineRef) -> set[str]:
     return {o.key for o in await platform.history.archive.list(ref.prefix)}
 
 
+async def suspend_without_own_images(platform: Platform, chain: list[Created]) -> None:
+    """Every branch suspended, and the images the children made of their own removed (as
+    if lost before their first): their history is their ancestors' up to each point."""
+    assert platform.history is not None
+    for b in chain:
+        await platform.lifecycle.suspend(b.endpoints[0].id)
+    await platform.history.wait_images()
+    for b in chain[1:]:
+        for image in await list_images(platform.history.archive, ref_of(platform, b.branch.id)):
+            await platform.history.archive.delete([image.key])
+
+
 async def wipe_and_check(
     platform: Platform, who: Principal, base: Path, branches: list[Created], want: list[list[int]]
 ) -> None:
@@ -171,12 +183,7 @@ async def test_a_chain_of_branches_rebuilds_through_its_ancestry(
 
         # Images of their own made at the suspends are removed, as if the data dir was lost
         # before any: each branch rebuilds through its ancestors.
-        for b in chain:
-            await platform.lifecycle.suspend(b.endpoints[0].id)
-        await history.wait_images()
-        for b in chain[1:]:
-            for image in await list_images(history.archive, ref_of(platform, b.branch.id)):
-                await history.archive.delete([image.key])
+        await suspend_without_own_images(platform, chain)
         await wipe_and_check(platform, who, base, chain, want)
 
         # A 0-second window: main keeps its newest image and what dev reads (its image at or
@@ -184,12 +191,7 @@ async def test_a_chain_of_branches_rebuilds_through_its_ancestry(
         await asyncio.to_thread(
             platform.control.projects.update, who, pid, settings={"history_retention_seconds": 0}
         )
-        for b in chain:
-            await platform.lifecycle.suspend(b.endpoints[0].id)
-        await history.wait_images()
-        for b in chain[1:]:
-            for image in await list_images(history.archive, ref_of(platform, b.branch.id)):
-                await history.archive.delete([image.key])
+        await suspend_without_own_images(platform, chain)
         main_ref = ref_of(platform, main.branch.id)
         main_before = await objects(platform, main_ref)
         images_before = await list_images(history.archive, main_ref)
@@ -215,12 +217,7 @@ async def test_a_chain_of_branches_rebuilds_through_its_ancestry(
         # Deleting branches frees what only they used: feature and its child first (a
         # branch with children cannot be deleted), then dev, and with it what main kept
         # for dev.
-        for b in chain:
-            await platform.lifecycle.suspend(b.endpoints[0].id)
-        await history.wait_images()
-        for b in chain[1:]:
-            for image in await list_images(history.archive, ref_of(platform, b.branch.id)):
-                await history.archive.delete([image.key])
+        await suspend_without_own_images(platform, chain)
         refs = {b.branch.name: ref_of(platform, b.branch.id) for b in chain}
         dev_objects = await objects(platform, refs["dev"])
         for b in (past, feature):
