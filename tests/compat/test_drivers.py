@@ -33,10 +33,9 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 TARGETS = ["direct", "proxy", "pooler"]
 # (check, target) -> why it differs, and where that is written down.
 DOCUMENTED = {
-    ("connection_id_is_the_greetings", "proxy"): "the greeting carries the proxy's session "
-    "id, sent before the compute is known; KILL with it works (docs/proxy.md, Connection ids)",
-    ("connection_id_is_the_greetings", "pooler"): "as through the proxy, and a pooled "
-    "session's backend changes between transactions (docs/pooler.md)",
+    ("connection_id_is_the_greetings", "pooler"): "a pooled session's backend changes "
+    "between transactions and says its own id; KILL with the greeting's works "
+    "(docs/pooler.md)",
     ("wait_timeout_ends_an_idle_session", "pooler"): "a pooled session holds no backend "
     "while idle and outlives wait_timeout (docs/pooler.md, Surviving a suspend)",
 }

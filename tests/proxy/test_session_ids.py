@@ -156,3 +156,37 @@ async def test_another_roles_or_a_gone_sessions_id_is_unknown(db: Db) -> None:
 
     out, killed, unknown = await asyncio.to_thread(run)
     assert out == [(0,)] and killed == 1094 and unknown == 1094
+
+
+@pytest.mark.parametrize("path", ["c", "python", "tls"])
+async def test_connection_id_is_the_greetings_through_each_relay(db: Db, path: str) -> None:
+    """Drivers compare CONNECTION_ID() with the greeting's id (PyMySQL test_issue_36, DBD
+    t/65segfault): the compute says the proxy's id. A role cannot take an id below the
+    proxy's range (one a compute gives out) through the routine that sets it."""
+
+    def run() -> tuple[list[int], int, int, object]:
+        conns = [connect(db, path) for _ in range(2)]
+        try:
+            seen = []
+            for conn in conns:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT CONNECTION_ID()")
+                    seen.append(cur.fetchone()[0])
+            with conns[0].cursor() as cur:
+                # The compute's own id for it is still in the process list.
+                cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID < 2147483648")
+                real = cur.fetchall()
+                refused: object = None
+                try:
+                    cur.execute(f"CALL mysql.selkie_connection_id({real[0][0]})")
+                except pymysql.err.MySQLError as exc:
+                    refused = exc.args[0]
+            return seen, conns[0].thread_id(), conns[1].thread_id(), refused
+        finally:
+            for conn in conns:
+                conn.close()
+
+    seen, first, second, refused = await asyncio.to_thread(run)
+    assert seen == [first, second] and first != second
+    assert all(i >= SESSION_ID_BASE for i in seen)
+    assert refused == 1644  # SIGNAL from the routine: not an id of the proxy's range

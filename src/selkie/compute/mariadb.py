@@ -246,6 +246,26 @@ class DatabaseSpec:
     owner: str
 
 
+# The proxy greets a client with its own connection id (given before the compute is known,
+# from 2**31 up) and, after logging in, calls this so that CONNECTION_ID() on the compute
+# says the same. Setting pseudo_thread_id needs SUPER or BINLOG REPLAY, which no role has,
+# so the routine runs as its definer (the account that syncs accounts) and takes only ids of
+# the proxy's range: below 2**31 a role could pose as another thread of the compute. With
+# binlog_format=ROW the variable changes what CONNECTION_ID() answers and nothing else.
+CONNECTION_ID_ROUTINE = "mysql.selkie_connection_id"
+CONNECTION_ID_STATEMENTS = (
+    f"CREATE OR REPLACE PROCEDURE {CONNECTION_ID_ROUTINE}(id BIGINT UNSIGNED) "
+    "SQL SECURITY DEFINER NOT DETERMINISTIC "
+    "BEGIN "
+    "IF id < 2147483648 OR id > 4294967295 THEN "
+    "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'a connection id from the proxy''s range'; "
+    "END IF; "
+    "SET SESSION pseudo_thread_id = id; "
+    "END",
+    f"GRANT EXECUTE ON PROCEDURE {CONNECTION_ID_ROUTINE} TO PUBLIC",
+)
+
+
 # What sync_statements needs to know about the compute as it is.
 INSPECT_USERS = "SELECT User, Host FROM mysql.user"
 INSPECT_DATABASES = "SHOW DATABASES"

@@ -17,6 +17,7 @@ from pathlib import Path
 from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import (
     ANY_HOST,
+    CONNECTION_ID_STATEMENTS,
     INSPECT_DATABASES,
     INSPECT_USERS,
     DatabaseSpec,
@@ -52,6 +53,7 @@ def accounts_digest(
 ) -> str:
     text = repr(
         (
+            CONNECTION_ID_STATEMENTS,
             sorted((r.name, r.password_hash) for r in roles),
             sorted((d.name, d.owner) for d in databases),
             sorted(dropped.roles),
@@ -101,7 +103,8 @@ async def sync_accounts(
         dropped_databases=dropped.databases,
         hosts=driver.account_hosts,
     )
-    if statements:
-        await driver.execute(endpoint_id, statements)
+    # The proxy's connection-id routine: a datadir made before it existed gets it here (the
+    # digest covers its text, so a changed routine is applied once too).
+    await driver.execute(endpoint_id, [*statements, *CONNECTION_ID_STATEMENTS])
     if marker is not None:
         marker.write_text(digest)

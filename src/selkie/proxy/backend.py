@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 from dataclasses import dataclass
 
 from selkie.controlplane import Backend
@@ -21,11 +22,16 @@ from selkie.mysql.packets import (
     is_ok,
     parse_auth_switch_request,
     parse_handshake_v10,
+    parse_ok,
 )
 from selkie.mysql.stream import PacketStream
-from selkie.mysql.wire import Capability, ProtocolError
+from selkie.mysql.wire import Capability, Command, ProtocolError, ServerStatus
+
+log = logging.getLogger(__name__)
 
 HANDSHAKE_LIMIT = 64 * 1024
+# Created on every compute with its accounts (compute/mariadb.py).
+CONNECTION_ID_ROUTINE = b"mysql.selkie_connection_id"
 
 
 @dataclass
@@ -46,9 +52,11 @@ async def open_backend(
     stage1: bytes,
     capabilities: int,
     timeout: float,
+    connection_id: int | None = None,
 ) -> BackendConnection:
     """Connect to the compute and log in as ``role`` with the recovered SHA1(password).
-    Returns the compute's reply (OK or ERR) for the client."""
+    Returns the compute's reply (OK or ERR) for the client. With ``connection_id`` (the id
+    the proxy greeted the client with), the session's ``CONNECTION_ID()`` is made that id."""
     reader, writer = await _connect(backend, timeout)
     try:
         stream = PacketStream(reader, writer, limit=HANDSHAKE_LIMIT)
@@ -78,6 +86,8 @@ async def open_backend(
         while True:
             seq, reply = await asyncio.wait_for(stream.read(), timeout)
             if is_ok(reply) or is_err(reply):
+                if connection_id is not None and is_ok(reply):
+                    await _set_connection_id(stream, connection_id, timeout)
                 return BackendConnection(
                     reader, writer, scramble, caps, reply, greeting.connection_id
                 )
@@ -92,6 +102,22 @@ async def open_backend(
     except BaseException:
         writer.close()
         raise
+
+
+async def _set_connection_id(stream: PacketStream, connection_id: int, timeout: float) -> None:
+    """One round trip before the client's first command. A compute without the routine (a
+    datadir whose accounts were last synced by an older Selkie) keeps its own id."""
+    call = b"CALL " + CONNECTION_ID_ROUTINE + b"(%d)" % connection_id
+    await stream.send(0, bytes([Command.QUERY]) + call)
+    while True:
+        _, reply = await asyncio.wait_for(stream.read(), timeout)
+        if is_err(reply):
+            log.debug("compute kept its own connection id: %r", reply[3:])
+            return
+        if not is_ok(reply):
+            raise ProtocolError("unexpected answer to the connection-id call")
+        if not parse_ok(reply).status & ServerStatus.MORE_RESULTS_EXISTS:
+            return
 
 
 async def _connect(

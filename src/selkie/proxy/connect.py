@@ -330,12 +330,18 @@ class Connector:
         )
 
     async def dial(
-        self, login: Authenticated, response: HandshakeResponse41, capabilities: int
+        self,
+        login: Authenticated,
+        response: HandshakeResponse41,
+        capabilities: int,
+        *,
+        connection_id: int | None = None,
     ) -> Connected | Refused:
         """Wake the endpoint and log in to its compute as the client's role (with the
         client's database and attributes from ``response``). A compute that went away
         between the wake and the login (a suspend that raced this client) is woken once
-        more. The compute's own refusal of the login (an unknown database) is passed on."""
+        more. The compute's own refusal of the login (an unknown database) is passed on.
+        ``connection_id``: the client's greeting id, for the compute's ``CONNECTION_ID()``."""
         endpoint_id = login.route.endpoint_id
         t0 = time.perf_counter()
         until = time.monotonic() + RETRY_FOR
@@ -353,6 +359,7 @@ class Connector:
                     stage1=login.stage1,
                     capabilities=capabilities,
                     timeout=self.config.backend_timeout,
+                    connection_id=connection_id,
                 )
                 break
             except (OSError, TimeoutError, ProtocolError) as exc:

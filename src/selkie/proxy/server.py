@@ -263,7 +263,9 @@ class ProxyServer:
             if refused is not None:
                 await self._refuse(hello, login.seq, refused)
             return
-        dialled = await self.connector.dial(login, hello.response, hello.client_caps)
+        dialled = await self.connector.dial(
+            login, hello.response, hello.client_caps, connection_id=session_id
+        )
         if isinstance(dialled, Refused):
             return await self._refuse(hello, login.seq, dialled)
         endpoint_id = login.route.endpoint_id
