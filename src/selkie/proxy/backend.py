@@ -13,17 +13,8 @@ import logging
 from dataclasses import dataclass
 
 from selkie.controlplane import Backend
-from selkie.mysql import auth
-from selkie.mysql.packets import (
-    NATIVE_PLUGIN,
-    HandshakeResponse41,
-    build_handshake_response,
-    is_err,
-    is_ok,
-    parse_auth_switch_request,
-    parse_handshake_v10,
-    parse_ok,
-)
+from selkie.mysql import client
+from selkie.mysql.packets import HandshakeResponse41, is_err, is_ok, parse_ok
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import Capability, Command, ProtocolError, ServerStatus
 
@@ -60,45 +51,28 @@ async def open_backend(
     reader, writer = await _connect(backend, timeout)
     try:
         stream = PacketStream(reader, writer, limit=HANDSHAKE_LIMIT)
-        _, payload = await asyncio.wait_for(stream.read(), timeout)
-        if is_err(payload):
-            # Refused before the handshake (1040 Too many connections, say): the client gets
-            # the compute's own error.
-            return BackendConnection(reader, writer, b"", 0, payload)
-        greeting = parse_handshake_v10(payload)
-        # The client's MariaDB extended capabilities too (bits 32 and up), as far as the
-        # compute offers them: they shape its column definitions.
-        caps = capabilities & greeting.capabilities & ~Capability.SSL
-        scramble = greeting.scramble
-        attrs = dict(response.attributes)
-        seq = await stream.send(
-            1,
-            build_handshake_response(
-                capabilities=caps,
-                max_packet_size=response.max_packet_size or 2**24,
-                charset=response.charset,
+        done = await asyncio.wait_for(
+            client.login(
+                stream,
                 user=role,
-                auth_response=auth.native_token(stage1, scramble),
+                stage1=stage1,
+                # The client's MariaDB extended capabilities too (bits 32 and up), as far
+                # as the compute offers them: they shape its column definitions.
+                capabilities=capabilities & ~Capability.SSL,
                 database=response.database,
-                attributes=attrs,
+                charset=response.charset,
+                attributes=dict(response.attributes),
+                max_packet_size=response.max_packet_size or 2**24,
             ),
+            timeout,
         )
-        while True:
-            seq, reply = await asyncio.wait_for(stream.read(), timeout)
-            if is_ok(reply) or is_err(reply):
-                if connection_id is not None and is_ok(reply):
-                    await _set_connection_id(stream, connection_id, timeout)
-                return BackendConnection(
-                    reader, writer, scramble, caps, reply, greeting.connection_id
-                )
-            if reply[:1] == b"\xfe":
-                plugin, data = parse_auth_switch_request(reply)
-                if plugin != NATIVE_PLUGIN:
-                    raise ProtocolError(f"compute asked for auth plugin {plugin}")
-                scramble = data[:20]
-                seq = await stream.send(seq + 1, auth.native_token(stage1, scramble))
-                continue
-            raise ProtocolError("unexpected packet from the compute during login")
+        # Refused before the handshake (1040 Too many connections, say) or at the login:
+        # the client gets the compute's own error.
+        if connection_id is not None and is_ok(done.reply):
+            await _set_connection_id(stream, connection_id, timeout)
+        return BackendConnection(
+            reader, writer, done.scramble, done.capabilities, done.reply, done.thread_id
+        )
     except BaseException:
         writer.close()
         raise

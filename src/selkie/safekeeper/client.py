@@ -30,17 +30,8 @@ from pathlib import Path
 
 from selkie.archive.binlog import HEADER_LEN, EventType, Gtid, parse_rotate
 from selkie.compute.base import ComputeInfo
-from selkie.mysql.auth import native_token
-from selkie.mysql.packets import (
-    NATIVE_PLUGIN,
-    build_handshake_response,
-    is_eof,
-    is_err,
-    is_ok,
-    parse_auth_switch_request,
-    parse_err,
-    parse_handshake_v10,
-)
+from selkie.mysql import client
+from selkie.mysql.packets import is_err, parse_err
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import MAX_PAYLOAD, Capability, ProtocolError, int1, int2, int4, nul_str
 from selkie.safekeeper.accounts import Credentials
@@ -48,7 +39,6 @@ from selkie.safekeeper.accounts import Credentials
 # Where a compute is reached: its unix socket, or a TCP (host, port).
 Address = Path | tuple[str, int]
 
-COM_QUERY = 0x03
 COM_BINLOG_DUMP = 0x12
 COM_REGISTER_SLAVE = 0x15
 SEMI_SYNC_INDICATOR = 0xEF
@@ -128,67 +118,26 @@ class ReplicaConnection:
         return conn
 
     async def _login(self, creds: Credentials | None) -> None:
-        _, payload = await self.stream.read()
-        greeting = parse_handshake_v10(payload)
-        caps = CLIENT_CAPS & greeting.capabilities
         user = creds.user if creds is not None else getpass.getuser()
-        seq = await self.stream.send(
-            1,
-            build_handshake_response(
-                capabilities=caps,
-                max_packet_size=MAX_EVENT,
-                charset=greeting.charset,
-                user=user,
-                auth_response=native_token(creds.stage1, greeting.scramble) if creds else b"",
-                database=None,
-                auth_plugin=NATIVE_PLUGIN,
-            ),
+        done = await client.login(
+            self.stream,
+            user=user,
+            stage1=creds.stage1 if creds is not None else None,
+            capabilities=CLIENT_CAPS,
+            max_packet_size=MAX_EVENT,
         )
-        while True:
-            seq, reply = await self.stream.read()
-            if is_ok(reply):
-                return
-            if is_err(reply):
-                err = parse_err(reply)
-                raise ReplicationError(f"login refused: {err.message}", code=err.code)
-            if reply[:1] == b"\xfe":
-                plugin, data = parse_auth_switch_request(reply)
-                if creds is not None and plugin == NATIVE_PLUGIN:
-                    answer = native_token(creds.stage1, data[:20])
-                elif creds is None:
-                    # To unix_socket: the socket's credentials are the proof.
-                    answer = b""
-                else:
-                    raise ReplicationError(f"the compute asks for {plugin}, not {NATIVE_PLUGIN}")
-                seq = await self.stream.send(seq + 1, answer)
-                continue
-            raise ProtocolError("unexpected packet during login")
+        if is_err(done.reply):
+            err = parse_err(done.reply)
+            raise ReplicationError(f"login refused: {err.message}", code=err.code)
 
     async def query(self, sql: str) -> list[list[bytes | None]]:
         """A text-protocol query; its rows (values as bytes), ReplicationError on ERR."""
         self.commands += 1
-        await self.stream.send(0, bytes([COM_QUERY]) + sql.encode())
-        _, first = await self.stream.read()
-        if is_err(first):
-            err = parse_err(first)
-            raise ReplicationError(f"{sql}: {err.message}", code=err.code)
-        if is_ok(first):
-            return []
-        columns = first[0]
-        for _ in range(columns):
-            await self.stream.read()
-        _, eof = await self.stream.read()
-        if not is_eof(eof):
-            raise ProtocolError("expected EOF after column definitions")
-        rows: list[list[bytes | None]] = []
-        while True:
-            _, payload = await self.stream.read()
-            if is_eof(payload):
-                return rows
-            if is_err(payload):
-                err = parse_err(payload)
-                raise ReplicationError(f"{sql}: {err.message}", code=err.code)
-            rows.append(_text_row(payload, columns))
+        outcome = await client.query(self.stream, sql, deprecate_eof=False)
+        if outcome.error is not None:
+            code, _, message = outcome.error
+            raise ReplicationError(f"{sql}: {message}", code=code)
+        return outcome.rows
 
     async def start_dump(self, *, after: Gtid | None, server_id: int, semi_sync: bool) -> None:
         """Register as a replica and ask for every transaction after ``after`` (None: from
@@ -294,17 +243,3 @@ class ReplicaConnection:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def _text_row(payload: bytes, columns: int) -> list[bytes | None]:
-    from selkie.mysql.wire import Reader
-
-    r = Reader(payload)
-    row: list[bytes | None] = []
-    for _ in range(columns):
-        if r.data[r.pos] == 0xFB:
-            r.pos += 1
-            row.append(None)
-        else:
-            row.append(r.lenenc_str())
-    return row

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from selkie.mysql.packets import build_err, build_ok
+from selkie.mysql.response import Event, Phase, ResponseReader
 from selkie.mysql.stream import frame
 from selkie.mysql.wire import MAX_PAYLOAD, Command, ServerStatus, int2, int4, lenenc_int
-from selkie.proxy.pooler.response import Event, Phase, ResponseReader
 
 MORE = ServerStatus.MORE_RESULTS_EXISTS | ServerStatus.AUTOCOMMIT
 

@@ -16,11 +16,11 @@ import struct
 from collections.abc import Awaitable, Callable
 
 from selkie.mysql.packets import Err, build_err, build_ok
+from selkie.mysql.response import Summary
 from selkie.mysql.wire import Command, ErrorCode, PacketTooLarge, ProtocolError, ServerStatus
 from selkie.proxy.pooler.lane import plain
 from selkie.proxy.pooler.parking import Parking
 from selkie.proxy.pooler.pool import PoolTimeout
-from selkie.proxy.pooler.response import Summary
 from selkie.proxy.pooler.runner import STATEMENT_COMMANDS, BackendLost, CommandRefused
 from selkie.proxy.pooler.sqlscan import PSEUDO, Effect, classify
 from selkie.proxy.pooler.state import record_sets

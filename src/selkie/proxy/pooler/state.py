@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from selkie.mysql.wire import Capability, Reader
+from selkie.mysql.client import packets, text_row
+from selkie.mysql.wire import Capability
 from selkie.proxy.pooler.sqlscan import Effect, classify
 
 
@@ -59,24 +60,11 @@ def escape(value: bytes) -> str:
 def first_row(data: bytes, columns: int, caps: int) -> list[bytes | None] | None:
     """The values of the first row of a text-protocol result set (the raw bytes of the
     whole response), None if it is not one."""
-    packets = []
-    pos = 0
-    while pos + 4 <= len(data):
-        length = int.from_bytes(data[pos : pos + 3], "little")
-        packets.append(data[pos + 4 : pos + 4 + length])
-        pos += 4 + length
+    payloads = packets(data)
     skip = 1 + columns + (0 if caps & Capability.DEPRECATE_EOF else 1)
-    if len(packets) <= skip or not packets[0] or packets[0][0] in (0x00, 0xFF):
+    if len(payloads) <= skip or not payloads[0] or payloads[0][0] in (0x00, 0xFF):
         return None
-    r = Reader(packets[skip])
-    out: list[bytes | None] = []
-    for _ in range(columns):
-        if r.data[r.pos : r.pos + 1] == b"\xfb":
-            r.int1()
-            out.append(None)
-        else:
-            out.append(r.lenenc_str())
-    return out
+    return text_row(payloads[skip], columns)
 
 
 def prepared_effect(sql: bytes) -> Effect:
