@@ -65,6 +65,24 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """What a client sent to prove its password: an auth plugin's answer, and for
+    ``mysql_native_password`` the proxy's scramble that it answers."""
+
+    plugin: str  # NATIVE_PLUGIN or CLEAR_PLUGIN; any other is never verified
+    answer: bytes
+    scramble: bytes = b""
+
+    def stage1(self, stored: str) -> bytes | None:
+        """SHA1(password) when the answer matches the stored hash, else None."""
+        if self.plugin == CLEAR_PLUGIN:
+            return auth.verify_cleartext(self.answer, stored)
+        if self.plugin == NATIVE_PLUGIN:
+            return auth.verify_native(self.answer, self.scramble, stored)
+        return None
+
+
+@dataclass(frozen=True)
 class Authenticated:
     """A client whose password matched the stored hash of the role it named."""
 
@@ -235,27 +253,42 @@ class Connector:
         )
         if plugin != (response.auth_plugin or NATIVE_PLUGIN):
             self.logins[f"switched:{response.auth_plugin}"] += 1
-        access = await self.control.get_access(target.endpoint_id, target.role)
-        stage1 = None
-        if access is not None:
-            if plugin == CLEAR_PLUGIN:
-                stage1 = auth.verify_cleartext(answer, access.password_hash)
-            else:
-                stage1 = auth.verify_native(answer, hello.scramble, access.password_hash)
-        if access is None or stage1 is None:
+        verified = await self.verify(
+            target, Credentials(plugin, answer, hello.scramble), client_ip=hello.client_ip
+        )
+        if verified is None:
             # One answer for a wrong password, an unknown role and an unknown endpoint,
             # slower after many failures (see AuthFailures).
-            await self.failed_login(hello.client_ip, target, access)
             return Refused(
                 ErrorCode.ACCESS_DENIED,
                 f"Access denied for user '{response.user}'@'{hello.client_ip}' "
                 f"(using password: {'YES' if answer else 'NO'})",
             )
+        access, stage1 = verified
         refused = self.admitted(target, access, tls=hello.tls)
         if refused is not None:
             return refused
         self.logins[f"ok:{plugin}"] += 1
         return Authenticated(route=target, access=access, stage1=stage1, seq=seq)
+
+    async def verify(
+        self, target: Route | None, credentials: Credentials | None, *, client_ip: str
+    ) -> tuple[Access, bytes] | None:
+        """The one check of a password, for every way a client proves one (the handshake,
+        ``COM_CHANGE_USER``, HTTP Basic): the role's access and SHA1(password) when the
+        credentials match the role's stored hash. None for a wrong password, an unknown
+        role or endpoint (``target`` None: a name that routes nowhere) or credentials the
+        caller cannot take: counted and paced as a failed login before it returns."""
+        access = None
+        if target is not None:
+            access = await self.control.get_access(target.endpoint_id, target.role)
+        stage1 = None
+        if access is not None and credentials is not None:
+            stage1 = credentials.stage1(access.password_hash)
+        if access is None or stage1 is None:
+            await self.failed_login(client_ip, target, access)
+            return None
+        return access, stage1
 
     async def failed_login(self, address: str, target: Route | None, access: Access | None) -> None:
         """A wrong password, an unknown role or an unknown endpoint (any protocol): counted,
