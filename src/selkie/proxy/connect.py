@@ -53,6 +53,23 @@ PICK_COUNTED_FOR = 2.0
 
 
 @dataclass(frozen=True)
+class Backoff:
+    """Where a client's tries stand: the deadline (monotonic) and the wait before the next."""
+
+    until: float
+    delay: float = RETRY_FIRST_DELAY
+
+
+def next_try(backoff: Backoff, *, now: float) -> Backoff | None:
+    """After a try failed at ``now`` on the compute's side: None to give up (waiting
+    ``backoff.delay`` would pass the deadline), else the backoff after that wait (the delay
+    doubled, up to RETRY_MAX_DELAY). The caller sleeps ``backoff.delay`` and tries again."""
+    if now + backoff.delay > backoff.until:
+        return None
+    return Backoff(until=backoff.until, delay=min(backoff.delay * 2, RETRY_MAX_DELAY))
+
+
+@dataclass(frozen=True)
 class Refused:
     """The client is answered with this error and the connection ends."""
 
@@ -322,17 +339,19 @@ class Connector:
         tried again with backoff until ``until`` (monotonic; default: RETRY_FOR from now):
         a client held for the wake is served by the retry. Never retried: quotas, a
         stopped or disabled endpoint, a wake that outlasted ``wake_timeout``."""
-        until = time.monotonic() + RETRY_FOR if until is None else until
-        delay = RETRY_FIRST_DELAY
+        backoff = Backoff(until=time.monotonic() + RETRY_FOR if until is None else until)
         while True:
             try:
                 return await self._wake_once(endpoint_id)
             except (ComputeError, StoreError) as exc:
-                if time.monotonic() + delay > until:
+                after = next_try(backoff, now=time.monotonic())
+                if after is None:
                     return self._could_not_start(endpoint_id, exc)
-                log.info("endpoint %s: wake failed (%s); again in %.2fs", endpoint_id, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_DELAY)
+                log.info(
+                    "endpoint %s: wake failed (%s); again in %.2fs", endpoint_id, exc, backoff.delay
+                )
+                await asyncio.sleep(backoff.delay)
+                backoff = after
 
     async def _wake_once(self, endpoint_id: str) -> Backend | Refused:
         try:
@@ -371,10 +390,9 @@ class Connector:
         more. The compute's own refusal of the login (an unknown database) is passed on."""
         endpoint_id = login.route.endpoint_id
         t0 = time.perf_counter()
-        until = time.monotonic() + RETRY_FOR
-        address = await self.wake(endpoint_id, until=until)
+        backoff = Backoff(until=time.monotonic() + RETRY_FOR)
+        address = await self.wake(endpoint_id, until=backoff.until)
         t1 = time.perf_counter()
-        delay = RETRY_FIRST_DELAY
         while True:
             if isinstance(address, Refused):
                 return address
@@ -391,16 +409,17 @@ class Connector:
             except (OSError, TimeoutError, ProtocolError) as exc:
                 # The compute went away between the wake and the login (a suspend that
                 # raced this client, a crash): woken again, within the same bound.
-                if time.monotonic() + delay > until:
+                after = next_try(backoff, now=time.monotonic())
+                if after is None:
                     # Where the compute listens is the operator's business, not the client's.
                     log.warning("endpoint %s: cannot log in to its compute: %r", endpoint_id, exc)
                     return Refused(
                         ErrorCode.NET_READ_ERROR,
                         f"could not reach the compute of endpoint {endpoint_id}; try again",
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_DELAY)
-                address = await self.wake(endpoint_id, until=until)
+                await asyncio.sleep(backoff.delay)
+                backoff = after
+                address = await self.wake(endpoint_id, until=backoff.until)
         if conn.first_reply[:1] == b"\xff":
             conn.writer.close()
             err = parse_err(conn.first_reply)
