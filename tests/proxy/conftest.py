@@ -1,4 +1,5 @@
-"""Fixtures for proxy tests: a platform with its proxy on a free port, and a project."""
+"""Fixtures for proxy tests: a platform with its proxy on a free port, and a project; or,
+for what the proxy answers before anything wakes, a proxy on a control plane in memory."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 from selkie.control import Created
 from selkie.control.bootstrap import local_principal
 from selkie.platform import Platform
+from selkie.proxy.server import ProxyConfig, ProxyServer
+from tests.controlplane import FakeControlPlane
 from tests.platforms import open_platform
 
 
@@ -80,3 +83,38 @@ async def db(platform: Platform) -> Db:
     created = await asyncio.to_thread(platform.control.projects.create, who, name="proxied")
     await platform.runner.wait_idle()
     return Db(platform=platform, created=created)
+
+
+@dataclass
+class Faked:
+    """A proxy (MySQL and HTTP listeners on free ports) on a control plane in memory with
+    one role, ``user`` with ``password``; no compute behind it."""
+
+    plane: FakeControlPlane
+    proxy: ProxyServer
+    endpoint_id: str = "ep-fake-000001"
+    role: str = "owner"
+    password: str = "s3cret"
+
+    @property
+    def user(self) -> str:
+        return f"{self.endpoint_id}.{self.role}"
+
+    @property
+    def http_port(self) -> int:
+        assert self.proxy.http is not None
+        return self.proxy.http.port
+
+
+@pytest.fixture
+async def faked() -> AsyncIterator[Faked]:
+    plane = FakeControlPlane()
+    config = ProxyConfig(listen_port=0, http_listen=("127.0.0.1", 0), report_interval=60)
+    proxy = ProxyServer(plane, config)
+    faked = Faked(plane, proxy)
+    plane.add_role(faked.endpoint_id, faked.role, faked.password)
+    await proxy.start()
+    try:
+        yield faked
+    finally:
+        await proxy.stop()

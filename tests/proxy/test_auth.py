@@ -9,6 +9,7 @@ import dataclasses
 import ssl
 import subprocess
 import time
+from collections import Counter
 
 import pymysql
 import pytest
@@ -16,7 +17,8 @@ import pytest
 from selkie.control.bootstrap import local_principal
 from selkie.mysql.stream import frame
 from selkie.mysql.wire import PROXY_CAPABILITIES, Capability
-from tests.proxy.conftest import Db
+from selkie.proxy.server import ProxyServer
+from tests.proxy.conftest import Db, Faked
 from tests.proxy.test_clients import mariadb_cli, pymysql_conn
 from tests.proxy.test_fuzz import open_raw, valid_response
 
@@ -41,18 +43,25 @@ async def test_wrong_password_keeps_a_suspended_endpoint_asleep(db: Db) -> None:
     assert db.platform.start_metrics.start_counts[db.endpoint_id] == starts
 
 
-async def test_unknown_role_and_endpoint_answer_like_a_wrong_password(db: Db) -> None:
+def login(proxy: ProxyServer, user: str, password: str) -> tuple[int, str]:
+    """A pymysql login that the proxy refuses: its error (code, message)."""
+    with pytest.raises(pymysql.err.OperationalError) as err:
+        pymysql.connect(
+            host="127.0.0.1", port=proxy.port, user=user, password=password, connect_timeout=10
+        )
+    code, message = err.value.args
+    return code, message
+
+
+async def test_unknown_role_and_endpoint_answer_like_a_wrong_password(faked: Faked) -> None:
     messages = []
-    for user in (db.user, f"{db.endpoint_id}.nobody", "ep-no-such-000000.selkiedb_owner"):
-        with pytest.raises(pymysql.err.OperationalError) as err:
-            await asyncio.to_thread(
-                pymysql_conn, db, user=user, password="wrong", ssl_disabled=True
-            )
-        code, message = err.value.args
+    for user in (faked.user, f"{faked.endpoint_id}.nobody", "ep-no-such-000000.owner"):
+        code, message = await asyncio.to_thread(login, faked.proxy, user, "wrong")
         assert code == 1045
         messages.append(message.replace(user, "<user>"))
     assert len(set(messages)) == 1, messages
-    assert db.state() == "init"
+    assert faked.plane.woken == []
+    assert faked.proxy.logins == Counter(failed=3)
 
 
 async def test_failed_logins_slow_down_and_never_lock_out(db: Db) -> None:
@@ -246,12 +255,11 @@ async def disable(db: Db) -> None:
     await db.update_endpoint({"disabled": True})
 
 
-async def test_disabled_endpoint_is_not_woken(db: Db) -> None:
-    await disable(db)
-    with pytest.raises(pymysql.err.OperationalError) as err:
-        await asyncio.to_thread(pymysql_conn, db, ssl_disabled=True)
-    assert err.value.args[0] == 1045 and "disabled" in err.value.args[1]
-    assert db.state() == "init"
+async def test_disabled_endpoint_is_not_woken(faked: Faked) -> None:
+    faked.plane.add_role(faked.endpoint_id, faked.role, faked.password, disabled=True)
+    code, message = await asyncio.to_thread(login, faked.proxy, faked.user, faked.password)
+    assert code == 1045 and "disabled" in message
+    assert faked.plane.woken == []
 
 
 async def test_a_running_endpoint_once_disabled_takes_no_new_clients(db: Db) -> None:

@@ -170,7 +170,7 @@ async def test_many_callers_share_few_backends_and_a_full_pool_answers_429(
 
 
 def test_which_statements_leave_nothing_behind() -> None:
-    from selkie.proxy.http.server import leaves_nothing
+    from selkie.proxy.http.front import leaves_nothing
 
     for read in (
         "SELECT id FROM t WHERE id = 1",

@@ -53,6 +53,23 @@ PICK_COUNTED_FOR = 2.0
 
 
 @dataclass(frozen=True)
+class Backoff:
+    """Where a client's tries stand: the deadline (monotonic) and the wait before the next."""
+
+    until: float
+    delay: float = RETRY_FIRST_DELAY
+
+
+def next_try(backoff: Backoff, *, now: float) -> Backoff | None:
+    """After a try failed at ``now`` on the compute's side: None to give up (waiting
+    ``backoff.delay`` would pass the deadline), else the backoff after that wait (the delay
+    doubled, up to RETRY_MAX_DELAY). The caller sleeps ``backoff.delay`` and tries again."""
+    if now + backoff.delay > backoff.until:
+        return None
+    return Backoff(until=backoff.until, delay=min(backoff.delay * 2, RETRY_MAX_DELAY))
+
+
+@dataclass(frozen=True)
 class Refused:
     """The client is answered with this error and the connection ends."""
 
@@ -62,6 +79,24 @@ class Refused:
 
     def packet(self) -> bytes:
         return build_err(self.code, self.message, self.sqlstate)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a client sent to prove its password: an auth plugin's answer, and for
+    ``mysql_native_password`` the proxy's scramble that it answers."""
+
+    plugin: str  # NATIVE_PLUGIN or CLEAR_PLUGIN; any other is never verified
+    answer: bytes
+    scramble: bytes = b""
+
+    def stage1(self, stored: str) -> bytes | None:
+        """SHA1(password) when the answer matches the stored hash, else None."""
+        if self.plugin == CLEAR_PLUGIN:
+            return auth.verify_cleartext(self.answer, stored)
+        if self.plugin == NATIVE_PLUGIN:
+            return auth.verify_native(self.answer, self.scramble, stored)
+        return None
 
 
 @dataclass(frozen=True)
@@ -235,27 +270,42 @@ class Connector:
         )
         if plugin != (response.auth_plugin or NATIVE_PLUGIN):
             self.logins[f"switched:{response.auth_plugin}"] += 1
-        access = await self.control.get_access(target.endpoint_id, target.role)
-        stage1 = None
-        if access is not None:
-            if plugin == CLEAR_PLUGIN:
-                stage1 = auth.verify_cleartext(answer, access.password_hash)
-            else:
-                stage1 = auth.verify_native(answer, hello.scramble, access.password_hash)
-        if access is None or stage1 is None:
+        verified = await self.verify(
+            target, Credentials(plugin, answer, hello.scramble), client_ip=hello.client_ip
+        )
+        if verified is None:
             # One answer for a wrong password, an unknown role and an unknown endpoint,
             # slower after many failures (see AuthFailures).
-            await self.failed_login(hello.client_ip, target, access)
             return Refused(
                 ErrorCode.ACCESS_DENIED,
                 f"Access denied for user '{response.user}'@'{hello.client_ip}' "
                 f"(using password: {'YES' if answer else 'NO'})",
             )
+        access, stage1 = verified
         refused = self.admitted(target, access, tls=hello.tls)
         if refused is not None:
             return refused
         self.logins[f"ok:{plugin}"] += 1
         return Authenticated(route=target, access=access, stage1=stage1, seq=seq)
+
+    async def verify(
+        self, target: Route | None, credentials: Credentials | None, *, client_ip: str
+    ) -> tuple[Access, bytes] | None:
+        """The one check of a password, for every way a client proves one (the handshake,
+        ``COM_CHANGE_USER``, HTTP Basic): the role's access and SHA1(password) when the
+        credentials match the role's stored hash. None for a wrong password, an unknown
+        role or endpoint (``target`` None: a name that routes nowhere) or credentials the
+        caller cannot take: counted and paced as a failed login before it returns."""
+        access = None
+        if target is not None:
+            access = await self.control.get_access(target.endpoint_id, target.role)
+        stage1 = None
+        if access is not None and credentials is not None:
+            stage1 = credentials.stage1(access.password_hash)
+        if access is None or stage1 is None:
+            await self.failed_login(client_ip, target, access)
+            return None
+        return access, stage1
 
     async def failed_login(self, address: str, target: Route | None, access: Access | None) -> None:
         """A wrong password, an unknown role or an unknown endpoint (any protocol): counted,
@@ -289,17 +339,19 @@ class Connector:
         tried again with backoff until ``until`` (monotonic; default: RETRY_FOR from now):
         a client held for the wake is served by the retry. Never retried: quotas, a
         stopped or disabled endpoint, a wake that outlasted ``wake_timeout``."""
-        until = time.monotonic() + RETRY_FOR if until is None else until
-        delay = RETRY_FIRST_DELAY
+        backoff = Backoff(until=time.monotonic() + RETRY_FOR if until is None else until)
         while True:
             try:
                 return await self._wake_once(endpoint_id)
             except (ComputeError, StoreError) as exc:
-                if time.monotonic() + delay > until:
+                after = next_try(backoff, now=time.monotonic())
+                if after is None:
                     return self._could_not_start(endpoint_id, exc)
-                log.info("endpoint %s: wake failed (%s); again in %.2fs", endpoint_id, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_DELAY)
+                log.info(
+                    "endpoint %s: wake failed (%s); again in %.2fs", endpoint_id, exc, backoff.delay
+                )
+                await asyncio.sleep(backoff.delay)
+                backoff = after
 
     async def _wake_once(self, endpoint_id: str) -> Backend | Refused:
         try:
@@ -344,10 +396,9 @@ class Connector:
         ``connection_id``: the client's greeting id, for the compute's ``CONNECTION_ID()``."""
         endpoint_id = login.route.endpoint_id
         t0 = time.perf_counter()
-        until = time.monotonic() + RETRY_FOR
-        address = await self.wake(endpoint_id, until=until)
+        backoff = Backoff(until=time.monotonic() + RETRY_FOR)
+        address = await self.wake(endpoint_id, until=backoff.until)
         t1 = time.perf_counter()
-        delay = RETRY_FIRST_DELAY
         while True:
             if isinstance(address, Refused):
                 return address
@@ -365,16 +416,17 @@ class Connector:
             except (OSError, TimeoutError, ProtocolError) as exc:
                 # The compute went away between the wake and the login (a suspend that
                 # raced this client, a crash): woken again, within the same bound.
-                if time.monotonic() + delay > until:
+                after = next_try(backoff, now=time.monotonic())
+                if after is None:
                     # Where the compute listens is the operator's business, not the client's.
                     log.warning("endpoint %s: cannot log in to its compute: %r", endpoint_id, exc)
                     return Refused(
                         ErrorCode.NET_READ_ERROR,
                         f"could not reach the compute of endpoint {endpoint_id}; try again",
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_DELAY)
-                address = await self.wake(endpoint_id, until=until)
+                await asyncio.sleep(backoff.delay)
+                backoff = after
+                address = await self.wake(endpoint_id, until=backoff.until)
         if conn.first_reply[:1] == b"\xff":
             conn.writer.close()
             err = parse_err(conn.first_reply)

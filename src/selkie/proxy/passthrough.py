@@ -15,8 +15,8 @@ import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from selkie.controlplane import Access, ControlPlane
 from selkie.mysql import auth
@@ -24,12 +24,20 @@ from selkie.mysql.packets import NATIVE_PLUGIN, build_change_user, build_err, pa
 from selkie.mysql.stream import frame
 from selkie.mysql.wire import ErrorCode, ProtocolError
 from selkie.proxy.backend import BackendConnection
+from selkie.proxy.connect import Credentials
 from selkie.proxy.crelay import relay_class
 from selkie.proxy.handshake import Hello, Route, route
 from selkie.proxy.relay import Counters, ThreadedRelay, async_relay
 
-# (client address, the endpoint and role it named, their access if they exist)
-FailedLogin = Callable[[str, Route | None, Access | None], Awaitable[None]]
+
+class Verify(Protocol):
+    """The proxy's one password check (:meth:`Connector.verify`): the role's access and
+    SHA1(password), or None for a refusal (counted and paced as a failed login)."""
+
+    async def __call__(
+        self, target: Route | None, credentials: Credentials | None, *, client_ip: str
+    ) -> tuple[Access, bytes] | None: ...
+
 
 # COM_CHANGE_USER's payload -> (to the compute, to the client).
 ChangeUser = Callable[[bytes], Coroutine[Any, Any, tuple[bytes | None, bytes | None]]]
@@ -69,15 +77,15 @@ class Passthrough:
         *,
         domain: str,
         backend_timeout: float,
-        failed_login: FailedLogin,
+        verify: Verify,
         relay: str = "auto",
     ) -> None:
         self.control = control
         self.domain = domain
         self.backend_timeout = backend_timeout
-        # A failed COM_CHANGE_USER is a failed login like any other: counted and paced
-        # (Connector.failed_login).
-        self.failed_login = failed_login
+        # COM_CHANGE_USER's token is checked as a login's is: a failure is counted and
+        # paced like any other (Connector.verify).
+        self.verify = verify
         self._relays: set[ThreadedRelay] = set()
         # Plaintext sessions: the compiled relay when built (crelay.py), else the Python one.
         self.relay_class = relay_class(relay)
@@ -253,14 +261,17 @@ class Passthrough:
                 msg = "COM_CHANGE_USER cannot move a session to another endpoint"
                 return None, frame(1, build_err(ErrorCode.ACCESS_DENIED, msg))[0]
             role = new.role
-        access = await self.control.get_access(endpoint_id, role)
-        stage1 = None
-        if access is not None and (change.auth_plugin or NATIVE_PLUGIN) == NATIVE_PLUGIN:
-            stage1 = auth.verify_native(change.auth_response, hello.scramble, access.password_hash)
-        if access is None or stage1 is None:
-            await self.failed_login(hello.client_ip, Route(endpoint_id, role, False), access)
+        # Only a native token: it answers the proxy's scramble (no plugin switch mid-session).
+        credentials = None
+        if (change.auth_plugin or NATIVE_PLUGIN) == NATIVE_PLUGIN:
+            credentials = Credentials(NATIVE_PLUGIN, change.auth_response, hello.scramble)
+        verified = await self.verify(
+            Route(endpoint_id, role, False), credentials, client_ip=hello.client_ip
+        )
+        if verified is None:
             msg = f"Access denied for user '{change.user}' (using password: YES)"
             return None, frame(1, build_err(ErrorCode.ACCESS_DENIED, msg))[0]
+        _, stage1 = verified
         rewritten = build_change_user(
             dataclasses.replace(
                 change,

@@ -105,7 +105,7 @@ class ProxyServer:
             control,
             domain=config.domain,
             backend_timeout=config.backend_timeout,
-            failed_login=self.connector.failed_login,
+            verify=self.connector.verify,
             relay=config.relay,
         )
         # Sessions by greeting id, for KILL with the ids drivers hold (sessions.py).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from starlette.requests import Request
@@ -17,11 +17,15 @@ from starlette.responses import Response
 
 from selkie.proxy.http import psdb
 from selkie.proxy.http.binding import BindError, bind
+from selkie.proxy.http.front import (
+    Front,
+    HttpError,
+    error_response,
+    leaves_nothing,
+    may_change_database,
+)
 from selkie.proxy.http.resultset import Column, Outcome, run_query
 from selkie.proxy.http.sessions import Pinned
-
-if TYPE_CHECKING:
-    from selkie.proxy.http.server import HttpFront
 
 MAX_BATCH = 100
 _SAFE_INT = 2**53
@@ -88,14 +92,7 @@ def _statements(body: dict[str, Any]) -> tuple[list[str], bool]:
     return out, batch
 
 
-async def sql(front: HttpFront, request: Request) -> Response:
-    from selkie.proxy.http.server import (
-        HttpError,
-        error_response,
-        leaves_nothing,
-        may_change_database,
-    )
-
+async def sql(front: Front, request: Request) -> Response:
     try:
         authorization, database = basic_from_connection_string(request)
         login, _ = await front.login(authorization, request)
@@ -126,7 +123,7 @@ async def sql(front: HttpFront, request: Request) -> Response:
 
 
 async def _run(
-    front: HttpFront, conn: Pinned, statements: list[str], batch: bool
+    front: Front, conn: Pinned, statements: list[str], batch: bool
 ) -> tuple[list[Outcome], tuple[int, str, str] | None]:
     async def one(statement: str) -> Outcome:
         return await run_query(
