@@ -12,7 +12,7 @@ from selkie.mysql.packets import build_err, build_ok
 from selkie.mysql.response import Event, ResponseReader
 from selkie.mysql.wire import MAX_PAYLOAD, Command, ServerStatus, lenenc_int
 from selkie.proxy.pooler import lane
-from tests.proxy.pooler.test_response import MORE, column, eof, eof_ok, packets, result_set, row
+from tests.mysql.test_response import MORE, column, eof, eof_ok, packets, result_set, row
 
 if not lane.available():
     if os.environ.get("CI") == "true":
