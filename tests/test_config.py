@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from selkie.config import load_settings, split_listen
+from selkie.config import load_settings, settings_table, split_listen
 from selkie.errors import ConfigError
 
 
@@ -80,3 +85,42 @@ def test_missing_file_and_bad_listen(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="HOST:PORT"):
         load_settings(environ={"SELKIE_API_LISTEN": "localhost"})
     assert split_listen("[::1]:6033") == ("::1", 6033)
+
+
+def test_the_readmes_table_names_every_setting_and_only_settings() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    named = {
+        name
+        for line in section.splitlines()
+        if line.startswith("| `")
+        for name in re.findall(r"`(SELKIE_[A-Z0-9_]+)`", line.split(" | ")[0])
+    }
+    settings = {env for env, _, _ in settings_table()}
+    assert settings - named == set(), "settings the README does not list"
+    assert named - settings == {"SELKIE_CONTEXT_FILE"}, "listed, but not settings"
+
+
+def test_selkie_config_prints_what_runs_and_hides_secrets(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SELKIE_DATA_DIR": str(tmp_path),
+        "SELKIE_PROXY_WAKE_TIMEOUT": "12",
+        "SELKIE_DATABASE_URL": "postgresql+psycopg://app:hunter2@db.internal/selkie",
+        "SELKIE_INTERNAL_TOKEN": "t" * 40,
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-value",
+    }
+    cli = Path(sys.executable).parent / "selkie"
+    done = subprocess.run(
+        [str(cli), "config", "-o", "json"], env=env, capture_output=True, text=True, check=True
+    )
+    rows = {r["setting"]: r for r in json.loads(done.stdout)}
+    assert rows["SELKIE_PROXY_WAKE_TIMEOUT"]["value"] == "12.0"
+    assert rows["SELKIE_PROXY_WAKE_TIMEOUT"]["default"] == "30.0"
+    assert rows["SELKIE_DATA_DIR"]["value"] == str(tmp_path)
+    assert rows["SELKIE_DATABASE_URL"]["value"] == "postgresql+psycopg://app:***@db.internal/selkie"
+    assert rows["SELKIE_INTERNAL_TOKEN"]["value"] == "(set)"
+    assert rows["SELKIE_S3_SECRET_ACCESS_KEY"]["value"] == "(set)"
+    assert "hunter2" not in done.stdout and "aws-secret-value" not in done.stdout
+    assert "t" * 40 not in done.stdout
+    assert set(rows) == {env for env, _, _ in settings_table()}

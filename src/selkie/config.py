@@ -456,15 +456,37 @@ def load_settings(
     return settings
 
 
-def settings_table() -> list[tuple[str, str, str]]:
-    """(environment name, default, field name) for docs and `selkie config`."""
+# Settings whose values `selkie config` never prints.
+SECRET_SETTINGS = frozenset(
+    {"api_key", "internal_token", "safekeeper_key", "s3_secret_access_key", "s3_session_token"}
+)
+
+
+def settings_table(settings: Settings | None = None) -> list[tuple[str, str, str]]:
+    """(environment name, default, field name) of every setting, for the README's check and
+    `selkie config`; with ``settings``, the third column is its value there (secrets and a
+    database URL's password hidden)."""
     rows = []
     for f in dataclasses.fields(Settings):
         default = f.default if f.default is not dataclasses.MISSING else ""
         if f.name == "plans":
             default = "(a built-in example plan, 'default')"
-        rows.append((f"{ENV_PREFIX}{f.name.upper()}", str(default), f.name))
+        third = f.name if settings is None else _shown(f.name, getattr(settings, f.name))
+        rows.append((f"{ENV_PREFIX}{f.name.upper()}", str(default), third))
     return rows
+
+
+def _shown(name: str, value: Any) -> str:
+    if name in SECRET_SETTINGS:
+        return "(set)" if value else ""
+    if name == "plans":
+        return ", ".join(sorted(value))
+    text = str(value)
+    if name == "database_url" and "@" in text and "://" in text:
+        scheme, rest = text.split("://", 1)
+        who, where = rest.rsplit("@", 1)
+        return f"{scheme}://{who.split(':', 1)[0]}:***@{where}" if ":" in who else text
+    return text
 
 
 __all__ = ["Plan", "Settings", "load_settings", "settings_table", "split_listen"]

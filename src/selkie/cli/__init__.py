@@ -12,7 +12,17 @@ from __future__ import annotations
 
 import typer
 
-from selkie.cli import billing, branches, connect, endpoints, operations, projects, roles, server
+from selkie.cli import (
+    billing,
+    branches,
+    connect,
+    endpoints,
+    operations,
+    projects,
+    roles,
+    server,
+    settings,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -37,6 +47,7 @@ app.command("connection-string")(connect.connection_string)
 app.command("connect", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     connect.connect
 )
+app.command("config")(settings.config)
 app.command("usage")(billing.usage)
 app.command("invoice")(billing.invoice)
 
