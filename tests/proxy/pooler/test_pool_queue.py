@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from selkie.proxy.pooler.pool import Backend, EndpointPool, PoolKey, PoolTimeout
+from selkie.proxy.pooler.backends import Backend, PoolKey
+from selkie.proxy.pooler.pool import EndpointPool, PoolTimeout
 
 K1 = PoolKey(role="app", caps=0, charset=45)
 K2 = PoolKey(role="other", caps=0, charset=45)

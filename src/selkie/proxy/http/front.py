@@ -34,7 +34,8 @@ from selkie.proxy.http import psdb
 from selkie.proxy.http.guard import ticket
 from selkie.proxy.http.resultset import ResultTooLarge, reset, run_query
 from selkie.proxy.http.sessions import Pinned, Sessions
-from selkie.proxy.pooler.pool import FORMAT_CAPS, Backend, PoolKey, PoolTimeout
+from selkie.proxy.pooler.backends import FORMAT_CAPS, Backend, PoolKey
+from selkie.proxy.pooler.pool import PoolTimeout
 from selkie.proxy.pooler.pooler import Pooler
 from selkie.proxy.pooler.runner import CommandRefused
 from selkie.proxy.pooler.sqlscan import STRINGS_OR_COMMENTS, classify

@@ -19,7 +19,8 @@ from typing import Any
 
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import Capability
-from selkie.proxy.pooler.pool import Backend, EndpointPool
+from selkie.proxy.pooler.backends import Backend
+from selkie.proxy.pooler.pool import EndpointPool
 
 TTL = 60.0
 

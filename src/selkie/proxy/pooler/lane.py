@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from selkie.errors import ConfigError
-from selkie.proxy.pooler.pool import Backend, PoolKey
+from selkie.proxy.pooler.backends import Backend, PoolKey
 from selkie.proxy.pooler.sqlscan import Effect
 from selkie.proxy.pooler.state import SessionState
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from selkie.proxy.pooler.backends import Backend
 from selkie.proxy.pooler.lane import BackendStatement, Lane, buffered, socket_fd
-from selkie.proxy.pooler.pool import Backend
 from selkie.proxy.pooler.runner import DEPRECATE_EOF, CommandRunner
 
 # Why the lane handed a session back (the WAKE_* enum of _lane.h, in its order).
@@ -94,7 +94,7 @@ class Parking(CommandRunner):
                 return True
             conn, conn_sig, conn_table = entered
             self.backend = None
-            self.pool.held -= 1  # counted by the lane while it holds it
+            self.pool.into_lane()  # counted by the lane while it holds it
         self._wake = asyncio.get_running_loop().create_future()
         self._woken = None
         last = self._last.lane_conn if self._last is not None else None
@@ -118,7 +118,7 @@ class Parking(CommandRunner):
             if b is not None:
                 b.writer.transport.resume_reading()  # type: ignore[attr-defined]
                 self.backend = b
-                self.pool.held += 1
+                self.pool.out_of_lane()
             self.lane = None  # and the rest of the session's
             return True
         try:
@@ -144,7 +144,7 @@ class Parking(CommandRunner):
             self.client.reader.feed_data(data)
         if isinstance(backend, Backend):
             backend.writer.transport.resume_reading()  # type: ignore[attr-defined]
-            self.pool.held += 1
+            self.pool.out_of_lane()
             self.backend = self._last = backend
             # Mid-answer (the client or the compute went away while the lane relayed it):
             # the rest may still come, so nobody can use it; the release closes it.

@@ -11,148 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from selkie.mysql.stream import PacketStream
-from selkie.mysql.wire import Capability, Command
-
-if TYPE_CHECKING:
-    from selkie.proxy.pooler.lane import Lane
-
-# Capabilities that change how responses are encoded: backends are shared only between
-# clients that agree on them.
-FORMAT_CAPS = (
-    Capability.DEPRECATE_EOF
-    | Capability.MULTI_RESULTS
-    | Capability.PS_MULTI_RESULTS
-    | Capability.SESSION_TRACK
-    | Capability.FOUND_ROWS
-    | Capability.LOCAL_FILES
-    | Capability.MULTI_STATEMENTS
-    | Capability.LONG_FLAG
-    | Capability.PROTOCOL_41
-    | Capability.MARIADB_EXTENDED_METADATA
-)
-
-
-@dataclass(frozen=True)
-class PoolKey:
-    role: str
-    caps: int
-    charset: int
-
-
-# Statements kept prepared per backend connection. The server's max_prepared_stmt_count
-# is shared by all its connections: computes are configured with room for about this many
-# on every pooled backend (compute.mariadb.render_config), and a backend gives back half of
-# its own when the server has no room left (proxy.pooled).
-MAX_STATEMENTS = 64
-# (database, tracked variables, SQL)
-StatementKey = tuple[str | None, frozenset[tuple[str, str]], bytes]
+from selkie.proxy.pooler.backends import Backend, PoolKey
+from selkie.proxy.pooler.lane import Lane
 
 
 class PoolTimeout(Exception):
     """No backend became free in time."""
-
-
-@dataclass
-class BackendStatement:
-    id: int  # the compute's statement id
-    types: bytes | None = None  # parameter types last bound on it (they stick until re-sent)
-
-
-@dataclass(eq=False)
-class Backend:
-    key: PoolKey
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    stream: PacketStream
-    thread_id: int = 0  # the compute's id for this connection (what KILL takes)
-    # Session state as applied on this connection, to replay only what differs.
-    database: str | None = None
-    sets: dict[str, str] = field(default_factory=dict)
-    last_insert_id: int | None = None
-    multi_statements: bool | None = None
-    # Statements prepared here, by the session state they were prepared in (database and
-    # tracked variables: both bind a statement) and SQL text, least recently used first:
-    # clients in that state execute through them, so a statement is prepared once per
-    # backend, not once per client that lands here.
-    statements: OrderedDict[StatementKey, BackendStatement] = field(default_factory=OrderedDict)
-    owner: object | None = None  # the client session that used it last
-    # The last owner ran something that may change session state the proxy does not track
-    # (a stored procedure): the next client gets the backend reset.
-    dirty: bool = False
-    # A command was sent and its response not read to its end (its client left, or the
-    # reading failed or was cancelled mid-way): the compute may still be sending it, so
-    # the connection is closed on release, never lent out.
-    answering: bool = False
-    # The fast lane's handle on its socket, once it has been there.
-    lane_conn: Any = field(default=None, repr=False)
-
-    def alive(self) -> bool:
-        return not (self.reader.at_eof() or self.writer.is_closing())
-
-    def reusable(self) -> bool:
-        """Whether another command (another client's) may be sent here: open, and the
-        last response read to its end."""
-        return not self.answering and self.alive()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-
-    def forget_session(self) -> None:
-        """After COM_RESET_CONNECTION: the server dropped variables and statements."""
-        self.sets.clear()
-        self.statements.clear()
-        self.last_insert_id = None
-        self.multi_statements = None
-        self.dirty = False
-
-    def _statement_key(self, sql: bytes) -> StatementKey:
-        return (self.database, frozenset(self.sets.items()), sql)
-
-    def statement(self, sql: bytes) -> BackendStatement | None:
-        """The statement for ``sql`` prepared here in the session state now in place."""
-        key = self._statement_key(sql)
-        found = self.statements.get(key)
-        if found is not None:
-            self.statements.move_to_end(key)
-        return found
-
-    def remember(self, sql: bytes, stmt_id: int) -> BackendStatement:
-        """Note a statement prepared here in the state now in place; one prepared earlier
-        for the same, and the least recently used beyond the cap, are closed on the server
-        (COM_STMT_CLOSE has no response, so this costs no round trip)."""
-        key = self._statement_key(sql)
-        old = self.statements.pop(key, None)
-        if old is not None and old.id != stmt_id:
-            self._close_statement(old.id)
-        stmt = self.statements[key] = BackendStatement(stmt_id)
-        self._close_oldest(len(self.statements) - MAX_STATEMENTS)
-        return stmt
-
-    def shrink_statements(self) -> None:
-        """Close the least recently used half of the statements kept here."""
-        self._close_oldest((len(self.statements) + 1) // 2)
-
-    def _close_oldest(self, count: int) -> None:
-        for _ in range(count):
-            self._close_statement(self.statements.popitem(last=False)[1].id)
-
-    def drop_statement(self, stmt: BackendStatement) -> None:
-        """Close ``stmt`` on the server, and forget it if it is still kept here."""
-        for key, kept in self.statements.items():
-            if kept is stmt:
-                del self.statements[key]
-                break
-        self._close_statement(stmt.id)
-
-    def _close_statement(self, stmt_id: int) -> None:
-        self.stream.write(0, bytes([Command.STMT_CLOSE]) + stmt_id.to_bytes(4, "little"))
 
 
 class EndpointPool:
@@ -184,7 +51,7 @@ class EndpointPool:
             else None
         )
         self._sync_room()
-        self.held = 0  # backends in use by sessions in Python (the lane counts its own)
+        self._held = 0  # backends in use by sessions in Python (the lane counts its own)
         self.waiting = 0
         self.clients = 0
         self.pinned = 0
@@ -212,7 +79,16 @@ class EndpointPool:
     @property
     def in_use(self) -> int:
         """Backends lent to sessions, whether they run in Python or in the lane."""
-        return self.held + (self.lane.c.in_use if self.lane is not None else 0)
+        return self._held + (self.lane.c.in_use if self.lane is not None else 0)
+
+    def into_lane(self) -> None:
+        """A session's backend goes into the lane with it: the lane counts it from now."""
+        self._held -= 1
+
+    def out_of_lane(self) -> None:
+        """A backend comes back from the lane with its session (or stays with it when the
+        lane could not take it): counted here again."""
+        self._held += 1
 
     def _sync_room(self) -> None:
         """The lane opens no backends: it asks Python to when there is room for one."""
@@ -253,7 +129,7 @@ class EndpointPool:
                 return backend
             if self.total < self.cap or self._evict_other_kind(key):
                 self.total += 1
-                self.held += 1
+                self._held += 1
                 self.peak = max(self.peak, self.total)
                 break
             handed = await self._wait(key, deadline)
@@ -268,7 +144,7 @@ class EndpointPool:
             return await connect()
         except BaseException:
             self.total -= 1
-            self.held -= 1
+            self._held -= 1
             self._wake_first()
             raise
 
@@ -278,17 +154,17 @@ class EndpointPool:
             if self.lane is not None:
                 backend = self.lane.take(key, prefer)
                 if backend is not None:
-                    self.held += 1
+                    self._held += 1
                     return backend
             return None
         if prefer is not None and prefer in idle and prefer.reusable():
             idle.remove(prefer)
-            self.held += 1
+            self._held += 1
             return prefer
         while idle:
             backend = idle.pop()
             if backend.reusable():
-                self.held += 1
+                self._held += 1
                 return backend
             backend.close()
             self.total -= 1
@@ -328,7 +204,7 @@ class EndpointPool:
                 if handed is None:
                     self._wake_first()
                 else:
-                    self.held -= 1
+                    self._held -= 1
                     self._give(handed)
             raise
         finally:
@@ -350,7 +226,7 @@ class EndpointPool:
         for i, (key, waiter) in enumerate(self._waiters):
             if key == backend.key and not waiter.done():
                 del self._waiters[i]
-                self.held += 1
+                self._held += 1
                 waiter.set_result(backend)
                 return
         if self.lane is None or not self.lane.give(backend):
@@ -375,7 +251,7 @@ class EndpointPool:
     async def release(self, backend: Backend, *, broken: bool = False) -> None:
         """A backend a session is done with: back to the pool, or closed when ``broken``
         or not reusable (a response not read to its end: it would reach the next user)."""
-        self.held -= 1
+        self._held -= 1
         if broken or not backend.reusable():
             backend.close()
             self.total -= 1

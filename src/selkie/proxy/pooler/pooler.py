@@ -11,8 +11,9 @@ from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import ErrorCode
 from selkie.proxy.connect import Authenticated, Connector, Refused
 from selkie.proxy.handshake import Hello
+from selkie.proxy.pooler.backends import FORMAT_CAPS, Backend, PoolKey
 from selkie.proxy.pooler.lane import check, lane_for
-from selkie.proxy.pooler.pool import FORMAT_CAPS, Backend, EndpointPool, PoolKey, PoolTimeout
+from selkie.proxy.pooler.pool import EndpointPool, PoolTimeout
 from selkie.proxy.pooler.runner import CommandRefused
 from selkie.proxy.pooler.session import PooledSession
 from selkie.proxy.relay import Counters

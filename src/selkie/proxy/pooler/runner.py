@@ -16,7 +16,8 @@ from selkie.mysql.packets import Err, build_err
 from selkie.mysql.response import Event, ResponseReader, Summary
 from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import Capability, Command, ErrorCode, ProtocolError, ServerStatus, int4
-from selkie.proxy.pooler.pool import Backend, BackendStatement, EndpointPool, PoolKey
+from selkie.proxy.pooler.backends import Backend, BackendStatement, PoolKey
+from selkie.proxy.pooler.pool import EndpointPool
 from selkie.proxy.pooler.sqlscan import DEFAULTABLE, Effect
 from selkie.proxy.pooler.state import Prepared, SessionState, escape, first_row, prepared_effect
 from selkie.proxy.relay import Counters
