@@ -287,7 +287,9 @@ class Platform:
             runner=OperationsRunner(
                 store=store,
                 lifecycle=lifecycle,
-                restorer=Restorer(history=history, lifecycle=lifecycle) if history else None,
+                restorer=(
+                    Restorer(store=store, history=history, lifecycle=lifecycle) if history else None
+                ),
             ),
             access=access,
             scheduler=scheduler,
