@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from selkie.archive import Archive, open_archive
@@ -321,6 +322,12 @@ class Platform:
         if self.lock is not None:
             os.close(self.lock)
             self.lock = None
+
+    def is_leader(self) -> bool:
+        return self.scheduler.leader.held
+
+    def recent_starts(self, endpoint_id: str) -> list[tuple[datetime, float]]:
+        return self.start_metrics.recent_starts(endpoint_id)
 
     def prometheus(self) -> bytes:
         starts = self.start_metrics
