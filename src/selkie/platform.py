@@ -30,6 +30,7 @@ from selkie.control.autoscaler import Autoscaler
 from selkie.control.durability import Durable
 from selkie.control.health import Health
 from selkie.control.history import History
+from selkie.control.leader import LeaderWork
 from selkie.control.lifecycle import Lifecycle
 from selkie.control.local_plane import LocalControlPlane
 from selkie.control.meter import Meter
@@ -39,7 +40,7 @@ from selkie.control.replicas import ReplicaStatus
 from selkie.control.restores import Restorer
 from selkie.control.runner import OperationsRunner
 from selkie.control.scheduler import Scheduler
-from selkie.control.schema_diff import schema_text, unified
+from selkie.control.schema_diff import SchemaDiff
 from selkie.controlplane import ControlPlane
 from selkie.errors import ConfigError, Conflict
 from selkie.metering.prometheus import Sources, render
@@ -57,7 +58,6 @@ from selkie.storage.local import LocalStorage
 from selkie.storage.pageserver import PageServerStorage
 from selkie.storage.restore import Tools
 from selkie.store import Store
-from selkie.store import endpoints as rows
 from selkie.store.tables import BranchRow
 
 log = logging.getLogger(__name__)
@@ -180,34 +180,6 @@ def claim_data_dir(settings: Settings) -> int | None:
 
 
 @dataclass
-class LeaderWork:
-    """What the scheduler's leader does besides suspending: metering, and (when control
-    planes share the store) settling what a control plane that died left half-done."""
-
-    store: Store
-    lifecycle: Lifecycle
-    meter: Meter
-    quotas: Quotas
-    health: Health
-    history: History | None = None
-    reconcile_every: float = 30.0
-    _last_reconcile: datetime | None = None
-
-    async def tick(self, now: datetime) -> None:
-        await self.health.tick(now)  # in a task of its own: a hung compute holds up nothing
-        await self.meter.tick(now)
-        await self.quotas.tick(now)
-        if self.history is not None:
-            await self.history.tick(now)
-        if not self.store.shared:
-            return  # the only control plane on its store: it reconciled when it started
-        last = self._last_reconcile
-        if last is None or (now - last).total_seconds() >= self.reconcile_every:
-            self._last_reconcile = now
-            await reconcile(self.store, self.lifecycle, shared=True)
-
-
-@dataclass
 class Platform:
     settings: Settings
     store: Store
@@ -223,6 +195,7 @@ class Platform:
     start_metrics: StartMetrics
     autoscaler: Autoscaler
     health: Health
+    schemas: SchemaDiff
     history: History | None = None
     proxy: ProxyServer | None = None
     # The data dir's lock (a file descriptor), held while this platform is open.
@@ -287,7 +260,9 @@ class Platform:
             runner=OperationsRunner(
                 store=store,
                 lifecycle=lifecycle,
-                restorer=Restorer(history=history, lifecycle=lifecycle) if history else None,
+                restorer=(
+                    Restorer(store=store, history=history, lifecycle=lifecycle) if history else None
+                ),
             ),
             access=access,
             scheduler=scheduler,
@@ -304,6 +279,7 @@ class Platform:
                 down_seconds=settings.autoscale_down_seconds,
             ),
             health=health,
+            schemas=SchemaDiff(store=store, lifecycle=lifecycle, driver=driver),
             history=history,
         )
 
@@ -347,6 +323,12 @@ class Platform:
             os.close(self.lock)
             self.lock = None
 
+    def is_leader(self) -> bool:
+        return self.scheduler.leader.held
+
+    def recent_starts(self, endpoint_id: str) -> list[tuple[datetime, float]]:
+        return self.start_metrics.recent_starts(endpoint_id)
+
     def prometheus(self) -> bytes:
         starts = self.start_metrics
         return render(
@@ -374,14 +356,7 @@ class Platform:
 
     async def compare_schema(self, base_branch_id: str, branch_id: str, database: str) -> str:
         """The unified diff of a database's schema on two branches (their endpoints woken)."""
-        texts = []
-        for bid in (base_branch_id, branch_id):
-            endpoint_ids = await asyncio.to_thread(rows.endpoint_ids_of_branch, self.store, bid)
-            if not endpoint_ids:
-                raise Conflict(f"branch {bid} has no endpoint to read its schema from")
-            await self.lifecycle.start(endpoint_ids[0], wake=True)
-            texts.append(await schema_text(self.driver, endpoint_ids[0], database))
-        return unified(texts[0], texts[1], base_name=base_branch_id, branch_name=branch_id)
+        return await self.schemas.compare(base_branch_id, branch_id, database)
 
     def pool_metrics(self, endpoint_id: str) -> dict[str, int]:
         pool = self.proxy.pools.get(endpoint_id) if self.proxy is not None else None

@@ -136,20 +136,14 @@ async def serve(
             config = uvicorn.Config(
                 create_app(
                     platform.control,
-                    pool_metrics=platform.pool_metrics,
-                    durability=platform.durability,
-                    prometheus=platform.prometheus,
+                    runtime=platform,
                     control_plane=platform.access,
                     internal_token=settings.internal_token,
-                    leader=lambda: platform.scheduler.leader.held,
                     max_body_bytes=settings.api_max_body_bytes,
                     rate_limit=settings.api_rate_limit,
                     # With a listener of their own, the internal routes are not public.
                     internal_routes=not settings.internal_listen,
-                    compare_schema=platform.compare_schema,
-                    replication=platform.replica_status,
                     console=console_settings(settings, platform) if settings.console else None,
-                    recent_starts=platform.start_metrics.recent_starts,
                 ),
                 host=host,
                 port=port,

@@ -37,8 +37,8 @@ def test_a_recycled_pid_is_not_mistaken_for_a_compute(tmp_path: Path) -> None:
             "socket": str(tmp_path / "s"),
         }
         (run_dir / "compute.json").write_text(json.dumps(record))
-        assert driver._recorded_alive("ep-x") is None
-        assert driver._is_ours(os.getpid(), "ep-x") is False
+        assert driver.records.recorded_alive("ep-x") is None
+        assert driver.records.is_ours(os.getpid(), "ep-x") is False
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -32,7 +32,7 @@ async def test_metrics_parse_and_count_what_happened(db: Db) -> None:
     who = local_principal(p.control)
     _, admin_key = await asyncio.to_thread(p.control.api_keys.create, who, name="prom", admin=True)
     _, plain_key = await asyncio.to_thread(p.control.api_keys.create, who, name="plain")
-    api = TestClient(create_app(p.control, prometheus=p.prometheus))
+    api = TestClient(create_app(p.control, runtime=p))
     assert api.get("/metrics").status_code == 401
     assert api.get("/metrics", headers={"Authorization": f"Bearer {plain_key}"}).status_code == 403
     project = (("project_id", db.created.project.id),)

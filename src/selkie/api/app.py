@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import Any
-
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -18,30 +14,25 @@ from selkie.api.deps import Who
 from selkie.api.limits import DEFAULT_MAX_BODY, BodyLimit
 from selkie.api.ratelimit import RateLimiter
 from selkie.api.routes import branches, endpoints, internal, keys, operations, projects, roles
+from selkie.api.runtime import Runtime
 from selkie.control import Control
-from selkie.control.durability import Durable
 from selkie.controlplane import ControlPlane
 from selkie.errors import Forbidden
-from selkie.model import Durability
 
 
 def create_app(
     control: Control,
     *,
-    pool_metrics: Callable[[str], dict[str, int]] | None = None,
-    durability: Callable[[str, Durability], Awaitable[Durable]] | None = None,
-    prometheus: Callable[[], bytes] | None = None,
+    runtime: Runtime | None = None,
     control_plane: ControlPlane | None = None,
     internal_token: str = "",
-    leader: Callable[[], bool] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
     rate_limit: float = 0.0,
     internal_routes: bool = True,
-    compare_schema: Callable[[str, str, str], Awaitable[str]] | None = None,
-    replication: Callable[[str], Awaitable[Any]] | None = None,
     console: ConsoleSettings | None = None,
-    recent_starts: Callable[[str], list[tuple[datetime, float]]] | None = None,
 ) -> FastAPI:
+    """The REST API over ``control``. ``runtime``: the computes, proxy and scheduler of
+    the process serving it, where it runs them (see :class:`Runtime`)."""
     app = FastAPI(
         title="Selkie API",
         version=__version__,
@@ -57,18 +48,11 @@ def create_app(
         },
     )
     app.state.control = control
-    # The in-process proxy's pool metrics per endpoint, when there is one.
-    app.state.pool_metrics = pool_metrics
-    # An endpoint's durability (the safekeeper's view, the compute's semi-sync), where
-    # computes run in-process.
-    app.state.durability = durability
+    # Pool metrics, durability, schema diffs, replication: where computes run in-process.
+    app.state.runtime = runtime
     # The ControlPlane that internal routes serve to proxy replicas (with the token).
     app.state.control_plane = control_plane
     app.state.internal_token = internal_token
-    # Where computes run in this process: the diff of two branches' schemas.
-    app.state.compare_schema = compare_schema
-    # A read-only compute's replication, asked of its server, where computes run here.
-    app.state.replication = replication
     # Requests a second per API key (0: no limit).
     app.state.rate_limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
     errors.install(app)
@@ -76,14 +60,16 @@ def create_app(
 
     @app.get("/healthz", response_model=schemas.Health, tags=["health"])
     def healthz() -> schemas.Health:
-        return schemas.Health(status="ok", leader=leader() if leader is not None else None)
+        return schemas.Health(
+            status="ok", leader=runtime.is_leader() if runtime is not None else None
+        )
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics(who: Who) -> PlainTextResponse:
         """Prometheus metrics of this process (an admin API key)."""
         if not who.admin:
             raise Forbidden("metrics need an admin API key")
-        body = prometheus() if prometheus is not None else b""
+        body = runtime.prometheus() if runtime is not None else b""
         return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     for module in (projects, branches, endpoints, roles, operations, keys):
@@ -92,10 +78,7 @@ def create_app(
     if internal_routes:
         app.include_router(internal.router)
     if console is not None:
-        install_console(
-            app,
-            Console(control, console, pool_metrics=pool_metrics, recent_starts=recent_starts),
-        )
+        install_console(app, Console(control, console, runtime=runtime))
     return app
 
 

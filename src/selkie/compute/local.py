@@ -9,7 +9,8 @@ socket's directory is mode 0700.
 
 Supervision follows patroni's postmaster handling: a pid is trusted only if its start time
 matches the record and its command line names our config; stop is SIGTERM, then SIGKILL of
-the whole process group after a timeout; our children are always reaped.
+the whole process group after a timeout; our children are always reaped. The records and
+the identity checks are :mod:`selkie.compute.records`.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import hashlib
-import json
 import logging
 import os
 import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +36,16 @@ from selkie.compute.procs import (
     find_mariadbd,
     free_port,
     held_still,
-    is_zombie,
     log_since,
     log_size,
     log_tail,
     port_is_free,
-    proc_cmdline,
     proc_start_time,
     process_usage,
     server_env,
     wait_for_handshake,
 )
+from selkie.compute.records import Records, Supervised, socket_dir
 from selkie.compute.warm import WARM_POOL_BYTES, InputWatch, grow_pool, shrink_pool
 from selkie.errors import ComputeError
 from selkie.tasks import cancel as cancel_task
@@ -57,22 +54,6 @@ from selkie.tasks import spawn
 log = logging.getLogger(__name__)
 
 _POLL_INTERVAL = 0.5
-_SOCKET_PATH_MAX = 100
-
-
-@dataclass
-class _Supervised:
-    endpoint_id: str
-    pid: int
-    start_time: int
-    port: int
-    socket: Path
-    process: asyncio.subprocess.Process | None = None  # None when adopted
-    cu: float = 0.0  # the size it runs at (0: unknown, a record from an older version)
-    boosted: bool = False  # started without its CPU limit, which end_boost() sets
-    stopping: bool = False
-    watcher: asyncio.Task[None] | None = None
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class LocalDriver(ComputeDriver):
@@ -96,14 +77,15 @@ class LocalDriver(ComputeDriver):
         if bind_address in LOOPBACK_HOSTS or bind_address.startswith("127."):
             self.account_hosts = LOOPBACK_HOSTS
         self.cgroups = cgroups or Cgroups(enabled=False)
-        self.socket_dir = self._socket_dir(data_dir.resolve())
+        self.socket_dir = socket_dir(data_dir.resolve())
+        self.records = Records(root=self.root, sockets=self.socket_dir)
         self.os_user = getpass.getuser()
         self.run_as_root = os.geteuid() == 0
         # The unprivileged user computes run as when Selkie is root (None: as Selkie).
         self.identity = choose(data_dir, os_user)
         if self.identity is not None:
             self.identity.hand_over(self.socket_dir)
-        self._procs: dict[str, _Supervised] = {}
+        self._procs: dict[str, Supervised] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # How long each compute was last held still by paused() (ms), for benchmarks.
         self.last_pause_ms: dict[str, float] = {}
@@ -112,105 +94,21 @@ class LocalDriver(ComputeDriver):
         self._growing: dict[str, asyncio.Task[None]] = {}
         self._watches: dict[str, InputWatch] = {}
 
-    @staticmethod
-    def _socket_dir(data_dir: Path) -> Path:
-        preferred = data_dir / "run"
-        if len(str(preferred)) + 40 <= _SOCKET_PATH_MAX:
-            path = preferred
-        else:
-            digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]  # noqa: S324
-            path = Path("/tmp") / f"selkie-{digest}"  # noqa: S108 - private, mode 0700
-        path.mkdir(parents=True, exist_ok=True)
-        path.chmod(0o700)
-        return path
-
     # --- paths -----------------------------------------------------------------------------
 
     def run_dir(self, endpoint_id: str) -> Path:
-        return self.root / endpoint_id
+        return self.records.run_dir(endpoint_id)
 
     def socket_path(self, endpoint_id: str) -> Path:
-        return self.socket_dir / f"{endpoint_id}.sock"
-
-    def _record_path(self, endpoint_id: str) -> Path:
-        return self.run_dir(endpoint_id) / "compute.json"
-
-    def _cnf_path(self, endpoint_id: str) -> Path:
-        return self.run_dir(endpoint_id) / "my.cnf"
+        return self.records.socket_path(endpoint_id)
 
     def error_log(self, endpoint_id: str) -> Path:
-        return self.run_dir(endpoint_id) / "error.log"
+        return self.records.error_log(endpoint_id)
 
     def _lock(self, endpoint_id: str) -> asyncio.Lock:
         return self._locks.setdefault(endpoint_id, asyncio.Lock())
 
-    # --- records ---------------------------------------------------------------------------
-
-    def _read_record(self, endpoint_id: str) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(self._record_path(endpoint_id).read_text())
-            return data
-        except (OSError, ValueError):
-            return None
-
-    def _write_record(self, sup: _Supervised) -> None:
-        path = self._record_path(sup.endpoint_id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {
-                    "endpoint_id": sup.endpoint_id,
-                    "pid": sup.pid,
-                    "start_time": sup.start_time,
-                    "port": sup.port,
-                    "socket": str(sup.socket),
-                    "cu": sup.cu,
-                    "boosted": sup.boosted,
-                }
-            )
-        )
-        tmp.replace(path)
-
-    def _is_ours(self, pid: int, endpoint_id: str, start_time: int | None = None) -> bool:
-        """The pid is alive, is the mariadbd we started for this endpoint, and (when known)
-        started when our record says: a recycled pid is never mistaken for a compute."""
-        actual = proc_start_time(pid)
-        if actual is None or is_zombie(pid):
-            return False
-        if start_time is not None and actual != start_time:
-            return False
-        return f"--defaults-file={self._cnf_path(endpoint_id)}" in proc_cmdline(pid)
-
-    def _recorded_alive(self, endpoint_id: str) -> _Supervised | None:
-        rec = self._read_record(endpoint_id)
-        if rec is None or not self._is_ours(int(rec["pid"]), endpoint_id, rec.get("start_time")):
-            return None
-        return _Supervised(
-            endpoint_id=endpoint_id,
-            pid=int(rec["pid"]),
-            start_time=int(rec["start_time"]),
-            port=int(rec["port"]),
-            socket=Path(rec["socket"]),
-            cu=float(rec.get("cu", 0.0)),
-            boosted=bool(rec.get("boosted", False)),
-        )
-
-    def _scan_proc(self) -> dict[str, int]:
-        """mariadbd processes started with a config under our root, by endpoint id. Catches
-        a compute whose record was never written (a crash right after spawning it)."""
-        found: dict[str, int] = {}
-        prefix = f"--defaults-file={self.root}/"
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            for arg in proc_cmdline(int(entry.name)):
-                if arg.startswith(prefix) and arg.endswith("/my.cnf"):
-                    endpoint_id = arg[len(prefix) :].split("/", 1)[0]
-                    if not is_zombie(int(entry.name)):
-                        found[endpoint_id] = int(entry.name)
-        return found
-
-    def _info(self, sup: _Supervised | None, endpoint_id: str) -> ComputeInfo:
+    def _info(self, sup: Supervised | None, endpoint_id: str) -> ComputeInfo:
         if sup is None:
             return ComputeInfo(endpoint_id=endpoint_id, running=False)
         return ComputeInfo(
@@ -229,7 +127,7 @@ class LocalDriver(ComputeDriver):
             sup = self._procs.get(spec.endpoint_id)
             if sup is not None and not sup.exited.is_set():
                 return self._info(sup, spec.endpoint_id)
-            found = self._recorded_alive(spec.endpoint_id)
+            found = self.records.recorded_alive(spec.endpoint_id)
             if found is not None:
                 self._supervise(found)
                 return self._info(found, spec.endpoint_id)
@@ -245,7 +143,7 @@ class LocalDriver(ComputeDriver):
             assert last_error is not None
             raise last_error
 
-    async def _spawn(self, spec: ComputeSpec, *, timeout: float) -> _Supervised:
+    async def _spawn(self, spec: ComputeSpec, *, timeout: float) -> Supervised:
         ep = spec.endpoint_id
         run_dir = self.run_dir(ep)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +160,7 @@ class LocalDriver(ComputeDriver):
         if self.identity is not None:
             # Copies, restores and backups are made as root: the compute gets its files.
             await asyncio.to_thread(self.identity.hand_over, spec.datadir, run_dir)
-        self._cnf_path(ep).write_text(
+        self.records.cnf_path(ep).write_text(
             render_config(
                 sizing=sizing,
                 datadir=spec.datadir,
@@ -281,7 +179,7 @@ class LocalDriver(ComputeDriver):
         try:
             process = await asyncio.create_subprocess_exec(
                 spec.binary or self.mariadbd,
-                f"--defaults-file={self._cnf_path(ep)}",
+                f"--defaults-file={self.records.cnf_path(ep)}",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
@@ -293,7 +191,7 @@ class LocalDriver(ComputeDriver):
                 f"cannot run {spec.binary or self.mariadbd}: {exc.strerror}"
             ) from exc
         start_time = proc_start_time(process.pid) or 0
-        sup = _Supervised(
+        sup = Supervised(
             endpoint_id=ep,
             pid=process.pid,
             start_time=start_time,
@@ -305,13 +203,13 @@ class LocalDriver(ComputeDriver):
         sup.boosted = spec.boost and self.cgroups.apply(
             ep, process.pid, cu=spec.cu, memory_bytes=sizing.memory_bytes, boost=spec.boost
         )
-        self._write_record(sup)
+        self.records.write(sup)
         try:
             await self._wait_ready(sup, deadline=started + timeout)
         except BaseException:
             sup.stopping = True
             await self._kill_and_reap(sup)
-            self._record_path(ep).unlink(missing_ok=True)
+            self.records.forget(ep)
             tail = self._log_since(ep, log_offset)
             if "Address already in use" in tail or "Can't start server: Bind" in tail:
                 raise _PortTaken(f"port {port} was taken: {tail}") from None
@@ -326,7 +224,7 @@ class LocalDriver(ComputeDriver):
         )
         return sup
 
-    async def _wait_ready(self, sup: _Supervised, *, deadline: float) -> None:
+    async def _wait_ready(self, sup: Supervised, *, deadline: float) -> None:
         assert sup.process is not None
         delay = 0.002
         offset = self._log_size(sup.endpoint_id)
@@ -349,18 +247,18 @@ class LocalDriver(ComputeDriver):
 
     # --- supervision -----------------------------------------------------------------------
 
-    def _supervise(self, sup: _Supervised) -> None:
+    def _supervise(self, sup: Supervised) -> None:
         self._procs[sup.endpoint_id] = sup
         sup.watcher = asyncio.get_running_loop().create_task(
             self._watch(sup), name=f"watch-{sup.endpoint_id}"
         )
 
-    async def _watch(self, sup: _Supervised) -> None:
+    async def _watch(self, sup: Supervised) -> None:
         try:
             if sup.process is not None:
                 code: int | None = await sup.process.wait()
             else:
-                while self._is_ours(sup.pid, sup.endpoint_id, sup.start_time):
+                while self.records.is_ours(sup.pid, sup.endpoint_id, sup.start_time):
                     await asyncio.sleep(_POLL_INTERVAL)
                 code = None
         except asyncio.CancelledError:
@@ -378,7 +276,7 @@ class LocalDriver(ComputeDriver):
             status = f"signal {signal.Signals(-code).name}"
         reason = f"mariadbd exited unexpectedly ({status}): {self.error_log_tail(sup.endpoint_id)}"
         log.warning("compute %s: %s", sup.endpoint_id, reason)
-        self._record_path(sup.endpoint_id).unlink(missing_ok=True)
+        self.records.forget(sup.endpoint_id)
         try:
             await self._report_exit(sup.endpoint_id, reason)
         except Exception:
@@ -388,7 +286,7 @@ class LocalDriver(ComputeDriver):
         async with self._lock(endpoint_id):
             sup = self._procs.get(endpoint_id)
             if sup is None:
-                sup = self._recorded_alive(endpoint_id)
+                sup = self.records.recorded_alive(endpoint_id)
                 if sup is None:
                     return ComputeInfo(endpoint_id=endpoint_id, running=False)
                 # Adopted computes are active ones: none may stay frozen.
@@ -400,14 +298,14 @@ class LocalDriver(ComputeDriver):
 
     async def stop(self, endpoint_id: str, *, timeout: float = 30.0) -> None:
         async with self._lock(endpoint_id):
-            sup = self._procs.get(endpoint_id) or self._recorded_alive(endpoint_id)
+            sup = self._procs.get(endpoint_id) or self.records.recorded_alive(endpoint_id)
             if sup is None:
                 # No record: a process whose record was lost may still be there.
-                pid = self._scan_proc().get(endpoint_id)
+                pid = self.records.scan_proc().get(endpoint_id)
                 if pid is None:
-                    self._record_path(endpoint_id).unlink(missing_ok=True)
+                    self.records.forget(endpoint_id)
                     return
-                sup = _Supervised(
+                sup = Supervised(
                     endpoint_id=endpoint_id,
                     pid=pid,
                     start_time=proc_start_time(pid) or 0,
@@ -431,13 +329,13 @@ class LocalDriver(ComputeDriver):
                 with contextlib.suppress(asyncio.CancelledError):
                     await sup.watcher
             self._procs.pop(endpoint_id, None)
-            self._record_path(endpoint_id).unlink(missing_ok=True)
+            self.records.forget(endpoint_id)
             self.cgroups.remove(endpoint_id)
             log.info(
                 "compute %s stopped in %.0f ms", endpoint_id, (time.monotonic() - started) * 1000
             )
 
-    async def _wait_gone(self, sup: _Supervised, timeout: float) -> bool:
+    async def _wait_gone(self, sup: Supervised, timeout: float) -> bool:
         if sup.process is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(sup.process.wait()), timeout)
@@ -445,13 +343,13 @@ class LocalDriver(ComputeDriver):
             except TimeoutError:
                 return False
         deadline = time.monotonic() + timeout
-        while self._is_ours(sup.pid, sup.endpoint_id, sup.start_time or None):
+        while self.records.is_ours(sup.pid, sup.endpoint_id, sup.start_time or None):
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.01)
         return True
 
-    async def _kill_and_reap(self, sup: _Supervised) -> None:
+    async def _kill_and_reap(self, sup: Supervised) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(sup.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -459,7 +357,7 @@ class LocalDriver(ComputeDriver):
         if sup.process is not None:
             await sup.process.wait()
         else:
-            while self._is_ours(sup.pid, sup.endpoint_id, sup.start_time or None):
+            while self.records.is_ours(sup.pid, sup.endpoint_id, sup.start_time or None):
                 await asyncio.sleep(0.01)
 
     # --- live size -------------------------------------------------------------------------
@@ -483,7 +381,7 @@ class LocalDriver(ComputeDriver):
     def live(self) -> LiveSizing:
         return LiveSizing(self.cgroups, self.execute)
 
-    def _running(self, endpoint_id: str) -> _Supervised:
+    def _running(self, endpoint_id: str) -> Supervised:
         sup = self._procs.get(endpoint_id)
         if sup is None or sup.exited.is_set():
             raise ComputeError(f"compute {endpoint_id} is not running")
@@ -499,7 +397,7 @@ class LocalDriver(ComputeDriver):
             except OSError as exc:
                 raise ComputeError(f"cannot set the CPU limit: {exc.strerror}") from exc
             sup.boosted = False
-            self._write_record(sup)
+            self.records.write(sup)
 
     async def resize(self, endpoint_id: str, cu: float) -> None:
         async with self._lock(endpoint_id):
@@ -508,7 +406,7 @@ class LocalDriver(ComputeDriver):
                 return
             await self.live.resize(endpoint_id, sup.cu or cu, cu, boosted=sup.boosted, pid=sup.pid)
             sup.cu = cu
-            self._write_record(sup)
+            self.records.write(sup)
             log.info("compute %s resized to %s CU", endpoint_id, cu)
 
     async def load(self, endpoint_id: str) -> ComputeLoad | None:
@@ -554,7 +452,7 @@ class LocalDriver(ComputeDriver):
                     self.cgroups.set_memory(endpoint_id, Sizing.for_cu(cu).memory_bytes)
                     self.cgroups.set_cpu(endpoint_id, cu)
                 sup.cu = cu
-                self._write_record(sup)
+                self.records.write(sup)
             self._growing[endpoint_id] = spawn(
                 grow_pool(self.execute, endpoint_id, to_bytes=Sizing.for_cu(cu).buffer_pool_bytes),
                 name=f"grow-pool-{endpoint_id}",
@@ -601,14 +499,14 @@ class LocalDriver(ComputeDriver):
         sup = self._procs.get(endpoint_id)
         if sup is not None and not sup.exited.is_set():
             return self._info(sup, endpoint_id)
-        return self._info(self._recorded_alive(endpoint_id), endpoint_id)
+        return self._info(self.records.recorded_alive(endpoint_id), endpoint_id)
 
     async def list_computes(self) -> list[ComputeInfo]:
         infos: dict[str, ComputeInfo] = {}
         for rec_dir in self.root.iterdir():
             if rec_dir.is_dir():
                 infos[rec_dir.name] = await self.inspect(rec_dir.name)
-        for endpoint_id, pid in (await asyncio.to_thread(self._scan_proc)).items():
+        for endpoint_id, pid in (await asyncio.to_thread(self.records.scan_proc)).items():
             if not infos.get(endpoint_id, ComputeInfo(endpoint_id="", running=False)).running:
                 infos[endpoint_id] = ComputeInfo(endpoint_id=endpoint_id, running=True, pid=pid)
         return list(infos.values())

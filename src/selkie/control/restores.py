@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -32,17 +31,14 @@ from selkie.archive.layout import TimelineRef
 from selkie.control.base import ServiceBase
 from selkie.control.history import History
 from selkie.control.lifecycle import Lifecycle
-from selkie.control.points import Point, check_point, switch_timeline, timeline_at
+from selkie.control.points import Point, check_point, switch_timeline
 from selkie.control.rules import copy_accounts
 from selkie.errors import Conflict, NotFound
 from selkie.model import OperationAction, Principal, utcnow
-from selkie.storage.images import INITIAL
-from selkie.storage.local import LocalStorage
-from selkie.store import convert
+from selkie.store import Store, convert
 from selkie.store.tables import (
     BranchRow,
     OperationRow,
-    TimelineRow,
 )
 from selkie.tasks import spawn
 
@@ -105,19 +101,17 @@ class RestoreService(ServiceBase):
 
 
 class Restorer:
-    """The operations side: restores run by the operations runner."""
+    """The operations side: restores run by the operations runner. Branch data is the
+    history service's to stage, image and swap in; this class sequences a restore and
+    records it in the store."""
 
-    def __init__(self, *, history: History, lifecycle: Lifecycle) -> None:
+    def __init__(self, *, store: Store, history: History, lifecycle: Lifecycle) -> None:
+        self.store = store
         self.history = history
         self.lifecycle = lifecycle
-        self.store = history.store
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
-
-    def _timeline_at(self, branch_id: str, point: Point) -> TimelineRow:
-        with self.store.read() as s:
-            return timeline_at(s, branch_id, point)
 
     # --- restore of a branch ---------------------------------------------------------------
 
@@ -138,42 +132,33 @@ class Restorer:
         branch_id = op.branch_id
         payload = op.payload
         point = Point.from_payload(payload.get("point") or {})
-        source = await self._db(self._timeline_at, payload["source_branch_id"], point)
-        storage = self.history.places
-        staging = storage.staging_dir(branch_id)
+        source = await self.history.timeline_at(payload["source_branch_id"], point)
         timeline_id = model.new_id("tl")
         started = time.monotonic()
         progress = self._progress(op.id)
-        try:
+        async with self.history.staging(branch_id) as staging:
             restored = await self.history.restore_into(source, point, staging, progress)
             progress("storing a base image of the restored data")
-            await self.history.make_image(
-                branch_id,
-                TimelineRef(op.project_id, timeline_id),
-                restored.seq,
-                kind=INITIAL,
-                datadir=staging,
+            await self.history.image_staged(
+                branch_id, TimelineRef(op.project_id, timeline_id), restored.seq, staging
             )
-            await asyncio.to_thread(LocalStorage.mark_timeline, staging, timeline_id)
             progress("swapping the data in")
             endpoint_ids = await self._db(self._endpoints_of, branch_id)
             async with self.lifecycle.paused(endpoint_ids) as was_running:
-                await self.history.before_start(branch_id)
-                async with self.history.branch_lock(branch_id):
-                    preserved = await self._db(
+                await self.history.swap_in(
+                    branch_id,
+                    staging,
+                    switch=lambda: self._db(
                         self._switch,
                         branch_id,
                         timeline_id,
                         source.id,
                         restored.seq,
                         payload.get("preserve_under_name"),
-                    )
-                    await storage.swap_in(
-                        branch_id, staging, old_to=preserved, like=payload["source_branch_id"]
-                    )
+                    ),
+                    like=payload["source_branch_id"],
+                )
             self.history.forget_datadir(branch_id, timeline_id, restored.seq)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, staging, True)
         self.history.note_restore(time.monotonic() - started)
         for endpoint_id in was_running:
             await self.lifecycle.start(endpoint_id)

@@ -4,11 +4,16 @@ the two. The branches' endpoints are woken to be asked (a schema lives in the se
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import re
 
 from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import quote_db
+from selkie.control.lifecycle import Lifecycle
+from selkie.errors import Conflict
+from selkie.store import Store
+from selkie.store.endpoints import endpoint_ids_of_branch
 
 # Table options that change with the data, not the schema.
 _VOLATILE = re.compile(r" AUTO_INCREMENT=\d+")
@@ -60,3 +65,23 @@ def unified(base: list[str], branch: list[str], *, base_name: str, branch_name: 
         line if line.endswith("\n") else line + "\n"
         for line in difflib.unified_diff(base, branch, base_name, branch_name, lineterm="")
     )
+
+
+class SchemaDiff:
+    """Compares branches' schemas on their computes (the first endpoint of each, woken)."""
+
+    def __init__(self, *, store: Store, lifecycle: Lifecycle, driver: ComputeDriver) -> None:
+        self.store = store
+        self.lifecycle = lifecycle
+        self.driver = driver
+
+    async def compare(self, base_branch_id: str, branch_id: str, database: str) -> str:
+        """The unified diff of a database's schema on two branches (their endpoints woken)."""
+        texts = []
+        for bid in (base_branch_id, branch_id):
+            endpoint_ids = await asyncio.to_thread(endpoint_ids_of_branch, self.store, bid)
+            if not endpoint_ids:
+                raise Conflict(f"branch {bid} has no endpoint to read its schema from")
+            await self.lifecycle.start(endpoint_ids[0], wake=True)
+            texts.append(await schema_text(self.driver, endpoint_ids[0], database))
+        return unified(texts[0], texts[1], base_name=base_branch_id, branch_name=branch_id)

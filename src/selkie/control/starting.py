@@ -5,47 +5,171 @@ and what a failed start leaves (the compute stopped, the endpoint failed)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from selkie import model
-from selkie.compute.base import ComputeInfo, ComputeSpec
-from selkie.control.accounts import (
-    sync_accounts,
-)
-from selkie.control.lifecycle_base import (
-    LifecycleBase,
+from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
+from selkie.config import Settings
+from selkie.control.accounts import sync_accounts
+from selkie.control.transitions import (
+    STARTABLE,
     LostRace,
+    Placement,
     Target,
-    log,
+    Transitions,
     read_only,
 )
-from selkie.errors import (
-    ComputeError,
-    Conflict,
-    SelkieError,
-    public_message,
-)
-from selkie.model import EndpointState
+from selkie.errors import ComputeError, Conflict, SelkieError, StateConflict, public_message
+from selkie.metering.starts import LifecycleObserver
+from selkie.model import EndpointState, SuspendTier
 from selkie.storage.base import ParentState
+from selkie.store import convert
 from selkie.store import endpoints as rows
-from selkie.store.endpoints import start_usage
+from selkie.store.endpoints import start_usage, stop_usage
 from selkie.store.tables import BranchRow, EndpointRow
 
+log = logging.getLogger(__name__)
 
-class Starting(LifecycleBase):
+
+class Starter:
+    """Starts (or thaws) endpoints' computes, applies accounts and durability to running
+    ones, makes branches' data, takes over computes found running."""
+
+    def __init__(
+        self,
+        *,
+        transitions: Transitions,
+        placement: Placement,
+        driver: ComputeDriver,
+        settings: Settings,
+        observer: LifecycleObserver,
+        cool: Callable[[str], Awaitable[bool]],
+        start_timeout: float = 60.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        self.transitions = transitions
+        self.placement = placement
+        self.driver = driver
+        self.settings = settings
+        self.observer = observer
+        # Stops a warm endpoint's frozen compute (the stopping side's): a branch of its
+        # branch needs its files still.
+        self.cool = cool
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+
+    async def start(self, endpoint_id: str, *, wake: bool = False) -> model.Endpoint | None:
+        """Make the endpoint active and return it (None when it already was, as far as this
+        process knows: the fast path of a wake). Concurrent calls share one start.
+
+        ``wake`` is a start caused by a client connecting: it refuses endpoints stopped by
+        request or disabled, where an explicit start would start a stopped one.
+        """
+        if (
+            endpoint_id in self.transitions.active
+            and not self.transitions.lock(endpoint_id).locked()
+        ):
+            info = await self.driver.inspect(endpoint_id)
+            if info.running:
+                return None
+        async with self.transitions.lock(endpoint_id):
+            # Woken by the start of whoever held the lock before us: nothing left to do.
+            if (
+                endpoint_id in self.transitions.active
+                and (await self.driver.inspect(endpoint_id)).running
+            ):
+                return None
+            # Long enough to wait out another control plane's whole start (branch data,
+            # the compute's own start timeout, account sync) before giving up.
+            deadline = self.transitions.timer() + 2 * self.start_timeout + 30
+            while self.transitions.timer() < deadline:
+                target = await self.transitions.db(
+                    self.transitions.load, endpoint_id, check_quota=True
+                )
+                ep = target.endpoint
+                state = EndpointState(ep.current_state)
+                if ep.disabled:
+                    raise Conflict(f"endpoint {endpoint_id} is disabled")
+                if wake and state is EndpointState.STOPPED:
+                    raise Conflict(f"endpoint {endpoint_id} is stopped; start it through the API")
+                if state is EndpointState.ACTIVE:
+                    info = await self.driver.inspect(endpoint_id)
+                    if info.running:
+                        self.transitions.active.add(endpoint_id)
+                        return convert.endpoint(ep, domain=self.settings.proxy_domain)
+                    # Recorded active, but its process is gone: a failure we had not seen.
+                    await self.transitions.transition(
+                        endpoint_id,
+                        EndpointState.ACTIVE,
+                        ep.generation,
+                        EndpointState.FAILED,
+                        usage=stop_usage(ep, self.transitions.clock()),
+                        failure_reason="compute was not running",
+                        compute_address=None,
+                    )
+                    continue
+                if state not in STARTABLE:
+                    # starting/suspending by another control plane: wait for it to settle.
+                    await asyncio.sleep(0.02)
+                    continue
+                try:
+                    started = await self._start(target)
+                    # A wake's caller wants the compute, not the row: no read for it.
+                    return (
+                        None if wake else await self.transitions.db(self.transitions.get, started)
+                    )
+                except LostRace:
+                    # Another control plane changed it first (it is starting it, most
+                    # likely): look again and wait for that to settle.
+                    await asyncio.sleep(0.02)
+            raise ComputeError(f"endpoint {endpoint_id} did not settle in time; try again")
+
+    async def _start(self, target: Target) -> str:
+        """Start (or thaw) the endpoint; its id once it is active."""
+        ep = target.endpoint
+        t0 = self.transitions.timer()
+        if target.refused is not None:
+            raise target.refused
+        if ep.suspend_tier == SuspendTier.WARM.value and await self._start_warm(target, t0):
+            return ep.id
+        gen = await self.transitions.transition(
+            ep.id,
+            EndpointState(ep.current_state),
+            ep.generation,
+            EndpointState.STARTING,
+            pending_state=EndpointState.ACTIVE.value,
+        )
+        if gen is None:
+            raise LostRace(ep.id)
+        self.observer.starting(ep.id)
+        try:
+            info, timings = await self._bring_up(target)
+        except BaseException as exc:
+            reason = public_message(exc)
+            if not isinstance(exc, SelkieError | asyncio.CancelledError):
+                log.exception("starting %s failed", ep.id)
+            await self._fail_start(ep.id, gen, reason)
+            if isinstance(exc, SelkieError | asyncio.CancelledError):
+                raise
+            raise ComputeError(f"starting {ep.id} failed: {reason}") from exc
+        done = await self._record_active(ep, EndpointState.STARTING, gen, info, new_run=True)
+        if done is None:
+            # Someone (a delete, another control plane) moved it meanwhile: do not leave a
+            # compute running that the store does not account for.
+            await self.driver.stop(ep.id, timeout=self.stop_timeout)
+            raise StateConflict(f"endpoint {ep.id} changed while starting")
+        self._started(ep.id, timings, t0)
+        return ep.id
+
     def _started(self, endpoint_id: str, timings: dict[str, float], t0: float) -> None:
-        now = self.timer()
+        now = self.transitions.timer()
         timings["total_ms"] = (now - t0) * 1000
         self.observer.started(endpoint_id, timings)
-        self._active.add(endpoint_id)
-        self.last_started[endpoint_id] = now
-
-    def started_within(self, endpoint_id: str, seconds: float) -> bool:
-        """This process made the endpoint active less than ``seconds`` ago (its store row
-        then says so, with ``last_active`` set)."""
-        at = self.last_started.get(endpoint_id)
-        return at is not None and self.timer() - at < seconds
+        self.transitions.active.add(endpoint_id)
+        self.transitions.last_started[endpoint_id] = now
 
     async def _record_active(
         self,
@@ -58,8 +182,8 @@ class Starting(LifecycleBase):
     ) -> int | None:
         """The compare-and-set that makes a started (``new_run``) or thawed compute's
         endpoint active, its billing interval begun; None when it moved meanwhile."""
-        now = self.clock()
-        return await self._transition(
+        now = self.transitions.clock()
+        return await self.transitions.transition(
             ep.id,
             state,
             generation,
@@ -118,19 +242,19 @@ class Starting(LifecycleBase):
         ep, settings = target.endpoint, target.project.settings
         if read_only(ep):
             return await self._bring_up_read_only(target)
-        t0 = self.timer()
-        storage = self.storage_for(settings)
+        t0 = self.transitions.timer()
+        storage = self.placement.storage_for(settings)
         await self.ensure_branch_data(target.branch, target.project)
         options = await storage.prepare_compute(target.branch.id, ep.id, settings)
-        history = self.history_for(settings)
+        history = self.placement.history_for(settings)
         if history is not None:
             await history.before_start(target.branch.id)
             options = {**options, **history.server_options(settings)}
-        t1 = self.timer()
+        t1 = self.transitions.timer()
         info = await self._start_server(
             target, storage.compute_datadir(target.branch.id, ep.id), options
         )
-        t2 = self.timer()
+        t2 = self.transitions.timer()
         if history is not None:
             # Before anything writes: with durability=sync the first commit waits for it.
             await history.following.attach(
@@ -138,7 +262,7 @@ class Starting(LifecycleBase):
             )
         await self._sync_accounts(target, force=False)
         await self._end_boost(ep.id)
-        t3 = self.timer()
+        t3 = self.transitions.timer()
         return info, {
             "prepare_ms": (t1 - t0) * 1000,
             "mariadbd_start_ms": (t2 - t1) * 1000,
@@ -150,20 +274,20 @@ class Starting(LifecycleBase):
         the history the first time), the server started read-only, replicating from the
         safekeeper and caught up with it. The branch's primary is not touched."""
         ep, settings = target.endpoint, target.project.settings
-        history = self.history_for(settings)
+        history = self.placement.history_for(settings)
         if history is None:
             raise Conflict("read-only computes need durable storage (archive_url is off)")
-        t0 = self.timer()
+        t0 = self.transitions.timer()
         datadir, options = await history.replicas.prepare(target.branch.id, ep.id)
-        t1 = self.timer()
+        t1 = self.transitions.timer()
         info = await self._start_server(target, datadir, options)
-        t2 = self.timer()
+        t2 = self.transitions.timer()
         await history.replicas.attach(ep.id, target.branch.id)
         await self._end_boost(ep.id)
         return info, {
             "prepare_ms": (t1 - t0) * 1000,
             "mariadbd_start_ms": (t2 - t1) * 1000,
-            "catch_up_ms": (self.timer() - t2) * 1000,
+            "catch_up_ms": (self.transitions.timer() - t2) * 1000,
         }
 
     async def _start_server(
@@ -180,7 +304,7 @@ class Starting(LifecycleBase):
                 datadir=datadir,
                 server_options=options,
                 port_hint=port_hint,
-                binary=self._binary_for(target.project.settings),
+                binary=self.placement.binary_for(target.project.settings),
                 boost=self.settings.compute_startup_boost,
             ),
             timeout=self.start_timeout,
@@ -191,12 +315,12 @@ class Starting(LifecycleBase):
         accounts changed meanwhile are applied. None when there is none to thaw (it died
         while frozen, or Selkie restarted): the caller starts one."""
         ep = target.endpoint
-        t0 = self.timer()
+        t0 = self.transitions.timer()
         info = await self.driver.thaw(ep.id, cu=self._start_cu(ep))
         if info is None:
             return None
-        t1 = self.timer()
-        history = self.history_for(target.project.settings)
+        t1 = self.transitions.timer()
+        history = self.placement.history_for(target.project.settings)
         if read_only(ep):
             # Its replication threads reconnect on their own; it is caught up again.
             if history is not None:
@@ -208,7 +332,7 @@ class Starting(LifecycleBase):
         await self._sync_accounts(target, force=False)
         return info, {
             "thaw_ms": (t1 - t0) * 1000,
-            "sync_accounts_ms": (self.timer() - t1) * 1000,
+            "sync_accounts_ms": (self.transitions.timer() - t1) * 1000,
         }
 
     def _start_cu(self, ep: EndpointRow) -> float:
@@ -237,11 +361,11 @@ class Starting(LifecycleBase):
     ) -> None:
         """A start that failed: the compute stopped, the endpoint failed (from ``state``)."""
         try:
-            if self.history is not None:
-                await self.history.following.detach(endpoint_id)
+            if self.placement.history is not None:
+                await self.placement.history.following.detach(endpoint_id)
             await self.driver.stop(endpoint_id, timeout=self.stop_timeout)
         finally:
-            await self._transition(
+            await self.transitions.transition(
                 endpoint_id,
                 state,
                 generation,
@@ -255,13 +379,15 @@ class Starting(LifecycleBase):
     async def ensure_branch_data(self, branch: BranchRow, project: model.Project) -> None:
         """Make the branch's data if it is not there yet (a copy of its parent, or of the
         template for a project's first branch); marks the branch ready."""
-        storage = self.storage_for(project.settings)
+        storage = self.placement.storage_for(project.settings)
 
         async def create() -> None:
             parent = None
             if branch.parent_id is not None:
                 # A frozen server's files are no image to copy: the parent goes cold first.
-                for warm_id in await self._db(rows.warm_ids, self.store, branch.parent_id):
+                for warm_id in await self.transitions.db(
+                    rows.warm_ids, self.transitions.store, branch.parent_id
+                ):
                     await self.cool(warm_id)
                 running = await self._running_of_branch(branch.parent_id)
                 parent = ParentState(branch_id=branch.parent_id)
@@ -278,18 +404,22 @@ class Starting(LifecycleBase):
                     )
             await storage.create_branch(branch.id, parent=parent, settings=project.settings)
 
-        history = self.history_for(project.settings)
+        history = self.placement.history_for(project.settings)
         if history is not None:
             await history.ensure_branch(branch, project, create=create)
         elif not await asyncio.to_thread(storage.branch_exists, branch.id):
             await create()
         if branch.current_state != model.BranchState.READY.value:
             size = await storage.branch_size(branch.id)
-            await self._db(rows.mark_branch_ready, self.store, branch.id, size)
+            await self.transitions.db(
+                rows.mark_branch_ready, self.transitions.store, branch.id, size
+            )
 
     async def _running_of_branch(self, branch_id: str) -> tuple[str, Path] | None:
         """A running compute of the branch, and its socket."""
-        for endpoint_id in await self._db(rows.running_ids, self.store, branch_id=branch_id):
+        for endpoint_id in await self.transitions.db(
+            rows.running_ids, self.transitions.store, branch_id=branch_id
+        ):
             info = await self.driver.inspect(endpoint_id)
             if info.running and info.socket is not None:
                 return endpoint_id, info.socket
@@ -301,7 +431,7 @@ class Starting(LifecycleBase):
         ep = target.endpoint
         datadir = None
         if self.driver.local_datadirs:
-            storage = self.storage_for(target.project.settings)
+            storage = self.placement.storage_for(target.project.settings)
             datadir = storage.compute_datadir(target.branch.id, ep.id)
         await sync_accounts(
             self.driver,
@@ -316,8 +446,8 @@ class Starting(LifecycleBase):
     async def apply_config(self, endpoint_id: str) -> bool:
         """Make a running compute's roles and databases match the store now. False when the
         endpoint is not running: the next start applies it."""
-        async with self.lock(endpoint_id):
-            target = await self._db(self._load, endpoint_id)
+        async with self.transitions.lock(endpoint_id):
+            target = await self.transitions.db(self.transitions.load, endpoint_id)
             if target.endpoint.current_state != EndpointState.ACTIVE.value:
                 return False
             if read_only(target.endpoint):
@@ -332,11 +462,11 @@ class Starting(LifecycleBase):
         project's ``settings.durability`` says now (see :mod:`selkie.control.durability`);
         ComputeError when that did not take. False when the endpoint is not running: its
         next start or thaw applies it."""
-        async with self.lock(endpoint_id):
-            target = await self._db(self._load, endpoint_id)
+        async with self.transitions.lock(endpoint_id):
+            target = await self.transitions.db(self.transitions.load, endpoint_id)
             if target.endpoint.current_state != EndpointState.ACTIVE.value:
                 return False
-            history = self.history_for(target.project.settings)
+            history = self.placement.history_for(target.project.settings)
             info = await self.driver.inspect(endpoint_id)
             if history is None or not info.running or read_only(target.endpoint):
                 return False
@@ -344,3 +474,16 @@ class Starting(LifecycleBase):
                 endpoint_id, target.branch.id, target.project, info, live=True
             )
             return True
+
+    async def adopt(self, endpoint_id: str) -> None:
+        """Take over a compute found running after a restart (the safekeeper follows it
+        again from where it stands)."""
+        info = await self.driver.adopt(endpoint_id)
+        if not info.running or self.placement.history is None:
+            return
+        target = await self.transitions.db(self.transitions.load, endpoint_id)
+        history = self.placement.history_for(target.project.settings)
+        if history is not None and read_only(target.endpoint):
+            return  # it goes on replicating
+        if history is not None:
+            await history.following.attach(endpoint_id, target.branch.id, target.project, info)

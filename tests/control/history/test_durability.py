@@ -97,9 +97,7 @@ async def test_durability_route_and_metrics(durable: Platform) -> None:
     _, key = await asyncio.to_thread(
         platform.control.api_keys.create, who, name="metrics", admin=True
     )
-    client = TestClient(
-        create_app(platform.control, durability=platform.durability, prometheus=platform.prometheus)
-    )
+    client = TestClient(create_app(platform.control, runtime=platform))
     client.headers["Authorization"] = f"Bearer {key}"
     body = client.get(f"/v1/projects/{pid}/endpoints/{ep}/durability").json()
     assert body["durability"] == "async" and body["streaming"] is True

@@ -38,9 +38,7 @@ APPLIED_WITHIN = 2.0
 async def api(platform: Platform, who: Principal) -> AsyncIterator[httpx.AsyncClient]:
     """The REST API of this platform, in this event loop."""
     _, key = await asyncio.to_thread(platform.control.api_keys.create, who, name="t", admin=True)
-    app = create_app(
-        platform.control, durability=platform.durability, prometheus=platform.prometheus
-    )
+    app = create_app(platform.control, runtime=platform)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="http://api",

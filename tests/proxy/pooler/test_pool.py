@@ -764,7 +764,7 @@ async def test_pooler_metrics_through_the_api(db: Db) -> None:
     p = db.platform
     who = local_principal(p.control)
     _, key = await asyncio.to_thread(p.control.api_keys.create, who, name="metrics")
-    api = TestClient(create_app(p.control, pool_metrics=p.pool_metrics))
+    api = TestClient(create_app(p.control, runtime=p))
     url = f"/v1/projects/{db.created.project.id}/endpoints/{db.endpoint_id}/pooler"
 
     def run() -> dict:  # type: ignore[type-arg]

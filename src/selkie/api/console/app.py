@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from selkie.api.console.charts import human_bytes
 from selkie.api.console.sessions import COOKIE, ConsoleSession, ConsoleSessions, same_token
 from selkie.api.deps import spend as spend_budget
+from selkie.api.runtime import Runtime
 from selkie.control import Control
 from selkie.errors import Forbidden, SelkieError, Unauthorized, public_message
 from selkie.model import Principal
@@ -58,13 +59,12 @@ class Console:
         control: Control,
         settings: ConsoleSettings,
         *,
-        pool_metrics: Callable[[str], dict[str, int]] | None = None,
-        recent_starts: Callable[[str], list[tuple[datetime, float]]] | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.control = control
         self.settings = settings
-        self.pool_metrics = pool_metrics
-        self.recent_starts = recent_starts
+        # What the process runs (None: no computes here, see :class:`Runtime`).
+        self.runtime = runtime
         self.sessions = ConsoleSessions()
         self.templates = Environment(
             loader=PackageLoader("selkie.api.console", "templates"),

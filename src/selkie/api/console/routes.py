@@ -192,11 +192,11 @@ async def endpoint(request: Request, project_id: Id, endpoint_id: Id) -> Respons
     console = console_of(request)
     seat = console.seat(request)
     data = await run_in_threadpool(views.endpoint, console, seat.who, project_id, endpoint_id)
-    provider = getattr(request.app.state, "replication", None)
-    if data["endpoint"].type is EndpointType.READ_ONLY and provider is not None:
+    runtime = console.runtime
+    if data["endpoint"].type is EndpointType.READ_ONLY and runtime is not None:
         # Asked of its running compute's server (nothing while it is suspended).
         with contextlib.suppress(SelkieError):
-            data["replication"] = await provider(endpoint_id)
+            data["replication"] = await runtime.replica_status(endpoint_id)
     return console.render("endpoint.html", seat, **data)
 
 

@@ -136,8 +136,9 @@ def endpoint(console: Console, who: Principal, project_id: str, endpoint_id: str
         points = [(earliest, first_size), *sizes]
     else:
         points = [(ep.started_at or ep.created_at, first)]
-    wakes = console.recent_starts(endpoint_id) if console.recent_starts else []
-    pool = console.pool_metrics(endpoint_id) if console.pool_metrics else {}
+    runtime = console.runtime
+    wakes = runtime.recent_starts(endpoint_id) if runtime is not None else []
+    pool = runtime.pool_metrics(endpoint_id) if runtime is not None else {}
     return {
         "project": proj,
         "endpoint": ep,

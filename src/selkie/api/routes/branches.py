@@ -19,6 +19,7 @@ from selkie.api.deps import (
     Who,
 )
 from selkie.api.routes.projects import created_response
+from selkie.api.runtime import runtime_of
 from selkie.errors import Conflict
 
 router = APIRouter(prefix="/v1/projects/{project_id}/branches", tags=["branches"])
@@ -86,10 +87,11 @@ async def compare_schema(
     views, routines, triggers as SHOW CREATE prints them). Wakes both branches' endpoints."""
     for bid in (branch_id, base_branch_id):
         await asyncio.to_thread(ctl.branches.get, who, project_id, bid)  # scoped: 404
-    compare = request.app.state.compare_schema
-    if compare is None:
+    runtime = runtime_of(request)
+    if runtime is None:
         raise Conflict("schemas are compared where computes are run (selkie up, selkie api)")
-    return schemas.SchemaDiffResponse(diff=await compare(base_branch_id, branch_id, db_name))
+    diff = await runtime.compare_schema(base_branch_id, branch_id, db_name)
+    return schemas.SchemaDiffResponse(diff=diff)
 
 
 @router.post("/{branch_id}/set_as_default", response_model=schemas.BranchResponse)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from selkie import model
 from selkie.api import schemas
 from selkie.api.deps import Ctl, Cursor, EndpointId, Limit, ProjectId, Who
+from selkie.api.runtime import runtime_of
 from selkie.errors import Conflict
 from selkie.model import OperationAction
 
@@ -54,9 +55,9 @@ async def get_endpoint(
     """The endpoint; a read-only one's ``replayed_lsn`` and ``replication_lag_seconds``
     are asked of its running compute's server (null while it is suspended)."""
     endpoint = await asyncio.to_thread(ctl.endpoints.get, who, project_id, endpoint_id)
-    provider = request.app.state.replication
-    if endpoint.type is model.EndpointType.READ_ONLY and provider is not None:
-        status = await provider(endpoint.id)
+    runtime = runtime_of(request)
+    if endpoint.type is model.EndpointType.READ_ONLY and runtime is not None:
+        status = await runtime.replica_status(endpoint.id)
         endpoint = dataclasses.replace(
             endpoint,
             replayed_lsn=status.replayed_lsn,
@@ -124,10 +125,10 @@ async def endpoint_durability(
     compute's server now, whatever the project's ``durability`` setting says)."""
     endpoint = await asyncio.to_thread(ctl.endpoints.get, who, project_id, endpoint_id)
     project = await asyncio.to_thread(ctl.projects.get, who, project_id)
-    provider = request.app.state.durability
-    if provider is None:
+    runtime = runtime_of(request)
+    if runtime is None:
         raise Conflict("durable storage is not run by this process")
-    status = await provider(endpoint.id, project.settings.durability)
+    status = await runtime.durability(endpoint.id, project.settings.durability)
     return schemas.DurabilityResponse(**dataclasses.asdict(status))
 
 
@@ -138,8 +139,8 @@ def endpoint_pooler(
     """The pooler's view of the endpoint, from this process's proxy: clients, backends in
     use and idle, clients waiting, pinned sessions."""
     endpoint = ctl.endpoints.get(who, project_id, endpoint_id)
-    provider = request.app.state.pool_metrics
-    metrics = provider(endpoint_id) if provider is not None else {}
+    runtime = runtime_of(request)
+    metrics = runtime.pool_metrics(endpoint_id) if runtime is not None else {}
     return schemas.PoolerResponse(
         endpoint_id=endpoint.id,
         pooler_enabled=endpoint.pooler_enabled,

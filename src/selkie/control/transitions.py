@@ -1,6 +1,7 @@
-"""What every part of the endpoint lifecycle shares: the store, drivers and settings,
-the per-endpoint locks, the compare-and-set transition and the reads a start needs
-(see :mod:`selkie.control.lifecycle` for the state machine)."""
+"""What the starting and the stopping side of the endpoint lifecycle share (see
+:mod:`selkie.control.lifecycle` for the state machine): :class:`Transitions`, the store's
+side (per-endpoint locks, the compare-and-set, the reads a start needs, what this process
+knows to be active), and :class:`Placement`, where a project's branch data lives."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 from selkie import model
-from selkie.compute.base import ComputeDriver
 from selkie.compute.mariadb import DatabaseSpec, RoleSpec
 from selkie.config import Settings
 from selkie.control.accounts import (
@@ -27,7 +27,6 @@ from selkie.control.history import History
 from selkie.errors import (
     QuotaExceeded,
 )
-from selkie.metering.starts import LifecycleObserver, StartMetrics
 from selkie.metering.usage import quota_exceeded
 from selkie.model import EndpointState, utcnow
 from selkie.storage.base import StorageDriver, Storages
@@ -37,9 +36,6 @@ from selkie.store.tables import BranchRow, EndpointRow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Seconds a suspend waits for before_stop (the meter's last reading) before stopping anyway.
-BEFORE_STOP_TIMEOUT = 2.0
 
 STARTABLE = (
     EndpointState.INIT,
@@ -73,75 +69,49 @@ class LostRace(Exception):
     """A compare-and-set found the endpoint changed by someone else."""
 
 
-class LifecycleBase:
+class Transitions:
+    """The lifecycle's reads and writes of endpoint rows. Store calls are blocking: they
+    run off the loop, in the default thread pool (:meth:`db`)."""
+
     def __init__(
         self,
         *,
         store: Store,
         settings: Settings,
-        driver: ComputeDriver,
-        storages: Storages,
-        start_timeout: float = 60.0,
-        stop_timeout: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         timer: Callable[[], float] = time.monotonic,
-        history: History | None = None,
-        before_stop: Callable[[str], Awaitable[object]] | None = None,
-        observer: LifecycleObserver | None = None,
     ) -> None:
         self.store = store
-        # Durable storage of local branches (None: archive off, or computes elsewhere).
-        self.history = history
         self.settings = settings
-        self.driver = driver
-        self.storages = storages
-        self.start_timeout = start_timeout
-        self.stop_timeout = stop_timeout
         # Wall time (for the store) and elapsed time (deadlines, start timings).
         self.clock = clock
         self.timer = timer
         self._locks: dict[str, asyncio.Lock] = {}
-        self.observer: LifecycleObserver = observer or StartMetrics()
         # Endpoints this process made active and has not begun to stop: lets a wake of a
         # running endpoint return without touching the store.
-        self._active: set[str] = set()
+        self.active: set[str] = set()
         # When this process last made each endpoint active (its timer).
         self.last_started: dict[str, float] = {}
-        # Run just before a running compute is stopped on purpose (the meter's last reading
-        # of what it wrote); bounded in time, and its failure never blocks the stop.
-        self.before_stop = before_stop
-        # Seconds a frozen compute stays warm before it is stopped (0: suspends are cold).
-        self.warm_seconds = settings.warm_suspend_seconds
-        # Bytes frozen computes may hold together before the least recently active go cold.
-        self.warm_memory = settings.warm_suspend_memory
-        driver.on_unexpected_exit(self.on_compute_exit)
-
-    @property
-    def warm_enabled(self) -> bool:
-        return self.warm_seconds > 0 and self.driver.supports_freeze
-
-    def history_for(self, settings: model.ProjectSettings) -> History | None:
-        """The history service, for a project whose branches it keeps."""
-        if settings.storage_mode is model.StorageMode.PAGESERVER:
-            return None
-        return self.history
-
-    def storage_for(self, settings: model.ProjectSettings) -> StorageDriver:
-        return self.storages.for_settings(settings)
-
-    def _binary_for(self, settings: model.ProjectSettings) -> str | None:
-        if settings.storage_mode is model.StorageMode.PAGESERVER:
-            return self.settings.pageserver_mariadbd or None
-        return None
 
     def lock(self, endpoint_id: str) -> asyncio.Lock:
+        """The lock that serializes this process's actions on the endpoint."""
         return self._locks.setdefault(endpoint_id, asyncio.Lock())
 
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Store calls are blocking: they run in the default thread pool, off the loop."""
+    def forget(self, endpoint_id: str) -> None:
+        """The endpoint is gone: its lock is dropped."""
+        self._locks.pop(endpoint_id, None)
+
+    def started_within(self, endpoint_id: str, seconds: float) -> bool:
+        """This process made the endpoint active less than ``seconds`` ago (its store row
+        then says so, with ``last_active`` set)."""
+        at = self.last_started.get(endpoint_id)
+        return at is not None and self.timer() - at < seconds
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A blocking store call, run in the default thread pool, off the loop."""
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def _transition(
+    async def transition(
         self,
         endpoint_id: str,
         expected: EndpointState | tuple[EndpointState, ...],
@@ -151,7 +121,7 @@ class LifecycleBase:
         **fields: Any,
     ) -> int | None:
         """The compare-and-set (:func:`selkie.store.endpoints.transition`), off the loop."""
-        return await self._db(
+        return await self.db(
             rows.transition,
             self.store,
             endpoint_id,
@@ -162,7 +132,7 @@ class LifecycleBase:
             **fields,
         )
 
-    def _load(self, endpoint_id: str, *, check_quota: bool = False) -> Target:
+    def load(self, endpoint_id: str, *, check_quota: bool = False) -> Target:
         """The endpoint and what starting it needs; with ``check_quota``, also whether a
         start would pass its project's quotas (in the same trip off the loop)."""
         loaded = rows.load_for_start(self.store, endpoint_id)
@@ -204,12 +174,30 @@ class LifecycleBase:
         if problems:
             raise QuotaExceeded(problems[0])
 
-    # Defined by :class:`~selkie.control.lifecycle.Lifecycle`.
 
-    async def cool(self, endpoint_id: str) -> bool:
-        """Stop a warm endpoint's frozen compute."""
-        raise NotImplementedError
+class Placement:
+    """Where a project's branch data lives: its storage driver, the history service that
+    keeps it durable (None: archive off, computes elsewhere, or a page server's project),
+    the mariadbd its computes run."""
 
-    async def on_compute_exit(self, endpoint_id: str, reason: str) -> None:
-        """A compute ended without being asked to."""
-        raise NotImplementedError
+    def __init__(
+        self, *, storages: Storages, history: History | None, pageserver_mariadbd: str = ""
+    ) -> None:
+        self.storages = storages
+        # Durable storage of local branches (None: archive off, or computes elsewhere).
+        self.history = history
+        self.pageserver_mariadbd = pageserver_mariadbd
+
+    def history_for(self, settings: model.ProjectSettings) -> History | None:
+        """The history service, for a project whose branches it keeps."""
+        if settings.storage_mode is model.StorageMode.PAGESERVER:
+            return None
+        return self.history
+
+    def storage_for(self, settings: model.ProjectSettings) -> StorageDriver:
+        return self.storages.for_settings(settings)
+
+    def binary_for(self, settings: model.ProjectSettings) -> str | None:
+        if settings.storage_mode is model.StorageMode.PAGESERVER:
+            return self.pageserver_mariadbd or None
+        return None
