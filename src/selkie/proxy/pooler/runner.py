@@ -70,14 +70,14 @@ class CommandRunner:
         self.counters = counters
         self.caps = client_caps
         self.backend: Backend | None = None
-        self._last: Backend | None = None  # the backend used last: no reset needed there
+        self.last: Backend | None = None  # the backend used last: no reset needed there
         self.pins: set[str] = set()
         self.status = int(ServerStatus.AUTOCOMMIT)
-        self._pinned_counted = False
-        self._overwriting = False  # the command runs over another client's variables
+        self.pinned_counted = False
+        self.overwriting = False  # the command runs over another client's variables
         # Statements with long data sent and not yet executed, and the backend statement
         # holding it (the session's backend is kept meanwhile).
-        self._long_data: dict[int, BackendStatement] = {}
+        self.long_data: dict[int, BackendStatement] = {}
 
     # --- backends --------------------------------------------------------------------------
 
@@ -85,15 +85,15 @@ class CommandRunner:
     def pinned(self) -> bool:
         return bool(self.pins)
 
-    def _update_pin_metric(self) -> None:
-        if self.pinned and not self._pinned_counted:
+    def update_pin_metric(self) -> None:
+        if self.pinned and not self.pinned_counted:
             self.pool.pinned += 1
-            self._pinned_counted = True
-        elif not self.pinned and self._pinned_counted:
+            self.pinned_counted = True
+        elif not self.pinned and self.pinned_counted:
             self.pool.pinned -= 1
-            self._pinned_counted = False
+            self.pinned_counted = False
 
-    async def _acquire(self) -> Backend:
+    async def acquire(self) -> Backend:
         if self.backend is not None:
             if self.backend.reusable():
                 return self.backend
@@ -103,19 +103,19 @@ class CommandRunner:
                 raise BackendLost("the compute went away while this session was pinned")
             await self.pool.release(self.backend, broken=True)
             self.backend = None
-        self.backend = await self.pool.acquire(self.key, self.connect, prefer=self._last)
-        self._last = self.backend
+        self.backend = await self.pool.acquire(self.key, self.connect, prefer=self.last)
+        self.last = self.backend
         return self.backend
 
-    async def _release(self, *, broken: bool = False) -> None:
+    async def release(self, *, broken: bool = False) -> None:
         if self.backend is not None:
             backend, self.backend = self.backend, None
             await self.pool.release(backend, broken=broken)
 
-    def _may_release(self) -> bool:
+    def may_release(self) -> bool:
         return self.transaction_mode and not self.pinned and not self.status & IN_TRANS
 
-    async def _sync(
+    async def sync(
         self, b: Backend, *, need_last_insert_id: bool, setting: Iterable[str] = ()
     ) -> Err | None:
         """Give the backend this session's state (``setting``: variables the command about
@@ -139,9 +139,9 @@ class CommandRunner:
             b.forget_session()
             foreign = False
         # Another client's values are still here, for the command to overwrite.
-        self._overwriting = foreign and self._needs_reset(b, ())
+        self.overwriting = foreign and self._needs_reset(b, ())
         b.owner = self
-        err = await self._put_database(b)
+        err = await self.put_database(b)
         if err is not None:
             return err
         for var, text in st.sets.items():
@@ -160,7 +160,7 @@ class CommandRunner:
             b.last_insert_id = st.last_insert_id
         return None
 
-    async def _put_database(self, b: Backend) -> Err | None:
+    async def put_database(self, b: Backend) -> Err | None:
         """The session's database on the backend, if it has one there is not."""
         database = self.state.database
         if database and database != b.database:
@@ -287,7 +287,7 @@ class CommandRunner:
         self.counters.bytes_to_client += len(chunk)
         writer.write(chunk)
 
-    async def _current_values(self, b: Backend, names: Iterable[str]) -> dict[str, str] | None:
+    async def current_values(self, b: Backend, names: Iterable[str]) -> dict[str, str] | None:
         """``var = 'value'`` assignments of the session values of ``names`` on ``b`` (None
         if they cannot be read: the client has its answer already, so nothing is said)."""
         names = sorted(names)
@@ -308,12 +308,14 @@ class CommandRunner:
 
     # --- commands --------------------------------------------------------------------------
 
-    async def _run(self, command: int, payload: bytes, *, effect: Effect | None = None) -> Summary:
+    async def run_command(
+        self, command: int, payload: bytes, *, effect: Effect | None = None
+    ) -> Summary:
         """Run one client command on a backend with this session's state in place."""
         reads_lii = effect is not None and effect.reads_last_insert_id
         setting = effect.overwrites if effect is not None else ()
-        b = await self._acquire()
-        err = await self._sync(b, need_last_insert_id=reads_lii, setting=setting)
+        b = await self.acquire()
+        err = await self.sync(b, need_last_insert_id=reads_lii, setting=setting)
         if err is not None:
             await self.reply(1, build_err(err.code, err.message, err.sqlstate))
             return Summary(error=err, status=self.status)
@@ -379,7 +381,7 @@ class CommandRunner:
         stmt = struct.unpack("<I", payload[1:5])[0]
         info = self.state.prepared[stmt]
         # Long data went to a particular statement: that one runs, whatever the state now.
-        bs = self._long_data.get(stmt) or b.statement(info.sql)
+        bs = self.long_data.get(stmt) or b.statement(info.sql)
         if bs is None:
             summary, _ = await self._prepare_here(b, info.sql)
             if summary.error is not None or summary.stmt_id is None:
