@@ -224,7 +224,7 @@ class Front:
         if not await reset(held.stream, timeout=5):
             raise OSError("the compute refused COM_RESET_CONNECTION")
         held.backend.forget_session()
-        held.pool.resets += 1
+        held.pool.was_reset()
 
     async def release(self, held: Pinned, *, clean: bool = False) -> None:
         """A backend whose request is done, back to the pool: reset first unless its

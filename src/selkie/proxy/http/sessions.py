@@ -87,7 +87,7 @@ class Sessions:
     def pin(self, pinned: Pinned, pin: str | None = None) -> str:
         """Hold ``pinned`` for the session (its transaction is open) until its TTL."""
         if pin not in self.pinned:
-            pinned.pool.pinned += 1
+            pinned.pool.pin_changed(True)
         pin = pin or secrets.token_hex(12)
         pinned.expires = time.monotonic() + self.ttl
         self.pinned[pin] = pinned
@@ -99,7 +99,7 @@ class Sessions:
         if found is None or found.user != user:
             return None
         del self.pinned[str(pin)]
-        found.pool.pinned -= 1
+        found.pool.pin_changed(False)
         return found
 
     async def reap(self) -> int:
@@ -116,5 +116,5 @@ class Sessions:
 
     async def _drop(self, pin: str) -> None:
         pinned = self.pinned.pop(pin)
-        pinned.pool.pinned -= 1
+        pinned.pool.pin_changed(False)
         await pinned.give_back(broken=True)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from selkie.proxy.pooler.backends import Backend, PoolKey
 from selkie.proxy.pooler.lane import Lane
@@ -53,8 +53,9 @@ class EndpointPool:
         self._sync_room()
         self._held = 0  # backends in use by sessions in Python (the lane counts its own)
         self.waiting = 0
+        # What the metrics say, changed by the methods below only.
         self.clients = 0
-        self.pinned = 0
+        self.pinned = 0  # sessions (or SQL-over-HTTP transactions) holding a backend
         self.peak = 0  # most backends open at once (tests and metrics)
         self.resets = 0  # backends reset before another client used them
 
@@ -80,6 +81,23 @@ class EndpointPool:
     def in_use(self) -> int:
         """Backends lent to sessions, whether they run in Python or in the lane."""
         return self._held + (self.lane.c.in_use if self.lane is not None else 0)
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[None]:
+        """A pooled client session, for as long as it lasts."""
+        self.clients += 1
+        try:
+            yield
+        finally:
+            self.clients -= 1
+
+    def pin_changed(self, pinned: bool) -> None:
+        """A session started (True) or stopped (False) holding a backend between commands."""
+        self.pinned += 1 if pinned else -1
+
+    def was_reset(self) -> None:
+        """A backend was reset before another client used it."""
+        self.resets += 1
 
     def into_lane(self) -> None:
         """A session's backend goes into the lane with it: the lane counts it from now."""

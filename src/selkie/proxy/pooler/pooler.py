@@ -134,11 +134,10 @@ class Pooler:
 
         self.live.add(session_id, Live(endpoint_id, role, thread_id, hello.writer.close))
         with self.stats.session(endpoint_id, counters):
-            pool.clients += 1
             try:
-                await session.run()
+                with pool.client():
+                    await session.run()
             finally:
-                pool.clients -= 1
                 self.live.remove(session_id)
         return None
 

@@ -87,10 +87,10 @@ class CommandRunner:
 
     def update_pin_metric(self) -> None:
         if self.pinned and not self.pinned_counted:
-            self.pool.pinned += 1
+            self.pool.pin_changed(True)
             self.pinned_counted = True
         elif not self.pinned and self.pinned_counted:
-            self.pool.pinned -= 1
+            self.pool.pin_changed(False)
             self.pinned_counted = False
 
     async def acquire(self) -> Backend:
@@ -132,7 +132,7 @@ class CommandRunner:
         if foreign and (b.dirty or self._needs_reset(b, setting)):
             # Another client left state here that this session must not see and that
             # cannot be set back one variable at a time: wipe the connection's session.
-            self.pool.resets += 1
+            self.pool.was_reset()
             err = (await self._internal(b, bytes([Command.RESET_CONNECTION]))).error
             if err is not None:
                 return err

@@ -163,7 +163,7 @@ class PooledSession:
             dirty = r.pinned or bool(r.status & ServerStatus.IN_TRANS)
             await r.release(broken=dirty)
             if r.pinned_counted:
-                r.pool.pinned -= 1
+                r.pool.pin_changed(False)
 
     async def lost(self, why: str) -> bool:
         r = self.runner
