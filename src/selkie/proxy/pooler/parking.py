@@ -99,19 +99,19 @@ class Parking(CommandRunner):
         self._woken = None
         last = self._last.lane_conn if self._last is not None else None
         try:
-            lane.c.park(
+            lane.park(
                 self._lane_session,
-                self._fd,
-                lane.key(self.key),
-                sig,
-                self.transaction_mode,
-                bool(self.caps & DEPRECATE_EOF),
-                self.status,
-                lane.session_statements(st),
-                conn,
-                conn_sig,
-                conn_table,
-                last,
+                fd=self._fd,
+                key=self.key,
+                sig=sig,
+                statements=lane.session_statements(st),
+                release_idle=self.transaction_mode,
+                deprecate_eof=bool(self.caps & DEPRECATE_EOF),
+                status=self.status,
+                conn=conn,
+                conn_sig=conn_sig,
+                conn_statements=conn_table,
+                last=last,
             )
         except OSError:  # the lane cannot watch the sockets: this command goes in Python
             transport.resume_reading()
