@@ -202,8 +202,7 @@ static PyGetSetDef Session_getset[] = {
      (void *)offsetof(Session, bytes_from_client)},
     {"statements", (getter)get_i64, NULL, "commands the client started",
      (void *)offsetof(Session, statements)},
-    {"last_active", (getter)get_last_active, NULL, "when the client last started a command",
-     NULL},
+    {"last_active", (getter)get_last_active, NULL, "when the client last started a command", NULL},
     {"quit_seen", (getter)get_quit_seen, NULL, "the client sent COM_QUIT", NULL},
     {NULL},
 };
@@ -279,7 +278,8 @@ static void loop_dispatch(Loop *l, Session *s, int end, int err) {
     PyObject *value = end_value(s, end, err);
     PyObject *result = value && handler ? PyObject_CallObject(handler, value) : NULL;
     if (!result) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "a relayed session had no handler");
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "a relayed session had no handler");
         PyErr_WriteUnraisable(handler ? handler : (PyObject *)s); /* a handler must not raise */
         if (!value) {
             shutdown(s->cfd, SHUT_RDWR);

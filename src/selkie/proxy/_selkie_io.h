@@ -84,7 +84,9 @@ static inline void sio_put(SioBuf *b, const void *p, size_t n) {
 /* --- non-blocking sockets ----------------------------------------------------------------- */
 
 /* The call would have blocked, or was interrupted: try again on the next readiness event. */
-static inline int sio_again(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
+static inline int sio_again(void) {
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+}
 
 static inline int sio_set_nonblocking(int fd) {
     int flags = fcntl(fd, F_GETFL);

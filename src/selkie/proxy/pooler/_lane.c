@@ -150,10 +150,13 @@ static PyGetSetDef Session_getset[] = {
      (void *)offsetof(Session, bytes_to_client)},
     {"bytes_from_client", (getter)get_ll, NULL, "bytes of commands the lane ran",
      (void *)offsetof(Session, bytes_from_client)},
-    {"statements", (getter)get_ll, NULL, "commands the lane ran", (void *)offsetof(Session, statements)},
-    {"last_active", (getter)Session_get_last_active, NULL, "when the lane last ran a command", NULL},
+    {"statements", (getter)get_ll, NULL, "commands the lane ran",
+     (void *)offsetof(Session, statements)},
+    {"last_active", (getter)Session_get_last_active, NULL, "when the lane last ran a command",
+     NULL},
     {"parked", (getter)Session_get_parked, NULL, "the lane has the session", NULL},
-    {"backend", (getter)Session_get_backend, NULL, "the backend it holds in the lane, if any", NULL},
+    {"backend", (getter)Session_get_backend, NULL, "the backend it holds in the lane, if any",
+     NULL},
     {NULL},
 };
 
@@ -299,7 +302,8 @@ static PyObject *Lane_expire(Lane *l, PyObject *unused) {
     double t = sio_monotonic();
     for (int i = 0; i < l->nkeys; i++) {
         KeyLane *k = &l->keys[i];
-        while (k->wait_head && k->wait_head->deadline <= t) lane_session_hand_back(l, k->wait_head, WAKE_TIMEOUT, 0);
+        while (k->wait_head && k->wait_head->deadline <= t)
+            lane_session_hand_back(l, k->wait_head, WAKE_TIMEOUT, 0);
     }
     lane_run_calls(l);
     Py_RETURN_NONE;
@@ -376,7 +380,8 @@ static PyObject *Lane_evict(Lane *l, PyObject *args) {
     int key;
     if (!PyArg_ParseTuple(args, "i", &key)) return NULL;
     for (int i = 0; i < l->nkeys; i++)
-        if (i != key && l->keys[i].nidle) return (PyObject *)lane_conn_leave(l, l->keys[i].idle[l->keys[i].nidle - 1]);
+        if (i != key && l->keys[i].nidle)
+            return (PyObject *)lane_conn_leave(l, l->keys[i].idle[l->keys[i].nidle - 1]);
     Py_RETURN_NONE;
 }
 
@@ -404,9 +409,19 @@ static PyObject *Lane_drain(Lane *l, PyObject *unused) {
  * on Python's side; ``conn`` is a backend bound to it (a transaction open, or session mode),
  * or None; ``last`` the Conn it used last (preferred). */
 static PyObject *Lane_park(Lane *l, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"session", "fd", "key", "sig", "statements", "release_idle",
-                             "deprecate_eof", "status", "conn", "conn_sig", "conn_statements",
-                             "last", NULL};
+    static char *kwlist[] = {"session",
+                             "fd",
+                             "key",
+                             "sig",
+                             "statements",
+                             "release_idle",
+                             "deprecate_eof",
+                             "status",
+                             "conn",
+                             "conn_sig",
+                             "conn_statements",
+                             "last",
+                             NULL};
     Session *s;
     int fd = -1, key = -1, sig = INT_MIN, release_idle = 0, deprecate_eof = 0, status = 0,
         conn_sig = -1;
@@ -576,12 +591,14 @@ static PyObject *Lane_backends(Lane *l, PyObject *unused) {
                 c->idle ? Py_True : Py_False, "busy", c->busy ? Py_True : Py_False, "dead",
                 c->dead ? Py_True : Py_False, "session", Py_True, "session_parked",
                 s->in_lane && s->lane == l ? Py_True : Py_False, "session_bound",
-                s->conn == c ? Py_True : Py_False, "session_waiting", s->waiting ? Py_True : Py_False,
-                "session_keeps", !s->release_idle || s->status & IN_TRANS ? Py_True : Py_False);
+                s->conn == c ? Py_True : Py_False, "session_waiting",
+                s->waiting ? Py_True : Py_False, "session_keeps",
+                !s->release_idle || s->status & IN_TRANS ? Py_True : Py_False);
         else
-            item = Py_BuildValue("{sOsOsOsOsO}", "backend", c->backend ? c->backend : Py_None, "idle",
-                                 c->idle ? Py_True : Py_False, "busy", c->busy ? Py_True : Py_False,
-                                 "dead", c->dead ? Py_True : Py_False, "session", Py_False);
+            item =
+                Py_BuildValue("{sOsOsOsOsO}", "backend", c->backend ? c->backend : Py_None, "idle",
+                              c->idle ? Py_True : Py_False, "busy", c->busy ? Py_True : Py_False,
+                              "dead", c->dead ? Py_True : Py_False, "session", Py_False);
         if (!item || PyList_Append(out, item) < 0) {
             Py_XDECREF(item);
             Py_DECREF(out);
@@ -611,15 +628,18 @@ static PyObject *Lane_scan(PyObject *cls, PyObject *args) {
             PyErr_SetString(PyExc_TypeError, "chunks of bytes");
             return NULL;
         }
-        used += (Py_ssize_t)lane_scan_feed(&s, (const uint8_t *)PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk));
+        used += (Py_ssize_t)lane_scan_feed(&s, (const uint8_t *)PyBytes_AS_STRING(chunk),
+                                           PyBytes_GET_SIZE(chunk));
     }
     Py_DECREF(seq);
-    return Py_BuildValue("(nOiiKO)", used, s.phase == P_DONE ? Py_True : Py_False, s.status, s.warnings,
-                         (unsigned long long)s.last_insert_id, s.error ? Py_True : Py_False);
+    return Py_BuildValue("(nOiiKO)", used, s.phase == P_DONE ? Py_True : Py_False, s.status,
+                         s.warnings, (unsigned long long)s.last_insert_id,
+                         s.error ? Py_True : Py_False);
 }
 
 static PyMethodDef Lane_methods[] = {
-    {"fileno", (PyCFunction)Lane_fileno, METH_NOARGS, "The epoll descriptor the event loop watches."},
+    {"fileno", (PyCFunction)Lane_fileno, METH_NOARGS,
+     "The epoll descriptor the event loop watches."},
     {"poll", (PyCFunction)Lane_poll, METH_NOARGS, "Handle what is ready."},
     {"expire", (PyCFunction)Lane_expire, METH_NOARGS, "Hand back sessions that waited too long."},
     {"give", (PyCFunction)Lane_give, METH_VARARGS, "A free backend from Python."},
@@ -672,7 +692,8 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__lane(void) {
-    if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&SessionType) < 0 || PyType_Ready(&LaneType) < 0)
+    if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&SessionType) < 0 ||
+        PyType_Ready(&LaneType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
@@ -684,4 +705,3 @@ PyMODINIT_FUNC PyInit__lane(void) {
     }
     return m;
 }
-

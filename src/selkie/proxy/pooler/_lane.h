@@ -47,7 +47,6 @@ typedef struct {
     uint64_t last_insert_id;
 } Scan;
 
-
 void lane_scan_start(Scan *s, int command, int deprecate_eof, int status);
 size_t lane_scan_feed(Scan *s, const uint8_t *p, size_t n);
 
@@ -101,8 +100,8 @@ typedef struct Session {
     int fd, key, sig, release_idle, deprecate_eof, status;
     StmtTable stmts;
     SioBuf in, out;
-    Conn *conn;       /* bound: a command in flight, or a transaction open */
-    void *last;       /* the backend used last (compared, never followed) */
+    Conn *conn; /* bound: a command in flight, or a transaction open */
+    void *last; /* the backend used last (compared, never followed) */
     int in_lane, registered, readable, hup, waiting;
     double deadline;
     struct Session *next_waiting;

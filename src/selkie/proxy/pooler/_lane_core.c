@@ -271,8 +271,9 @@ void lane_session_hand_back(Lane *l, Session *s, int reason, int broken) {
         backend = c->backend;
     }
     PyObject *args = Py_BuildValue(
-        "(iy#y#OiiKi)", reason, (const char *)s->in.data + s->in.pos, (Py_ssize_t)sio_pending(&s->in),
-        (const char *)s->out.data + s->out.pos, (Py_ssize_t)sio_pending(&s->out), backend, s->status,
+        "(iy#y#OiiKi)", reason, (const char *)s->in.data + s->in.pos,
+        (Py_ssize_t)sio_pending(&s->in), (const char *)s->out.data + s->out.pos,
+        (Py_ssize_t)sio_pending(&s->out), backend, s->status,
         c && reason == WAKE_NOTE ? c->scan.warnings : 0,
         (unsigned long long)(c && reason == WAKE_NOTE ? c->scan.last_insert_id : 0), broken);
     sio_reset(&s->in);
@@ -365,7 +366,8 @@ static int session_run(Lane *l, Session *s) {
                     /* Types sent again: fine here only when they are the ones the session
                      * bound before (else Python notes the new ones). */
                     size_t n = 2 * (size_t)st->num_params;
-                    if (flag_at + 1 + n > length || !same_bytes(st->types, payload + flag_at + 1, n))
+                    if (flag_at + 1 + n > length ||
+                        !same_bytes(st->types, payload + flag_at + 1, n))
                         break;
                     sent_types = payload + flag_at + 1;
                 }
@@ -410,7 +412,8 @@ static int session_run(Lane *l, Session *s) {
              * sent with it, or bound by the session earlier (else Python sends them). */
             if (sent_types) {
                 if (!same_bytes(bs->types, sent_types, 2 * (size_t)st->num_params)) break;
-            } else if (command == COM_STMT_EXECUTE && st->num_params && flag_at < length && st->types &&
+            } else if (command == COM_STMT_EXECUTE && st->num_params && flag_at < length &&
+                       st->types &&
                        (!bs->types || PyObject_RichCompareBool(st->types, bs->types, Py_EQ) != 1)) {
                 break;
             }
@@ -555,4 +558,3 @@ void lane_conn_step(Lane *l, Conn *c) {
     /* The next command: read now (reading stopped at it while this one ran), then run. */
     lane_session_step(l, s);
 }
-

@@ -100,4 +100,3 @@ size_t lane_scan_feed(Scan *s, const uint8_t *p, size_t n) {
     }
     return pos;
 }
-
