@@ -31,10 +31,10 @@ void lane_queue_call(Lane *l, PyObject *fn, PyObject *args, int fd) {
 }
 
 void lane_run_calls(Lane *l) {
-    while (PyList_GET_SIZE(l->calls)) {
+    while (l->calls && PyList_GET_SIZE(l->calls)) { /* none once the lane is cleared */
         PyObject *calls = l->calls;
         l->calls = PyList_New(0);
-        if (!l->calls) { /* out of memory: drop them (nothing else can be done) */
+        if (!l->calls) { /* out of memory: they wait for the next poll */
             l->calls = calls;
             PyErr_WriteUnraisable((PyObject *)l);
             return;
