@@ -14,7 +14,7 @@ tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.js
 	@touch $@
 
 # System packages come first: a dev dependency (mysqlclient) builds against MariaDB headers.
-$(STAMP): pyproject.toml setup.py src/selkie/proxy/_crelay.c $(wildcard src/selkie/proxy/pooler/_lane*.[ch]) | mariadb
+$(STAMP): pyproject.toml setup.py $(wildcard src/selkie/proxy/*.[ch] src/selkie/proxy/pooler/*.[ch]) | mariadb
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

@@ -15,21 +15,26 @@ setup(
             name,
             sources=sources,
             depends=depends,
+            include_dirs=["src/selkie/proxy"],  # _selkie_io.h, shared by both
             extra_compile_args=[
                 "-O2",
                 "-Wall",
                 "-Wextra",
-                "-Wno-missing-field-initializers",
+                "-Werror",
                 "-fvisibility=hidden",  # only PyInit_* is the module's to show
             ],
             optional=True,
         )
         for name, sources, depends in (
-            ("selkie.proxy._crelay", ["src/selkie/proxy/_crelay.c"], []),
+            (
+                "selkie.proxy._crelay",
+                [f"src/selkie/proxy/_crelay{part}.c" for part in ("", "_core", "_scan")],
+                ["src/selkie/proxy/_crelay.h", "src/selkie/proxy/_selkie_io.h"],
+            ),
             (
                 "selkie.proxy.pooler._lane",
                 [f"src/selkie/proxy/pooler/_lane{part}.c" for part in ("", "_core", "_scan")],
-                ["src/selkie/proxy/pooler/_lane.h"],
+                ["src/selkie/proxy/pooler/_lane.h", "src/selkie/proxy/_selkie_io.h"],
             ),
         )
     ]

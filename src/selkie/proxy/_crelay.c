@@ -9,200 +9,16 @@
  * loop relies on; splice through a pipe gives no such guarantee). The counters the proxy's
  * activity reporter reads are fields of the Session, written with relaxed atomics here and
  * read through properties from any thread.
+ *
+ * This file is the module: its Python types and methods. _crelay_core.c steps sessions and
+ * runs the loop's batches, _crelay_scan.c is the scanner, _selkie_io.h (shared with the
+ * pooler's lane) the buffers, socket I/O, clocks and MySQL integers.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
-#include <errno.h>
-#include <fcntl.h>
-#include <stdlib.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <string.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-
-#define CHUNK (256 * 1024)
-#define MAX_PAYLOAD 0xffffff
-#define COM_QUIT 0x01
-#define COM_QUERY 0x03
-#define COM_CHANGE_USER 0x11
-/* The longest COM_QUERY held back until whole to see whether it is a KILL (sessions.py). */
-#define KILL_MAX 80
-
-/* What a session's run ends with (FLUSHED: what end_after_sending queued was sent). */
-enum { END_CLIENT = 0, END_SERVER = 1, END_ERROR = 2, CHANGE_USER = 3, FLUSHED = 4, KILL = 5 };
-
-typedef struct {
-    uint8_t *data;
-    size_t len, cap;
-} Buf;
-
-static int buf_reserve(Buf *b, size_t extra) {
-    if (b->len + extra <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra) cap *= 2;
-    uint8_t *p = realloc(b->data, cap);
-    if (!p) return -1;
-    b->data = p;
-    b->cap = cap;
-    return 0;
-}
-
-static int buf_add(Buf *b, const uint8_t *p, size_t n) {
-    if (n == 0) return 0; /* b->data may still be NULL: memcpy into it is undefined */
-    if (buf_reserve(b, n) < 0) return -1;
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-typedef struct Session {
-    PyObject_HEAD
-    /* The scanner: CommandScanner's state, field for field. */
-    uint8_t header[4];
-    int header_len;
-    size_t remaining;
-    int continued;
-    int in_command; /* the logical packet being read is a command's */
-    int wraps;      /* the next packet continues the exchange past sequence 255 */
-    int pending; /* a command's header seen, its command byte not yet */
-    uint8_t pending_header[4];
-    int holding; /* collecting a COM_CHANGE_USER, or a short COM_QUERY, payload into held */
-    int held_done; /* CHANGE_USER or KILL: a payload for Python is whole */
-    uint8_t held_header[4];
-    Buf held;
-    int quit_seen;
-    /* Client bytes read, scanned from in_pos on; bytes for the server from out_pos on. */
-    Buf in;
-    size_t in_pos;
-    Buf out;
-    size_t out_pos;
-    /* Bytes for the client: the first ones, then what the server sent. */
-    Buf to_client;
-    size_t to_client_pos;
-    int to_client_relayed; /* what to_client holds came from the server (counted) */
-    /* The sockets, and whether each is readable as far as the last event said. */
-    int cfd, sfd;
-    int client_ready, server_ready;
-    int client_hup, server_hup; /* the side hung up (or failed): reads never block again */
-    int flushing; /* end_after_sending: send to_client, then end (FLUSHED); read nothing */
-    /* In a Loop: the loop's reference, what it calls at the end, its epoll tags. */
-    int in_loop, touched;
-    PyObject *handler;
-    struct Tag {
-        struct Session *session;
-        int client;
-    } tags[2];
-    /* Counters, read by Python from other threads. */
-    int64_t bytes_to_client, bytes_from_client, statements;
-    double last_active;
-} Session;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void add64(int64_t *field, int64_t n) { __atomic_fetch_add(field, n, __ATOMIC_RELAXED); }
-
-/* sessions.may_kill: a short COM_QUERY starting with KILL and a space. */
-static int may_kill(const uint8_t *p, size_t n) {
-    if (n < 6 || n > KILL_MAX || p[0] != COM_QUERY) return 0;
-    static const char word[] = "KILL";
-    for (int i = 0; i < 4; i++)
-        if ((p[1 + i] & ~0x20) != word[i]) return 0;
-    return p[5] == ' ' || p[5] == '\t' || p[5] == '\n' || p[5] == '\r';
-}
-
-/* Scan data[0..n) as CommandScanner._feed does, appending the bytes to forward to out and
- * the command bytes seen to commands (when given). Stops after a COM_CHANGE_USER payload, or
- * a KILL the proxy reads, is whole (held_done: CHANGE_USER or KILL); a short COM_QUERY held
- * and found no KILL goes on to out. Returns how many bytes it consumed, or -1 when out of
- * memory. */
-static Py_ssize_t scan(Session *s, const uint8_t *data, size_t n, Buf *out, Buf *commands,
-                       int64_t *ncommands) {
-    size_t pos = 0;
-    if (buf_reserve(out, n + 4) < 0) return -1;
-    while (pos < n) {
-        if (s->holding) {
-            size_t take = s->remaining < n - pos ? s->remaining : n - pos;
-            if (buf_add(&s->held, data + pos, take) < 0) return -1;
-            pos += take;
-            s->remaining -= take;
-            if (s->remaining == 0) {
-                s->holding = 0;
-                if (s->held.data[0] == COM_QUERY && !may_kill(s->held.data, s->held.len)) {
-                    /* No KILL: on its way as it came. */
-                    if (buf_add(out, s->held_header, 4) < 0 || buf_add(out, s->held.data, s->held.len) < 0 ||
-                        buf_reserve(out, n - pos + 4) < 0)
-                        return -1;
-                    s->held.len = 0;
-                    continue;
-                }
-                s->held_done = s->held.data[0] == COM_CHANGE_USER ? CHANGE_USER : KILL;
-                return (Py_ssize_t)pos;
-            }
-            continue;
-        }
-        if (s->pending) {
-            uint8_t command = data[pos]; /* not consumed: it is the payload's first byte */
-            ++*ncommands;
-            if (commands && buf_add(commands, &command, 1) < 0) return -1;
-            if (command == COM_QUIT) s->quit_seen = 1;
-            if (command == COM_CHANGE_USER || (command == COM_QUERY && s->remaining <= KILL_MAX)) {
-                s->holding = 1;
-                s->held.len = 0;
-                memcpy(s->held_header, s->pending_header, 4);
-            } else {
-                memcpy(out->data + out->len, s->pending_header, 4);
-                out->len += 4;
-            }
-            s->pending = 0;
-            continue;
-        }
-        if (s->remaining) {
-            size_t take = s->remaining < n - pos ? s->remaining : n - pos;
-            memcpy(out->data + out->len, data + pos, take);
-            out->len += take;
-            pos += take;
-            s->remaining -= take;
-            continue;
-        }
-        size_t take = (size_t)(4 - s->header_len) < n - pos ? (size_t)(4 - s->header_len) : n - pos;
-        memcpy(s->header + s->header_len, data + pos, take);
-        s->header_len += (int)take;
-        pos += take;
-        if (s->header_len < 4) break;
-        s->header_len = 0;
-        size_t length = s->header[0] | s->header[1] << 8 | (size_t)s->header[2] << 16;
-        int seq = s->header[3];
-        int was_continued = s->continued;
-        int starts = seq == 0 && !was_continued && !s->wraps;
-        if (!was_continued) s->in_command = starts; /* a new logical packet */
-        s->continued = length == MAX_PAYLOAD;
-        /* Past sequence 255 the exchange goes on at 0 (LOAD DATA LOCAL's file), unless this
-         * packet ends the client's turn: a command's last piece, or the empty packet that
-         * ends the file (not the empty piece ending a split 16 MiB packet). */
-        s->wraps = seq == 255 && !s->in_command && (length || was_continued);
-        s->remaining = length;
-        if (starts && length) {
-            s->pending = 1;
-            memcpy(s->pending_header, s->header, 4);
-        } else {
-            memcpy(out->data + out->len, s->header, 4);
-            out->len += 4;
-        }
-    }
-    return (Py_ssize_t)pos;
-}
+#include "_crelay.h"
 
 static PyObject *take_held(Session *s) {
     PyObject *payload = PyBytes_FromStringAndSize((const char *)s->held.data, s->held.len);
-    s->held.len = 0;
+    sio_reset(&s->held);
     s->held_done = 0;
     return payload;
 }
@@ -213,7 +29,7 @@ static PyObject *Session_feed(Session *s, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     PyObject *segments = PyList_New(0), *commands = NULL, *result = NULL;
-    Buf out = {0}, cmds = {0};
+    SioBuf out = {0}, cmds = {0};
     int64_t ncommands = 0;
     size_t pos = 0, n = (size_t)view.len;
     if (!segments) goto done;
@@ -228,7 +44,8 @@ static PyObject *Session_feed(Session *s, PyObject *arg) {
             Py_DECREF(item);
             continue;
         }
-        Py_ssize_t used = scan(s, (const uint8_t *)view.buf + pos, n - pos, &out, &cmds, &ncommands);
+        Py_ssize_t used =
+            relay_scan(s, (const uint8_t *)view.buf + pos, n - pos, &out, &cmds, &ncommands);
         if (used < 0) {
             PyErr_NoMemory();
             goto done;
@@ -236,7 +53,7 @@ static PyObject *Session_feed(Session *s, PyObject *arg) {
         pos += (size_t)used;
         if (out.len) {
             PyObject *item = Py_BuildValue("(iy#)", 0, (const char *)out.data, (Py_ssize_t)out.len);
-            out.len = 0;
+            sio_reset(&out);
             if (!item || PyList_Append(segments, item) < 0) {
                 Py_XDECREF(item);
                 goto done;
@@ -259,129 +76,16 @@ static PyObject *Session_feed(Session *s, PyObject *arg) {
 done:
     Py_XDECREF(segments);
     Py_XDECREF(commands);
-    free(out.data);
-    free(cmds.data);
+    sio_free(&out);
+    sio_free(&cmds);
     PyBuffer_Release(&view);
     return result;
 }
 
-static int again(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
-
-static int set_nonblocking(int fd) {
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0) return -1;
-    return fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-}
-
-enum { BLOCKED = -1 };
-
-/* Do what can be done without blocking, both ways; returns BLOCKED (the loop waits for
- * the next readiness event), END_* or CHANGE_USER. Runs without the GIL. */
-static int step(Session *s) {
-    int cfd = s->cfd, sfd = s->sfd;
-    if (s->flushing) { /* the last bytes for the client, then the end: nothing is read */
-        while (s->to_client_pos < s->to_client.len) {
-            ssize_t w = send(cfd, s->to_client.data + s->to_client_pos,
-                             s->to_client.len - s->to_client_pos, MSG_NOSIGNAL);
-            if (w < 0) return again() ? BLOCKED : END_ERROR;
-            s->to_client_pos += (size_t)w;
-            if (s->to_client_relayed) add64(&s->bytes_to_client, w);
-        }
-        s->to_client.len = s->to_client_pos = 0;
-        return FLUSHED;
-    }
-    for (;;) {
-        int progress = 0;
-        /* Server -> client: the first bytes, then what was read from the server. */
-        while (s->to_client_pos < s->to_client.len) {
-            ssize_t w = send(cfd, s->to_client.data + s->to_client_pos,
-                             s->to_client.len - s->to_client_pos, MSG_NOSIGNAL);
-            if (w < 0) {
-                if (!again()) return END_ERROR;
-                break;
-            }
-            s->to_client_pos += (size_t)w;
-            if (s->to_client_relayed) add64(&s->bytes_to_client, w);
-            progress = 1;
-        }
-        if (s->to_client_pos == s->to_client.len) s->to_client.len = s->to_client_pos = 0;
-        /* Client -> server: the scanned bytes. */
-        while (s->out_pos < s->out.len) {
-            ssize_t w = send(sfd, s->out.data + s->out_pos, s->out.len - s->out_pos, MSG_NOSIGNAL);
-            if (w < 0) {
-                if (!again()) return END_ERROR;
-                break;
-            }
-            s->out_pos += (size_t)w;
-            progress = 1;
-        }
-        if (s->out_pos == s->out.len) s->out.len = s->out_pos = 0;
-        /* Scan what was read, once what came before it is on its way. */
-        if (!s->out.len && !s->held_done && s->in_pos < s->in.len) {
-            int64_t commands = 0;
-            Py_ssize_t used = scan(s, s->in.data + s->in_pos, s->in.len - s->in_pos, &s->out,
-                                   NULL, &commands);
-            if (used < 0) {
-                errno = ENOMEM;
-                return END_ERROR;
-            }
-            s->in_pos += (size_t)used;
-            if (s->in_pos == s->in.len) s->in.len = s->in_pos = 0;
-            if (commands) {
-                add64(&s->statements, commands);
-                __atomic_store(&s->last_active, &(double){now()}, __ATOMIC_RELAXED);
-            }
-            continue; /* send it at once */
-        }
-        /* A COM_CHANGE_USER is whole and everything before it has left both ways. */
-        if (s->held_done && !s->out.len && !s->to_client.len) return s->held_done;
-        /* Reads are tried only while the side is readable as far as we know: the flag is
-         * set by the loop's events and cleared by EAGAIN or a short read (with epoll's edge
-         * trigger a later arrival is a new event; a hang-up already seen keeps it set). */
-        if (s->client_ready && !s->held_done && !s->out.len && s->in_pos == s->in.len) {
-            if (buf_reserve(&s->in, CHUNK) < 0) {
-                errno = ENOMEM;
-                return END_ERROR;
-            }
-            ssize_t r = recv(cfd, s->in.data, CHUNK, 0);
-            if (r == 0) return END_CLIENT;
-            if (r < 0) {
-                if (!again()) return END_ERROR;
-                s->client_ready = 0;
-            } else {
-                s->in.len = (size_t)r;
-                s->in_pos = 0;
-                add64(&s->bytes_from_client, r);
-                s->client_ready = r == CHUNK || s->client_hup;
-                continue;
-            }
-        }
-        if (s->server_ready && !s->to_client.len) {
-            if (buf_reserve(&s->to_client, CHUNK) < 0) {
-                errno = ENOMEM;
-                return END_ERROR;
-            }
-            ssize_t r = recv(sfd, s->to_client.data, CHUNK, 0);
-            if (r == 0) return END_SERVER;
-            if (r < 0) {
-                if (!again()) return END_ERROR;
-                s->server_ready = 0;
-            } else {
-                s->to_client.len = (size_t)r;
-                s->to_client_pos = 0;
-                s->to_client_relayed = 1;
-                s->server_ready = r == CHUNK || s->server_hup;
-                continue;
-            }
-        }
-        if (!progress) return BLOCKED;
-    }
-}
-
-static int add_bytes(Buf *b, PyObject *obj) {
+static int add_bytes(SioBuf *b, PyObject *obj) {
     Py_buffer view;
     if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return -1;
-    int rc = buf_add(b, view.buf, (size_t)view.len);
+    int rc = sio_add(b, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     if (rc < 0) PyErr_NoMemory();
     return rc;
@@ -394,23 +98,27 @@ static int prepare(Session *s, int cfd, int sfd, PyObject *to_client, PyObject *
         PyErr_SetString(PyExc_RuntimeError, "the session is in a loop already");
         return -1;
     }
-    if (s->to_client.len == 0) s->to_client_relayed = 0;
-    if (s->to_client_relayed && PyObject_Length(to_client) > 0) {
-        PyErr_SetString(PyExc_RuntimeError, "bytes for the client while relayed ones wait");
-        return -1;
+    if (!sio_pending(&s->to_client)) s->to_client_relayed = 0;
+    if (s->to_client_relayed) {
+        Py_ssize_t n = PyObject_Length(to_client);
+        if (n < 0) return -1;
+        if (n > 0) {
+            PyErr_SetString(PyExc_RuntimeError, "bytes for the client while relayed ones wait");
+            return -1;
+        }
     }
     if (add_bytes(&s->to_client, to_client) < 0 || add_bytes(&s->out, to_server) < 0) return -1;
     Py_buffer view;
     if (PyObject_GetBuffer(from_client, &view, PyBUF_SIMPLE) < 0) return -1;
     /* Only ever given before the first run: nothing of the client's is buffered then. */
-    int rc = buf_add(&s->in, view.buf, (size_t)view.len);
-    add64(&s->bytes_from_client, view.len);
+    int rc = sio_add(&s->in, view.buf, (size_t)view.len);
+    relay_add64(&s->bytes_from_client, view.len);
     PyBuffer_Release(&view);
     if (rc < 0) {
         PyErr_NoMemory();
         return -1;
     }
-    if (set_nonblocking(cfd) < 0 || set_nonblocking(sfd) < 0) {
+    if (sio_set_nonblocking(cfd) < 0 || sio_set_nonblocking(sfd) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
@@ -425,7 +133,6 @@ static PyObject *end_value(Session *s, int end, int err) {
     if (end == END_ERROR) return Py_BuildValue("(ii)", end, err);
     return Py_BuildValue("(iO)", end, Py_None);
 }
-
 
 static PyObject *Session_end_after_sending(Session *s, PyObject *unused) {
     (void)unused;
@@ -443,18 +150,31 @@ static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Session *s = (Session *)type->tp_alloc(type, 0);
     if (!s) return NULL;
     s->cfd = s->sfd = -1;
-    s->last_active = now();
+    s->last_active = sio_wall();
     s->tags[0].session = s->tags[1].session = s;
     s->tags[0].client = 1;
     return (PyObject *)s;
 }
 
+/* The handler is set only while the session is in a loop, which holds a reference to it
+ * then: a collection never clears a session the loop is relaying. */
+static int Session_traverse(Session *s, visitproc visit, void *arg) {
+    Py_VISIT(s->handler);
+    return 0;
+}
+
+static int Session_clear(Session *s) {
+    Py_CLEAR(s->handler);
+    return 0;
+}
+
 static void Session_dealloc(Session *s) {
-    free(s->held.data);
-    free(s->in.data);
-    free(s->out.data);
-    free(s->to_client.data);
-    Py_XDECREF(s->handler);
+    PyObject_GC_UnTrack(s);
+    Session_clear(s);
+    sio_free(&s->held);
+    sio_free(&s->in);
+    sio_free(&s->out);
+    sio_free(&s->to_client);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -482,8 +202,7 @@ static PyGetSetDef Session_getset[] = {
      (void *)offsetof(Session, bytes_from_client)},
     {"statements", (getter)get_i64, NULL, "commands the client started",
      (void *)offsetof(Session, statements)},
-    {"last_active", (getter)get_last_active, NULL, "when the client last started a command",
-     NULL},
+    {"last_active", (getter)get_last_active, NULL, "when the client last started a command", NULL},
     {"quit_seen", (getter)get_quit_seen, NULL, "the client sent COM_QUIT", NULL},
     {NULL},
 };
@@ -499,50 +218,113 @@ static PyTypeObject SessionType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "selkie.proxy._crelay.Session",
     .tp_basicsize = sizeof(Session),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One relayed session: the scanner's state, its buffers and counters.",
     .tp_new = Session_new,
     .tp_dealloc = (destructor)Session_dealloc,
+    .tp_traverse = (traverseproc)Session_traverse,
+    .tp_clear = (inquiry)Session_clear,
     .tp_methods = Session_methods,
     .tp_getset = Session_getset,
 };
 
 /* Loop: one thread relaying many sessions, as HAProxy does: epoll (edge-triggered) over
- * every session's two sockets, each batch of events stepped without the GIL. A session
- * that needs Python leaves the loop, and its handler is called with the GIL, on the loop's
- * thread: handler(end, payload) as Session.run returns them. It must not block. */
-typedef struct {
-    PyObject_HEAD
-    int epfd;
-    /* Sessions whose add failed after a descriptor was registered: kept until the loop's
-     * next batch is done (the one it is passing over may hold an event for them). */
-    PyObject *dropped;
-} Loop;
-
-#define BATCH 256
+ * every session's two sockets, each batch of events stepped without the GIL
+ * (relay_batch). A session that needs Python leaves the loop, and its handler is called
+ * with the GIL, on the loop's thread: handler(end, payload) as Session.run returns them.
+ * It must not block. */
 
 static PyObject *Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Loop", kwlist)) return NULL;
     Loop *l = (Loop *)type->tp_alloc(type, 0);
     if (!l) return NULL;
+    l->epfd = -1;
     l->dropped = PyList_New(0);
     if (!l->dropped) {
-        l->epfd = -1;
         Py_DECREF(l);
         return NULL;
     }
     l->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (l->epfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
         Py_DECREF(l);
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
     }
     return (PyObject *)l;
 }
 
+static void loop_link(Loop *l, Session *s) {
+    s->loop_prev = NULL;
+    s->loop_next = l->sessions;
+    if (l->sessions) l->sessions->loop_prev = s;
+    l->sessions = s;
+}
+
+static void loop_unlink(Loop *l, Session *s) {
+    if (s->loop_prev) s->loop_prev->loop_next = s->loop_next;
+    else if (l->sessions == s) l->sessions = s->loop_next;
+    if (s->loop_next) s->loop_next->loop_prev = s->loop_prev;
+    s->loop_prev = s->loop_next = NULL;
+}
+
+/* Calls the handler of a session that left the loop with how it ended, and drops the
+ * loop's references. Its sockets are Python's to close: when not even the handler's
+ * arguments can be made, they are shut down, so both peers see an end. */
+static void loop_dispatch(Loop *l, Session *s, int end, int err) {
+    loop_unlink(l, s);
+    PyObject *handler = s->handler;
+    s->handler = NULL;
+    PyObject *value = end_value(s, end, err);
+    PyObject *result = value && handler ? PyObject_CallObject(handler, value) : NULL;
+    if (!result) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "a relayed session had no handler");
+        PyErr_WriteUnraisable(handler ? handler : (PyObject *)s); /* a handler must not raise */
+        if (!value) {
+            shutdown(s->cfd, SHUT_RDWR);
+            shutdown(s->sfd, SHUT_RDWR);
+        }
+    }
+    Py_XDECREF(result);
+    Py_XDECREF(value);
+    Py_XDECREF(handler);
+    Py_DECREF(s);
+}
+
+/* Every session still in the loop leaves it as ended by err (the loop stopped, or is being
+ * freed): out of the epoll set, its handler called. The loop's thread is not stepping
+ * them: it holds the GIL, or has gone. */
+static void loop_end_all(Loop *l, int err) {
+    while (l->sessions) {
+        Session *s = l->sessions;
+        (void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->cfd, NULL); /* no more events, if any */
+        (void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->sfd, NULL);
+        __atomic_store_n(&s->in_loop, 0, __ATOMIC_RELEASE);
+        loop_dispatch(l, s, END_ERROR, err);
+    }
+}
+
+static int Loop_traverse(Loop *l, visitproc visit, void *arg) {
+    Py_VISIT(l->dropped);
+    for (Session *s = l->sessions; s; s = s->loop_next) Py_VISIT((PyObject *)s);
+    return 0;
+}
+
+static int Loop_clear(Loop *l) {
+    Py_CLEAR(l->dropped);
+    return 0;
+}
+
+/* Only once run() has returned (it holds a reference while it runs). */
 static void Loop_dealloc(Loop *l) {
+    PyObject_GC_UnTrack(l);
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    loop_end_all(l, ECANCELED);
+    PyErr_Restore(type, value, tb);
+    Loop_clear(l);
     if (l->epfd >= 0) close(l->epfd);
-    Py_XDECREF(l->dropped);
     Py_TYPE(l)->tp_free((PyObject *)l);
 }
 
@@ -554,6 +336,10 @@ static PyObject *Loop_add(Loop *l, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!iiOOOO", &SessionType, &s, &cfd, &sfd, &to_client, &to_server,
                           &from_client, &handler))
         return NULL;
+    if (!l->dropped) {
+        PyErr_SetString(PyExc_RuntimeError, "the loop is closed");
+        return NULL;
+    }
     if (prepare(s, cfd, sfd, to_client, to_server, from_client) < 0) return NULL;
     /* Both descriptors are registered before the loop may step the session (in_loop):
      * otherwise it could end the session between the two adds, and a failing second add
@@ -564,7 +350,7 @@ static PyObject *Loop_add(Loop *l, PyObject *args) {
     ev.data.ptr = &s->tags[1];
     if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, sfd, &ev) < 0) {
         int err = errno;
-        epoll_ctl(l->epfd, EPOLL_CTL_DEL, cfd, NULL);
+        (void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, cfd, NULL); /* just added: cannot fail */
         /* The batch the loop is passing over may hold an event for cfd, pointing into the
          * session: it stays alive until that batch is done. */
         if (PyList_Append(l->dropped, (PyObject *)s) < 0) {
@@ -578,70 +364,43 @@ static PyObject *Loop_add(Loop *l, PyObject *args) {
     Py_INCREF(handler);
     Py_XSETREF(s->handler, handler);
     Py_INCREF(s); /* the loop's, until the handler has been called */
+    loop_link(l, s);
     __atomic_store_n(&s->in_loop, 1, __ATOMIC_RELEASE);
     /* Events until now were passed over: a modify reports each side again as it is now (an
      * edge-triggered add or modify reports what is ready). One event steps the session
-     * whole: prepare() marked both sides readable. */
+     * whole: prepare() marked both sides readable. The loop may be stepping it already, so
+     * a failure cannot be undone here: the sockets are shut down instead, and the hang-up
+     * that reports brings the session to its handler (END_CLIENT or END_ERROR). */
     ev.data.ptr = &s->tags[0];
-    epoll_ctl(l->epfd, EPOLL_CTL_MOD, cfd, &ev);
+    int rc = epoll_ctl(l->epfd, EPOLL_CTL_MOD, cfd, &ev);
     ev.data.ptr = &s->tags[1];
-    epoll_ctl(l->epfd, EPOLL_CTL_MOD, sfd, &ev);
+    if (rc < 0 || epoll_ctl(l->epfd, EPOLL_CTL_MOD, sfd, &ev) < 0) {
+        shutdown(cfd, SHUT_RDWR);
+        shutdown(sfd, SHUT_RDWR);
+    }
     Py_RETURN_NONE;
 }
 
 /* Loop.run(): relay until the process ends (call it on a thread of its own). */
 static PyObject *Loop_run(Loop *l, PyObject *unused) {
     (void)unused;
-    struct epoll_event events[BATCH];
-    Session *touched[BATCH], *ended[BATCH];
-    int codes[BATCH], errs[BATCH];
+    RelayEnd ended[BATCH];
     for (;;) {
-        int n, nt = 0, ne = 0;
+        int n;
         Py_BEGIN_ALLOW_THREADS
-        n = epoll_wait(l->epfd, events, BATCH, -1);
-        for (int i = 0; i < n; i++) {
-            struct Tag *tag = events[i].data.ptr;
-            Session *s = tag->session;
-            if (!__atomic_load_n(&s->in_loop, __ATOMIC_ACQUIRE)) continue;
-            uint32_t what = events[i].events;
-            int hup = (what & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
-            if (what & EPOLLIN || hup) {
-                if (tag->client) s->client_ready = 1, s->client_hup |= hup;
-                else s->server_ready = 1, s->server_hup |= hup;
-            }
-            if (!s->touched) {
-                s->touched = 1;
-                touched[nt++] = s;
-            }
-        }
-        for (int i = 0; i < nt; i++) {
-            Session *s = touched[i];
-            s->touched = 0;
-            int end = step(s);
-            if (end == BLOCKED) continue;
-            errs[ne] = errno;
-            epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->cfd, NULL);
-            epoll_ctl(l->epfd, EPOLL_CTL_DEL, s->sfd, NULL);
-            __atomic_store_n(&s->in_loop, 0, __ATOMIC_RELEASE);
-            codes[ne] = end;
-            ended[ne++] = s;
-        }
+        n = relay_batch(l->epfd, ended);
         Py_END_ALLOW_THREADS
-        if (n < 0 && errno != EINTR) return PyErr_SetFromErrno(PyExc_OSError);
-        for (int i = 0; i < ne; i++) {
-            Session *s = ended[i];
-            PyObject *handler = s->handler;
-            s->handler = NULL;
-            PyObject *value = end_value(s, codes[i], errs[i]);
-            PyObject *result = value && handler ? PyObject_CallObject(handler, value) : NULL;
-            if (!result) PyErr_WriteUnraisable(handler); /* a handler must not raise */
-            Py_XDECREF(result);
-            Py_XDECREF(value);
-            Py_XDECREF(handler);
-            Py_DECREF(s);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            /* The loop stops: every session it relays ends (END_ERROR), then the error. */
+            int err = errno;
+            loop_end_all(l, err);
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
         }
+        for (int i = 0; i < n; i++) loop_dispatch(l, ended[i].session, ended[i].end, ended[i].err);
         /* That batch is done: no event of it points into a session whose add failed. */
-        if (PyList_GET_SIZE(l->dropped) &&
+        if (l->dropped && PyList_GET_SIZE(l->dropped) &&
             PyList_SetSlice(l->dropped, 0, PyList_GET_SIZE(l->dropped), NULL) < 0)
             PyErr_WriteUnraisable(l->dropped);
     }
@@ -657,25 +416,28 @@ static PyTypeObject LoopType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "selkie.proxy._crelay.Loop",
     .tp_basicsize = sizeof(Loop),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One thread's epoll over many sessions.",
     .tp_new = Loop_new,
     .tp_dealloc = (destructor)Loop_dealloc,
+    .tp_traverse = (traverseproc)Loop_traverse,
+    .tp_clear = (inquiry)Loop_clear,
     .tp_methods = Loop_methods,
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "selkie.proxy._crelay", "The session relay's compiled hot path.", -1, NULL,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "selkie.proxy._crelay",
+    .m_doc = "The session relay's compiled hot path.",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__crelay(void) {
     if (PyType_Ready(&SessionType) < 0 || PyType_Ready(&LoopType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    Py_INCREF(&SessionType);
-    Py_INCREF(&LoopType);
-    if (PyModule_AddObject(m, "Session", (PyObject *)&SessionType) < 0 ||
-        PyModule_AddObject(m, "Loop", (PyObject *)&LoopType) < 0 ||
+    if (PyModule_AddObjectRef(m, "Session", (PyObject *)&SessionType) < 0 ||
+        PyModule_AddObjectRef(m, "Loop", (PyObject *)&LoopType) < 0 ||
         PyModule_AddIntConstant(m, "END_CLIENT", END_CLIENT) < 0 ||
         PyModule_AddIntConstant(m, "END_SERVER", END_SERVER) < 0 ||
         PyModule_AddIntConstant(m, "END_ERROR", END_ERROR) < 0 ||

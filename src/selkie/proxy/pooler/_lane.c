@@ -49,14 +49,15 @@ static int Conn_traverse(Conn *c, visitproc visit, void *arg) {
 
 static int Conn_clear(Conn *c) {
     Py_CLEAR(c->backend);
+    lane_stmts_free(&c->stmts);
     return 0;
 }
 
 static void Conn_dealloc(Conn *c) {
     PyObject_GC_UnTrack(c);
     Conn_clear(c);
-    free_backend_stmts(c);
-    free(c->out.data);
+    lane_stmts_free(&c->stmts);
+    sio_free(&c->out);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
@@ -100,7 +101,7 @@ static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     s->fd = -1;
     s->tag.kind = TAG_SESSION;
     s->tag.obj = s;
-    s->last_active = wall();
+    s->last_active = sio_wall();
     return (PyObject *)s;
 }
 
@@ -111,15 +112,15 @@ static int Session_traverse(Session *s, visitproc visit, void *arg) {
 
 static int Session_clear(Session *s) {
     Py_CLEAR(s->wake);
+    lane_stmts_free(&s->stmts);
     return 0;
 }
 
 static void Session_dealloc(Session *s) {
     PyObject_GC_UnTrack(s);
     Session_clear(s);
-    free_session_stmts(s);
-    free(s->in.data);
-    free(s->out.data);
+    sio_free(&s->in);
+    sio_free(&s->out);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -149,10 +150,13 @@ static PyGetSetDef Session_getset[] = {
      (void *)offsetof(Session, bytes_to_client)},
     {"bytes_from_client", (getter)get_ll, NULL, "bytes of commands the lane ran",
      (void *)offsetof(Session, bytes_from_client)},
-    {"statements", (getter)get_ll, NULL, "commands the lane ran", (void *)offsetof(Session, statements)},
-    {"last_active", (getter)Session_get_last_active, NULL, "when the lane last ran a command", NULL},
+    {"statements", (getter)get_ll, NULL, "commands the lane ran",
+     (void *)offsetof(Session, statements)},
+    {"last_active", (getter)Session_get_last_active, NULL, "when the lane last ran a command",
+     NULL},
     {"parked", (getter)Session_get_parked, NULL, "the lane has the session", NULL},
-    {"backend", (getter)Session_get_backend, NULL, "the backend it holds in the lane, if any", NULL},
+    {"backend", (getter)Session_get_backend, NULL, "the backend it holds in the lane, if any",
+     NULL},
     {NULL},
 };
 
@@ -200,17 +204,27 @@ static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     return (PyObject *)l;
 }
 
+/* The lane holds a reference to each backend and parked session in it (and they reach it
+ * back through Python: a Backend's pool, a wake callback's session), besides its callbacks. */
 static int Lane_traverse(Lane *l, visitproc visit, void *arg) {
     Py_VISIT(l->on_release);
     Py_VISIT(l->on_dead);
     Py_VISIT(l->calls);
+    for (Conn *c = l->conns; c; c = c->lane_next) Py_VISIT((PyObject *)c);
+    for (Session *s = l->sessions; s; s = s->lane_next) Py_VISIT((PyObject *)s);
     return 0;
 }
 
 static int Lane_clear(Lane *l) {
+    lane_release(l); /* needs epfd, which stays open until dealloc */
     Py_CLEAR(l->on_release);
     Py_CLEAR(l->on_dead);
     Py_CLEAR(l->calls);
+    for (int i = 0; i < PLAIN_SLOTS; i++) {
+        Py_CLEAR(l->plain[i]);
+        l->plain_hash[i] = 0;
+    }
+    l->nplain = 0;
     return 0;
 }
 
@@ -218,7 +232,6 @@ static void Lane_dealloc(Lane *l) {
     PyObject_GC_UnTrack(l);
     Lane_clear(l);
     if (l->epfd >= 0) close(l->epfd);
-    for (int i = 0; i < PLAIN_SLOTS; i++) Py_XDECREF(l->plain[i]);
     for (int i = 0; i < l->nkeys; i++) free(l->keys[i].idle);
     free(l->keys);
     Py_TYPE(l)->tp_free((PyObject *)l);
@@ -237,8 +250,10 @@ static PyObject *Lane_poll(Lane *l, PyObject *unused) {
     if (l->polling) Py_RETURN_NONE;
     l->polling = 1;
     struct epoll_event events[BATCH];
+    int failed = 0;
     for (int round = 0; round < 4; round++) {
         int n = epoll_wait(l->epfd, events, BATCH, 0);
+        if (n < 0 && errno != EINTR) failed = errno;
         if (n <= 0) break;
         for (int i = 0; i < n; i++) {
             Tag *tag = events[i].data.ptr;
@@ -250,7 +265,7 @@ static PyObject *Lane_poll(Lane *l, PyObject *unused) {
                 if (what & EPOLLIN || hup) s->readable = 1;
                 s->hup |= hup;
                 Py_INCREF(s);
-                session_step(l, s);
+                lane_session_step(l, s);
                 Py_DECREF(s);
             } else {
                 Conn *c = tag->obj;
@@ -261,10 +276,10 @@ static PyObject *Lane_poll(Lane *l, PyObject *unused) {
                 if (c->busy && c->session) {
                     Session *s = c->session;
                     Py_INCREF(s);
-                    conn_step(l, c);
+                    lane_conn_step(l, c);
                     Py_DECREF(s);
                 } else {
-                    conn_step(l, c);
+                    lane_conn_step(l, c);
                 }
                 Py_DECREF(c);
             }
@@ -272,7 +287,11 @@ static PyObject *Lane_poll(Lane *l, PyObject *unused) {
         if (n < BATCH) break;
     }
     l->polling = 0;
-    run_calls(l);
+    lane_run_calls(l);
+    if (failed) {
+        errno = failed;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     Py_RETURN_NONE;
 }
 
@@ -280,41 +299,14 @@ static PyObject *Lane_poll(Lane *l, PyObject *unused) {
  * answers them with the pool's timeout error. */
 static PyObject *Lane_expire(Lane *l, PyObject *unused) {
     (void)unused;
-    double t = now();
+    double t = sio_monotonic();
     for (int i = 0; i < l->nkeys; i++) {
         KeyLane *k = &l->keys[i];
-        while (k->wait_head && k->wait_head->deadline <= t) session_hand_back(l, k->wait_head, WAKE_TIMEOUT, 0);
+        while (k->wait_head && k->wait_head->deadline <= t)
+            lane_session_hand_back(l, k->wait_head, WAKE_TIMEOUT, 0);
     }
-    run_calls(l);
+    lane_run_calls(l);
     Py_RETURN_NONE;
-}
-
-static int parse_backend_table(Conn *c, PyObject *table) {
-    PyObject *seq = PySequence_Fast(table, "statements must be a sequence");
-    if (!seq) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    free_backend_stmts(c);
-    c->stmts = calloc(n ? n : 1, sizeof *c->stmts);
-    if (!c->stmts) {
-        Py_DECREF(seq);
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int sql;
-        unsigned int id;
-        PyObject *types;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "iIO", &sql, &id, &types)) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        BackendStmt *b = &c->stmts[c->nstmts++];
-        b->sql = sql;
-        b->id = id;
-        b->types = types == Py_None ? NULL : Py_NewRef(types);
-    }
-    Py_DECREF(seq);
-    return 0;
 }
 
 static int conn_enter(Lane *l, Conn *c, int key, int sig, PyObject *table) {
@@ -322,15 +314,14 @@ static int conn_enter(Lane *l, Conn *c, int key, int sig, PyObject *table) {
         PyErr_SetString(PyExc_RuntimeError, "the backend is in the lane already");
         return -1;
     }
-    if (!key_lane(l, key)) {
+    if (!lane_key(l, key)) {
         PyErr_NoMemory();
         return -1;
     }
-    if (parse_backend_table(c, table) < 0) return -1;
-    int flags = fcntl(c->fd, F_GETFL);
-    if (flags < 0 || fcntl(c->fd, F_SETFL, flags | O_NONBLOCK) < 0 || watch(l, c->fd, &c->tag) < 0) {
+    if (lane_stmts_parse(&c->stmts, table, 0) < 0) return -1;
+    if (sio_set_nonblocking(c->fd) < 0 || lane_watch(l, c->fd, &c->tag) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
-        free_backend_stmts(c);
+        lane_stmts_free(&c->stmts);
         return -1;
     }
     c->registered = 1;
@@ -360,9 +351,9 @@ static PyObject *Lane_give(Lane *l, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!iiO", &ConnType, &c, &key, &sig, &table)) return NULL;
     if (conn_enter(l, c, key, sig, table) < 0) return NULL;
     l->polling++;
-    conn_free(l, c, 1);
+    lane_conn_free(l, c, 1);
     l->polling--;
-    if (!l->polling) run_calls(l);
+    if (!l->polling) lane_run_calls(l);
     Py_RETURN_NONE;
 }
 
@@ -371,7 +362,7 @@ static PyObject *Lane_take(Lane *l, PyObject *args) {
     int key;
     PyObject *prefer;
     if (!PyArg_ParseTuple(args, "iO", &key, &prefer)) return NULL;
-    KeyLane *k = key_lane(l, key);
+    KeyLane *k = lane_key(l, key);
     if (!k) return PyErr_NoMemory();
     int found = -1;
     for (int i = k->nidle - 1; i >= 0; i--) {
@@ -381,7 +372,7 @@ static PyObject *Lane_take(Lane *l, PyObject *args) {
     }
     if (found < 0) Py_RETURN_NONE;
     Conn *c = k->idle[found];
-    return (PyObject *)conn_leave(l, c);
+    return (PyObject *)lane_conn_leave(l, c);
 }
 
 /* evict(key) -> Conn | None: an idle backend of another kind (to close, making room). */
@@ -389,7 +380,8 @@ static PyObject *Lane_evict(Lane *l, PyObject *args) {
     int key;
     if (!PyArg_ParseTuple(args, "i", &key)) return NULL;
     for (int i = 0; i < l->nkeys; i++)
-        if (i != key && l->keys[i].nidle) return (PyObject *)conn_leave(l, l->keys[i].idle[l->keys[i].nidle - 1]);
+        if (i != key && l->keys[i].nidle)
+            return (PyObject *)lane_conn_leave(l, l->keys[i].idle[l->keys[i].nidle - 1]);
     Py_RETURN_NONE;
 }
 
@@ -400,7 +392,7 @@ static PyObject *Lane_drain(Lane *l, PyObject *unused) {
     if (!out) return NULL;
     for (int i = 0; i < l->nkeys; i++)
         while (l->keys[i].nidle) {
-            Conn *c = conn_leave(l, l->keys[i].idle[l->keys[i].nidle - 1]);
+            Conn *c = lane_conn_leave(l, l->keys[i].idle[l->keys[i].nidle - 1]);
             int rc = PyList_Append(out, (PyObject *)c);
             Py_DECREF(c);
             if (rc < 0) {
@@ -411,48 +403,38 @@ static PyObject *Lane_drain(Lane *l, PyObject *unused) {
     return out;
 }
 
-static int parse_session_table(Session *s, PyObject *table) {
-    PyObject *seq = PySequence_Fast(table, "statements must be a sequence");
-    if (!seq) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    free_session_stmts(s);
-    s->stmts = calloc(n ? n : 1, sizeof *s->stmts);
-    if (!s->stmts) {
-        Py_DECREF(seq);
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned int id;
-        int sql, num_params, plain;
-        PyObject *types;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "IiiOp", &id, &sql, &num_params,
-                              &types, &plain)) {
-            Py_DECREF(seq);
-            return -1;
-        }
-        SessionStmt *st = &s->stmts[s->nstmts++];
-        st->client_id = id;
-        st->sql = sql;
-        st->num_params = num_params;
-        st->plain = plain && sql >= 0;
-        st->types = types == Py_None ? NULL : Py_NewRef(types);
-    }
-    Py_DECREF(seq);
-    return 0;
-}
-
-/* park(session, fd, key, sig, release_idle, deprecate_eof, status, statements, conn, conn_sig,
- * conn_statements, last): the lane runs the session's commands until one needs Python. The client
- * socket must have nothing buffered on Python's side; ``conn`` is a backend bound to it (a
- * transaction open, or session mode), or None; ``last`` the Conn it used last (preferred). */
-static PyObject *Lane_park(Lane *l, PyObject *args) {
+/* park(session, *, fd, key, sig, statements, release_idle, deprecate_eof, status, conn,
+ * conn_sig, conn_statements, last): the lane runs the session's commands until one needs
+ * Python (lane.Lane.park says what each is). The client socket must have nothing buffered
+ * on Python's side; ``conn`` is a backend bound to it (a transaction open, or session mode),
+ * or None; ``last`` the Conn it used last (preferred). */
+static PyObject *Lane_park(Lane *l, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"session",
+                             "fd",
+                             "key",
+                             "sig",
+                             "statements",
+                             "release_idle",
+                             "deprecate_eof",
+                             "status",
+                             "conn",
+                             "conn_sig",
+                             "conn_statements",
+                             "last",
+                             NULL};
     Session *s;
-    int fd, key, sig, release_idle, deprecate_eof, status, conn_sig;
-    PyObject *table, *conn, *conn_table, *last;
-    if (!PyArg_ParseTuple(args, "O!iiippiOOiOO", &SessionType, &s, &fd, &key, &sig, &release_idle,
-                          &deprecate_eof, &status, &table, &conn, &conn_sig, &conn_table, &last))
+    int fd = -1, key = -1, sig = INT_MIN, release_idle = 0, deprecate_eof = 0, status = 0,
+        conn_sig = -1;
+    PyObject *table = NULL, *conn = Py_None, *conn_table = NULL, *last = Py_None;
+    /* Keyword-only (the format can only make them optional): the required ones checked below. */
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|$iiiOppiOiOO:park", kwlist, &SessionType, &s,
+                                     &fd, &key, &sig, &table, &release_idle, &deprecate_eof,
+                                     &status, &conn, &conn_sig, &conn_table, &last))
         return NULL;
+    if (fd < 0 || key < 0 || sig == INT_MIN || !table) {
+        PyErr_SetString(PyExc_TypeError, "park() needs fd, key, sig and statements");
+        return NULL;
+    }
     if (s->in_lane) {
         PyErr_SetString(PyExc_RuntimeError, "the session is parked already");
         return NULL;
@@ -461,35 +443,43 @@ static PyObject *Lane_park(Lane *l, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "conn must be a Conn or None");
         return NULL;
     }
-    if (!key_lane(l, key) || parse_session_table(s, table) < 0) return NULL;
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-        free_session_stmts(s);
+    if (conn != Py_None && !conn_table) {
+        PyErr_SetString(PyExc_TypeError, "a conn needs its conn_statements");
+        return NULL;
+    }
+    if (!lane_key(l, key)) return PyErr_NoMemory();
+    if (lane_stmts_parse(&s->stmts, table, 1) < 0) return NULL;
+    if (sio_set_nonblocking(fd) < 0) {
+        lane_stmts_free(&s->stmts);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     if (conn != Py_None) {
         Conn *c = (Conn *)conn;
         if (conn_enter(l, c, key, conn_sig, conn_table) < 0) {
-            free_session_stmts(s);
+            lane_stmts_free(&s->stmts);
             return NULL;
         }
         c->session = s;
         s->conn = c;
         s->last = c;
     }
-    if (watch(l, fd, &s->tag) < 0) {
+    if (lane_watch(l, fd, &s->tag) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         if (s->conn) {
-            Conn *c = conn_leave(l, s->conn);
+            Conn *c = lane_conn_leave(l, s->conn);
             s->conn = NULL;
             Py_DECREF(c);
         }
-        free_session_stmts(s);
+        lane_stmts_free(&s->stmts);
         return NULL;
     }
     s->registered = 1;
     s->in_lane = 1;
     s->lane = l;
+    s->lane_prev = NULL;
+    s->lane_next = l->sessions;
+    if (l->sessions) l->sessions->lane_prev = s;
+    l->sessions = s;
     if (!s->conn) s->last = last;
     s->fd = fd;
     s->key = key;
@@ -499,8 +489,8 @@ static PyObject *Lane_park(Lane *l, PyObject *args) {
     s->status = status;
     s->readable = 1;
     s->hup = 0;
-    s->in.pos = s->in.len = 0;
-    s->out.pos = s->out.len = 0;
+    sio_reset(&s->in);
+    sio_reset(&s->out);
     Py_INCREF(s); /* the lane's */
     Py_RETURN_NONE;
 }
@@ -514,8 +504,8 @@ static PyObject *Lane_unpark(Lane *l, PyObject *arg) {
     }
     Session *s = (Session *)arg;
     if (s->in_lane && s->lane == l) {
-        session_hand_back(l, s, WAKE_CLOSED, 0);
-        if (!l->polling) run_calls(l);
+        lane_session_hand_back(l, s, WAKE_CLOSED, 0);
+        if (!l->polling) lane_run_calls(l);
     }
     Py_RETURN_NONE;
 }
@@ -528,9 +518,9 @@ static PyObject *Lane_plain(Lane *l, PyObject *arg) {
     }
     Py_ssize_t n = PyBytes_GET_SIZE(arg);
     const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(arg);
-    if (n > PLAIN_TEXT_MAX || plain_query(l, p, (size_t)n) || l->nplain >= PLAIN_SLOTS / 2)
+    if (n > PLAIN_TEXT_MAX || lane_plain_query(l, p, (size_t)n) || l->nplain >= PLAIN_SLOTS / 2)
         Py_RETURN_FALSE;
-    uint64_t h = fnv(p, (size_t)n);
+    uint64_t h = lane_fnv(p, (size_t)n);
     for (size_t i = h % PLAIN_SLOTS, tries = 0; tries < 16; i = (i + 1) % PLAIN_SLOTS, tries++) {
         if (l->plain_hash[i]) continue;
         l->plain_hash[i] = h;
@@ -545,7 +535,7 @@ static PyObject *Lane_plain(Lane *l, PyObject *arg) {
 static PyObject *Lane_waiting(Lane *l, PyObject *args) {
     int key, delta;
     if (!PyArg_ParseTuple(args, "ii", &key, &delta)) return NULL;
-    KeyLane *k = key_lane(l, key);
+    KeyLane *k = lane_key(l, key);
     if (!k) return PyErr_NoMemory();
     k->py_waiting += delta;
     Py_RETURN_NONE;
@@ -559,10 +549,10 @@ static PyObject *Lane_set_room(Lane *l, PyObject *arg) {
     l->room = (int)room;
     for (int i = 0; i < l->nkeys && room > 0; i++)
         while (l->keys[i].wait_head && room > 0) {
-            session_hand_back(l, l->keys[i].wait_head, WAKE_COMMAND, 0);
+            lane_session_hand_back(l, l->keys[i].wait_head, WAKE_COMMAND, 0);
             room--;
         }
-    if (!l->polling) run_calls(l);
+    if (!l->polling) lane_run_calls(l);
     Py_RETURN_NONE;
 }
 
@@ -601,12 +591,14 @@ static PyObject *Lane_backends(Lane *l, PyObject *unused) {
                 c->idle ? Py_True : Py_False, "busy", c->busy ? Py_True : Py_False, "dead",
                 c->dead ? Py_True : Py_False, "session", Py_True, "session_parked",
                 s->in_lane && s->lane == l ? Py_True : Py_False, "session_bound",
-                s->conn == c ? Py_True : Py_False, "session_waiting", s->waiting ? Py_True : Py_False,
-                "session_keeps", !s->release_idle || s->status & IN_TRANS ? Py_True : Py_False);
+                s->conn == c ? Py_True : Py_False, "session_waiting",
+                s->waiting ? Py_True : Py_False, "session_keeps",
+                !s->release_idle || s->status & IN_TRANS ? Py_True : Py_False);
         else
-            item = Py_BuildValue("{sOsOsOsOsO}", "backend", c->backend ? c->backend : Py_None, "idle",
-                                 c->idle ? Py_True : Py_False, "busy", c->busy ? Py_True : Py_False,
-                                 "dead", c->dead ? Py_True : Py_False, "session", Py_False);
+            item =
+                Py_BuildValue("{sOsOsOsOsO}", "backend", c->backend ? c->backend : Py_None, "idle",
+                              c->idle ? Py_True : Py_False, "busy", c->busy ? Py_True : Py_False,
+                              "dead", c->dead ? Py_True : Py_False, "session", Py_False);
         if (!item || PyList_Append(out, item) < 0) {
             Py_XDECREF(item);
             Py_DECREF(out);
@@ -627,7 +619,7 @@ static PyObject *Lane_scan(PyObject *cls, PyObject *args) {
     PyObject *seq = PySequence_Fast(chunks, "chunks must be a sequence");
     if (!seq) return NULL;
     Scan s;
-    scan_start(&s, command, deprecate_eof, status);
+    lane_scan_start(&s, command, deprecate_eof, status);
     Py_ssize_t used = 0;
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
         PyObject *chunk = PySequence_Fast_GET_ITEM(seq, i);
@@ -636,22 +628,26 @@ static PyObject *Lane_scan(PyObject *cls, PyObject *args) {
             PyErr_SetString(PyExc_TypeError, "chunks of bytes");
             return NULL;
         }
-        used += (Py_ssize_t)scan_feed(&s, (const uint8_t *)PyBytes_AS_STRING(chunk), PyBytes_GET_SIZE(chunk));
+        used += (Py_ssize_t)lane_scan_feed(&s, (const uint8_t *)PyBytes_AS_STRING(chunk),
+                                           PyBytes_GET_SIZE(chunk));
     }
     Py_DECREF(seq);
-    return Py_BuildValue("(nOiiKO)", used, s.phase == P_DONE ? Py_True : Py_False, s.status, s.warnings,
-                         (unsigned long long)s.last_insert_id, s.error ? Py_True : Py_False);
+    return Py_BuildValue("(nOiiKO)", used, s.phase == P_DONE ? Py_True : Py_False, s.status,
+                         s.warnings, (unsigned long long)s.last_insert_id,
+                         s.error ? Py_True : Py_False);
 }
 
 static PyMethodDef Lane_methods[] = {
-    {"fileno", (PyCFunction)Lane_fileno, METH_NOARGS, "The epoll descriptor the event loop watches."},
+    {"fileno", (PyCFunction)Lane_fileno, METH_NOARGS,
+     "The epoll descriptor the event loop watches."},
     {"poll", (PyCFunction)Lane_poll, METH_NOARGS, "Handle what is ready."},
     {"expire", (PyCFunction)Lane_expire, METH_NOARGS, "Hand back sessions that waited too long."},
     {"give", (PyCFunction)Lane_give, METH_VARARGS, "A free backend from Python."},
     {"take", (PyCFunction)Lane_take, METH_VARARGS, "An idle backend for Python."},
     {"evict", (PyCFunction)Lane_evict, METH_VARARGS, "An idle backend of another kind."},
     {"drain", (PyCFunction)Lane_drain, METH_NOARGS, "Every idle backend, out of the lane."},
-    {"park", (PyCFunction)Lane_park, METH_VARARGS, "Run a session's commands here."},
+    {"park", (PyCFunction)(void (*)(void))Lane_park, METH_VARARGS | METH_KEYWORDS,
+     "Run a session's commands here."},
     {"unpark", (PyCFunction)Lane_unpark, METH_O, "Hand a parked session back now."},
     {"plain", (PyCFunction)Lane_plain, METH_O, "A query text found plain."},
     {"waiting_for", (PyCFunction)Lane_waiting, METH_VARARGS, "Python's waiters of a kind."},
@@ -689,11 +685,15 @@ static PyTypeObject LaneType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "selkie.proxy.pooler._lane", "The pooler's fast lane.", -1, NULL,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "selkie.proxy.pooler._lane",
+    .m_doc = "The pooler's fast lane.",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__lane(void) {
-    if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&SessionType) < 0 || PyType_Ready(&LaneType) < 0)
+    if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&SessionType) < 0 ||
+        PyType_Ready(&LaneType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
@@ -705,4 +705,3 @@ PyMODINIT_FUNC PyInit__lane(void) {
     }
     return m;
 }
-

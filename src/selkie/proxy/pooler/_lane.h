@@ -6,24 +6,16 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <errno.h>
-#include <fcntl.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
-#define CHUNK (64 * 1024)
+#include "_selkie_io.h"
+
 #define FLUSH_BYTES (1 << 20)
-#define MAX_PAYLOAD 0xffffff
 #define FAST_COMMAND_MAX (64 * 1024) /* larger commands go to Python */
 /* What the lane reads of a client is bounded: the next command whole (at most
  * FAST_COMMAND_MAX, or the pooler's packet limit when smaller) or, for a larger one, its
- * first bytes (Python reads the rest under its limit), plus one CHUNK read ahead. */
+ * first bytes (Python reads the rest under its limit), plus one SIO_CHUNK read ahead. */
 #define COM_QUERY 0x03
 #define COM_STMT_EXECUTE 0x17
 #define COM_STMT_RESET 0x1a
@@ -35,52 +27,6 @@
 
 /* Why a session goes back to Python (parking.py reads them in this order). */
 enum { WAKE_COMMAND = 0, WAKE_CLOSED = 1, WAKE_NOTE = 2, WAKE_TIMEOUT = 3, WAKE_LOST = 4 };
-
-typedef struct {
-    uint8_t *data;
-    size_t len, pos, cap;
-} Buf;
-
-static inline int buf_reserve(Buf *b, size_t extra) {
-    if (b->pos && b->pos == b->len) b->pos = b->len = 0;
-    if (b->len + extra <= b->cap) return 0;
-    if (b->pos) { /* slide what is left to the front first */
-        memmove(b->data, b->data + b->pos, b->len - b->pos);
-        b->len -= b->pos;
-        b->pos = 0;
-        if (b->len + extra <= b->cap) return 0;
-    }
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra) cap *= 2;
-    uint8_t *p = realloc(b->data, cap);
-    if (!p) return -1;
-    b->data = p;
-    b->cap = cap;
-    return 0;
-}
-
-static inline int buf_add(Buf *b, const void *p, size_t n) {
-    if (buf_reserve(b, n) < 0) return -1;
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-static inline size_t buf_pending(const Buf *b) { return b->len - b->pos; }
-
-static inline double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static inline double wall(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static inline int again(void) { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
 
 /* --- the response scanner: selkie.proxy.pooler.response.ResponseReader for the commands the
  * lane runs (COM_QUERY, COM_STMT_EXECUTE), over bytes as they arrive ------------------------ */
@@ -101,9 +47,8 @@ typedef struct {
     uint64_t last_insert_id;
 } Scan;
 
-
-void scan_start(Scan *s, int command, int deprecate_eof, int status);
-size_t scan_feed(Scan *s, const uint8_t *p, size_t n);
+void lane_scan_start(Scan *s, int command, int deprecate_eof, int status);
+size_t lane_scan_feed(Scan *s, const uint8_t *p, size_t n);
 
 /* --- objects ---------------------------------------------------------------------------- */
 
@@ -116,49 +61,51 @@ typedef struct {
     void *obj;
 } Tag;
 
+/* A prepared statement as the lane knows it, a session's or a backend's: its SQL (an id
+ * lane.py gives out), its id (the client's for a session, the compute's for a backend) and
+ * the parameter types bound to it; a session's also says how many parameters it has and
+ * whether it is plain (runs here). */
 typedef struct {
-    int32_t sql;
     uint32_t id;
+    int32_t sql;
+    int num_params, plain;
     PyObject *types; /* bytes, or NULL */
-} BackendStmt;
+} Stmt;
+
+typedef struct {
+    Stmt *items;
+    int n;
+} StmtTable;
 
 /* A backend connection while the lane has it. */
 typedef struct Conn {
     PyObject_HEAD
     PyObject *backend; /* the pool's Backend */
     int fd, key, sig;
-    BackendStmt *stmts;
-    int nstmts;
+    StmtTable stmts;
     int in_lane, registered, idle, dead, readable;
     struct Session *session; /* the session it runs a command for, or is bound to */
     struct Lane *lane;
-    Buf out; /* for the compute */
+    SioBuf out; /* for the compute */
     Scan scan;
     int busy; /* a command's response is on its way */
     Tag tag;
     struct Conn *lane_prev, *lane_next; /* every backend in the lane (Lane.backends()) */
 } Conn;
 
-typedef struct {
-    uint32_t client_id;
-    int32_t sql;
-    int num_params, plain;
-    PyObject *types;
-} SessionStmt;
-
 typedef struct Session {
     PyObject_HEAD
     PyObject *wake; /* wake(reason, data, to_client, conn, status, warnings, lii, broken) */
     struct Lane *lane;
     int fd, key, sig, release_idle, deprecate_eof, status;
-    SessionStmt *stmts;
-    int nstmts;
-    Buf in, out;
-    Conn *conn;       /* bound: a command in flight, or a transaction open */
-    void *last;       /* the backend used last (compared, never followed) */
+    StmtTable stmts;
+    SioBuf in, out;
+    Conn *conn; /* bound: a command in flight, or a transaction open */
+    void *last; /* the backend used last (compared, never followed) */
     int in_lane, registered, readable, hup, waiting;
     double deadline;
     struct Session *next_waiting;
+    struct Session *lane_prev, *lane_next; /* every session parked in the lane */
     Tag tag;
     /* Counters (read by the proxy's activity reporter through Counters.attach). */
     long long bytes_to_client, bytes_from_client, statements;
@@ -183,26 +130,28 @@ typedef struct Lane {
     long long commands; /* commands run here */
     KeyLane *keys;
     int nkeys;
-    Conn *conns; /* every backend in the lane, idle or in use */
+    Conn *conns;       /* every backend in the lane, idle or in use (a reference each) */
+    Session *sessions; /* every session parked in the lane (a reference each) */
     /* Plain query texts (open addressing, FNV-1a). */
     PyObject *plain[PLAIN_SLOTS];
     uint64_t plain_hash[PLAIN_SLOTS];
     int nplain;
 } Lane;
 
-KeyLane *key_lane(Lane *l, int key);
-int queue_call(Lane *l, PyObject *fn, PyObject *args);
-void run_calls(Lane *l);
-int watch(Lane *l, int fd, Tag *tag);
-void unwatch(Lane *l, int fd);
-void free_backend_stmts(Conn *c);
-void free_session_stmts(Session *s);
-Conn *conn_leave(Lane *l, Conn *c);
-void conn_free(Lane *l, Conn *c, int from_python);
-void session_hand_back(Lane *l, Session *s, int reason, int broken);
-void session_step(Lane *l, Session *s);
-void conn_step(Lane *l, Conn *c);
-int plain_query(Lane *l, const uint8_t *p, size_t n);
-uint64_t fnv(const uint8_t *p, size_t n);
+KeyLane *lane_key(Lane *l, int key);
+void lane_queue_call(Lane *l, PyObject *fn, PyObject *args, int fd);
+void lane_run_calls(Lane *l);
+int lane_watch(Lane *l, int fd, Tag *tag);
+void lane_unwatch(Lane *l, int fd);
+int lane_stmts_parse(StmtTable *t, PyObject *table, int of_session);
+void lane_stmts_free(StmtTable *t);
+Conn *lane_conn_leave(Lane *l, Conn *c);
+void lane_conn_free(Lane *l, Conn *c, int from_python);
+void lane_session_hand_back(Lane *l, Session *s, int reason, int broken);
+void lane_session_step(Lane *l, Session *s);
+void lane_conn_step(Lane *l, Conn *c);
+void lane_release(Lane *l);
+int lane_plain_query(Lane *l, const uint8_t *p, size_t n);
+uint64_t lane_fnv(const uint8_t *p, size_t n);
 
 #endif

@@ -54,18 +54,19 @@ class Lane:
     def park(
         self,
         session: Session,
+        /,
+        *,
         fd: int,
         key: int,
         sig: int,
-        release_idle: bool,
-        deprecate_eof: bool,
-        status: int,
         statements: Sequence[tuple[int, int, int, bytes | None, bool]],
-        conn: Conn | None,
-        conn_sig: int,
-        conn_statements: Sequence[tuple[int, int, bytes | None]],
-        last: Conn | None,
-        /,
+        release_idle: bool = ...,
+        deprecate_eof: bool = ...,
+        status: int = ...,
+        conn: Conn | None = ...,
+        conn_sig: int = ...,
+        conn_statements: Sequence[tuple[int, int, bytes | None]] = ...,
+        last: Conn | None = ...,
     ) -> None: ...
     def unpark(self, session: Session, /) -> None: ...
     def plain(self, text: bytes, /) -> bool: ...

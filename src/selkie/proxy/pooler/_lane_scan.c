@@ -2,7 +2,7 @@
  * how (selkie.proxy.pooler.response.ResponseReader, for COM_QUERY and COM_STMT_EXECUTE). */
 #include "_lane.h"
 
-void scan_start(Scan *s, int command, int deprecate_eof, int status) {
+void lane_scan_start(Scan *s, int command, int deprecate_eof, int status) {
     memset(s, 0, sizeof *s);
     s->phase = P_FIRST;
     s->command = command;
@@ -10,24 +10,14 @@ void scan_start(Scan *s, int command, int deprecate_eof, int status) {
     s->status = status;
 }
 
-static uint64_t lenenc(const uint8_t *p, size_t n, size_t *pos) {
-    if (*pos >= n) return 0;
-    uint8_t c = p[(*pos)++];
-    int size = c < 0xfb ? 0 : c == 0xfc ? 2 : c == 0xfd ? 3 : c == 0xfe ? 8 : 0;
-    if (!size) return c < 0xfb ? c : 0;
-    uint64_t v = 0;
-    for (int i = 0; i < size && *pos < n; i++) v |= (uint64_t)p[(*pos)++] << (8 * i);
-    return v;
-}
-
 static void scan_ok(Scan *s) {
     const uint8_t *p = s->head;
     size_t n = s->head_len, pos = 1;
-    lenenc(p, n, &pos); /* affected rows */
-    uint64_t lii = lenenc(p, n, &pos);
+    sio_lenenc(p, n, &pos); /* affected rows */
+    uint64_t lii = sio_lenenc(p, n, &pos);
     if (pos + 4 <= n) {
-        s->status = p[pos] | p[pos + 1] << 8;
-        s->warnings = p[pos + 2] | p[pos + 3] << 8;
+        s->status = (int)sio_int2(p + pos);
+        s->warnings = (int)sio_int2(p + pos + 2);
     }
     if (lii) s->last_insert_id = lii;
 }
@@ -41,12 +31,12 @@ static void scan_packet(Scan *s) {
         if (head == 0xff) {
             s->error = 1;
             s->phase = P_DONE;
-        } else if (head == 0xfe && s->length < (s->deprecate_eof ? MAX_PAYLOAD : 9)) {
+        } else if (head == 0xfe && s->length < (s->deprecate_eof ? SIO_MAX_PAYLOAD : 9)) {
             if (s->deprecate_eof) {
                 scan_ok(s);
             } else if (s->head_len >= 5) {
-                s->warnings = s->head[1] | s->head[2] << 8;
-                s->status = s->head[3] | s->head[4] << 8;
+                s->warnings = (int)sio_int2(s->head + 1);
+                s->status = (int)sio_int2(s->head + 3);
             }
             s->phase = s->status & MORE_RESULTS ? P_FIRST : P_DONE;
         }
@@ -63,7 +53,7 @@ static void scan_packet(Scan *s) {
             s->phase = P_DONE;
         } else {
             size_t pos = 0;
-            s->columns_left = lenenc(s->head, s->head_len, &pos);
+            s->columns_left = sio_lenenc(s->head, s->head_len, &pos);
             s->phase = s->columns_left ? P_COLUMN_DEFS : s->deprecate_eof ? P_ROWS : P_COLUMNS_EOF;
         }
         return;
@@ -77,17 +67,17 @@ static void scan_packet(Scan *s) {
 }
 
 /* Feed n bytes; returns how many belong to the response (all of them until it ends). */
-size_t scan_feed(Scan *s, const uint8_t *p, size_t n) {
+size_t lane_scan_feed(Scan *s, const uint8_t *p, size_t n) {
     size_t pos = 0;
     while (pos < n && s->phase != P_DONE) {
         if (s->header_len < 4) {
             s->header[s->header_len++] = p[pos++];
             if (s->header_len < 4) continue;
-            s->length = s->header[0] | s->header[1] << 8 | (size_t)s->header[2] << 16;
+            s->length = sio_int3(s->header);
             s->left = s->length;
             s->head_len = 0;
             s->was_continued = s->continued;
-            s->continued = s->length == MAX_PAYLOAD;
+            s->continued = s->length == SIO_MAX_PAYLOAD;
             if (s->left == 0) {
                 s->header_len = 0;
                 scan_packet(s);
@@ -110,4 +100,3 @@ size_t scan_feed(Scan *s, const uint8_t *p, size_t n) {
     }
     return pos;
 }
-

@@ -132,9 +132,7 @@ class Lane:
     def sql_id(self, sql: bytes) -> int:
         return self._intern(self._sql, sql)
 
-    def session_statements(
-        self, st: SessionState
-    ) -> list[tuple[int, int, int, bytes | None, bool]]:
+    def session_statements(self, st: SessionState) -> list[SessionStatement]:
         return [
             (cid, self.sql_id(p.sql), p.num_params, p.param_types, plain(p.effect))
             for cid, p in st.prepared.items()
@@ -232,6 +230,49 @@ class Lane:
 
     def session(self, wake: Callable[..., None]) -> Any:
         return _lane.Session(wake)
+
+    def park(
+        self,
+        session: Any,
+        *,
+        fd: int,
+        key: PoolKey,
+        sig: int,
+        statements: list[SessionStatement],
+        release_idle: bool,
+        deprecate_eof: bool,
+        status: int,
+        conn: Any | None,
+        conn_sig: int,
+        conn_statements: list[BackendStatement],
+        last: Any | None,
+    ) -> None:
+        """Let the lane run ``session``'s commands (its client socket ``fd``) until one needs
+        Python, which ``wake`` (given to :meth:`session`) then hears. ``sig`` and
+        ``statements`` are the session's state and prepared statements as the lane compares
+        them; ``release_idle`` frees its backend after each command outside a transaction
+        (transaction mode); ``status`` is its last server status; ``conn`` a backend bound to
+        it (from :meth:`enter`, with ``conn_sig`` and ``conn_statements``) or None; ``last``
+        the lane's handle on the backend it used last, preferred. OSError: the lane cannot
+        watch the sockets (nothing was parked)."""
+        self.c.park(
+            session,
+            fd=fd,
+            key=self.key(key),
+            sig=sig,
+            statements=statements,
+            release_idle=release_idle,
+            deprecate_eof=deprecate_eof,
+            status=status,
+            conn=conn,
+            conn_sig=conn_sig,
+            conn_statements=conn_statements,
+            last=last,
+        )
+
+    def unpark(self, session: Any) -> None:
+        """Hand ``session`` back at once (its task was cancelled while parked)."""
+        self.c.unpark(session)
 
     def plain_query(self, text: bytes) -> None:
         """A COM_QUERY text found plain: the lane runs it from now on (LOAD DATA never: its

@@ -108,19 +108,19 @@ class Parking:
         self._woken = None
         last = self.runner.last.lane_conn if self.runner.last is not None else None
         try:
-            lane.c.park(
+            lane.park(
                 self._lane_session,
-                self._fd,
-                lane.key(self.runner.key),
-                sig,
-                self.runner.transaction_mode,
-                bool(self.runner.caps & DEPRECATE_EOF),
-                self.runner.status,
-                lane.session_statements(st),
-                conn,
-                conn_sig,
-                conn_table,
-                last,
+                fd=self._fd,
+                key=self.runner.key,
+                sig=sig,
+                statements=lane.session_statements(st),
+                release_idle=self.runner.transaction_mode,
+                deprecate_eof=bool(self.runner.caps & DEPRECATE_EOF),
+                status=self.runner.status,
+                conn=conn,
+                conn_sig=conn_sig,
+                conn_statements=conn_table,
+                last=last,
             )
         except OSError:  # the lane cannot watch the sockets: this command goes in Python
             transport.resume_reading()
@@ -133,7 +133,7 @@ class Parking:
         try:
             await self._wake
         except BaseException:
-            lane.c.unpark(self._lane_session)  # hands it back at once (it was cancelled)
+            lane.unpark(self._lane_session)  # hands it back at once (it was cancelled)
             self._resume()
             raise
         return await self._woke()
