@@ -33,7 +33,10 @@ setup(
             ),
             (
                 "selkie.proxy.pooler._lane",
-                [f"src/selkie/proxy/pooler/_lane{part}.c" for part in ("", "_core", "_scan")],
+                [
+                    f"src/selkie/proxy/pooler/_lane{part}.c"
+                    for part in ("", "_core", "_objects", "_scan")
+                ],
                 ["src/selkie/proxy/pooler/_lane.h", "src/selkie/proxy/_selkie_io.h"],
             ),
         )

@@ -139,6 +139,7 @@ typedef struct Lane {
 } Lane;
 
 KeyLane *lane_key(Lane *l, int key);
+extern PyTypeObject lane_ConnType, lane_SessionType; /* _lane_objects.c */
 void lane_queue_call(Lane *l, PyObject *fn, PyObject *args, int fd);
 void lane_run_calls(Lane *l);
 int lane_watch(Lane *l, int fd, Tag *tag);
