@@ -7,6 +7,7 @@ import json
 import shlex
 import signal
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,46 @@ def test_branches_from_the_cli(tmp_path: Path, template_datadir: Path) -> None:
         refused = run(env, "branches", "delete", pid, dev, check=False)
         assert refused.returncode == 1 and "protected" in refused.stderr
         run(env, "branches", "protect", pid, dev, "--off")
+        # Expiry: --expires-in on create, `expire` to change it or --never to keep it.
+        made = json.loads(
+            run(
+                env,
+                "branches",
+                "create",
+                pid,
+                "--name",
+                "pr-1",
+                "--expires-in",
+                "1d",
+                "-o",
+                "json",
+                "--no-endpoint",
+            ).stdout
+        )
+        left = datetime.fromisoformat(made["branch"]["expires_at"]) - datetime.now(UTC)
+        assert timedelta(hours=23, minutes=59) < left <= timedelta(days=1)
+        pr = made["branch"]["id"]
+        assert "expires" not in run(env, "branches", "expire", pid, pr, "--never").stderr
+        assert (
+            json.loads(run(env, "branches", "get", pid, pr, "-o", "json").stdout)["expires_at"]
+            is None
+        )
+        at = json.loads(
+            run(
+                env,
+                "branches",
+                "expire",
+                pid,
+                pr,
+                "--expires-at",
+                "2099-01-01T00:00:00Z",
+                "-o",
+                "json",
+            ).stdout
+        )
+        assert at["expires_at"].startswith("2099-01-01T00:00:00")
+        bad = run(env, "branches", "expire", pid, pr, "--expires-in", "soon", check=False)
+        assert bad.returncode == 2 and "--expires-in" in bad.stderr
         diff = run(env, "branches", "schema-diff", pid, dev, "--base", main["id"], "-d", "selkiedb")
         assert diff.stdout.strip() == "(no difference)"
         reset = json.loads(run(env, "branches", "reset", pid, dev, "-o", "json").stdout)

@@ -70,6 +70,8 @@ class OperationAction(StrEnum):
     DELETE_PROJECT = "delete_project"
     # Written by the autoscaler when it resizes a compute (never queued).
     AUTOSCALE = "autoscale"
+    # A branch deleted by the leader at its expires_at (run as DELETE_TIMELINE is).
+    EXPIRE_BRANCH = "expire_branch"
 
 
 class OperationStatus(StrEnum):
@@ -324,6 +326,8 @@ class Branch:
     protected: bool = False
     # Bytes of its data as last measured (None: not measured yet).
     logical_size: int | None = None
+    # When it is deleted with its endpoints (None: never).
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

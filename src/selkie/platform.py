@@ -239,6 +239,7 @@ class Platform:
         )
         quotas = Quotas(store=store, suspend=lifecycle.suspend, interval=settings.metering_interval)
         health = Health(store, lifecycle)
+        control = Control.open(store, settings)
         leader = LeaderWork(
             store=store,
             lifecycle=lifecycle,
@@ -246,6 +247,7 @@ class Platform:
             quotas=quotas,
             health=health,
             history=history,
+            branches=control.branches,
         )
         scheduler = Scheduler(
             store=store, lifecycle=lifecycle, reported=access.last_active, on_tick=leader.tick
@@ -253,7 +255,7 @@ class Platform:
         return cls(
             settings=settings,
             store=store,
-            control=Control.open(store, settings),
+            control=control,
             driver=driver,
             storage=storage,
             lifecycle=lifecycle,

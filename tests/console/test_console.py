@@ -189,6 +189,16 @@ def test_sign_in_projects_branch_state_and_sql(browser, up: Up) -> None:  # type
         .get_attribute("class")
         .endswith("depth-1")
     )
+    # A branch that expires says when.
+    listed = up.api.get(f"/v1/projects/{up.project_id}/branches").json()["branches"]
+    feature_id = next(b["id"] for b in listed if b["name"] == "feature")
+    r = up.api.patch(
+        f"/v1/projects/{up.project_id}/branches/{feature_id}",
+        json={"branch": {"expires_at": "2099-01-01T00:00:00Z"}},
+    )
+    assert r.status_code == 200, r.text
+    d.get(f"{up.url}/console/projects/{up.project_id}")
+    assert "expires 2099-01-01" in _text(d, f"#expires-{feature_id}")
     _shot(d, up, "project")
 
     # A read-only endpoint is tagged in the tree, and its branch gets a read-pool address.

@@ -86,6 +86,8 @@ class BranchCreateIn(Request):
     # The parent as it was at a time (RFC 3339) or a GTID position (e.g. 0-1-1234).
     parent_timestamp: datetime | None = None
     parent_lsn: Annotated[str, Field(min_length=5, max_length=64)] | None = None
+    # When the branch is deleted with its endpoints (RFC 3339, in the future).
+    expires_at: datetime | None = None
 
 
 class EndpointSpecIn(Request):
@@ -114,6 +116,8 @@ class BranchRestoreRequest(Request):
 class BranchUpdateIn(Request):
     name: NameStr | None = None
     protected: StrictBool | None = None
+    # A time (RFC 3339) to delete the branch at; null: never (left out: unchanged).
+    expires_at: datetime | None = None
 
 
 class BranchUpdateRequest(Request):

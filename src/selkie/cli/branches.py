@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +23,7 @@ from selkie.cli.common import (
     object_path,
     project_id,
     split_ids,
+    usage_error,
     wait,
 )
 from selkie.client import SelkieClient
@@ -37,8 +40,33 @@ COLUMNS = [
     "logical_size",
     "parent_timestamp",
     "parent_lsn",
+    "expires_at",
     "created_at",
 ]
+ExpiresInOpt = Annotated[
+    str | None,
+    typer.Option("--expires-in", help="Delete the branch after this long: 30m, 1h, 1d, 7d"),
+]
+ExpiresAtOpt = Annotated[
+    str | None, typer.Option("--expires-at", help="Delete the branch at this time (RFC 3339)")
+]
+_DURATION = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def expiry(expires_in: str | None, expires_at: str | None) -> str | None:
+    """The ``expires_at`` to send for ``--expires-in`` or ``--expires-at`` (None: neither)."""
+    if expires_in is not None and expires_at is not None:
+        usage_error("give --expires-in or --expires-at, not both")
+    if expires_in is None:
+        return expires_at
+    found = _DURATION.match(expires_in.strip())
+    if found is None:
+        usage_error(f"--expires-in {expires_in!r}: a number and m, h, d or w (e.g. 1h, 7d)")
+    delta = timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+    return (datetime.now(UTC) + delta).isoformat(timespec="seconds")
+
+
 IdsArg = Annotated[
     list[str],
     typer.Argument(
@@ -99,6 +127,8 @@ def branches_create(
     ] = None,
     lsn: Annotated[str | None, typer.Option("--lsn", help="…or this GTID (0-1-N)")] = None,
     endpoint: Annotated[bool, typer.Option(help="With a read-write endpoint")] = True,
+    expires_in: ExpiresInOpt = None,
+    expires_at: ExpiresAtOpt = None,
     no_wait: NoWaitOpt = False,
     timeout: TimeoutOpt = 300.0,
     config: ConfigOpt = None,
@@ -107,7 +137,13 @@ def branches_create(
     """A new branch: a copy of its parent (the default branch unless --parent), now or at a
     point in its history. json/yaml: the whole answer (branch, endpoints, operations)."""
     pid = project_id(project, project_opt)
-    spec = {"name": name, "parent_id": parent, "parent_timestamp": timestamp, "parent_lsn": lsn}
+    spec = {
+        "name": name,
+        "parent_id": parent,
+        "parent_timestamp": timestamp,
+        "parent_lsn": lsn,
+        "expires_at": expiry(expires_in, expires_at),
+    }
     body: dict[str, Any] = {"branch": {k: v for k, v in spec.items() if v is not None}}
     if endpoint:
         body["endpoints"] = [{"type": "read_write"}]
@@ -158,6 +194,27 @@ def branches_protect(
     pid, (branch_id,) = split_ids(ids, ["BRANCH_ID"], project_opt)
     with client(config) as c:
         body = c.patch(_path(pid, branch_id), {"branch": {"protected": not off}})
+    emit(body["branch"], output, COLUMNS)
+
+
+@app.command("expire")
+def branches_expire(
+    ids: IdsArg,
+    project_opt: ProjectIdOpt = None,
+    expires_in: ExpiresInOpt = None,
+    expires_at: ExpiresAtOpt = None,
+    never: Annotated[bool, typer.Option("--never", help="The branch no longer expires")] = False,
+    config: ConfigOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Set when a branch is deleted with its endpoints (--expires-in or --expires-at), or
+    keep it (--never)."""
+    pid, (branch_id,) = split_ids(ids, ["BRANCH_ID"], project_opt)
+    when = expiry(expires_in, expires_at)
+    if (when is None) != never:
+        usage_error("give one of --expires-in, --expires-at or --never")
+    with client(config) as c:
+        body = c.patch(_path(pid, branch_id), {"branch": {"expires_at": when}})
     emit(body["branch"], output, COLUMNS)
 
 

@@ -4,7 +4,9 @@ history), with its roles and databases."""
 from __future__ import annotations
 
 import builtins
+import logging
 from datetime import datetime
+from types import EllipsisType
 from typing import Any
 
 from sqlalchemy import select
@@ -20,7 +22,7 @@ from selkie.control.rules import (
     validate_endpoint_settings,
     validate_endpoint_type,
 )
-from selkie.errors import Conflict, NotFound
+from selkie.errors import Conflict, InvalidInput, NotFound, SelkieError
 from selkie.model import (
     BranchState,
     OperationAction,
@@ -29,6 +31,8 @@ from selkie.model import (
 )
 from selkie.store import Page, Store, convert
 from selkie.store.tables import BranchRow, ProjectRow
+
+log = logging.getLogger(__name__)
 
 
 class BranchService(ServiceBase):
@@ -42,9 +46,11 @@ class BranchService(ServiceBase):
         parent_timestamp: datetime | None = None,
         parent_lsn: str | None = None,
         endpoints: builtins.list[dict[str, Any]] | None = None,
+        expires_at: datetime | None = None,
     ) -> Created:
         """A branch is a copy of its parent (as it is now, or at ``parent_timestamp`` /
-        ``parent_lsn``): its roles and databases come along."""
+        ``parent_lsn``): its roles and databases come along. With ``expires_at``, the
+        scheduler's leader deletes it (and its endpoints) then."""
         with self.store.write() as s:
             prow = self.project_row(s, who, project_id)
             check_org_limit(s, self.settings, prow.org_id, "branches")
@@ -52,6 +58,13 @@ class BranchService(ServiceBase):
                 parent = self._default_branch(s, project_id)
             else:
                 parent = self.branch_row(s, who, project_id, parent_id)
+            if parent.expires_at is not None:
+                raise Conflict(
+                    f"branch {parent.id} expires at {parent.expires_at.isoformat()}: a branch "
+                    "that expires has no children; clear its expires_at first"
+                )
+            if expires_at is not None:
+                _check_future(expires_at)
             point = None
             if parent_timestamp is not None or parent_lsn is not None:
                 point = self._parent_point(s, prow, parent, parent_timestamp, parent_lsn)
@@ -67,6 +80,7 @@ class BranchService(ServiceBase):
                 current_state=BranchState.INIT.value,
                 parent_timestamp=point.at if point else None,
                 parent_lsn=parent_lsn if point and point.seq is not None else None,
+                expires_at=expires_at,
             )
             s.add(brow)
             s.flush()
@@ -184,7 +198,10 @@ class BranchService(ServiceBase):
         *,
         name: str | None = None,
         protected: bool | None = None,
+        expires_at: datetime | EllipsisType | None = ...,
     ) -> model.Branch:
+        """``expires_at``: a time to delete the branch at, None to keep it for good, ``...``
+        (the default) to leave it as it is."""
         with self.store.write() as s:
             row = self.branch_row(s, who, project_id, branch_id)
             if name is not None and name != row.name:
@@ -193,6 +210,16 @@ class BranchService(ServiceBase):
                 row.name = name
             if protected is not None:
                 row.protected = protected
+            if not isinstance(expires_at, EllipsisType):
+                if expires_at is not None:
+                    _check_future(expires_at)
+                    self._check_may_expire(s, row)
+                row.expires_at = expires_at
+            if row.protected and row.expires_at is not None:
+                raise InvalidInput(
+                    f"branch {branch_id} is protected and cannot expire; "
+                    "unprotect it or clear its expires_at"
+                )
             row.updated_at = utcnow()
             s.flush()
             return convert.branch(row)
@@ -221,32 +248,68 @@ class BranchService(ServiceBase):
                 raise Conflict("the default branch cannot be deleted; delete the project instead")
             if row.protected:
                 raise Conflict(f"branch {branch_id} is protected; unprotect it first")
-            children = sorted(
-                s.execute(
-                    select(BranchRow.id)
-                    .where(BranchRow.parent_id == branch_id)
-                    .where(BranchRow.deleted_at.is_(None))
-                ).scalars()
-            )
-            if children:
-                raise Conflict(
-                    f"branch {branch_id} has child branches ({', '.join(children)}); "
-                    "delete them first"
-                )
-            endpoint_ids = []
-            for erow in self.live_endpoints_of_branch(s, branch_id):
-                mark_endpoint_deleted(erow)
-                endpoint_ids.append(erow.id)
-            row.deleted_at = utcnow()
-            s.flush()
-            op = self.enqueue(
-                s,
-                project_id=project_id,
-                branch_id=branch_id,
-                action=OperationAction.DELETE_TIMELINE,
-                payload={"endpoint_ids": endpoint_ids},
-            )
+            self._check_no_children(s, row, "delete them first")
+            op = self._delete(s, row, OperationAction.DELETE_TIMELINE)
             return convert.branch(row), [op]
+
+    def expire_due(self, now: datetime) -> builtins.list[model.Operation]:
+        """Delete every branch whose ``expires_at`` has come (the scheduler's leader calls
+        this): each gets an ``expire_branch`` operation, which removes its endpoints and
+        data as a delete does. One that may not go (it became the default, or has children
+        made before the field was set) is left, with a warning, until that changes."""
+        with self.store.write() as s:
+            due = s.execute(
+                select(BranchRow)
+                .where(BranchRow.expires_at.is_not(None))
+                .where(BranchRow.expires_at <= now)
+                .where(BranchRow.deleted_at.is_(None))
+                .order_by(BranchRow.expires_at)
+            ).scalars()
+            ops = []
+            for row in due:
+                try:
+                    self._check_may_expire(s, row)
+                except SelkieError as exc:
+                    log.warning("branch %s expired but stays: %s", row.id, exc.message)
+                    continue
+                ops.append(self._delete(s, row, OperationAction.EXPIRE_BRANCH))
+            return ops
+
+    def _delete(self, s: Session, row: BranchRow, action: OperationAction) -> model.Operation:
+        endpoint_ids = []
+        for erow in self.live_endpoints_of_branch(s, row.id):
+            mark_endpoint_deleted(erow)
+            endpoint_ids.append(erow.id)
+        row.deleted_at = utcnow()
+        s.flush()
+        return self.enqueue(
+            s,
+            project_id=row.project_id,
+            branch_id=row.id,
+            action=action,
+            payload={"endpoint_ids": endpoint_ids},
+        )
+
+    def _check_may_expire(self, s: Session, row: BranchRow) -> None:
+        if row.is_default:
+            raise InvalidInput(f"branch {row.id} is the project's default and cannot expire")
+        if row.protected:
+            raise InvalidInput(f"branch {row.id} is protected and cannot expire; unprotect it")
+        self._check_no_children(s, row, "a branch that expires has none")
+
+    @staticmethod
+    def _check_no_children(s: Session, row: BranchRow, what_to_do: str) -> None:
+        children = sorted(
+            s.execute(
+                select(BranchRow.id)
+                .where(BranchRow.parent_id == row.id)
+                .where(BranchRow.deleted_at.is_(None))
+            ).scalars()
+        )
+        if children:
+            raise Conflict(
+                f"branch {row.id} has child branches ({', '.join(children)}); {what_to_do}"
+            )
 
     @staticmethod
     def _default_branch(s: Session, project_id: str) -> BranchRow:
@@ -270,3 +333,10 @@ class BranchService(ServiceBase):
         ).first()
         if clash is not None:
             raise Conflict(f"a branch named {name!r} already exists in project {project_id}")
+
+
+def _check_future(expires_at: datetime) -> None:
+    if expires_at.tzinfo is None:
+        raise InvalidInput("expires_at needs a timezone (e.g. 2026-12-01T14:02:00Z)")
+    if expires_at <= utcnow():
+        raise InvalidInput(f"expires_at {expires_at.isoformat()} is not in the future")

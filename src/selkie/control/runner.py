@@ -272,7 +272,11 @@ class OperationsRunner:
         elif action is OperationAction.DELETE_ENDPOINT:
             assert op.endpoint_id is not None
             await lc.destroy(op.endpoint_id)
-        elif action in (OperationAction.DELETE_TIMELINE, OperationAction.DELETE_PROJECT):
+        elif action in (
+            OperationAction.DELETE_TIMELINE,
+            OperationAction.DELETE_PROJECT,
+            OperationAction.EXPIRE_BRANCH,
+        ):
             for endpoint_id in op.payload.get("endpoint_ids", []):
                 await lc.destroy(endpoint_id)
             branch_ids = op.payload.get("branch_ids") or ([op.branch_id] if op.branch_id else [])

@@ -78,6 +78,7 @@ def branch(row: BranchRow) -> model.Branch:
         parent_lsn=row.parent_lsn,
         protected=bool(row.protected),
         logical_size=row.logical_size,
+        expires_at=row.expires_at,
     )
 
 

@@ -136,6 +136,8 @@ class BranchRow(Timestamps, Base):
     # GTID position, e.g. 0-1-1234.
     parent_timestamp: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     parent_lsn: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # When the scheduler's leader deletes the branch and its endpoints (null: never).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class TimelineRow(Base):

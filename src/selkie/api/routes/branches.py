@@ -48,6 +48,7 @@ def create_branch(
         parent_timestamp=body.branch.parent_timestamp,
         parent_lsn=body.branch.parent_lsn,
         endpoints=[e.model_dump(exclude_none=True) for e in body.endpoints],
+        expires_at=body.branch.expires_at,
     )
     return created_response(created)
 
@@ -67,8 +68,15 @@ def update_branch(
     branch_id: BranchId,
     body: schemas.BranchUpdateRequest,
 ) -> schemas.BranchResponse:
+    change = body.branch
     branch = ctl.branches.update(
-        who, project_id, branch_id, name=body.branch.name, protected=body.branch.protected
+        who,
+        project_id,
+        branch_id,
+        name=change.name,
+        protected=change.protected,
+        # Left out: unchanged; null: the branch no longer expires.
+        expires_at=change.expires_at if "expires_at" in change.model_fields_set else ...,
     )
     return schemas.BranchResponse(branch=branch)
 
