@@ -167,6 +167,8 @@ async def main(
         label = "  of which the thaw" if name == "thaw_ms" else name
         vals = warm_parts[name]
         print(f"{label:<36}{pct(vals, 50):>8.2f}{pct(vals, 99):>8.2f} (p99)")
+    if not rss_warm:
+        return  # --warm-computes 0: no memory figures
     mib = 2**20
     print(
         f"\nresident memory (cgroup rss) of {len(rss_warm)} computes, each after reading a "
