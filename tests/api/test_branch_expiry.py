@@ -104,3 +104,23 @@ async def test_the_leader_deletes_an_expired_branch_and_its_compute(platform: Pl
     assert "preview" not in names
     r = await asyncio.to_thread(platform.control.endpoints.list, who, pid, cursor=None, limit=50)
     assert ep not in [e.id for e in r.items]
+
+
+def test_what_waits_for_a_deleted_branch_is_cancelled_not_failed(tenant: Tenant) -> None:
+    """A start queued for an endpoint whose branch is then deleted has nothing left to
+    start: it is cancelled with the reason (no retries, no failure), and the deletion
+    itself stays queued."""
+    c = tenant.client
+    body = c.post("/v1/projects", json={"project": {"name": "cancel"}}).json()
+    pid = body["project"]["id"]
+    made = c.post(
+        f"/v1/projects/{pid}/branches",
+        json={"branch": {"name": "dev"}, "endpoints": [{"type": "read_write"}]},
+    ).json()
+    bid, eid = made["branch"]["id"], made["endpoints"][0]["id"]
+    start = c.post(f"/v1/projects/{pid}/endpoints/{eid}/start").json()["operations"][0]
+    deleted = c.delete(f"/v1/projects/{pid}/branches/{bid}").json()["operations"][0]
+    op = c.get(f"/v1/projects/{pid}/operations/{start['id']}").json()["operation"]
+    assert op["status"] == "cancelled" and "deleted" in op["error"], op
+    op = c.get(f"/v1/projects/{pid}/operations/{deleted['id']}").json()["operation"]
+    assert op["status"] == "scheduling" and op["action"] == "delete_timeline", op

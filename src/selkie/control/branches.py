@@ -16,6 +16,7 @@ from selkie import model
 from selkie.control.base import Created, ServiceBase, check_org_limit
 from selkie.control.points import Point, check_point
 from selkie.control.rules import (
+    cancel_waiting,
     copy_accounts,
     mark_endpoint_deleted,
     new_endpoint_row,
@@ -30,7 +31,7 @@ from selkie.model import (
     utcnow,
 )
 from selkie.store import Page, Store, convert
-from selkie.store.tables import BranchRow, ProjectRow
+from selkie.store.tables import BranchRow, OperationRow, ProjectRow
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +277,8 @@ class BranchService(ServiceBase):
             return ops
 
     def _delete(self, s: Session, row: BranchRow, action: OperationAction) -> model.Operation:
+        # A restore or a branching still waiting has nothing left to act on.
+        cancel_waiting(s, OperationRow.branch_id == row.id, "the branch was deleted")
         endpoint_ids = []
         for erow in self.live_endpoints_of_branch(s, row.id):
             mark_endpoint_deleted(erow)

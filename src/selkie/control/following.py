@@ -11,6 +11,7 @@ computes have the binary log files the archive holds purged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,13 @@ log = logging.getLogger(__name__)
 # Before a clean stop, how long the safekeeper may take to receive the compute's last
 # transactions from its stream.
 CATCH_UP_TIMEOUT = 10.0
+# Client sessions on a compute: everyone but Selkie's own (the admin, the safekeeper's
+# binlog dump) and the server's threads.
+CLIENT_SESSIONS = (
+    "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+    "AND USER NOT IN ('root', 'system user', 'event_scheduler', 'selkie-safekeeper') "
+    "AND COMMAND NOT IN ('Daemon', 'Binlog Dump')"
+)
 _BINLOG_NAME = re.compile(r"^binlog\.\d{6,}$")
 
 
@@ -141,6 +149,7 @@ class Following:
         in the compute's binary log, which the history's ``after_stop`` reads."""
         if endpoint_id not in self.endpoints:
             return
+        await self._end_sessions(endpoint_id)
         try:
             (_, ((pos,),)) = await self.driver.execute(
                 endpoint_id, ["SET GLOBAL read_only = ON", "SELECT @@gtid_binlog_pos"]
@@ -160,6 +169,20 @@ class Following:
                 pos,
                 timeout,
             )
+
+    async def _end_sessions(self, endpoint_id: str) -> None:
+        """End the clients' sessions before the compute turns read-only: a statement caught
+        between the two would fail with 1290 (the server is read-only), which no driver
+        retries; a session that ends is what a client of a stopping server expects (the
+        proxy tells it the compute was suspended, and its next connection wakes it)."""
+        try:
+            (ids,) = await self.driver.execute(endpoint_id, [CLIENT_SESSIONS])
+        except (SelkieError, ValueError) as exc:
+            log.warning("before stopping %s: cannot list its sessions: %s", endpoint_id, exc)
+            return
+        for (thread_id,) in ids:
+            with contextlib.suppress(SelkieError, ValueError):  # gone meanwhile: 1094
+                await self.driver.execute(endpoint_id, [f"KILL CONNECTION {int(thread_id)}"])
 
     async def sample_semi_sync(self) -> None:
         """Whether each followed compute's commits wait for the safekeeper, from its

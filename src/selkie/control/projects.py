@@ -15,6 +15,7 @@ from selkie import model
 from selkie.control.base import Created, ServiceBase, check_org_limit
 from selkie.control.operator_settings import check_addresses, check_operator_settings
 from selkie.control.rules import (
+    cancel_waiting,
     mark_endpoint_deleted,
     new_endpoint_row,
     settings_dict,
@@ -34,6 +35,7 @@ from selkie.store.tables import (
     BranchRow,
     DatabaseRow,
     EndpointRow,
+    OperationRow,
     OrganizationRow,
     ProjectRow,
     RoleRow,
@@ -271,6 +273,7 @@ class ProjectService(ServiceBase):
                 brow.deleted_at = now
                 branch_ids.append(brow.id)
             row.deleted_at = now
+            cancel_waiting(s, OperationRow.project_id == project_id, "the project was deleted")
             s.flush()
             op = self.enqueue(
                 s,

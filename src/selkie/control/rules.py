@@ -6,13 +6,28 @@ import dataclasses
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, object_session
 
 from selkie import model
 from selkie.errors import InvalidInput
-from selkie.model import EndpointState, EndpointType, PoolerMode, StorageMode, utcnow
-from selkie.store.tables import DatabaseRow, DroppedNameRow, EndpointRow, RoleRow, UsageEventRow
+from selkie.model import (
+    EndpointState,
+    EndpointType,
+    OperationAction,
+    OperationStatus,
+    PoolerMode,
+    StorageMode,
+    utcnow,
+)
+from selkie.store.tables import (
+    DatabaseRow,
+    DroppedNameRow,
+    EndpointRow,
+    OperationRow,
+    RoleRow,
+    UsageEventRow,
+)
 
 
 def validate_endpoint_settings(
@@ -150,8 +165,11 @@ def new_endpoint_row(
 
 def mark_endpoint_deleted(row: EndpointRow) -> None:
     """Deletion wins over any state, so it bumps the generation without a CAS check. An
-    active endpoint stops being billed now, in the same transaction."""
+    active endpoint stops being billed now, in the same transaction, and what was waiting
+    to be done to it (a start, a suspend) is cancelled: there is nothing left to do it to."""
     session = object_session(row)
+    if session is not None:
+        cancel_waiting(session, OperationRow.endpoint_id == row.id, "the endpoint was deleted")
     if row.current_state == EndpointState.ACTIVE.value and session is not None:
         session.add(
             UsageEventRow(
@@ -168,6 +186,31 @@ def mark_endpoint_deleted(row: EndpointRow) -> None:
     row.pending_state = None
     row.generation = row.generation + 1
     row.deleted_at = utcnow()
+
+
+# What removes data: never cancelled, whatever else is deleted meanwhile.
+DELETIONS = frozenset(
+    a.value
+    for a in (
+        OperationAction.DELETE_ENDPOINT,
+        OperationAction.DELETE_TIMELINE,
+        OperationAction.DELETE_PROJECT,
+        OperationAction.EXPIRE_BRANCH,
+    )
+)
+
+
+def cancel_waiting(s: Session, which: Any, why: str) -> None:
+    """Operations still waiting to run (``which``: a condition on OperationRow) are
+    cancelled, saying ``why``; deletions go on."""
+    s.execute(
+        update(OperationRow)
+        .where(which)
+        .where(OperationRow.status == OperationStatus.SCHEDULING.value)
+        .where(OperationRow.action.not_in(DELETIONS))
+        .values(status=OperationStatus.CANCELLED.value, error=why, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def copy_accounts(

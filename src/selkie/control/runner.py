@@ -25,7 +25,7 @@ from selkie.control.restores import Restorer
 from selkie.errors import InvalidInput, NotFound, SelkieError, public_message
 from selkie.model import OperationAction, OperationStatus, utcnow
 from selkie.store import Store, convert
-from selkie.store.tables import BranchRow, OperationRow, ProjectRow
+from selkie.store.tables import BranchRow, EndpointRow, OperationRow, ProjectRow
 from selkie.tasks import cancel, spawn
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,14 @@ class OperationsRunner:
         except asyncio.CancelledError:
             await asyncio.to_thread(self._requeue, op.id, "cancelled by shutdown")
             raise
+        except NotFound as exc:
+            # Deleted while it ran (a branch expired under its start, say): nothing is left
+            # to do it to, and trying again cannot change that.
+            gone = await asyncio.to_thread(self._target_deleted, op)
+            if gone is not None:
+                await asyncio.to_thread(self._cancelled, op.id, gone, started)
+            else:
+                await asyncio.to_thread(self._failed, op, public_message(exc), started)
         except Exception as exc:
             message = public_message(exc)
             if not isinstance(exc, SelkieError):
@@ -339,6 +347,29 @@ class OperationsRunner:
                     delay,
                     message,
                 )
+
+    def _target_deleted(self, op: model.Operation) -> str | None:
+        """Why ``op`` has nothing left to act on (its endpoint or branch was deleted), or
+        None."""
+        with self.store.read() as s:
+            if op.endpoint_id is not None:
+                ep = s.get(EndpointRow, op.endpoint_id)
+                if ep is None or ep.deleted_at is not None:
+                    return "the endpoint was deleted"
+            if op.branch_id is not None:
+                branch = s.get(BranchRow, op.branch_id)
+                if branch is None or branch.deleted_at is not None:
+                    return "the branch was deleted"
+        return None
+
+    def _cancelled(self, op_id: str, why: str, started: float) -> None:
+        with self.store.write() as s:
+            row = s.get(OperationRow, op_id)
+            if row is not None:
+                row.status = OperationStatus.CANCELLED.value
+                row.error = why
+                row.retry_at = None
+                row.total_duration_ms += int((time.monotonic() - started) * 1000)
 
     def _requeue(self, op_id: str, why: str) -> None:
         with self.store.write() as s:
