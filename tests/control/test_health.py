@@ -10,10 +10,19 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import pymysql
+import pytest
+from fastapi.testclient import TestClient
+
+from selkie.api.app import create_app
+from selkie.control.bootstrap import local_principal
 from selkie.model import EndpointState, OperationAction, Principal
 from selkie.platform import Platform
-from tests.platforms import request, sql
+from tests.platforms import open_platform, request, sql
 from tests.proxy.pooler.test_lane_input_limit import other_core_busy
 
 
@@ -89,3 +98,101 @@ async def test_a_healthy_compute_under_load_is_left_alone(
     assert passes > platform.health.misses  # enough checks to fail it, were it hung
     assert platform.lifecycle.get(ep.id).current_state is EndpointState.ACTIVE
     assert platform.health.unhealthy[ep.id] == 0
+
+
+@pytest.fixture
+async def proxied(tmp_path: Path, template_datadir: Path) -> AsyncIterator[Platform]:
+    async with open_platform(tmp_path, template_datadir, proxy=True) as p:
+        yield p
+
+
+async def test_health_is_shown_where_users_look(proxied: Platform) -> None:
+    """What the checks observe, live: the API's endpoint (GET and list) says healthy, then
+    unhealthy with the reason once a SIGSTOPped compute is failed; /metrics says 1 then 0;
+    a ``health_check_failed`` operation is listed; the next connection through the proxy
+    starts the compute again and its health comes back to healthy."""
+    p = proxied
+    p.health.interval, p.health.timeout = 0.5, 1.0
+    who = local_principal(p.control)
+    created = await asyncio.to_thread(p.control.projects.create, who, name="seen")
+    _, key = await asyncio.to_thread(p.control.api_keys.create, who, name="ops", admin=True)
+    api = TestClient(create_app(p.control, runtime=p))
+    api.headers["Authorization"] = f"Bearer {key}"
+    pid, eid = created.project.id, created.endpoints[0].id
+    owner = created.roles[0]
+    assert p.proxy is not None
+    port = p.proxy.port
+
+    def through_proxy() -> list[Any]:
+        conn = pymysql.connect(
+            host="127.0.0.1",
+            port=port,
+            user=f"{eid}.{owner.name}",
+            password=owner.password or "",
+            database=created.databases[0].name,
+            connect_timeout=30,
+        )
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    async def get(path: str) -> Any:
+        r = await asyncio.to_thread(api.get, path)
+        assert r.status_code == 200, r.text
+        return r.json() if path.startswith("/v1") else r.text
+
+    async def endpoint_until(health: str) -> dict[str, Any]:
+        for _ in range(100):
+            ep: dict[str, Any] = (await get(f"/v1/projects/{pid}/endpoints/{eid}"))["endpoint"]
+            if ep["health"] == health:
+                return ep
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"health never {health}: {ep}")
+
+    before = await get(f"/v1/projects/{pid}/endpoints/{eid}")
+    assert before["endpoint"]["health"] == "unknown"  # no compute yet
+    assert before["endpoint"]["health_checked_at"] is None
+    assert await asyncio.to_thread(through_proxy) == [(1,)]  # woken by the connection
+    ep = await endpoint_until("healthy")
+    assert ep["current_state"] == "active" and ep["health_error"] is None
+    assert ep["health_checked_at"] is not None
+    listed = (await get(f"/v1/projects/{pid}/endpoints"))["endpoints"]
+    assert [(e["id"], e["health"]) for e in listed] == [(eid, "healthy")]
+    assert f'selkie_endpoint_healthy{{endpoint_id="{eid}"}} 1.0' in await get("/metrics")
+
+    pid_compute = (await p.driver.inspect(eid)).pid
+    assert pid_compute is not None
+    os.kill(pid_compute, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        ep = await endpoint_until("unhealthy")
+        while ep["current_state"] != "failed" and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.1)
+            ep = (await get(f"/v1/projects/{pid}/endpoints/{eid}"))["endpoint"]
+        took = time.monotonic() - t0
+        assert ep["current_state"] == "failed" and ep["health"] == "unhealthy", ep
+        assert "health checks" in ep["failure_reason"]
+        assert ep["health_error"] == ep["failure_reason"]
+        assert took < 8, took
+        metrics = await get("/metrics")
+        assert f'selkie_endpoint_healthy{{endpoint_id="{eid}"}} 0.0' in metrics
+        assert f'selkie_health_checks_failed_total{{endpoint_id="{eid}"}} 2.0' in metrics
+        assert f'selkie_compute_unhealthy_total{{endpoint_id="{eid}"}} 1.0' in metrics
+        ops = (await get(f"/v1/projects/{pid}/operations"))["operations"]
+        failed = [o for o in ops if o["action"] == "health_check_failed"]
+        assert len(failed) == 1, ops
+        assert failed[0]["endpoint_id"] == eid and failed[0]["status"] == "finished"
+        assert failed[0]["payload"]["reason"] == ep["failure_reason"]
+        assert failed[0]["payload"]["missed_checks"] == 2
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid_compute, signal.SIGKILL)
+
+    # The next connection starts it again; the checks find it healthy.
+    assert await asyncio.to_thread(through_proxy) == [(1,)]
+    ep = await endpoint_until("healthy")
+    assert ep["current_state"] == "active" and ep["failure_reason"] is None
+    assert f'selkie_endpoint_healthy{{endpoint_id="{eid}"}} 1.0' in await get("/metrics")

@@ -30,6 +30,8 @@ from selkie.control.lifecycle import Lifecycle
 from selkie.errors import SelkieError
 from selkie.model import EndpointState, EndpointType
 from selkie.store import Store
+from selkie.store import health as health_rows
+from selkie.store.health import Observed
 from selkie.store.tables import EndpointRow
 from selkie.tasks import spawn
 
@@ -71,6 +73,8 @@ class Health:
         self._pass: asyncio.Task[None] | None = None
         # Computes failed and stopped for not answering, by endpoint (for /metrics).
         self.unhealthy: Counter[str] = Counter()
+        # Health checks not answered in time, by endpoint (for /metrics).
+        self.failed_checks: Counter[str] = Counter()
 
     async def tick(self, now: datetime) -> None:
         """Start a pass when one is due and none is running (the leader's tick)."""
@@ -87,21 +91,30 @@ class Health:
         for task in list(self._replacing):
             task.cancel()
 
-    def _active(self) -> list[str]:
+    def _active(self) -> dict[str, int]:
+        """Active endpoints and the generation each is at."""
         with self.store.read() as s:
-            return list(
-                s.execute(
-                    select(EndpointRow.id).where(
+            return {
+                endpoint_id: generation
+                for endpoint_id, generation in s.execute(
+                    select(EndpointRow.id, EndpointRow.generation).where(
                         EndpointRow.current_state == EndpointState.ACTIVE.value
                     )
-                ).scalars()
-            )
+                ).all()
+            }
 
     async def check_all(self) -> None:
         active = await asyncio.to_thread(self._active)
         for gone in set(self._missed) - set(active):
             del self._missed[gone]  # suspended, stopped or failed meanwhile: count afresh
-        await asyncio.gather(*(self._check(endpoint_id) for endpoint_id in active))
+        at = self.lifecycle.transitions.clock()
+        results = await asyncio.gather(
+            *(self._check(endpoint_id, generation) for endpoint_id, generation in active.items())
+        )
+        # What this pass saw, for the API (every replica reads it from the store): one
+        # transaction per pass. A compute the checks failed has its own record (_fail).
+        observed = [o for o in results if o is not None]
+        await asyncio.to_thread(health_rows.record_checks, self.store, observed, at)
         now = time.monotonic()
         for endpoint_id in await asyncio.to_thread(self._failed_read_only):
             wait = self._replace_wait.get(endpoint_id, self.replace_every)
@@ -138,11 +151,13 @@ class Health:
         else:
             self._replace_wait.pop(endpoint_id, None)
 
-    async def _check(self, endpoint_id: str) -> None:
+    async def _check(self, endpoint_id: str, generation: int) -> Observed | None:
+        """Ask one compute; what was seen (None: nothing to record, it was gone or
+        moved on)."""
         driver = self.lifecycle.driver
         try:
             if not (await driver.inspect(endpoint_id)).running:
-                return  # gone: the driver reports the exit itself
+                return None  # gone: the driver reports the exit itself
             # Bounded in the call too: a held server must not keep a worker thread.
             await asyncio.wait_for(
                 driver.execute(endpoint_id, ["SELECT 1"], timeout=self.timeout), self.timeout + 1
@@ -152,8 +167,9 @@ class Health:
         except Exception as exc:
             if not await asyncio.to_thread(self._still_active, endpoint_id):
                 self._missed.pop(endpoint_id, None)  # it was suspending: not a miss
-                return
+                return None
             missed = self._missed[endpoint_id] = self._missed.get(endpoint_id, 0) + 1
+            self.failed_checks[endpoint_id] += 1
             log.warning(
                 "compute %s did not answer its health check (%d of %d): %r",
                 endpoint_id,
@@ -162,25 +178,49 @@ class Health:
                 exc,
             )
             if missed >= self.misses:
-                await self._fail(endpoint_id)
-            return
+                await self._fail(endpoint_id, exc)
+                return None
+            return Observed(
+                endpoint_id=endpoint_id,
+                generation=generation,
+                healthy=False,
+                error=f"no answer to a health check ({missed} of {self.misses}): {_said(exc)}",
+            )
         self._missed.pop(endpoint_id, None)
+        return Observed(endpoint_id=endpoint_id, generation=generation, healthy=True)
 
     def _still_active(self, endpoint_id: str) -> bool:
         with self.store.read() as s:
             row = s.get(EndpointRow, endpoint_id)
             return row is not None and row.current_state == EndpointState.ACTIVE.value
 
-    async def _fail(self, endpoint_id: str) -> None:
+    async def _fail(self, endpoint_id: str, exc: BaseException) -> None:
         self._missed.pop(endpoint_id, None)
         self.unhealthy[endpoint_id] += 1
         waited = self.misses * (self.interval if self.interval > self.timeout else self.timeout)
         reason = (
             f"compute unhealthy: it answered none of {self.misses} health checks in a row "
-            f"(about {waited:.0f} s); stopped, and started again on the next connection"
+            f"(about {waited:.0f} s; last: {_said(exc)}); stopped, and started again on the "
+            "next connection"
         )
         await self.lifecycle.on_compute_exit(endpoint_id, reason)
+        await asyncio.to_thread(
+            health_rows.record_failed,
+            self.store,
+            endpoint_id,
+            reason,
+            self.lifecycle.transitions.clock(),
+            missed=self.misses,
+        )
         try:
             await self.lifecycle.driver.stop(endpoint_id, timeout=self.stop_timeout)
         except Exception:
             log.exception("could not stop unhealthy compute %s", endpoint_id)
+
+
+def _said(exc: BaseException) -> str:
+    """An error's first line, for a reason (a timeout has no message of its own)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
