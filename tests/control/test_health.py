@@ -9,8 +9,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from selkie.api.app import create_app
+from selkie.compute.local import LocalDriver
 from selkie.control.bootstrap import local_principal
 from selkie.model import EndpointState, OperationAction, Principal
 from selkie.platform import Platform
+from selkie.storage.local import LocalStorage
+from tests.conftest import need_service
 from tests.platforms import open_platform, request, sql
 from tests.proxy.pooler.test_lane_input_limit import other_core_busy
 
@@ -196,3 +200,120 @@ async def test_health_is_shown_where_users_look(proxied: Platform) -> None:
     ep = await endpoint_until("healthy")
     assert ep["current_state"] == "active" and ep["failure_reason"] is None
     assert f'selkie_endpoint_healthy{{endpoint_id="{eid}"}} 1.0' in await get("/metrics")
+
+
+@contextlib.contextmanager
+def on_small_filesystem(datadir: Path, *, spare: int) -> Iterator[Path]:
+    """Move a stopped compute's datadir onto a tmpfs of its size plus ``spare`` bytes (the
+    same path, owner and mode): a disk of its own that a test can fill."""
+    if os.geteuid() != 0:
+        need_service("a tmpfs mount", "mounting a filesystem needs root")
+    used = sum(f.stat().st_size for f in datadir.rglob("*") if f.is_file())
+    st = datadir.stat()
+    staged = datadir.with_name(datadir.name + ".staged")
+    datadir.rename(staged)
+    datadir.mkdir()
+    options = f"size={used + spare},mode={st.st_mode & 0o7777:o},uid={st.st_uid},gid={st.st_gid}"
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(datadir)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        datadir.rmdir()
+        staged.rename(datadir)
+        need_service("a tmpfs mount", done.stderr.strip() or "mount failed")
+    try:
+        subprocess.run(["cp", "-a", f"{staged}/.", str(datadir)], check=True)
+        yield datadir
+    finally:
+        subprocess.run(["umount", "-l", str(datadir)], check=False)
+
+
+def fill(path: Path, *, leave: int) -> None:
+    """Take the filesystem's free space down to about ``leave`` bytes (a real file)."""
+    free = os.statvfs(path.parent)
+    size = free.f_bavail * free.f_frsize - leave
+    if size > 0:
+        subprocess.run(["fallocate", "-l", str(size), str(path)], check=True)
+
+
+async def test_a_full_disk_is_named(proxied: Platform) -> None:
+    """A compute whose disk fills (its datadir on a small tmpfs): MariaDB aborts in InnoDB
+    (error 28, ENOSPC); the endpoint is failed with a reason naming the full disk, and the
+    next client gets a clear error 1021 (ER_DISK_FULL) at once rather than a retried wake;
+    once room is made, the next connection is served."""
+    p = proxied
+    p.health.interval, p.health.timeout = 0.5, 1.0  # found sooner; the same path
+    assert p.proxy is not None and isinstance(p.storage, LocalStorage)
+    who = local_principal(p.control)
+    created = await asyncio.to_thread(p.control.projects.create, who, name="full")
+    pid, eid = created.project.id, created.endpoints[0].id
+    owner = created.roles[0]
+    port = p.proxy.port
+
+    def client(*statements: str) -> list[Any]:
+        conn = pymysql.connect(
+            host="127.0.0.1",
+            port=port,
+            user=f"{eid}.{owner.name}",
+            password=owner.password or "",
+            database=created.databases[0].name,
+            autocommit=True,
+            connect_timeout=30,
+            read_timeout=30,
+        )
+        try:
+            rows: list[Any] = []
+            with conn.cursor() as cur:
+                for stmt in statements:
+                    cur.execute(stmt)
+                    rows = list(cur.fetchall())
+            return rows
+        finally:
+            conn.close()
+
+    await asyncio.to_thread(
+        client, "CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB)"
+    )
+    await p.lifecycle.suspend(eid)
+    await p.lifecycle.cool(eid)  # stopped, not frozen: its files can move
+    assert not (await p.driver.inspect(eid)).running
+    datadir = p.storage.datadir(created.endpoints[0].branch_id)
+    with on_small_filesystem(datadir, spare=96 * 2**20) as disk:
+        fill(disk / "filler-1", leave=16 * 2**20)
+        # Rows of 1 MB until the disk is full: the statement that meets it fails.
+        with pytest.raises(pymysql.err.OperationalError) as raised:
+            await asyncio.to_thread(
+                client, *["INSERT INTO t (b) VALUES (REPEAT('x', 1000000))"] * 40
+            )
+        said = raised.value.args
+        for _ in range(100):
+            ep = await asyncio.to_thread(p.control.endpoints.get, who, pid, eid)
+            if ep.current_state is EndpointState.FAILED:
+                break
+            await asyncio.sleep(0.1)
+        assert ep.current_state is EndpointState.FAILED, (ep.current_state, said)
+        assert ep.failure_reason is not None
+        assert ep.failure_reason.startswith("the compute's disk is full ("), ep.failure_reason
+        assert "28" in ep.failure_reason  # errno 28, ENOSPC, in the server's own words
+
+        # Still full: the next client is told so, at once (the wake is not retried).
+        fill(disk / "filler-2", leave=0)
+        log = p.driver.error_log(eid) if isinstance(p.driver, LocalDriver) else None
+        assert log is not None
+        starts = log.read_text().count("] Starting MariaDB ")
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            await asyncio.to_thread(client, "SELECT 1")
+        code, message = refused.value.args
+        assert code == 1021 and "disk is full" in message, refused.value.args
+        assert log.read_text().count("] Starting MariaDB ") == starts + 1  # tried once
+        ep = await asyncio.to_thread(p.control.endpoints.get, who, pid, eid)
+        assert ep.current_state is EndpointState.FAILED
+        assert ep.failure_reason and ep.failure_reason.startswith("the compute's disk is full")
+
+        # Room made: served again.
+        (disk / "filler-1").unlink()
+        (disk / "filler-2").unlink(missing_ok=True)  # none when the server took it all
+        assert await asyncio.to_thread(client, "SELECT COUNT(*) > 0 FROM t") == [(1,)]
+        await p.driver.stop(eid, timeout=10)

@@ -26,6 +26,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from selkie.compute.diskfull import LOG_LINES, disk_full, disk_full_reason
 from selkie.control.lifecycle import Lifecycle
 from selkie.errors import SelkieError
 from selkie.model import EndpointState, EndpointType
@@ -43,6 +44,9 @@ MISSES = 2
 STOP_TIMEOUT = 2.0
 REPLACE_EVERY = 10.0
 REPLACE_MAX = 600.0
+# Free bytes on a compute's datadir filesystem below which its error log is read for a full
+# disk (a server waiting for room has taken what there was).
+DISK_LOW = 2**20
 
 
 class Health:
@@ -162,6 +166,7 @@ class Health:
             await asyncio.wait_for(
                 driver.execute(endpoint_id, ["SELECT 1"], timeout=self.timeout), self.timeout + 1
             )
+            full = await self._disk_full(endpoint_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -187,30 +192,52 @@ class Health:
                 error=f"no answer to a health check ({missed} of {self.misses}): {_said(exc)}",
             )
         self._missed.pop(endpoint_id, None)
+        if full is not None:
+            # It answers, but its writers wait for room that will not come (the binary log
+            # and Aria wait, retrying every minute): failed now, naming the cause.
+            self.failed_checks[endpoint_id] += 1
+            await self._fail(endpoint_id, reason=full)
+            return None
         return Observed(endpoint_id=endpoint_id, generation=generation, healthy=True)
+
+    async def _disk_full(self, endpoint_id: str) -> str | None:
+        """The reason to fail a compute whose disk is full, by its server's own log, asked
+        only when its datadir's filesystem has (almost) no room left; None otherwise."""
+        driver = self.lifecycle.driver
+        free = await driver.disk_free(endpoint_id)
+        if free is None or free >= DISK_LOW:
+            return None
+        tail = await asyncio.to_thread(driver.error_log_tail, endpoint_id, lines=LOG_LINES)
+        evidence = disk_full(tail)
+        if evidence is None:
+            return None
+        return disk_full_reason(f"{evidence}; {free // 1024} KiB free")
 
     def _still_active(self, endpoint_id: str) -> bool:
         with self.store.read() as s:
             row = s.get(EndpointRow, endpoint_id)
             return row is not None and row.current_state == EndpointState.ACTIVE.value
 
-    async def _fail(self, endpoint_id: str, exc: BaseException) -> None:
+    async def _fail(
+        self, endpoint_id: str, exc: BaseException | None = None, *, reason: str = ""
+    ) -> None:
         self._missed.pop(endpoint_id, None)
         self.unhealthy[endpoint_id] += 1
-        waited = self.misses * (self.interval if self.interval > self.timeout else self.timeout)
-        reason = (
-            f"compute unhealthy: it answered none of {self.misses} health checks in a row "
-            f"(about {waited:.0f} s; last: {_said(exc)}); stopped, and started again on the "
-            "next connection"
-        )
-        await self.lifecycle.on_compute_exit(endpoint_id, reason)
+        if exc is not None:
+            waited = self.misses * max(self.interval, self.timeout)
+            reason = (
+                f"compute unhealthy: it answered none of {self.misses} health checks in a "
+                f"row (about {waited:.0f} s; last: {_said(exc)}); stopped, and started again "
+                "on the next connection"
+            )
+        reason = await self.lifecycle.fail(endpoint_id, reason)
         await asyncio.to_thread(
             health_rows.record_failed,
             self.store,
             endpoint_id,
             reason,
             self.lifecycle.transitions.clock(),
-            missed=self.misses,
+            missed=self.misses if exc is not None else 0,
         )
         try:
             await self.lifecycle.driver.stop(endpoint_id, timeout=self.stop_timeout)
