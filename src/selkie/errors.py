@@ -13,6 +13,7 @@
     ├── QuotaExceeded                quota_exceeded  429
     ├── StoreError                   store_error     503  (state store unreachable, …)
     ├── ComputeError                 compute_error   502  (a compute failed to start, …)
+    │   └── DiskFull                 disk_full       507  (its disk is full: not retried)
     ├── StorageError                 storage_error   502  (a branch's data could not be made, …)
     └── ArchiveError                 archive_error   503  (object storage unreachable, …)
         └── ObjectMissing            object_missing  503  (an object a restore needs is gone)
@@ -93,6 +94,13 @@ class StoreError(SelkieError):
 class ComputeError(SelkieError):
     code = "compute_error"
     http_status = 502
+
+
+class DiskFull(ComputeError):
+    """A compute's disk is full: starting it again does not help until room is made."""
+
+    code = "disk_full"
+    http_status = 507
 
 
 class StorageError(SelkieError):

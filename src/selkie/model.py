@@ -72,6 +72,19 @@ class OperationAction(StrEnum):
     AUTOSCALE = "autoscale"
     # A branch deleted by the leader at its expires_at (run as DELETE_TIMELINE is).
     EXPIRE_BRANCH = "expire_branch"
+    # Written by the health checks when a compute that answered none of them is marked
+    # failed and stopped (never queued).
+    HEALTH_CHECK_FAILED = "health_check_failed"
+
+
+class EndpointHealth(StrEnum):
+    """What the health checks last observed of an endpoint's compute: ``healthy`` (it
+    answered), ``unhealthy`` (it did not, or they failed it), ``unknown`` (no compute, or
+    none checked since it started)."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
 
 
 class OperationStatus(StrEnum):
@@ -360,6 +373,11 @@ class Endpoint:
     # last transaction it applied, and how far behind the safekeeper it is (seconds).
     replayed_lsn: str | None = None
     replication_lag_seconds: float | None = None
+    # What the leader's health checks observed of this compute (control/health.py): when
+    # they last asked, and why the last check failed (null after one that passed).
+    health: EndpointHealth = EndpointHealth.UNKNOWN
+    health_checked_at: datetime | None = None
+    health_error: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -340,6 +340,7 @@ class Platform:
                 start_seconds=lambda: list(starts.start_seconds),
                 suspend_counts=lambda: dict(starts.suspend_counts),
                 unhealthy_counts=lambda: dict(self.health.unhealthy),
+                failed_check_counts=lambda: dict(self.health.failed_checks),
                 proxy=self.proxy,
                 history=self.history,
             )

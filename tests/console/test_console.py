@@ -266,6 +266,12 @@ def test_sign_in_projects_branch_state_and_sql(browser, up: Up) -> None:  # type
     # The endpoint page and the usage page render (wakes, chart, invoice).
     d.get(f"{up.url}/console/projects/{up.project_id}/endpoints/{endpoint_id}")
     assert "ms" in _text(d, "#wakes")
+    # Its health, as the leader's checks last saw it (within a pass, 2 s, of the wake).
+    _wait(
+        d,
+        lambda d: d.refresh() or _text(d, "#health").startswith("Health: healthy, checked"),
+        15,
+    )
     _shot(d, up, "endpoint")
     d.get(f"{up.url}/console/projects/{up.project_id}/usage")
     assert d.find_elements("css selector", "#usage-chart svg")

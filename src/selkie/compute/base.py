@@ -190,6 +190,11 @@ class ComputeDriver(ABC):
         fails; never restarts it."""
         raise ComputeError("this compute driver does not resize computes while they run")
 
+    async def disk_free(self, endpoint_id: str) -> int | None:
+        """Bytes free (to the server) on the filesystem of the compute's datadir; None where
+        the driver cannot tell (no such compute, datadirs elsewhere)."""
+        return None
+
     async def load(self, endpoint_id: str) -> ComputeLoad | None:
         """What the compute uses now; None where the driver cannot tell (or it is not
         running)."""

@@ -495,6 +495,19 @@ class LocalDriver(ComputeDriver):
 
     # --- observation -----------------------------------------------------------------------
 
+    async def disk_free(self, endpoint_id: str) -> int | None:
+        return await asyncio.to_thread(self._disk_free, endpoint_id)
+
+    def _disk_free(self, endpoint_id: str) -> int | None:
+        # The datadir its my.cnf names: also right for a compute adopted after a restart.
+        try:
+            lines = self.records.cnf_path(endpoint_id).read_text().splitlines()
+            datadir = next(v for k, _, v in (x.partition("=") for x in lines) if k == "datadir")
+            st = os.statvfs(datadir)
+        except (OSError, StopIteration):
+            return None
+        return st.f_bavail * st.f_frsize
+
     async def inspect(self, endpoint_id: str) -> ComputeInfo:
         sup = self._procs.get(endpoint_id)
         if sup is not None and not sup.exited.is_set():

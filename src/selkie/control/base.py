@@ -7,12 +7,13 @@ exactly as for one that does not exist, so a key cannot even learn that it exist
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from selkie import model
 from selkie.config import Settings
@@ -23,6 +24,7 @@ from selkie.store.store import QUEUED_KEY
 from selkie.store.tables import (
     ApiKeyRow,
     BranchRow,
+    EndpointHealthRow,
     EndpointRow,
     OperationRow,
     ProjectRow,
@@ -92,8 +94,17 @@ class ServiceBase:
     def project_model(self, row: ProjectRow) -> model.Project:
         return convert.project(row, proxy_host=self.settings.proxy_host)
 
-    def endpoint_model(self, row: EndpointRow) -> model.Endpoint:
-        return convert.endpoint(row, domain=self.settings.proxy_domain)
+    def endpoint_model(
+        self, row: EndpointRow, health: Mapping[str, EndpointHealthRow] | None = None
+    ) -> model.Endpoint:
+        """The endpoint with its health checks' last observation: from ``health`` (a page's,
+        read at once), else read in the row's own session."""
+        if health is not None:
+            observed = health.get(row.id)
+        else:
+            s = object_session(row)
+            observed = s.get(EndpointHealthRow, row.id) if s is not None else None
+        return convert.endpoint(row, domain=self.settings.proxy_domain, health=observed)
 
     # --- operations ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from selkie.errors import Conflict, InvalidInput, QuotaExceeded
 from selkie.metering.usage import quota_exceeded
 from selkie.model import EndpointState, OperationAction, Principal
 from selkie.store import Page, Store, convert
-from selkie.store.tables import EndpointRow
+from selkie.store.tables import EndpointHealthRow, EndpointRow
 
 _PATCHABLE = {
     "autoscaling_limit_min_cu",
@@ -84,7 +84,15 @@ class EndpointService(ServiceBase):
                 cursor=cursor,
                 limit=limit,
             )
-            return Page([self.endpoint_model(r) for r in page.items], page.cursor)
+            health = {
+                h.endpoint_id: h
+                for h in s.execute(
+                    select(EndpointHealthRow).where(
+                        EndpointHealthRow.endpoint_id.in_([r.id for r in page.items])
+                    )
+                ).scalars()
+            }
+            return Page([self.endpoint_model(r, health) for r in page.items], page.cursor)
 
     def get(self, who: Principal, project_id: str, endpoint_id: str) -> model.Endpoint:
         with self.store.read() as s:

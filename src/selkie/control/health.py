@@ -26,10 +26,13 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from selkie.compute.diskfull import LOG_LINES, disk_full, disk_full_reason
 from selkie.control.lifecycle import Lifecycle
 from selkie.errors import SelkieError
 from selkie.model import EndpointState, EndpointType
 from selkie.store import Store
+from selkie.store import health as health_rows
+from selkie.store.health import Observed
 from selkie.store.tables import EndpointRow
 from selkie.tasks import spawn
 
@@ -41,6 +44,9 @@ MISSES = 2
 STOP_TIMEOUT = 2.0
 REPLACE_EVERY = 10.0
 REPLACE_MAX = 600.0
+# Free bytes on a compute's datadir filesystem below which its error log is read for a full
+# disk (a server waiting for room has taken what there was).
+DISK_LOW = 2**20
 
 
 class Health:
@@ -71,6 +77,8 @@ class Health:
         self._pass: asyncio.Task[None] | None = None
         # Computes failed and stopped for not answering, by endpoint (for /metrics).
         self.unhealthy: Counter[str] = Counter()
+        # Health checks not answered in time, by endpoint (for /metrics).
+        self.failed_checks: Counter[str] = Counter()
 
     async def tick(self, now: datetime) -> None:
         """Start a pass when one is due and none is running (the leader's tick)."""
@@ -87,21 +95,30 @@ class Health:
         for task in list(self._replacing):
             task.cancel()
 
-    def _active(self) -> list[str]:
+    def _active(self) -> dict[str, int]:
+        """Active endpoints and the generation each is at."""
         with self.store.read() as s:
-            return list(
-                s.execute(
-                    select(EndpointRow.id).where(
+            return {
+                endpoint_id: generation
+                for endpoint_id, generation in s.execute(
+                    select(EndpointRow.id, EndpointRow.generation).where(
                         EndpointRow.current_state == EndpointState.ACTIVE.value
                     )
-                ).scalars()
-            )
+                ).all()
+            }
 
     async def check_all(self) -> None:
         active = await asyncio.to_thread(self._active)
         for gone in set(self._missed) - set(active):
             del self._missed[gone]  # suspended, stopped or failed meanwhile: count afresh
-        await asyncio.gather(*(self._check(endpoint_id) for endpoint_id in active))
+        at = self.lifecycle.transitions.clock()
+        results = await asyncio.gather(
+            *(self._check(endpoint_id, generation) for endpoint_id, generation in active.items())
+        )
+        # What this pass saw, for the API (every replica reads it from the store): one
+        # transaction per pass. A compute the checks failed has its own record (_fail).
+        observed = [o for o in results if o is not None]
+        await asyncio.to_thread(health_rows.record_checks, self.store, observed, at)
         now = time.monotonic()
         for endpoint_id in await asyncio.to_thread(self._failed_read_only):
             wait = self._replace_wait.get(endpoint_id, self.replace_every)
@@ -138,22 +155,26 @@ class Health:
         else:
             self._replace_wait.pop(endpoint_id, None)
 
-    async def _check(self, endpoint_id: str) -> None:
+    async def _check(self, endpoint_id: str, generation: int) -> Observed | None:
+        """Ask one compute; what was seen (None: nothing to record, it was gone or
+        moved on)."""
         driver = self.lifecycle.driver
         try:
             if not (await driver.inspect(endpoint_id)).running:
-                return  # gone: the driver reports the exit itself
+                return None  # gone: the driver reports the exit itself
             # Bounded in the call too: a held server must not keep a worker thread.
             await asyncio.wait_for(
                 driver.execute(endpoint_id, ["SELECT 1"], timeout=self.timeout), self.timeout + 1
             )
+            full = await self._disk_full(endpoint_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if not await asyncio.to_thread(self._still_active, endpoint_id):
                 self._missed.pop(endpoint_id, None)  # it was suspending: not a miss
-                return
+                return None
             missed = self._missed[endpoint_id] = self._missed.get(endpoint_id, 0) + 1
+            self.failed_checks[endpoint_id] += 1
             log.warning(
                 "compute %s did not answer its health check (%d of %d): %r",
                 endpoint_id,
@@ -162,25 +183,71 @@ class Health:
                 exc,
             )
             if missed >= self.misses:
-                await self._fail(endpoint_id)
-            return
+                await self._fail(endpoint_id, exc)
+                return None
+            return Observed(
+                endpoint_id=endpoint_id,
+                generation=generation,
+                healthy=False,
+                error=f"no answer to a health check ({missed} of {self.misses}): {_said(exc)}",
+            )
         self._missed.pop(endpoint_id, None)
+        if full is not None:
+            # It answers, but its writers wait for room that will not come (the binary log
+            # and Aria wait, retrying every minute): failed now, naming the cause.
+            self.failed_checks[endpoint_id] += 1
+            await self._fail(endpoint_id, reason=full)
+            return None
+        return Observed(endpoint_id=endpoint_id, generation=generation, healthy=True)
+
+    async def _disk_full(self, endpoint_id: str) -> str | None:
+        """The reason to fail a compute whose disk is full, by its server's own log, asked
+        only when its datadir's filesystem has (almost) no room left; None otherwise."""
+        driver = self.lifecycle.driver
+        free = await driver.disk_free(endpoint_id)
+        if free is None or free >= DISK_LOW:
+            return None
+        tail = await asyncio.to_thread(driver.error_log_tail, endpoint_id, lines=LOG_LINES)
+        evidence = disk_full(tail)
+        if evidence is None:
+            return None
+        return disk_full_reason(f"{evidence}; {free // 1024} KiB free")
 
     def _still_active(self, endpoint_id: str) -> bool:
         with self.store.read() as s:
             row = s.get(EndpointRow, endpoint_id)
             return row is not None and row.current_state == EndpointState.ACTIVE.value
 
-    async def _fail(self, endpoint_id: str) -> None:
+    async def _fail(
+        self, endpoint_id: str, exc: BaseException | None = None, *, reason: str = ""
+    ) -> None:
         self._missed.pop(endpoint_id, None)
         self.unhealthy[endpoint_id] += 1
-        waited = self.misses * (self.interval if self.interval > self.timeout else self.timeout)
-        reason = (
-            f"compute unhealthy: it answered none of {self.misses} health checks in a row "
-            f"(about {waited:.0f} s); stopped, and started again on the next connection"
+        if exc is not None:
+            waited = self.misses * max(self.interval, self.timeout)
+            reason = (
+                f"compute unhealthy: it answered none of {self.misses} health checks in a "
+                f"row (about {waited:.0f} s; last: {_said(exc)}); stopped, and started again "
+                "on the next connection"
+            )
+        reason = await self.lifecycle.fail(endpoint_id, reason)
+        await asyncio.to_thread(
+            health_rows.record_failed,
+            self.store,
+            endpoint_id,
+            reason,
+            self.lifecycle.transitions.clock(),
+            missed=self.misses if exc is not None else 0,
         )
-        await self.lifecycle.on_compute_exit(endpoint_id, reason)
         try:
             await self.lifecycle.driver.stop(endpoint_id, timeout=self.stop_timeout)
         except Exception:
             log.exception("could not stop unhealthy compute %s", endpoint_id)
+
+
+def _said(exc: BaseException) -> str:
+    """An error's first line, for a reason (a timeout has no message of its own)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

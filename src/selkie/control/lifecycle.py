@@ -179,6 +179,10 @@ class Lifecycle:
     async def on_compute_exit(self, endpoint_id: str, reason: str) -> None:
         await self.stopper.on_compute_exit(endpoint_id, reason)
 
+    async def fail(self, endpoint_id: str, reason: str) -> str:
+        """Mark a running endpoint failed; the reason recorded (a full disk named first)."""
+        return await self.stopper.fail(endpoint_id, reason)
+
     async def suspend_all(self) -> None:
         await self.stopper.suspend_all()
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from selkie import model
 from selkie.compute.base import ComputeDriver, ComputeInfo, ComputeSpec
+from selkie.compute.diskfull import LOG_LINES, disk_full, disk_full_reason
 from selkie.config import Settings
 from selkie.control.accounts import sync_accounts
 from selkie.control.transitions import (
@@ -22,7 +23,14 @@ from selkie.control.transitions import (
     Transitions,
     read_only,
 )
-from selkie.errors import ComputeError, Conflict, SelkieError, StateConflict, public_message
+from selkie.errors import (
+    ComputeError,
+    Conflict,
+    DiskFull,
+    SelkieError,
+    StateConflict,
+    public_message,
+)
 from selkie.metering.starts import LifecycleObserver
 from selkie.model import EndpointState, SuspendTier
 from selkie.storage.base import ParentState
@@ -151,7 +159,14 @@ class Starter:
             reason = public_message(exc)
             if not isinstance(exc, SelkieError | asyncio.CancelledError):
                 log.exception("starting %s failed", ep.id)
+            # A server that could not start for want of room says so in the lines it
+            # logged: named, and not retried (another try meets the same full disk).
+            evidence = await self._disk_full(ep.id) if isinstance(exc, ComputeError) else None
+            if evidence is not None:
+                reason = f"{disk_full_reason(evidence)}. {reason}"
             await self._fail_start(ep.id, gen, reason)
+            if evidence is not None:
+                raise DiskFull(disk_full_reason(evidence)) from exc
             if isinstance(exc, SelkieError | asyncio.CancelledError):
                 raise
             raise ComputeError(f"starting {ep.id} failed: {reason}") from exc
@@ -198,6 +213,15 @@ class Starter:
             suspend_tier=None,
             **({"started_at": now} if new_run else {}),
         )
+
+    async def _disk_full(self, endpoint_id: str) -> str | None:
+        """What the server's log says of a full disk in its last run (the error's own text
+        holds only its last lines: a backtrace, after an abort)."""
+        try:
+            tail = await asyncio.to_thread(self.driver.error_log_tail, endpoint_id, lines=LOG_LINES)
+        except Exception:
+            return None  # no log to read: no cause to name
+        return disk_full(tail)
 
     async def _start_warm(self, target: Target, t0: float) -> bool:
         """Thaw a warm endpoint's frozen compute and record it active in one compare-and-set

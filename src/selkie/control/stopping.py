@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from selkie import model
 from selkie.compute.base import ComputeDriver
+from selkie.compute.diskfull import LOG_LINES, with_cause
 from selkie.control.transitions import Placement, Target, Transitions, read_only
 from selkie.errors import ComputeError, SelkieError, StateConflict, public_message
 from selkie.metering.starts import LifecycleObserver
@@ -257,7 +258,18 @@ class Stopper:
     async def on_compute_exit(self, endpoint_id: str, reason: str) -> None:
         """A compute died without being asked to (kill -9, OOM): mark the endpoint failed
         with the reason from its error log; the next start or wake restarts it."""
+        await self.fail(endpoint_id, reason)
 
+    async def fail(self, endpoint_id: str, reason: str) -> str:
+        """Mark a running endpoint failed (its compute died, or hangs) and return the reason
+        recorded: ``reason``, or, when its server's log says its disk is full, that first
+        (the cause, where ``reason`` is only the symptom: an abort, unanswered checks)."""
+        try:
+            tail = await asyncio.to_thread(self.driver.error_log_tail, endpoint_id, lines=LOG_LINES)
+        except Exception:  # a log that cannot be read names no cause; the failure stands
+            log.exception("could not read the error log of %s", endpoint_id)
+            tail = ""
+        reason = with_cause(reason, tail)
         self.transitions.active.discard(endpoint_id)
         if await self.transitions.db(
             rows.fail_if_running,
@@ -271,6 +283,7 @@ class Stopper:
             # After the endpoint is marked: what the stream had is flushed (an fsync that
             # a busy disk may make slow); the rest stays in the compute's binary log.
             await self.placement.history.following.detach(endpoint_id)
+        return reason
 
     async def suspend_all(self) -> None:
         """Clean shutdown of every compute this control plane runs (``selkie up`` exiting)."""

@@ -20,9 +20,10 @@ from sqlalchemy import func, select
 
 from selkie.metering.counters import HISTORY, STORAGE, TRANSFER, WRITTEN
 from selkie.metering.usage import storage_by_project
-from selkie.model import EndpointState, SuspendTier
+from selkie.model import EndpointHealth, EndpointState, SuspendTier
 from selkie.store import Store
-from selkie.store.tables import EndpointRow, UsageHourRow
+from selkie.store.health import endpoint_health
+from selkie.store.tables import EndpointHealthRow, EndpointRow, UsageHourRow
 
 RESUME_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 RESTORE_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -38,6 +39,8 @@ class Sources:
     suspend_counts: Callable[[], dict[str, int]]
     # Computes failed and stopped for not answering health checks (control/health.py).
     unhealthy_counts: Callable[[], dict[str, int]] = dict
+    # Health checks a compute did not answer, by endpoint (control/health.py).
+    failed_check_counts: Callable[[], dict[str, int]] = dict
     proxy: Any = None  # selkie.proxy.server.ProxyServer, when in this process
     history: Any = None  # selkie.control.history.History, when durable storage runs here
 
@@ -74,6 +77,7 @@ class PlatformCollector(Collector):
         yield states
         yield self._tiers()
         yield self._sizes()
+        yield self._health()
         yield from self._usage()
 
         yield from self._starts()
@@ -119,6 +123,27 @@ class PlatformCollector(Collector):
             sizes.add_metric([endpoint_id, project_id], float(cu or 0.0))
         return sizes
 
+    def _health(self) -> Metric:
+        """What the health checks last observed of each endpoint whose health is known
+        (the leader writes it to the store: every replica exports the same)."""
+        healthy = GaugeMetricFamily(
+            "selkie_endpoint_healthy",
+            "1 while the endpoint's compute answers its health checks, 0 when its last check "
+            "failed or the checks failed it (absent: unknown)",
+            labels=["endpoint_id"],
+        )
+        with self.sources.store.read() as s:
+            rows = s.execute(
+                select(EndpointRow, EndpointHealthRow)
+                .join(EndpointHealthRow, EndpointHealthRow.endpoint_id == EndpointRow.id)
+                .order_by(EndpointRow.id)
+            ).all()
+            for ep, observed in rows:
+                health, _, _ = endpoint_health(ep, observed)
+                if health is not EndpointHealth.UNKNOWN:
+                    healthy.add_metric([ep.id], 1.0 if health is EndpointHealth.HEALTHY else 0.0)
+        return healthy
+
     def _starts(self) -> Iterator[Metric]:
         """Compute starts and suspends, and how long starts took."""
         src = self.sources
@@ -142,6 +167,14 @@ class PlatformCollector(Collector):
         for endpoint_id, n in src.unhealthy_counts().items():
             unhealthy.add_metric([endpoint_id], float(n))
         yield unhealthy
+        failed_checks = CounterMetricFamily(
+            "selkie_health_checks_failed",
+            "Health checks a compute did not answer in time",
+            labels=["endpoint_id"],
+        )
+        for endpoint_id, n in src.failed_check_counts().items():
+            failed_checks.add_metric([endpoint_id], float(n))
+        yield failed_checks
         buckets, total = _histogram(src.start_seconds())
         yield HistogramMetricFamily(
             "selkie_compute_start_seconds",

@@ -163,6 +163,7 @@ class ErrorCode(IntEnum):
     MASTER_FATAL_ERROR_READING_BINLOG = 1236
     UNKNOWN_ERROR = 1105
     NO_SUCH_THREAD = 1094
+    DISK_FULL = 1021  # ER_DISK_FULL
 
     @property
     def sqlstate(self) -> str:
@@ -190,6 +191,7 @@ _SQLSTATE = {
     ErrorCode.UNKNOWN_SYSTEM_VARIABLE: "HY000",
     ErrorCode.MASTER_FATAL_ERROR_READING_BINLOG: "HY000",
     ErrorCode.NO_SUCH_THREAD: "HY000",
+    ErrorCode.DISK_FULL: "HY000",
     ErrorCode.UNKNOWN_ERROR: "HY000",
 }
 

@@ -21,6 +21,7 @@ from selkie.controlplane import Access, Backend, ControlPlane
 from selkie.errors import (
     ComputeError,
     Conflict,
+    DiskFull,
     NotFound,
     QuotaExceeded,
     SelkieError,
@@ -368,6 +369,11 @@ class Connector:
             return Refused(ErrorCode.NET_READ_INTERRUPTED, exc.message)
         except (Conflict, NotFound) as exc:
             return Refused(ErrorCode.ACCESS_DENIED, exc.message)
+        except DiskFull as exc:
+            # Not tried again: the next start would meet the same full disk.
+            log.warning("endpoint %s could not start: %s", endpoint_id, exc.message)
+            said = public_message(exc).splitlines()[0]
+            return Refused(ErrorCode.DISK_FULL, f"endpoint {endpoint_id}: {said}")
         except (ComputeError, StoreError):
             raise  # the caller tries again
         except SelkieError as exc:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from selkie import model
+from selkie.store.health import endpoint_health
 from selkie.store.tables import (
     ApiKeyRow,
     BranchRow,
     DatabaseRow,
+    EndpointHealthRow,
     EndpointRow,
     OperationRow,
     OrganizationRow,
@@ -82,7 +84,11 @@ def branch(row: BranchRow) -> model.Branch:
     )
 
 
-def endpoint(row: EndpointRow, *, domain: str) -> model.Endpoint:
+def endpoint(
+    row: EndpointRow, *, domain: str, health: EndpointHealthRow | None = None
+) -> model.Endpoint:
+    """The endpoint; ``health``: its health checks' last observation (unknown without)."""
+    observed, checked_at, health_error = endpoint_health(row, health)
     return model.Endpoint(
         id=row.id,
         project_id=row.project_id,
@@ -110,6 +116,9 @@ def endpoint(row: EndpointRow, *, domain: str) -> model.Endpoint:
             if row.suspend_tier and row.current_state == model.EndpointState.SUSPENDED.value
             else None
         ),
+        health=observed,
+        health_checked_at=checked_at,
+        health_error=health_error,
     )
 
 

@@ -196,6 +196,22 @@ class EndpointRow(Timestamps, Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class EndpointHealthRow(Base):
+    """What the leader's health checks last observed of an endpoint's compute, one row per
+    endpoint, rewritten by each pass (control/health.py). Kept apart from ``endpoints`` so
+    that a check never touches the row transitions compare-and-set (nor its updated_at)."""
+
+    __tablename__ = "endpoint_health"
+    # No foreign key: like operations, written beside the endpoint, never through it.
+    endpoint_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The endpoint's generation the observation is of: a later transition makes it stale.
+    generation: Mapped[int] = mapped_column(BigInteger)
+    healthy: Mapped[bool] = mapped_column(Boolean)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Why the last check failed; null after one that passed.
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
 class RoleRow(Timestamps, Base):
     __tablename__ = "roles"
     __table_args__ = (UniqueConstraint("branch_id", "name", name="uq_roles_branch_name"),)
