@@ -369,6 +369,8 @@ class Endpoint:
     updated_at: datetime
     # While suspended: warm (frozen) or cold (stopped); None otherwise.
     suspend_tier: SuspendTier | None = None
+    # While suspended: when its next scheduled EVENT is due, and the scheduler wakes it.
+    next_event_at: datetime | None = None
     # A running read-only compute's replication (GET of the endpoint asks its server): the
     # last transaction it applied, and how far behind the safekeeper it is (seconds).
     replayed_lsn: str | None = None

@@ -129,6 +129,9 @@ def render_config(
         "max_allowed_packet": "1G",
         "local_infile": "ON",
         "skip-symbolic-links": None,
+        # A tenant's scheduled EVENTs run; a suspended compute is woken for the next one
+        # (compute/events.py, control/scheduler.py).
+        "event_scheduler": "ON",
     }
     if error_log is None:
         del options["log-error"]

@@ -119,6 +119,8 @@ class Replicas:
         options = {
             "server_id": str(replica_server_id(endpoint_id)),
             "read_only": "ON",
+            # Its primary runs the events; their effects arrive by replication.
+            "event_scheduler": "OFF",
             "skip_slave_start": "ON",
             "log_slave_updates": "OFF",
             "relay_log": "relay",

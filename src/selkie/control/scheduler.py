@@ -28,11 +28,12 @@ from typing import Any
 
 from sqlalchemy import select, text
 
+from selkie.control.base import ServiceBase
 from selkie.control.lifecycle import Lifecycle
 from selkie.errors import SelkieError
-from selkie.model import EndpointState, SuspendTier, utcnow
+from selkie.model import EndpointState, OperationAction, SuspendTier, utcnow
 from selkie.store import Store
-from selkie.store.tables import EndpointRow
+from selkie.store.tables import EndpointRow, OperationRow
 from selkie.tasks import cancel, spawn
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ TICK_SECONDS = 0.5
 ACTIVITY_LAG = timedelta(seconds=2)
 # How often running computes are noted alive in the store.
 HEARTBEAT = timedelta(seconds=5)
+# How long before its next scheduled EVENT a suspended compute is woken (a cold start takes
+# under a second; a thaw, milliseconds).
+EVENT_LEAD = timedelta(seconds=5)
 _LEADER_KEY = 0x5E1C1E + 1
 
 
@@ -54,10 +58,12 @@ class Candidate:
     suspend_timeout_seconds: int
     last_active: datetime | None
     started_at: datetime | None
+    # Its next scheduled EVENT, as read at its last suspend: that time counts as activity.
+    next_event_at: datetime | None = None
 
 
 def idle_since(c: Candidate, reported: datetime | None) -> datetime | None:
-    stamps = [t for t in (c.last_active, c.started_at, reported) if t is not None]
+    stamps = [t for t in (c.last_active, c.started_at, reported, c.next_event_at) if t is not None]
     return max(stamps) if stamps else None
 
 
@@ -242,6 +248,7 @@ class Scheduler:
                     suspend_timeout_seconds=r.suspend_timeout_seconds,
                     last_active=r.last_active,
                     started_at=r.started_at,
+                    next_event_at=r.next_event_at,
                 )
                 for r in rows
             ]
@@ -303,6 +310,45 @@ class Scheduler:
             return "statements that bypassed the proxy"
         return None
 
+    def _wake_for_events(self, now: datetime) -> list[tuple[str, datetime]]:
+        """Suspended endpoints whose next scheduled EVENT is within :data:`EVENT_LEAD` get a
+        start operation (its payload says why), once per event. The event's time counts as
+        activity (:func:`idle_since`), so the endpoint stays up until it has run; its next
+        suspend reads the event after."""
+        woken: list[tuple[str, datetime]] = []
+        due_now = (
+            select(EndpointRow)
+            .where(EndpointRow.current_state == EndpointState.SUSPENDED.value)
+            .where(EndpointRow.next_event_at.is_not(None))
+            .where(EndpointRow.next_event_at <= now + EVENT_LEAD)
+            .where(EndpointRow.disabled.is_(False))
+        )
+        with self.store.read() as s:  # most ticks: nothing due, and no write
+            if s.execute(due_now.limit(1)).first() is None:
+                return woken
+        with self.store.write() as s:
+            for row in s.execute(due_now).scalars():
+                at = row.next_event_at
+                assert at is not None
+                asked = s.execute(
+                    select(OperationRow.id)
+                    .where(OperationRow.endpoint_id == row.id)
+                    .where(OperationRow.action == OperationAction.START_COMPUTE.value)
+                    .where(OperationRow.created_at >= at - EVENT_LEAD - timedelta(seconds=1))
+                    .limit(1)
+                ).first()
+                if asked is not None:
+                    continue  # woken for it already (a start refused stays refused)
+                ServiceBase.enqueue(
+                    s,
+                    project_id=row.project_id,
+                    endpoint_id=row.id,
+                    action=OperationAction.START_COMPUTE,
+                    payload={"reason": "scheduled event", "event_at": at.isoformat()},
+                )
+                woken.append((row.id, at))
+        return woken
+
     def _heartbeat(self, endpoint_ids: list[str], when: datetime) -> None:
         with self.store.write() as s:
             for row in s.execute(
@@ -349,6 +395,9 @@ class Scheduler:
             self.suspended.append(endpoint_id)
             done.append(endpoint_id)
         await self.cool_down(now)
+        woken = await asyncio.to_thread(self._wake_for_events, now)
+        for endpoint_id, at in woken:
+            log.info("waking %s for its scheduled event at %s", endpoint_id, at.isoformat())
         if self.on_tick is not None:
             await self.on_tick(now)
         return done

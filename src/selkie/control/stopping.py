@@ -9,10 +9,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from selkie import model
 from selkie.compute.base import ComputeDriver
 from selkie.compute.diskfull import LOG_LINES, with_cause
+from selkie.compute.events import EVENTS_QUERY, next_due
 from selkie.control.transitions import Placement, Target, Transitions, read_only
 from selkie.errors import ComputeError, SelkieError, StateConflict, public_message
 from selkie.metering.starts import LifecycleObserver
@@ -143,9 +146,14 @@ class Stopper:
             )
             if gen is None:
                 continue
+            events = None
+            if to is EndpointState.SUSPENDED and state is EndpointState.ACTIVE:
+                events = await self._next_event(target)
             freeze = warm and to is EndpointState.SUSPENDED and state is EndpointState.ACTIVE
-            if not (freeze and self.warm_enabled and await self._freeze(target, gen)):
-                await self._stop_compute(target, gen, was=state, to=to)
+            if not (
+                freeze and self.warm_enabled and await self._freeze(target, gen, events=events)
+            ):
+                await self._stop_compute(target, gen, was=state, to=to, events=events)
             self.observer.suspended(ep.id)
             return await self.transitions.db(self.transitions.get, endpoint_id)
         raise StateConflict(f"endpoint {endpoint_id} keeps changing state; try again")
@@ -157,7 +165,21 @@ class Stopper:
             except Exception as exc:
                 log.warning("before stopping %s: %r", endpoint_id, exc)
 
-    async def _freeze(self, target: Target, generation: int) -> bool:
+    async def _next_event(self, target: Target) -> datetime | None:
+        """When the compute's next scheduled EVENT is due (None: it has none), so the
+        scheduler wakes it in time (compute/events.py). A read-only compute runs none."""
+        if read_only(target.endpoint):
+            return None
+        try:
+            _, rows_ = await self.driver.execute(target.endpoint.id, EVENTS_QUERY)
+        except (SelkieError, ValueError) as exc:
+            log.warning("cannot read %s's events before suspending it: %s", target.endpoint.id, exc)
+            return None
+        return next_due(rows_, self.transitions.clock())
+
+    async def _freeze(
+        self, target: Target, generation: int, *, events: datetime | None = None
+    ) -> bool:
         """Settle a suspending endpoint warm: its compute frozen. False (nothing changed
         but the safekeeper let go) when the driver cannot freeze it: the caller stops it."""
         ep = target.endpoint
@@ -179,13 +201,20 @@ class Stopper:
             pending_state=None,
             suspended_at=self.transitions.clock(),
             suspend_tier=SuspendTier.WARM.value,
+            next_event_at=events,
         )
         if done is None:
             await self.driver.stop(ep.id, timeout=self.stop_timeout)
         return True
 
     async def _stop_compute(
-        self, target: Target, generation: int, *, was: EndpointState, to: EndpointState
+        self,
+        target: Target,
+        generation: int,
+        *,
+        was: EndpointState,
+        to: EndpointState,
+        events: datetime | None = None,
     ) -> None:
         """Stop a suspending endpoint's compute and settle it in ``to`` (failed, when the
         stop fails: never left suspending)."""
@@ -195,6 +224,9 @@ class Stopper:
             await self._before_stop(ep.id)
             if history is not None:
                 await history.following.before_stop(ep.id)
+        events_field: dict[str, Any] = (
+            {"next_event_at": events} if was is EndpointState.ACTIVE else {}
+        )
         try:
             await self.driver.stop(ep.id, timeout=self.stop_timeout)
             await self._after_stop(target)
@@ -207,6 +239,8 @@ class Stopper:
                 suspended_at=self.transitions.clock(),
                 compute_address=None,
                 suspend_tier=SuspendTier.COLD.value if to is EndpointState.SUSPENDED else None,
+                # A running compute's events were read; a frozen one's were at its freeze.
+                **events_field,
             )
         except Exception as exc:
             # Failed is startable, so the next wake or start repairs it (the reconciler

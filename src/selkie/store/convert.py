@@ -116,6 +116,9 @@ def endpoint(
             if row.suspend_tier and row.current_state == model.EndpointState.SUSPENDED.value
             else None
         ),
+        next_event_at=(
+            row.next_event_at if row.current_state == model.EndpointState.SUSPENDED.value else None
+        ),
         health=observed,
         health_checked_at=checked_at,
         health_error=health_error,

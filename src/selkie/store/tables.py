@@ -185,6 +185,9 @@ class EndpointRow(Timestamps, Base):
     last_active: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When the compute's next scheduled EVENT is due, read at its suspend: the scheduler
+    # wakes it then (null: it has none).
+    next_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # While suspended: "warm" (its compute frozen, still listening) or "cold" (stopped).
     suspend_tier: Mapped[str | None] = mapped_column(String(8), nullable=True)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
