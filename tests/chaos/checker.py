@@ -15,7 +15,8 @@ every list in one statement. For every list:
 An append whose answer never came (``info``) may or may not be there: it is never lost, but
 once a read has seen it, every later read must.
 
-errors — every client error whose code is not in history.RETRYABLE is reported.
+errors — every client error whose code is not in history.RETRYABLE is reported, but for
+history.KNOWN's codes while a fault of their kinds is under way, which are counted apart.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import itertools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from tests.chaos.history import RETRYABLE, History, Op, Outcome
+from tests.chaos.history import KNOWN, RETRYABLE, History, Op, Outcome
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Report:
     lost: list[str] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    known: list[str] = field(default_factory=list)
     ops: Counter[tuple[str, str]] = field(default_factory=Counter)
     errors: Counter[int] = field(default_factory=Counter)
 
@@ -43,25 +45,38 @@ class Report:
     def summary(self, limit: int = 10) -> str:
         lines = [
             f"lost {len(self.lost)}, anomalies {len(self.anomalies)}, "
-            f"unexpected errors {len(self.unexpected)}"
+            f"unexpected errors {len(self.unexpected)}, known errors {len(self.known)}"
         ]
         for name, found in (
             ("lost", self.lost),
             ("anomaly", self.anomalies),
             ("unexpected", self.unexpected),
+            ("known", self.known),
         ):
             lines += [f"  {name}: {x}" for x in found[:limit]]
         return "\n".join(lines)
 
 
-def check(history: History, *, accounts: int, balance: int) -> Report:
+def check(
+    history: History,
+    *,
+    accounts: int,
+    balance: int,
+    known: dict[int, tuple[str, ...]] = KNOWN,
+) -> Report:
     report = Report()
     for op in history.ops:
         report.ops[op.kind, op.outcome.value] += 1
         if op.outcome is not Outcome.OK:
             report.errors[op.error or 0] += 1
-            if op.error not in RETRYABLE:
-                report.unexpected.append(_describe(op, f"error {op.error}: {op.message}"))
+            if op.error in RETRYABLE:
+                continue
+            what = _describe(op, f"error {op.error}: {op.message}")
+            during = set(history.during(op.start)) & set(known.get(op.error or 0, ()))
+            if during:
+                report.known.append(f"{what} (during {', '.join(sorted(during))})")
+            else:
+                report.unexpected.append(what)
     check_bank(history.ops, accounts * balance, report)
     check_append(history.ops, report)
     return report

@@ -8,10 +8,12 @@ never came: it may or may not have taken effect, and the checker must allow both
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 # Codes a client may see while a compute is killed, suspended, frozen, resized or restored,
@@ -28,9 +30,15 @@ RETRYABLE: dict[int, str] = {
     1158: "the compute could not be reached after it started (docs/proxy.md)",
     1159: "the compute did not become ready in time (docs/proxy.md)",
 }
+# Errors the platform sends today that are not clean retryable errors, tolerated only while
+# a fault of these kinds is under way, and reported apart (docs/reliability.md, Findings):
+# before a clean stop the control plane sets `read_only = ON` on the compute while the
+# safekeeper catches up (control/following.py, before_stop), so a write in that window gets
+# MariaDB's 1290 instead of a lost connection.
+KNOWN: dict[int, tuple[str, ...]] = {1290: ("suspend", "resize", "restore")}
 # Server errors that say the statement did not run: a write that got one did not happen.
 # Every other error leaves a write indeterminate (the connection went away while it ran).
-DEFINITE: frozenset[int] = frozenset({1205, 1213, 1040})
+DEFINITE: frozenset[int] = frozenset({1205, 1213, 1040, 1290})
 
 
 class Outcome(StrEnum):
@@ -70,6 +78,22 @@ class History:
     def fault(self, kind: str, start: float, end: float) -> None:
         with self._lock:
             self.faults.append((kind, start, end))
+
+    def dump(self, path: Path) -> None:
+        """The history as JSON lines (faults first), to read after a failed run."""
+        with open(path, "w") as out:
+            for kind, start, end in self.faults:
+                out.write(json.dumps({"fault": kind, "start": start, "end": end}) + "\n")
+            for op in sorted(self.ops, key=lambda o: o.start):
+                row = {k: getattr(op, k) for k in ("kind", "client", "start", "end", "error")}
+                row.update(outcome=op.outcome.value, value=op.value, message=op.message)
+                if op.kind == "balance":
+                    row["result"] = op.result
+                out.write(json.dumps(row) + "\n")
+
+    def during(self, t: float) -> list[str]:
+        """The faults under way at ``t`` (or ended within the second before it)."""
+        return [kind for kind, start, end in self.faults if start <= t <= end + 1]
 
 
 def now() -> float:
