@@ -113,9 +113,9 @@ def check_append(ops: list[Op], report: Report) -> None:
         if op.outcome is Outcome.OK:
             required[op.client][op.value] = op.end
     for read in reads:
-        for lst, values in read.result.items():
+        for lst, got in read.result.items():
             need = required[lst]
-            for v in values:
+            for v in got:
                 if v not in need or read.end < need[v]:
                     need[v] = read.end
     by_time: dict[int, tuple[list[float], list[int]]] = {}
@@ -131,20 +131,27 @@ def check_append(ops: list[Op], report: Report) -> None:
             if lst not in by_time:
                 continue
             times, ordered = by_time[lst]
+            # The values required of this read are a prefix of ``ordered``: when the read
+            # holds as many of them as the prefix is long (no duplicates: checked above),
+            # none is missing, and the read costs its own length, not the history's.
             k = bisect.bisect_left(times, read.start)
-            need_times = dict(zip(ordered[:k], times[:k], strict=True)) if k else {}
-            if sum(1 for v in seen if v in need_times) == len(need_times):
+            need = required[lst]
+            if sum(1 for v in seen if need.get(v, read.start) < read.start) == k:
                 continue
             for v in ordered[:k]:
                 if v in seen:
                     continue
-                op = outcome[lst].get(v)
-                if op is not None and op.outcome is Outcome.OK and op.end < read.start:
+                missing = outcome[lst].get(v)
+                if (
+                    missing is not None
+                    and missing.outcome is Outcome.OK
+                    and missing.end < read.start
+                ):
                     report.lost.append(
                         _describe(
                             read,
-                            f"list {lst} lacks {v}, acknowledged at {op.end:.3f} "
-                            f"(append {op.start:.3f}-{op.end:.3f})",
+                            f"list {lst} lacks {v}, acknowledged at {missing.end:.3f} "
+                            f"(append {missing.start:.3f}-{missing.end:.3f})",
                         )
                     )
                 else:
@@ -152,7 +159,7 @@ def check_append(ops: list[Op], report: Report) -> None:
                         _describe(
                             read,
                             f"stale: list {lst} lacks {v}, which a read that ended at "
-                            f"{need_times[v]:.3f} saw",
+                            f"{need[v]:.3f} saw",
                         )
                     )
 

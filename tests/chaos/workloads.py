@@ -212,9 +212,11 @@ class Client(threading.Thread):
             else:
                 value = self.next_value
                 self.next_value += 1
-                self.record(
-                    "append", lambda c: (value, append(c, self.client_id, value)), write=True
-                )
+                self.record("append", lambda c: self.append(c, value), write=True)
+
+    def append(self, conn: Connection, value: int) -> tuple[int, None]:
+        append(conn, self.client_id, value)
+        return value, None
 
     def record(
         self, kind: str, run: Callable[[Connection], tuple[Any, Any]], *, write: bool
