@@ -1,6 +1,7 @@
 """The long chaos run: bank and append clients (plain and pooled) on a real `selkie up`, with
-its safekeeper as a process of its own, while a nemesis injects every fault it knows at
-random for ``--minutes``; then the checker's verdict as a table (docs/reliability.md).
+its safekeeper as a process of its own and its state in a private PostgreSQL, while a
+nemesis injects every fault it knows at random for ``--minutes``; then the checker's
+verdict as a table (docs/reliability.md).
 
     .venv/bin/python bench/chaos.py --minutes 5 [--bank 4] [--append 4] [--seed N]
 
@@ -64,7 +65,13 @@ def table(result: Result, load_before: str, load_after: str, seed: int) -> str:
             f"known, during {'/'.join(KNOWN[code])}" if code in KNOWN else "unexpected"
         )
         lines.append(f"| {code} | {n:,} | {meaning} |")
-    details = report.summary(limit=10).splitlines()[1:]
+    t0 = min((op.start for op in result.history.ops), default=0.0)
+    timeline = ", ".join(
+        f"{kind} +{start - t0:.0f}s ({end - start:.1f}s)"
+        for kind, start, end in result.history.faults
+    )
+    details = [f"faults: {timeline}", f"times below are seconds of this clock, from {t0:.3f}"]
+    details += report.summary(limit=10).splitlines()[1:]
     details += [f"  nemesis: {e}" for e in result.nemesis_errors[:10]]
     return "\n".join([*lines, "", *details])
 
@@ -81,7 +88,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="selkie-chaos-"))
     root.chmod(0o711)
     load_before = loadavg()
-    cluster = Cluster(root, own_safekeeper=True)
+    cluster = Cluster(root, own_safekeeper=True, own_postgres=True)
     try:
         result = run_chaos(
             cluster,

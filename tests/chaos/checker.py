@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tests.chaos.history import KNOWN, RETRYABLE, History, Op, Outcome
@@ -125,7 +126,7 @@ def check_append(ops: list[Op], report: Report) -> None:
 
     for read in reads:
         for lst in set(read.result) | set(by_time):
-            values: list[int] = read.result.get(lst, [])
+            values: Sequence[int] = read.result.get(lst, ())
             seen = set(values)
             _phantoms_and_order(read, lst, values, outcome[lst], report)
             if lst not in by_time:
@@ -165,7 +166,7 @@ def check_append(ops: list[Op], report: Report) -> None:
 
 
 def _phantoms_and_order(
-    read: Op, lst: int, values: list[int], appends: dict[int, Op], report: Report
+    read: Op, lst: int, values: Sequence[int], appends: dict[int, Op], report: Report
 ) -> None:
     counts = Counter(values)
     for v, n in counts.items():
@@ -180,7 +181,7 @@ def _phantoms_and_order(
             )
     acked = [v for v in values if (op := appends.get(v)) and op.outcome is Outcome.OK]
     if any(a >= b for a, b in itertools.pairwise(acked)):
-        report.anomalies.append(_describe(read, f"list {lst} out of order: {values}"))
+        report.anomalies.append(_describe(read, f"list {lst} out of order: {list(values)}"))
 
 
 def _describe(op: Op, what: str) -> str:

@@ -1,13 +1,16 @@
 """The system under test: a real `selkie up` as a process (so it can be killed -9 and started
 again on the same data dir), optionally with `selkie safekeeper` as a process of its own (so
-it can be stopped), and the one endpoint the workloads use."""
+it can be stopped) and its state in a private PostgreSQL (so it can be restarted; never the
+machine's own server), and the one endpoint the workloads use."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -22,7 +25,12 @@ from tests.helpers import SELKIE, first_key, free_port, mariadbd_processes, selk
 
 class Cluster:
     def __init__(
-        self, root: Path, *, template: Path | None = None, own_safekeeper: bool = False
+        self,
+        root: Path,
+        *,
+        template: Path | None = None,
+        own_safekeeper: bool = False,
+        own_postgres: bool = False,
     ) -> None:
         self.root = root
         self.env = selkie_env(root, template)
@@ -52,6 +60,13 @@ class Cluster:
                 SELKIE_SAFEKEEPER_URL=f"http://{api}",
                 SELKIE_SAFEKEEPER_FOLLOW="tcp",
             )
+        self.pg_dir: Path | None = None
+        if own_postgres:
+            self.pg_dir = root / "pg"
+            self.pg_port = free_port()
+            self.env["SELKIE_DATABASE_URL"] = (
+                f"postgresql+psycopg://postgres@127.0.0.1:{self.pg_port}/postgres"
+            )
         self.project_id = ""
         self.branch_id = ""
         self.target: Target | None = None
@@ -76,9 +91,43 @@ class Cluster:
                 raise RuntimeError(f"selkie {command} did not answer: see {log}")
             time.sleep(0.1)
 
+    def _pg_ctl(self, *args: str) -> None:
+        """pg_ctl (or initdb) of the private PostgreSQL, as the postgres OS user when root."""
+        assert self.pg_dir is not None
+        (binary,) = glob.glob(f"/usr/lib/postgresql/*/bin/{args[0]}")[-1:] or [args[0]]
+        user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(
+            [*user, binary, *args[1:]],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            cwd="/",
+        )
+
+    def postgres_start(self) -> None:
+        assert self.pg_dir is not None
+        if not (self.pg_dir / "PG_VERSION").exists():
+            self.pg_dir.mkdir(exist_ok=True)
+            if os.geteuid() == 0:
+                shutil.chown(self.pg_dir, "postgres", "postgres")
+            self._pg_ctl("initdb", "-D", str(self.pg_dir), "-A", "trust", "-U", "postgres")
+        options = f"-p {self.pg_port} -c listen_addresses=127.0.0.1 -k {self.pg_dir}"
+        self._pg_ctl(
+            "pg_ctl", "start", "-w", "-D", str(self.pg_dir), "-o", options, "-l",
+            str(self.pg_dir / "log"),
+        )  # fmt: skip
+
+    def postgres_restart(self) -> None:
+        """An immediate stop (no shutdown checkpoint, as a crash) and a start."""
+        assert self.pg_dir is not None
+        self._pg_ctl("pg_ctl", "stop", "-w", "-m", "immediate", "-D", str(self.pg_dir))
+        self.postgres_start()
+
     def start(self) -> None:
         """Start the processes; the first time, find the endpoint `selkie up` made and give
         it a pooler (transaction mode) and room to autoscale."""
+        if self.pg_dir is not None and not (self.pg_dir / "postmaster.pid").exists():
+            self.postgres_start()
         if self.sk_env and (self.safekeeper is None or self.safekeeper.poll() is not None):
             api = self.sk_env["SELKIE_SAFEKEEPER_API_LISTEN"]
             self.safekeeper = self._spawn(
@@ -127,6 +176,8 @@ class Cluster:
                 os.kill(pid, signal.SIGKILL)
         if self.api is not None:
             self.api.close()
+        if self.pg_dir is not None and (self.pg_dir / "postmaster.pid").exists():
+            self._pg_ctl("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.pg_dir))
 
     # --- the API ---------------------------------------------------------------------------
 

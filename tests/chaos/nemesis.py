@@ -16,8 +16,7 @@ from tests.chaos.history import History, now
 from tests.chaos.workloads import Gate
 
 SIZES = [(0.25, 0.5), (0.5, 1.0), (0.25, 1.0), (0.5, 0.5)]
-# Every fault the nemesis knows. `postgres_restart` is not among them: the state store here is
-# SQLite (docs/reliability.md says why).
+# Every fault the nemesis knows; `restart_postgres` needs a Cluster with its own PostgreSQL.
 ALL_FAULTS = (
     "kill_compute",
     "kill_up",
@@ -26,6 +25,7 @@ ALL_FAULTS = (
     "resize",
     "restore",
     "stop_safekeeper",
+    "restart_postgres",
 )
 
 
@@ -55,6 +55,7 @@ class Nemesis(threading.Thread):
             "resize": self.resize,
             "restore": self.restore,
             "stop_safekeeper": self.stop_safekeeper,
+            "restart_postgres": self.restart_postgres,
         }
 
     def run(self) -> None:
@@ -162,3 +163,9 @@ class Nemesis(threading.Thread):
             time.sleep(10)
         finally:
             os.kill(self.cluster.safekeeper.pid, signal.SIGCONT)
+
+    def restart_postgres(self) -> None:
+        """The state store (a private PostgreSQL) stopped as if it crashed, and started."""
+        if self.cluster.pg_dir is None:
+            raise RuntimeError("the state store is not a private PostgreSQL")
+        self.cluster.postgres_restart()
