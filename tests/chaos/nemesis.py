@@ -47,7 +47,7 @@ class Nemesis(threading.Thread):
         self.rng = random.Random(seed)
         self.errors: list[str] = []
         self.stop = threading.Event()
-        self.actions: dict[str, Callable[[], None]] = {
+        self.actions: dict[str, Callable[[], str | None]] = {
             "kill_compute": self.kill_compute,
             "kill_up": self.kill_up,
             "suspend": self.suspend,
@@ -68,7 +68,8 @@ class Nemesis(threading.Thread):
             kind = order.pop(0) if order else self.rng.choice(self.faults)
             start = now()
             try:
-                self.actions[kind]()
+                # A fault may say what it came to (a freeze that went cold).
+                kind = self.actions[kind]() or kind
             except Exception as exc:
                 self.errors.append(f"{kind} at {start:.3f}: {exc!r}")
                 traceback.print_exc()
@@ -107,9 +108,10 @@ class Nemesis(threading.Thread):
         body = self.cluster.call("POST", f"{self.cluster.endpoint_path}/suspend")
         self.cluster.wait_operations(body["operations"])
 
-    def freeze(self) -> None:
+    def freeze(self) -> str | None:
         """A warm suspend: the clients go quiet, the scheduler freezes the idle compute,
-        and the clients' next statements thaw it."""
+        and the clients' next statements thaw it. A compute the driver cannot freeze is
+        suspended cold instead (one adopted after `selkie up` restarted): ``freeze:cold``."""
         if not self.gate.close():
             raise RuntimeError("clients did not go quiet")
         self.cluster.patch_endpoint(suspend_timeout_seconds=1)
@@ -117,12 +119,10 @@ class Nemesis(threading.Thread):
             deadline = time.monotonic() + 30
             while True:
                 ep = self.cluster.endpoint()
-                if ep["current_state"] == "suspended" and ep.get("suspend_tier") == "warm":
-                    break
+                if ep["current_state"] == "suspended":
+                    return None if ep.get("suspend_tier") == "warm" else "freeze:cold"
                 if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"not frozen: {ep['current_state']} {ep.get('suspend_tier')}"
-                    )
+                    raise RuntimeError(f"not suspended: {ep['current_state']}")
                 time.sleep(0.2)
         finally:
             self.cluster.patch_endpoint(suspend_timeout_seconds=300)

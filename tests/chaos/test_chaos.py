@@ -34,7 +34,7 @@ def test_no_acknowledged_write_is_lost_under_faults(tmp_path: Path, template_dat
     report = result.report
     for kind, start, end in result.history.faults:
         print(f"fault {kind} {start:.3f}-{end:.3f}")
-    injected = {kind for kind, _, _ in result.history.faults}
+    injected = {kind.split(":")[0] for kind, _, _ in result.history.faults}
     print(f"seed {seed}: {sum(report.ops.values())} ops, faults {sorted(injected)}")
     print(report.summary(limit=20))
     assert report.valid, f"seed {seed}\n{report.summary(limit=20)}"
