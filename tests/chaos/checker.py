@@ -73,7 +73,7 @@ def check(
             if op.error in RETRYABLE:
                 continue
             what = _describe(op, f"error {op.error}: {op.message}")
-            during = set(history.during(op.start)) & set(known.get(op.error or 0, ()))
+            during = set(history.during(op.start, op.end)) & set(known.get(op.error or 0, ()))
             if during:
                 report.known.append(f"{what} (during {', '.join(sorted(during))})")
             else:

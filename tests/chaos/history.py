@@ -91,9 +91,11 @@ class History:
                     row["result"] = op.result
                 out.write(json.dumps(row) + "\n")
 
-    def during(self, t: float) -> list[str]:
-        """The faults under way at ``t`` (or ended within the second before it)."""
-        return [kind for kind, start, end in self.faults if start <= t <= end + 1]
+    def during(self, start: float, end: float) -> list[str]:
+        """The faults under way at some time between ``start`` and ``end`` (or ended within
+        the second before ``start``): an operation sent just before a fault began may be
+        answered by it."""
+        return [kind for kind, s, e in self.faults if s <= end and start <= e + 1]
 
 
 def now() -> float:

@@ -125,12 +125,12 @@ def test_a_known_error_is_tolerated_only_during_its_faults() -> None:
     """1290 (read_only before a clean stop) during a suspend is counted apart; the same code
     outside any fault is unexpected, and the refused append must not show up."""
     h = history(
-        Op("append", 1, 10.2, 10.3, FAIL, value=1, error=1290, message="--read-only"),
+        Op("append", 1, 9.9, 10.3, FAIL, value=1, error=1290, message="--read-only"),
         Op("append", 1, 20.0, 20.1, FAIL, value=2, error=1290, message="--read-only"),
         read(30, 31, {1: [1]}),
     )
     h.fault("suspend", 10.0, 11.0)
     report = check(h, accounts=1, balance=0)
     assert len(report.known) == 1 and "during suspend" in report.known[0], report.summary()
-    assert len(report.unexpected) == 1 and "at 20.000" in report.unexpected[0]
+    assert len(report.unexpected) == 1 and "at 20.000" in report.unexpected[0], report.summary()
     assert any("holds 1, whose append failed (1290)" in x for x in report.anomalies)
