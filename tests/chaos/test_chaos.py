@@ -27,7 +27,7 @@ def test_no_acknowledged_write_is_lost_under_faults(tmp_path: Path, template_dat
     seed = int(os.environ.get("SELKIE_CHAOS_SEED", random.randrange(1 << 30)))
     cluster = Cluster(tmp_path, template=template_datadir)
     try:
-        result = run_chaos(cluster, seconds=40, faults=SHORT_FAULTS, interval=(2, 4), seed=seed)
+        result = run_chaos(cluster, seconds=30, faults=SHORT_FAULTS, interval=(2, 4), seed=seed)
     finally:
         cluster.stop()
     result.history.dump(tmp_path / "history.jsonl")
