@@ -153,7 +153,7 @@ def mariadbd_processes(data_dir: Path) -> dict[str, int]:
     return found
 
 
-def connect(env: dict[str, str], user: str, password: str, db: str) -> pymysql.Connection:  # type: ignore[type-arg]
+def connect(env: dict[str, str], user: str, password: str, db: str) -> pymysql.Connection:  # type: ignore[type-arg,unused-ignore]
     """A client of a `selkie up` (``env``) through its proxy, as a tenant connects."""
     port = int(env["SELKIE_PROXY_LISTEN"].rsplit(":", 1)[1])
     return pymysql.connect(
