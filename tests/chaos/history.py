@@ -30,12 +30,11 @@ RETRYABLE: dict[int, str] = {
     1158: "the compute could not be reached after it started (docs/proxy.md)",
     1159: "the compute did not become ready in time (docs/proxy.md)",
 }
-# Errors the platform sends today that are not clean retryable errors, tolerated only while
-# a fault of these kinds is under way, and reported apart (docs/reliability.md, Findings):
-# before a clean stop the control plane sets `read_only = ON` on the compute while the
-# safekeeper catches up (control/following.py, before_stop), so a write in that window gets
-# MariaDB's 1290 instead of a lost connection.
-KNOWN: dict[int, tuple[str, ...]] = {1290: ("suspend", "resize", "restore")}
+# Errors the platform sends that are not clean retryable errors, tolerated only while a
+# fault of these kinds is under way, and reported apart (docs/reliability.md, Findings).
+# None today: the 1290 (read-only) that writes in flight got at a clean stop is gone since
+# the stop ends the clients' sessions before it turns the compute read-only.
+KNOWN: dict[int, tuple[str, ...]] = {}
 # Server errors that say the statement did not run: a write that got one did not happen.
 # Every other error leaves a write indeterminate (the connection went away while it ran).
 DEFINITE: frozenset[int] = frozenset({1205, 1213, 1040, 1290})

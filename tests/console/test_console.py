@@ -224,7 +224,14 @@ def test_sign_in_projects_branch_state_and_sql(browser, up: Up) -> None:  # type
             break
         time.sleep(0.25)
     assert ep["endpoint"]["current_state"] == "active", ep
-    # Caught up (the primary has not run yet: nothing to replay, replayed_lsn null).
+    # Caught up (the primary has not run yet: nothing to replay, replayed_lsn null). The
+    # server says null until its replication threads have connected, moments after it is
+    # active: asked again until it knows.
+    for _ in range(40):
+        if ep["endpoint"]["replication_lag_seconds"] is not None:
+            break
+        time.sleep(0.25)
+        ep = up.api.get(f"/v1/projects/{up.project_id}/endpoints/{read_only_id}").json()
     assert ep["endpoint"]["replication_lag_seconds"] == 0, ep
     d.get(f"{up.url}/console/projects/{up.project_id}/endpoints/{read_only_id}")
     assert "replayed up to" in _text(d, "#replication")

@@ -26,7 +26,7 @@ from selkie.store.endpoints import RUNNING, stop_usage
 log = logging.getLogger(__name__)
 
 # Seconds a suspend waits for before_stop (the meter's last reading) before stopping anyway.
-BEFORE_STOP_TIMEOUT = 2.0
+BEFORE_STOP_TIMEOUT = 5.0
 
 
 @dataclass
