@@ -34,8 +34,12 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy bench
 	$(VENV)/bin/lint-imports
 
+# Two workers on the two cores, each taking whole test files (module fixtures stay in one
+# process): much of a test is waiting for mariadbd to start or stop, which the two overlap.
+# PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= 2
 test: setup lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # Both C extensions once more with ASan and UBSan, into build/sanitize (the venv keeps its
 # normal build), and their scanner and lane tests run against them: any report fails.
