@@ -231,7 +231,9 @@ class OperationsRunner:
             # to do it to, and trying again cannot change that.
             gone = await asyncio.to_thread(self._target_deleted, op)
             if gone is not None:
-                await asyncio.to_thread(self._cancelled, op.id, gone, started)
+                await asyncio.to_thread(
+                    self._settle, op.id, OperationStatus.CANCELLED, gone, started
+                )
             else:
                 await asyncio.to_thread(self._failed, op, public_message(exc), started)
         except Exception as exc:
@@ -315,11 +317,16 @@ class OperationsRunner:
     # --- outcomes --------------------------------------------------------------------------
 
     def _finished(self, op_id: str, started: float) -> None:
+        self._settle(op_id, OperationStatus.FINISHED, None, started)
+
+    def _settle(
+        self, op_id: str, status: OperationStatus, error: str | None, started: float
+    ) -> None:
         with self.store.write() as s:
             row = s.get(OperationRow, op_id)
             if row is not None:
-                row.status = OperationStatus.FINISHED.value
-                row.error = None
+                row.status = status.value
+                row.error = error
                 row.retry_at = None
                 row.total_duration_ms += int((time.monotonic() - started) * 1000)
 
@@ -361,15 +368,6 @@ class OperationsRunner:
                 if branch is None or branch.deleted_at is not None:
                     return "the branch was deleted"
         return None
-
-    def _cancelled(self, op_id: str, why: str, started: float) -> None:
-        with self.store.write() as s:
-            row = s.get(OperationRow, op_id)
-            if row is not None:
-                row.status = OperationStatus.CANCELLED.value
-                row.error = why
-                row.retry_at = None
-                row.total_duration_ms += int((time.monotonic() - started) * 1000)
 
     def _requeue(self, op_id: str, why: str) -> None:
         with self.store.write() as s:

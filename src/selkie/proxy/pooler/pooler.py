@@ -14,7 +14,7 @@ from selkie.proxy.handshake import Hello
 from selkie.proxy.pooler.backends import FORMAT_CAPS, Backend, PoolKey
 from selkie.proxy.pooler.lane import check, lane_for
 from selkie.proxy.pooler.pool import EndpointPool, PoolTimeout
-from selkie.proxy.pooler.runner import CommandRefused
+from selkie.proxy.pooler.runner import CommandRefused, CommandRunner
 from selkie.proxy.pooler.session import PooledSession
 from selkie.proxy.relay import Counters
 from selkie.proxy.sessions import Live, LiveSessions
@@ -103,14 +103,16 @@ class Pooler:
         stream.limit = self.max_packet
         counters = Counters()
         session = PooledSession(
-            client=stream,
-            pool=pool,
-            key=key,
-            connect=connect,
-            database=hello.response.database,
-            transaction_mode=login.access.pooler_transaction_mode,
-            counters=counters,
-            client_caps=client_caps,
+            CommandRunner(
+                client=stream,
+                pool=pool,
+                key=key,
+                connect=connect,
+                database=hello.response.database,
+                transaction_mode=login.access.pooler_transaction_mode,
+                counters=counters,
+                client_caps=client_caps,
+            )
         )
         session.attach_lane(pool.lane if not hello.tls else None)
         try:

@@ -17,12 +17,11 @@ from collections.abc import Awaitable, Callable
 
 from selkie.mysql.packets import Err, build_err, build_ok
 from selkie.mysql.response import Summary
-from selkie.mysql.stream import PacketStream
 from selkie.mysql.wire import Command, ErrorCode, PacketTooLarge, ProtocolError, ServerStatus
-from selkie.proxy.pooler.backends import Backend, PoolKey
+from selkie.proxy.pooler.backends import Backend
 from selkie.proxy.pooler.lane import Lane, plain
 from selkie.proxy.pooler.parking import Parking
-from selkie.proxy.pooler.pool import EndpointPool, PoolTimeout
+from selkie.proxy.pooler.pool import PoolTimeout
 from selkie.proxy.pooler.runner import (
     STATEMENT_COMMANDS,
     BackendLost,
@@ -31,7 +30,6 @@ from selkie.proxy.pooler.runner import (
 )
 from selkie.proxy.pooler.sqlscan import PSEUDO, Effect, classify
 from selkie.proxy.pooler.state import record_sets
-from selkie.proxy.relay import Counters
 from selkie.proxy.sessions import may_kill
 
 # Commands whose payload starts with a 4-byte statement id.
@@ -45,28 +43,8 @@ class PooledSession:
     """One pooled client: its commands read here, run by its :class:`CommandRunner`, and
     parked in the fast lane between them by its :class:`Parking` when there is one."""
 
-    def __init__(
-        self,
-        *,
-        client: PacketStream,
-        pool: EndpointPool,
-        key: PoolKey,
-        connect: Callable[[], Awaitable[Backend]],
-        database: str | None,
-        transaction_mode: bool,
-        counters: Counters,
-        client_caps: int,
-    ) -> None:
-        self.runner = CommandRunner(
-            client=client,
-            pool=pool,
-            key=key,
-            connect=connect,
-            database=database,
-            transaction_mode=transaction_mode,
-            counters=counters,
-            client_caps=client_caps,
-        )
+    def __init__(self, runner: CommandRunner) -> None:
+        self.runner = runner
         self.parking = Parking(self.runner, lost=self.lost)
         # A KILL's COM_QUERY payload -> (its payload for the compute, or the proxy's
         # answer): the proxy's sessions by greeting id (sessions.py), set by the pooler.
