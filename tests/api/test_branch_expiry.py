@@ -46,6 +46,8 @@ def test_expires_at_is_set_checked_and_cleared(tenant: Tenant) -> None:
     assert r.status_code == 422 and "cannot expire" in r.json()["message"]
     r = c.post(url, json={"branch": {"name": "child", "parent_id": bid}})
     assert r.status_code == 409 and "expires" in r.json()["message"]
+    r = c.post(f"{url}/{bid}/set_as_default")
+    assert r.status_code == 422 and "expires" in r.json()["message"]
     dev = c.post(url, json={"branch": {"name": "dev"}}).json()["branch"]["id"]
     c.post(url, json={"branch": {"name": "feature", "parent_id": dev}})
     r = c.patch(f"{url}/{dev}", json={"branch": {"expires_at": when}})

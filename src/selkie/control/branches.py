@@ -230,6 +230,11 @@ class BranchService(ServiceBase):
         cannot be deleted); the previous default becomes an ordinary branch."""
         with self.store.write() as s:
             row = self.branch_row(s, who, project_id, branch_id)
+            if row.expires_at is not None:
+                raise InvalidInput(
+                    f"branch {branch_id} expires and cannot be the default; "
+                    "clear its expires_at first"
+                )
             if not row.is_default:
                 previous = self._default_branch(s, project_id)
                 previous.is_default = False
@@ -258,16 +263,19 @@ class BranchService(ServiceBase):
         this): each gets an ``expire_branch`` operation, which removes its endpoints and
         data as a delete does. One that may not go (it became the default, or has children
         made before the field was set) is left, with a warning, until that changes."""
+        due = (
+            select(BranchRow)
+            .where(BranchRow.expires_at.is_not(None))
+            .where(BranchRow.expires_at <= now)
+            .where(BranchRow.deleted_at.is_(None))
+            .order_by(BranchRow.expires_at)
+        )
+        with self.store.read() as s:  # most calls: nothing due, and no write
+            if s.execute(due.limit(1)).first() is None:
+                return []
         with self.store.write() as s:
-            due = s.execute(
-                select(BranchRow)
-                .where(BranchRow.expires_at.is_not(None))
-                .where(BranchRow.expires_at <= now)
-                .where(BranchRow.deleted_at.is_(None))
-                .order_by(BranchRow.expires_at)
-            ).scalars()
             ops = []
-            for row in due:
+            for row in s.execute(due).scalars():
                 try:
                     self._check_may_expire(s, row)
                 except SelkieError as exc:
