@@ -322,3 +322,33 @@ def test_shell_completion() -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert "complete" in shown.stdout and "_SELKIE_COMPLETE" in shown.stdout
+
+
+def test_sql_now_and_as_of_a_past_time(cli: Cli) -> None:
+    """`selkie sql` runs a statement through the proxy; with --at, a throwaway branch of that
+    point answers read-only, says the point, and is deleted afterwards."""
+    created = _project(cli, "timetravel")
+    pid = created["project"]["id"]
+    pw = {"SELKIE_PASSWORD": created["roles"][0]["password"]}
+    p = ("--project-id", pid)
+    cli.json("sql", *p, "CREATE TABLE tt (i INT PRIMARY KEY)", env=pw)
+    assert cli.json("sql", *p, "INSERT INTO tt VALUES (1)", env=pw)["affected"] == 1
+    time.sleep(1.5)
+    then = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    time.sleep(1.5)
+    cli.json("sql", *p, "INSERT INTO tt VALUES (2), (3)", env=pw)
+
+    now = cli.json("sql", *p, "SELECT COUNT(*) AS n FROM tt", env=pw)
+    assert now["columns"] == ["n"] and now["rows"] == [[3]]
+    past = cli.json("sql", *p, "--at", then, "SELECT COUNT(*) AS n FROM tt", env=pw)
+    assert past["rows"] == [[1]], past
+    assert past["as_of"].replace("+00:00", "Z").startswith(then[:19]), past
+    table = cli.ok("sql", *p, "--at", then, "SELECT i FROM tt", env=pw).stdout
+    assert "as of" in table and "1" in table
+    # Read-only there, and a bad password is the proxy's refusal; nothing is left behind.
+    refused = cli.run("sql", *p, "--at", then, "INSERT INTO tt VALUES (9)", env=pw)
+    assert refused.exit_code == 1 and "READ ONLY" in refused.stderr.upper(), refused.stderr
+    wrong = cli.run("sql", *p, "SELECT 1", env={"SELKIE_PASSWORD": "not-it"})
+    assert wrong.exit_code == 1 and "1045" in wrong.stderr
+    names = [b["name"] for b in cli.json("branches", "list", pid)]
+    assert not [n for n in names if n.startswith("as-of-")], names

@@ -22,6 +22,7 @@ from selkie.cli import (
     roles,
     server,
     settings,
+    sql,
 )
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ app.command("connect", context_settings={"allow_extra_args": True, "ignore_unkno
     connect.connect
 )
 app.command("config")(settings.config)
+app.command("sql")(sql.sql)
 app.command("usage")(billing.usage)
 app.command("invoice")(billing.invoice)
 
