@@ -90,6 +90,11 @@ def sql(
         database=database,
         autocommit=True,
     )
+    return run_and_close(conn, *statements)
+
+
+def run_and_close(conn: pymysql.Connection, *statements: str) -> list[tuple]:  # type: ignore[type-arg]
+    """Run ``statements`` on ``conn`` in order, close it; the last one's rows."""
     try:
         rows: list[tuple] = []  # type: ignore[type-arg]
         with conn.cursor() as cur:

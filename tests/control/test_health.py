@@ -26,7 +26,7 @@ from selkie.model import EndpointState, OperationAction, Principal
 from selkie.platform import Platform
 from selkie.storage.local import LocalStorage
 from tests.conftest import need_service
-from tests.platforms import open_platform, request, sql
+from tests.platforms import open_platform, request, run_and_close, sql
 from tests.proxy.pooler.test_lane_input_limit import other_core_busy
 
 
@@ -263,15 +263,7 @@ async def test_a_full_disk_is_named(proxied: Platform) -> None:
             connect_timeout=30,
             read_timeout=30,
         )
-        try:
-            rows: list[Any] = []
-            with conn.cursor() as cur:
-                for stmt in statements:
-                    cur.execute(stmt)
-                    rows = list(cur.fetchall())
-            return rows
-        finally:
-            conn.close()
+        return run_and_close(conn, *statements)
 
     await asyncio.to_thread(
         client, "CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB)"

@@ -40,7 +40,7 @@ EndpointOpt = Annotated[
 PooledOpt = Annotated[bool, typer.Option("--pooled", help="Through the pooler")]
 
 
-def _uri(
+def endpoint_uri(
     c: SelkieClient,
     pid: str,
     *,
@@ -94,7 +94,7 @@ def connection_string(
     alone; json/yaml: the URI and its parts."""
     pid = project_id(project, project_opt)
     with client(config) as c:
-        body = _uri(
+        body = endpoint_uri(
             c, pid, role=role, database=database, branch=branch, endpoint=endpoint, pooled=pooled
         )
     if output is Output.table:
@@ -134,7 +134,7 @@ def connect(
     if binary is None:
         fail("the mariadb client is not on PATH (apt-get install mariadb-client)", EXIT_USAGE)
     with client(config) as c:
-        body = _uri(
+        body = endpoint_uri(
             c, pid, role=role, database=database, branch=branch, endpoint=endpoint, pooled=pooled
         )
     params = body["connection_parameters"]

@@ -36,7 +36,7 @@ from selkie.cli.common import (
     resolve_branch,
     wait,
 )
-from selkie.cli.connect import DatabaseOpt, RoleOpt, _uri
+from selkie.cli.connect import DatabaseOpt, RoleOpt, endpoint_uri
 from selkie.client import SelkieClient
 
 # A throwaway branch outlives a CLI that died before deleting it by this much at most.
@@ -93,7 +93,9 @@ def sql(
 def _params(
     c: SelkieClient, pid: str, role: str | None, database: str | None, branch: str | None
 ) -> dict[str, Any]:
-    body = _uri(c, pid, role=role, database=database, branch=branch, endpoint=None, pooled=False)
+    body = endpoint_uri(
+        c, pid, role=role, database=database, branch=branch, endpoint=None, pooled=False
+    )
     params: dict[str, Any] = body["connection_parameters"]
     return params
 

@@ -180,9 +180,16 @@ class Following:
         except (SelkieError, ValueError) as exc:
             log.warning("before stopping %s: cannot list its sessions: %s", endpoint_id, exc)
             return
-        for (thread_id,) in ids:
-            with contextlib.suppress(SelkieError, ValueError):  # gone meanwhile: 1094
-                await self.driver.execute(endpoint_id, [f"KILL CONNECTION {int(thread_id)}"])
+        kills = [f"KILL CONNECTION {int(thread_id)}" for (thread_id,) in ids]
+        if not kills:
+            return
+        try:
+            await self.driver.execute(endpoint_id, kills)  # one admin connection for all
+        except (SelkieError, ValueError):
+            # One ended meanwhile (1094) and stopped the list: each again, alone.
+            for kill in kills:
+                with contextlib.suppress(SelkieError, ValueError):
+                    await self.driver.execute(endpoint_id, [kill])
 
     async def sample_semi_sync(self) -> None:
         """Whether each followed compute's commits wait for the safekeeper, from its
